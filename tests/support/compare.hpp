@@ -1,0 +1,18 @@
+#pragma once
+// Comparison helpers for tests.
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+
+namespace reformer::test {
+
+/// max_i |a_i - b_i| / max_i |b_i|: the largest error relative to the reference's scale
+/// (elementwise relative error would be dominated by near-zero entries).
+template <class A, class B>
+double relative_error(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
+  const double scale = std::max(static_cast<double>(b.cwiseAbs().maxCoeff()), 1e-300);
+  return static_cast<double>((a - b).cwiseAbs().maxCoeff()) / scale;
+}
+
+}  // namespace reformer::test

@@ -10,6 +10,7 @@
 // the field(s) and their values; a ReformerLM is only ever built from a validated config.
 #include "reformer/core/error.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/ops/activations.hpp"  // Activation
 
 #include <cmath>
 #include <cstdint>
@@ -22,9 +23,6 @@ namespace reformer {
 /// The attention kind of one layer (`attn_layers` entries "lsh", "local", "full").
 enum class LayerKind { kLsh, kLocal, kFull };
 
-/// The feed-forward activation (`hidden_act` "relu" or "gelu", exact erf GELU as HF's "gelu").
-enum class Activation { kRelu, kGelu };
-
 inline const char* to_string(LayerKind k) {
   switch (k) {
     case LayerKind::kLsh:
@@ -36,8 +34,6 @@ inline const char* to_string(LayerKind k) {
   }
   return "?";
 }
-
-inline const char* to_string(Activation a) { return a == Activation::kRelu ? "relu" : "gelu"; }
 
 namespace detail {
 /// "(a, b, c)" for messages.
@@ -122,12 +118,8 @@ struct ReformerConfig {
                        "' is not one of 'lsh', 'local', 'full'");
   }
 
-  Activation activation() const {
-    if (hidden_act == "relu") return Activation::kRelu;
-    if (hidden_act == "gelu") return Activation::kGelu;
-    raise<ConfigError>("ReformerConfig::activation", "hidden_act = '", hidden_act,
-                       "' is not one of 'relu', 'gelu'");
-  }
+  /// The feed-forward activation named by hidden_act (ConfigError when unknown).
+  Activation activation() const { return activation_from_string(hidden_act); }
 
   /// Longest sequence the position embeddings cover: s1 * s2 (axial) or
   /// max_position_embeddings (learned).

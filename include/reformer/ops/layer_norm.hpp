@@ -1,0 +1,95 @@
+#pragma once
+// Layer normalisation over the D features of every column (token), as torch.nn.LayerNorm:
+//
+//   mu_n   = mean_d x(d, n)
+//   var_n  = mean_d (x(d, n) - mu_n)^2                      (biased variance)
+//   rstd_n = 1 / sqrt(var_n + eps)
+//   xhat   = (x - mu_n) * rstd_n
+//   y      = xhat .* gamma + beta
+//
+// Shapes: x, y, dy, dx: D x N;  gamma, beta, dgamma, dbeta: D.
+// The statistics are computed in two passes (mean, then centred variance). The backward pass
+// recomputes them from x; nothing is stored between forward and backward.
+#include "reformer/core/error.hpp"
+#include "reformer/core/types.hpp"
+
+#include <cmath>
+
+namespace reformer {
+
+/// The Hugging Face default epsilon (ReformerConfig.layer_norm_eps).
+inline constexpr double kLayerNormDefaultEps = 1e-12;
+
+namespace detail {
+inline void check_layer_norm_args(const char* where, Index x_rows, Index x_cols, Index gamma_rows,
+                                  Index gamma_cols, Index beta_rows, Index beta_cols, double eps) {
+  REFORMER_REQUIRE(x_rows > 0, InvalidArgument, where, "x.rows() = ", x_rows,
+                   " must be positive (the number of features)");
+  check_shape(where, "gamma", gamma_rows, gamma_cols, x_rows, 1);
+  check_shape(where, "beta", beta_rows, beta_cols, x_rows, 1);
+  REFORMER_REQUIRE(eps >= 0.0 && std::isfinite(eps), InvalidArgument, where, "eps = ", eps,
+                   " must be finite and >= 0");
+  (void)x_cols;
+}
+
+/// Writes xhat = (x - mean) / sqrt(var + eps) of one column and returns rstd.
+template <class S, class In, class Out>
+S layer_norm_normalise_column(const In& x, Out& xhat, S eps) {
+  const S mean = x.mean();
+  xhat = x.array() - mean;
+  const S var = xhat.squaredNorm() / static_cast<S>(x.size());
+  const S rstd = S(1) / std::sqrt(var + eps);
+  xhat *= rstd;
+  return rstd;
+}
+}  // namespace detail
+
+/// y = LayerNorm(x) * gamma + beta (see the header comment). `y` may alias `x`.
+template <class S>
+void layer_norm_forward(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, ConstVectorRef<S> beta,
+                        double eps, MatrixRef<S> y) {
+  detail::check_layer_norm_args("layer_norm_forward", x.rows(), x.cols(), gamma.rows(),
+                                gamma.cols(), beta.rows(), beta.cols(), eps);
+  check_shape("layer_norm_forward", "y", y.rows(), y.cols(), x.rows(), x.cols());
+  const S e = static_cast<S>(eps);
+  Vector<S> xhat(x.rows());  // D
+  for (Index n = 0; n < x.cols(); ++n) {
+    detail::layer_norm_normalise_column<S>(x.col(n), xhat, e);
+    y.col(n) = xhat.cwiseProduct(gamma) + beta;
+  }
+}
+
+/// Backward of layer_norm_forward, recomputing the statistics from x:
+///
+///   g   = dy .* gamma                                   (gradient w.r.t. xhat)
+///   dx  = rstd * (g - mean_d(g) - xhat * mean_d(g .* xhat))    overwritten
+///   dgamma += sum_n dy .* xhat,   dbeta += sum_n dy             accumulated
+///
+/// `dx` may alias `dy`.
+template <class S>
+void layer_norm_backward(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, double eps,
+                         ConstMatrixRef<S> dy, MatrixRef<S> dx, VectorRef<S> dgamma,
+                         VectorRef<S> dbeta) {
+  constexpr const char* kWhere = "layer_norm_backward";
+  detail::check_layer_norm_args(kWhere, x.rows(), x.cols(), gamma.rows(), gamma.cols(),
+                                gamma.rows(), gamma.cols(), eps);
+  check_shape(kWhere, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
+  check_shape(kWhere, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
+  check_shape(kWhere, "dgamma", dgamma.rows(), dgamma.cols(), x.rows(), 1);
+  check_shape(kWhere, "dbeta", dbeta.rows(), dbeta.cols(), x.rows(), 1);
+  const S e = static_cast<S>(eps);
+  const S inv_d = S(1) / static_cast<S>(x.rows());
+  Vector<S> xhat(x.rows());  // D
+  Vector<S> g(x.rows());     // D: dL/dxhat
+  for (Index n = 0; n < x.cols(); ++n) {
+    const S rstd = detail::layer_norm_normalise_column<S>(x.col(n), xhat, e);
+    g = dy.col(n).cwiseProduct(gamma);
+    dgamma += dy.col(n).cwiseProduct(xhat);
+    dbeta += dy.col(n);
+    const S mean_g = g.sum() * inv_d;
+    const S mean_gx = g.dot(xhat) * inv_d;
+    dx.col(n) = rstd * (g.array() - mean_g - xhat.array() * mean_gx).matrix();
+  }
+}
+
+}  // namespace reformer

@@ -1,0 +1,163 @@
+#pragma once
+// Logsumexp and softmax along columns or rows of a matrix, and their backward passes.
+//
+//   *_cols: one distribution per COLUMN (reduce over the rows of each column):
+//           lse(n) = log sum_i exp(x(i, n)),      p(i, n) = exp(x(i, n) - lse(n))
+//           x, p: M x N;  lse: N
+//   *_rows: one distribution per ROW (reduce over the columns of each row):
+//           lse(m) = log sum_j exp(x(m, j)),      p(m, j) = exp(x(m, j) - lse(m))
+//           x, p: M x N;  lse: M
+//
+// Stability: the maximum is subtracted before exponentiating, so masked entries such as -1e9
+// simply underflow to 0. Entries equal to -inf are allowed; a slice that is entirely -inf is an
+// empty distribution: its lse is -inf and its probabilities are 0 (so its gradients are 0).
+//
+// Backward:
+//   softmax:   p = softmax(x)   → dx = p .* (dy - sum(p .* dy))   (from the output p)
+//   logsumexp: l = lse(x)       → dx = softmax(x) * dl = exp(x - l) * dl
+// All outputs are overwritten; p may alias x and dx may alias dy.
+#include "reformer/core/error.hpp"
+#include "reformer/core/types.hpp"
+
+#include <cmath>
+#include <limits>
+
+namespace reformer {
+
+namespace detail {
+template <class S, class Slice>
+S slice_logsumexp(const Slice& v) {
+  const S m = v.maxCoeff();
+  if (m == -std::numeric_limits<S>::infinity()) return m;
+  return m + std::log((v.array() - m).exp().sum());
+}
+
+inline void check_softmax_pair(const char* where, const char* name, Index rows, Index cols,
+                               const char* ref_name, Index ref_rows, Index ref_cols) {
+  if (rows != ref_rows || cols != ref_cols) {
+    raise(where, name, " has shape ", rows, " x ", cols, ", expected the shape of ", ref_name,
+          " = ", ref_rows, " x ", ref_cols);
+  }
+}
+
+inline void check_nonempty(const char* where, Index rows, Index cols) {
+  REFORMER_REQUIRE(rows > 0 && cols > 0, InvalidArgument, where, "x has shape ", rows, " x ", cols,
+                   ", expected a non-empty matrix");
+}
+}  // namespace detail
+
+// ---------------------------------------------------------------- column-wise (per column)
+
+/// lse(n) = log sum_i exp(x(i, n)).  x: M x N, lse: N.
+template <class S>
+void logsumexp_cols(ConstMatrixRef<S> x, VectorRef<S> lse) {
+  detail::check_nonempty("logsumexp_cols", x.rows(), x.cols());
+  check_shape("logsumexp_cols", "lse", lse.rows(), lse.cols(), x.cols(), 1);
+  for (Index n = 0; n < x.cols(); ++n) lse(n) = detail::slice_logsumexp<S>(x.col(n));
+}
+
+/// dx(i, n) = exp(x(i, n) - lse(n)) * dlse(n).  x, dx: M x N; lse, dlse: N (lse from forward).
+template <class S>
+void logsumexp_cols_backward(ConstMatrixRef<S> x, ConstVectorRef<S> lse, ConstVectorRef<S> dlse,
+                             MatrixRef<S> dx) {
+  constexpr const char* kWhere = "logsumexp_cols_backward";
+  detail::check_nonempty(kWhere, x.rows(), x.cols());
+  check_shape(kWhere, "lse", lse.rows(), lse.cols(), x.cols(), 1);
+  check_shape(kWhere, "dlse", dlse.rows(), dlse.cols(), x.cols(), 1);
+  detail::check_softmax_pair(kWhere, "dx", dx.rows(), dx.cols(), "x", x.rows(), x.cols());
+  for (Index n = 0; n < x.cols(); ++n) {
+    if (lse(n) == -std::numeric_limits<S>::infinity()) {
+      dx.col(n).setZero();
+    } else {
+      dx.col(n) = (x.col(n).array() - lse(n)).exp() * dlse(n);
+    }
+  }
+}
+
+/// p(:, n) = softmax(x(:, n)).  x, p: M x N (p may alias x).
+template <class S>
+void softmax_cols(ConstMatrixRef<S> x, MatrixRef<S> p) {
+  detail::check_nonempty("softmax_cols", x.rows(), x.cols());
+  detail::check_softmax_pair("softmax_cols", "p", p.rows(), p.cols(), "x", x.rows(), x.cols());
+  for (Index n = 0; n < x.cols(); ++n) {
+    const S lse = detail::slice_logsumexp<S>(x.col(n));
+    if (lse == -std::numeric_limits<S>::infinity()) {
+      p.col(n).setZero();
+    } else {
+      p.col(n) = (x.col(n).array() - lse).exp().matrix();
+    }
+  }
+}
+
+/// dx(:, n) = p(:, n) .* (dy(:, n) - p(:, n) . dy(:, n)).  p (forward output), dy, dx: M x N.
+template <class S>
+void softmax_cols_backward(ConstMatrixRef<S> p, ConstMatrixRef<S> dy, MatrixRef<S> dx) {
+  constexpr const char* kWhere = "softmax_cols_backward";
+  detail::check_nonempty(kWhere, p.rows(), p.cols());
+  detail::check_softmax_pair(kWhere, "dy", dy.rows(), dy.cols(), "p", p.rows(), p.cols());
+  detail::check_softmax_pair(kWhere, "dx", dx.rows(), dx.cols(), "p", p.rows(), p.cols());
+  for (Index n = 0; n < p.cols(); ++n) {
+    const S s = p.col(n).dot(dy.col(n));
+    dx.col(n) = p.col(n).cwiseProduct(dy.col(n)) - s * p.col(n);
+  }
+}
+
+// ---------------------------------------------------------------- row-wise (per row)
+
+/// lse(m) = log sum_j exp(x(m, j)).  x: M x N, lse: M.
+template <class S>
+void logsumexp_rows(ConstMatrixRef<S> x, VectorRef<S> lse) {
+  detail::check_nonempty("logsumexp_rows", x.rows(), x.cols());
+  check_shape("logsumexp_rows", "lse", lse.rows(), lse.cols(), x.rows(), 1);
+  // Column-major friendly: running max, then a sum of exponentials, column by column.
+  constexpr S kNegInf = -std::numeric_limits<S>::infinity();
+  const Vector<S> m = x.rowwise().maxCoeff();  // M
+  const Vector<S> shift = (m.array() == kNegInf).select(S(0), m.array()).matrix();
+  Vector<S> sum = Vector<S>::Zero(x.rows());
+  for (Index j = 0; j < x.cols(); ++j) sum.array() += (x.col(j) - shift).array().exp();
+  lse = (m.array() == kNegInf).select(kNegInf, shift.array() + sum.array().log()).matrix();
+}
+
+/// dx(m, j) = exp(x(m, j) - lse(m)) * dlse(m).  x, dx: M x N; lse, dlse: M (lse from forward).
+template <class S>
+void logsumexp_rows_backward(ConstMatrixRef<S> x, ConstVectorRef<S> lse, ConstVectorRef<S> dlse,
+                             MatrixRef<S> dx) {
+  constexpr const char* kWhere = "logsumexp_rows_backward";
+  detail::check_nonempty(kWhere, x.rows(), x.cols());
+  check_shape(kWhere, "lse", lse.rows(), lse.cols(), x.rows(), 1);
+  check_shape(kWhere, "dlse", dlse.rows(), dlse.cols(), x.rows(), 1);
+  detail::check_softmax_pair(kWhere, "dx", dx.rows(), dx.cols(), "x", x.rows(), x.cols());
+  constexpr S kNegInf = -std::numeric_limits<S>::infinity();
+  // An empty row (lse = -inf) has x = -inf throughout: shifting by 0 gives exp(-inf) = 0.
+  const Vector<S> shift = (lse.array() == kNegInf).select(S(0), lse.array()).matrix();
+  for (Index j = 0; j < x.cols(); ++j) {
+    dx.col(j) = ((x.col(j) - shift).array().exp() * dlse.array()).matrix();
+  }
+}
+
+/// p(m, :) = softmax(x(m, :)).  x, p: M x N (p may alias x).
+template <class S>
+void softmax_rows(ConstMatrixRef<S> x, MatrixRef<S> p) {
+  detail::check_nonempty("softmax_rows", x.rows(), x.cols());
+  detail::check_softmax_pair("softmax_rows", "p", p.rows(), p.cols(), "x", x.rows(), x.cols());
+  Vector<S> lse(x.rows());
+  logsumexp_rows<S>(x, lse);
+  constexpr S kNegInf = -std::numeric_limits<S>::infinity();
+  const Vector<S> shift = (lse.array() == kNegInf).select(S(0), lse.array()).matrix();
+  for (Index j = 0; j < x.cols(); ++j) p.col(j) = (x.col(j) - shift).array().exp().matrix();
+}
+
+/// dx(m, :) = p(m, :) .* (dy(m, :) - p(m, :) . dy(m, :)).  p (forward output), dy, dx: M x N.
+template <class S>
+void softmax_rows_backward(ConstMatrixRef<S> p, ConstMatrixRef<S> dy, MatrixRef<S> dx) {
+  constexpr const char* kWhere = "softmax_rows_backward";
+  detail::check_nonempty(kWhere, p.rows(), p.cols());
+  detail::check_softmax_pair(kWhere, "dy", dy.rows(), dy.cols(), "p", p.rows(), p.cols());
+  detail::check_softmax_pair(kWhere, "dx", dx.rows(), dx.cols(), "p", p.rows(), p.cols());
+  const Vector<S> s = p.cwiseProduct(dy).rowwise().sum();  // M
+  for (Index j = 0; j < p.cols(); ++j) {
+    dx.col(j) = (p.col(j).array() * (dy.col(j) - s).array()).matrix();
+  }
+}
+
+}  // namespace reformer

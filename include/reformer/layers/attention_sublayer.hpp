@@ -1,0 +1,179 @@
+#pragma once
+// The attention sublayer: LayerNorm -> attention core -> output projection (-> dropout).
+//
+//   xn = LN(x)                     D x N       N = ctx.batch * T
+//   a  = Core(xn)                  H*Dh x N    concatenated head outputs
+//   z  = W_o a                     D x N       W_o: [D, H*Dh], no bias
+//   y  = Dropout(z)                D x N       training only, p = output_dropout (HF
+//                                              hidden_dropout_prob), key
+//                                              ctx.rng(stream::kAttentionOutputDropout), draw
+//                                              index = column * D + row of the full D x N matrix
+//
+// Parameters (Hugging Face ReformerAttention names, registered in HF state-dict order):
+//   <prefix>layer_norm.weight [D], <prefix>layer_norm.bias [D],
+//   <prefix>self_attention.*        (registered by the core),
+//   <prefix>output.dense.weight [D, H*Dh].
+//
+// A core maps normalised inputs to concatenated head outputs (docs/ARCHITECTURE.md):
+//   using Config = ...;                                 // the core's own configuration
+//   Core(const Config&, Index hidden, Parameters<S>&, const std::string& prefix);
+//   Index out_features() const;                         // H * Dh
+//   void init(Parameters<S>&, const Rng&, double std) const;  // HF initialisation
+//   void forward(const Parameters<S>&, ConstMatrixRef<S> xn, MatrixRef<S> a,
+//                const Context&) const;
+//   void backward(Parameters<S>&, ConstMatrixRef<S> xn, ConstMatrixRef<S> da,
+//                 MatrixRef<S> dxn /* overwritten */, MatrixRef<S> a /* recomputed */,
+//                 const Context&) const;                // core parameter grads +=
+#include "reformer/core/context.hpp"
+#include "reformer/core/error.hpp"
+#include "reformer/core/parameters.hpp"
+#include "reformer/core/rng.hpp"
+#include "reformer/core/types.hpp"
+#include "reformer/layers/detail/sublayer_util.hpp"
+
+#include <string>
+
+namespace reformer {
+
+/// Configuration of an AttentionSublayer: the core's configuration plus the wrapper's own.
+template <class CoreConfig>
+struct AttentionSublayerConfig {
+  CoreConfig core{};              ///< heads, head size, masks, ... (validated by the core)
+  Index hidden_size = 0;          ///< D
+  double layer_norm_eps = 1e-12;  ///< LayerNorm epsilon (HF default)
+  double output_dropout = 0.0;    ///< dropout after the output dense (HF hidden_dropout_prob)
+};
+
+template <class S, class Core>
+class AttentionSublayer {
+ public:
+  using Scalar = S;
+  using CoreType = Core;
+  using CoreConfig = typename Core::Config;
+  using Config = AttentionSublayerConfig<CoreConfig>;
+
+  /// Registers `<prefix>layer_norm.*`, the core's `<prefix>self_attention.*` and
+  /// `<prefix>output.dense.weight` in `params`. Throws InvalidArgument on a bad config.
+  AttentionSublayer(const Config& cfg, Parameters<S>& params, const std::string& prefix = "")
+      : cfg_(validated(cfg)),
+        ln_weight_(params.add(prefix + "layer_norm.weight", {cfg.hidden_size})),
+        ln_bias_(params.add(prefix + "layer_norm.bias", {cfg.hidden_size})),
+        core_(cfg.core, cfg.hidden_size, params, prefix),
+        out_weight_(params.add(prefix + "output.dense.weight",
+                               {cfg.hidden_size, checked_out_features(core_)})) {}
+
+  const Config& config() const { return cfg_; }
+  const Core& core() const { return core_; }
+  Index hidden_size() const { return cfg_.hidden_size; }
+
+  SlotId layer_norm_weight_slot() const { return ln_weight_; }
+  SlotId layer_norm_bias_slot() const { return ln_bias_; }
+  SlotId output_weight_slot() const { return out_weight_; }
+
+  /// Hugging Face initialisation: weights ~ normal(0, std) drawn from `rng`, LayerNorm weight 1
+  /// and bias 0.
+  void init(Parameters<S>& params, const Rng& rng, double std) const {
+    params.value_vector(ln_weight_).setOnes();
+    params.value_vector(ln_bias_).setZero();
+    detail::init_normal(params, out_weight_, rng.derive(0), std);
+    core_.init(params, rng.derive(1), std);
+  }
+
+  /// y = f(x). x and y are D x (ctx.batch * T).
+  void forward(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
+               const Context& ctx) const {
+    const char* where = "AttentionSublayer::forward";
+    check_io(where, x, ctx);
+    check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
+    const Index n = x.cols();
+    Matrix<S> xn(hidden_size(), n);
+    detail::layer_norm_fwd<S>(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
+                              cfg_.layer_norm_eps, xn);
+    Matrix<S> a(core_.out_features(), n);
+    core_.forward(params, xn, a, ctx);
+    detail::product_by_columns<S>(params.value(out_weight_), a, y);  // z = W_o a
+    apply_output_dropout(y, y, ctx);
+  }
+
+  /// Recomputes f from x, writes dx = (df/dx)^T dy and fx = f(x), accumulates the parameter
+  /// gradients into params.grads().
+  void backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
+                MatrixRef<S> fx, const Context& ctx) const {
+    const char* where = "AttentionSublayer::backward";
+    check_io(where, x, ctx);
+    check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
+    check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
+    check_shape(where, "fx", fx.rows(), fx.cols(), x.rows(), x.cols());
+    const Index n = x.cols();
+    const Index hd = core_.out_features();
+
+    // Forward, recomputed: xn = LN(x).
+    Matrix<S> xn(hidden_size(), n);
+    detail::layer_norm_fwd<S>(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
+                              cfg_.layer_norm_eps, xn);
+
+    // y = Dropout(z)  =>  dz = mask .* dy / (1 - p)   (the same mask as the forward pass).
+    Matrix<S> dz(hidden_size(), n);
+    apply_output_dropout(dy, dz, ctx);
+
+    // z = W_o a  =>  da = W_o^T dz,  dW_o += dz a^T.
+    Matrix<S> da(hd, n);
+    detail::product_by_columns<S>(params.value(out_weight_).transpose(), dz, da);
+
+    // Through the core: dxn, and the recomputed head outputs a.
+    Matrix<S> a(hd, n);
+    Matrix<S> dxn(hidden_size(), n);
+    core_.backward(params, xn, da, dxn, a, ctx);
+    detail::accumulate_outer_by_rows<S>(dz, a, params.grad(out_weight_));
+
+    // f(x) = Dropout(W_o a).
+    detail::product_by_columns<S>(params.value(out_weight_), a, fx);
+    apply_output_dropout(fx, fx, ctx);
+
+    // Through the LayerNorm.
+    detail::layer_norm_bwd<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps, dxn, dx,
+                              params.grad_vector(ln_weight_), params.grad_vector(ln_bias_));
+  }
+
+ private:
+  static const Config& validated(const Config& cfg) {
+    const char* where = "AttentionSublayer";
+    REFORMER_REQUIRE(cfg.hidden_size > 0, InvalidArgument, where, "hidden_size = ", cfg.hidden_size,
+                     " must be positive");
+    REFORMER_REQUIRE(cfg.layer_norm_eps > 0, InvalidArgument, where,
+                     "layer_norm_eps = ", cfg.layer_norm_eps, " must be positive");
+    REFORMER_REQUIRE(cfg.output_dropout >= 0 && cfg.output_dropout < 1, InvalidArgument, where,
+                     "output_dropout = ", cfg.output_dropout, " must be in [0, 1)");
+    return cfg;
+  }
+  static Index checked_out_features(const Core& core) {
+    const Index f = core.out_features();
+    REFORMER_REQUIRE(f > 0, InvalidArgument, "AttentionSublayer", "core out_features = ", f,
+                     " must be positive");
+    return f;
+  }
+
+  void check_io(const char* where, const ConstMatrixRef<S>& x, const Context& ctx) const {
+    REFORMER_REQUIRE(x.rows() == hidden_size(), InvalidArgument, where, "x.rows() = ", x.rows(),
+                     " must equal hidden_size = ", hidden_size());
+    (void)ctx.length(where, x.cols());
+  }
+
+  // out = Dropout(in) with this sublayer's output-dropout key (out may alias in).
+  template <class In>
+  void apply_output_dropout(const In& in, MatrixRef<S> out, const Context& ctx) const {
+    if (ctx.training && cfg_.output_dropout > 0) {
+      detail::dropout_apply<S>(in, ctx.rng(stream::kAttentionOutputDropout), cfg_.output_dropout, 0,
+                               out);
+    } else if (out.data() != in.data()) {
+      out = in;
+    }
+  }
+
+  Config cfg_;
+  SlotId ln_weight_, ln_bias_;
+  Core core_;
+  SlotId out_weight_;
+};
+
+}  // namespace reformer

@@ -1,0 +1,216 @@
+#pragma once
+// FullAttention: dense multi-head self-attention (DESIGN 1.4), an attention core for
+// AttentionSublayer. It is the O(T^2) baseline of the benchmarks and the oracle of the tests,
+// so it is written plainly: per (sequence, head) one T x T score matrix.
+//
+// Per sequence b (columns [b*T, (b+1)*T) of xn) and head h (rows [h*Dh, (h+1)*Dh)):
+//   q = W_q xn,  k = W_k xn / sqrt(Dh),  v = W_v xn                 Dh x T each
+//   s(j, i) = k_j . q_i                     T x T, row = key j, column = query i
+//   causal: s(j, i) = -1e9 where j > i      (replaces the score)
+//   p(:, i) = softmax(s(:, i))              per query column
+//   p~ = Dropout(p)                         training only; key
+//        ctx.rng(stream::kAttentionProbsDropout).derive(b).derive(h), draw index i*T + j
+//        (= the column-major linear index of p(j, i), independent of chunking and threads)
+//   o = v p~                                Dh x T, rows [h*Dh, (h+1)*Dh) of the output a
+// Sequences never attend to each other.
+//
+// Parameters: <prefix>self_attention.query.weight, .key.weight, .value.weight, each [H*Dh, D]
+// (no biases), the Hugging Face local-attention names.
+#include "reformer/core/context.hpp"
+#include "reformer/core/error.hpp"
+#include "reformer/core/parameters.hpp"
+#include "reformer/core/rng.hpp"
+#include "reformer/core/threading.hpp"
+#include "reformer/core/types.hpp"
+#include "reformer/layers/attention_sublayer.hpp"
+#include "reformer/layers/detail/sublayer_util.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+namespace reformer {
+
+struct FullAttentionConfig {
+  Index num_heads = 1;   ///< H
+  Index head_size = 64;  ///< Dh
+  bool causal = true;    ///< mask keys after the query
+  double dropout = 0.0;  ///< dropout on the attention probabilities (training only)
+};
+
+template <class S>
+class FullAttention {
+ public:
+  using Scalar = S;
+  using Config = FullAttentionConfig;
+
+  /// The score of a masked (query, key) pair (replaces the score, as Hugging Face does).
+  static constexpr double kMaskValue = -1e9;
+
+  FullAttention(const Config& cfg, Index hidden, Parameters<S>& params,
+                const std::string& prefix = "")
+      : cfg_(validated(cfg, hidden)),
+        hidden_(hidden),
+        wq_(params.add(prefix + "self_attention.query.weight", {out_features(), hidden})),
+        wk_(params.add(prefix + "self_attention.key.weight", {out_features(), hidden})),
+        wv_(params.add(prefix + "self_attention.value.weight", {out_features(), hidden})) {}
+
+  const Config& config() const { return cfg_; }
+  Index hidden_size() const { return hidden_; }
+  Index out_features() const { return cfg_.num_heads * cfg_.head_size; }
+
+  SlotId query_slot() const { return wq_; }
+  SlotId key_slot() const { return wk_; }
+  SlotId value_slot() const { return wv_; }
+
+  /// Weights ~ normal(0, std) (Hugging Face initialisation).
+  void init(Parameters<S>& params, const Rng& rng, double std) const {
+    detail::init_normal(params, wq_, rng.derive(0), std);
+    detail::init_normal(params, wk_, rng.derive(1), std);
+    detail::init_normal(params, wv_, rng.derive(2), std);
+  }
+
+  /// a = attention(xn): xn is D x N, a is H*Dh x N, N = ctx.batch * T.
+  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+               const Context& ctx) const {
+    const char* where = "FullAttention::forward";
+    const Index t = check_io(where, xn, ctx);
+    check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
+    Matrix<S> q, k, v;
+    project(params, xn, q, k, v);
+    parallel_for(ctx.batch * cfg_.num_heads, [&](Index item) {
+      const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
+      Matrix<S> p(t, t);
+      probabilities(block(q, b, h, t), block(k, b, h, t), p);
+      apply_dropout(p, ctx, b, h);
+      block(a, b, h, t).noalias() = block(v, b, h, t) * p;  // o = v p~
+    });
+  }
+
+  /// Recomputes the forward pass; da is the gradient of a. Writes dxn (overwrite) and a
+  /// (the recomputed output); accumulates dW_q, dW_k, dW_v into params.grads().
+  void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
+                MatrixRef<S> a, const Context& ctx) const {
+    const char* where = "FullAttention::backward";
+    const Index t = check_io(where, xn, ctx);
+    check_shape(where, "da", da.rows(), da.cols(), out_features(), xn.cols());
+    check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), xn.cols());
+    check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
+    const Index n = xn.cols();
+    Matrix<S> q, k, v;
+    project(params, xn, q, k, v);
+    Matrix<S> dq(out_features(), n), dk(out_features(), n), dv(out_features(), n);
+
+    parallel_for(ctx.batch * cfg_.num_heads, [&](Index item) {
+      const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
+      const auto qb = block(q, b, h, t), kb = block(k, b, h, t), vb = block(v, b, h, t);
+      const auto dob = block(da, b, h, t);
+      Matrix<S> p(t, t);
+      probabilities(qb, kb, p);
+      // Forward (recomputed):  p~ = Dropout(p),  o = v p~.
+      Matrix<S> pd = p;
+      apply_dropout(pd, ctx, b, h);
+      block(a, b, h, t).noalias() = vb * pd;
+      // o = v p~          =>  dv = do p~^T,   dp~ = v^T do.
+      block(dv, b, h, t).noalias() = dob * pd.transpose();
+      Matrix<S>& dp = pd;  // reuse the buffer: dp~ overwrites p~
+      dp.noalias() = vb.transpose() * dob;
+      // p~ = Dropout(p)   =>  dp = the same mask and scale applied to dp~.
+      apply_dropout(dp, ctx, b, h);
+      // p = softmax(s)    =>  ds(:, i) = p(:, i) .* (dp(:, i) - p(:, i) . dp(:, i)).
+      // Masked scores are constants: p is exactly 0 there, so ds is too.
+      Matrix<S>& ds = dp;
+      const RowVector<S> pdp = p.cwiseProduct(dp).colwise().sum();
+      ds = p.cwiseProduct(dp - pdp.replicate(t, 1));
+      // s = k^T q         =>  dq = k ds,  dk = q ds^T  (dk is w.r.t. the scaled k).
+      block(dq, b, h, t).noalias() = kb * ds;
+      block(dk, b, h, t).noalias() = qb * ds.transpose();
+    });
+
+    // k = W_k xn / sqrt(Dh)  =>  the 1/sqrt(Dh) factor moves onto dk.
+    dk *= S(1) / std::sqrt(S(cfg_.head_size));
+    // q = W_q xn, k, v likewise  =>  dW += d(.) xn^T,  dxn = W_q^T dq + W_k^T dk + W_v^T dv.
+    detail::accumulate_outer_by_rows<S>(dq, xn, params.grad(wq_));
+    detail::accumulate_outer_by_rows<S>(dk, xn, params.grad(wk_));
+    detail::accumulate_outer_by_rows<S>(dv, xn, params.grad(wv_));
+    detail::product_by_columns<S>(params.value(wq_).transpose(), dq, dxn);
+    Matrix<S> tmp(xn.rows(), n);
+    detail::product_by_columns<S>(params.value(wk_).transpose(), dk, tmp);
+    dxn += tmp;
+    detail::product_by_columns<S>(params.value(wv_).transpose(), dv, tmp);
+    dxn += tmp;
+  }
+
+ private:
+  static const Config& validated(const Config& cfg, Index hidden) {
+    const char* where = "FullAttention";
+    REFORMER_REQUIRE(cfg.num_heads > 0, InvalidArgument, where, "num_heads = ", cfg.num_heads,
+                     " must be positive");
+    REFORMER_REQUIRE(cfg.head_size > 0, InvalidArgument, where, "head_size = ", cfg.head_size,
+                     " must be positive");
+    REFORMER_REQUIRE(hidden > 0, InvalidArgument, where, "hidden = ", hidden, " must be positive");
+    REFORMER_REQUIRE(cfg.dropout >= 0 && cfg.dropout < 1, InvalidArgument, where,
+                     "dropout = ", cfg.dropout, " must be in [0, 1)");
+    return cfg;
+  }
+
+  Index check_io(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx) const {
+    REFORMER_REQUIRE(xn.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", xn.rows(),
+                     " must equal hidden = ", hidden_);
+    return ctx.length(where, xn.cols());
+  }
+
+  // The (b, h) block of an H*Dh x N matrix: rows of head h, columns of sequence b.
+  template <class M>
+  auto block(M& m, Index b, Index h, Index t) const {
+    return m.block(h * cfg_.head_size, b * t, cfg_.head_size, t);
+  }
+
+  // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn for all tokens.
+  void project(const Parameters<S>& params, const ConstMatrixRef<S>& xn, Matrix<S>& q, Matrix<S>& k,
+               Matrix<S>& v) const {
+    const Index n = xn.cols();
+    q.resize(out_features(), n);
+    k.resize(out_features(), n);
+    v.resize(out_features(), n);
+    detail::product_by_columns<S>(params.value(wq_), xn, q);
+    detail::product_by_columns<S>(params.value(wk_), xn, k);
+    detail::product_by_columns<S>(params.value(wv_), xn, v);
+    k *= S(1) / std::sqrt(S(cfg_.head_size));
+  }
+
+  // p = column-wise softmax of the (masked) scores s = k^T q; p is T x T.
+  template <class Q, class K>
+  void probabilities(const Q& q, const K& k, Matrix<S>& p) const {
+    const Index t = p.cols();
+    p.noalias() = k.transpose() * q;
+    for (Index i = 0; i < t; ++i) {
+      auto col = p.col(i);
+      if (cfg_.causal) col.tail(t - i - 1).setConstant(S(kMaskValue));
+      const S m = col.maxCoeff();
+      col = (col.array() - m).exp();
+      col /= col.sum();
+    }
+  }
+
+  // m = Dropout(m) with the (b, h) probability-dropout key; element (j, i) has draw i*T + j.
+  void apply_dropout(Matrix<S>& m, const Context& ctx, Index b, Index h) const {
+    if (!ctx.training || cfg_.dropout <= 0) return;
+    const Rng rng = ctx.rng(stream::kAttentionProbsDropout)
+                        .derive(static_cast<std::uint64_t>(b))
+                        .derive(static_cast<std::uint64_t>(h));
+    detail::dropout_apply<S>(m, rng, cfg_.dropout, 0, m);
+  }
+
+  Config cfg_;
+  Index hidden_;
+  SlotId wq_, wk_, wv_;
+};
+
+/// The full-attention sublayer a user instantiates: LN -> FullAttention -> W_o (-> dropout).
+template <class S>
+using FullAttentionLayer = AttentionSublayer<S, FullAttention<S>>;
+template <class S>
+using FullAttentionLayerConfig = typename FullAttentionLayer<S>::Config;
+
+}  // namespace reformer

@@ -1,0 +1,84 @@
+#pragma once
+// Helpers of the model test suite: a toy sublayer for the reversible block, finite differences.
+#include "reformer/core/context.hpp"
+#include "reformer/core/parameters.hpp"
+#include "reformer/core/rng.hpp"
+#include "reformer/core/types.hpp"
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+namespace reformer::test {
+
+/// A toy sublayer f(x) = tanh(W x + b) (D x D weight) honouring the sublayer contract, so the
+/// reversible block is tested independently of the attention and feed-forward layers.
+template <class S>
+class TanhSublayer {
+ public:
+  TanhSublayer(Index d, Parameters<S>& params, const std::string& prefix)
+      : d_(d), w_(params.add(prefix + "weight", {d, d})), b_(params.add(prefix + "bias", {d})) {}
+
+  void init(Parameters<S>& params, const Rng& rng, double std) const {
+    auto w = params.value_vector(w_);
+    for (Index i = 0; i < w.size(); ++i) w[i] = static_cast<S>(std * rng.normal(i));
+    auto b = params.value_vector(b_);
+    for (Index i = 0; i < b.size(); ++i) b[i] = static_cast<S>(0.1 * rng.derive(1).normal(i));
+  }
+
+  void forward(const Parameters<S>& p, ConstMatrixRef<S> x, MatrixRef<S> y, const Context&) const {
+    y.noalias() = p.value(w_) * x;
+    y.colwise() += p.value_vector(b_);
+    y = y.array().tanh().matrix();
+  }
+
+  // y = tanh(z), z = W x + b  =>  dz = dy .* (1 - y^2), dx = W^T dz, dW += dz x^T, db += sum dz
+  void backward(Parameters<S>& p, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
+                MatrixRef<S> fx, const Context& ctx) const {
+    forward(p, x, fx, ctx);
+    const Matrix<S> dz = dy.cwiseProduct((S(1) - fx.array().square()).matrix());
+    dx.noalias() = p.value(w_).transpose() * dz;
+    p.grad(w_).noalias() += dz * x.transpose();
+    p.grad_vector(b_) += dz.rowwise().sum();
+  }
+
+ private:
+  Index d_;
+  SlotId w_, b_;
+};
+
+/// A matrix of standard normal draws.
+template <class S>
+Matrix<S> random_matrix(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
+  Matrix<S> m(rows, cols);
+  const Rng rng(seed);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<S>(scale * rng.normal(i));
+  return m;
+}
+
+/// Central finite differences of loss() with respect to every entry of `x` (modified in place
+/// and restored). Returns the gradient estimate.
+template <class Vec, class Loss>
+Eigen::VectorXd finite_differences(Vec& x, Loss&& loss, double h = 1e-6) {
+  Eigen::VectorXd g(x.size());
+  for (Index i = 0; i < x.size(); ++i) {
+    const auto saved = x[i];
+    x[i] = saved + h;
+    const double lp = loss();
+    x[i] = saved - h;
+    const double lm = loss();
+    x[i] = saved;
+    g[i] = (lp - lm) / (2 * h);
+  }
+  return g;
+}
+
+/// |g - g_fd| / |g + g_fd| over whole vectors (the quality bar's gradient-check metric).
+template <class A, class B>
+double gradient_error(const Eigen::MatrixBase<A>& g, const Eigen::MatrixBase<B>& g_fd) {
+  const double denom = (g + g_fd).norm();
+  return denom == 0.0 ? 0.0 : (g - g_fd).norm() / denom;
+}
+
+}  // namespace reformer::test

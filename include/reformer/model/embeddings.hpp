@@ -30,15 +30,15 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/model/config.hpp"
+#include "reformer/ops/dropout.hpp"
+#include "reformer/ops/embedding.hpp"
+#include "reformer/ops/tokens.hpp"
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
 namespace reformer {
-
-/// Token id type of the model's inputs.
-using TokenId = std::int32_t;
 
 template <class S>
 class Embeddings {
@@ -96,9 +96,8 @@ class Embeddings {
 
   /// Throws InvalidArgument unless `tokens` holds ctx.batch sequences of a length within the
   /// position table, every id in [0, V). Returns T.
-  Index check_tokens(const char* where, const std::vector<TokenId>& tokens,
-                     const Context& ctx) const {
-    const Index n = static_cast<Index>(tokens.size());
+  Index check_tokens(const char* where, TokenSpan tokens, const Context& ctx) const {
+    const Index n = tokens.size();
     REFORMER_REQUIRE(ctx.batch >= 1, InvalidArgument, where, "batch = ", ctx.batch,
                      " must be >= 1");
     REFORMER_REQUIRE(n > 0 && n % ctx.batch == 0, InvalidArgument, where, "tokens.size() = ", n,
@@ -108,94 +107,79 @@ class Embeddings {
                      " exceeds the position embeddings' maximum length ", max_length_,
                      axial_ ? " (axial_pos_shape s1 * s2)" : " (max_position_embeddings)");
     for (Index i = 0; i < n; ++i) {
-      const TokenId id = tokens[static_cast<std::size_t>(i)];
-      REFORMER_REQUIRE(id >= 0 && id < vocab_, InvalidArgument, where, "tokens[", i, "] = ", id,
-                       " (sequence ", i / t, ", position ", i % t,
+      REFORMER_REQUIRE(tokens[i] >= 0 && tokens[i] < vocab_, InvalidArgument, where, "tokens[", i,
+                       "] = ", tokens[i], " (sequence ", i / t, ", position ", i % t,
                        ") is outside [0, vocab_size = ", vocab_, ")");
     }
     return t;
   }
 
   /// e = word + position embeddings (with dropout in training). e is D x tokens.size().
-  void forward(const Parameters<S>& params, const std::vector<TokenId>& tokens, MatrixRef<S> e,
+  void forward(const Parameters<S>& params, TokenSpan tokens, MatrixRef<S> e,
                const Context& ctx) const {
     const char* where = "Embeddings::forward";
     const Index t = check_tokens(where, tokens, ctx);
-    const Index n = static_cast<Index>(tokens.size());
+    const Index n = tokens.size();
     check_shape(where, "e", e.rows(), e.cols(), hidden_, n);
-    const auto word = params.value(word_);  // V x D row-major: row = one token's vector
-    const bool drop = ctx.training && dropout_ > 0;
-    const Rng word_rng = ctx.rng(stream::kEmbeddingDropout);
+    const double p = ctx.training ? dropout_ : 0.0;
     const Rng pos_rng = ctx.rng(stream::kPositionDropout);
-    const S scale = drop ? S(1) / S(1 - dropout_) : S(1);
-    for (Index c = 0; c < n; ++c) {
-      e.col(c) = word.row(tokens[static_cast<std::size_t>(c)]).transpose();
-      if (drop) apply_mask(e.col(c), word_rng, c);
-    }
+
+    // e = Dropout_w(E[tok])
+    embedding_forward<S>(params.value(word_), tokens, e);
+    dropout_inplace<S>(ctx.rng(stream::kEmbeddingDropout), p, 0, e);
+
+    // e += Dropout_p(P(:, t))
+    const S scale = static_cast<S>(1.0 / (1.0 - p));
+    Matrix<S> pcol(hidden_, 1);
     for (Index c = 0; c < n; ++c) {
       const Index b = c / t, pos = c % t;
       if (axial_) {
         const Index i = pos / s2_, j = pos % s2_;
-        if (drop && !keep(pos_rng, static_cast<std::uint64_t>(b * s2_ + j))) continue;
+        if (!dropout_keeps(pos_rng, p, static_cast<std::uint64_t>(b * s2_ + j))) continue;
         e.col(c).head(d1_) += scale * params.value(pos0_).row(i).transpose();
         e.col(c).tail(d2_) += scale * params.value_vector(pos1_).segment(j * d2_, d2_);
-      } else if (drop) {
-        Vector<S> p = params.value(pos0_).row(pos).transpose();
-        apply_mask(p, pos_rng, c);
-        e.col(c) += p;
       } else {
-        e.col(c) += params.value(pos0_).row(pos).transpose();
+        pcol = params.value(pos0_).row(pos).transpose();
+        dropout_inplace<S>(pos_rng, p, c * hidden_, pcol);  // draw index c * D + r
+        e.col(c) += pcol;
       }
     }
   }
 
   /// Accumulates the table gradients from de (D x tokens.size()), recomputing the dropout masks.
-  void backward(Parameters<S>& params, const std::vector<TokenId>& tokens, ConstMatrixRef<S> de,
+  void backward(Parameters<S>& params, TokenSpan tokens, ConstMatrixRef<S> de,
                 const Context& ctx) const {
     const char* where = "Embeddings::backward";
     const Index t = check_tokens(where, tokens, ctx);
-    const Index n = static_cast<Index>(tokens.size());
+    const Index n = tokens.size();
     check_shape(where, "de", de.rows(), de.cols(), hidden_, n);
-    const bool drop = ctx.training && dropout_ > 0;
-    const Rng word_rng = ctx.rng(stream::kEmbeddingDropout);
+    const double p = ctx.training ? dropout_ : 0.0;
     const Rng pos_rng = ctx.rng(stream::kPositionDropout);
-    const S scale = drop ? S(1) / S(1 - dropout_) : S(1);
-    auto dword = params.grad(word_);
-    Vector<S> g(hidden_);
-    for (Index c = 0; c < n; ++c) {
-      // e = Dropout(E[tok]) + ...  =>  dE[tok] += mask .* de
-      g = de.col(c);
-      if (drop) apply_mask(g, word_rng, c);
-      dword.row(tokens[static_cast<std::size_t>(c)]) += g.transpose();
-    }
+
+    // e = Dropout_w(E[tok]) + ...  =>  dE[tok_n] += mask_n .* de(:, n)   (scatter-add)
+    Matrix<S> dword(hidden_, n);
+    dropout_backward<S>(ctx.rng(stream::kEmbeddingDropout), p, 0, de, dword);
+    embedding_backward<S>(tokens, dword, params.grad(word_));
+
+    const S scale = static_cast<S>(1.0 / (1.0 - p));
+    Matrix<S> pcol(hidden_, 1);
     for (Index c = 0; c < n; ++c) {
       const Index b = c / t, pos = c % t;
       if (axial_) {
-        // P(:, t) = [P1[i]; P2[j]]  =>  dP1[i] += de(:d1), dP2[j] += de(d1:)
+        // P(:, t) = [P1[i]; P2[j]]  =>  dP1[i] += de(:d1, n),  dP2[j] += de(d1:, n)
         const Index i = pos / s2_, j = pos % s2_;
-        if (drop && !keep(pos_rng, static_cast<std::uint64_t>(b * s2_ + j))) continue;
+        if (!dropout_keeps(pos_rng, p, static_cast<std::uint64_t>(b * s2_ + j))) continue;
         params.grad(pos0_).row(i) += scale * de.col(c).head(d1_).transpose();
         params.grad_vector(pos1_).segment(j * d2_, d2_) += scale * de.col(c).tail(d2_);
       } else {
-        g = de.col(c);
-        if (drop) apply_mask(g, pos_rng, c);
-        params.grad(pos0_).row(pos) += g.transpose();
+        // dP[t] += mask .* de(:, n)
+        dropout_backward<S>(pos_rng, p, c * hidden_, de.col(c), pcol);
+        params.grad(pos0_).row(pos) += pcol.transpose();
       }
     }
   }
 
  private:
-  bool keep(const Rng& rng, std::uint64_t index) const { return rng.uniform(index) >= dropout_; }
-
-  // Inverted dropout of column c of a D x N matrix (draw index = linear element index).
-  template <class Col>
-  void apply_mask(Col&& col, const Rng& rng, Index c) const {
-    const S scale = S(1) / S(1 - dropout_);
-    for (Index r = 0; r < hidden_; ++r) {
-      col(r) = keep(rng, static_cast<std::uint64_t>(c * hidden_ + r)) ? col(r) * scale : S(0);
-    }
-  }
-
   Index vocab_, hidden_;
   bool axial_;
   double dropout_;

@@ -33,7 +33,7 @@ struct Emb {
   Embeddings<double> emb;
 };
 
-const std::vector<TokenId> kTokens = {3, 0, 6, 3, 3, 1, 2, 5, 4, 0, 6, 6, 1, 2};  // B=2, T=7
+const std::vector<Token> kTokens = {3, 0, 6, 3, 3, 1, 2, 5, 4, 0, 6, 6, 1, 2};  // B=2, T=7
 
 TEST(Embeddings, RegistersHuggingFaceNamesAndShapes) {
   Emb a(small_config(true));
@@ -165,7 +165,7 @@ TEST(Embeddings, RejectsBadTokens) {
   Context ctx;
   ctx.batch = 2;
   Matrix<double> e(6, 14);
-  std::vector<TokenId> bad = kTokens;
+  std::vector<Token> bad = kTokens;
   bad[9] = 7;
   std::string msg = message_of([&] { m.emb.forward(m.params, bad, e, ctx); });
   EXPECT_NE(msg.find("tokens[9] = 7"), std::string::npos) << msg;
@@ -179,7 +179,7 @@ TEST(Embeddings, RejectsBadTokens) {
   EXPECT_NE(msg.find("batch = 3"), std::string::npos) << msg;
 
   ctx.batch = 1;
-  std::vector<TokenId> too_long(13, 1);  // 13 > s1 * s2 = 12
+  std::vector<Token> too_long(13, 1);  // 13 > s1 * s2 = 12
   Matrix<double> e13(6, 13);
   msg = message_of([&] { m.emb.forward(m.params, too_long, e13, ctx); });
   EXPECT_NE(msg.find("T = 13"), std::string::npos) << msg;

@@ -1,0 +1,234 @@
+#pragma once
+// The per-chunk attention kernel shared by local attention (DESIGN 1.3) and LSH attention
+// (DESIGN 1.2): a block of Cq query columns attends to a window of Ck key/value columns that the
+// caller has already prepared (keys scaled or length-normalised, the window gathered, e.g.
+// [previous chunk, own chunk]).
+//
+// Forward, for query i (column of q) and key j (column of k / v):
+//   s_ij   = q_i . k_j
+//   masks REPLACE s_ij, applied in this order (later masks win):
+//            causal   kpos(j) >  qpos(i)            -> -1e9   (when opts.causal)
+//            self     kpos(j) == qpos(i)            -> -1e5   (when opts.self_mask)
+//            padding  kpos(j) >= opts.valid_length  -> -1e9
+//   lse_i  = log sum_j exp(s_ij)                     (of the undropped scores)
+//   p_ij   = exp(s_ij - lse_i)
+//   pd_ij  = p_ij * m_ij                              (dropout: m_ij = keep_ij / (1 - rate))
+//   o_i    = sum_j pd_ij v_j
+// keep_ij is a pure function of (opts.dropout_rng, qpos(i) * opts.draw_stride + kpos(j)), so the
+// backward pass reproduces the forward's mask and nothing random is stored.
+//
+// Internally the scores are kept transposed, st = k^T q (Ck x Cq), so that the softmax of one
+// query runs down a contiguous column, and every product is an Eigen GEMM on contiguous blocks.
+// The caller provides a ChunkAttentionWorkspace (one per thread / work item) sized for the
+// largest chunk, so no allocation happens per chunk.
+#include "reformer/core/error.hpp"
+#include "reformer/core/rng.hpp"
+#include "reformer/core/types.hpp"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace reformer {
+
+/// Mask values (DESIGN 1.2 / 1.3); they replace the score.
+inline constexpr double kCausalMaskValue = -1e9;
+inline constexpr double kSelfMaskValue = -1e5;
+inline constexpr double kPaddingMaskValue = -1e9;
+
+/// What the kernel masks and whether it drops attention probabilities.
+struct ChunkAttentionOptions {
+  bool causal = true;      ///< keys after the query's position get kCausalMaskValue
+  bool self_mask = false;  ///< a key at the query's own position gets kSelfMaskValue (LSH)
+  /// Keys at positions >= valid_length are padding (kPaddingMaskValue). Default: no padding.
+  Index valid_length = std::numeric_limits<Index>::max();
+  /// Attention-probability dropout (inverted). Active when dropout_rate > 0; must be < 1.
+  double dropout_rate = 0.0;
+  Rng dropout_rng{};      ///< key of the dropout mask (already derived per batch/head/round)
+  Index draw_stride = 0;  ///< draw index = qpos * draw_stride + kpos; must exceed every kpos
+};
+
+/// Scratch for the kernel: two Ck x Cq buffers of the largest chunk. Reused across chunks.
+template <class S>
+class ChunkAttentionWorkspace {
+ public:
+  ChunkAttentionWorkspace() = default;
+  ChunkAttentionWorkspace(Index max_queries, Index max_keys) { reserve(max_queries, max_keys); }
+
+  /// Grows the buffers to hold at least max_queries x max_keys (never shrinks).
+  void reserve(Index max_queries, Index max_keys) {
+    if (max_keys > probs_.rows() || max_queries > probs_.cols()) {
+      const Index r = std::max(max_keys, probs_.rows());
+      const Index c = std::max(max_queries, probs_.cols());
+      probs_.resize(r, c);
+      grads_.resize(r, c);
+    }
+  }
+  Index max_queries() const { return probs_.cols(); }
+  Index max_keys() const { return probs_.rows(); }
+
+  /// Ck x Cq views (the kernels use them; exposed for tests and diagnostics).
+  Eigen::Block<Matrix<S>> probs(Index keys, Index queries) {
+    return probs_.topLeftCorner(keys, queries);
+  }
+  Eigen::Block<Matrix<S>> grads(Index keys, Index queries) {
+    return grads_.topLeftCorner(keys, queries);
+  }
+
+ private:
+  Matrix<S> probs_;  // scores, then probabilities (dropped in forward)
+  Matrix<S> grads_;  // dpd -> dp -> ds (backward only)
+};
+
+namespace detail {
+
+/// Whether s_ij is masked; if so `value` receives the mask value that replaces it.
+template <class P>
+inline bool chunk_mask(P qpos, P kpos, const ChunkAttentionOptions& opts, double& value) {
+  bool masked = false;
+  if (opts.causal && kpos > qpos) {
+    value = kCausalMaskValue;
+    masked = true;
+  }
+  if (opts.self_mask && kpos == qpos) {
+    value = kSelfMaskValue;
+    masked = true;
+  }
+  if (static_cast<Index>(kpos) >= opts.valid_length) {
+    value = kPaddingMaskValue;
+    masked = true;
+  }
+  return masked;
+}
+
+/// Dropout factor m_ij: 0 when dropped, 1 / (1 - rate) when kept.
+template <class S, class P>
+inline S chunk_dropout_factor(P qpos, P kpos, const ChunkAttentionOptions& opts) {
+  const auto index =
+      static_cast<std::uint64_t>(qpos) * static_cast<std::uint64_t>(opts.draw_stride) +
+      static_cast<std::uint64_t>(kpos);
+  return opts.dropout_rng.uniform(index) < opts.dropout_rate
+             ? S(0)
+             : static_cast<S>(1.0 / (1.0 - opts.dropout_rate));
+}
+
+template <class S, class P>
+void chunk_check(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatrixRef<S> v,
+                 const char* out_name, Index o_rows, Index o_cols, const P* qpos, const P* kpos,
+                 const ChunkAttentionOptions& opts) {
+  REFORMER_REQUIRE(q.cols() >= 1 && k.cols() >= 1, InvalidArgument, where, "q.cols() = ", q.cols(),
+                   " and k.cols() = ", k.cols(), " must be >= 1");
+  check_shape(where, "k", k.rows(), k.cols(), q.rows(), -1);
+  check_shape(where, "v", v.rows(), v.cols(), -1, k.cols());
+  check_shape(where, out_name, o_rows, o_cols, v.rows(), q.cols());
+  REFORMER_REQUIRE(qpos != nullptr && kpos != nullptr, InvalidArgument, where,
+                   "query and key positions must not be null");
+  REFORMER_REQUIRE(opts.dropout_rate >= 0.0 && opts.dropout_rate < 1.0, InvalidArgument, where,
+                   "opts.dropout_rate = ", opts.dropout_rate, " must be in [0, 1)");
+  REFORMER_REQUIRE(opts.dropout_rate == 0.0 || opts.draw_stride > 0, InvalidArgument, where,
+                   "opts.draw_stride = ", opts.draw_stride, " must be > 0 with dropout");
+}
+
+/// probs(:, :) = softmax over keys of the masked scores k^T q; writes lse when non-null.
+template <class S, class P>
+void chunk_probabilities(ConstMatrixRef<S> q, ConstMatrixRef<S> k, const P* qpos, const P* kpos,
+                         const ChunkAttentionOptions& opts, Eigen::Block<Matrix<S>> st, S* lse) {
+  const Index cq = q.cols(), ck = k.cols();
+  // st: Ck x Cq, st(j, i) = k_j . q_i = s_ij
+  st.noalias() = k.transpose() * q;
+  for (Index i = 0; i < cq; ++i) {
+    auto col = st.col(i);
+    double value = 0.0;
+    for (Index j = 0; j < ck; ++j) {
+      if (chunk_mask(qpos[i], kpos[j], opts, value)) col(j) = static_cast<S>(value);
+    }
+    const S mx = col.maxCoeff();
+    col = (col.array() - mx).exp();
+    const S sum = col.sum();
+    col /= sum;
+    if (lse != nullptr) lse[i] = mx + std::log(sum);
+  }
+}
+
+}  // namespace detail
+
+/// Forward of one chunk (see the header comment for the formulas).
+///   q:    Dh x Cq queries          qpos: Cq query positions
+///   k:    Dh x Ck keys (scaled)    kpos: Ck key positions
+///   v:    Dv x Ck values
+///   o:    Dv x Cq output (overwritten)
+///   lse:  Cq log-sum-exps of the undropped scores (written when non-null)
+template <class S, class P>
+void chunk_attention_forward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatrixRef<S> v,
+                             const P* qpos, const P* kpos, const ChunkAttentionOptions& opts,
+                             MatrixRef<S> o, S* lse, ChunkAttentionWorkspace<S>& ws) {
+  const char* where = "chunk_attention_forward";
+  const Index cq = q.cols(), ck = k.cols();
+  detail::chunk_check<S>(where, q, k, v, "o", o.rows(), o.cols(), qpos, kpos, opts);
+  ws.reserve(cq, ck);
+  auto pt = ws.probs(ck, cq);  // Ck x Cq
+  detail::chunk_probabilities<S>(q, k, qpos, kpos, opts, pt, lse);
+  if (opts.dropout_rate > 0.0) {
+    for (Index i = 0; i < cq; ++i)
+      for (Index j = 0; j < ck; ++j)
+        pt(j, i) *= detail::chunk_dropout_factor<S>(qpos[i], kpos[j], opts);
+  }
+  // o: Dv x Cq = v (Dv x Ck) * pd^T (Ck x Cq)
+  o.noalias() = v * pt;
+}
+
+/// Backward of one chunk, recomputing the scores and probabilities (nothing is stored).
+/// Forward (above):  s = q^T k (masked),  lse = logsumexp_j s,  p = exp(s - lse),
+///                   pd = p * m,  o = v pd^T.
+/// Given do (Dv x Cq) and dlse (Cq entries, may be null = zero):
+///   dv   += do pd                            (Dv x Ck)
+///   dpd   = do^T v,  dp = dpd * m            (gradient w.r.t. the undropped probabilities)
+///   delta_i = sum_j p_ij dp_ij
+///   ds_ij = p_ij (dp_ij - delta_i + dlse_i)  (softmax and logsumexp backward; 0 where masked)
+///   dq    = k ds^T                           (Dh x Cq, overwritten)
+///   dk   += q ds                             (Dh x Ck)
+template <class S, class P>
+void chunk_attention_backward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatrixRef<S> v,
+                              const P* qpos, const P* kpos, const ChunkAttentionOptions& opts,
+                              ConstMatrixRef<S> d_o, const S* dlse, MatrixRef<S> dq,
+                              MatrixRef<S> dk, MatrixRef<S> dv, ChunkAttentionWorkspace<S>& ws) {
+  const char* where = "chunk_attention_backward";
+  const Index dh = q.rows(), cq = q.cols(), ck = k.cols();
+  detail::chunk_check<S>(where, q, k, v, "d_o", d_o.rows(), d_o.cols(), qpos, kpos, opts);
+  check_shape(where, "dq", dq.rows(), dq.cols(), dh, cq);
+  check_shape(where, "dk", dk.rows(), dk.cols(), dh, ck);
+  check_shape(where, "dv", dv.rows(), dv.cols(), v.rows(), ck);
+  ws.reserve(cq, ck);
+  auto pt = ws.probs(ck, cq);  // p, later pd (Ck x Cq)
+  auto gt = ws.grads(ck, cq);  // dpd -> dp -> ds (Ck x Cq)
+  detail::chunk_probabilities<S>(q, k, qpos, kpos, opts, pt, static_cast<S*>(nullptr));
+  // dpd^T: Ck x Cq = v^T (Ck x Dv) * do (Dv x Cq)
+  gt.noalias() = v.transpose() * d_o;
+  const bool dropout = opts.dropout_rate > 0.0;
+  for (Index i = 0; i < cq; ++i) {
+    S delta = 0;
+    if (dropout) {
+      for (Index j = 0; j < ck; ++j) {
+        const S m = detail::chunk_dropout_factor<S>(qpos[i], kpos[j], opts);
+        gt(j, i) *= m;  // dp
+        delta += pt(j, i) * gt(j, i);
+      }
+    } else {
+      delta = pt.col(i).dot(gt.col(i));
+    }
+    const S shift = (dlse != nullptr ? dlse[i] : S(0)) - delta;
+    double value = 0.0;
+    for (Index j = 0; j < ck; ++j) {
+      const bool masked = detail::chunk_mask(qpos[i], kpos[j], opts, value);
+      gt(j, i) = masked ? S(0) : pt(j, i) * (gt(j, i) + shift);                          // ds
+      if (dropout) pt(j, i) *= detail::chunk_dropout_factor<S>(qpos[i], kpos[j], opts);  // pd
+    }
+  }
+  dv.noalias() += d_o * pt.transpose();  // Dv x Ck
+  dq.noalias() = k * gt;                 // Dh x Cq
+  dk.noalias() += q * gt.transpose();    // Dh x Ck
+}
+
+}  // namespace reformer

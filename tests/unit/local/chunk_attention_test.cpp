@@ -1,0 +1,276 @@
+// The shared chunk kernel against a naive scalar reference, and its hand-written backward
+// against finite differences (double), including the lse gradient path and dropout.
+#include "reformer/layers/chunk_attention.hpp"
+
+#include "local_test_util.hpp"
+#include "support/compare.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace reformer {
+namespace {
+
+using test::gradcheck_error;
+using test::numeric_gradient;
+using test::random_matrix;
+using test::relative_error;
+
+// Naive reference written from the formulas, one score at a time.
+struct NaiveResult {
+  Matrix<double> o;
+  Vector<double> lse;
+};
+
+NaiveResult naive_chunk(const Matrix<double>& q, const Matrix<double>& k, const Matrix<double>& v,
+                        const std::vector<Index>& qpos, const std::vector<Index>& kpos,
+                        const ChunkAttentionOptions& opts) {
+  const Index cq = q.cols(), ck = k.cols();
+  NaiveResult r{Matrix<double>::Zero(v.rows(), cq), Vector<double>(cq)};
+  for (Index i = 0; i < cq; ++i) {
+    std::vector<double> s(static_cast<std::size_t>(ck));
+    for (Index j = 0; j < ck; ++j) {
+      double sij = 0;
+      for (Index d = 0; d < q.rows(); ++d) sij += q(d, i) * k(d, j);
+      const Index a = qpos[static_cast<std::size_t>(i)], b = kpos[static_cast<std::size_t>(j)];
+      if (opts.causal && b > a) sij = -1e9;
+      if (opts.self_mask && b == a) sij = -1e5;
+      if (b >= opts.valid_length) sij = -1e9;
+      s[static_cast<std::size_t>(j)] = sij;
+    }
+    double mx = -1e300;
+    for (double x : s) mx = std::max(mx, x);
+    double sum = 0;
+    for (double x : s) sum += std::exp(x - mx);
+    r.lse(i) = mx + std::log(sum);
+    for (Index j = 0; j < ck; ++j) {
+      double p = std::exp(s[static_cast<std::size_t>(j)] - r.lse(i));
+      if (opts.dropout_rate > 0) {
+        const auto idx =
+            static_cast<std::uint64_t>(qpos[static_cast<std::size_t>(i)] * opts.draw_stride +
+                                       kpos[static_cast<std::size_t>(j)]);
+        p = opts.dropout_rng.uniform(idx) < opts.dropout_rate ? 0.0 : p / (1.0 - opts.dropout_rate);
+      }
+      r.o.col(i) += p * v.col(j);
+    }
+  }
+  return r;
+}
+
+struct Case {
+  std::string name;
+  bool causal, self_mask;
+  Index valid_length;
+  double dropout;
+};
+
+std::vector<Case> cases() {
+  const Index none = std::numeric_limits<Index>::max();
+  return {{"plain", false, false, none, 0.0},     {"causal", true, false, none, 0.0},
+          {"causal_self", true, true, none, 0.0}, {"self_padding", false, true, 11, 0.0},
+          {"all_masks", true, true, 11, 0.0},     {"dropout", true, false, none, 0.3},
+          {"dropout_all", true, true, 11, 0.5}};
+}
+
+ChunkAttentionOptions options_of(const Case& c) {
+  ChunkAttentionOptions o;
+  o.causal = c.causal;
+  o.self_mask = c.self_mask;
+  o.valid_length = c.valid_length;
+  o.dropout_rate = c.dropout;
+  o.dropout_rng = Rng(7).derive(3);
+  o.draw_stride = 16;
+  return o;
+}
+
+// LSH-like positions: a window of an earlier chunk then the own chunk, not monotone, with the
+// queries' own positions among the keys and a couple of positions >= 11 (padding when masked).
+const std::vector<Index> kQueryPos = {5, 2, 9, 12, 7};
+const std::vector<Index> kKeyPos = {1, 8, 3, 14, 0, 6, 5, 2, 9, 12, 7};
+
+TEST(ChunkAttention, ForwardMatchesNaiveReference) {
+  const Matrix<double> q = random_matrix(6, 5, Rng(1));
+  const Matrix<double> k = random_matrix(6, 11, Rng(2));
+  const Matrix<double> v = random_matrix(4, 11, Rng(3));
+  ChunkAttentionWorkspace<double> ws;
+  for (const Case& c : cases()) {
+    const auto opts = options_of(c);
+    Matrix<double> o(4, 5);
+    Vector<double> lse(5);
+    chunk_attention_forward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, o, lse.data(),
+                                    ws);
+    const NaiveResult ref = naive_chunk(q, k, v, kQueryPos, kKeyPos, opts);
+    EXPECT_LT(relative_error(o, ref.o), 1e-13) << c.name;
+    EXPECT_LT(relative_error(lse, ref.lse), 1e-13) << c.name;
+  }
+}
+
+TEST(ChunkAttention, DropoutDropsSomeButNotAll) {
+  // The dropout case must actually differ from the undropped one (a test that could fail).
+  const Matrix<double> q = random_matrix(6, 5, Rng(1));
+  const Matrix<double> k = random_matrix(6, 11, Rng(2));
+  const Matrix<double> v = random_matrix(4, 11, Rng(3));
+  ChunkAttentionWorkspace<double> ws;
+  auto opts = options_of(cases()[5]);
+  Matrix<double> with(4, 5), without(4, 5);
+  chunk_attention_forward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, with, nullptr,
+                                  ws);
+  opts.dropout_rate = 0;
+  chunk_attention_forward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, without, nullptr,
+                                  ws);
+  EXPECT_GT(relative_error(with, without), 1e-3);
+}
+
+TEST(ChunkAttention, PositionsMayBeInt32AndWorkspaceIsReusable) {
+  const Matrix<double> q = random_matrix(3, 4, Rng(11));
+  const Matrix<double> k = random_matrix(3, 8, Rng(12));
+  const Matrix<double> v = random_matrix(3, 8, Rng(13));
+  const std::vector<std::int32_t> qp = {4, 5, 6, 7};
+  const std::vector<std::int32_t> kp = {0, 1, 2, 3, 4, 5, 6, 7};
+  ChunkAttentionOptions opts;
+  ChunkAttentionWorkspace<double> big(16, 16), fresh;
+  Matrix<double> a(3, 4), b(3, 4);
+  chunk_attention_forward<double>(q, k, v, qp.data(), kp.data(), opts, a, nullptr, big);
+  chunk_attention_forward<double>(q, k, v, qp.data(), kp.data(), opts, b, nullptr, fresh);
+  EXPECT_EQ(a, b);  // a larger workspace (strided blocks) gives bitwise the same result
+  EXPECT_EQ(big.max_queries(), 16);
+  EXPECT_EQ(fresh.max_keys(), 8);
+}
+
+TEST(ChunkAttention, FullyMaskedQueryStaysFinite) {
+  // Every key is padding: all scores are -1e9, the softmax is uniform, nothing is NaN.
+  const Matrix<double> q = random_matrix(3, 2, Rng(1));
+  const Matrix<double> k = random_matrix(3, 4, Rng(2));
+  const Matrix<double> v = random_matrix(2, 4, Rng(3));
+  const std::vector<Index> qp = {0, 1}, kp = {4, 5, 6, 7};
+  ChunkAttentionOptions opts;
+  opts.causal = false;
+  opts.valid_length = 2;
+  ChunkAttentionWorkspace<double> ws;
+  Matrix<double> o(2, 2);
+  Vector<double> lse(2);
+  chunk_attention_forward<double>(q, k, v, qp.data(), kp.data(), opts, o, lse.data(), ws);
+  EXPECT_TRUE(o.allFinite());
+  const Vector<double> mean = v.rowwise().mean();
+  EXPECT_LT(relative_error(o.col(0), mean), 1e-14);
+  EXPECT_NEAR(lse(0), -1e9 + std::log(4.0), 1e-6);
+}
+
+// Loss L = sum(W .* o) + sum(w .* lse): do = W, dlse = w.
+TEST(ChunkAttention, BackwardMatchesFiniteDifferences) {
+  Matrix<double> q = random_matrix(6, 5, Rng(21));
+  Matrix<double> k = random_matrix(6, 11, Rng(22));
+  Matrix<double> v = random_matrix(4, 11, Rng(23));
+  const Matrix<double> w_o = random_matrix(4, 5, Rng(24));
+  const Matrix<double> w_lse = random_matrix(5, 1, Rng(25));
+  ChunkAttentionWorkspace<double> ws;
+  for (const Case& c : cases()) {
+    for (bool with_lse : {false, true}) {
+      const auto opts = options_of(c);
+      auto loss = [&]() {
+        Matrix<double> o(4, 5);
+        Vector<double> lse(5);
+        chunk_attention_forward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, o,
+                                        lse.data(), ws);
+        double l = (o.array() * w_o.array()).sum();
+        if (with_lse) l += lse.dot(w_lse.col(0));
+        return l;
+      };
+      Matrix<double> dq = Matrix<double>::Constant(6, 5, 99.0);  // overwritten
+      Matrix<double> dk = Matrix<double>::Ones(6, 11);           // accumulated
+      Matrix<double> dv = Matrix<double>::Ones(4, 11);           // accumulated
+      chunk_attention_backward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, w_o,
+                                       with_lse ? w_lse.data() : nullptr, dq, dk, dv, ws);
+      dk.array() -= 1.0;
+      dv.array() -= 1.0;
+      const std::string what = c.name + (with_lse ? "+lse" : "");
+      EXPECT_LT(gradcheck_error(dq, numeric_gradient(q, loss)), 1e-6) << what;
+      EXPECT_LT(gradcheck_error(dk, numeric_gradient(k, loss)), 1e-6) << what;
+      EXPECT_LT(gradcheck_error(dv, numeric_gradient(v, loss)), 1e-6) << what;
+      EXPECT_GT(dq.norm(), 1e-3) << what;  // the check is not vacuous
+    }
+  }
+}
+
+TEST(ChunkAttention, FloatAgreesWithDouble) {
+  const Matrix<double> q = random_matrix(8, 4, Rng(31));
+  const Matrix<double> k = random_matrix(8, 8, Rng(32));
+  const Matrix<double> v = random_matrix(8, 8, Rng(33));
+  const std::vector<Index> qp = {4, 5, 6, 7}, kp = {0, 1, 2, 3, 4, 5, 6, 7};
+  ChunkAttentionOptions opts;
+  ChunkAttentionWorkspace<double> wd;
+  ChunkAttentionWorkspace<float> wf;
+  Matrix<double> od(8, 4);
+  Matrix<float> of(8, 4);
+  chunk_attention_forward<double>(q, k, v, qp.data(), kp.data(), opts, od, nullptr, wd);
+  const Matrix<float> qf = q.cast<float>(), kf = k.cast<float>(), vf = v.cast<float>();
+  chunk_attention_forward<float>(qf, kf, vf, qp.data(), kp.data(), opts, of, nullptr, wf);
+  EXPECT_LT(relative_error(of.cast<double>(), od), 1e-5);
+}
+
+template <class F>
+void expect_invalid(F&& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception, expected one mentioning " << needle;
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("chunk_attention"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ChunkAttention, BadInputThrows) {
+  const Matrix<double> q = random_matrix(3, 2, Rng(1));
+  const Matrix<double> k = random_matrix(3, 4, Rng(2));
+  const Matrix<double> v = random_matrix(2, 4, Rng(3));
+  const Matrix<double> k_bad = random_matrix(4, 4, Rng(2));
+  const Matrix<double> v_bad = random_matrix(2, 3, Rng(3));
+  const std::vector<Index> qp = {0, 1}, kp = {0, 1, 2, 3};
+  ChunkAttentionWorkspace<double> ws;
+  Matrix<double> o(2, 2), o_bad(3, 2);
+  ChunkAttentionOptions opts;
+  expect_invalid(
+      [&] {
+        chunk_attention_forward<double>(q, k_bad, v, qp.data(), kp.data(), opts, o, nullptr, ws);
+      },
+      "k has shape 4 x 4");
+  expect_invalid(
+      [&] {
+        chunk_attention_forward<double>(q, k, v_bad, qp.data(), kp.data(), opts, o, nullptr, ws);
+      },
+      "v has shape");
+  expect_invalid(
+      [&] {
+        chunk_attention_forward<double>(q, k, v, qp.data(), kp.data(), opts, o_bad, nullptr, ws);
+      },
+      "o has shape");
+  expect_invalid(
+      [&] {
+        chunk_attention_forward<double>(q, k, v, static_cast<const Index*>(nullptr), kp.data(),
+                                        opts, o, nullptr, ws);
+      },
+      "positions");
+  ChunkAttentionOptions bad = opts;
+  bad.dropout_rate = 1.0;
+  expect_invalid(
+      [&] { chunk_attention_forward<double>(q, k, v, qp.data(), kp.data(), bad, o, nullptr, ws); },
+      "dropout_rate");
+  bad.dropout_rate = 0.5;  // draw_stride still 0
+  expect_invalid(
+      [&] { chunk_attention_forward<double>(q, k, v, qp.data(), kp.data(), bad, o, nullptr, ws); },
+      "draw_stride");
+  Matrix<double> dq(3, 2), dk(3, 3), dv(2, 4);
+  expect_invalid(
+      [&] {
+        chunk_attention_backward<double>(q, k, v, qp.data(), kp.data(), opts, o, nullptr, dq, dk,
+                                         dv, ws);
+      },
+      "dk has shape");
+}
+
+}  // namespace
+}  // namespace reformer

@@ -61,8 +61,9 @@ struct ReformerConfig {
 
   // --- LSH attention -----------------------------------------------------------------------
   Index lsh_attn_chunk_length = 64;
-  /// Buckets per hash round: empty = auto (HF's rule, see resolved_num_buckets), {NB} = NB
-  /// buckets (even), {f1, f2} = factorised buckets f1 * f2 (each factor even).
+  /// Buckets per hash round: empty = auto (HF's rule, lsh_bucket_layout in
+  /// layers/lsh_bucketing.hpp), {NB} = NB buckets (even), {f1, f2, ...} = factorised buckets
+  /// f1 * f2 * ... (each factor even), as HF's int or list.
   std::vector<Index> num_buckets = {};
   Index num_hashes = 1;  ///< R, hash rounds
   Index lsh_num_chunks_before = 1;
@@ -140,24 +141,6 @@ struct ReformerConfig {
     return n;
   }
 
-  /// The bucket factors LSH layers use for sequences of length `length`: num_buckets when set;
-  /// otherwise HF's rule: NB = the largest power of two <= 2 * (length / chunk) (at least 2),
-  /// factorised as (2^floor(p/2), 2^ceil(p/2)) when NB exceeds
-  /// 2 * max(floor(sqrt(max_position_embeddings / chunk)), chunk).
-  std::vector<Index> resolved_num_buckets(Index length) const {
-    if (!num_buckets.empty()) return num_buckets;
-    const Index chunk = lsh_attn_chunk_length > 0 ? lsh_attn_chunk_length : 1;
-    const Index target = 2 * (length / chunk);
-    int p = 1;  // at least 2 buckets
-    while ((Index{1} << (p + 1)) <= target) ++p;
-    const Index nb = Index{1} << p;
-    const Index root =
-        static_cast<Index>(std::sqrt(static_cast<double>(max_position_embeddings / chunk)));
-    const Index limit = 2 * (root > chunk ? root : chunk);
-    if (nb > limit) return {Index{1} << (p / 2), Index{1} << (p - p / 2)};
-    return {nb};
-  }
-
   /// Throws ConfigError naming the offending field(s) and values unless the config is usable.
   void validate() const {
     const char* where = "ReformerConfig::validate";
@@ -202,9 +185,6 @@ struct ReformerConfig {
     non_negative("local_num_chunks_before", local_num_chunks_before);
     non_negative("local_num_chunks_after", local_num_chunks_after);
     positive("num_hashes", num_hashes);
-    REFORMER_REQUIRE(num_buckets.size() <= 2, ConfigError, where,
-                     "num_buckets = ", detail::list_to_string(num_buckets),
-                     " must be empty (auto), one count or a factor pair");
     for (std::size_t i = 0; i < num_buckets.size(); ++i) {
       REFORMER_REQUIRE(num_buckets[i] >= 2 && num_buckets[i] % 2 == 0, ConfigError, where,
                        "num_buckets = ", detail::list_to_string(num_buckets), ": entry ", i, " = ",

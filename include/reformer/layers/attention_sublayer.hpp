@@ -87,11 +87,11 @@ class AttentionSublayer {
     check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
     const Index n = x.cols();
     Matrix<S> xn(hidden_size(), n);
-    detail::layer_norm_fwd<S>(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
-                              cfg_.layer_norm_eps, xn);
+    detail::layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_),
+                                           params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
     Matrix<S> a(core_.out_features(), n);
     core_.forward(params, xn, a, ctx);
-    detail::product_by_columns<S>(params.value(out_weight_), a, y);  // z = W_o a
+    detail::parallel_product(y, params.value(out_weight_), a, false);  // z = W_o a
     apply_output_dropout(y, y, ctx);
   }
 
@@ -109,8 +109,8 @@ class AttentionSublayer {
 
     // Forward, recomputed: xn = LN(x).
     Matrix<S> xn(hidden_size(), n);
-    detail::layer_norm_fwd<S>(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
-                              cfg_.layer_norm_eps, xn);
+    detail::layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_),
+                                           params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
 
     // y = Dropout(z)  =>  dz = mask .* dy / (1 - p)   (the same mask as the forward pass).
     Matrix<S> dz(hidden_size(), n);
@@ -118,21 +118,22 @@ class AttentionSublayer {
 
     // z = W_o a  =>  da = W_o^T dz,  dW_o += dz a^T.
     Matrix<S> da(hd, n);
-    detail::product_by_columns<S>(params.value(out_weight_).transpose(), dz, da);
+    detail::parallel_product(da, params.value(out_weight_).transpose(), dz, false);
 
     // Through the core: dxn, and the recomputed head outputs a.
     Matrix<S> a(hd, n);
     Matrix<S> dxn(hidden_size(), n);
     core_.backward(params, xn, da, dxn, a, ctx);
-    detail::accumulate_outer_by_rows<S>(dz, a, params.grad(out_weight_));
+    detail::linear_weight_grads<S>(dz, a, params.grad(out_weight_));
 
     // f(x) = Dropout(W_o a).
-    detail::product_by_columns<S>(params.value(out_weight_), a, fx);
+    detail::parallel_product(fx, params.value(out_weight_), a, false);
     apply_output_dropout(fx, fx, ctx);
 
     // Through the LayerNorm.
-    detail::layer_norm_bwd<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps, dxn, dx,
-                              params.grad_vector(ln_weight_), params.grad_vector(ln_bias_));
+    detail::layer_norm_backward_parallel<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps,
+                                            dxn, dx, params.grad_vector(ln_weight_),
+                                            params.grad_vector(ln_bias_));
   }
 
  private:
@@ -160,14 +161,9 @@ class AttentionSublayer {
   }
 
   // out = Dropout(in) with this sublayer's output-dropout key (out may alias in).
-  template <class In>
-  void apply_output_dropout(const In& in, MatrixRef<S> out, const Context& ctx) const {
-    if (ctx.training && cfg_.output_dropout > 0) {
-      detail::dropout_apply<S>(in, ctx.rng(stream::kAttentionOutputDropout), cfg_.output_dropout, 0,
-                               out);
-    } else if (out.data() != in.data()) {
-      out = in;
-    }
+  void apply_output_dropout(ConstMatrixRef<S> in, MatrixRef<S> out, const Context& ctx) const {
+    const double p = ctx.training ? cfg_.output_dropout : 0.0;
+    detail::dropout_parallel<S>(ctx.rng(stream::kAttentionOutputDropout), p, 0, in, out);
   }
 
   Config cfg_;

@@ -24,6 +24,8 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/detail/sublayer_util.hpp"
+#include "reformer/ops/dropout.hpp"
+#include "reformer/ops/softmax.hpp"
 
 #include <cmath>
 #include <cstdint>
@@ -120,8 +122,7 @@ class FullAttention {
       // p = softmax(s)    =>  ds(:, i) = p(:, i) .* (dp(:, i) - p(:, i) . dp(:, i)).
       // Masked scores are constants: p is exactly 0 there, so ds is too.
       Matrix<S>& ds = dp;
-      const RowVector<S> pdp = p.cwiseProduct(dp).colwise().sum();
-      ds = p.cwiseProduct(dp - pdp.replicate(t, 1));
+      softmax_cols_backward<S>(p, dp, ds);
       // s = k^T q         =>  dq = k ds,  dk = q ds^T  (dk is w.r.t. the scaled k).
       block(dq, b, h, t).noalias() = kb * ds;
       block(dk, b, h, t).noalias() = qb * ds.transpose();
@@ -130,15 +131,12 @@ class FullAttention {
     // k = W_k xn / sqrt(Dh)  =>  the 1/sqrt(Dh) factor moves onto dk.
     dk *= S(1) / std::sqrt(S(cfg_.head_size));
     // q = W_q xn, k, v likewise  =>  dW += d(.) xn^T,  dxn = W_q^T dq + W_k^T dk + W_v^T dv.
-    detail::accumulate_outer_by_rows<S>(dq, xn, params.grad(wq_));
-    detail::accumulate_outer_by_rows<S>(dk, xn, params.grad(wk_));
-    detail::accumulate_outer_by_rows<S>(dv, xn, params.grad(wv_));
-    detail::product_by_columns<S>(params.value(wq_).transpose(), dq, dxn);
-    Matrix<S> tmp(xn.rows(), n);
-    detail::product_by_columns<S>(params.value(wk_).transpose(), dk, tmp);
-    dxn += tmp;
-    detail::product_by_columns<S>(params.value(wv_).transpose(), dv, tmp);
-    dxn += tmp;
+    detail::linear_weight_grads<S>(dq, xn, params.grad(wq_));
+    detail::linear_weight_grads<S>(dk, xn, params.grad(wk_));
+    detail::linear_weight_grads<S>(dv, xn, params.grad(wv_));
+    detail::parallel_product(dxn, params.value(wq_).transpose(), dq, false);
+    detail::parallel_product(dxn, params.value(wk_).transpose(), dk, true);
+    detail::parallel_product(dxn, params.value(wv_).transpose(), dv, true);
   }
 
  private:
@@ -173,9 +171,9 @@ class FullAttention {
     q.resize(out_features(), n);
     k.resize(out_features(), n);
     v.resize(out_features(), n);
-    detail::product_by_columns<S>(params.value(wq_), xn, q);
-    detail::product_by_columns<S>(params.value(wk_), xn, k);
-    detail::product_by_columns<S>(params.value(wv_), xn, v);
+    detail::parallel_product(q, params.value(wq_), xn, false);
+    detail::parallel_product(k, params.value(wk_), xn, false);
+    detail::parallel_product(v, params.value(wv_), xn, false);
     k *= S(1) / std::sqrt(S(cfg_.head_size));
   }
 
@@ -187,10 +185,8 @@ class FullAttention {
     for (Index i = 0; i < t; ++i) {
       auto col = p.col(i);
       if (cfg_.causal) col.tail(t - i - 1).setConstant(S(kMaskValue));
-      const S m = col.maxCoeff();
-      col = (col.array() - m).exp();
-      col /= col.sum();
     }
+    softmax_cols<S>(p, p);
   }
 
   // m = Dropout(m) with the (b, h) probability-dropout key; element (j, i) has draw i*T + j.
@@ -199,7 +195,7 @@ class FullAttention {
     const Rng rng = ctx.rng(stream::kAttentionProbsDropout)
                         .derive(static_cast<std::uint64_t>(b))
                         .derive(static_cast<std::uint64_t>(h));
-    detail::dropout_apply<S>(m, rng, cfg_.dropout, 0, m);
+    dropout_inplace<S>(rng, cfg_.dropout, 0, m);
   }
 
   Config cfg_;

@@ -1,55 +1,134 @@
 #pragma once
-// Internal helpers shared by the dense sublayers (attention wrapper, full attention,
-// feed-forward): deterministic multi-threaded products and HF-style initialisation.
+// Internal helpers of the dense sublayers (attention wrapper, full attention, feed-forward):
+// deterministic multi-threaded products and column-parallel wrappers around the ops, and the
+// Hugging Face style initialisation.
 //
 // Determinism (DESIGN 3.6): every helper splits its work into fixed-size blocks whose boundaries
-// depend only on the shapes, never on the thread count, and each block is one Eigen product
-// writing its own slice. Reductions over tokens (weight gradients) are split over the OUTPUT rows
-// of the gradient, so every element is still reduced by one product in one fixed order.
+// depend only on the shapes, never on the thread count, and each block is computed by the same
+// code whichever thread runs it, writing its own slice of the output. Products are split over
+// their OUTPUT (rows or columns), never over the reduction dimension, so a weight gradient
+// dW += dy x^T reduces over all tokens inside one product in one fixed order. Reductions that
+// are split (LayerNorm's dgamma/dbeta) go through per-block partial sums added in block order.
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/threading.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/ops/dropout.hpp"
+#include "reformer/ops/layer_norm.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 
 namespace reformer {
 namespace detail {
 
-/// Column block of the token-parallel products (a multiple of the GEMM micro-kernel widths).
-inline constexpr Index kProductColumnBlock = 128;
-/// Row block of the weight-gradient products.
-inline constexpr Index kGradientRowBlock = 32;
+/// Column block of token-parallel work (elementwise ops, products split over columns).
+inline constexpr Index kColumnBlock = 128;
+/// Row block of products split over their output rows (e.g. weight gradients).
+inline constexpr Index kRowBlock = 32;
 
 inline Index num_blocks(Index n, Index block) { return (n + block - 1) / block; }
 
-/// out = w * in, computed over fixed blocks of columns in parallel. `w` is any Eigen matrix
-/// expression (e.g. a row-major weight map or its transpose); `out` must not alias `in`.
-template <class S, class W>
-void product_by_columns(const W& w, ConstMatrixRef<S> in, MatrixRef<S> out) {
-  REFORMER_ASSERT(w.cols() == in.rows() && out.rows() == w.rows() && out.cols() == in.cols());
-  const Index n = in.cols();
-  parallel_for(num_blocks(n, kProductColumnBlock), [&](Index blk) {
-    const Index c0 = blk * kProductColumnBlock;
-    const Index nc = std::min(kProductColumnBlock, n - c0);
-    out.middleCols(c0, nc).noalias() = w * in.middleCols(c0, nc);
+/// Runs f(c0, nc) for the fixed blocks [c0, c0 + nc) of kColumnBlock columns of [0, n), in
+/// parallel.
+template <class F>
+void for_column_blocks(Index n, F&& f) {
+  parallel_for(num_blocks(n, kColumnBlock), [&](Index blk) {
+    const Index c0 = blk * kColumnBlock;
+    f(c0, std::min(kColumnBlock, n - c0));
   });
 }
 
-/// grad += lhs * rhs^T (lhs: R x N, rhs: K x N, grad: R x K), computed over fixed blocks of
-/// grad's rows in parallel; each element's reduction over N is one product, in a fixed order.
-template <class S, class G>
-void accumulate_outer_by_rows(ConstMatrixRef<S> lhs, ConstMatrixRef<S> rhs, G&& grad) {
-  REFORMER_ASSERT(lhs.cols() == rhs.cols() && grad.rows() == lhs.rows() &&
-                  grad.cols() == rhs.rows());
-  const Index r = lhs.rows();
-  parallel_for(num_blocks(r, kGradientRowBlock), [&](Index blk) {
-    const Index r0 = blk * kGradientRowBlock;
-    const Index nr = std::min(kGradientRowBlock, r - r0);
-    grad.middleRows(r0, nr).noalias() += lhs.middleRows(r0, nr) * rhs.transpose();
+/// out = lhs * rhs (or out += lhs * rhs when `accumulate`), in parallel over fixed blocks of
+/// out's columns when it is wide, else of its rows. The choice depends on the shapes only. `out`
+/// must not alias the operands; lhs / rhs may be any Eigen expressions (e.g. transposes of
+/// row-major weight maps).
+template <class Out, class Lhs, class Rhs>
+void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
+  REFORMER_ASSERT(lhs.cols() == rhs.rows() && out.rows() == lhs.rows() && out.cols() == rhs.cols());
+  if (out.cols() >= 2 * kColumnBlock) {
+    for_column_blocks(out.cols(), [&](Index c0, Index nc) {
+      if (accumulate) {
+        out.middleCols(c0, nc).noalias() += lhs * rhs.middleCols(c0, nc);
+      } else {
+        out.middleCols(c0, nc).noalias() = lhs * rhs.middleCols(c0, nc);
+      }
+    });
+  } else {
+    const Index rows = out.rows();
+    parallel_for(num_blocks(rows, kRowBlock), [&](Index blk) {
+      const Index r0 = blk * kRowBlock;
+      const Index nr = std::min(kRowBlock, rows - r0);
+      if (accumulate) {
+        out.middleRows(r0, nr).noalias() += lhs.middleRows(r0, nr) * rhs;
+      } else {
+        out.middleRows(r0, nr).noalias() = lhs.middleRows(r0, nr) * rhs;
+      }
+    });
+  }
+}
+
+/// Parameter gradients of y = W x (+ b): dW += dy x^T (and db += row sums of dy), split over
+/// fixed blocks of dW's rows. dy: out x N, x: in x N, dW: out x in.
+template <class S, class GW>
+void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
+                         VectorMap<S>* db = nullptr) {
+  REFORMER_ASSERT(dy.cols() == x.cols() && dW.rows() == dy.rows() && dW.cols() == x.rows());
+  const Index rows = dy.rows();
+  parallel_for(num_blocks(rows, kRowBlock), [&](Index blk) {
+    const Index r0 = blk * kRowBlock;
+    const Index nr = std::min(kRowBlock, rows - r0);
+    dW.middleRows(r0, nr).noalias() += dy.middleRows(r0, nr) * x.transpose();
+    if (db != nullptr) db->segment(r0, nr) += dy.middleRows(r0, nr).rowwise().sum();
+  });
+}
+
+/// y = LayerNorm(x) (ops/layer_norm.hpp), in parallel over column blocks.
+template <class S>
+void layer_norm_forward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma,
+                                 ConstVectorRef<S> beta, double eps, MatrixRef<S> y) {
+  for_column_blocks(x.cols(), [&](Index c0, Index nc) {
+    layer_norm_forward<S>(x.middleCols(c0, nc), gamma, beta, eps, y.middleCols(c0, nc));
+  });
+}
+
+/// LayerNorm backward (ops/layer_norm.hpp), in parallel over column blocks: dx overwritten,
+/// dgamma / dbeta accumulated from per-block partial sums added in block order.
+template <class S>
+void layer_norm_backward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, double eps,
+                                  ConstMatrixRef<S> dy, MatrixRef<S> dx, VectorRef<S> dgamma,
+                                  VectorRef<S> dbeta) {
+  const Index d = x.rows();
+  const Index blocks = num_blocks(x.cols(), kColumnBlock);
+  if (blocks <= 1) {
+    layer_norm_backward<S>(x, gamma, eps, dy, dx, dgamma, dbeta);
+    return;
+  }
+  Matrix<S> partial = Matrix<S>::Zero(d, 2 * blocks);  // [dgamma_0, dbeta_0, dgamma_1, ...]
+  for_column_blocks(x.cols(), [&](Index c0, Index nc) {
+    const Index blk = c0 / kColumnBlock;
+    layer_norm_backward<S>(x.middleCols(c0, nc), gamma, eps, dy.middleCols(c0, nc),
+                           dx.middleCols(c0, nc), partial.col(2 * blk), partial.col(2 * blk + 1));
+  });
+  for (Index blk = 0; blk < blocks; ++blk) {
+    dgamma += partial.col(2 * blk);
+    dbeta += partial.col(2 * blk + 1);
+  }
+}
+
+/// out = Dropout(in) for the block of columns [c0, c0 + in.cols()) of a full matrix (draw index
+/// = the element's linear index in the full matrix, ops/dropout.hpp), in parallel over column
+/// blocks. `out` may alias `in`. p == 0 is a copy.
+template <class S>
+void dropout_parallel(const Rng& rng, double p, Index c0, ConstMatrixRef<S> in, MatrixRef<S> out) {
+  if (p == 0.0) {
+    if (out.data() != in.data()) out = in;
+    return;
+  }
+  const Index rows = in.rows();
+  for_column_blocks(in.cols(), [&](Index b0, Index nc) {
+    dropout_forward<S>(rng, p, (c0 + b0) * rows, in.middleCols(b0, nc), out.middleCols(b0, nc));
   });
 }
 
@@ -60,60 +139,6 @@ void init_normal(Parameters<S>& params, SlotId slot, const Rng& rng, double std)
   auto v = params.value_vector(slot);
   for (Index i = 0; i < v.size(); ++i) {
     v[i] = static_cast<S>(std * rng.normal(static_cast<std::uint64_t>(i)));
-  }
-}
-
-// ---- Temporary stand-ins until reformer/ops/ lands (then these forward to the ops). ----
-
-/// y = (x - mean) / sqrt(var + eps) * gamma + beta per column over the D rows.
-template <class S>
-void layer_norm_fwd(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, ConstVectorRef<S> beta,
-                    double eps, MatrixRef<S> y) {
-  const Index d = x.rows();
-  parallel_for(num_blocks(x.cols(), kProductColumnBlock), [&](Index blk) {
-    const Index c0 = blk * kProductColumnBlock;
-    const Index c1 = std::min(x.cols(), c0 + kProductColumnBlock);
-    for (Index c = c0; c < c1; ++c) {
-      const S mean = x.col(c).sum() / S(d);
-      const S var = (x.col(c).array() - mean).square().sum() / S(d);
-      const S rstd = S(1) / std::sqrt(var + S(eps));
-      y.col(c) = ((x.col(c).array() - mean) * rstd) * gamma.array() + beta.array();
-    }
-  });
-}
-
-/// LayerNorm backward: dx (overwrite), dgamma +=, dbeta +=.
-template <class S, class GG, class GB>
-void layer_norm_bwd(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, double eps, ConstMatrixRef<S> dy,
-                    MatrixRef<S> dx, GG&& dgamma, GB&& dbeta) {
-  const Index d = x.rows();
-  Matrix<S> xhat(d, x.cols());
-  for (Index c = 0; c < x.cols(); ++c) {
-    const S mean = x.col(c).sum() / S(d);
-    const S var = (x.col(c).array() - mean).square().sum() / S(d);
-    const S rstd = S(1) / std::sqrt(var + S(eps));
-    xhat.col(c) = (x.col(c).array() - mean) * rstd;
-    const Vector<S> g = dy.col(c).cwiseProduct(gamma);
-    const S mg = g.mean();
-    const S mgx = g.cwiseProduct(xhat.col(c)).mean();
-    dx.col(c) = rstd * (g.array() - mg - xhat.col(c).array() * mgx);
-  }
-  dgamma += dy.cwiseProduct(xhat).rowwise().sum();
-  dbeta += dy.rowwise().sum();
-}
-
-/// out = inverted dropout of in (may alias): element i (linear index + offset) kept iff
-/// rng.uniform(offset + i) >= p, kept values scaled by 1 / (1 - p).
-template <class S>
-void dropout_apply(ConstMatrixRef<S> in, const Rng& rng, double p, std::uint64_t offset,
-                   MatrixRef<S> out) {
-  const S scale = S(1) / S(1 - p);
-  const Index rows = in.rows();
-  for (Index c = 0; c < in.cols(); ++c) {
-    for (Index r = 0; r < rows; ++r) {
-      const auto idx = offset + static_cast<std::uint64_t>(c * rows + r);
-      out(r, c) = rng.uniform(idx) >= p ? in(r, c) * scale : S(0);
-    }
   }
 }
 

@@ -24,6 +24,7 @@ inline constexpr std::uint64_t kEmbeddingDropout = 6;       // dropout on word e
 inline constexpr std::uint64_t kPositionDropout = 7;        // dropout on position embeddings
 inline constexpr std::uint64_t kInit = 8;                   // parameter initialisation
 inline constexpr std::uint64_t kData = 9;                   // example data generation
+inline constexpr std::uint64_t kEncoderOutputDropout = 10;  // dropout after the final LayerNorm
 }  // namespace stream
 
 /// SplitMix64's finaliser: a bijective 64-bit mixer with full avalanche.

@@ -1,0 +1,165 @@
+#pragma once
+// The language-model head's cross-entropy, computed in chunks of tokens so that only a
+// V x chunk block of logits exists at any time (never V x N).
+//
+//   h:       K x N        hidden states (K = 2D for the Reformer LM head)
+//   W:       V x K        [V, K] row-major,  b: V
+//   targets: N ids; targets[n] in [0, V) is the class of column n, a NEGATIVE target marks an
+//            ignored position (excluded from the loss, the count and the gradients)
+//
+//   logits(:, n) = W h(:, n) + b
+//   loss_n       = logsumexp(logits(:, n)) - logits(targets[n], n)
+//   sum          = sum over counted n of loss_n,   mean = sum / count  (0 when count == 0)
+//
+// Backward of L = scale * sum (scale = 1/count for Reduction::kMean, 1 for kSum, times the
+// caller's grad_scale):
+//   dlogits(:, n) = scale * (softmax(logits(:, n)) - onehot(targets[n]))   (0 when ignored)
+//   dh(:, n) = W^T dlogits(:, n)   (overwritten)
+//   dW += dlogits h^T,  db += sum_n dlogits(:, n)   (accumulated)
+// Losses are summed in double in column order, so the result does not depend on the chunk size
+// up to the rounding of the per-chunk products.
+#include "reformer/core/error.hpp"
+#include "reformer/core/types.hpp"
+#include "reformer/ops/tokens.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace reformer {
+
+/// Loss of a cross_entropy_* call.
+struct CrossEntropyResult {
+  double sum = 0.0;   ///< sum of the per-token losses over counted positions
+  Index count = 0;    ///< number of counted (non-ignored) positions
+  double mean = 0.0;  ///< sum / count, or 0 when count == 0
+};
+
+/// How the loss the gradients belong to is reduced over positions.
+enum class Reduction {
+  kMean,  ///< gradients of sum / count (the LM loss)
+  kSum    ///< gradients of sum (to combine several calls, scale with grad_scale yourself)
+};
+
+/// Default number of tokens per chunk (logits buffer = V x chunk).
+inline constexpr Index kCrossEntropyDefaultChunk = 128;
+
+namespace detail {
+inline void check_cross_entropy_args(const char* where, Index h_rows, Index h_cols, Index w_rows,
+                                     Index w_cols, Index b_rows, Index b_cols, TokenSpan targets,
+                                     Index chunk) {
+  REFORMER_REQUIRE(w_rows > 0, InvalidArgument, where, "W.rows() = ", w_rows,
+                   " (the vocabulary size) must be positive");
+  REFORMER_REQUIRE(h_rows == w_cols, InvalidArgument, where, "h.rows() = ", h_rows,
+                   " must equal W.cols() = ", w_cols);
+  check_shape(where, "b", b_rows, b_cols, w_rows, 1);
+  REFORMER_REQUIRE(targets.size() == h_cols, InvalidArgument, where,
+                   "targets.size() = ", targets.size(), " must equal h.cols() = ", h_cols);
+  REFORMER_REQUIRE(chunk > 0, InvalidArgument, where, "chunk = ", chunk, " must be positive");
+  for (Index n = 0; n < targets.size(); ++n) {
+    REFORMER_REQUIRE(targets[n] < w_rows, InvalidArgument, where, "targets[", n, "] = ", targets[n],
+                     " is out of range [0, V = ", w_rows,
+                     ") (negative targets mark ignored positions)");
+  }
+}
+
+/// Turns one chunk of logits (V x c) into per-column losses; when `grad` is set, overwrites the
+/// logits with softmax - onehot, scaled by `scale` (zero columns for ignored positions).
+template <class S>
+void cross_entropy_chunk(MatrixRef<S> logits, TokenSpan targets, bool grad, S scale,
+                         CrossEntropyResult& acc) {
+  for (Index n = 0; n < logits.cols(); ++n) {
+    const Index t = targets[n];
+    if (t < 0) {
+      if (grad) logits.col(n).setZero();
+      continue;
+    }
+    auto col = logits.col(n);
+    const S m = col.maxCoeff();
+    const S z = m + std::log((col.array() - m).exp().sum());  // logsumexp
+    acc.sum += static_cast<double>(z) - static_cast<double>(col(t));
+    ++acc.count;
+    if (grad) {
+      col = ((col.array() - z).exp() * scale).matrix();
+      col(t) -= scale;
+    }
+  }
+}
+}  // namespace detail
+
+/// Logits of the given columns: logits = W h + b.  h: K x n, logits: V x n (overwritten).
+/// For inference on a few positions (e.g. the last one): pass h.rightCols(1).
+template <class S>
+void lm_logits(ConstMatrixRef<S> h, ConstWeightRef<S> W, ConstVectorRef<S> b, MatrixRef<S> logits) {
+  REFORMER_REQUIRE(h.rows() == W.cols(), InvalidArgument, "lm_logits", "h.rows() = ", h.rows(),
+                   " must equal W.cols() = ", W.cols());
+  check_shape("lm_logits", "b", b.rows(), b.cols(), W.rows(), 1);
+  check_shape("lm_logits", "logits", logits.rows(), logits.cols(), W.rows(), h.cols());
+  logits.noalias() = W * h;
+  logits.colwise() += b;
+}
+
+/// Cross-entropy of the LM head (loss only), in chunks of `chunk` tokens.
+template <class S>
+CrossEntropyResult cross_entropy_forward(ConstMatrixRef<S> h, ConstWeightRef<S> W,
+                                         ConstVectorRef<S> b, TokenSpan targets,
+                                         Index chunk = kCrossEntropyDefaultChunk) {
+  detail::check_cross_entropy_args("cross_entropy_forward", h.rows(), h.cols(), W.rows(), W.cols(),
+                                   b.rows(), b.cols(), targets, chunk);
+  CrossEntropyResult r;
+  const Index n_total = h.cols();
+  Matrix<S> logits(W.rows(), std::min(chunk, n_total));  // V x chunk
+  for (Index c0 = 0; c0 < n_total; c0 += chunk) {
+    const Index c = std::min(chunk, n_total - c0);
+    auto block = logits.leftCols(c);
+    block.noalias() = W * h.middleCols(c0, c);
+    block.colwise() += b;
+    detail::cross_entropy_chunk<S>(block, targets.subspan(c0, c), false, S(0), r);
+  }
+  r.mean = r.count > 0 ? r.sum / static_cast<double>(r.count) : 0.0;
+  return r;
+}
+
+/// Cross-entropy with its gradients, recomputing each chunk's logits (V x chunk) once:
+/// returns the loss, overwrites dh (K x N), accumulates dW (V x K) and db (V). The gradients
+/// are those of `grad_scale * mean` (Reduction::kMean) or `grad_scale * sum` (kSum).
+template <class S>
+CrossEntropyResult cross_entropy_forward_backward(ConstMatrixRef<S> h, ConstWeightRef<S> W,
+                                                  ConstVectorRef<S> b, TokenSpan targets,
+                                                  MatrixRef<S> dh, WeightRef<S> dW, VectorRef<S> db,
+                                                  Index chunk = kCrossEntropyDefaultChunk,
+                                                  Reduction reduction = Reduction::kMean,
+                                                  double grad_scale = 1.0) {
+  constexpr const char* kWhere = "cross_entropy_forward_backward";
+  detail::check_cross_entropy_args(kWhere, h.rows(), h.cols(), W.rows(), W.cols(), b.rows(),
+                                   b.cols(), targets, chunk);
+  check_shape(kWhere, "dh", dh.rows(), dh.cols(), h.rows(), h.cols());
+  check_shape(kWhere, "dW", dW.rows(), dW.cols(), W.rows(), W.cols());
+  check_shape(kWhere, "db", db.rows(), db.cols(), W.rows(), 1);
+  REFORMER_REQUIRE(std::isfinite(grad_scale), InvalidArgument, kWhere, "grad_scale = ", grad_scale,
+                   " must be finite");
+
+  Index count = 0;
+  for (Index n = 0; n < targets.size(); ++n) count += targets[n] >= 0 ? 1 : 0;
+  double scale = grad_scale;
+  if (reduction == Reduction::kMean) scale = count > 0 ? grad_scale / count : 0.0;
+  const S s = static_cast<S>(scale);
+
+  CrossEntropyResult r;
+  const Index n_total = h.cols();
+  Matrix<S> dlogits(W.rows(), std::min(chunk, n_total));  // V x chunk
+  for (Index c0 = 0; c0 < n_total; c0 += chunk) {
+    const Index c = std::min(chunk, n_total - c0);
+    auto block = dlogits.leftCols(c);
+    const auto hc = h.middleCols(c0, c);  // K x c
+    block.noalias() = W * hc;             // logits
+    block.colwise() += b;
+    detail::cross_entropy_chunk<S>(block, targets.subspan(c0, c), true, s, r);  // → dlogits
+    dh.middleCols(c0, c).noalias() = W.transpose() * block;
+    dW.noalias() += block * hc.transpose();
+    db.noalias() += block.rowwise().sum();
+  }
+  r.mean = r.count > 0 ? r.sum / static_cast<double>(r.count) : 0.0;
+  return r;
+}
+
+}  // namespace reformer

@@ -179,31 +179,25 @@ void chunk_attention_forward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatr
   o.noalias() = v * pt;
 }
 
-/// Backward of one chunk, recomputing the scores and probabilities (nothing is stored).
-/// Forward (above):  s = q^T k (masked),  lse = logsumexp_j s,  p = exp(s - lse),
-///                   pd = p * m,  o = v pd^T.
-/// Given do (Dv x Cq) and dlse (Cq entries, may be null = zero):
-///   dv   += do pd                            (Dv x Ck)
-///   dpd   = do^T v,  dp = dpd * m            (gradient w.r.t. the undropped probabilities)
-///   delta_i = sum_j p_ij dp_ij
-///   ds_ij = p_ij (dp_ij - delta_i + dlse_i)  (softmax and logsumexp backward; 0 where masked)
-///   dq    = k ds^T                           (Dh x Cq, overwritten)
-///   dk   += q ds                             (Dh x Ck)
+namespace detail {
+
+/// The backward pass of one chunk; also writes the recomputed output o when `o` is non-null.
 template <class S, class P>
-void chunk_attention_backward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatrixRef<S> v,
-                              const P* qpos, const P* kpos, const ChunkAttentionOptions& opts,
-                              ConstMatrixRef<S> d_o, const S* dlse, MatrixRef<S> dq,
-                              MatrixRef<S> dk, MatrixRef<S> dv, ChunkAttentionWorkspace<S>& ws) {
-  const char* where = "chunk_attention_backward";
+void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<S> k,
+                         ConstMatrixRef<S> v, const P* qpos, const P* kpos,
+                         const ChunkAttentionOptions& opts, ConstMatrixRef<S> d_o, const S* dlse,
+                         MatrixRef<S> dq, MatrixRef<S> dk, MatrixRef<S> dv,
+                         ChunkAttentionWorkspace<S>& ws, MatrixRef<S>* o) {
   const Index dh = q.rows(), cq = q.cols(), ck = k.cols();
-  detail::chunk_check<S>(where, q, k, v, "d_o", d_o.rows(), d_o.cols(), qpos, kpos, opts);
+  chunk_check<S>(where, q, k, v, "d_o", d_o.rows(), d_o.cols(), qpos, kpos, opts);
   check_shape(where, "dq", dq.rows(), dq.cols(), dh, cq);
   check_shape(where, "dk", dk.rows(), dk.cols(), dh, ck);
   check_shape(where, "dv", dv.rows(), dv.cols(), v.rows(), ck);
+  if (o != nullptr) check_shape(where, "o", o->rows(), o->cols(), v.rows(), cq);
   ws.reserve(cq, ck);
   auto pt = ws.probs(ck, cq);  // p, later pd (Ck x Cq)
   auto gt = ws.grads(ck, cq);  // dpd -> dp -> ds (Ck x Cq)
-  detail::chunk_probabilities<S>(q, k, qpos, kpos, opts, pt, static_cast<S*>(nullptr));
+  chunk_probabilities<S>(q, k, qpos, kpos, opts, pt, static_cast<S*>(nullptr));
   // dpd^T: Ck x Cq = v^T (Ck x Dv) * do (Dv x Cq)
   gt.noalias() = v.transpose() * d_o;
   const bool dropout = opts.dropout_rate > 0.0;
@@ -211,7 +205,7 @@ void chunk_attention_backward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMat
     S delta = 0;
     if (dropout) {
       for (Index j = 0; j < ck; ++j) {
-        const S m = detail::chunk_dropout_factor<S>(qpos[i], kpos[j], opts);
+        const S m = chunk_dropout_factor<S>(qpos[i], kpos[j], opts);
         gt(j, i) *= m;  // dp
         delta += pt(j, i) * gt(j, i);
       }
@@ -221,14 +215,51 @@ void chunk_attention_backward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMat
     const S shift = (dlse != nullptr ? dlse[i] : S(0)) - delta;
     double value = 0.0;
     for (Index j = 0; j < ck; ++j) {
-      const bool masked = detail::chunk_mask(qpos[i], kpos[j], opts, value);
-      gt(j, i) = masked ? S(0) : pt(j, i) * (gt(j, i) + shift);                          // ds
-      if (dropout) pt(j, i) *= detail::chunk_dropout_factor<S>(qpos[i], kpos[j], opts);  // pd
+      const bool masked = chunk_mask(qpos[i], kpos[j], opts, value);
+      gt(j, i) = masked ? S(0) : pt(j, i) * (gt(j, i) + shift);                  // ds
+      if (dropout) pt(j, i) *= chunk_dropout_factor<S>(qpos[i], kpos[j], opts);  // pd
     }
   }
-  dv.noalias() += d_o * pt.transpose();  // Dv x Ck
-  dq.noalias() = k * gt;                 // Dh x Cq
-  dk.noalias() += q * gt.transpose();    // Dh x Ck
+  if (o != nullptr) o->noalias() = v * pt;  // o = v pd^T
+  dv.noalias() += d_o * pt.transpose();     // Dv x Ck
+  dq.noalias() = k * gt;                    // Dh x Cq
+  dk.noalias() += q * gt.transpose();       // Dh x Ck
+}
+
+}  // namespace detail
+
+/// Backward of one chunk, recomputing the scores and probabilities (nothing is stored).
+/// Forward (above):  s = q^T k (masked),  lse = logsumexp_j s,  p = exp(s - lse),
+///                   pd = p * m,  o = v pd^T.
+/// Given do (Dv x Cq) and dlse (Cq entries, may be null = zero):
+///   dv   += do pd                            (Dv x Ck)
+///   dpd   = do^T v,  dp = dpd * m            (gradient w.r.t. the undropped probabilities)
+///   delta_i = sum_j p_ij dp_ij
+///   ds_ij = p_ij (dp_ij - delta_i + dlse_i)  (softmax and logsumexp backward; 0 where masked,
+///                                             the mask value being a constant)
+///   dq    = k ds^T                           (Dh x Cq, overwritten)
+///   dk   += q ds                             (Dh x Ck)
+template <class S, class P>
+void chunk_attention_backward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatrixRef<S> v,
+                              const P* qpos, const P* kpos, const ChunkAttentionOptions& opts,
+                              ConstMatrixRef<S> d_o, const S* dlse, MatrixRef<S> dq,
+                              MatrixRef<S> dk, MatrixRef<S> dv, ChunkAttentionWorkspace<S>& ws) {
+  detail::chunk_backward_impl<S>("chunk_attention_backward", q, k, v, qpos, kpos, opts, d_o, dlse,
+                                 dq, dk, dv, ws, static_cast<MatrixRef<S>*>(nullptr));
+}
+
+/// chunk_attention_backward that also writes the recomputed forward output o (Dv x Cq,
+/// overwritten) from the same probabilities, for callers whose upstream gradient does not
+/// depend on o (local attention); saves a second score GEMM and softmax.
+template <class S, class P>
+void chunk_attention_forward_backward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatrixRef<S> v,
+                                      const P* qpos, const P* kpos,
+                                      const ChunkAttentionOptions& opts, ConstMatrixRef<S> d_o,
+                                      const S* dlse, MatrixRef<S> o, MatrixRef<S> dq,
+                                      MatrixRef<S> dk, MatrixRef<S> dv,
+                                      ChunkAttentionWorkspace<S>& ws) {
+  detail::chunk_backward_impl<S>("chunk_attention_forward_backward", q, k, v, qpos, kpos, opts, d_o,
+                                 dlse, dq, dk, dv, ws, &o);
 }
 
 }  // namespace reformer

@@ -1,0 +1,333 @@
+#pragma once
+// LocalAttention: chunked (local) multi-head self-attention (DESIGN 1.3), an attention core for
+// AttentionSublayer. Cost O(T * C) per head instead of O(T^2).
+//
+// Per sequence b (columns [b*T, (b+1)*T) of xn) and head h (rows [h*Dh, (h+1)*Dh)):
+//   q = W_q xn,  k = W_k xn / sqrt(Dh),  v = W_v xn                 Dh x T each
+//   positions are cut into chunks of C consecutive tokens (the last one may be shorter);
+//   the queries of chunk c attend to the keys of chunks c - chunks_before .. c + chunks_after
+//   that exist: the window is the contiguous column range
+//       [max(0, (c - before) C), min(T, (c + after + 1) C))
+//   and never wraps around the sequence ends;
+//   s_ij = q_i . k_j,  causal: s_ij = -1e9 where pos(j) > pos(i) (replaces the score; no self
+//   mask),  p = softmax_j(s),  p~ = Dropout(p),  o_i = sum_j p~_ij v_j   (layers/chunk_attention)
+//   dropout key ctx.rng(stream::kAttentionProbsDropout).derive(b).derive(h), draw index
+//   pos(i) * T + pos(j) — the same masks as FullAttention's for the same (query, key) pair.
+// T <= C is a single chunk: dense attention over the sequence with the same masks.
+//
+// Hugging Face wraps the look-back window circularly (chunk 0 looks back at the last chunk).
+// With the causal mask those wrapped keys lie in the query's future and get the score -1e9, so
+// exp(-1e9 - lse) is exactly 0 in floating point and the results are identical to ours, which
+// simply leaves them out. Without the causal mask the two differ at the sequence ends: here a
+// chunk only sees keys that exist (DESIGN 1.3).
+//
+// A sequence whose length is not a multiple of C is handled by a shorter last chunk rather than
+// padding, so padded positions do not exist and cannot affect real ones.
+//
+// Parameters: <prefix>self_attention.query.weight, .key.weight, .value.weight, each [H*Dh, D]
+// (no biases), the Hugging Face local-attention names.
+//
+// Parallelism: items (sequence, head, block of consecutive chunks), fixed by the shapes. In
+// backward each item accumulates dk / dv of its key window into its own buffer; the buffers of a
+// (sequence, head) are then added in item order, so results are bitwise identical for any
+// thread count. Memory: O(N * H * Dh) for q, k, v and their gradients, plus O(C^2) per item.
+#include "reformer/core/context.hpp"
+#include "reformer/core/error.hpp"
+#include "reformer/core/parameters.hpp"
+#include "reformer/core/rng.hpp"
+#include "reformer/core/threading.hpp"
+#include "reformer/core/types.hpp"
+#include "reformer/layers/attention_sublayer.hpp"
+#include "reformer/layers/chunk_attention.hpp"
+#include "reformer/layers/detail/sublayer_util.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <string>
+#include <vector>
+
+namespace reformer {
+
+struct LocalAttentionConfig {
+  Index num_heads = 1;      ///< H
+  Index head_size = 64;     ///< Dh
+  Index chunk_length = 64;  ///< C (HF local_attn_chunk_length)
+  Index chunks_before = 1;  ///< chunks of look-back (HF local_num_chunks_before)
+  Index chunks_after = 0;   ///< chunks of look-ahead (HF local_num_chunks_after)
+  bool causal = true;       ///< mask keys after the query (HF is_decoder)
+  double dropout = 0.0;     ///< dropout on the attention probabilities (training only)
+  /// Chunks per parallel work item; 0 = automatic (about kItemTokens positions). A tuning knob
+  /// only: results do not depend on it beyond rounding of the dk / dv summation order.
+  Index item_chunks = 0;
+};
+
+template <class S>
+class LocalAttention {
+ public:
+  using Scalar = S;
+  using Config = LocalAttentionConfig;
+
+  /// Query positions per work item when cfg.item_chunks == 0: chunks are grouped so an item
+  /// covers about this many.
+  static constexpr Index kItemTokens = 256;
+
+  LocalAttention(const Config& cfg, Index hidden, Parameters<S>& params,
+                 const std::string& prefix = "")
+      : cfg_(validated(cfg, hidden)),
+        hidden_(hidden),
+        wq_(params.add(prefix + "self_attention.query.weight", {out_features(), hidden})),
+        wk_(params.add(prefix + "self_attention.key.weight", {out_features(), hidden})),
+        wv_(params.add(prefix + "self_attention.value.weight", {out_features(), hidden})) {}
+
+  const Config& config() const { return cfg_; }
+  Index hidden_size() const { return hidden_; }
+  Index out_features() const { return cfg_.num_heads * cfg_.head_size; }
+
+  SlotId query_slot() const { return wq_; }
+  SlotId key_slot() const { return wk_; }
+  SlotId value_slot() const { return wv_; }
+
+  /// Weights ~ normal(0, std) (Hugging Face initialisation).
+  void init(Parameters<S>& params, const Rng& rng, double std) const {
+    detail::init_normal(params, wq_, rng.derive(0), std);
+    detail::init_normal(params, wk_, rng.derive(1), std);
+    detail::init_normal(params, wv_, rng.derive(2), std);
+  }
+
+  /// a = attention(xn): xn is D x N, a is H*Dh x N, N = ctx.batch * T.
+  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+               const Context& ctx) const {
+    const char* where = "LocalAttention::forward";
+    const Layout lay = layout(where, xn, ctx);
+    check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
+    Matrix<S> q, k, v;
+    project(params, xn, q, k, v);
+    const std::vector<Index> pos = positions(lay.t);
+    parallel_for(lay.items(), [&](Index item) {
+      const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
+      const ChunkAttentionOptions opts = options(ctx, b, h, lay.t);
+      ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
+      for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
+        const Window w = window(lay, c);
+        chunk_attention_forward<S>(
+            cols(q, b, h, lay.t, w.q0, w.nq), cols(k, b, h, lay.t, w.k0, w.nk),
+            cols(v, b, h, lay.t, w.k0, w.nk), pos.data() + w.q0, pos.data() + w.k0, opts,
+            cols(a, b, h, lay.t, w.q0, w.nq), static_cast<S*>(nullptr), ws);
+      }
+    });
+  }
+
+  /// Recomputes the forward pass; da is the gradient of a. Writes dxn (overwrite) and a
+  /// (the recomputed output); accumulates dW_q, dW_k, dW_v into params.grads().
+  void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
+                MatrixRef<S> a, const Context& ctx) const {
+    const char* where = "LocalAttention::backward";
+    const Layout lay = layout(where, xn, ctx);
+    check_shape(where, "da", da.rows(), da.cols(), out_features(), xn.cols());
+    check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), xn.cols());
+    check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
+    const Index n = xn.cols(), dh = cfg_.head_size;
+    Matrix<S> q, k, v;
+    project(params, xn, q, k, v);
+    const std::vector<Index> pos = positions(lay.t);
+    Matrix<S> dq(out_features(), n);
+    Matrix<S> dk = Matrix<S>::Zero(out_features(), n);
+    Matrix<S> dv = Matrix<S>::Zero(out_features(), n);
+
+    // Per chunk (layers/chunk_attention.hpp): o = v p~^T recomputed into a, dq of the chunk's
+    // queries overwritten, dk / dv of its key window accumulated. With one block per
+    // (sequence, head) the item owns its whole dk / dv block and accumulates there directly;
+    // otherwise into its own buffer spanning its keys, added in item order below.
+    const bool direct = lay.blocks == 1;
+    std::vector<Matrix<S>> dk_part(direct ? 0 : static_cast<std::size_t>(lay.items()));
+    std::vector<Matrix<S>> dv_part(dk_part.size());
+    parallel_for(lay.items(), [&](Index item) {
+      const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
+      const ChunkAttentionOptions opts = options(ctx, b, h, lay.t);
+      ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
+      const Index span0 = key_span_begin(lay, blk);
+      Matrix<S>* dkp = nullptr;
+      Matrix<S>* dvp = nullptr;
+      if (!direct) {
+        const auto idx = static_cast<std::size_t>(item);
+        const Index span = key_span_end(lay, blk) - span0;
+        dk_part[idx].setZero(dh, span);
+        dv_part[idx].setZero(dh, span);
+        dkp = &dk_part[idx];
+        dvp = &dv_part[idx];
+      }
+      for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
+        const Window w = window(lay, c);
+        auto dk_win =
+            direct ? cols(dk, b, h, lay.t, w.k0, w.nk) : dkp->block(0, w.k0 - span0, dh, w.nk);
+        auto dv_win =
+            direct ? cols(dv, b, h, lay.t, w.k0, w.nk) : dvp->block(0, w.k0 - span0, dh, w.nk);
+        chunk_attention_forward_backward<S>(
+            cols(q, b, h, lay.t, w.q0, w.nq), cols(k, b, h, lay.t, w.k0, w.nk),
+            cols(v, b, h, lay.t, w.k0, w.nk), pos.data() + w.q0, pos.data() + w.k0, opts,
+            cols(da, b, h, lay.t, w.q0, w.nq), static_cast<const S*>(nullptr),
+            cols(a, b, h, lay.t, w.q0, w.nq), cols(dq, b, h, lay.t, w.q0, w.nq), dk_win, dv_win,
+            ws);
+      }
+    });
+    if (!direct) {
+      // Sum the item buffers of each (sequence, head) in item order.
+      parallel_for(ctx.batch * cfg_.num_heads, [&](Index bh) {
+        const Index b = bh / cfg_.num_heads, h = bh % cfg_.num_heads;
+        for (Index blk = 0; blk < lay.blocks; ++blk) {
+          const auto idx = static_cast<std::size_t>(bh * lay.blocks + blk);
+          const Index span0 = key_span_begin(lay, blk);
+          const Index span = dk_part[idx].cols();
+          cols(dk, b, h, lay.t, span0, span) += dk_part[idx];
+          cols(dv, b, h, lay.t, span0, span) += dv_part[idx];
+        }
+      });
+    }
+
+    // k = W_k xn / sqrt(Dh)  =>  the 1/sqrt(Dh) factor moves onto dk.
+    dk *= S(1) / std::sqrt(S(cfg_.head_size));
+    // q = W_q xn, k, v likewise  =>  dW += d(.) xn^T,  dxn = W_q^T dq + W_k^T dk + W_v^T dv.
+    detail::linear_weight_grads<S>(dq, xn, params.grad(wq_));
+    detail::linear_weight_grads<S>(dk, xn, params.grad(wk_));
+    detail::linear_weight_grads<S>(dv, xn, params.grad(wv_));
+    detail::parallel_product(dxn, params.value(wq_).transpose(), dq, false);
+    detail::parallel_product(dxn, params.value(wk_).transpose(), dk, true);
+    detail::parallel_product(dxn, params.value(wv_).transpose(), dv, true);
+  }
+
+ private:
+  // How one call is cut into work items: item = (b * H + h) * blocks + block.
+  struct Layout {
+    Index t = 0;  // sequence length
+    Index batch = 0, heads = 0;
+    Index chunk = 0;      // C
+    Index chunks = 0;     // ceil(T / C)
+    Index per_block = 0;  // chunks per item
+    Index blocks = 0;     // items per (sequence, head)
+    Index before = 0, after = 0;
+
+    Index items() const { return batch * heads * blocks; }
+    Index batch_of(Index item) const { return item / (heads * blocks); }
+    Index head_of(Index item) const { return (item / blocks) % heads; }
+    Index block_of(Index item) const { return item % blocks; }
+    Index first_chunk(Index blk) const { return blk * per_block; }
+    Index end_chunk(Index blk) const { return std::min(chunks, (blk + 1) * per_block); }
+  };
+
+  // Query columns [q0, q0 + nq) and key window [k0, k0 + nk) of one chunk, within a sequence.
+  struct Window {
+    Index q0, nq, k0, nk;
+  };
+
+  static Window window(const Layout& lay, Index c) {
+    Window w{};
+    w.q0 = c * lay.chunk;
+    w.nq = std::min(lay.chunk, lay.t - w.q0);
+    w.k0 = std::max<Index>(0, (c - lay.before) * lay.chunk);
+    const Index k1 = std::min(lay.t, (c + lay.after + 1) * lay.chunk);
+    w.nk = k1 - w.k0;
+    return w;
+  }
+  // The keys any chunk of block blk touches: [key_span_begin, key_span_end).
+  static Index key_span_begin(const Layout& lay, Index blk) {
+    return window(lay, lay.first_chunk(blk)).k0;
+  }
+  static Index key_span_end(const Layout& lay, Index blk) {
+    const Window w = window(lay, lay.end_chunk(blk) - 1);
+    return w.k0 + w.nk;
+  }
+  static Index max_queries(const Layout& lay) { return std::min(lay.chunk, lay.t); }
+  static Index max_keys(const Layout& lay) {
+    return std::min(lay.t, (lay.before + lay.after + 1) * lay.chunk);
+  }
+
+  static const Config& validated(const Config& cfg, Index hidden) {
+    const char* where = "LocalAttention";
+    REFORMER_REQUIRE(cfg.num_heads > 0, InvalidArgument, where, "num_heads = ", cfg.num_heads,
+                     " must be positive");
+    REFORMER_REQUIRE(cfg.head_size > 0, InvalidArgument, where, "head_size = ", cfg.head_size,
+                     " must be positive");
+    REFORMER_REQUIRE(cfg.chunk_length > 0, InvalidArgument, where,
+                     "chunk_length = ", cfg.chunk_length, " must be positive");
+    REFORMER_REQUIRE(cfg.chunks_before >= 0, InvalidArgument, where,
+                     "chunks_before = ", cfg.chunks_before, " must be >= 0");
+    REFORMER_REQUIRE(cfg.chunks_after >= 0, InvalidArgument, where,
+                     "chunks_after = ", cfg.chunks_after, " must be >= 0");
+    REFORMER_REQUIRE(cfg.item_chunks >= 0, InvalidArgument, where,
+                     "item_chunks = ", cfg.item_chunks, " must be >= 0");
+    REFORMER_REQUIRE(hidden > 0, InvalidArgument, where, "hidden = ", hidden, " must be positive");
+    REFORMER_REQUIRE(cfg.dropout >= 0 && cfg.dropout < 1, InvalidArgument, where,
+                     "dropout = ", cfg.dropout, " must be in [0, 1)");
+    return cfg;
+  }
+
+  Layout layout(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx) const {
+    REFORMER_REQUIRE(xn.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", xn.rows(),
+                     " must equal hidden = ", hidden_);
+    Layout lay;
+    lay.t = ctx.length(where, xn.cols());
+    lay.batch = ctx.batch;
+    lay.heads = cfg_.num_heads;
+    lay.chunk = cfg_.chunk_length;
+    lay.chunks = (lay.t + lay.chunk - 1) / lay.chunk;
+    lay.per_block =
+        cfg_.item_chunks > 0 ? cfg_.item_chunks : std::max<Index>(1, kItemTokens / lay.chunk);
+    lay.blocks = (lay.chunks + lay.per_block - 1) / lay.per_block;
+    lay.before = cfg_.chunks_before;
+    lay.after = cfg_.chunks_after;
+    return lay;
+  }
+
+  ChunkAttentionOptions options(const Context& ctx, Index b, Index h, Index t) const {
+    ChunkAttentionOptions opts;
+    opts.causal = cfg_.causal;
+    opts.self_mask = false;
+    if (ctx.training && cfg_.dropout > 0) {
+      opts.dropout_rate = cfg_.dropout;
+      opts.dropout_rng = ctx.rng(stream::kAttentionProbsDropout)
+                             .derive(static_cast<std::uint64_t>(b))
+                             .derive(static_cast<std::uint64_t>(h));
+      opts.draw_stride = t;
+    }
+    return opts;
+  }
+
+  static std::vector<Index> positions(Index t) {
+    std::vector<Index> pos(static_cast<std::size_t>(t));
+    std::iota(pos.begin(), pos.end(), Index(0));
+    return pos;
+  }
+
+  // Columns [c0, c0 + nc) of sequence b in the rows of head h of an H*Dh x N matrix.
+  template <class M>
+  auto cols(M& m, Index b, Index h, Index t, Index c0, Index nc) const {
+    return m.block(h * cfg_.head_size, b * t + c0, cfg_.head_size, nc);
+  }
+
+  // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn for all tokens.
+  void project(const Parameters<S>& params, const ConstMatrixRef<S>& xn, Matrix<S>& q, Matrix<S>& k,
+               Matrix<S>& v) const {
+    const Index n = xn.cols();
+    q.resize(out_features(), n);
+    k.resize(out_features(), n);
+    v.resize(out_features(), n);
+    detail::parallel_product(q, params.value(wq_), xn, false);
+    detail::parallel_product(k, params.value(wk_), xn, false);
+    detail::parallel_product(v, params.value(wv_), xn, false);
+    k *= S(1) / std::sqrt(S(cfg_.head_size));
+  }
+
+  Config cfg_;
+  Index hidden_;
+  SlotId wq_, wk_, wv_;
+};
+
+/// The local-attention sublayer a user instantiates: LN -> LocalAttention -> W_o (-> dropout).
+template <class S>
+using LocalAttentionLayer = AttentionSublayer<S, LocalAttention<S>>;
+template <class S>
+using LocalAttentionLayerConfig = typename LocalAttentionLayer<S>::Config;
+
+}  // namespace reformer

@@ -1,0 +1,417 @@
+#pragma once
+// Checkpoints: a Parameters<S> store (and optionally the Adam state) as a safetensors file.
+//
+// Tensors: every parameter under its slot name (the Hugging Face names, DESIGN 2) with its
+// PyTorch shape, dtype F32 or F64 (chosen on save; both load into float and double stores).
+// With the optimizer: `optimizer.m.<name>` and `optimizer.v.<name>` (first / second moments,
+// always in the store's own dtype so a resumed run continues bit-identically).
+// Metadata ("__metadata__", strings only):
+//   format = "pt"                      as HF writes it (PyTorch layout)
+//   reformer.checkpoint = "1"          this layout's version
+//   reformer.version = "0.1.0"         the library that wrote it
+//   config = {...}                     the model config as JSON (io/config_json.hpp), if given
+//   optimizer.type / .step / .lr / .beta1 / .beta2 / .eps / .weight_decay   with the optimizer
+//
+// Loading validates everything — every slot present, shapes equal, floating dtypes, finite
+// values, no unknown tensors (unless allowed), a matching optimizer layout — into temporaries
+// and only then replaces the store's values (and the optimizer state): on any problem it throws
+// reformer::IoError naming the file and the tensor, and the store is unchanged.
+// Writes are atomic (SafetensorsWriter::write: temporary file + rename).
+#include "reformer/core/error.hpp"
+#include "reformer/core/parameters.hpp"
+#include "reformer/core/types.hpp"
+#include "reformer/io/config_json.hpp"
+#include "reformer/io/safetensors.hpp"
+#include "reformer/model/config.hpp"
+#include "reformer/model/optimizer.hpp"
+#include "reformer/version.hpp"
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace reformer::io {
+
+inline constexpr const char* kCheckpointLayoutVersion = "1";
+
+struct LoadOptions {
+  /// Ignore file tensors that match no slot (default: an IoError naming the first one).
+  bool allow_unknown = false;
+  /// Other names of a slot: a file tensor `alias` fills slot `target` when the file has no
+  /// tensor `target` itself (and is skipped when it has). Default: HF's tied LM-head bias.
+  std::map<std::string, std::string> aliases = {{"lm_head.decoder.bias", "lm_head.bias"}};
+};
+
+/// What a load found besides the tensors.
+struct CheckpointInfo {
+  std::map<std::string, std::string> metadata;
+  std::size_t tensors_loaded = 0;
+  /// The stored config JSON ("" when the file has none).
+  std::string config_json() const {
+    auto it = metadata.find("config");
+    return it == metadata.end() ? std::string() : it->second;
+  }
+};
+
+namespace detail {
+
+inline std::vector<std::int64_t> shape64(const std::vector<Index>& shape) {
+  return std::vector<std::int64_t>(shape.begin(), shape.end());
+}
+
+inline std::string shape_string(const std::vector<std::int64_t>& s) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+inline std::string number_string(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+inline bool is_optimizer_tensor(const std::string& name) {
+  return name.rfind("optimizer.", 0) == 0;
+}
+
+template <class S>
+void check_finite_values(const char* where, const Parameters<S>& params) {
+  if (params.values().allFinite()) return;
+  for (SlotId id = 0; id < params.num_slots(); ++id) {
+    const auto v = params.value_vector(id);
+    for (Index i = 0; i < v.size(); ++i) {
+      if (!std::isfinite(v[i])) {
+        raise(where, "parameter '", params.slot(id).name, "' element ", i, " = ", v[i],
+              " is not finite; refusing to save it");
+      }
+    }
+  }
+}
+
+/// Adds every parameter and the standard metadata to `w`.
+template <class S>
+void add_parameters(SafetensorsWriter& w, const char* where, const Parameters<S>& params,
+                    const std::string& config_json, DType dtype) {
+  REFORMER_REQUIRE(dtype == DType::F32 || dtype == DType::F64, InvalidArgument, where,
+                   "dtype = ", dtype_name(dtype), " must be F32 or F64");
+  check_finite_values(where, params);
+  w.set_metadata("format", "pt");
+  w.set_metadata("reformer.checkpoint", kCheckpointLayoutVersion);
+  w.set_metadata("reformer.version", REFORMER_VERSION_STRING);
+  if (!config_json.empty()) w.set_metadata("config", config_json);
+  for (SlotId id = 0; id < params.num_slots(); ++id) {
+    const ParamSlot& slot = params.slot(id);
+    REFORMER_REQUIRE(!is_optimizer_tensor(slot.name), InvalidArgument, where, "parameter '",
+                     slot.name, "': names starting with 'optimizer.' are reserved");
+    const auto v = params.value_vector(id);
+    w.add(slot.name, dtype, shape64(slot.shape), v.data(), static_cast<std::size_t>(v.size()));
+  }
+}
+
+template <class S>
+void check_optimizer_layout(const char* where, const Adam<S>& opt, const Parameters<S>& params) {
+  bool same = opt.exp_avg().size() == params.size() &&
+              opt.slot_names().size() == static_cast<std::size_t>(params.num_slots());
+  for (SlotId id = 0; same && id < params.num_slots(); ++id)
+    same = opt.slot_names()[static_cast<std::size_t>(id)] == params.slot(id).name;
+  REFORMER_REQUIRE(same, InvalidArgument, where,
+                   "the optimizer was built for another parameter layout (",
+                   opt.slot_names().size(), " slots / ", opt.exp_avg().size(),
+                   " scalars) than the store (", params.num_slots(), " / ", params.size(), ")");
+}
+
+template <class S>
+void add_optimizer(SafetensorsWriter& w, const char* where, const Adam<S>& opt,
+                   const Parameters<S>& params) {
+  check_optimizer_layout(where, opt, params);
+  const AdamOptions& o = opt.options();
+  w.set_metadata("format", "pt");
+  w.set_metadata("reformer.checkpoint", kCheckpointLayoutVersion);
+  w.set_metadata("reformer.version", REFORMER_VERSION_STRING);
+  w.set_metadata("optimizer.type", o.decoupled_weight_decay ? "adamw" : "adam");
+  w.set_metadata("optimizer.step", std::to_string(opt.step_count()));
+  w.set_metadata("optimizer.lr", number_string(o.lr));
+  w.set_metadata("optimizer.beta1", number_string(o.beta1));
+  w.set_metadata("optimizer.beta2", number_string(o.beta2));
+  w.set_metadata("optimizer.eps", number_string(o.eps));
+  w.set_metadata("optimizer.weight_decay", number_string(o.weight_decay));
+  for (SlotId id = 0; id < params.num_slots(); ++id) {
+    const ParamSlot& slot = params.slot(id);
+    const auto n = static_cast<std::size_t>(slot.size);
+    w.add("optimizer.m." + slot.name, dtype_of<S>(), shape64(slot.shape),
+          opt.exp_avg().data() + slot.offset, n);
+    w.add("optimizer.v." + slot.name, dtype_of<S>(), shape64(slot.shape),
+          opt.exp_avg_sq().data() + slot.offset, n);
+  }
+}
+
+/// Reads tensor `tensor` of `file` (validated: shape == slot's, floating dtype, finite after
+/// conversion to S) into dst[0, slot.size).
+template <class S>
+void read_slot_tensor(const char* where, const SafetensorsFile& file, const std::string& tensor,
+                      const ParamSlot& slot, S* dst) {
+  const TensorInfo& ti = file.info(tensor);
+  if (ti.shape != shape64(slot.shape)) {
+    raise<IoError>(where, "'", file.source(), "': tensor '", tensor, "' has shape ",
+                   shape_string(ti.shape), ", parameter '", slot.name, "' needs ",
+                   shape_string(shape64(slot.shape)));
+  }
+  if (!dtype_is_floating(ti.dtype)) {
+    raise<IoError>(where, "'", file.source(), "': tensor '", tensor, "' has dtype ",
+                   dtype_name(ti.dtype), ", expected a floating-point dtype (F32 or F64)");
+  }
+  file.read_into(tensor, dst, static_cast<std::size_t>(slot.size));
+  for (Index i = 0; i < slot.size; ++i) {
+    if (!std::isfinite(dst[i])) {
+      raise<IoError>(where, "'", file.source(), "': tensor '", tensor, "' element ", i, " = ",
+                     dst[i], " is not finite (in the file or after conversion)");
+    }
+  }
+}
+
+inline void check_layout_version(const char* where, const SafetensorsFile& file) {
+  auto it = file.metadata().find("reformer.checkpoint");
+  if (it != file.metadata().end() && it->second != kCheckpointLayoutVersion) {
+    raise<IoError>(where, "'", file.source(), "': checkpoint layout version '", it->second,
+                   "' is not supported (this library reads version ", kCheckpointLayoutVersion,
+                   ")");
+  }
+}
+
+/// All parameter values of `file` in the store's layout; throws IoError on any mismatch.
+template <class S>
+Vector<S> read_parameters(const char* where, const SafetensorsFile& file,
+                          const Parameters<S>& params, const LoadOptions& options,
+                          std::size_t& loaded) {
+  check_layout_version(where, file);
+  Vector<S> values(params.size());
+  std::set<std::string> used;
+  loaded = 0;
+  for (SlotId id = 0; id < params.num_slots(); ++id) {
+    const ParamSlot& slot = params.slot(id);
+    std::string tensor = slot.name;
+    if (!file.contains(tensor)) {
+      for (const auto& alias : options.aliases) {
+        if (alias.second == slot.name && file.contains(alias.first)) {
+          tensor = alias.first;
+          break;
+        }
+      }
+    }
+    if (!file.contains(tensor)) {
+      raise<IoError>(where, "'", file.source(), "': no tensor for parameter '", slot.name,
+                     "' (shape ", shape_string(shape64(slot.shape)), ")");
+    }
+    read_slot_tensor(where, file, tensor, slot, values.data() + slot.offset);
+    used.insert(tensor);
+    ++loaded;
+  }
+  if (!options.allow_unknown) {
+    for (const auto& name : file.names()) {
+      if (used.count(name) || is_optimizer_tensor(name)) continue;
+      auto alias = options.aliases.find(name);
+      if (alias != options.aliases.end() && params.find(alias->second)) continue;
+      raise<IoError>(where, "'", file.source(), "': tensor '", name,
+                     "' matches no parameter of the model (LoadOptions::allow_unknown skips it)");
+    }
+  }
+  return values;
+}
+
+template <class S>
+struct OptimizerState {
+  std::int64_t step = 0;
+  Vector<S> m, v;
+};
+
+/// The optimizer state of `file` for the store's layout; throws IoError on any mismatch.
+template <class S>
+OptimizerState<S> read_optimizer(const char* where, const SafetensorsFile& file, const Adam<S>& opt,
+                                 const Parameters<S>& params) {
+  check_layout_version(where, file);
+  check_optimizer_layout(where, opt, params);  // a caller error: InvalidArgument
+  OptimizerState<S> state;
+  auto it = file.metadata().find("optimizer.step");
+  if (it == file.metadata().end()) {
+    raise<IoError>(where, "'", file.source(),
+                   "': no optimizer state (metadata 'optimizer.step' is missing)");
+  }
+  const std::string& s = it->second;
+  bool ok = !s.empty() && s.size() <= 18;
+  std::int64_t step = 0;
+  for (char c : s) {
+    ok = ok && c >= '0' && c <= '9';
+    if (ok) step = step * 10 + (c - '0');
+  }
+  if (!ok) {
+    raise<IoError>(where, "'", file.source(), "': metadata 'optimizer.step' = '", s,
+                   "' is not a non-negative integer");
+  }
+  state.step = step;
+  state.m.resize(params.size());
+  state.v.resize(params.size());
+  const std::pair<const char*, Vector<S>*> parts[] = {{"optimizer.m.", &state.m},
+                                                      {"optimizer.v.", &state.v}};
+  for (SlotId id = 0; id < params.num_slots(); ++id) {
+    const ParamSlot& slot = params.slot(id);
+    for (const auto& part : parts) {
+      const std::string tensor = part.first + slot.name;
+      if (!file.contains(tensor)) {
+        raise<IoError>(where, "'", file.source(), "': no optimizer tensor '", tensor, "'");
+      }
+      read_slot_tensor(where, file, tensor, slot, part.second->data() + slot.offset);
+    }
+  }
+  if (state.v.size() > 0 && state.v.minCoeff() < S(0)) {
+    raise<IoError>(where, "'", file.source(), "': a second moment 'optimizer.v.*' is negative");
+  }
+  for (const auto& name : file.names()) {
+    if (!is_optimizer_tensor(name)) continue;
+    const bool m = name.rfind("optimizer.m.", 0) == 0, v = name.rfind("optimizer.v.", 0) == 0;
+    if (!(m || v) || !params.find(name.substr(12))) {
+      raise<IoError>(where, "'", file.source(), "': optimizer tensor '", name,
+                     "' matches no parameter of the model");
+    }
+  }
+  return state;
+}
+
+}  // namespace detail
+
+// ---- parameters ------------------------------------------------------------------------------
+
+/// Saves every parameter of `params` (dtype F32 or F64) with `config_json` (may be empty) in
+/// the metadata. InvalidArgument for another dtype or a non-finite parameter (nothing written);
+/// IoError when the file cannot be written (an existing file is then unchanged).
+template <class S>
+void save_parameters(const std::string& path, const Parameters<S>& params,
+                     const std::string& config_json = "", DType dtype = dtype_of<S>()) {
+  SafetensorsWriter w;
+  detail::add_parameters(w, "save_parameters", params, config_json, dtype);
+  w.write(path);
+}
+
+/// Replaces every parameter value of `params` with the file's (gradients are untouched).
+template <class S>
+CheckpointInfo load_parameters(const SafetensorsFile& file, Parameters<S>& params,
+                               const LoadOptions& options = {}) {
+  CheckpointInfo info;
+  Vector<S> values =
+      detail::read_parameters("load_parameters", file, params, options, info.tensors_loaded);
+  info.metadata = file.metadata();
+  params.values().swap(values);
+  return info;
+}
+template <class S>
+CheckpointInfo load_parameters(const std::string& path, Parameters<S>& params,
+                               const LoadOptions& options = {}) {
+  return load_parameters(SafetensorsFile::load(path), params, options);
+}
+
+// ---- optimizer state -------------------------------------------------------------------------
+
+/// Saves the optimizer state (step, m, v) of `opt`, built for the layout of `params`.
+template <class S>
+void save_optimizer(const std::string& path, const Adam<S>& opt, const Parameters<S>& params) {
+  SafetensorsWriter w;
+  detail::add_optimizer(w, "save_optimizer", opt, params);
+  w.write(path);
+}
+
+/// Restores the optimizer state; `opt` must be built for the layout of `params`. The options
+/// (lr, betas, ...) are the caller's: the file's are only informational metadata.
+template <class S>
+void load_optimizer(const SafetensorsFile& file, Adam<S>& opt, const Parameters<S>& params) {
+  auto state = detail::read_optimizer("load_optimizer", file, opt, params);
+  opt.set_state(state.step, std::move(state.m), std::move(state.v));
+}
+template <class S>
+void load_optimizer(const std::string& path, Adam<S>& opt, const Parameters<S>& params) {
+  load_optimizer(SafetensorsFile::load(path), opt, params);
+}
+
+// ---- both in one file --------------------------------------------------------------------------
+
+/// Parameters (dtype `dtype`) and optimizer state in one file: what a resumable run saves.
+template <class S>
+void save_checkpoint(const std::string& path, const Parameters<S>& params, const Adam<S>& opt,
+                     const std::string& config_json = "", DType dtype = dtype_of<S>()) {
+  SafetensorsWriter w;
+  detail::add_parameters(w, "save_checkpoint", params, config_json, dtype);
+  detail::add_optimizer(w, "save_checkpoint", opt, params);
+  w.write(path);
+}
+
+/// Loads parameters and optimizer state together: either both are replaced or neither.
+template <class S>
+CheckpointInfo load_checkpoint(const SafetensorsFile& file, Parameters<S>& params, Adam<S>& opt,
+                               const LoadOptions& options = {}) {
+  CheckpointInfo info;
+  Vector<S> values =
+      detail::read_parameters("load_checkpoint", file, params, options, info.tensors_loaded);
+  auto state = detail::read_optimizer("load_checkpoint", file, opt, params);
+  info.metadata = file.metadata();
+  opt.set_state(state.step, std::move(state.m), std::move(state.v));  // validated: cannot throw
+  params.values().swap(values);
+  return info;
+}
+template <class S>
+CheckpointInfo load_checkpoint(const std::string& path, Parameters<S>& params, Adam<S>& opt,
+                               const LoadOptions& options = {}) {
+  return load_checkpoint(SafetensorsFile::load(path), params, opt, options);
+}
+
+// ---- models ----------------------------------------------------------------------------------
+// For any model type with `parameters()` and `config()` (a ReformerConfig), e.g. ReformerLM<S>.
+
+/// The config stored in a checkpoint (validated; IoError when the file has none).
+inline ReformerConfig load_config(const SafetensorsFile& file) {
+  auto it = file.metadata().find("config");
+  if (it == file.metadata().end()) {
+    raise<IoError>("load_config", "'", file.source(), "' has no 'config' metadata");
+  }
+  try {
+    return config_from_json_string(it->second);
+  } catch (const ConfigError& e) {
+    raise<IoError>("load_config", "'", file.source(), "': ", e.what());
+  }
+}
+inline ReformerConfig load_config(const std::string& path) {
+  return load_config(SafetensorsFile::load(path));
+}
+
+/// Saves the model's parameters with its config.
+template <class Model>
+void save_model(const std::string& path, const Model& model,
+                DType dtype = dtype_of<typename Model::Scalar>()) {
+  save_parameters(path, model.parameters(), config_to_json_string(model.config()), dtype);
+}
+
+/// Loads parameters into an existing model (built from a config with the same shapes, e.g.
+/// `ReformerLM<S> model(load_config(path))`).
+template <class Model>
+CheckpointInfo load_model(const std::string& path, Model& model, const LoadOptions& options = {}) {
+  return load_parameters(path, model.parameters(), options);
+}
+
+/// Saves what a resumable run needs: parameters in the model's dtype, config, optimizer state.
+template <class Model, class S>
+void save_training_state(const std::string& path, const Model& model, const Adam<S>& opt) {
+  save_checkpoint(path, model.parameters(), opt, config_to_json_string(model.config()));
+}
+
+/// Restores parameters and optimizer state (all or nothing).
+template <class Model, class S>
+CheckpointInfo load_training_state(const std::string& path, Model& model, Adam<S>& opt,
+                                   const LoadOptions& options = {}) {
+  return load_checkpoint(path, model.parameters(), opt, options);
+}
+
+}  // namespace reformer::io

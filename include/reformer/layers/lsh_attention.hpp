@@ -1,0 +1,654 @@
+#pragma once
+// LSH self-attention core (DESIGN 1.2): the Reformer's attention whose cost grows linearly with
+// the sequence length. Per sequence and head (x: D x T normalised inputs):
+//
+//   qk = W_qk x,  v = W_v x                      Dh x T; queries and keys share W_qk, no biases
+//   if T <= C:  dense shared-QK attention (below) over all T positions, one round, no hashing
+//   pad T to Tp (a multiple of C); padded positions get the pad bucket NB and are masked keys
+//   b_r(t) = lsh_hash(qk_t, rotation of round r)                      (lsh_bucketing.hpp)
+//   sort the R*Tp slots (r, t) by (r, b_r(t), t)  ->  sorted place s, position pos(s)
+//   k_t  = qk_t / sqrt(mean(qk_t^2) + 1e-6) / sqrt(Dh)                queries are not scaled
+//   chunk c (C consecutive sorted places, over all R*Tp places) attends to chunks
+//   c - before .. c + after (circular over the R*Tp places, as HF/trax), with the chunk kernel
+//   (chunk_attention.hpp): s_ij = qk_i . k_j, masks replacing s_ij (causal -1e9, self -1e5,
+//   padding -1e9), lse_i = logsumexp_j s_ij, p = exp(s - lse) (dropped), o_i = sum_j p_ij v_j
+//   unsort, combine the rounds per position:
+//     w_r(t) = exp(lse_r(t) - logsumexp_r' lse_r'(t)),   o(t) = sum_r w_r(t) o_r(t)
+//   a = [o_head0; o_head1; ...]                                        H*Dh x T
+// The output projection W_o belongs to the AttentionSublayer wrapper.
+//
+// Buckets (DESIGN 3.3): forward hashes (rotations from ctx.rng, see lsh_bucketing.hpp) and
+// records the buckets into *ctx.buckets ([B, H, R, T], no round offsets) when it is non-null, or
+// replays them when ctx.replay_buckets is set. backward always replays: it never re-hashes.
+// Short sequences (T <= C) do not hash; their tape is cleared and never read.
+//
+// Work and memory: heads (sequence, head) are processed in waves whose size depends only on the
+// shapes; inside a wave every phase is a parallel_for over fixed items (heads or groups of
+// chunks), each writing its own slice, so results are bitwise identical for any thread count.
+// Per head the buffers are O(R * Tp * Dh) (sorted q, k, v, outputs and their gradients); per
+// work item O(C^2) scores. No T x T and no all-chunks score buffer is ever formed.
+#include "reformer/core/context.hpp"
+#include "reformer/core/error.hpp"
+#include "reformer/core/parameters.hpp"
+#include "reformer/core/rng.hpp"
+#include "reformer/core/threading.hpp"
+#include "reformer/core/types.hpp"
+#include "reformer/layers/chunk_attention.hpp"
+#include "reformer/layers/detail/sublayer_util.hpp"
+#include "reformer/layers/lsh_bucketing.hpp"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace reformer {
+
+/// Most hash rounds an LshAttention accepts.
+inline constexpr Index kLshMaxHashes = 16;
+
+/// Configuration of the LSH attention core (Hugging Face field in brackets).
+struct LshAttentionConfig {
+  Index num_heads = 2;                  ///< H [num_attention_heads]
+  Index head_size = 64;                 ///< Dh [attention_head_size]
+  Index chunk_length = 64;              ///< C [lsh_attn_chunk_length]
+  Index num_hashes = 1;                 ///< R, 1..16 [num_hashes]
+  std::vector<Index> num_buckets = {};  ///< empty = auto, {NB} or {f1, f2} [num_buckets]
+  Index chunks_before = 1;              ///< [lsh_num_chunks_before]
+  Index chunks_after = 0;               ///< [lsh_num_chunks_after]
+  bool causal = true;                   ///< [is_decoder]
+  double dropout = 0.0;        ///< attention-prob dropout [lsh_attention_probs_dropout_prob]
+  Index max_positions = 4096;  ///< for the auto bucket rule [max_position_embeddings]
+
+  /// Throws ConfigError naming the offending field.
+  void validate(const char* where = "LshAttentionConfig") const {
+    REFORMER_REQUIRE(num_heads >= 1, ConfigError, where, "num_heads = ", num_heads,
+                     " must be >= 1");
+    REFORMER_REQUIRE(head_size >= 1, ConfigError, where, "head_size = ", head_size,
+                     " must be >= 1");
+    REFORMER_REQUIRE(chunk_length >= 1, ConfigError, where, "chunk_length = ", chunk_length,
+                     " must be >= 1");
+    REFORMER_REQUIRE(num_hashes >= 1 && num_hashes <= kLshMaxHashes, ConfigError, where,
+                     "num_hashes = ", num_hashes, " must be in [1, ", kLshMaxHashes, "]");
+    REFORMER_REQUIRE(chunks_before >= 0 && chunks_after >= 0, ConfigError, where,
+                     "chunks_before = ", chunks_before, " and chunks_after = ", chunks_after,
+                     " must be >= 0");
+    REFORMER_REQUIRE(dropout >= 0.0 && dropout < 1.0, ConfigError, where, "dropout = ", dropout,
+                     " must be in [0, 1)");
+    REFORMER_REQUIRE(max_positions >= 1, ConfigError, where, "max_positions = ", max_positions,
+                     " must be >= 1");
+    validate_lsh_num_buckets(where, num_buckets);
+  }
+};
+
+namespace detail {
+
+inline constexpr double kLshKeyNormEps = 1e-6;
+
+/// Key normalisation, column by column (qk, k: Dh x n):
+///   k = qk * g,  g = 1 / (sqrt(mean(qk^2) + 1e-6) * sqrt(Dh))
+template <class S>
+void lsh_normalize_keys(ConstMatrixRef<S> qk, MatrixRef<S> k) {
+  const S dh = static_cast<S>(qk.rows());
+  const S inv_sqrt_dh = S(1) / std::sqrt(dh);
+  for (Index t = 0; t < qk.cols(); ++t) {
+    const S mean_sq = qk.col(t).squaredNorm() / dh;
+    k.col(t) =
+        qk.col(t) * (S(1) / std::sqrt(mean_sq + static_cast<S>(kLshKeyNormEps))) * inv_sqrt_dh;
+  }
+}
+
+/// Backward of the key normalisation for one column: with g as above,
+///   dk/dqk = g I - g^3 qk qk^T   =>   dqk += g dk - g^3 (dk . qk) qk
+template <class S, class Q, class DK, class DQ>
+void lsh_normalize_key_backward(const Q& qk, const DK& dk, DQ&& dqk) {
+  const S dh = static_cast<S>(qk.rows());
+  const S mean_sq = qk.squaredNorm() / dh;
+  const S g = S(1) / (std::sqrt(mean_sq + static_cast<S>(kLshKeyNormEps)) * std::sqrt(dh));
+  const S g3_dot = g * g * g * dk.dot(qk);
+  dqk += g * dk - g3_dot * qk;
+}
+
+inline Index lsh_mod(Index a, Index n) { return ((a % n) + n) % n; }
+
+}  // namespace detail
+
+template <class S>
+class LshAttention {
+ public:
+  using Scalar = S;
+  using Config = LshAttentionConfig;
+
+  /// Registers `<prefix>self_attention.query_key.weight` and `<prefix>self_attention.value.weight`
+  /// ([H*Dh, hidden] each). Throws ConfigError on a bad config.
+  LshAttention(const Config& cfg, Index hidden, Parameters<S>& params,
+               const std::string& prefix = "")
+      : cfg_(validated(cfg, hidden)),
+        hidden_(hidden),
+        qk_slot_(params.add(prefix + "self_attention.query_key.weight",
+                            {cfg.num_heads * cfg.head_size, hidden})),
+        v_slot_(params.add(prefix + "self_attention.value.weight",
+                           {cfg.num_heads * cfg.head_size, hidden})) {}
+
+  const Config& config() const { return cfg_; }
+  Index hidden_size() const { return hidden_; }
+  Index out_features() const { return cfg_.num_heads * cfg_.head_size; }
+  SlotId query_key_slot() const { return qk_slot_; }
+  SlotId value_slot() const { return v_slot_; }
+
+  /// HF initialisation: both weights ~ normal(0, std).
+  void init(Parameters<S>& params, const Rng& rng, double std) const {
+    detail::init_normal(params, qk_slot_, rng.derive(0), std);
+    detail::init_normal(params, v_slot_, rng.derive(1), std);
+  }
+
+  /// Whether a sequence of `length` tokens is hashed (false: the T <= C dense fallback).
+  bool hashes(Index length) const { return length > cfg_.chunk_length; }
+
+  /// Length after padding to a multiple of the chunk length.
+  Index padded_length(Index length) const {
+    return (length + cfg_.chunk_length - 1) / cfg_.chunk_length * cfg_.chunk_length;
+  }
+
+  /// The bucket layout used for sequences of `length` tokens (the auto rule sees the padded
+  /// length, like HF, which pads before attention).
+  LshBucketLayout bucket_layout(Index length) const {
+    return lsh_bucket_layout(cfg_.num_buckets, padded_length(length), cfg_.chunk_length,
+                             cfg_.max_positions);
+  }
+
+  /// Hashes only: writes the buckets [B, H, R, T] the forward pass would draw into `tape`
+  /// (cleared when T <= C, where nothing is hashed). Lets users inspect the hashing.
+  void compute_buckets(const Parameters<S>& params, ConstMatrixRef<S> xn, const Context& ctx,
+                       BucketTape& tape) const {
+    const char* where = "LshAttention::compute_buckets";
+    const Plan pl = plan(where, xn, ctx);
+    if (pl.dense) {
+      tape.clear();
+      return;
+    }
+    Matrix<S> qk(out_features(), xn.cols());
+    detail::parallel_product(qk, params.value(qk_slot_), xn, false);
+    tape.resize(pl.batch, cfg_.num_heads, pl.rounds, pl.length);
+    const std::vector<Matrix<S>> rot = rotations(pl, ctx);
+    parallel_for(pl.batch * cfg_.num_heads, [&](Index item) {
+      const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
+      hash_head(pl, qk, rot, b, h, tape.data.data() + tape.offset(b, h, 0, 0));
+    });
+  }
+
+  /// a = LshAttention(xn): xn is hidden x N, a is H*Dh x N (N = ctx.batch * T).
+  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+               const Context& ctx) const {
+    const char* where = "LshAttention::forward";
+    const Plan pl = plan(where, xn, ctx);
+    check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
+    Matrix<S> qk(out_features(), xn.cols()), v(out_features(), xn.cols());
+    detail::parallel_product(qk, params.value(qk_slot_), xn, false);
+    detail::parallel_product(v, params.value(v_slot_), xn, false);
+    if (pl.dense) {
+      if (ctx.buckets != nullptr && !ctx.replay_buckets) ctx.buckets->clear();
+      dense_forward(pl, qk, v, a, ctx);
+      return;
+    }
+    const std::int32_t* buckets = nullptr;
+    std::int32_t* record = nullptr;
+    BucketTape scratch_tape;
+    if (ctx.replay_buckets) {
+      buckets = replayed_buckets(where, pl, ctx);
+    } else {
+      BucketTape& tape = ctx.buckets != nullptr ? *ctx.buckets : scratch_tape;
+      tape.resize(pl.batch, cfg_.num_heads, pl.rounds, pl.length);
+      record = tape.data.data();
+      buckets = record;
+    }
+    const std::vector<Matrix<S>> rot =
+        record != nullptr ? rotations(pl, ctx) : std::vector<Matrix<S>>{};
+    for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
+      const Index nh = std::min(pl.wave, pl.num_head_items - h0);
+      std::vector<HeadBuffers> heads(static_cast<std::size_t>(nh));
+      parallel_for(nh, [&](Index i) {
+        const Index item = h0 + i;
+        const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
+        if (record != nullptr) hash_head(pl, qk, rot, b, h, record + bucket_offset(pl, b, h));
+        prepare_head(pl, qk, v, buckets + bucket_offset(pl, b, h), b, h, heads[at(i)]);
+      });
+      attend_forward(pl, ctx, h0, heads);
+      parallel_for(nh, [&](Index i) { combine_head(pl, h0 + i, heads[at(i)], nullptr, a); });
+    }
+  }
+
+  /// Recomputes the forward pass from xn and the replayed buckets (ctx.buckets, required when
+  /// T > C); writes dxn (overwritten) and a (the recomputed output); accumulates the gradients
+  /// of W_qk and W_v.
+  void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
+                MatrixRef<S> a, const Context& ctx) const {
+    const char* where = "LshAttention::backward";
+    const Plan pl = plan(where, xn, ctx);
+    check_shape(where, "da", da.rows(), da.cols(), out_features(), xn.cols());
+    check_shape(where, "dxn", dxn.rows(), dxn.cols(), hidden_, xn.cols());
+    check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
+    const Index n = xn.cols();
+    Matrix<S> qk(out_features(), n), v(out_features(), n);
+    detail::parallel_product(qk, params.value(qk_slot_), xn, false);
+    detail::parallel_product(v, params.value(v_slot_), xn, false);
+    Matrix<S> dqk(out_features(), n), dv(out_features(), n);
+    if (pl.dense) {
+      dense_backward(pl, qk, v, da, a, dqk, dv, ctx);
+    } else {
+      const std::int32_t* buckets = replayed_buckets(where, pl, ctx);
+      for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
+        const Index nh = std::min(pl.wave, pl.num_head_items - h0);
+        std::vector<HeadBuffers> heads(static_cast<std::size_t>(nh));
+        parallel_for(nh, [&](Index i) {
+          const Index item = h0 + i;
+          const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
+          prepare_head(pl, qk, v, buckets + bucket_offset(pl, b, h), b, h, heads[at(i)]);
+        });
+        attend_forward(pl, ctx, h0, heads);
+        // a, and in place: o -> d(o), lse -> d(lse) of every sorted slot.
+        parallel_for(nh, [&](Index i) { combine_head(pl, h0 + i, heads[at(i)], &da, a); });
+        attend_backward(pl, ctx, h0, heads);
+        parallel_for(nh, [&](Index i) { reduce_head(pl, h0 + i, heads[at(i)], qk, dqk, dv); });
+      }
+    }
+    // qk = W_qk x, v = W_v x  =>  dW_qk += dqk x^T, dW_v += dv x^T, dx = W_qk^T dqk + W_v^T dv.
+    detail::linear_weight_grads<S>(dqk, xn, params.grad(qk_slot_));
+    detail::linear_weight_grads<S>(dv, xn, params.grad(v_slot_));
+    detail::parallel_product(dxn, params.value(qk_slot_).transpose(), dqk, false);
+    detail::parallel_product(dxn, params.value(v_slot_).transpose(), dv, true);
+  }
+
+ private:
+  /// Shapes of one call, derived from the inputs only (never from the thread count).
+  struct Plan {
+    Index batch = 1, length = 0, padded = 0, rounds = 1, chunk = 1;
+    Index slots = 0;           // R * Tp sorted places per head
+    Index chunks = 0;          // slots / C
+    Index window = 1;          // chunks attended per chunk: before + 1 + after
+    Index num_head_items = 0;  // batch * heads
+    Index wave = 1;            // heads processed together
+    LshBucketLayout layout;
+    bool dense = false;
+  };
+
+  /// Sorted buffers of one (sequence, head). q/k/v/o are Dh x slots in sorted order.
+  struct HeadBuffers {
+    std::vector<Index> pos;      // sorted place -> position
+    std::vector<Index> inverse;  // slot r*Tp + t -> sorted place
+    Matrix<S> q, k, v;           // gathered qk, normalised keys, values
+    Matrix<S> o;                 // per-slot outputs (backward: their gradients, in place)
+    Vector<S> lse;               // per-slot logsumexp (backward: its gradient, in place)
+    Matrix<S> dq;                // backward: gradient w.r.t. the sorted queries
+    Matrix<S> dk, dv;            // backward: Dh x (window * slots): part w = contributions of
+                                 // window position w (summed in w order afterwards)
+  };
+
+  /// Sorted chunks per parallel work item.
+  static constexpr Index kChunksPerItem = 4;
+  /// Scalars of per-head buffers a wave may hold (bounds the peak memory for long inputs).
+  static constexpr Index kWaveScalars = Index{1} << 24;
+
+  static std::size_t at(Index i) { return static_cast<std::size_t>(i); }
+
+  static const Config& validated(const Config& cfg, Index hidden) {
+    cfg.validate("LshAttention");
+    REFORMER_REQUIRE(hidden >= 1, ConfigError, "LshAttention", "hidden = ", hidden,
+                     " must be >= 1");
+    return cfg;
+  }
+
+  Plan plan(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx) const {
+    REFORMER_REQUIRE(xn.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", xn.rows(),
+                     " must equal hidden_size = ", hidden_);
+    Plan p;
+    p.length = ctx.length(where, xn.cols());
+    p.batch = ctx.batch;
+    p.chunk = cfg_.chunk_length;
+    p.num_head_items = p.batch * cfg_.num_heads;
+    p.dense = !hashes(p.length);
+    if (p.dense) {
+      p.padded = p.length;
+      return p;
+    }
+    p.padded = padded_length(p.length);
+    p.rounds = cfg_.num_hashes;
+    p.slots = p.rounds * p.padded;
+    p.chunks = p.slots / p.chunk;
+    p.window = cfg_.chunks_before + 1 + cfg_.chunks_after;
+    p.layout = bucket_layout(p.length);
+    const Index per_head = (7 + 2 * p.window) * cfg_.head_size * p.slots;
+    p.wave = std::max<Index>(1, std::min(p.num_head_items, kWaveScalars / per_head));
+    return p;
+  }
+
+  /// Offset of (b, h, round 0, position 0) in a [B, H, R, T] tape.
+  std::size_t bucket_offset(const Plan& pl, Index b, Index h) const {
+    return static_cast<std::size_t>(((b * cfg_.num_heads + h) * pl.rounds) * pl.length);
+  }
+
+  /// The rotations of every (head, round): entry h * R + r.
+  std::vector<Matrix<S>> rotations(const Plan& pl, const Context& ctx) const {
+    std::vector<Matrix<S>> rot(at(cfg_.num_heads * pl.rounds));
+    parallel_for(cfg_.num_heads * pl.rounds, [&](Index i) {
+      rot[at(i)] = lsh_rotations<S>(lsh_rotation_key(ctx, i / pl.rounds, i % pl.rounds),
+                                    cfg_.head_size, pl.layout);
+    });
+    return rot;
+  }
+
+  /// Buckets of (b, h) for every round into out[r * T + t].
+  void hash_head(const Plan& pl, const Matrix<S>& qk, const std::vector<Matrix<S>>& rot, Index b,
+                 Index h, std::int32_t* out) const {
+    const auto x = qk.block(h * cfg_.head_size, b * pl.length, cfg_.head_size, pl.length);
+    for (Index r = 0; r < pl.rounds; ++r)
+      lsh_hash<S>(x, rot[at(h * pl.rounds + r)], pl.layout, out + r * pl.length);
+  }
+
+  /// The caller's tape, checked for shape and range.
+  const std::int32_t* replayed_buckets(const char* where, const Plan& pl,
+                                       const Context& ctx) const {
+    REFORMER_REQUIRE(ctx.buckets != nullptr, InvalidArgument, where,
+                     "ctx.buckets is null, but the buckets must be replayed (T = ", pl.length,
+                     " > chunk_length = ", cfg_.chunk_length, ")");
+    const BucketTape& t = *ctx.buckets;
+    REFORMER_REQUIRE(
+        t.batch == pl.batch && t.heads == cfg_.num_heads && t.rounds == pl.rounds &&
+            t.length == pl.length &&
+            static_cast<Index>(t.data.size()) == pl.batch * cfg_.num_heads * pl.rounds * pl.length,
+        InvalidArgument, where, "ctx.buckets has shape [", t.batch, ", ", t.heads, ", ", t.rounds,
+        ", ", t.length, "] (", t.data.size(),
+        " values), expected [batch, heads, rounds, length] = [", pl.batch, ", ", cfg_.num_heads,
+        ", ", pl.rounds, ", ", pl.length, "]");
+    const Index nb = pl.layout.num_buckets();
+    for (std::size_t i = 0; i < t.data.size(); ++i) {
+      REFORMER_REQUIRE(t.data[i] >= 0 && t.data[i] < nb, InvalidArgument, where,
+                       "ctx.buckets value ", t.data[i], " at flat index ", i,
+                       " is outside [0, num_buckets = ", nb, ")");
+    }
+    return t.data.data();
+  }
+
+  /// Attention options of the chunks of (b, h) whose queries belong to round r.
+  ChunkAttentionOptions options(const Plan& pl, const Context& ctx, Index b, Index h,
+                                Index r) const {
+    ChunkAttentionOptions o;
+    o.causal = cfg_.causal;
+    o.self_mask = true;
+    o.valid_length = pl.length;
+    if (ctx.training && cfg_.dropout > 0.0) {
+      o.dropout_rate = cfg_.dropout;
+      o.dropout_rng = ctx.rng(stream::kAttentionProbsDropout)
+                          .derive(static_cast<std::uint64_t>(b))
+                          .derive(static_cast<std::uint64_t>(h))
+                          .derive(static_cast<std::uint64_t>(r));
+      o.draw_stride = pl.padded;
+    }
+    return o;
+  }
+
+  /// Sorts the slots of (b, h) by bucket and gathers q, normalised k and v in sorted order.
+  /// `buckets` holds R x T buckets (row r = round r); padded positions get the pad bucket NB.
+  void prepare_head(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v,
+                    const std::int32_t* buckets, Index b, Index h, HeadBuffers& hb) const {
+    const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded, rounds = pl.rounds;
+    const auto nb = static_cast<std::int32_t>(pl.layout.num_buckets());
+    std::vector<std::int32_t> slot_buckets(at(pl.slots));
+    for (Index r = 0; r < rounds; ++r)
+      for (Index t = 0; t < tp; ++t)
+        slot_buckets[at(r * tp + t)] = t < len ? buckets[r * len + t] : nb;
+    std::vector<Index> order(at(pl.slots)), counts;
+    hb.inverse.resize(at(pl.slots));
+    lsh_counting_sort(slot_buckets.data(), rounds, tp, Index{nb} + 1, order.data(),
+                      hb.inverse.data(), counts);
+    hb.pos.resize(at(pl.slots));
+    for (Index s = 0; s < pl.slots; ++s) hb.pos[at(s)] = order[at(s)] - (s / tp) * tp;
+
+    const auto x = qk.block(h * dh, b * len, dh, len);  // qk: Dh x T
+    const auto xv = v.block(h * dh, b * len, dh, len);  // v:  Dh x T
+    Matrix<S> keys(dh, len);                            // k:  Dh x T
+    detail::lsh_normalize_keys<S>(x, keys);
+    hb.q.resize(dh, pl.slots);
+    hb.k.resize(dh, pl.slots);
+    hb.v.resize(dh, pl.slots);
+    for (Index s = 0; s < pl.slots; ++s) {
+      const Index t = hb.pos[at(s)];
+      if (t < len) {
+        hb.q.col(s) = x.col(t);
+        hb.k.col(s) = keys.col(t);
+        hb.v.col(s) = xv.col(t);
+      } else {  // padding: zero vectors, masked as keys, discarded as queries
+        hb.q.col(s).setZero();
+        hb.k.col(s).setZero();
+        hb.v.col(s).setZero();
+      }
+    }
+    hb.o.resize(dh, pl.slots);
+    hb.lse.resize(pl.slots);
+  }
+
+  /// Scratch for windows that wrap around the sorted sequence.
+  struct WindowScratch {
+    Matrix<S> k, v;
+    std::vector<Index> pos;
+  };
+
+  /// Keys, values and positions of the window of chunk c: chunks c - before .. c + after
+  /// (circular), as contiguous Dh x (W*C) blocks (views into hb, or copies into `scratch` when
+  /// the window wraps).
+  struct Window {
+    const S* k;
+    const S* v;
+    const Index* pos;
+  };
+  Window window(const Plan& pl, const HeadBuffers& hb, Index c, WindowScratch& scratch) const {
+    const Index dh = cfg_.head_size, cl = pl.chunk;
+    const Index first = c - cfg_.chunks_before;
+    if (first >= 0 && c + cfg_.chunks_after < pl.chunks) {
+      return {hb.k.data() + first * cl * dh, hb.v.data() + first * cl * dh,
+              hb.pos.data() + first * cl};
+    }
+    scratch.k.resize(dh, pl.window * cl);
+    scratch.v.resize(dh, pl.window * cl);
+    scratch.pos.resize(at(pl.window * cl));
+    for (Index w = 0; w < pl.window; ++w) {
+      const Index src = detail::lsh_mod(first + w, pl.chunks);
+      scratch.k.middleCols(w * cl, cl) = hb.k.middleCols(src * cl, cl);
+      scratch.v.middleCols(w * cl, cl) = hb.v.middleCols(src * cl, cl);
+      std::copy_n(hb.pos.begin() + static_cast<std::ptrdiff_t>(src * cl), cl,
+                  scratch.pos.begin() + static_cast<std::ptrdiff_t>(w * cl));
+    }
+    return {scratch.k.data(), scratch.v.data(), scratch.pos.data()};
+  }
+
+  /// Per-slot outputs o and logsumexps lse of every chunk of the heads of a wave.
+  void attend_forward(const Plan& pl, const Context& ctx, Index h0,
+                      std::vector<HeadBuffers>& heads) const {
+    const Index groups = (pl.chunks + kChunksPerItem - 1) / kChunksPerItem;
+    const Index nh = static_cast<Index>(heads.size());
+    const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl;
+    const Index chunks_per_round = pl.padded / cl;
+    parallel_for(nh * groups, [&](Index item) {
+      const Index i = item / groups, g = item % groups;
+      const Index b = (h0 + i) / cfg_.num_heads, h = (h0 + i) % cfg_.num_heads;
+      HeadBuffers& hb = heads[at(i)];
+      ChunkAttentionWorkspace<S> ws(cl, wl);
+      WindowScratch scratch;
+      const Index c_end = std::min(pl.chunks, (g + 1) * kChunksPerItem);
+      for (Index c = g * kChunksPerItem; c < c_end; ++c) {
+        const Window win = window(pl, hb, c, scratch);
+        const Eigen::Map<const Matrix<S>> kw(win.k, dh, wl), vw(win.v, dh, wl);
+        chunk_attention_forward<S>(hb.q.middleCols(c * cl, cl), kw, vw, hb.pos.data() + c * cl,
+                                   win.pos, options(pl, ctx, b, h, c / chunks_per_round),
+                                   hb.o.middleCols(c * cl, cl), hb.lse.data() + c * cl, ws);
+      }
+    });
+  }
+
+  /// Unsorts and combines the rounds of head item hi into a; with da, also turns hb.o / hb.lse
+  /// into the gradients of the per-slot outputs and logsumexps (in place).
+  ///   forward:   L = logsumexp_r lse_r,  w_r = exp(lse_r - L),  o = sum_r w_r o_r
+  ///   backward:  do_r = w_r do,   dlse_r = w_r (do . o_r - do . o)
+  void combine_head(const Plan& pl, Index hi, HeadBuffers& hb, const ConstMatrixRef<S>* da,
+                    MatrixRef<S> a) const {
+    const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded, rounds = pl.rounds;
+    const Index b = hi / cfg_.num_heads, h = hi % cfg_.num_heads;
+    Index place[kLshMaxHashes];
+    S w[kLshMaxHashes];
+    for (Index t = 0; t < len; ++t) {
+      S mx = -std::numeric_limits<S>::infinity();
+      for (Index r = 0; r < rounds; ++r) {
+        place[r] = hb.inverse[at(r * tp + t)];
+        mx = std::max(mx, hb.lse[place[r]]);
+      }
+      S sum = 0;
+      for (Index r = 0; r < rounds; ++r) sum += std::exp(hb.lse[place[r]] - mx);
+      const S lse_all = mx + std::log(sum);
+      for (Index r = 0; r < rounds; ++r) w[r] = std::exp(hb.lse[place[r]] - lse_all);
+      auto out = a.col(b * len + t).segment(h * dh, dh);
+      out = w[0] * hb.o.col(place[0]);
+      for (Index r = 1; r < rounds; ++r) out += w[r] * hb.o.col(place[r]);
+      if (da != nullptr) {
+        const auto g = da->col(b * len + t).segment(h * dh, dh);
+        const S g_dot_o = g.dot(out);
+        for (Index r = 0; r < rounds; ++r) {
+          const S g_dot_or = g.dot(hb.o.col(place[r]));
+          hb.lse[place[r]] = w[r] * (g_dot_or - g_dot_o);
+          hb.o.col(place[r]) = w[r] * g;
+        }
+      }
+    }
+    if (da != nullptr) {  // padded queries receive no gradient
+      for (Index r = 0; r < rounds; ++r) {
+        for (Index t = len; t < tp; ++t) {
+          const Index s = hb.inverse[at(r * tp + t)];
+          hb.o.col(s).setZero();
+          hb.lse[s] = 0;
+        }
+      }
+    }
+  }
+
+  /// Backward of every chunk of the heads of a wave, given hb.o = d(o) and hb.lse = d(lse):
+  /// hb.dq (own chunk, overwritten) and hb.dk / hb.dv part w (the window's chunk w).
+  void attend_backward(const Plan& pl, const Context& ctx, Index h0,
+                       std::vector<HeadBuffers>& heads) const {
+    const Index groups = (pl.chunks + kChunksPerItem - 1) / kChunksPerItem;
+    const Index nh = static_cast<Index>(heads.size());
+    const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl;
+    const Index chunks_per_round = pl.padded / cl;
+    // Every (w, chunk) column block of dk / dv is written by exactly one chunk
+    // (c = chunk + before - w mod chunks), so no zeroing is needed.
+    parallel_for(nh, [&](Index i) {
+      HeadBuffers& hb = heads[at(i)];
+      hb.dq.resize(dh, pl.slots);
+      hb.dk.resize(dh, pl.window * pl.slots);
+      hb.dv.resize(dh, pl.window * pl.slots);
+    });
+    parallel_for(nh * groups, [&](Index item) {
+      const Index i = item / groups, g = item % groups;
+      const Index b = (h0 + i) / cfg_.num_heads, h = (h0 + i) % cfg_.num_heads;
+      HeadBuffers& hb = heads[at(i)];
+      ChunkAttentionWorkspace<S> ws(cl, wl);
+      WindowScratch scratch;
+      Matrix<S> dkw(dh, wl), dvw(dh, wl);
+      const Index c_end = std::min(pl.chunks, (g + 1) * kChunksPerItem);
+      for (Index c = g * kChunksPerItem; c < c_end; ++c) {
+        const Window win = window(pl, hb, c, scratch);
+        const Eigen::Map<const Matrix<S>> kw(win.k, dh, wl), vw(win.v, dh, wl);
+        dkw.setZero();
+        dvw.setZero();
+        chunk_attention_backward<S>(hb.q.middleCols(c * cl, cl), kw, vw, hb.pos.data() + c * cl,
+                                    win.pos, options(pl, ctx, b, h, c / chunks_per_round),
+                                    hb.o.middleCols(c * cl, cl), hb.lse.data() + c * cl,
+                                    hb.dq.middleCols(c * cl, cl), dkw, dvw, ws);
+        for (Index w = 0; w < pl.window; ++w) {
+          const Index dst = detail::lsh_mod(c - cfg_.chunks_before + w, pl.chunks);
+          hb.dk.middleCols(w * pl.slots + dst * cl, cl) = dkw.middleCols(w * cl, cl);
+          hb.dv.middleCols(w * pl.slots + dst * cl, cl) = dvw.middleCols(w * cl, cl);
+        }
+      }
+    });
+  }
+
+  /// Gathers the sorted gradients of head item hi back to positions (rounds, then window parts,
+  /// in fixed order) and through the key normalisation: dqk = dq + dk/dqk^T dk, dv.
+  void reduce_head(const Plan& pl, Index hi, const HeadBuffers& hb, const Matrix<S>& qk,
+                   Matrix<S>& dqk, Matrix<S>& dv) const {
+    const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded;
+    const Index b = hi / cfg_.num_heads, h = hi % cfg_.num_heads;
+    Vector<S> dk(dh);
+    for (Index t = 0; t < len; ++t) {
+      auto dq_t = dqk.col(b * len + t).segment(h * dh, dh);
+      auto dv_t = dv.col(b * len + t).segment(h * dh, dh);
+      dq_t.setZero();
+      dv_t.setZero();
+      dk.setZero();
+      for (Index r = 0; r < pl.rounds; ++r) {
+        const Index s = hb.inverse[at(r * tp + t)];
+        dq_t += hb.dq.col(s);
+        for (Index w = 0; w < pl.window; ++w) {
+          dk += hb.dk.col(w * pl.slots + s);
+          dv_t += hb.dv.col(w * pl.slots + s);
+        }
+      }
+      detail::lsh_normalize_key_backward<S>(qk.col(b * len + t).segment(h * dh, dh), dk, dq_t);
+    }
+  }
+
+  /// T <= C: dense shared-QK attention over the whole sequence, one round, no hashing.
+  void dense_forward(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v, MatrixRef<S> a,
+                     const Context& ctx) const {
+    const Index dh = cfg_.head_size, len = pl.length;
+    parallel_for(pl.num_head_items, [&](Index hi) {
+      const Index b = hi / cfg_.num_heads, h = hi % cfg_.num_heads;
+      const auto x = qk.block(h * dh, b * len, dh, len);
+      Matrix<S> keys(dh, len);
+      detail::lsh_normalize_keys<S>(x, keys);
+      std::vector<Index> pos(at(len));
+      for (Index t = 0; t < len; ++t) pos[at(t)] = t;
+      ChunkAttentionWorkspace<S> ws(len, len);
+      chunk_attention_forward<S>(x, keys, v.block(h * dh, b * len, dh, len), pos.data(), pos.data(),
+                                 options(pl, ctx, b, h, 0), a.block(h * dh, b * len, dh, len),
+                                 static_cast<S*>(nullptr), ws);
+    });
+  }
+
+  void dense_backward(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v,
+                      const ConstMatrixRef<S>& da, MatrixRef<S> a, Matrix<S>& dqk, Matrix<S>& dv,
+                      const Context& ctx) const {
+    const Index dh = cfg_.head_size, len = pl.length;
+    parallel_for(pl.num_head_items, [&](Index hi) {
+      const Index b = hi / cfg_.num_heads, h = hi % cfg_.num_heads;
+      const auto x = qk.block(h * dh, b * len, dh, len);
+      const auto xv = v.block(h * dh, b * len, dh, len);
+      Matrix<S> keys(dh, len);
+      detail::lsh_normalize_keys<S>(x, keys);
+      std::vector<Index> pos(at(len));
+      for (Index t = 0; t < len; ++t) pos[at(t)] = t;
+      ChunkAttentionWorkspace<S> ws(len, len);
+      const ChunkAttentionOptions opts = options(pl, ctx, b, h, 0);
+      chunk_attention_forward<S>(x, keys, xv, pos.data(), pos.data(), opts,
+                                 a.block(h * dh, b * len, dh, len), static_cast<S*>(nullptr), ws);
+      Matrix<S> dk = Matrix<S>::Zero(dh, len);
+      auto dq = dqk.block(h * dh, b * len, dh, len);
+      auto dvb = dv.block(h * dh, b * len, dh, len);
+      dvb.setZero();
+      chunk_attention_backward<S>(x, keys, xv, pos.data(), pos.data(), opts,
+                                  da.block(h * dh, b * len, dh, len),
+                                  static_cast<const S*>(nullptr), dq, dk, dvb, ws);
+      for (Index t = 0; t < len; ++t)
+        detail::lsh_normalize_key_backward<S>(x.col(t), dk.col(t), dq.col(t));
+    });
+  }
+
+  Config cfg_;
+  Index hidden_;
+  SlotId qk_slot_, v_slot_;
+};
+
+}  // namespace reformer

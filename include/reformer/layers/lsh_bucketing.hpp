@@ -1,0 +1,247 @@
+#pragma once
+// Locality-sensitive hashing of vectors into buckets, and the sort of hashed positions by
+// bucket (DESIGN 1.2). Usable on its own; LshAttention (layers/lsh_attention.hpp) builds on it.
+//
+// Hashing one vector x (Dh) with a random rotation R (Dh x NB/2), "angular LSH":
+//   b(x) = argmax_j [ R^T x ; -R^T x ]_j                 in [0, NB), the first maximum wins
+// Factorised buckets (f1, f2, ...): R is the concatenation of one Dh x f_i/2 block per factor
+// (in order), each factor is hashed on its own block, and b = b1 + f1 * b2 + f1 * f2 * b3 ...
+// (the Hugging Face / trax layout). Every count and factor is even.
+//
+// Rotations come from the library's counter-based RNG: element (d, j) of the rotation of
+// (head, round) is `key.normal(d * cols + j)` with key = ctx.rng(stream::kLshRotation)
+// .derive(head).derive(round), so the seed, the training step and the layer change them and
+// nothing random needs to be stored.
+//
+// Sorting: all R*L slots of a head (round r, position t) are ordered by (r, bucket, t) with a
+// stable counting sort per round in O(R * (L + bins)); padded positions carry the pad bucket NB
+// (one past the real ones) so they sort after every real position of their round.
+#include "reformer/core/context.hpp"
+#include "reformer/core/error.hpp"
+#include "reformer/core/rng.hpp"
+#include "reformer/core/types.hpp"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace reformer {
+
+/// The concrete bucket factors of one hashing call: {NB} or {f1, f2, ...}, each even >= 2.
+struct LshBucketLayout {
+  std::vector<Index> factors;
+
+  /// NB: the number of real buckets (product of the factors).
+  Index num_buckets() const {
+    Index n = 1;
+    for (Index f : factors) n *= f;
+    return n;
+  }
+  /// Columns of a rotation: sum of f/2 over the factors.
+  Index rotation_columns() const {
+    Index n = 0;
+    for (Index f : factors) n += f / 2;
+    return n;
+  }
+};
+
+namespace detail {
+inline std::string lsh_factor_list(const std::vector<Index>& v) {
+  std::ostringstream os;
+  os << '(';
+  for (std::size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
+  os << ')';
+  return os.str();
+}
+
+/// floor(sqrt(n)) for n >= 0, exact.
+inline Index lsh_isqrt(Index n) {
+  Index r = 0;
+  while ((r + 1) * (r + 1) <= n) ++r;
+  return r;
+}
+}  // namespace detail
+
+/// Throws ConfigError unless `num_buckets` is empty (automatic), one even count >= 2, or a list
+/// of even factors >= 2 (product <= 2^30).
+inline void validate_lsh_num_buckets(const char* where, const std::vector<Index>& num_buckets) {
+  Index product = 1;
+  for (std::size_t i = 0; i < num_buckets.size(); ++i) {
+    const Index f = num_buckets[i];
+    REFORMER_REQUIRE(f >= 2 && f % 2 == 0, ConfigError, where,
+                     "num_buckets = ", detail::lsh_factor_list(num_buckets), ": entry ", i, " = ",
+                     f, " must be even and >= 2");
+    product *= f;
+    REFORMER_REQUIRE(product <= (Index{1} << 30), ConfigError, where,
+                     "num_buckets = ", detail::lsh_factor_list(num_buckets),
+                     " has more than 2^30 buckets");
+  }
+}
+
+/// The bucket layout for a (padded) sequence of `length` tokens hashed for chunks of
+/// `chunk_length`. A non-empty `num_buckets` is used as given (validated). Empty = Hugging Face's
+/// rule:
+///   p  = bit_length(2 * (length / C)) - 1,  NB = 2^p   (at least 2)
+///   limit = 2 * max(floor(sqrt(max_positions / C)), C)
+///   NB > limit  ->  factors (2^(p/2), 2^(p - p/2))
+inline LshBucketLayout lsh_bucket_layout(const std::vector<Index>& num_buckets, Index length,
+                                         Index chunk_length, Index max_positions) {
+  const char* where = "lsh_bucket_layout";
+  validate_lsh_num_buckets(where, num_buckets);
+  if (!num_buckets.empty()) return LshBucketLayout{num_buckets};
+  REFORMER_REQUIRE(chunk_length >= 1, InvalidArgument, where, "chunk_length = ", chunk_length,
+                   " must be >= 1");
+  REFORMER_REQUIRE(length >= 1, InvalidArgument, where, "length = ", length, " must be >= 1");
+  REFORMER_REQUIRE(max_positions >= 1, InvalidArgument, where, "max_positions = ", max_positions,
+                   " must be >= 1");
+  const Index target = 2 * (length / chunk_length);
+  Index p = 0;  // bit_length(target) - 1
+  while ((Index{2} << p) <= target) ++p;
+  if (p < 1) p = 1;
+  const Index nb = Index{1} << p;
+  const Index limit = 2 * std::max(detail::lsh_isqrt(max_positions / chunk_length), chunk_length);
+  if (nb > limit) return LshBucketLayout{{Index{1} << (p / 2), Index{1} << (p - p / 2)}};
+  return LshBucketLayout{{nb}};
+}
+
+/// The RNG key of the rotation of (head, round) for one sublayer call.
+inline Rng lsh_rotation_key(const Context& ctx, Index head, Index round) {
+  return ctx.rng(stream::kLshRotation)
+      .derive(static_cast<std::uint64_t>(head))
+      .derive(static_cast<std::uint64_t>(round));
+}
+
+/// rotations (Dh x layout.rotation_columns()) = normal draws of `key`, element (d, j) drawn with
+/// index d * cols + j.
+template <class S>
+void lsh_draw_rotations(const Rng& key, const LshBucketLayout& layout, MatrixRef<S> rotations) {
+  const Index cols = layout.rotation_columns();
+  check_shape("lsh_draw_rotations", "rotations", rotations.rows(), rotations.cols(), -1, cols);
+  for (Index d = 0; d < rotations.rows(); ++d)
+    for (Index j = 0; j < cols; ++j)
+      rotations(d, j) = static_cast<S>(key.normal(static_cast<std::uint64_t>(d * cols + j)));
+}
+
+/// Convenience: a freshly drawn Dh x rotation_columns() rotation.
+template <class S>
+Matrix<S> lsh_rotations(const Rng& key, Index head_size, const LshBucketLayout& layout) {
+  REFORMER_REQUIRE(head_size >= 1, InvalidArgument, "lsh_rotations", "head_size = ", head_size,
+                   " must be >= 1");
+  Matrix<S> r(head_size, layout.rotation_columns());
+  lsh_draw_rotations<S>(key, layout, r);
+  return r;
+}
+
+/// Buckets of the columns of `vectors` (Dh x T) under `rotations` (Dh x rotation_columns):
+/// buckets[t] in [0, NB). `buckets` must hold vectors.cols() entries.
+template <class S>
+void lsh_hash(ConstMatrixRef<S> vectors, ConstMatrixRef<S> rotations, const LshBucketLayout& layout,
+              std::int32_t* buckets) {
+  const char* where = "lsh_hash";
+  validate_lsh_num_buckets(where, layout.factors);
+  REFORMER_REQUIRE(!layout.factors.empty(), InvalidArgument, where,
+                   "layout.factors must not be empty");
+  REFORMER_REQUIRE(rotations.rows() == vectors.rows(), InvalidArgument, where,
+                   "rotations.rows() = ", rotations.rows(), " must equal the head size ",
+                   "vectors.rows() = ", vectors.rows());
+  check_shape(where, "rotations", rotations.rows(), rotations.cols(), vectors.rows(),
+              layout.rotation_columns());
+  REFORMER_REQUIRE(buckets != nullptr || vectors.cols() == 0, InvalidArgument, where,
+                   "buckets must not be null");
+  const Index n = vectors.cols();
+  // Block over tokens so the rotated buffer stays small (cols x block).
+  constexpr Index kBlock = 256;
+  Matrix<S> rotated(rotations.cols(), std::min(n, kBlock));
+  for (Index t0 = 0; t0 < n; t0 += kBlock) {
+    const Index nt = std::min(kBlock, n - t0);
+    // rotated: cols x nt = R^T x
+    rotated.leftCols(nt).noalias() = rotations.transpose() * vectors.middleCols(t0, nt);
+    for (Index t = 0; t < nt; ++t) {
+      Index bucket = 0, scale = 1, col0 = 0;
+      for (Index f : layout.factors) {
+        const Index half = f / 2;
+        // argmax over [r_0 .. r_{half-1}, -r_0 .. -r_{half-1}], first maximum wins.
+        Index best = 0;
+        S best_value = rotated(col0, t);
+        for (Index j = 1; j < half; ++j) {
+          if (rotated(col0 + j, t) > best_value) {
+            best_value = rotated(col0 + j, t);
+            best = j;
+          }
+        }
+        for (Index j = 0; j < half; ++j) {
+          if (-rotated(col0 + j, t) > best_value) {
+            best_value = -rotated(col0 + j, t);
+            best = half + j;
+          }
+        }
+        bucket += scale * best;
+        scale *= f;
+        col0 += half;
+      }
+      buckets[t0 + t] = static_cast<std::int32_t>(bucket);
+    }
+  }
+}
+
+/// Stable counting sort of the R*L slots of one head by (round, bucket, position).
+///   buckets: R x L row-major (slot r*L + t), values in [0, num_bins)
+///   order[s]   = r*L + t of the slot at sorted place s (round r's slots stay in [r*L, (r+1)*L))
+///   inverse[r*L + t] = s  (order[inverse[i]] == i)
+///   counts: scratch of num_bins + 1 entries (resized)
+/// O(R * (L + num_bins)); slots with equal buckets keep their position order.
+inline void lsh_counting_sort(const std::int32_t* buckets, Index rounds, Index length,
+                              Index num_bins, Index* order, Index* inverse,
+                              std::vector<Index>& counts) {
+  const char* where = "lsh_counting_sort";
+  REFORMER_REQUIRE(rounds >= 1 && length >= 1, InvalidArgument, where, "rounds = ", rounds,
+                   " and length = ", length, " must be >= 1");
+  REFORMER_REQUIRE(num_bins >= 1, InvalidArgument, where, "num_bins = ", num_bins, " must be >= 1");
+  REFORMER_REQUIRE(buckets != nullptr && order != nullptr && inverse != nullptr, InvalidArgument,
+                   where, "buckets, order and inverse must not be null");
+  counts.assign(static_cast<std::size_t>(num_bins + 1), 0);
+  for (Index r = 0; r < rounds; ++r) {
+    const std::int32_t* b = buckets + r * length;
+    std::fill(counts.begin(), counts.end(), Index{0});
+    for (Index t = 0; t < length; ++t) {
+      REFORMER_REQUIRE(b[t] >= 0 && b[t] < num_bins, InvalidArgument, where, "bucket of round ", r,
+                       ", position ", t, " = ", b[t], " is outside [0, ", num_bins, ")");
+      ++counts[static_cast<std::size_t>(b[t]) + 1];
+    }
+    // counts[k] = first sorted place of bin k (exclusive prefix sum), offset by the round.
+    counts[0] = r * length;
+    for (Index k = 1; k <= num_bins; ++k) counts[k] += counts[k - 1];
+    for (Index t = 0; t < length; ++t) {
+      const Index s = counts[static_cast<std::size_t>(b[t])]++;
+      order[s] = r * length + t;
+      inverse[r * length + t] = s;
+    }
+  }
+}
+
+/// The result of lsh_sort.
+struct LshSortedSlots {
+  std::vector<Index> order;    ///< sorted place -> slot r*L + t
+  std::vector<Index> inverse;  ///< slot r*L + t -> sorted place
+};
+
+/// Convenience overload of lsh_counting_sort allocating its outputs.
+inline LshSortedSlots lsh_sort(const std::vector<std::int32_t>& buckets, Index rounds, Index length,
+                               Index num_bins) {
+  REFORMER_REQUIRE(static_cast<Index>(buckets.size()) == rounds * length, InvalidArgument,
+                   "lsh_sort", "buckets.size() = ", buckets.size(),
+                   " must equal rounds * length = ", rounds, " * ", length);
+  LshSortedSlots s;
+  s.order.resize(buckets.size());
+  s.inverse.resize(buckets.size());
+  std::vector<Index> counts;
+  lsh_counting_sort(buckets.data(), rounds, length, num_bins, s.order.data(), s.inverse.data(),
+                    counts);
+  return s;
+}
+
+}  // namespace reformer

@@ -1,0 +1,54 @@
+#pragma once
+// Helpers of the ops test suite.
+#include "reformer/core/error.hpp"
+#include "reformer/core/rng.hpp"
+#include "reformer/core/types.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace reformer::ops_test {
+
+/// A deterministic R x C matrix with entries uniform in [lo, hi), drawn from Rng(seed).
+template <class S = double>
+Matrix<S> random_matrix(Index rows, Index cols, std::uint64_t seed, double lo = -1.0,
+                        double hi = 1.0) {
+  const Rng rng = Rng(seed).derive(77);
+  Matrix<S> m(rows, cols);
+  for (Index k = 0; k < m.size(); ++k) {
+    m(k) = static_cast<S>(lo + (hi - lo) * rng.uniform(static_cast<std::uint64_t>(k)));
+  }
+  return m;
+}
+
+template <class S = double>
+RowMajorMatrix<S> random_weight(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
+  return RowMajorMatrix<S>(random_matrix<S>(rows, cols, seed, -scale, scale));
+}
+
+template <class S = double>
+Vector<S> random_vector(Index n, std::uint64_t seed, double lo = -1.0, double hi = 1.0) {
+  return Vector<S>(random_matrix<S>(n, 1, seed, lo, hi));
+}
+
+/// Expects `f()` to throw E whose message contains every one of `needles`.
+template <class E = InvalidArgument, class F>
+void expect_throw_with(F&& f, const std::vector<std::string>& needles) {
+  try {
+    f();
+    ADD_FAILURE() << "expected an exception mentioning '" << (needles.empty() ? "" : needles[0])
+                  << "', nothing was thrown";
+  } catch (const E& e) {
+    const std::string what = e.what();
+    for (const auto& n : needles) {
+      EXPECT_NE(what.find(n), std::string::npos) << "message '" << what << "' lacks '" << n << "'";
+    }
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+  }
+}
+
+}  // namespace reformer::ops_test

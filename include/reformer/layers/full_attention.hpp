@@ -80,7 +80,8 @@ class FullAttention {
     check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
     Matrix<S> q, k, v;
     project(params, xn, q, k, v);
-    parallel_for(ctx.batch * cfg_.num_heads, [&](Index item) {
+    const Index items = ctx.batch * cfg_.num_heads;
+    detail::parallel_items(items, double(items) * item_flops(t), [&](Index item) {
       const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
       Matrix<S> p(t, t);
       probabilities(block(q, b, h, t), block(k, b, h, t), p);
@@ -103,7 +104,8 @@ class FullAttention {
     project(params, xn, q, k, v);
     Matrix<S> dq(out_features(), n), dk(out_features(), n), dv(out_features(), n);
 
-    parallel_for(ctx.batch * cfg_.num_heads, [&](Index item) {
+    const Index items = ctx.batch * cfg_.num_heads;
+    detail::parallel_items(items, 3.0 * double(items) * item_flops(t), [&](Index item) {
       const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
       const auto qb = block(q, b, h, t), kb = block(k, b, h, t), vb = block(v, b, h, t);
       const auto dob = block(da, b, h, t);
@@ -156,6 +158,11 @@ class FullAttention {
     REFORMER_REQUIRE(xn.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", xn.rows(),
                      " must equal hidden = ", hidden_);
     return ctx.length(where, xn.cols());
+  }
+
+  // Work of one forward (sequence, head) item: two T x T x Dh products, softmax and dropout.
+  double item_flops(Index t) const {
+    return double(t) * double(t) * (4.0 * double(cfg_.head_size) + 20.0);
   }
 
   // The (b, h) block of an H*Dh x N matrix: rows of head h, columns of sequence b.

@@ -28,13 +28,32 @@ inline constexpr Index kColumnBlock = 128;
 /// Row block of products split over their output rows (e.g. weight gradients).
 inline constexpr Index kRowBlock = 32;
 
+/// Rough cost of one dropout draw (counter hashing) in flops, for the parallel threshold.
+inline constexpr double kDropoutFlopsPerElement = 20.0;
+
 inline Index num_blocks(Index n, Index block) { return (n + block - 1) / block; }
 
-/// Runs f(c0, nc) for the fixed blocks [c0, c0 + nc) of kColumnBlock columns of [0, n), in
-/// parallel.
+/// Below this many floating-point operations a loop runs on the calling thread: starting a
+/// parallel region costs more than it saves. The blocks are the same either way, so results do
+/// not depend on the choice.
+inline constexpr double kMinParallelFlops = 1 << 17;
+
+/// Runs f(i) for i in [0, n): through parallel_for when `flops` (the loop's total work) is
+/// large enough, else serially.
 template <class F>
-void for_column_blocks(Index n, F&& f) {
-  parallel_for(num_blocks(n, kColumnBlock), [&](Index blk) {
+void parallel_items(Index n, double flops, F&& f) {
+  if (flops < kMinParallelFlops) {
+    for (Index i = 0; i < n; ++i) f(i);
+  } else {
+    parallel_for(n, f);
+  }
+}
+
+/// Runs f(c0, nc) for the fixed blocks [c0, c0 + nc) of kColumnBlock columns of [0, n); in
+/// parallel when `flops_per_column * n` is large enough.
+template <class F>
+void for_column_blocks(Index n, double flops_per_column, F&& f) {
+  parallel_items(num_blocks(n, kColumnBlock), flops_per_column * double(n), [&](Index blk) {
     const Index c0 = blk * kColumnBlock;
     f(c0, std::min(kColumnBlock, n - c0));
   });
@@ -47,8 +66,9 @@ void for_column_blocks(Index n, F&& f) {
 template <class Out, class Lhs, class Rhs>
 void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
   REFORMER_ASSERT(lhs.cols() == rhs.rows() && out.rows() == lhs.rows() && out.cols() == rhs.cols());
+  const double flops_per_column = 2.0 * double(out.rows()) * double(lhs.cols());
   if (out.cols() >= 2 * kColumnBlock) {
-    for_column_blocks(out.cols(), [&](Index c0, Index nc) {
+    for_column_blocks(out.cols(), flops_per_column, [&](Index c0, Index nc) {
       if (accumulate) {
         out.middleCols(c0, nc).noalias() += lhs * rhs.middleCols(c0, nc);
       } else {
@@ -57,15 +77,16 @@ void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate
     });
   } else {
     const Index rows = out.rows();
-    parallel_for(num_blocks(rows, kRowBlock), [&](Index blk) {
-      const Index r0 = blk * kRowBlock;
-      const Index nr = std::min(kRowBlock, rows - r0);
-      if (accumulate) {
-        out.middleRows(r0, nr).noalias() += lhs.middleRows(r0, nr) * rhs;
-      } else {
-        out.middleRows(r0, nr).noalias() = lhs.middleRows(r0, nr) * rhs;
-      }
-    });
+    parallel_items(num_blocks(rows, kRowBlock), flops_per_column * double(out.cols()),
+                   [&](Index blk) {
+                     const Index r0 = blk * kRowBlock;
+                     const Index nr = std::min(kRowBlock, rows - r0);
+                     if (accumulate) {
+                       out.middleRows(r0, nr).noalias() += lhs.middleRows(r0, nr) * rhs;
+                     } else {
+                       out.middleRows(r0, nr).noalias() = lhs.middleRows(r0, nr) * rhs;
+                     }
+                   });
   }
 }
 
@@ -76,7 +97,8 @@ void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
                          VectorMap<S>* db = nullptr) {
   REFORMER_ASSERT(dy.cols() == x.cols() && dW.rows() == dy.rows() && dW.cols() == x.rows());
   const Index rows = dy.rows();
-  parallel_for(num_blocks(rows, kRowBlock), [&](Index blk) {
+  const double flops = 2.0 * double(rows) * double(x.rows()) * double(x.cols());
+  parallel_items(num_blocks(rows, kRowBlock), flops, [&](Index blk) {
     const Index r0 = blk * kRowBlock;
     const Index nr = std::min(kRowBlock, rows - r0);
     dW.middleRows(r0, nr).noalias() += dy.middleRows(r0, nr) * x.transpose();
@@ -88,7 +110,7 @@ void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
 template <class S>
 void layer_norm_forward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma,
                                  ConstVectorRef<S> beta, double eps, MatrixRef<S> y) {
-  for_column_blocks(x.cols(), [&](Index c0, Index nc) {
+  for_column_blocks(x.cols(), 8.0 * double(x.rows()), [&](Index c0, Index nc) {
     layer_norm_forward<S>(x.middleCols(c0, nc), gamma, beta, eps, y.middleCols(c0, nc));
   });
 }
@@ -106,7 +128,7 @@ void layer_norm_backward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, 
     return;
   }
   Matrix<S> partial = Matrix<S>::Zero(d, 2 * blocks);  // [dgamma_0, dbeta_0, dgamma_1, ...]
-  for_column_blocks(x.cols(), [&](Index c0, Index nc) {
+  for_column_blocks(x.cols(), 16.0 * double(d), [&](Index c0, Index nc) {
     const Index blk = c0 / kColumnBlock;
     layer_norm_backward<S>(x.middleCols(c0, nc), gamma, eps, dy.middleCols(c0, nc),
                            dx.middleCols(c0, nc), partial.col(2 * blk), partial.col(2 * blk + 1));
@@ -127,7 +149,7 @@ void dropout_parallel(const Rng& rng, double p, Index c0, ConstMatrixRef<S> in, 
     return;
   }
   const Index rows = in.rows();
-  for_column_blocks(in.cols(), [&](Index b0, Index nc) {
+  for_column_blocks(in.cols(), kDropoutFlopsPerElement * double(rows), [&](Index b0, Index nc) {
     dropout_forward<S>(rng, p, (c0 + b0) * rows, in.middleCols(b0, nc), out.middleCols(b0, nc));
   });
 }

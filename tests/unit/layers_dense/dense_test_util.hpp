@@ -1,0 +1,133 @@
+#pragma once
+// Helpers of the dense-layer tests: deterministic random inputs, layer builders, and the
+// sublayer gradient check (input and every parameter slot).
+#include "reformer/core/context.hpp"
+#include "reformer/core/parameters.hpp"
+#include "reformer/core/rng.hpp"
+#include "reformer/core/types.hpp"
+#include "reformer/layers/feed_forward.hpp"
+#include "reformer/layers/full_attention.hpp"
+#include "reformer/testing/gradcheck.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+
+namespace reformer::test {
+
+/// rows x cols matrix of normal(0, scale) draws, a pure function of `seed`.
+template <class S = double>
+Matrix<S> random_matrix(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
+  const Rng rng(seed);
+  Matrix<S> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) {
+    m.data()[i] = static_cast<S>(scale * rng.normal(static_cast<std::uint64_t>(i)));
+  }
+  return m;
+}
+
+/// Fills every parameter with normal(0, scale) draws (biases and LayerNorm included, so their
+/// gradients are exercised away from the 1/0 initialisation).
+template <class S>
+void randomise(Parameters<S>& params, std::uint64_t seed, double scale = 0.5) {
+  const Rng rng(seed);
+  for (Index i = 0; i < params.size(); ++i) {
+    params.values()[i] = static_cast<S>(scale * rng.normal(static_cast<std::uint64_t>(i)));
+  }
+}
+
+struct AttentionSetup {
+  Index hidden = 6, heads = 2, head_size = 3;
+  bool causal = true;
+  double output_dropout = 0.0, probs_dropout = 0.0;
+};
+
+template <class S>
+FullAttentionLayerConfig<S> attention_config(const AttentionSetup& s) {
+  FullAttentionLayerConfig<S> cfg;
+  cfg.hidden_size = s.hidden;
+  cfg.core.num_heads = s.heads;
+  cfg.core.head_size = s.head_size;
+  cfg.core.causal = s.causal;
+  cfg.core.dropout = s.probs_dropout;
+  cfg.output_dropout = s.output_dropout;
+  return cfg;
+}
+
+struct FeedForwardSetup {
+  Index hidden = 5, ff = 7;
+  Activation activation = Activation::kGelu;
+  double dropout = 0.0;
+  Index chunk = 0;
+};
+
+inline FeedForwardConfig feed_forward_config(const FeedForwardSetup& s) {
+  FeedForwardConfig cfg;
+  cfg.hidden_size = s.hidden;
+  cfg.feed_forward_size = s.ff;
+  cfg.activation = s.activation;
+  cfg.dropout = s.dropout;
+  cfg.chunk_size = s.chunk;
+  return cfg;
+}
+
+inline Context training_context(Index batch, std::uint64_t step = 3) {
+  Context ctx;
+  ctx.batch = batch;
+  ctx.training = true;
+  ctx.seed = 11;
+  ctx.step = step;
+  ctx.layer = 2;
+  return ctx;
+}
+
+/// f(x) through forward().
+template <class Layer, class S>
+Matrix<S> run_forward(const Layer& layer, const Parameters<S>& params, const Matrix<S>& x,
+                      const Context& ctx) {
+  Matrix<S> y(x.rows(), x.cols());
+  layer.forward(params, x, y, ctx);
+  return y;
+}
+
+/// Results of one backward() call with fresh (zeroed) parameter gradients.
+template <class S>
+struct BackwardResult {
+  Matrix<S> dx, fx;
+  Vector<S> grads;
+};
+
+template <class Layer, class S>
+BackwardResult<S> run_backward(const Layer& layer, Parameters<S>& params, const Matrix<S>& x,
+                               const Matrix<S>& dy, const Context& ctx) {
+  BackwardResult<S> r;
+  r.dx.resize(x.rows(), x.cols());
+  r.fx.resize(x.rows(), x.cols());
+  params.zero_grad();
+  layer.backward(params, x, dy, r.dx, r.fx, ctx);
+  r.grads = params.grads();
+  return r;
+}
+
+/// Finite-difference check (testing/gradcheck.hpp) of a sublayer's backward(): the gradient
+/// w.r.t. the input x and w.r.t. every parameter slot, relative error < tol.
+template <class Layer>
+void expect_sublayer_gradients(const Layer& layer, Parameters<double>& params, Matrix<double> x,
+                               const Context& ctx, double tol = 1e-6) {
+  testing::GradCheckOptions opts;
+  opts.tolerance = tol;
+  auto forward = [&] { return run_forward(layer, params, x, ctx); };
+  Matrix<double> dx(x.rows(), x.cols()), fx(x.rows(), x.cols());
+  auto backward = [&](const Matrix<double>& w) {
+    params.zero_grad();
+    layer.backward(params, x, w, dx, fx, ctx);
+  };
+  testing::GradientChecker check(forward, backward, opts);  // runs backward once
+  EXPECT_TRUE(check(x, dx, "x")) << check.last();
+  for (SlotId id = 0; id < params.num_slots(); ++id) {
+    EXPECT_TRUE(check(params.value(id), params.grad(id), params.slot(id).name)) << check.last();
+  }
+}
+
+}  // namespace reformer::test

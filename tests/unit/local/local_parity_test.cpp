@@ -8,10 +8,20 @@
 
 #include <gtest/gtest.h>
 
+#include <iomanip>
+#include <sstream>
+#include <string>
+
 namespace reformer {
 namespace {
 
 using test::relative_error;
+
+std::string scientific(double v) {
+  std::ostringstream os;
+  os << std::scientific << std::setprecision(2) << v;
+  return os.str();
+}
 
 TEST(LocalAttentionParity, MatchesHuggingFaceCausalSublayer) {
   const test::Fixture fx("local_attention_causal");
@@ -41,17 +51,22 @@ TEST(LocalAttentionParity, MatchesHuggingFaceCausalSublayer) {
 
   Matrix<double> y(x.rows(), x.cols());
   layer.forward(params, x, y, ctx);
-  EXPECT_LT(relative_error(y, fx.activations("output")), 1e-9);
+  const double output_error = relative_error(y, fx.activations("output"));
+  EXPECT_LT(output_error, 1e-9);
+  RecordProperty("output_error", scientific(output_error));
 
   const Matrix<double> dy = fx.activations("grad_output");
   Matrix<double> dx(x.rows(), x.cols()), fx_out(x.rows(), x.cols());
   params.zero_grad();
   layer.backward(params, x, dy, dx, fx_out, ctx);
-  EXPECT_LT(relative_error(dx, fx.activations("grad_input")), 1e-9);
+  const double input_grad_error = relative_error(dx, fx.activations("grad_input"));
+  EXPECT_LT(input_grad_error, 1e-9);
+  RecordProperty("grad_input_error", scientific(input_grad_error));
   EXPECT_LT(relative_error(fx_out, fx.activations("output")), 1e-9);
   const auto worst = fx.max_grad_error(params);
   EXPECT_EQ(worst.compared, 6u);  // LayerNorm weight and bias, W_q, W_k, W_v, W_o
   EXPECT_LT(worst.error, 1e-9) << worst;
+  RecordProperty("worst_param_grad_error", scientific(worst.error));
 }
 
 }  // namespace

@@ -8,8 +8,9 @@ source scripts/common.sh
 
 ensure_packages "${REFORMER_PACKAGES[@]}"
 
-if [ ! -f examples/CMakeLists.txt ]; then
-  echo "scripts/train.sh: this tree has no examples/ yet, so there is no training program to run." >&2
+if [ ! -f examples/CMakeLists.txt ] || [ ! -f examples/train_copy.cpp ]; then
+  echo "scripts/train.sh: this tree has no examples/train_copy.cpp yet, so there is no training" >&2
+  echo "program to run." >&2
   echo "The library and its tests build with: bash scripts/test.sh" >&2
   exit 1
 fi

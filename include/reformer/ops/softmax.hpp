@@ -9,8 +9,10 @@
 //           x, p: M x N;  lse: M
 //
 // Stability: the maximum is subtracted before exponentiating, so masked entries such as -1e9
-// simply underflow to 0. Entries equal to -inf are allowed; a slice that is entirely -inf is an
-// empty distribution: its lse is -inf and its probabilities are 0 (so its gradients are 0).
+// get probability exactly 0 (exponent arguments below log of the smallest normal number, about
+// -708 in double and -87 in float, are flushed to 0 on every instruction set). Entries equal to
+// -inf are allowed; a slice that is entirely -inf is an empty distribution: its lse is -inf and its
+// probabilities are 0 (so its gradients are 0).
 //
 // Backward:
 //   softmax:   p = softmax(x)   → dx = p .* (dy - sum(p .* dy))   (from the output p)
@@ -25,6 +27,20 @@
 namespace reformer {
 
 namespace detail {
+/// Exponent arguments below log(smallest normal) give exactly 0. Eigen's vectorised exp clamps
+/// very negative arguments and returns a tiny denormal on some instruction sets (SSE/AVX2), so
+/// without the flush masked entries such as -1e9 or -inf would not vanish exactly.
+template <class S>
+S exp_flush_limit() {
+  return std::log(std::numeric_limits<S>::min());
+}
+
+/// dst = exp(a), with arguments below `limit` flushed to exactly 0. `a` is an array expression.
+template <class S, class Dst, class Arg>
+void assign_exp(Dst&& dst, const Arg& a, S limit) {
+  dst = (a < limit).select(S(0), a.exp());
+}
+
 template <class S, class Slice>
 S slice_logsumexp(const Slice& v) {
   const S m = v.maxCoeff();
@@ -65,11 +81,13 @@ void logsumexp_cols_backward(ConstMatrixRef<S> x, ConstVectorRef<S> lse, ConstVe
   check_shape(kWhere, "lse", lse.rows(), lse.cols(), x.cols(), 1);
   check_shape(kWhere, "dlse", dlse.rows(), dlse.cols(), x.cols(), 1);
   detail::check_softmax_pair(kWhere, "dx", dx.rows(), dx.cols(), "x", x.rows(), x.cols());
+  const S limit = detail::exp_flush_limit<S>();
   for (Index n = 0; n < x.cols(); ++n) {
     if (lse(n) == -std::numeric_limits<S>::infinity()) {
       dx.col(n).setZero();
     } else {
-      dx.col(n) = (x.col(n).array() - lse(n)).exp() * dlse(n);
+      detail::assign_exp<S>(dx.col(n).array(), x.col(n).array() - lse(n), limit);
+      dx.col(n) *= dlse(n);
     }
   }
 }
@@ -79,12 +97,13 @@ template <class S>
 void softmax_cols(ConstMatrixRef<S> x, MatrixRef<S> p) {
   detail::check_nonempty("softmax_cols", x.rows(), x.cols());
   detail::check_softmax_pair("softmax_cols", "p", p.rows(), p.cols(), "x", x.rows(), x.cols());
+  const S limit = detail::exp_flush_limit<S>();
   for (Index n = 0; n < x.cols(); ++n) {
     const S lse = detail::slice_logsumexp<S>(x.col(n));
     if (lse == -std::numeric_limits<S>::infinity()) {
       p.col(n).setZero();
     } else {
-      p.col(n) = (x.col(n).array() - lse).exp().matrix();
+      detail::assign_exp<S>(p.col(n).array(), x.col(n).array() - lse, limit);
     }
   }
 }
@@ -130,8 +149,10 @@ void logsumexp_rows_backward(ConstMatrixRef<S> x, ConstVectorRef<S> lse, ConstVe
   constexpr S kNegInf = -std::numeric_limits<S>::infinity();
   // An empty row (lse = -inf) has x = -inf throughout: shifting by 0 gives exp(-inf) = 0.
   const Vector<S> shift = (lse.array() == kNegInf).select(S(0), lse.array()).matrix();
+  const S limit = detail::exp_flush_limit<S>();
   for (Index j = 0; j < x.cols(); ++j) {
-    dx.col(j) = ((x.col(j) - shift).array().exp() * dlse.array()).matrix();
+    detail::assign_exp<S>(dx.col(j).array(), (x.col(j) - shift).array(), limit);
+    dx.col(j).array() *= dlse.array();
   }
 }
 
@@ -144,7 +165,10 @@ void softmax_rows(ConstMatrixRef<S> x, MatrixRef<S> p) {
   logsumexp_rows<S>(x, lse);
   constexpr S kNegInf = -std::numeric_limits<S>::infinity();
   const Vector<S> shift = (lse.array() == kNegInf).select(S(0), lse.array()).matrix();
-  for (Index j = 0; j < x.cols(); ++j) p.col(j) = (x.col(j) - shift).array().exp().matrix();
+  const S limit = detail::exp_flush_limit<S>();
+  for (Index j = 0; j < x.cols(); ++j) {
+    detail::assign_exp<S>(p.col(j).array(), (x.col(j) - shift).array(), limit);
+  }
 }
 
 /// dx(m, :) = p(m, :) .* (dy(m, :) - p(m, :) . dy(m, :)).  p (forward output), dy, dx: M x N.

@@ -193,6 +193,8 @@ TEST(Softmax, InPlaceAndFloat) {
   softmax_cols<float>(x.cast<float>(), pf);
   softmax_cols_backward<float>(pf, dy.cast<float>(), dxf);
   EXPECT_LT(test::relative_error(pf.cast<double>(), p), 1e-6);
+  EXPECT_EQ(pf(5, 0), 0.0f);  // masked entries vanish exactly in float too
+  EXPECT_EQ(pf(0, 3), 0.0f);
   EXPECT_LT(test::relative_error(dxf.cast<double>(), dx), 1e-5);
   Matrix<float> prf(5, 6);
   softmax_rows<float>(x.transpose().cast<float>(), prf);

@@ -491,7 +491,7 @@ class LshAttention {
 
   /// Unsorts and combines the rounds of head item hi into a; with da, also turns hb.o / hb.lse
   /// into the gradients of the per-slot outputs and logsumexps (in place).
-  ///   forward:   L = logsumexp_r lse_r,  w_r = exp(lse_r - L),  o = sum_r w_r o_r
+  ///   forward:   w_r = exp(lse_r - logsumexp_r' lse_r') (softmax over rounds),  o = sum_r w_r o_r
   ///   backward:  do_r = w_r do,   dlse_r = w_r (do . o_r - do . o)
   void combine_head(const Plan& pl, Index hi, HeadBuffers& hb, const ConstMatrixRef<S>* da,
                     MatrixRef<S> a) const {
@@ -505,10 +505,15 @@ class LshAttention {
         place[r] = hb.inverse[at(r * tp + t)];
         mx = std::max(mx, hb.lse[place[r]]);
       }
+      // w_r = exp(lse_r - mx) / sum_r' exp(lse_r' - mx): the same as exp(lse_r - L), but
+      // without rounding L, whose magnitude reaches 1e5 when a slot sees only itself (then, in
+      // float, exp(lse_r - L) would be off by ~0.4%).
       S sum = 0;
-      for (Index r = 0; r < rounds; ++r) sum += std::exp(hb.lse[place[r]] - mx);
-      const S lse_all = mx + std::log(sum);
-      for (Index r = 0; r < rounds; ++r) w[r] = std::exp(hb.lse[place[r]] - lse_all);
+      for (Index r = 0; r < rounds; ++r) {
+        w[r] = std::exp(hb.lse[place[r]] - mx);
+        sum += w[r];
+      }
+      for (Index r = 0; r < rounds; ++r) w[r] /= sum;
       auto out = a.col(b * len + t).segment(h * dh, dh);
       out = w[0] * hb.o.col(place[0]);
       for (Index r = 1; r < rounds; ++r) out += w[r] * hb.o.col(place[r]);

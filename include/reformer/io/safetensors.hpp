@@ -204,6 +204,18 @@ inline double bfloat16_to_double(std::uint16_t h) {
   return static_cast<double>(bit_cast<float>(static_cast<std::uint32_t>(h) << 16));
 }
 
+/// static_cast<T>(v) for a floating T, with values beyond T's range mapped to +-infinity
+/// explicitly (the plain cast is undefined behaviour there, although IEEE hardware gives inf).
+template <class T>
+T to_floating(double v) {
+  if constexpr (sizeof(T) < sizeof(double)) {
+    if (std::isfinite(v) && std::abs(v) > static_cast<double>(std::numeric_limits<T>::max())) {
+      return v > 0 ? std::numeric_limits<T>::infinity() : -std::numeric_limits<T>::infinity();
+    }
+  }
+  return static_cast<T>(v);
+}
+
 /// Element i of a floating-point tensor as a double.
 inline double load_floating(const unsigned char* p, DType d, std::size_t i) {
   switch (d) {
@@ -270,7 +282,7 @@ void convert_elements(const unsigned char* p, DType d, std::size_t n, T* dst,
                 "SafetensorsFile::read: T must be a floating-point or integer type");
   if constexpr (std::is_floating_point_v<T>) {
     if (dtype_is_floating(d)) {
-      for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(load_floating(p, d, i));
+      for (std::size_t i = 0; i < n; ++i) dst[i] = to_floating<T>(load_floating(p, d, i));
     } else if (d == DType::U64) {
       for (std::size_t i = 0; i < n; ++i)
         dst[i] = static_cast<T>(load_le<std::uint64_t>(p + 8 * i));
@@ -312,7 +324,8 @@ void encode_elements(const T* src, std::size_t n, DType d, unsigned char* out,
   const char* where = "SafetensorsWriter::add";
   if (d == DType::F32) {
     for (std::size_t i = 0; i < n; ++i)
-      store_le(out + 4 * i, bit_cast<std::uint32_t>(static_cast<float>(src[i])));
+      store_le(out + 4 * i,
+               bit_cast<std::uint32_t>(to_floating<float>(static_cast<double>(src[i]))));
     return;
   }
   if (d == DType::F64) {

@@ -152,6 +152,14 @@ TEST(Safetensors, ConversionsOnRead) {
   EXPECT_EQ(g.read<float>("bf"), (std::vector<float>{1.0f, -0.5f}));
   EXPECT_EQ(g.read<std::int32_t>("u8"), (std::vector<std::int32_t>{0, 200, 255}));
   EXPECT_THROW(g.read<std::int8_t>("u8"), IoError);
+
+  // Doubles beyond float's range become +-inf when read as float (checkpoints then reject them).
+  SafetensorsWriter big;
+  big.add("x", DType::F64, {3}, std::vector<double>{1e300, -1e300, 1e-300});
+  const auto b = SafetensorsFile::parse(big.serialize(), "mem").read<float>("x");
+  EXPECT_EQ(b[0], std::numeric_limits<float>::infinity());
+  EXPECT_EQ(b[1], -std::numeric_limits<float>::infinity());
+  EXPECT_EQ(b[2], 0.0f);
 }
 
 TEST(Safetensors, WriterRejectsBadArguments) {

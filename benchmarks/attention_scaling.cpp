@@ -1,0 +1,166 @@
+// Attention cost against sequence length: one attention sublayer (LayerNorm -> core -> W_o) on
+// one sequence of T tokens, for dense, local and LSH attention (R = 1, 2, 4, 8 hash rounds),
+// forward and forward+backward (the library's recomputing backward, buckets replayed).
+//
+// Fixed configuration: D = 256, H = 4, Dh = 64, C = 64 (local and LSH), one chunk of look-back,
+// causal, no dropout, float. LSH uses the default bucket rule (Hugging Face's, with
+// max_position_embeddings = T): NB = 2T/C buckets, factorised into two factors when large.
+//
+// Families (name = attention/<kind>/<pass>, argument T):
+//   attention/dense/{fwd,fwd_bwd}       T = 512 .. 8192       (--long: .. 32768, memory allowing)
+//   attention/local/{fwd,fwd_bwd}       T = 512 .. 65536      (--long: .. 2^20)
+//   attention/lsh_r{1,2,4,8}/{fwd,fwd_bwd}  as local
+//   gemm/...                            the GEMM reference (common/gemm_reference.hpp)
+// Each family varies T only (RangeMultiplier(2), Complexity() fitted on SetComplexityN(T)).
+// Counters: tokens/s, GFLOP/s (FLOP model in common/flops.hpp), peak resident bytes.
+//
+// Run:  attention_scaling --benchmark_out=attention.json --benchmark_out_format=json
+//       [--long] [--threads=N] [--tmin=T --tmax=T] [--benchmark_filter=lsh_r2]
+#include "common/counters.hpp"
+#include "common/flops.hpp"
+#include "common/gemm_reference.hpp"
+#include "common/memory.hpp"
+#include "common/options.hpp"
+
+#include <benchmark/benchmark.h>
+#include <reformer/reformer.hpp>
+
+#include <cstdlib>
+#include <string>
+
+namespace {
+
+using reformer::Index;
+using reformer_bench::AttentionKind;
+using reformer_bench::AttentionShape;
+
+constexpr Index kHidden = 256, kHeads = 4, kHeadSize = 64, kChunk = 64;
+
+AttentionShape shape_of(AttentionKind kind, Index rounds, Index t) {
+  AttentionShape s;
+  s.kind = kind;
+  s.hidden = kHidden;
+  s.heads = kHeads;
+  s.head_size = kHeadSize;
+  s.chunk = kChunk;
+  s.rounds = rounds;
+  s.max_positions = t;
+  return s;
+}
+
+template <class CoreConfig>
+reformer::AttentionSublayerConfig<CoreConfig> sublayer_config(const CoreConfig& core) {
+  reformer::AttentionSublayerConfig<CoreConfig> c;
+  c.core = core;
+  c.hidden_size = kHidden;
+  return c;
+}
+
+reformer::FullAttentionConfig core_config(const AttentionShape& s,
+                                          reformer::FullAttention<float>*) {
+  reformer::FullAttentionConfig c;
+  c.num_heads = s.heads;
+  c.head_size = s.head_size;
+  c.causal = true;
+  return c;
+}
+
+reformer::LocalAttentionConfig core_config(const AttentionShape& s,
+                                           reformer::LocalAttention<float>*) {
+  reformer::LocalAttentionConfig c;
+  c.num_heads = s.heads;
+  c.head_size = s.head_size;
+  c.chunk_length = s.chunk;
+  c.causal = true;
+  return c;
+}
+
+reformer::LshAttentionConfig core_config(const AttentionShape& s, reformer::LshAttention<float>*) {
+  reformer::LshAttentionConfig c;
+  c.num_heads = s.heads;
+  c.head_size = s.head_size;
+  c.chunk_length = s.chunk;
+  c.num_hashes = s.rounds;
+  c.causal = true;
+  c.max_positions = s.max_positions;
+  return c;
+}
+
+/// Dense attention holds T x T scores per work item in flight (two in backward).
+double dense_bytes(Index t, bool backward) {
+  const double items = std::min<double>(reformer::num_threads(), double(kHeads));
+  return items * (backward ? 2.0 : 1.0) * double(t) * double(t) * sizeof(float);
+}
+
+template <class Core>
+void attention(benchmark::State& state, AttentionKind kind, Index rounds, bool backward) {
+  const Index t = state.range(0);
+  if (kind == AttentionKind::kFull &&
+      reformer_bench::skip_if_memory_short(state, dense_bytes(t, backward))) {
+    return;
+  }
+  const AttentionShape shape = shape_of(kind, rounds, t);
+  reformer_bench::PeakMeter peak;
+
+  reformer::Parameters<float> params;
+  const reformer::AttentionSublayer<float, Core> layer(
+      sublayer_config(core_config(shape, static_cast<Core*>(nullptr))), params, "");
+  layer.init(params, reformer::Rng(1), 0.02);
+  std::srand(7);
+  const reformer::Matrix<float> x = reformer::Matrix<float>::Random(kHidden, t);
+  const reformer::Matrix<float> dy = reformer::Matrix<float>::Random(kHidden, t);
+  reformer::Matrix<float> y(kHidden, t), dx(kHidden, t), fx(kHidden, t);
+  reformer::BucketTape tape;
+
+  reformer::Context ctx;
+  ctx.training = true;
+  ctx.seed = 3;
+  reformer::Context replay = ctx;
+  replay.buckets = &tape;
+  replay.replay_buckets = true;
+  ctx.buckets = &tape;  // forward records the LSH buckets
+
+  const reformer_bench::WallClock clock = reformer_bench::time_iterations(state, [&] {
+    layer.forward(params, x, y, ctx);
+    if (backward) layer.backward(params, x, dy, dx, fx, replay);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  });
+  const double flops = backward ? reformer_bench::attention_fwd_bwd_flops(shape, t)
+                                : reformer_bench::attention_fwd_flops(shape, t);
+  reformer_bench::report(state, clock, double(t), flops, peak);
+  state.SetComplexityN(t);
+}
+
+template <class Core>
+void register_family(const std::string& kind_name, AttentionKind kind, Index rounds, Index lo,
+                     Index hi) {
+  for (const bool backward : {false, true}) {
+    const std::string name = "attention/" + kind_name + (backward ? "/fwd_bwd" : "/fwd");
+    benchmark::RegisterBenchmark(
+        name.c_str(), [=](benchmark::State& st) { attention<Core>(st, kind, rounds, backward); })
+        ->RangeMultiplier(2)
+        ->Range(lo, hi)
+        ->Complexity()
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+}
+
+void register_all(const reformer_bench::Options& o) {
+  const Index lo = o.lo(512);
+  register_family<reformer::FullAttention<float>>("dense", AttentionKind::kFull, 1, lo,
+                                                  o.hi(8192, 32768));
+  const Index hi = o.hi(Index{1} << 16, Index{1} << 20);
+  register_family<reformer::LocalAttention<float>>("local", AttentionKind::kLocal, 1, lo, hi);
+  for (const Index r : {1, 2, 4, 8}) {
+    register_family<reformer::LshAttention<float>>("lsh_r" + std::to_string(r), AttentionKind::kLsh,
+                                                   r, lo, hi);
+  }
+  if (o.gemm) reformer_bench::register_gemm_reference();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return reformer_bench::run_main(argc, argv, register_all); }

@@ -1,0 +1,74 @@
+#pragma once
+// The counters every benchmark reports, computed from our own wall clock (the library runs
+// OpenMP threads, so CPU time of the benchmark thread means nothing; the families also use
+// UseRealTime()):
+//   tokens/s          tokens processed per second of wall time
+//   GFLOP/s           flops (common/flops.hpp) per second of wall time, / 1e9
+//   flops             FLOPs of one iteration
+//   peak_bytes        peak resident memory of the process during the benchmark (VmHWM)
+//   peak_extra_bytes  peak_bytes minus the resident memory when the benchmark started
+//   threads           library threads
+#include "memory.hpp"
+
+#include <benchmark/benchmark.h>
+#include <reformer/core/threading.hpp>
+
+#include <chrono>
+
+namespace reformer_bench {
+
+/// Sums the wall time of the timed sections of one benchmark run.
+class WallClock {
+ public:
+  void start() { t0_ = Clock::now(); }
+  void stop() { seconds_ += std::chrono::duration<double>(Clock::now() - t0_).count(); }
+  double seconds() const { return seconds_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point t0_{};
+  double seconds_ = 0;
+};
+
+/// Times `work()` once per benchmark iteration.
+template <class Work>
+WallClock time_iterations(benchmark::State& state, Work&& work) {
+  WallClock clock;
+  for (auto _ : state) {
+    clock.start();
+    work();
+    clock.stop();
+  }
+  return clock;
+}
+
+/// Sets the counters listed above. `tokens` and `flops` are per iteration.
+inline void report(benchmark::State& state, const WallClock& clock, double tokens, double flops,
+                   const PeakMeter& peak) {
+  const double iters = static_cast<double>(state.iterations());
+  const double secs = clock.seconds() > 0 ? clock.seconds() : 1e-12;
+  using C = benchmark::Counter;
+  state.counters["tokens/s"] = C(tokens * iters / secs);
+  state.counters["GFLOP/s"] = C(flops * iters / secs / 1e9);
+  state.counters["flops"] = C(flops);
+  state.counters["peak_bytes"] = C(double(peak.peak()), C::kDefaults, C::kIs1024);
+  state.counters["peak_extra_bytes"] = C(double(peak.extra()), C::kDefaults, C::kIs1024);
+  state.counters["peak_reset"] = C(peak.reset_ok() ? 1 : 0);
+  state.counters["threads"] = C(reformer::num_threads());
+}
+
+/// Skips the benchmark (with a message naming the need) when it would need more than 70% of
+/// the memory the kernel reports available. Returns true when skipped.
+inline bool skip_if_memory_short(benchmark::State& state, double bytes_needed) {
+  const double avail = double(available_bytes());
+  if (avail > 0 && bytes_needed > 0.7 * avail) {
+    const std::string msg = "needs ~" + std::to_string(bytes_needed / double(1 << 30)) +
+                            " GiB, only " + std::to_string(avail / double(1 << 30)) +
+                            " GiB available";
+    state.SkipWithError(msg.c_str());
+    return true;
+  }
+  return false;
+}
+
+}  // namespace reformer_bench

@@ -1,0 +1,81 @@
+#pragma once
+// Resident-memory measurements for the benchmarks (Linux /proc).
+//
+// Peak resident memory of one benchmark inside a process that runs many: before the measured
+// work, free heap pages are handed back to the kernel (malloc_trim) and the kernel's high-water
+// mark VmHWM is reset to the current resident size (writing "5" to /proc/self/clear_refs, Linux
+// >= 4.0). Afterwards VmHWM is the peak of that benchmark alone, plus whatever the process held
+// when the peak was reset (the baseline, reported separately). Where the reset is not allowed,
+// the peak is the process's peak since it started (reset_peak() returns false, the counter
+// `peak_reset` says 0).
+#include <cstddef>
+#include <cstdint>
+#include <fstream>
+#include <string>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+namespace reformer_bench {
+
+/// A "<Key>:   <n> kB" field of /proc/self/status or /proc/meminfo in bytes (0 if absent).
+inline std::size_t proc_field_bytes(const char* file, const std::string& key) {
+  std::ifstream in(file);
+  std::string line;
+  const std::string prefix = key + ":";
+  while (std::getline(in, line)) {
+    if (line.compare(0, prefix.size(), prefix) == 0) {
+      return static_cast<std::size_t>(std::stoull(line.substr(prefix.size()))) * 1024;
+    }
+  }
+  return 0;
+}
+
+/// Current resident set size (VmRSS).
+inline std::size_t resident_bytes() { return proc_field_bytes("/proc/self/status", "VmRSS"); }
+
+/// Peak resident set size since the process started or since the last reset_peak() (VmHWM).
+inline std::size_t peak_resident_bytes() { return proc_field_bytes("/proc/self/status", "VmHWM"); }
+
+/// Memory the kernel says can still be allocated without swapping (MemAvailable).
+inline std::size_t available_bytes() { return proc_field_bytes("/proc/meminfo", "MemAvailable"); }
+
+/// Returns free heap memory to the kernel, then resets VmHWM to the current VmRSS. False when
+/// the kernel refused the reset (the peak then covers the whole process lifetime).
+inline bool reset_peak() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+  std::ofstream clear("/proc/self/clear_refs");
+  if (!clear) return false;
+  clear << "5";
+  clear.close();
+  return static_cast<bool>(clear);
+}
+
+/// Peak of one measured region: construct before the work (resets the peak), read after.
+class PeakMeter {
+ public:
+  PeakMeter() : reset_ok_(reset_peak()), baseline_(resident_bytes()) {}
+
+  bool reset_ok() const { return reset_ok_; }
+  /// Resident bytes when the region started.
+  std::size_t baseline() const { return baseline_; }
+  /// Peak resident bytes of the process during the region (absolute).
+  std::size_t peak() const { return peak_resident_bytes(); }
+  /// Peak above the baseline: the memory the region itself needed.
+  std::size_t extra() const {
+    const std::size_t p = peak();
+    return p > baseline_ ? p - baseline_ : 0;
+  }
+
+ private:
+  bool reset_ok_;
+  std::size_t baseline_;
+};
+
+inline double gib(std::size_t bytes) { return double(bytes) / double(std::size_t{1} << 30); }
+inline double mib(std::size_t bytes) { return double(bytes) / double(std::size_t{1} << 20); }
+
+}  // namespace reformer_bench

@@ -1,0 +1,102 @@
+#pragma once
+// The model configurations of the benchmarks and one timed training step.
+//
+// Model: V = 256 (bytes), D = 256, H = 4, Dh = 64, F = 1024 (relu), C = 64 for local and LSH
+// attention (one chunk of look-back), causal, LSH buckets by the default rule with
+// max_position_embeddings = T, axial positions (ceil(T / 256), 256) x (128, 128), dropout 0
+// unless --dropout, feed-forward chunks of --ffn_chunk tokens (default 1024).
+// A training step is forward_loss + backward (zero_grad first); no optimizer update.
+#include "counters.hpp"
+#include "flops.hpp"
+#include "memory.hpp"
+#include "options.hpp"
+
+#include <benchmark/benchmark.h>
+#include <reformer/reformer.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace reformer_bench {
+
+struct ModelSpec {
+  std::vector<std::string> layers;  ///< attn_layers, e.g. {"lsh", "local"}
+  Index length = 1024;              ///< T
+  Index batch = 1;                  ///< B
+  Index hashes = 2;                 ///< R
+  reformer::BackpropMode mode = reformer::BackpropMode::kReversible;
+};
+
+inline constexpr Index kAxialColumns = 256;
+
+inline reformer::ReformerConfig model_config(const ModelSpec& m, const Options& o) {
+  reformer::ReformerConfig c;
+  c.vocab_size = 256;
+  c.hidden_size = 256;
+  c.num_attention_heads = 4;
+  c.attention_head_size = 64;
+  c.feed_forward_size = 1024;
+  c.hidden_act = "relu";
+  c.attn_layers = m.layers;
+  c.lsh_attn_chunk_length = 64;
+  c.local_attn_chunk_length = 64;
+  c.num_hashes = m.hashes;
+  c.num_buckets = {};
+  c.is_decoder = true;
+  c.hidden_dropout_prob = o.dropout;
+  c.lsh_attention_probs_dropout_prob = o.dropout;
+  c.local_attention_probs_dropout_prob = o.dropout;
+  c.axial_pos_embds = true;
+  c.axial_pos_shape = {(m.length + kAxialColumns - 1) / kAxialColumns, kAxialColumns};
+  c.axial_pos_embds_dim = {128, 128};
+  c.max_position_embeddings = m.length;
+  c.chunk_size_feed_forward = o.ffn_chunk;
+  c.chunk_size_lm_head = 128;
+  c.seed = 11;
+  return c;
+}
+
+/// `n` token ids in [0, vocab), a fixed pseudo-random sequence.
+inline std::vector<reformer::Token> model_tokens(Index n, Index vocab) {
+  std::vector<reformer::Token> tokens(static_cast<std::size_t>(n));
+  const reformer::Rng rng(5);
+  for (Index i = 0; i < n; ++i) {
+    tokens[static_cast<std::size_t>(i)] = static_cast<reformer::Token>(
+        rng.bits(static_cast<std::uint64_t>(i)) % static_cast<std::uint64_t>(vocab));
+  }
+  return tokens;
+}
+
+/// Parameter values + gradients held by a model.
+template <class Model>
+std::size_t parameter_bytes(const Model& model) {
+  return 2 * static_cast<std::size_t>(model.parameters().size()) * sizeof(float);
+}
+
+/// Benchmarks training steps of the model `m`: counters of common/counters.hpp plus
+/// loss, param_bytes (values + gradients, allocated before the peak is reset) and tape_bytes.
+inline void model_step(benchmark::State& state, const ModelSpec& m, const Options& o) {
+  const reformer::ReformerConfig config = model_config(m, o);
+  reformer::ReformerLM<float> model(config, m.mode);
+  const std::vector<reformer::Token> tokens = model_tokens(m.length * m.batch, config.vocab_size);
+  PeakMeter peak;  // the step's own memory: everything below, not the parameters
+  reformer::Tape<float> tape;
+  std::uint64_t step = 0;
+  double loss = 0;
+  const WallClock clock = time_iterations(state, [&] {
+    model.zero_grad();
+    loss = model.forward_loss(tokens, m.batch, tape, step++);
+    model.backward(tape);
+    benchmark::DoNotOptimize(model.parameters().grads().data());
+    benchmark::ClobberMemory();
+  });
+  report(state, clock, double(m.length * m.batch), model_step_flops(config, m.length, m.batch),
+         peak);
+  state.counters["loss"] = loss;
+  using C = benchmark::Counter;
+  state.counters["param_bytes"] = C(double(parameter_bytes(model)), C::kDefaults, C::kIs1024);
+  state.counters["tape_bytes"] = C(double(tape.bytes_held()), C::kDefaults, C::kIs1024);
+}
+
+}  // namespace reformer_bench

@@ -1,0 +1,201 @@
+#pragma once
+// Command-line options shared by the benchmark programs (next to Google Benchmark's own
+// --benchmark_* flags, which pass through), the run context recorded in the JSON output, and the
+// program skeleton: parse our flags, initialise Google Benchmark, register, run.
+//
+//   --threads=N      threads of the library's parallel loops (default: all hardware threads)
+//   --tmin=T         smallest sequence length of the T families (0 = the program's default)
+//   --tmax=T         largest sequence length of the T families (0 = the program's default)
+//   --long           the long ranges (T up to 2^20); not part of the default run
+//   --ffn_chunk=N    tokens per feed-forward chunk in the model benchmarks (0 = unchunked)
+//   --dropout=P      hidden / attention dropout of the model benchmarks (default 0)
+//   --no_gemm        leave out the GEMM reference family
+// A program may accept more integer flags of its own (Options::extra, e.g. model_step's
+// --depth_t); any other flag goes to Google Benchmark, which rejects what it does not know.
+#include "memory.hpp"
+
+#include <benchmark/benchmark.h>
+#include <reformer/core/threading.hpp>
+#include <reformer/version.hpp>
+
+#include <Eigen/Core>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(REFORMER_OPENBLAS)
+extern "C" void openblas_set_num_threads(int num_threads);
+extern "C" char* openblas_get_config(void);
+#endif
+
+namespace reformer_bench {
+
+struct Options {
+  int threads = 0;
+  reformer::Index tmin = 0, tmax = 0;
+  bool long_range = false;
+  reformer::Index ffn_chunk = 1024;
+  double dropout = 0.0;
+  bool gemm = true;
+  std::map<std::string, reformer::Index> extra;  ///< the program's own integer flags
+
+  /// A program flag's value (its default when not given).
+  reformer::Index get(const std::string& name) const { return extra.at(name); }
+
+  /// The T range of a family: the flags when given, else [lo, hi] (hi_long with --long).
+  reformer::Index lo(reformer::Index def) const { return tmin > 0 ? tmin : def; }
+  reformer::Index hi(reformer::Index def, reformer::Index def_long) const {
+    return tmax > 0 ? tmax : (long_range ? def_long : def);
+  }
+};
+
+/// The value of "--name=value" in `arg`, or nullptr.
+inline const char* flag_value(const std::string& arg, const char* name) {
+  const std::string prefix = std::string("--") + name + "=";
+  return arg.compare(0, prefix.size(), prefix) == 0 ? arg.c_str() + prefix.size() : nullptr;
+}
+
+inline long long parse_integer(const char* flag, const char* text) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text, &end, 10);
+  if (end == text || *end != '\0' || v < 0) {
+    throw std::invalid_argument(std::string("--") + flag + "=" + text +
+                                ": expected a non-negative integer");
+  }
+  return v;
+}
+
+/// Takes our flags out of argv (the rest is for Google Benchmark). `extra` holds the program's
+/// own integer flags with their defaults.
+inline Options parse_options(int& argc, char** argv,
+                             const std::map<std::string, reformer::Index>& extra = {},
+                             const char* usage_extra = "") {
+  Options o;
+  o.extra = extra;
+  std::vector<char*> rest;
+  rest.push_back(argv[0]);
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (const char* v = flag_value(a, "threads")) {
+      o.threads = static_cast<int>(parse_integer("threads", v));
+    } else if (const char* v = flag_value(a, "tmin")) {
+      o.tmin = parse_integer("tmin", v);
+    } else if (const char* v = flag_value(a, "tmax")) {
+      o.tmax = parse_integer("tmax", v);
+    } else if (const char* v = flag_value(a, "ffn_chunk")) {
+      o.ffn_chunk = parse_integer("ffn_chunk", v);
+    } else if (const char* v = flag_value(a, "dropout")) {
+      o.dropout = std::strtod(v, nullptr);
+      if (!(o.dropout >= 0 && o.dropout < 1)) {
+        throw std::invalid_argument(std::string("--dropout=") + v + ": expected 0 <= p < 1");
+      }
+    } else if (a.compare(0, 2, "--") == 0 && a.find('=') != std::string::npos &&
+               o.extra.count(a.substr(2, a.find('=') - 2)) != 0) {
+      const std::string key = a.substr(2, a.find('=') - 2);
+      o.extra[key] = parse_integer(key.c_str(), a.c_str() + a.find('=') + 1);
+    } else if (a == "--long") {
+      o.long_range = true;
+    } else if (a == "--no_gemm") {
+      o.gemm = false;
+    } else {
+      if (a == "--help") {
+        std::printf(
+            "reformer benchmark options:\n"
+            "  --threads=N    library threads (default: all hardware threads)\n"
+            "  --tmin=T       smallest sequence length of the T families\n"
+            "  --tmax=T       largest sequence length of the T families\n"
+            "  --long         long ranges (T up to 2^20)\n"
+            "  --ffn_chunk=N  tokens per feed-forward chunk of the models (default 1024)\n"
+            "  --dropout=P    dropout of the models (default 0)\n"
+            "  --no_gemm      leave out the GEMM reference\n%s\n"
+            "Google Benchmark options follow.\n",
+            usage_extra);
+      }
+      rest.push_back(argv[i]);
+    }
+  }
+  if (o.tmin > 0 && o.tmax > 0 && o.tmin > o.tmax) {
+    throw std::invalid_argument("--tmin=" + std::to_string(o.tmin) +
+                                " exceeds --tmax=" + std::to_string(o.tmax));
+  }
+  argc = static_cast<int>(rest.size());
+  for (int i = 0; i < argc; ++i) argv[i] = rest[static_cast<std::size_t>(i)];
+  return o;
+}
+
+/// "model name" of /proc/cpuinfo.
+inline std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, 10, "model name") == 0) {
+      const auto colon = line.find(':');
+      return colon == std::string::npos ? line : line.substr(colon + 2);
+    }
+  }
+  return "unknown";
+}
+
+/// Whether Eigen's large products go to a BLAS in this build.
+inline const char* product_backend() {
+#if defined(EIGEN_USE_BLAS)
+#if defined(REFORMER_OPENBLAS)
+  return "BLAS (OpenBLAS, one thread per call)";
+#else
+  return "BLAS";
+#endif
+#else
+  return "Eigen";
+#endif
+}
+
+/// Sets the library's thread count and records the run's context in the benchmark output.
+inline void apply_options(Options& o) {
+  if (o.threads <= 0) o.threads = static_cast<int>(std::thread::hardware_concurrency());
+  if (o.threads <= 0) o.threads = 1;
+  reformer::set_num_threads(o.threads);
+#if defined(REFORMER_OPENBLAS)
+  openblas_set_num_threads(1);  // our parallel loops own the threads (deterministic products)
+  benchmark::AddCustomContext("openblas", openblas_get_config());
+#endif
+  benchmark::AddCustomContext("reformer_version", REFORMER_VERSION_STRING);
+  benchmark::AddCustomContext("reformer_threads", std::to_string(reformer::num_threads()));
+  benchmark::AddCustomContext("cpu_model", cpu_model());
+  benchmark::AddCustomContext("mem_total_gib",
+                              std::to_string(gib(proc_field_bytes("/proc/meminfo", "MemTotal"))));
+  benchmark::AddCustomContext("eigen_version", std::to_string(EIGEN_WORLD_VERSION) + "." +
+                                                   std::to_string(EIGEN_MAJOR_VERSION) + "." +
+                                                   std::to_string(EIGEN_MINOR_VERSION));
+  benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("products", product_backend());
+  benchmark::AddCustomContext("ffn_chunk", std::to_string(o.ffn_chunk));
+  benchmark::AddCustomContext("dropout", std::to_string(o.dropout));
+}
+
+/// The main() of a benchmark program: `register_all(options)` registers its families.
+template <class Register>
+int run_main(int argc, char** argv, Register&& register_all,
+             const std::map<std::string, reformer::Index>& extra = {},
+             const char* usage_extra = "") {
+  Options o;
+  try {
+    o = parse_options(argc, argv, extra, usage_extra);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
+    return 2;
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+  apply_options(o);
+  register_all(o);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
+
+}  // namespace reformer_bench

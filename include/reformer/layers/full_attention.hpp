@@ -1,18 +1,23 @@
 #pragma once
 // FullAttention: dense multi-head self-attention (DESIGN 1.4), an attention core for
-// AttentionSublayer. It is the O(T^2) baseline of the benchmarks and the oracle of the tests,
-// so it is written plainly: per (sequence, head) one T x T score matrix.
+// AttentionSublayer. It is the O(T^2) baseline of the benchmarks and the oracle of the tests.
 //
 // Per sequence b (columns [b*T, (b+1)*T) of xn) and head h (rows [h*Dh, (h+1)*Dh)):
 //   q = W_q xn,  k = W_k xn / sqrt(Dh),  v = W_v xn                 Dh x T each
-//   s(j, i) = k_j . q_i                     T x T, row = key j, column = query i
+//   s(j, i) = k_j . q_i                     row = key j, column = query i
 //   causal: s(j, i) = -1e9 where j > i      (replaces the score)
-//   p(:, i) = softmax(s(:, i))              per query column
+//   p(:, i) = softmax(s(:, i))              per query column, over all keys
 //   p~ = Dropout(p)                         training only; key
 //        ctx.rng(stream::kAttentionProbsDropout).derive(b).derive(h), draw index i*T + j
-//        (= the column-major linear index of p(j, i), independent of chunking and threads)
+//        (the column-major linear index of p(j, i) in the T x T matrix: independent of the
+//        blocking below and of threads)
 //   o = v p~                                Dh x T, rows [h*Dh, (h+1)*Dh) of the output a
 // Sequences never attend to each other.
+//
+// The T x T matrix is never held whole: queries are processed in panels of kQueryBlock columns,
+// each an exact softmax over all (visible) keys, so a thread holds a few T x kQueryBlock
+// buffers that stay in cache. Causal panels stop at the last visible key (i0 + nq): the masked
+// upper part, whose probability is exactly 0, is never computed.
 //
 // Parameters: <prefix>self_attention.query.weight, .key.weight, .value.weight, each [H*Dh, D]
 // (no biases), the Hugging Face local-attention names.
@@ -27,6 +32,7 @@
 #include "reformer/ops/dropout.hpp"
 #include "reformer/ops/softmax.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -80,13 +86,18 @@ class FullAttention {
     check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
     Matrix<S> q, k, v;
     project(params, xn, q, k, v);
-    const Index items = ctx.batch * cfg_.num_heads;
-    detail::parallel_items(items, double(items) * item_flops(t), [&](Index item) {
-      const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
-      Matrix<S> p(t, t);
-      probabilities(block(q, b, h, t), block(k, b, h, t), p);
-      apply_dropout(p, ctx, b, h);
-      block(a, b, h, t).noalias() = block(v, b, h, t) * p;  // o = v p~
+    // Items: (sequence, head, query panel); each writes its own block of a.
+    const Index panels = detail::num_blocks(t, kQueryBlock);
+    const Index items = ctx.batch * cfg_.num_heads * panels;
+    detail::parallel_items(items, double(items) * panel_flops(t), [&](Index item) {
+      const Index bh = item / panels, i0 = (item % panels) * kQueryBlock;
+      const Index b = bh / cfg_.num_heads, h = bh % cfg_.num_heads;
+      const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq);
+      Matrix<S> p(nk, nq);
+      probabilities(block(q, b, h, t).middleCols(i0, nq), block(k, b, h, t).leftCols(nk), i0, p);
+      apply_dropout(p, ctx, b, h, t, i0);
+      // o = v p~
+      block(a, b, h, t).middleCols(i0, nq).noalias() = block(v, b, h, t).leftCols(nk) * p;
     });
   }
 
@@ -103,31 +114,47 @@ class FullAttention {
     Matrix<S> q, k, v;
     project(params, xn, q, k, v);
     Matrix<S> dq(out_features(), n), dk(out_features(), n), dv(out_features(), n);
+    const bool dropout = ctx.training && cfg_.dropout > 0;
 
+    // Items: (sequence, head); the query panels of an item run in order, accumulating dk and dv
+    // of that (sequence, head) block in a fixed order.
     const Index items = ctx.batch * cfg_.num_heads;
-    detail::parallel_items(items, 3.0 * double(items) * item_flops(t), [&](Index item) {
+    const Index panels = detail::num_blocks(t, kQueryBlock);
+    detail::parallel_items(items, 3.0 * double(items * panels) * panel_flops(t), [&](Index item) {
       const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
       const auto qb = block(q, b, h, t), kb = block(k, b, h, t), vb = block(v, b, h, t);
-      const auto dob = block(da, b, h, t);
-      Matrix<S> p(t, t);
-      probabilities(qb, kb, p);
-      // Forward (recomputed):  p~ = Dropout(p),  o = v p~.
-      Matrix<S> pd = p;
-      apply_dropout(pd, ctx, b, h);
-      block(a, b, h, t).noalias() = vb * pd;
-      // o = v p~          =>  dv = do p~^T,   dp~ = v^T do.
-      block(dv, b, h, t).noalias() = dob * pd.transpose();
-      Matrix<S>& dp = pd;  // reuse the buffer: dp~ overwrites p~
-      dp.noalias() = vb.transpose() * dob;
-      // p~ = Dropout(p)   =>  dp = the same mask and scale applied to dp~.
-      apply_dropout(dp, ctx, b, h);
-      // p = softmax(s)    =>  ds(:, i) = p(:, i) .* (dp(:, i) - p(:, i) . dp(:, i)).
-      // Masked scores are constants: p is exactly 0 there, so ds is too.
-      Matrix<S>& ds = dp;
-      softmax_cols_backward<S>(p, dp, ds);
-      // s = k^T q         =>  dq = k ds,  dk = q ds^T  (dk is w.r.t. the scaled k).
-      block(dq, b, h, t).noalias() = kb * ds;
-      block(dk, b, h, t).noalias() = qb * ds.transpose();
+      auto dkb = block(dk, b, h, t), dvb = block(dv, b, h, t);
+      dkb.setZero();
+      dvb.setZero();
+      Matrix<S> p, pd, dp;  // nk x nq panels
+      for (Index i0 = 0; i0 < t; i0 += kQueryBlock) {
+        const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq);
+        const auto q_i = qb.middleCols(i0, nq);
+        const auto k_v = kb.leftCols(nk), v_v = vb.leftCols(nk);  // the visible keys / values
+        const auto do_i = block(da, b, h, t).middleCols(i0, nq);
+        // Forward (recomputed):  p = softmax(s),  p~ = Dropout(p),  o = v p~.
+        p.resize(nk, nq);
+        probabilities(q_i, k_v, i0, p);
+        if (dropout) {
+          pd = p;
+          apply_dropout(pd, ctx, b, h, t, i0);
+        }
+        const Matrix<S>& p_used = dropout ? pd : p;  // p~
+        block(a, b, h, t).middleCols(i0, nq).noalias() = v_v * p_used;
+        // o = v p~          =>  dv += do p~^T,   dp~ = v^T do.
+        dvb.leftCols(nk).noalias() += do_i * p_used.transpose();
+        dp.resize(nk, nq);
+        dp.noalias() = v_v.transpose() * do_i;
+        // p~ = Dropout(p)   =>  dp = the same mask and scale applied to dp~.
+        apply_dropout(dp, ctx, b, h, t, i0);
+        // p = softmax(s)    =>  ds(:, i) = p(:, i) .* (dp(:, i) - p(:, i) . dp(:, i)).
+        // Masked scores are constants: p is exactly 0 there, so ds is too.
+        Matrix<S>& ds = dp;
+        softmax_cols_backward<S>(p, dp, ds);
+        // s = k^T q         =>  dq = k ds,  dk += q ds^T  (w.r.t. the scaled k).
+        block(dq, b, h, t).middleCols(i0, nq).noalias() = k_v * ds;
+        dkb.leftCols(nk).noalias() += q_i * ds.transpose();
+      }
     });
 
     // k = W_k xn / sqrt(Dh)  =>  the 1/sqrt(Dh) factor moves onto dk.
@@ -160,9 +187,15 @@ class FullAttention {
     return ctx.length(where, xn.cols());
   }
 
-  // Work of one forward (sequence, head) item: two T x T x Dh products, softmax and dropout.
-  double item_flops(Index t) const {
-    return double(t) * double(t) * (4.0 * double(cfg_.head_size) + 20.0);
+  // Queries per panel (fixed: the blocking must not depend on the thread count).
+  static constexpr Index kQueryBlock = 64;
+
+  // Keys visible to the query panel [i0, i0 + nq): all, or up to the panel's last query.
+  Index visible_keys(Index t, Index i0, Index nq) const { return cfg_.causal ? i0 + nq : t; }
+
+  // Work of one forward panel (upper bound): two T x kQueryBlock x Dh products, softmax, dropout.
+  double panel_flops(Index t) const {
+    return double(t) * double(kQueryBlock) * (4.0 * double(cfg_.head_size) + 20.0);
   }
 
   // The (b, h) block of an H*Dh x N matrix: rows of head h, columns of sequence b.
@@ -184,25 +217,31 @@ class FullAttention {
     k *= S(1) / std::sqrt(S(cfg_.head_size));
   }
 
-  // p = column-wise softmax of the (masked) scores s = k^T q; p is T x T.
+  // p = column-wise softmax of the masked scores s = k^T q of the query panel starting at
+  // query i0 (p: nk x nq; column c is query i0 + c).
   template <class Q, class K>
-  void probabilities(const Q& q, const K& k, Matrix<S>& p) const {
-    const Index t = p.cols();
+  void probabilities(const Q& q, const K& k, Index i0, Matrix<S>& p) const {
     p.noalias() = k.transpose() * q;
-    for (Index i = 0; i < t; ++i) {
-      auto col = p.col(i);
-      if (cfg_.causal) col.tail(t - i - 1).setConstant(S(kMaskValue));
+    if (cfg_.causal) {
+      // Keys j > i: rows i + 1 .. nk - 1 of column i - i0 (only the panel's diagonal block).
+      for (Index c = 0; c < p.cols(); ++c) {
+        const Index first_masked = i0 + c + 1;
+        p.col(c).tail(p.rows() - first_masked).setConstant(S(kMaskValue));
+      }
     }
     softmax_cols<S>(p, p);
   }
 
-  // m = Dropout(m) with the (b, h) probability-dropout key; element (j, i) has draw i*T + j.
-  void apply_dropout(Matrix<S>& m, const Context& ctx, Index b, Index h) const {
+  // m = Dropout(m) for the panel starting at query i0, with the (b, h) probability-dropout key;
+  // element (j, c) is p(j, i0 + c) of the T x T matrix, draw index (i0 + c) * T + j.
+  void apply_dropout(Matrix<S>& m, const Context& ctx, Index b, Index h, Index t, Index i0) const {
     if (!ctx.training || cfg_.dropout <= 0) return;
     const Rng rng = ctx.rng(stream::kAttentionProbsDropout)
                         .derive(static_cast<std::uint64_t>(b))
                         .derive(static_cast<std::uint64_t>(h));
-    dropout_inplace<S>(rng, cfg_.dropout, 0, m);
+    for (Index c = 0; c < m.cols(); ++c) {
+      dropout_inplace<S>(rng, cfg_.dropout, (i0 + c) * t, m.col(c));
+    }
   }
 
   Config cfg_;

@@ -114,9 +114,10 @@ BackwardResult<S> run_backward(const Layer& layer, Parameters<S>& params, const 
 /// w.r.t. the input x and w.r.t. every parameter slot, relative error < tol.
 template <class Layer>
 void expect_sublayer_gradients(const Layer& layer, Parameters<double>& params, Matrix<double> x,
-                               const Context& ctx, double tol = 1e-6) {
+                               const Context& ctx, double tol = 1e-6, Index max_coords = 0) {
   testing::GradCheckOptions opts;
   opts.tolerance = tol;
+  opts.max_coords = max_coords;  // 0: every coordinate
   auto forward = [&] { return run_forward(layer, params, x, ctx); };
   Matrix<double> dx(x.rows(), x.cols()), fx(x.rows(), x.cols());
   auto backward = [&](const Matrix<double>& w) {

@@ -90,6 +90,38 @@ INSTANTIATE_TEST_SUITE_P(CausalAndHeads, FullAttentionGrad,
                          ::testing::Combine(::testing::Bool(),
                                             ::testing::Values(Index{1}, Index{3})));
 
+// T = 150 spans three query panels of the implementation (the last one partial): values against
+// the reference, gradients by finite differences (sampled), causality across panel boundaries.
+TEST(FullAttention, LongSequencesAcrossQueryPanels) {
+  for (bool causal : {true, false}) {
+    AttentionSetup s;
+    s.causal = causal;
+    s.hidden = 4;
+    s.heads = 1;  // small enough to stay on one thread: thousands of forward calls
+    s.head_size = 3;
+    Parameters<double> params;
+    FullAttentionLayer<double> layer(test::attention_config<double>(s), params);
+    test::randomise(params, 13);
+    Context ctx;
+    const Index t = 150;
+    const Matrix<double> x = random_matrix(s.hidden, t, 14);
+    const Matrix<double> y = test::run_forward(layer, params, x, ctx);
+    EXPECT_LT(test::relative_error(
+                  y, reference_attention(params, "", x, 1, s.heads, s.head_size, causal, 1e-12)),
+              1e-12);
+    test::expect_sublayer_gradients(layer, params, x, ctx, 1e-6, 40);
+    if (causal) {
+      for (Index pos : {Index{63}, Index{64}, Index{127}}) {
+        Matrix<double> x2 = x;
+        x2.rightCols(t - pos - 1) = random_matrix(s.hidden, t - pos - 1, 15);
+        const Matrix<double> y2 = test::run_forward(layer, params, x2, ctx);
+        EXPECT_EQ((y2.leftCols(pos + 1) - y.leftCols(pos + 1)).cwiseAbs().maxCoeff(), 0.0)
+            << "position " << pos;
+      }
+    }
+  }
+}
+
 TEST(FullAttention, GradientsWithDropoutAndFixedContext) {
   AttentionSetup s;
   s.heads = 3;

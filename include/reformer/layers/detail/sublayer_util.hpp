@@ -25,8 +25,17 @@ namespace detail {
 
 /// Column block of token-parallel work (elementwise ops, products split over columns).
 inline constexpr Index kColumnBlock = 128;
-/// Row block of products split over their output rows (e.g. weight gradients).
-inline constexpr Index kRowBlock = 32;
+/// Products split over their output rows (e.g. weight gradients) use at most kMaxRowBlocks
+/// blocks of at least kMinRowBlock rows: every block re-packs the whole right-hand operand, so
+/// fewer, taller blocks waste less.
+inline constexpr Index kMinRowBlock = 32;
+inline constexpr Index kMaxRowBlocks = 8;
+
+/// The row block for a product with `rows` output rows (a function of the shape only).
+inline Index row_block(Index rows) {
+  const Index even_split = (rows + kMaxRowBlocks - 1) / kMaxRowBlocks;
+  return std::max(kMinRowBlock, (even_split + 15) / 16 * 16);
+}
 
 /// Rough cost of one dropout draw (counter hashing) in flops, for the parallel threshold.
 inline constexpr double kDropoutFlopsPerElement = 20.0;
@@ -36,7 +45,7 @@ inline Index num_blocks(Index n, Index block) { return (n + block - 1) / block; 
 /// Below this many floating-point operations a loop runs on the calling thread: starting a
 /// parallel region costs more than it saves. The blocks are the same either way, so results do
 /// not depend on the choice.
-inline constexpr double kMinParallelFlops = 1 << 17;
+inline constexpr double kMinParallelFlops = 1 << 20;
 
 /// Runs f(i) for i in [0, n): through parallel_for when `flops` (the loop's total work) is
 /// large enough, else serially.
@@ -77,16 +86,16 @@ void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate
     });
   } else {
     const Index rows = out.rows();
-    parallel_items(num_blocks(rows, kRowBlock), flops_per_column * double(out.cols()),
-                   [&](Index blk) {
-                     const Index r0 = blk * kRowBlock;
-                     const Index nr = std::min(kRowBlock, rows - r0);
-                     if (accumulate) {
-                       out.middleRows(r0, nr).noalias() += lhs.middleRows(r0, nr) * rhs;
-                     } else {
-                       out.middleRows(r0, nr).noalias() = lhs.middleRows(r0, nr) * rhs;
-                     }
-                   });
+    const Index rb = row_block(rows);
+    parallel_items(num_blocks(rows, rb), flops_per_column * double(out.cols()), [&](Index blk) {
+      const Index r0 = blk * rb;
+      const Index nr = std::min(rb, rows - r0);
+      if (accumulate) {
+        out.middleRows(r0, nr).noalias() += lhs.middleRows(r0, nr) * rhs;
+      } else {
+        out.middleRows(r0, nr).noalias() = lhs.middleRows(r0, nr) * rhs;
+      }
+    });
   }
 }
 
@@ -98,9 +107,10 @@ void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
   REFORMER_ASSERT(dy.cols() == x.cols() && dW.rows() == dy.rows() && dW.cols() == x.rows());
   const Index rows = dy.rows();
   const double flops = 2.0 * double(rows) * double(x.rows()) * double(x.cols());
-  parallel_items(num_blocks(rows, kRowBlock), flops, [&](Index blk) {
-    const Index r0 = blk * kRowBlock;
-    const Index nr = std::min(kRowBlock, rows - r0);
+  const Index rb = row_block(rows);
+  parallel_items(num_blocks(rows, rb), flops, [&](Index blk) {
+    const Index r0 = blk * rb;
+    const Index nr = std::min(rb, rows - r0);
     dW.middleRows(r0, nr).noalias() += dy.middleRows(r0, nr) * x.transpose();
     if (db != nullptr) db->segment(r0, nr) += dy.middleRows(r0, nr).rowwise().sum();
   });

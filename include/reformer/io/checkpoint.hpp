@@ -81,6 +81,19 @@ inline bool is_optimizer_tensor(const std::string& name) {
   return name.rfind("optimizer.", 0) == 0;
 }
 
+/// Adds caller metadata; keys the checkpoint layout uses itself are refused.
+inline void add_extra_metadata(SafetensorsWriter& w, const char* where,
+                               const std::map<std::string, std::string>& extra) {
+  for (const auto& kv : extra) {
+    const std::string& k = kv.first;
+    REFORMER_REQUIRE(k != "format" && k != "config" && k.rfind("reformer.", 0) != 0 &&
+                         k.rfind("optimizer.", 0) != 0,
+                     InvalidArgument, where, "metadata key '", k,
+                     "' is reserved (format, config, reformer.*, optimizer.*)");
+    w.set_metadata(k, kv.second);
+  }
+}
+
 template <class S>
 void check_finite_values(const char* where, const Parameters<S>& params) {
   if (params.values().allFinite()) return;
@@ -285,16 +298,35 @@ OptimizerState<S> read_optimizer(const char* where, const SafetensorsFile& file,
 
 }  // namespace detail
 
+// ---- building blocks for custom files ----------------------------------------------------------
+
+/// Adds every parameter (dtype F32 or F64) and the standard metadata (with `config_json` when
+/// non-empty) to `w`; add more metadata with w.set_metadata and write with w.write(path).
+template <class S>
+void add_parameters(SafetensorsWriter& w, const Parameters<S>& params,
+                    const std::string& config_json = "", DType dtype = dtype_of<S>()) {
+  detail::add_parameters(w, "add_parameters", params, config_json, dtype);
+}
+
+/// Adds the optimizer state (step, m, v, informational options) of `opt`, built for `params`.
+template <class S>
+void add_optimizer_state(SafetensorsWriter& w, const Adam<S>& opt, const Parameters<S>& params) {
+  detail::add_optimizer(w, "add_optimizer_state", opt, params);
+}
+
 // ---- parameters ------------------------------------------------------------------------------
 
 /// Saves every parameter of `params` (dtype F32 or F64) with `config_json` (may be empty) in
 /// the metadata. InvalidArgument for another dtype or a non-finite parameter (nothing written);
 /// IoError when the file cannot be written (an existing file is then unchanged).
+/// `extra_metadata`: more string entries for "__metadata__" (reserved keys are refused).
 template <class S>
 void save_parameters(const std::string& path, const Parameters<S>& params,
-                     const std::string& config_json = "", DType dtype = dtype_of<S>()) {
+                     const std::string& config_json = "", DType dtype = dtype_of<S>(),
+                     const std::map<std::string, std::string>& extra_metadata = {}) {
   SafetensorsWriter w;
   detail::add_parameters(w, "save_parameters", params, config_json, dtype);
+  detail::add_extra_metadata(w, "save_parameters", extra_metadata);
   w.write(path);
 }
 
@@ -342,10 +374,12 @@ void load_optimizer(const std::string& path, Adam<S>& opt, const Parameters<S>& 
 /// Parameters (dtype `dtype`) and optimizer state in one file: what a resumable run saves.
 template <class S>
 void save_checkpoint(const std::string& path, const Parameters<S>& params, const Adam<S>& opt,
-                     const std::string& config_json = "", DType dtype = dtype_of<S>()) {
+                     const std::string& config_json = "", DType dtype = dtype_of<S>(),
+                     const std::map<std::string, std::string>& extra_metadata = {}) {
   SafetensorsWriter w;
   detail::add_parameters(w, "save_checkpoint", params, config_json, dtype);
   detail::add_optimizer(w, "save_checkpoint", opt, params);
+  detail::add_extra_metadata(w, "save_checkpoint", extra_metadata);
   w.write(path);
 }
 
@@ -403,8 +437,10 @@ CheckpointInfo load_model(const std::string& path, Model& model, const LoadOptio
 
 /// Saves what a resumable run needs: parameters in the model's dtype, config, optimizer state.
 template <class Model, class S>
-void save_training_state(const std::string& path, const Model& model, const Adam<S>& opt) {
-  save_checkpoint(path, model.parameters(), opt, config_to_json_string(model.config()));
+void save_training_state(const std::string& path, const Model& model, const Adam<S>& opt,
+                         const std::map<std::string, std::string>& extra_metadata = {}) {
+  save_checkpoint(path, model.parameters(), opt, config_to_json_string(model.config()),
+                  dtype_of<S>(), extra_metadata);
 }
 
 /// Restores parameters and optimizer state (all or nothing).

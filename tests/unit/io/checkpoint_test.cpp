@@ -356,6 +356,26 @@ TEST_F(Checkpoint, SeparateOptimizerFile) {
   EXPECT_THROW(save_optimizer(path("x.safetensors"), opt_other, q), InvalidArgument);
 }
 
+TEST_F(Checkpoint, ExtraMetadataAndCustomFiles) {
+  Parameters<double> p = make_store<double>();
+  Adam<double> opt(p);
+  save_checkpoint(path("x.safetensors"), p, opt, "{}", DType::F64, {{"run.step_budget", "100"}});
+  EXPECT_EQ(SafetensorsFile::load(path("x.safetensors")).metadata("run.step_budget"), "100");
+  EXPECT_THROW(save_parameters(path("y.safetensors"), p, "", DType::F64, {{"config", "{}"}}),
+               InvalidArgument);
+  EXPECT_THROW(
+      save_checkpoint(path("y.safetensors"), p, opt, "", DType::F64, {{"optimizer.step", "9"}}),
+      InvalidArgument);
+  EXPECT_FALSE(fs::exists(path("y.safetensors")));
+
+  // The building blocks give the same file as save_checkpoint.
+  SafetensorsWriter w;
+  add_parameters(w, p, "{}");
+  add_optimizer_state(w, opt, p);
+  w.set_metadata("run.step_budget", "100");
+  EXPECT_EQ(w.serialize(), read_bytes(path("x.safetensors")));
+}
+
 TEST_F(Checkpoint, LoadCheckpointIsAllOrNothing) {
   Parameters<double> p = make_store<double>();
   Adam<double> opt(p);

@@ -208,16 +208,15 @@ class LshAttention {
     }
     const std::vector<Matrix<S>> rot =
         record != nullptr ? rotations(pl, ctx) : std::vector<Matrix<S>>{};
+    std::vector<HeadBuffers> heads(at(pl.wave));  // reused by every wave
     for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
       const Index nh = std::min(pl.wave, pl.num_head_items - h0);
-      std::vector<HeadBuffers> heads(static_cast<std::size_t>(nh));
       parallel_for(nh, [&](Index i) {
-        const Index item = h0 + i;
-        const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
+        const Index b = (h0 + i) / cfg_.num_heads, h = (h0 + i) % cfg_.num_heads;
         if (record != nullptr) hash_head(pl, qk, rot, b, h, record + bucket_offset(pl, b, h));
-        prepare_head(pl, qk, v, buckets + bucket_offset(pl, b, h), b, h, heads[at(i)]);
+        prepare_head(pl, qk, buckets + bucket_offset(pl, b, h), b, h, heads[at(i)]);
       });
-      attend_forward(pl, ctx, h0, heads);
+      attend_forward(pl, ctx, qk, v, h0, nh, heads);
       parallel_for(nh, [&](Index i) { combine_head(pl, h0 + i, heads[at(i)], nullptr, a); });
     }
   }
@@ -241,18 +240,17 @@ class LshAttention {
       dense_backward(pl, qk, v, da, a, dqk, dv, ctx);
     } else {
       const std::int32_t* buckets = replayed_buckets(where, pl, ctx);
+      std::vector<HeadBuffers> heads(at(pl.wave));  // reused by every wave
       for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
         const Index nh = std::min(pl.wave, pl.num_head_items - h0);
-        std::vector<HeadBuffers> heads(static_cast<std::size_t>(nh));
         parallel_for(nh, [&](Index i) {
-          const Index item = h0 + i;
-          const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
-          prepare_head(pl, qk, v, buckets + bucket_offset(pl, b, h), b, h, heads[at(i)]);
+          const Index b = (h0 + i) / cfg_.num_heads, h = (h0 + i) % cfg_.num_heads;
+          prepare_head(pl, qk, buckets + bucket_offset(pl, b, h), b, h, heads[at(i)]);
         });
-        attend_forward(pl, ctx, h0, heads);
-        // a, and in place: o -> d(o), lse -> d(lse) of every sorted slot.
+        attend_forward(pl, ctx, qk, v, h0, nh, heads);
+        // a, and in place: o -> d(o), lse -> d(lse) of every sorted place.
         parallel_for(nh, [&](Index i) { combine_head(pl, h0 + i, heads[at(i)], &da, a); });
-        attend_backward(pl, ctx, h0, heads);
+        attend_backward(pl, ctx, qk, v, h0, nh, heads);
         parallel_for(nh, [&](Index i) { reduce_head(pl, h0 + i, heads[at(i)], qk, dqk, dv); });
       }
     }
@@ -276,22 +274,24 @@ class LshAttention {
     bool dense = false;
   };
 
-  /// Sorted buffers of one (sequence, head). q/k/v/o are Dh x slots in sorted order.
+  /// Per-(sequence, head) state of one call. Sorted places s in [0, R*Tp): slot (r, t) sits at
+  /// place inverse[r*Tp + t]; place s holds position pos[s] (>= T: padding).
   struct HeadBuffers {
     std::vector<Index> pos;      // sorted place -> position
     std::vector<Index> inverse;  // slot r*Tp + t -> sorted place
-    Matrix<S> q, k, v;           // gathered qk, normalised keys, values
-    Matrix<S> o;                 // per-slot outputs (backward: their gradients, in place)
-    Vector<S> lse;               // per-slot logsumexp (backward: its gradient, in place)
-    Matrix<S> dq;                // backward: gradient w.r.t. the sorted queries
-    Matrix<S> dk, dv;            // backward: Dh x (window * slots): part w = contributions of
-                                 // window position w (summed in w order afterwards)
+    Matrix<S> keys;              // Dh x T normalised keys, by position
+    Matrix<S> o;                 // Dh x R*Tp per-place outputs (backward: their gradients)
+    Vector<S> lse;               // R*Tp per-place logsumexps (backward: their gradients)
+    Matrix<S> dq;                // backward: Dh x R*Tp gradient of the queries, by place
+    Matrix<S> dk, dv;            // backward: Dh x R*Tp gradients of the keys / values, by place
   };
 
   /// Sorted chunks per parallel work item.
   static constexpr Index kChunksPerItem = 4;
   /// Scalars of per-head buffers a wave may hold (bounds the peak memory for long inputs).
   static constexpr Index kWaveScalars = Index{1} << 24;
+  /// Chunk groups a wave aims for (more heads per wave only help short sequences).
+  static constexpr Index kWaveItems = 64;
 
   static std::size_t at(Index i) { return static_cast<std::size_t>(i); }
 
@@ -321,8 +321,13 @@ class LshAttention {
     p.chunks = p.slots / p.chunk;
     p.window = cfg_.chunks_before + 1 + cfg_.chunks_after;
     p.layout = bucket_layout(p.length);
-    const Index per_head = (7 + 2 * p.window) * cfg_.head_size * p.slots;
-    p.wave = std::max<Index>(1, std::min(p.num_head_items, kWaveScalars / per_head));
+    // o, dq, dk, dv and the keys, per head, in scalars.
+    const Index per_head = 4 * cfg_.head_size * p.slots + cfg_.head_size * p.length;
+    // Heads per wave: enough chunk groups to keep the threads busy (kWaveItems), within the
+    // memory budget (kWaveScalars). Depends on the shapes only.
+    const Index groups = (p.chunks + kChunksPerItem - 1) / kChunksPerItem;
+    const Index wanted = (kWaveItems + groups - 1) / groups;
+    p.wave = std::max<Index>(1, std::min({p.num_head_items, wanted, kWaveScalars / per_head}));
     return p;
   }
 
@@ -391,10 +396,11 @@ class LshAttention {
     return o;
   }
 
-  /// Sorts the slots of (b, h) by bucket and gathers q, normalised k and v in sorted order.
-  /// `buckets` holds R x T buckets (row r = round r); padded positions get the pad bucket NB.
-  void prepare_head(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v,
-                    const std::int32_t* buckets, Index b, Index h, HeadBuffers& hb) const {
+  /// Sorts the slots of (b, h) by bucket (the inverse permutation and the positions of the
+  /// sorted places) and normalises the head's keys. `buckets` holds R x T buckets (row r =
+  /// round r); padded positions get the pad bucket NB, so they sort last in their round.
+  void prepare_head(const Plan& pl, const Matrix<S>& qk, const std::int32_t* buckets, Index b,
+                    Index h, HeadBuffers& hb) const {
     const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded, rounds = pl.rounds;
     const auto nb = static_cast<std::int32_t>(pl.layout.num_buckets());
     std::vector<std::int32_t> slot_buckets(at(pl.slots));
@@ -407,83 +413,70 @@ class LshAttention {
                       hb.inverse.data(), counts);
     hb.pos.resize(at(pl.slots));
     for (Index s = 0; s < pl.slots; ++s) hb.pos[at(s)] = order[at(s)] - (s / tp) * tp;
-
-    const auto x = qk.block(h * dh, b * len, dh, len);  // qk: Dh x T
-    const auto xv = v.block(h * dh, b * len, dh, len);  // v:  Dh x T
-    Matrix<S> keys(dh, len);                            // k:  Dh x T
-    detail::lsh_normalize_keys<S>(x, keys);
-    hb.q.resize(dh, pl.slots);
-    hb.k.resize(dh, pl.slots);
-    hb.v.resize(dh, pl.slots);
-    for (Index s = 0; s < pl.slots; ++s) {
-      const Index t = hb.pos[at(s)];
-      if (t < len) {
-        hb.q.col(s) = x.col(t);
-        hb.k.col(s) = keys.col(t);
-        hb.v.col(s) = xv.col(t);
-      } else {  // padding: zero vectors, masked as keys, discarded as queries
-        hb.q.col(s).setZero();
-        hb.k.col(s).setZero();
-        hb.v.col(s).setZero();
-      }
-    }
+    hb.keys.resize(dh, len);  // k: Dh x T
+    detail::lsh_normalize_keys<S>(qk.block(h * dh, b * len, dh, len), hb.keys);
     hb.o.resize(dh, pl.slots);
     hb.lse.resize(pl.slots);
   }
 
-  /// Scratch for windows that wrap around the sorted sequence.
-  struct WindowScratch {
-    Matrix<S> k, v;
-    std::vector<Index> pos;
+  /// The gathered operands of one chunk: queries (Dh x C), and the keys and values of its window
+  /// (Dh x W*C: chunks c - before .. c + after, circular over the R*Tp places) with their
+  /// positions. Padded positions gather zero vectors (their keys are masked, their queries'
+  /// outputs discarded). Gathering per chunk costs O(W*C*Dh), next to the O(W*C^2*Dh) products.
+  struct ChunkOperands {
+    Matrix<S> q, k, v;
+    std::vector<Index> kpos;
   };
-
-  /// Keys, values and positions of the window of chunk c: chunks c - before .. c + after
-  /// (circular), as contiguous Dh x (W*C) blocks (views into hb, or copies into `scratch` when
-  /// the window wraps).
-  struct Window {
-    const S* k;
-    const S* v;
-    const Index* pos;
-  };
-  Window window(const Plan& pl, const HeadBuffers& hb, Index c, WindowScratch& scratch) const {
-    const Index dh = cfg_.head_size, cl = pl.chunk;
-    const Index first = c - cfg_.chunks_before;
-    if (first >= 0 && c + cfg_.chunks_after < pl.chunks) {
-      return {hb.k.data() + first * cl * dh, hb.v.data() + first * cl * dh,
-              hb.pos.data() + first * cl};
+  void gather_chunk(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v, const HeadBuffers& hb,
+                    Index b, Index h, Index c, ChunkOperands& op) const {
+    const Index dh = cfg_.head_size, cl = pl.chunk, len = pl.length;
+    const auto x = qk.block(h * dh, b * len, dh, len);
+    const auto xv = v.block(h * dh, b * len, dh, len);
+    op.q.resize(dh, cl);
+    op.k.resize(dh, pl.window * cl);
+    op.v.resize(dh, pl.window * cl);
+    op.kpos.resize(at(pl.window * cl));
+    for (Index i = 0; i < cl; ++i) {
+      const Index t = hb.pos[at(c * cl + i)];
+      if (t < len) {
+        op.q.col(i) = x.col(t);
+      } else {
+        op.q.col(i).setZero();
+      }
     }
-    scratch.k.resize(dh, pl.window * cl);
-    scratch.v.resize(dh, pl.window * cl);
-    scratch.pos.resize(at(pl.window * cl));
     for (Index w = 0; w < pl.window; ++w) {
-      const Index src = detail::lsh_mod(first + w, pl.chunks);
-      scratch.k.middleCols(w * cl, cl) = hb.k.middleCols(src * cl, cl);
-      scratch.v.middleCols(w * cl, cl) = hb.v.middleCols(src * cl, cl);
-      std::copy_n(hb.pos.begin() + static_cast<std::ptrdiff_t>(src * cl), cl,
-                  scratch.pos.begin() + static_cast<std::ptrdiff_t>(w * cl));
+      const Index src = detail::lsh_mod(c - cfg_.chunks_before + w, pl.chunks);
+      for (Index j = 0; j < cl; ++j) {
+        const Index t = hb.pos[at(src * cl + j)];
+        const Index col = w * cl + j;
+        op.kpos[at(col)] = t;
+        if (t < len) {
+          op.k.col(col) = hb.keys.col(t);
+          op.v.col(col) = xv.col(t);
+        } else {
+          op.k.col(col).setZero();
+          op.v.col(col).setZero();
+        }
+      }
     }
-    return {scratch.k.data(), scratch.v.data(), scratch.pos.data()};
   }
 
-  /// Per-slot outputs o and logsumexps lse of every chunk of the heads of a wave.
-  void attend_forward(const Plan& pl, const Context& ctx, Index h0,
-                      std::vector<HeadBuffers>& heads) const {
+  /// Per-place outputs o and logsumexps lse of every chunk of the heads of a wave.
+  void attend_forward(const Plan& pl, const Context& ctx, const Matrix<S>& qk, const Matrix<S>& v,
+                      Index h0, Index nh, std::vector<HeadBuffers>& heads) const {
     const Index groups = (pl.chunks + kChunksPerItem - 1) / kChunksPerItem;
-    const Index nh = static_cast<Index>(heads.size());
-    const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl;
-    const Index chunks_per_round = pl.padded / cl;
+    const Index cl = pl.chunk, chunks_per_round = pl.padded / cl;
     parallel_for(nh * groups, [&](Index item) {
       const Index i = item / groups, g = item % groups;
       const Index b = (h0 + i) / cfg_.num_heads, h = (h0 + i) % cfg_.num_heads;
       HeadBuffers& hb = heads[at(i)];
-      ChunkAttentionWorkspace<S> ws(cl, wl);
-      WindowScratch scratch;
+      ChunkAttentionWorkspace<S> ws(cl, pl.window * cl);
+      ChunkOperands op;
       const Index c_end = std::min(pl.chunks, (g + 1) * kChunksPerItem);
       for (Index c = g * kChunksPerItem; c < c_end; ++c) {
-        const Window win = window(pl, hb, c, scratch);
-        const Eigen::Map<const Matrix<S>> kw(win.k, dh, wl), vw(win.v, dh, wl);
-        chunk_attention_forward<S>(hb.q.middleCols(c * cl, cl), kw, vw, hb.pos.data() + c * cl,
-                                   win.pos, options(pl, ctx, b, h, c / chunks_per_round),
+        gather_chunk(pl, qk, v, hb, b, h, c, op);
+        chunk_attention_forward<S>(op.q, op.k, op.v, hb.pos.data() + c * cl, op.kpos.data(),
+                                   options(pl, ctx, b, h, c / chunks_per_round),
                                    hb.o.middleCols(c * cl, cl), hb.lse.data() + c * cl, ws);
       }
     });
@@ -539,49 +532,75 @@ class LshAttention {
   }
 
   /// Backward of every chunk of the heads of a wave, given hb.o = d(o) and hb.lse = d(lse):
-  /// hb.dq (own chunk, overwritten) and hb.dk / hb.dv part w (the window's chunk w).
-  void attend_backward(const Plan& pl, const Context& ctx, Index h0,
-                       std::vector<HeadBuffers>& heads) const {
-    const Index groups = (pl.chunks + kChunksPerItem - 1) / kChunksPerItem;
-    const Index nh = static_cast<Index>(heads.size());
+  /// hb.dq (each chunk's own places, overwritten) and hb.dk / hb.dv (accumulated over the
+  /// windows that contain each place).
+  ///
+  /// Determinism without per-window copies: the chunks c < full = (chunks / W) * W with
+  /// c % W == p form pass p; their windows are disjoint runs of W chunks, so one pass
+  /// accumulates into dk / dv in parallel without two chunks touching the same place. The
+  /// remaining chunks run one after another in a last pass. Every place therefore receives its
+  /// contributions in the same order for any thread count.
+  void attend_backward(const Plan& pl, const Context& ctx, const Matrix<S>& qk, const Matrix<S>& v,
+                       Index h0, Index nh, std::vector<HeadBuffers>& heads) const {
     const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl;
     const Index chunks_per_round = pl.padded / cl;
-    // Every (w, chunk) column block of dk / dv is written by exactly one chunk
-    // (c = chunk + before - w mod chunks), so no zeroing is needed.
     parallel_for(nh, [&](Index i) {
       HeadBuffers& hb = heads[at(i)];
       hb.dq.resize(dh, pl.slots);
-      hb.dk.resize(dh, pl.window * pl.slots);
-      hb.dv.resize(dh, pl.window * pl.slots);
+      hb.dk.setZero(dh, pl.slots);
+      hb.dv.setZero(dh, pl.slots);
     });
-    parallel_for(nh * groups, [&](Index item) {
-      const Index i = item / groups, g = item % groups;
+    struct Scratch {
+      ChunkAttentionWorkspace<S> ws;
+      ChunkOperands op;
+      Matrix<S> dk, dv;  // a wrapped window's gradients, before they are added to their places
+    };
+    auto chunk_backward = [&](Index i, Index c, Scratch& sc) {
       const Index b = (h0 + i) / cfg_.num_heads, h = (h0 + i) % cfg_.num_heads;
       HeadBuffers& hb = heads[at(i)];
-      ChunkAttentionWorkspace<S> ws(cl, wl);
-      WindowScratch scratch;
-      Matrix<S> dkw(dh, wl), dvw(dh, wl);
-      const Index c_end = std::min(pl.chunks, (g + 1) * kChunksPerItem);
-      for (Index c = g * kChunksPerItem; c < c_end; ++c) {
-        const Window win = window(pl, hb, c, scratch);
-        const Eigen::Map<const Matrix<S>> kw(win.k, dh, wl), vw(win.v, dh, wl);
-        dkw.setZero();
-        dvw.setZero();
-        chunk_attention_backward<S>(hb.q.middleCols(c * cl, cl), kw, vw, hb.pos.data() + c * cl,
-                                    win.pos, options(pl, ctx, b, h, c / chunks_per_round),
-                                    hb.o.middleCols(c * cl, cl), hb.lse.data() + c * cl,
-                                    hb.dq.middleCols(c * cl, cl), dkw, dvw, ws);
-        for (Index w = 0; w < pl.window; ++w) {
-          const Index dst = detail::lsh_mod(c - cfg_.chunks_before + w, pl.chunks);
-          hb.dk.middleCols(w * pl.slots + dst * cl, cl) = dkw.middleCols(w * cl, cl);
-          hb.dv.middleCols(w * pl.slots + dst * cl, cl) = dvw.middleCols(w * cl, cl);
-        }
+      gather_chunk(pl, qk, v, hb, b, h, c, sc.op);
+      const ChunkAttentionOptions opts = options(pl, ctx, b, h, c / chunks_per_round);
+      const Index first = c - cfg_.chunks_before;
+      const bool contiguous = first >= 0 && c + cfg_.chunks_after < pl.chunks;
+      if (contiguous) {  // the window's places are consecutive: accumulate in place
+        chunk_attention_backward<S>(
+            sc.op.q, sc.op.k, sc.op.v, hb.pos.data() + c * cl, sc.op.kpos.data(), opts,
+            hb.o.middleCols(c * cl, cl), hb.lse.data() + c * cl, hb.dq.middleCols(c * cl, cl),
+            hb.dk.middleCols(first * cl, wl), hb.dv.middleCols(first * cl, wl), sc.ws);
+        return;
       }
-    });
+      sc.dk.setZero(dh, wl);
+      sc.dv.setZero(dh, wl);
+      chunk_attention_backward<S>(sc.op.q, sc.op.k, sc.op.v, hb.pos.data() + c * cl,
+                                  sc.op.kpos.data(), opts, hb.o.middleCols(c * cl, cl),
+                                  hb.lse.data() + c * cl, hb.dq.middleCols(c * cl, cl), sc.dk,
+                                  sc.dv, sc.ws);
+      for (Index w = 0; w < pl.window; ++w) {
+        const Index dst = detail::lsh_mod(first + w, pl.chunks);
+        hb.dk.middleCols(dst * cl, cl) += sc.dk.middleCols(w * cl, cl);
+        hb.dv.middleCols(dst * cl, cl) += sc.dv.middleCols(w * cl, cl);
+      }
+    };
+    const Index full = pl.chunks / pl.window * pl.window, per_pass = full / pl.window;
+    const Index groups = (per_pass + kChunksPerItem - 1) / kChunksPerItem;
+    for (Index p = 0; p < pl.window && per_pass > 0; ++p) {
+      parallel_for(nh * groups, [&](Index item) {
+        const Index i = item / groups, g = item % groups;
+        Scratch sc;
+        const Index k_end = std::min(per_pass, (g + 1) * kChunksPerItem);
+        for (Index k = g * kChunksPerItem; k < k_end; ++k) chunk_backward(i, k * pl.window + p, sc);
+      });
+    }
+    if (full < pl.chunks) {
+      parallel_for(nh, [&](Index i) {
+        Scratch sc;
+        for (Index c = full; c < pl.chunks; ++c) chunk_backward(i, c, sc);
+      });
+    }
   }
 
-  /// Gathers the sorted gradients of head item hi back to positions (rounds, then window parts,
-  /// in fixed order) and through the key normalisation: dqk = dq + dk/dqk^T dk, dv.
+  /// Gathers the gradients of head item hi back to positions, summing the rounds in order, and
+  /// through the key normalisation: dqk = dq + (dk/dqk)^T dk, and dv.
   void reduce_head(const Plan& pl, Index hi, const HeadBuffers& hb, const Matrix<S>& qk,
                    Matrix<S>& dqk, Matrix<S>& dv) const {
     const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded;
@@ -596,10 +615,8 @@ class LshAttention {
       for (Index r = 0; r < pl.rounds; ++r) {
         const Index s = hb.inverse[at(r * tp + t)];
         dq_t += hb.dq.col(s);
-        for (Index w = 0; w < pl.window; ++w) {
-          dk += hb.dk.col(w * pl.slots + s);
-          dv_t += hb.dv.col(w * pl.slots + s);
-        }
+        dk += hb.dk.col(s);
+        dv_t += hb.dv.col(s);
       }
       detail::lsh_normalize_key_backward<S>(qk.col(b * len + t).segment(h * dh, dh), dk, dq_t);
     }

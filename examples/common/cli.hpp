@@ -43,17 +43,18 @@ inline void show_defaults(CLI::App& app) {
   app.get_formatter()->column_width(34);
 }
 
-/// Validator: an even integer >= 2.
-inline CLI::Validator even_at_least_two() {
+/// Validator: an even integer in [lo, hi].
+inline CLI::Validator even_in_range(long long lo, long long hi) {
   return CLI::Validator(
-      [](std::string& input) -> std::string {
+      [lo, hi](std::string& input) -> std::string {
         long long v = 0;
-        if (!CLI::detail::lexical_cast(input, v) || v < 2 || v % 2 != 0) {
-          return "value " + input + " must be an even integer >= 2";
+        if (!CLI::detail::lexical_cast(input, v) || v < lo || v > hi || v % 2 != 0) {
+          return "value " + input + " must be an even integer in [" + std::to_string(lo) + ", " +
+                 std::to_string(hi) + "]";
         }
         return std::string();
       },
-      "EVEN>=2");
+      "EVEN in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
 }
 
 /// Parses argv into `app` and runs `body()` (returning the exit code). Every exception ends as

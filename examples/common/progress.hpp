@@ -83,12 +83,10 @@ class Progress {
   double elapsed() const { return seconds_since(start_); }
 
   /// Reports that `step` steps are done and `tokens` tokens were processed since construction;
-  /// `metrics` is the text in the middle ("loss 0.81  acc 93.1%"). Draws when it is time to.
+  /// `metrics` is the text in the middle ("loss 0.81  acc 93.1%").
   void update(std::int64_t step, std::int64_t tokens, const std::string& metrics) {
+    if (!due(step)) return;
     const auto now = Clock::now();
-    const bool last = step >= total_steps_;
-    const double since = std::chrono::duration<double>(now - last_draw_).count();
-    if (!last && drawn_ && since < (live_ ? kLiveRedrawSeconds : plain_interval_)) return;
     last_draw_ = now;
     drawn_ = true;
     const std::string text = status(step, tokens, metrics);
@@ -99,6 +97,12 @@ class Progress {
       std::fprintf(out_, "%s\n", text.c_str());
     }
     std::fflush(out_);
+  }
+
+  /// Whether update(step, ...) would draw now (so callers can skip preparing the text).
+  bool due(std::int64_t step) const {
+    if (step >= total_steps_ || !drawn_) return true;
+    return seconds_since(last_draw_) >= (live_ ? kLiveRedrawSeconds : plain_interval_);
   }
 
   /// Prints `text` on its own line (clearing the live line; the next update redraws it).

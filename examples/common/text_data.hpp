@@ -2,7 +2,7 @@
 // Byte-level text data for train_text: a file's bytes are the tokens (vocabulary 256). The last
 // `valid_fraction` of the file is the validation split; training draws random windows from the
 // rest, validation uses consecutive windows from the start of its split.
-#include "common/copy_task.hpp"  // Tok, TokenBatch
+#include "common/batch.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"

@@ -1,0 +1,75 @@
+# ctest: invalid command lines and inputs give a one-line error naming the problem and a
+# non-zero exit code, never a crash or a stack trace.
+# Variables: TRAIN_COPY, TRAIN_TEXT (programs), WORK_DIR (scratch directory).
+include("${CMAKE_CURRENT_LIST_DIR}/check_util.cmake")
+file(REMOVE_RECURSE "${WORK_DIR}")
+file(MAKE_DIRECTORY "${WORK_DIR}")
+file(WRITE "${WORK_DIR}/not_a_checkpoint.safetensors" "this is not a safetensors file")
+file(WRITE "${WORK_DIR}/tiny.txt" "too short")
+
+# expect_failure(<expected exit code> <regex the error must match> <command> <args>...)
+function(expect_failure code pattern)
+  run_example(bad ${ARGN})
+  string(REPLACE ";" " " cmd "${ARGN}")
+  if(NOT "${bad_rc}" STREQUAL "${code}")
+    message(FATAL_ERROR "'${cmd}' exited with '${bad_rc}', expected ${code}\n"
+                        "stdout: ${bad_out}\nstderr: ${bad_err}")
+  endif()
+  string(STRIP "${bad_err}" err)
+  if(err MATCHES "\n")
+    message(FATAL_ERROR "'${cmd}': the error is not one line:\n${bad_err}")
+  endif()
+  if(NOT err MATCHES "^(train_copy|train_text): error: " OR NOT err MATCHES "${pattern}")
+    message(FATAL_ERROR "'${cmd}': the error does not match '${pattern}':\n${bad_err}")
+  endif()
+  if(err MATCHES "terminate called|Aborted|Segmentation")
+    message(FATAL_ERROR "'${cmd}' crashed:\n${bad_err}")
+  endif()
+endfunction()
+
+set(copy "${TRAIN_COPY}")
+set(text "${TRAIN_TEXT}")
+set(out --out-dir "${WORK_DIR}/run")
+# Usage errors: exit code 2.
+expect_failure(2 "--length.*even integer" "${copy}" --length -5 ${out})
+expect_failure(2 "--length.*even integer" "${copy}" --length 129 ${out})
+expect_failure(2 "--buckets.*even" "${copy}" --buckets 7 ${out})
+expect_failure(2 "--attention.*dense" "${copy}" --attention dense ${out})
+expect_failure(2 "--steps" "${copy}" --steps 0 ${out})
+expect_failure(2 "--lr" "${copy}" --lr abc ${out})
+expect_failure(2 "--heads: 3 does not divide --d-model 256" "${copy}" --heads 3 ${out})
+expect_failure(2 "--no-such-flag" "${copy}" --no-such-flag)
+expect_failure(2 "--resume.*does not exist" "${copy}" --resume "${WORK_DIR}/missing.safetensors")
+expect_failure(2 "file.*does not exist" "${text}" "${WORK_DIR}/missing.txt" ${out})
+expect_failure(2 "--top-p" "${text}" "${WORK_DIR}/tiny.txt" --top-p 1.5 ${out})
+expect_failure(2 "--attention.*'rnn'" "${text}" "${WORK_DIR}/tiny.txt" --attention local,rnn ${out})
+expect_failure(2 "file.*required" "${text}" ${out})
+expect_failure(2 "--checkpoint.*--generate" "${text}"
+  --checkpoint "${WORK_DIR}/not_a_checkpoint.safetensors")
+# Run-time errors: exit code 1.
+expect_failure(1 "not_a_checkpoint.safetensors" "${copy}"
+  --resume "${WORK_DIR}/not_a_checkpoint.safetensors")
+expect_failure(1 "not_a_checkpoint.safetensors" "${text}"
+  --checkpoint "${WORK_DIR}/not_a_checkpoint.safetensors" --generate 10)
+expect_failure(1 "tiny.txt.*too short" "${text}" "${WORK_DIR}/tiny.txt" ${out})
+
+# --help documents every flag with its default.
+run_example(help "${copy}" --help)
+expect_success(help "train_copy --help")
+foreach(flag --attention --hashes --length --layers --d-model --heads --steps --batch --lr --seed
+             --threads --paper --resume --out-dir)
+  if(NOT help_out MATCHES "${flag}")
+    message(FATAL_ERROR "train_copy --help does not document ${flag}:\n${help_out}")
+  endif()
+endforeach()
+if(NOT help_out MATCHES "--length[^\n]*=256")
+  message(FATAL_ERROR "train_copy --help does not show the default of --length:\n${help_out}")
+endif()
+run_example(help "${text}" --help)
+expect_success(help "train_text --help")
+foreach(flag --resume --generate --prompt --temperature --top-k --top-p --checkpoint)
+  if(NOT help_out MATCHES "${flag}")
+    message(FATAL_ERROR "train_text --help does not document ${flag}:\n${help_out}")
+  endif()
+endforeach()
+message(STATUS "invalid arguments: all rejected with one-line errors")

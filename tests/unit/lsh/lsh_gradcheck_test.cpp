@@ -93,6 +93,16 @@ TEST(LshGradcheckExtra, LookAheadAndTwoChunksBefore) {
   run_gradcheck(gc);
 }
 
+TEST(LshGradcheckExtra, WindowWiderThanTheRingOfChunks) {
+  // 2 sorted chunks, window of 4 (2 before, 1 after): chunks appear twice in a window.
+  GradcheckCase gc{1, 8, 2, false};
+  gc.before = 2;
+  gc.after = 1;
+  run_gradcheck(gc);
+  gc.causal = true;
+  run_gradcheck(gc);
+}
+
 TEST(LshGradcheckExtra, WithAttentionDropout) {
   GradcheckCase gc{2, 12, 2, true};
   gc.dropout = 0.3;

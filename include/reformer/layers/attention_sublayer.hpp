@@ -53,7 +53,9 @@ class AttentionSublayer {
   using Config = AttentionSublayerConfig<CoreConfig>;
 
   /// Registers `<prefix>layer_norm.*`, the core's `<prefix>self_attention.*` and
-  /// `<prefix>output.dense.weight` in `params`. Throws InvalidArgument on a bad config.
+  /// `<prefix>output.dense.weight` in `params`. Throws InvalidArgument on a bad config: the
+  /// wrapper's own fields are checked before anything is registered, the core's when the core is
+  /// constructed (after the LayerNorm slots), so build into a store you discard on failure.
   AttentionSublayer(const Config& cfg, Parameters<S>& params, const std::string& prefix = "")
       : cfg_(validated(cfg)),
         ln_weight_(params.add(prefix + "layer_norm.weight", {cfg.hidden_size})),
@@ -79,7 +81,7 @@ class AttentionSublayer {
     core_.init(params, rng.derive(1), std);
   }
 
-  /// y = f(x). x and y are D x (ctx.batch * T).
+  /// y = f(x). x and y are D x (ctx.batch * T); y must not alias x.
   void forward(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
                const Context& ctx) const {
     const char* where = "AttentionSublayer::forward";
@@ -96,7 +98,7 @@ class AttentionSublayer {
   }
 
   /// Recomputes f from x, writes dx = (df/dx)^T dy and fx = f(x), accumulates the parameter
-  /// gradients into params.grads().
+  /// gradients into params.grads(). dx and fx must not alias x or dy.
   void backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
                 MatrixRef<S> fx, const Context& ctx) const {
     const char* where = "AttentionSublayer::backward";

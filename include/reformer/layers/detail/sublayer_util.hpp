@@ -18,6 +18,7 @@
 #include "reformer/ops/layer_norm.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 namespace reformer {
@@ -167,7 +168,8 @@ void dropout_parallel(const Rng& rng, double p, Index c0, ConstMatrixRef<S> in, 
 /// values of `slot` = std * normal draws of `rng` (draw i = flat element i of the slot).
 template <class S>
 void init_normal(Parameters<S>& params, SlotId slot, const Rng& rng, double std) {
-  REFORMER_REQUIRE(std >= 0, InvalidArgument, "init", "std = ", std, " must be non-negative");
+  REFORMER_REQUIRE(std >= 0 && std::isfinite(std), InvalidArgument, "init", "std = ", std, " for '",
+                   params.slot(slot).name, "' must be finite and non-negative");
   auto v = params.value_vector(slot);
   for (Index i = 0; i < v.size(); ++i) {
     v[i] = static_cast<S>(std * rng.normal(static_cast<std::uint64_t>(i)));

@@ -23,6 +23,9 @@ for arg in "$@"; do
 done
 
 ensure_packages "${REFORMER_PACKAGES[@]}"
+# ctest runs two test programs at once on two cores: OpenMP threads that spin while waiting would
+# steal the other program's core, so let idle threads sleep (results do not depend on it).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 jobs=$(reformer_jobs)
 
 run_preset() {

@@ -22,11 +22,17 @@
 // replays them when ctx.replay_buckets is set. backward always replays: it never re-hashes.
 // Short sequences (T <= C) do not hash; their tape is cleared and never read.
 //
-// Work and memory: heads (sequence, head) are processed in waves whose size depends only on the
+// Dropout on the attention probabilities (training only) is keyed by
+// ctx.rng(stream::kAttentionProbsDropout).derive(b).derive(h).derive(round of the query), draw
+// index query position * Tp + key position, so backward sees the forward's mask.
+//
+// Work and memory: (sequence, head) pairs are processed in waves whose size depends only on the
 // shapes; inside a wave every phase is a parallel_for over fixed items (heads or groups of
 // chunks), each writing its own slice, so results are bitwise identical for any thread count.
-// Per head the buffers are O(R * Tp * Dh) (sorted q, k, v, outputs and their gradients); per
-// work item O(C^2) scores. No T x T and no all-chunks score buffer is ever formed.
+// Each chunk gathers its queries and its window's keys and values on the fly (O(W*C*Dh) copies
+// next to O(W*C^2*Dh) products). Per head the buffers are O(R*Tp*Dh): the per-place outputs,
+// and in backward the per-place gradients of queries, keys and values; per work item O(C^2)
+// scores. No T x T and no all-chunks (R*T x W*C) score buffer is ever formed.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
@@ -42,6 +48,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <vector>
@@ -653,16 +660,17 @@ class LshAttention {
       std::vector<Index> pos(at(len));
       for (Index t = 0; t < len; ++t) pos[at(t)] = t;
       ChunkAttentionWorkspace<S> ws(len, len);
-      const ChunkAttentionOptions opts = options(pl, ctx, b, h, 0);
-      chunk_attention_forward<S>(x, keys, xv, pos.data(), pos.data(), opts,
-                                 a.block(h * dh, b * len, dh, len), static_cast<S*>(nullptr), ws);
       Matrix<S> dk = Matrix<S>::Zero(dh, len);
       auto dq = dqk.block(h * dh, b * len, dh, len);
       auto dvb = dv.block(h * dh, b * len, dh, len);
       dvb.setZero();
-      chunk_attention_backward<S>(x, keys, xv, pos.data(), pos.data(), opts,
-                                  da.block(h * dh, b * len, dh, len),
-                                  static_cast<const S*>(nullptr), dq, dk, dvb, ws);
+      // One pass: the recomputed output a (no round combination depends on it here) and the
+      // gradients of queries, keys and values.
+      chunk_attention_forward_backward<S>(
+          x, keys, xv, pos.data(), pos.data(), options(pl, ctx, b, h, 0),
+          da.block(h * dh, b * len, dh, len), static_cast<const S*>(nullptr),
+          a.block(h * dh, b * len, dh, len), dq, dk, dvb, ws);
+      // k = normalise(qk)  =>  dqk += (dk/dqk)^T dk
       for (Index t = 0; t < len; ++t)
         detail::lsh_normalize_key_backward<S>(x.col(t), dk.col(t), dq.col(t));
     });

@@ -86,20 +86,29 @@ reformer::LshAttentionConfig core_config(const AttentionShape& s, reformer::LshA
   return c;
 }
 
-/// Dense attention holds T x T scores per work item in flight (two in backward).
-double dense_bytes(Index t, bool backward) {
-  const double items = std::min<double>(reformer::num_threads(), double(kHeads));
-  return items * (backward ? 2.0 : 1.0) * double(t) * double(t) * sizeof(float);
+/// Rough memory need of one benchmark instance, to skip points that cannot fit. Per token, in
+/// floats: the benchmark's x, y (+ dy, dx, fx), the sublayer's LayerNorm output, core output and
+/// projections with their gradients in backward (about 9 D-sized columns), and per LSH slot the
+/// sorted q, k, v, o (+ dq and the window parts of dk, dv) of the head being processed. Dense
+/// attention adds T x T scores per work item in flight (two in backward).
+double estimated_bytes(const AttentionShape& s, Index t, bool backward) {
+  const double td = double(t), d = double(s.hidden), f = sizeof(float);
+  double bytes = td * d * f * (backward ? 5.0 + 9.0 : 2.0 + 4.0);
+  if (s.kind == AttentionKind::kLsh) {
+    const double slot_floats = double(s.head_size) * (backward ? 9.0 : 4.0) + 6.0;
+    bytes += double(s.rounds) * td * slot_floats * f;
+  } else if (s.kind == AttentionKind::kFull) {
+    const double items = std::min<double>(reformer::num_threads(), double(s.heads));
+    bytes += items * (backward ? 2.0 : 1.0) * td * td * f;
+  }
+  return bytes;
 }
 
 template <class Core>
 void attention(benchmark::State& state, AttentionKind kind, Index rounds, bool backward) {
   const Index t = state.range(0);
-  if (kind == AttentionKind::kFull &&
-      reformer_bench::skip_if_memory_short(state, dense_bytes(t, backward))) {
-    return;
-  }
   const AttentionShape shape = shape_of(kind, rounds, t);
+  if (reformer_bench::skip_if_memory_short(state, estimated_bytes(shape, t, backward))) return;
   reformer_bench::PeakMeter peak;
 
   reformer::Parameters<float> params;
@@ -108,8 +117,12 @@ void attention(benchmark::State& state, AttentionKind kind, Index rounds, bool b
   layer.init(params, reformer::Rng(1), 0.02);
   std::srand(7);
   const reformer::Matrix<float> x = reformer::Matrix<float>::Random(kHidden, t);
-  const reformer::Matrix<float> dy = reformer::Matrix<float>::Random(kHidden, t);
-  reformer::Matrix<float> y(kHidden, t), dx(kHidden, t), fx(kHidden, t);
+  reformer::Matrix<float> y(kHidden, t), dy, dx, fx;
+  if (backward) {
+    dy = reformer::Matrix<float>::Random(kHidden, t);
+    dx.resize(kHidden, t);
+    fx.resize(kHidden, t);
+  }
   reformer::BucketTape tape;
 
   reformer::Context ctx;

@@ -8,6 +8,7 @@
 //
 //   long_context [--length=1048576] [--layers=lsh,local] [--hashes=2] [--threads=N]
 //                [--ffn_chunk=1024] [--steps=1] [--stored] [--max_gib=G] [--json=FILE]
+//                [--malloc=system]
 //
 // --max_gib caps the process's address space (RLIMIT_AS): past it an allocation throws
 // std::bad_alloc and the program reports the failure instead of inviting the kernel's OOM killer
@@ -45,6 +46,7 @@ struct Args {
   Index ffn_chunk = 1024;
   Index steps = 1;
   bool stored = false;
+  bool keep_freed_memory = true;
   double max_gib = 0;
   std::string json;
 };
@@ -77,6 +79,10 @@ Args parse(int argc, char** argv) {
       a.max_gib = std::strtod(v, nullptr);
     } else if (const char* v = flag_value(s, "json")) {
       a.json = v;
+    } else if (s == "--malloc=system") {
+      a.keep_freed_memory = false;
+    } else if (s == "--malloc=keep") {
+      a.keep_freed_memory = true;
     } else if (s == "--stored") {
       a.stored = true;
     } else {
@@ -102,6 +108,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "long_context: %s\n", e.what());
     return 2;
   }
+  if (args.keep_freed_memory) reformer_bench::keep_freed_memory();
   if (args.max_gib > 0) {
     rlimit lim{};
     lim.rlim_cur = lim.rlim_max = static_cast<rlim_t>(args.max_gib * double(1ull << 30));
@@ -178,7 +185,8 @@ int main(int argc, char** argv) {
     std::ofstream out(args.json);
     out << "{\n  \"context\": {\"program\": \"long_context\", \"cpu_model\": \""
         << reformer_bench::cpu_model() << "\", \"threads\": " << reformer::num_threads()
-        << ", \"products\": \"" << reformer_bench::product_backend() << "\"},\n"
+        << ", \"products\": \"" << reformer_bench::product_backend() << "\", \"malloc\": \""
+        << (args.keep_freed_memory ? "keep freed memory" : "system") << "\"},\n"
         << "  \"long_context\": {\"length\": " << m.length << ", \"layers\": \"";
     for (std::size_t i = 0; i < m.layers.size(); ++i) out << (i ? "," : "") << m.layers[i];
     out << "\", \"hashes\": " << m.hashes << ", \"backward\": \""

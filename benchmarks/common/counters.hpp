@@ -8,31 +8,51 @@
 //   peak_bytes        peak resident memory of the process during the benchmark (VmHWM)
 //   peak_extra_bytes  peak_bytes minus the resident memory when the benchmark started
 //   threads           library threads
+//   faults            minor page faults per timed iteration (memory freshly mapped and zeroed
+//                     by the kernel; 0 in a steady state that reuses its memory)
 #include "memory.hpp"
 
 #include <benchmark/benchmark.h>
 #include <reformer/core/threading.hpp>
 
+#include <sys/resource.h>
+
 #include <chrono>
 
 namespace reformer_bench {
 
-/// Sums the wall time of the timed sections of one benchmark run.
+/// Minor page faults of the process so far.
+inline double minor_faults() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_minflt);
+}
+
+/// Sums the wall time and the page faults of the timed sections of one benchmark run.
 class WallClock {
  public:
-  void start() { t0_ = Clock::now(); }
-  void stop() { seconds_ += std::chrono::duration<double>(Clock::now() - t0_).count(); }
+  void start() {
+    faults0_ = minor_faults();
+    t0_ = Clock::now();
+  }
+  void stop() {
+    seconds_ += std::chrono::duration<double>(Clock::now() - t0_).count();
+    faults_ += minor_faults() - faults0_;
+  }
   double seconds() const { return seconds_; }
+  double faults() const { return faults_; }
 
  private:
   using Clock = std::chrono::steady_clock;
   Clock::time_point t0_{};
-  double seconds_ = 0;
+  double seconds_ = 0, faults_ = 0, faults0_ = 0;
 };
 
-/// Times `work()` once per benchmark iteration.
+/// Times `work()` once per benchmark iteration, after one untimed warm-up call (the first call
+/// touches fresh memory and is slower than the steady state a training run sees).
 template <class Work>
 WallClock time_iterations(benchmark::State& state, Work&& work) {
+  work();
   WallClock clock;
   for (auto _ : state) {
     clock.start();
@@ -55,6 +75,7 @@ inline void report(benchmark::State& state, const WallClock& clock, double token
   state.counters["peak_extra_bytes"] = C(double(peak.extra()), C::kDefaults, C::kIs1024);
   state.counters["peak_reset"] = C(peak.reset_ok() ? 1 : 0);
   state.counters["threads"] = C(reformer::num_threads());
+  state.counters["faults"] = C(clock.faults() / (iters > 0 ? iters : 1));
 }
 
 /// Skips the benchmark (with a message naming the need) when it would need more than 70% of

@@ -75,6 +75,20 @@ class PeakMeter {
   std::size_t baseline_;
 };
 
+/// Makes glibc's malloc keep freed memory for reuse instead of returning it to the kernel after
+/// every free (no mmap'd blocks, no heap trimming, the heap grows in 64 MiB steps). The library
+/// allocates its work buffers per call; with the default policy every training step pays page
+/// faults and the zeroing of fresh pages for memory it frees and allocates again moments later
+/// (the example programs do the same, examples/common/allocator.hpp). The benchmarks use it
+/// unless --malloc=system; reset_peak() still hands free pages back before each measurement.
+inline void keep_freed_memory() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 64 << 20);
+#endif
+}
+
 inline double gib(std::size_t bytes) { return double(bytes) / double(std::size_t{1} << 30); }
 inline double mib(std::size_t bytes) { return double(bytes) / double(std::size_t{1} << 20); }
 

@@ -10,6 +10,8 @@
 //   --ffn_chunk=N    tokens per feed-forward chunk in the model benchmarks (0 = unchunked)
 //   --dropout=P      hidden / attention dropout of the model benchmarks (default 0)
 //   --no_gemm        leave out the GEMM reference family
+//   --malloc=system  glibc's default allocation policy instead of keeping freed memory
+//                    (keep_freed_memory in common/memory.hpp)
 // A program may accept more integer flags of its own (Options::extra, e.g. model_step's
 // --depth_t); any other flag goes to Google Benchmark, which rejects what it does not know.
 #include "memory.hpp"
@@ -29,7 +31,6 @@
 #include <vector>
 
 #if defined(REFORMER_OPENBLAS)
-extern "C" void openblas_set_num_threads(int num_threads);
 extern "C" char* openblas_get_config(void);
 #endif
 
@@ -42,6 +43,7 @@ struct Options {
   reformer::Index ffn_chunk = 1024;
   double dropout = 0.0;
   bool gemm = true;
+  bool keep_freed_memory = true;
   std::map<std::string, reformer::Index> extra;  ///< the program's own integer flags
 
   /// A program flag's value (its default when not given).
@@ -102,6 +104,12 @@ inline Options parse_options(int& argc, char** argv,
       o.long_range = true;
     } else if (a == "--no_gemm") {
       o.gemm = false;
+    } else if (const char* v = flag_value(a, "malloc")) {
+      const std::string policy = v;
+      if (policy != "keep" && policy != "system") {
+        throw std::invalid_argument("--malloc=" + policy + ": expected keep or system");
+      }
+      o.keep_freed_memory = policy == "keep";
     } else {
       if (a == "--help") {
         std::printf(
@@ -112,7 +120,8 @@ inline Options parse_options(int& argc, char** argv,
             "  --long         long ranges (T up to 2^20)\n"
             "  --ffn_chunk=N  tokens per feed-forward chunk of the models (default 1024)\n"
             "  --dropout=P    dropout of the models (default 0)\n"
-            "  --no_gemm      leave out the GEMM reference\n%s\n"
+            "  --no_gemm      leave out the GEMM reference\n"
+            "  --malloc=P     keep (default: freed memory kept for reuse) or system\n%s\n"
             "Google Benchmark options follow.\n",
             usage_extra);
       }
@@ -156,11 +165,11 @@ inline const char* product_backend() {
 
 /// Sets the library's thread count and records the run's context in the benchmark output.
 inline void apply_options(Options& o) {
+  if (o.keep_freed_memory) keep_freed_memory();
   if (o.threads <= 0) o.threads = static_cast<int>(std::thread::hardware_concurrency());
   if (o.threads <= 0) o.threads = 1;
-  reformer::set_num_threads(o.threads);
+  reformer::set_num_threads(o.threads);  // also keeps OpenBLAS's own threads off
 #if defined(REFORMER_OPENBLAS)
-  openblas_set_num_threads(1);  // our parallel loops own the threads (deterministic products)
   benchmark::AddCustomContext("openblas", openblas_get_config());
 #endif
   benchmark::AddCustomContext("reformer_version", REFORMER_VERSION_STRING);
@@ -175,6 +184,7 @@ inline void apply_options(Options& o) {
   benchmark::AddCustomContext("products", product_backend());
   benchmark::AddCustomContext("ffn_chunk", std::to_string(o.ffn_chunk));
   benchmark::AddCustomContext("dropout", std::to_string(o.dropout));
+  benchmark::AddCustomContext("malloc", o.keep_freed_memory ? "keep freed memory" : "system");
 }
 
 /// The main() of a benchmark program: `register_all(options)` registers its families.

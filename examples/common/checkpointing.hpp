@@ -27,9 +27,8 @@ template <class Model, class S>
 void save_run_checkpoint(const std::string& path, const Model& model, const Adam<S>& opt,
                          const nlohmann::json& run) {
   io::SafetensorsWriter w;
-  io::detail::add_parameters(w, "save_run_checkpoint", model.parameters(),
-                             config_to_json_string(model.config()), io::dtype_of<S>());
-  io::detail::add_optimizer(w, "save_run_checkpoint", opt, model.parameters());
+  io::add_parameters(w, model.parameters(), config_to_json_string(model.config()));
+  io::add_optimizer_state(w, opt, model.parameters());
   w.set_metadata(kRunMetadataKey, run.dump());
   w.write(path);
 }

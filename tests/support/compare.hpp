@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 namespace reformer::test {
 
@@ -13,6 +14,15 @@ template <class A, class B>
 double relative_error(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
   const double scale = std::max(static_cast<double>(b.cwiseAbs().maxCoeff()), 1e-300);
   return static_cast<double>((a - b).cwiseAbs().maxCoeff()) / scale;
+}
+
+/// True when a and b have the same size and the same bits.
+template <class S>
+bool bitwise_equal(const Eigen::Matrix<S, Eigen::Dynamic, 1>& a,
+                   const Eigen::Matrix<S, Eigen::Dynamic, 1>& b) {
+  return a.size() == b.size() &&
+         (a.size() == 0 ||
+          std::memcmp(a.data(), b.data(), sizeof(S) * static_cast<std::size_t>(a.size())) == 0);
 }
 
 }  // namespace reformer::test

@@ -41,11 +41,11 @@ struct BucketTape {
 
 /// Per-call context of a sublayer. Plain data; cheap to copy.
 struct Context {
-  Index batch = 1;           ///< x holds `batch` sequences of equal length side by side
-  bool training = false;     ///< dropout active
-  std::uint64_t seed = 0;    ///< model seed
-  std::uint64_t step = 0;    ///< training step: new LSH rotations and dropout masks each step
-  std::uint32_t layer = 0;   ///< layer index, part of every RNG key
+  Index batch = 1;          ///< x holds `batch` sequences of equal length side by side
+  bool training = false;    ///< dropout active
+  std::uint64_t seed = 0;   ///< model seed
+  std::uint64_t step = 0;   ///< training step: new LSH rotations and dropout masks each step
+  std::uint32_t layer = 0;  ///< layer index, part of every RNG key
 
   /// LSH bucket tape owned by the caller (may be null). forward(): when `replay_buckets` is set
   /// the tape's buckets are used instead of hashing, otherwise the layer hashes and, if the tape
@@ -60,8 +60,7 @@ struct Context {
 
   /// Sequence length implied by an activation matrix with `cols` columns.
   Index length(const char* where, Index cols) const {
-    REFORMER_REQUIRE(batch >= 1, InvalidArgument, where, "ctx.batch = ", batch,
-                     " must be >= 1");
+    REFORMER_REQUIRE(batch >= 1, InvalidArgument, where, "ctx.batch = ", batch, " must be >= 1");
     REFORMER_REQUIRE(cols % batch == 0 && cols > 0, InvalidArgument, where, "x.cols() = ", cols,
                      " is not a positive multiple of ctx.batch = ", batch);
     return cols / batch;

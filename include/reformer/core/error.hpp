@@ -68,9 +68,9 @@ inline void check_shape(const char* where, const char* arg, Index actual_rows, I
 }  // namespace reformer
 
 /// Throws `E` with a message built from the remaining arguments unless `cond` holds.
-#define REFORMER_REQUIRE(cond, E, where, ...)                  \
-  do {                                                         \
-    if (!(cond)) ::reformer::raise<E>(where, __VA_ARGS__);     \
+#define REFORMER_REQUIRE(cond, E, where, ...)              \
+  do {                                                     \
+    if (!(cond)) ::reformer::raise<E>(where, __VA_ARGS__); \
   } while (0)
 
 #if defined(REFORMER_ENABLE_ASSERTS)

@@ -41,8 +41,8 @@ class Parameters {
   /// extent positive. Adding invalidates previously created maps (the vectors may reallocate).
   SlotId add(const std::string& name, std::vector<Index> shape) {
     REFORMER_REQUIRE(!name.empty(), InvalidArgument, "Parameters::add", "name must not be empty");
-    REFORMER_REQUIRE(by_name_.count(name) == 0, InvalidArgument, "Parameters::add",
-                     "name '", name, "' is already registered");
+    REFORMER_REQUIRE(by_name_.count(name) == 0, InvalidArgument, "Parameters::add", "name '", name,
+                     "' is already registered");
     REFORMER_REQUIRE(!shape.empty(), InvalidArgument, "Parameters::add", "shape of '", name,
                      "' must have at least one extent");
     Index size = 1;

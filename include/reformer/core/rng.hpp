@@ -15,16 +15,17 @@ namespace reformer {
 
 /// Stream tags: the second-to-last component of a key, naming what the randomness is for.
 namespace stream {
-inline constexpr std::uint64_t kLshRotation = 1;          // LSH random rotations
+inline constexpr std::uint64_t kLshRotation = 1;            // LSH random rotations
 inline constexpr std::uint64_t kAttentionProbsDropout = 2;  // dropout on attention probabilities
-inline constexpr std::uint64_t kAttentionOutputDropout = 3; // dropout after the attention output dense
+inline constexpr std::uint64_t kAttentionOutputDropout =
+    3;  // dropout after the attention output dense
 inline constexpr std::uint64_t kFeedForwardActDropout = 4;  // dropout after W1 (before activation)
 inline constexpr std::uint64_t kFeedForwardOutputDropout = 5;  // dropout after W2
-inline constexpr std::uint64_t kEmbeddingDropout = 6;       // dropout on word embeddings
-inline constexpr std::uint64_t kPositionDropout = 7;        // dropout on position embeddings
-inline constexpr std::uint64_t kInit = 8;                   // parameter initialisation
-inline constexpr std::uint64_t kData = 9;                   // example data generation
-inline constexpr std::uint64_t kEncoderOutputDropout = 10;  // dropout after the final LayerNorm
+inline constexpr std::uint64_t kEmbeddingDropout = 6;          // dropout on word embeddings
+inline constexpr std::uint64_t kPositionDropout = 7;           // dropout on position embeddings
+inline constexpr std::uint64_t kInit = 8;                      // parameter initialisation
+inline constexpr std::uint64_t kData = 9;                      // example data generation
+inline constexpr std::uint64_t kEncoderOutputDropout = 10;     // dropout after the final LayerNorm
 }  // namespace stream
 
 /// SplitMix64's finaliser: a bijective 64-bit mixer with full avalanche.

@@ -16,11 +16,21 @@
 #include <omp.h>
 #endif
 
+#if defined(REFORMER_OPENBLAS)
+// Built with OpenBLAS behind Eigen's products (CMake REFORMER_USE_BLAS): its own threads stay off.
+extern "C" int openblas_get_num_threads(void);
+extern "C" void openblas_set_num_threads(int num_threads);
+#endif
+
 namespace reformer {
 
-/// Keeps Eigen's internal GEMM threading off (our parallel loops own the threads).
+/// Keeps Eigen's internal GEMM threading off (our parallel loops own the threads), and
+/// OpenBLAS's when Eigen's products go to it (REFORMER_OPENBLAS).
 inline void ensure_eigen_single_threaded() {
   if (Eigen::nbThreads() != 1) Eigen::setNbThreads(1);
+#if defined(REFORMER_OPENBLAS)
+  if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+#endif
 }
 
 /// Sets the number of threads the library's parallel loops use (n >= 1). Without a call the

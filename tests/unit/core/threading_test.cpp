@@ -1,6 +1,6 @@
+#include "reformer/core/threading.hpp"
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
-#include "reformer/core/threading.hpp"
 
 #include <gtest/gtest.h>
 

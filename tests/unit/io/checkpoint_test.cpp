@@ -3,6 +3,8 @@
 // bit-identical resumed training run.
 #include "reformer/io/checkpoint.hpp"
 
+#include "support/compare.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -32,11 +34,7 @@ Parameters<S> make_store(double phase = 0.0) {
   return p;
 }
 
-template <class S>
-bool bitwise_equal(const Vector<S>& a, const Vector<S>& b) {
-  return a.size() == b.size() &&
-         (a.size() == 0 || std::memcmp(a.data(), b.data(), sizeof(S) * a.size()) == 0);
-}
+using test::bitwise_equal;
 
 class Checkpoint : public ::testing::Test {
  protected:

@@ -50,10 +50,7 @@ std::vector<Token> tiny_tokens() {
   return t;
 }
 
-template <class S>
-bool bitwise_equal(const Vector<S>& a, const Vector<S>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(S) * a.size()) == 0;
-}
+using test::bitwise_equal;
 
 class ModelCheckpoint : public ::testing::Test {
  protected:

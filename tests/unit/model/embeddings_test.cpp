@@ -14,6 +14,8 @@
 namespace reformer {
 namespace {
 
+using test::message_of;
+
 ReformerConfig small_config(bool axial) {
   ReformerConfig cfg;
   cfg.vocab_size = 7;
@@ -149,15 +151,6 @@ TEST(Embeddings, InferenceIgnoresDropout) {
   m.emb.forward(m.params, kTokens, b, ctx);
   EXPECT_EQ(a, b);
   EXPECT_EQ((a.array() == 0).count(), 0);
-}
-
-std::string message_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const InvalidArgument& e) {
-    return e.what();
-  }
-  return "no exception";
 }
 
 TEST(Embeddings, RejectsBadTokens) {

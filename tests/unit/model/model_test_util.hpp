@@ -83,13 +83,25 @@ double gradient_error(const Eigen::MatrixBase<A>& g, const Eigen::MatrixBase<B>&
 
 }  // namespace reformer::test
 
+#include "reformer/core/error.hpp"
 #include "reformer/core/threading.hpp"
 #include "reformer/model/config.hpp"
 #include "reformer/ops/tokens.hpp"
 
+#include <functional>
 #include <vector>
 
 namespace reformer::test {
+
+/// The message of the InvalidArgument `fn` throws ("no InvalidArgument" when it throws none).
+inline std::string message_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const InvalidArgument& e) {
+    return e.what();
+  }
+  return "no InvalidArgument";
+}
 
 /// Restores the library's thread count when the scope ends.
 class ThreadCountGuard {

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+// The aligned comments are part of the README:
+// clang-format off
 // [readme-lsh-begin]
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/lsh_attention.hpp"
@@ -38,6 +40,7 @@ void lsh_example(Matrix<float>& y, Matrix<float>& dx, BucketTape& buckets) {
   attention.backward(params, x, dy, dx, fx, ctx);  // dx = J^T dy, params.grads() += ...
 }
 // [readme-lsh-end]
+// clang-format on
 
 TEST(Readme, LshExampleRunsAndRecordsBuckets) {
   Matrix<float> y, dx;

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The full benchmark measurement behind the README's Benchmarks section: builds the benchmark
+# programs (Release, -march=native), runs each with repetitions (medians in the JSON), runs the
+# long-context step, and regenerates the plots and the summary of the targets.
+#
+#   bash scripts/run_benchmarks.sh [--long] [--wait-quiet] [--reps N] [--threads N]
+#                                  [--build DIR] [--out DIR] [--blas]
+#
+#   --long        also the long ranges: attention up to T = 2^20 (points that do not fit in
+#                 the available memory are skipped) and the long-context 2^20-token step
+#   --wait-quiet  before each program, wait until the 1-minute load average is below 1.5
+#                 (timings on a loaded machine are meaningless)
+#   --reps N      repetitions per benchmark (default 3; the median is reported)
+#   --threads N   library threads (default: all cores)
+#   --build DIR   build directory (default build/bench)
+#   --out DIR     results directory (default benchmarks/results)
+#   --blas        build with -DREFORMER_USE_BLAS=ON (Eigen's products through OpenBLAS)
+#
+# Results: <out>/{attention_scaling,model_step,figure5}.json (Google Benchmark JSON),
+# <out>/long_context*.json, <out>/*.png and <out>/summary.md (targets, headline tables).
+# The default run (without --long) takes about 20-30 minutes on 2 cores.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="$root/build/bench"
+out="$root/benchmarks/results"
+reps=3
+threads=0
+long=0
+wait_quiet=0
+blas=OFF
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --long) long=1 ;;
+    --wait-quiet) wait_quiet=1 ;;
+    --reps) reps="$2"; shift ;;
+    --threads) threads="$2"; shift ;;
+    --build) build="$2"; shift ;;
+    --out) out="$2"; shift ;;
+    --blas) blas=ON ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    *) echo "run_benchmarks.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+python=/usr/bin/python3
+if ! "$python" -c "import matplotlib" 2>/dev/null; then
+  echo "run_benchmarks.sh: $python cannot import matplotlib (apt-get install python3-matplotlib)" >&2
+  exit 1
+fi
+
+wait_for_quiet() {
+  [[ $wait_quiet == 1 ]] || return 0
+  while true; do
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    if awk -v l="$load" 'BEGIN { exit !(l < 1.5) }'; then return 0; fi
+    echo "  load average $load >= 1.5, waiting..."
+    sleep 60
+  done
+}
+
+echo "== build ($build, REFORMER_USE_BLAS=$blas)"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DREFORMER_NATIVE=ON \
+  -DREFORMER_BUILD_BENCHMARKS=ON -DREFORMER_USE_BLAS="$blas" >/dev/null
+cmake --build "$build" --target attention_scaling model_step figure5 long_context -j"$(nproc)"
+bin="$build/benchmarks"
+mkdir -p "$out"
+
+common=(--benchmark_repetitions="$reps" --benchmark_report_aggregates_only=true
+        --benchmark_out_format=json)
+[[ $threads != 0 ]] && common+=(--threads="$threads")
+
+run() {  # run <program> <json name> [args...]
+  local prog="$1" name="$2"
+  shift 2
+  wait_for_quiet
+  echo "== $prog $*  (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  "$bin/$prog" "${common[@]}" --benchmark_out="$out/$name.json" "$@"
+}
+
+if [[ $long == 1 ]]; then
+  run attention_scaling attention_scaling --long
+else
+  run attention_scaling attention_scaling
+fi
+run model_step model_step
+run figure5 figure5
+
+long_jsons=()
+if [[ $long == 1 ]]; then
+  # The 2^20 step, capped at 90% of the memory available now (fails cleanly past it), and the
+  # same model at shorter lengths to show how time and memory grow.
+  avail_kib=$(awk '/MemAvailable/ { print $2 }' /proc/meminfo)
+  cap=$(awk -v k="$avail_kib" 'BEGIN { printf "%.1f", 0.9 * k / 1048576 }')
+  lc_threads=()
+  [[ $threads != 0 ]] && lc_threads=(--threads="$threads")
+  for log2 in 16 17 18 20; do
+    wait_for_quiet
+    json="$out/long_context_2e$log2.json"
+    echo "== long_context T=2^$log2 (address space cap $cap GiB)"
+    if "$bin/long_context" --length=$((1 << log2)) --max_gib="$cap" --json="$json" \
+        "${lc_threads[@]}"; then
+      long_jsons+=("$json")
+    else
+      echo "   T=2^$log2 did not complete (see above)"
+    fi
+  done
+fi
+
+"$python" "$root/scripts/plot_benchmarks.py" --out "$out" --summary "$out/summary.md" \
+  "$out/attention_scaling.json" "$out/model_step.json" "$out/figure5.json" "${long_jsons[@]}"
+echo "== summary: $out/summary.md"
+cat "$out/summary.md"

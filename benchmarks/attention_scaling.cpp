@@ -89,18 +89,14 @@ reformer::LshAttentionConfig core_config(const AttentionShape& s, reformer::LshA
 /// Rough memory need of one benchmark instance, to skip points that cannot fit. Per token, in
 /// floats: the benchmark's x, y (+ dy, dx, fx), the sublayer's LayerNorm output, core output and
 /// projections with their gradients in backward (about 9 D-sized columns), and per LSH slot the
-/// sorted q, k, v, o (+ dq and the window parts of dk, dv) of the head being processed. Dense
-/// attention adds T x T scores per work item in flight (two in backward).
+/// sorted q, k, v, o (+ dq and the window parts of dk, dv) of the head being processed.
 double estimated_bytes(const AttentionShape& s, Index t, bool backward) {
   const double td = double(t), d = double(s.hidden), f = sizeof(float);
   double bytes = td * d * f * (backward ? 5.0 + 9.0 : 2.0 + 4.0);
   if (s.kind == AttentionKind::kLsh) {
     const double slot_floats = double(s.head_size) * (backward ? 9.0 : 4.0) + 6.0;
     bytes += double(s.rounds) * td * slot_floats * f;
-  } else if (s.kind == AttentionKind::kFull) {
-    const double items = std::min<double>(reformer::num_threads(), double(s.heads));
-    bytes += items * (backward ? 2.0 : 1.0) * td * td * f;
-  }
+  }  // dense attention works in query panels: no T x T buffer (layers/full_attention.hpp)
   return bytes;
 }
 

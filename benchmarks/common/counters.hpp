@@ -78,11 +78,11 @@ inline void report(benchmark::State& state, const WallClock& clock, double token
   state.counters["faults"] = C(clock.faults() / (iters > 0 ? iters : 1));
 }
 
-/// Skips the benchmark (with a message naming the need) when it would need more than 70% of
+/// Skips the benchmark (with a message naming the need) when it would need more than 90% of
 /// the memory the kernel reports available. Returns true when skipped.
 inline bool skip_if_memory_short(benchmark::State& state, double bytes_needed) {
   const double avail = double(available_bytes());
-  if (avail > 0 && bytes_needed > 0.7 * avail) {
+  if (avail > 0 && bytes_needed > 0.9 * avail) {
     const std::string msg = "needs ~" + std::to_string(bytes_needed / double(1 << 30)) +
                             " GiB, only " + std::to_string(avail / double(1 << 30)) +
                             " GiB available";

@@ -176,7 +176,8 @@ def plot_figure5(runs, out_dir):
     ticks = sorted({int(k[1]) for k in f5})
     ax.set_xticks(ticks)
     ax.set_xticklabels([str(t) for t in ticks])
-    tokens = next(iter(f5.values())).counter("tokens/s") * next(iter(f5.values())).seconds
+    first = next(iter(f5.values()))
+    tokens = round(first.counter("tokens/s") * first.seconds / 1024) * 1024  # batch * T
     ax.set_title(f"Training step, 1 layer, {tokens:.0f} tokens per step (batch = tokens / T)")
     ax.set_xlabel("sequence length T")
     ax.set_ylabel("seconds per step")

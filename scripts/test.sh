@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs the whole test suite:
 #   1. the `release` preset (tests, benchmarks and examples are all built; ctest runs the tests),
-#   2. the `asan` preset (AddressSanitizer + UndefinedBehaviorSanitizer; tests and examples).
+#   2. the `asan` preset (AddressSanitizer + UndefinedBehaviorSanitizer; the unit tests).
 # Usage: bash scripts/test.sh [--no-sanitizers]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -62,7 +62,7 @@ foreach(flag --attention --hashes --length --layers --d-model --heads --steps --
     message(FATAL_ERROR "train_copy --help does not document ${flag}:\n${help_out}")
   endif()
 endforeach()
-if(NOT help_out MATCHES "--length[^\n]*=256")
+if(NOT help_out MATCHES "--length[^\n]*=1024")
   message(FATAL_ERROR "train_copy --help does not show the default of --length:\n${help_out}")
 endif()
 run_example(help "${text}" --help)

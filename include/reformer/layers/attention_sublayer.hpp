@@ -15,21 +15,31 @@
 //   <prefix>output.dense.weight [D, H*Dh].
 //
 // A core maps normalised inputs to concatenated head outputs (docs/ARCHITECTURE.md):
-//   using Config = ...;                                 // the core's own configuration
+//   using Config = ...;              // the core's own configuration, with num_heads, head_size
 //   Core(const Config&, Index hidden, Parameters<S>&, const std::string& prefix);
+//   const Config& config() const;
 //   Index out_features() const;                         // H * Dh
 //   void init(Parameters<S>&, const Rng&, double std) const;  // HF initialisation
 //   void forward(const Parameters<S>&, ConstMatrixRef<S> xn, MatrixRef<S> a,
-//                const Context&) const;
+//                const Context&, HeadRange heads) const;        // a: the rows of `heads`
 //   void backward(Parameters<S>&, ConstMatrixRef<S> xn, ConstMatrixRef<S> da,
-//                 MatrixRef<S> dxn /* overwritten */, MatrixRef<S> a /* recomputed */,
-//                 const Context&) const;                // core parameter grads +=
+//                 MatrixRef<S> dxn /* += */, MatrixRef<S> a /* recomputed */,
+//                 const Context&, HeadRange heads) const;      // core parameter grads +=
+//
+// Memory: the heads are streamed in groups (head_range.hpp). Each group's outputs a_g are
+// projected and added into y (z = sum_g W_o[:, g] a_g) and, in backward, each group gets
+// da_g = W_o[:, g]^T dz and adds its share of dxn, so a call holds xn, dxn (D x N) and the
+// per-head matrices of one group instead of all heads': for long inputs the group is a single
+// head. The group size depends only on the shapes (kHeadGroupScalars), never on threads.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/layers/detail/sublayer_util.hpp"
+#include "reformer/layers/head_range.hpp"
+
+#include <algorithm>
 
 #include <string>
 
@@ -42,6 +52,10 @@ struct AttentionSublayerConfig {
   Index hidden_size = 0;          ///< D
   double layer_norm_eps = 1e-12;  ///< LayerNorm epsilon (HF default)
   double output_dropout = 0.0;    ///< dropout after the output dense (HF hidden_dropout_prob)
+  /// Memory knob: scalars of one head group's per-head matrices; 0 = the default
+  /// (AttentionSublayer::kHeadGroupScalars). Heads are streamed in groups of
+  /// clamp(head_group_scalars / (Dh * N), 1, H) heads; the results agree up to rounding.
+  Index head_group_scalars = 0;
 };
 
 template <class S, class Core>
@@ -81,6 +95,17 @@ class AttentionSublayer {
     core_.init(params, rng.derive(1), std);
   }
 
+  /// Scalars of the per-head matrices of one head group (e.g. its rows of the attention output)
+  /// a call aims for: 2^22, 16 MiB in float, i.e. all 4 heads of 64 up to 16K tokens per call.
+  static constexpr Index kHeadGroupScalars = Index{1} << 22;
+
+  /// Heads per group for N = batch * T tokens (a function of the config and shapes only).
+  Index heads_per_group(Index n) const {
+    const Index budget = cfg_.head_group_scalars > 0 ? cfg_.head_group_scalars : kHeadGroupScalars;
+    const Index per_head = core_.config().head_size * std::max<Index>(n, 1);
+    return std::clamp<Index>(budget / per_head, 1, core_.config().num_heads);
+  }
+
   /// y = f(x). x and y are D x (ctx.batch * T); y must not alias x.
   void forward(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
                const Context& ctx) const {
@@ -91,9 +116,13 @@ class AttentionSublayer {
     Matrix<S> xn(hidden_size(), n);
     detail::layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_),
                                            params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
-    Matrix<S> a(core_.out_features(), n);
-    core_.forward(params, xn, a, ctx);
-    detail::parallel_product(y, params.value(out_weight_), a, false);  // z = W_o a
+    Matrix<S> a;  // a_g: the outputs of one head group
+    for_head_groups(n, [&](HeadRange heads) {
+      a.resize(heads.count * core_.config().head_size, n);
+      core_.forward(params, xn, a, ctx, heads);
+      // z = W_o a = sum over groups of W_o[:, g] a_g
+      detail::parallel_product(y, output_columns(params, heads), a, heads.first > 0);
+    });
     apply_output_dropout(y, y, ctx);
   }
 
@@ -106,8 +135,7 @@ class AttentionSublayer {
     check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
     check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
     check_shape(where, "fx", fx.rows(), fx.cols(), x.rows(), x.cols());
-    const Index n = x.cols();
-    const Index hd = core_.out_features();
+    const Index n = x.cols(), dh = core_.config().head_size;
 
     // Forward, recomputed: xn = LN(x).
     Matrix<S> xn(hidden_size(), n);
@@ -115,24 +143,28 @@ class AttentionSublayer {
                                            params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
 
     // y = Dropout(z)  =>  dz = mask .* dy / (1 - p)   (the same mask as the forward pass).
-    Matrix<S> dz(hidden_size(), n);
+    // dz lives in dx until the LayerNorm backward below overwrites it.
+    MatrixRef<S>& dz = dx;
     apply_output_dropout(dy, dz, ctx);
 
-    // z = W_o a  =>  da = W_o^T dz,  dW_o += dz a^T.
-    Matrix<S> da(hd, n);
-    detail::parallel_product(da, params.value(out_weight_).transpose(), dz, false);
-
-    // Through the core: dxn, and the recomputed head outputs a.
-    Matrix<S> a(hd, n);
-    Matrix<S> dxn(hidden_size(), n);
-    core_.backward(params, xn, da, dxn, a, ctx);
-    detail::linear_weight_grads<S>(dz, a, params.grad(out_weight_));
-
-    // f(x) = Dropout(W_o a).
-    detail::parallel_product(fx, params.value(out_weight_), a, false);
+    Matrix<S> dxn = Matrix<S>::Zero(hidden_size(), n);
+    Matrix<S> a, da;  // one head group's outputs and their gradient
+    for_head_groups(n, [&](HeadRange heads) {
+      const auto w_o = output_columns(params, heads);  // W_o[:, g]: D x count*Dh
+      // z = sum_g W_o[:, g] a_g  =>  da_g = W_o[:, g]^T dz,  dW_o[:, g] += dz a_g^T.
+      da.resize(heads.count * dh, n);
+      a.resize(heads.count * dh, n);
+      detail::parallel_product(da, w_o.transpose(), dz, false);
+      // Through the core: dxn += (da_g / dxn), and the recomputed outputs a_g.
+      core_.backward(params, xn, da, dxn, a, ctx, heads);
+      detail::linear_weight_grads<S>(
+          dz, a, params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh));
+      // f(x) = Dropout(W_o a), accumulated over the groups (dropout applied below).
+      detail::parallel_product(fx, w_o, a, heads.first > 0);
+    });
     apply_output_dropout(fx, fx, ctx);
 
-    // Through the LayerNorm.
+    // Through the LayerNorm (overwrites dx, which held dz).
     detail::layer_norm_backward_parallel<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps,
                                             dxn, dx, params.grad_vector(ln_weight_),
                                             params.grad_vector(ln_bias_));
@@ -147,6 +179,8 @@ class AttentionSublayer {
                      "layer_norm_eps = ", cfg.layer_norm_eps, " must be positive");
     REFORMER_REQUIRE(cfg.output_dropout >= 0 && cfg.output_dropout < 1, InvalidArgument, where,
                      "output_dropout = ", cfg.output_dropout, " must be in [0, 1)");
+    REFORMER_REQUIRE(cfg.head_group_scalars >= 0, InvalidArgument, where,
+                     "head_group_scalars = ", cfg.head_group_scalars, " must be >= 0");
     return cfg;
   }
   static Index checked_out_features(const Core& core) {
@@ -160,6 +194,19 @@ class AttentionSublayer {
     REFORMER_REQUIRE(x.rows() == hidden_size(), InvalidArgument, where, "x.rows() = ", x.rows(),
                      " must equal hidden_size = ", hidden_size());
     (void)ctx.length(where, x.cols());
+  }
+
+  // Calls f(heads) for the head groups [0, g), [g, 2g), ... of a call with n tokens, in order.
+  template <class F>
+  void for_head_groups(Index n, F&& f) const {
+    const Index num_heads = core_.config().num_heads, g = heads_per_group(n);
+    for (Index h0 = 0; h0 < num_heads; h0 += g) f(HeadRange{h0, std::min(g, num_heads - h0)});
+  }
+
+  // W_o[:, heads]: the columns of W_o that read the outputs of `heads`.
+  auto output_columns(const Parameters<S>& params, HeadRange heads) const {
+    const Index dh = core_.config().head_size;
+    return params.value(out_weight_).middleCols(heads.first * dh, heads.count * dh);
   }
 
   // out = Dropout(in) with this sublayer's output-dropout key (out may alias in).

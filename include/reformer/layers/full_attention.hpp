@@ -29,6 +29,7 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/detail/sublayer_util.hpp"
+#include "reformer/layers/head_range.hpp"
 #include "reformer/ops/dropout.hpp"
 #include "reformer/ops/softmax.hpp"
 
@@ -81,21 +82,27 @@ class FullAttention {
   /// a = attention(xn): xn is D x N, a is H*Dh x N, N = ctx.batch * T.
   void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
                const Context& ctx) const {
+    forward(params, xn, a, ctx, all_heads());
+  }
+
+  /// The rows of `heads` only: a is heads.count*Dh x N.
+  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+               const Context& ctx, HeadRange heads) const {
     const char* where = "FullAttention::forward";
-    const Index t = check_io(where, xn, ctx);
-    check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
+    const Index t = check_io(where, xn, ctx, heads);
+    check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
     Matrix<S> q, k, v;
-    project(params, xn, q, k, v);
-    // Items: (sequence, head, query panel); each writes its own block of a.
+    project(params, xn, heads, q, k, v);
+    // Items: (sequence, local head, query panel); each writes its own block of a.
     const Index panels = detail::num_blocks(t, kQueryBlock);
-    const Index items = ctx.batch * cfg_.num_heads * panels;
+    const Index items = ctx.batch * heads.count * panels;
     detail::parallel_items(items, double(items) * panel_flops(t), [&](Index item) {
       const Index bh = item / panels, i0 = (item % panels) * kQueryBlock;
-      const Index b = bh / cfg_.num_heads, h = bh % cfg_.num_heads;
+      const Index b = bh / heads.count, h = bh % heads.count;
       const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq);
       Matrix<S> p(nk, nq);
       probabilities(block(q, b, h, t).middleCols(i0, nq), block(k, b, h, t).leftCols(nk), i0, p);
-      apply_dropout(p, ctx, b, h, t, i0);
+      apply_dropout(p, ctx, b, heads.global(h), t, i0);
       // o = v p~
       block(a, b, h, t).middleCols(i0, nq).noalias() = block(v, b, h, t).leftCols(nk) * p;
     });
@@ -105,23 +112,32 @@ class FullAttention {
   /// (the recomputed output); accumulates dW_q, dW_k, dW_v into params.grads().
   void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
                 MatrixRef<S> a, const Context& ctx) const {
+    check_shape("FullAttention::backward", "dxn", dxn.rows(), dxn.cols(), hidden_, xn.cols());
+    dxn.setZero();
+    backward(params, xn, da, dxn, a, ctx, all_heads());
+  }
+
+  /// The rows of `heads` only (da and a: heads.count*Dh x N): ADDS this group's gradient to dxn,
+  /// writes the group's rows of a and accumulates the group's rows of dW_q, dW_k, dW_v.
+  void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
+                MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
     const char* where = "FullAttention::backward";
-    const Index t = check_io(where, xn, ctx);
-    check_shape(where, "da", da.rows(), da.cols(), out_features(), xn.cols());
-    check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), xn.cols());
-    check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
-    const Index n = xn.cols();
+    const Index t = check_io(where, xn, ctx, heads);
+    const Index n = xn.cols(), rows = heads.count * cfg_.head_size;
+    check_shape(where, "da", da.rows(), da.cols(), rows, n);
+    check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), n);
+    check_shape(where, "a", a.rows(), a.cols(), rows, n);
     Matrix<S> q, k, v;
-    project(params, xn, q, k, v);
-    Matrix<S> dq(out_features(), n), dk(out_features(), n), dv(out_features(), n);
+    project(params, xn, heads, q, k, v);
+    Matrix<S> dq(rows, n), dk(rows, n), dv(rows, n);
     const bool dropout = ctx.training && cfg_.dropout > 0;
 
-    // Items: (sequence, head); the query panels of an item run in order, accumulating dk and dv
-    // of that (sequence, head) block in a fixed order.
-    const Index items = ctx.batch * cfg_.num_heads;
+    // Items: (sequence, local head); the query panels of an item run in order, accumulating dk
+    // and dv of that (sequence, head) block in a fixed order.
+    const Index items = ctx.batch * heads.count;
     const Index panels = detail::num_blocks(t, kQueryBlock);
     detail::parallel_items(items, 3.0 * double(items * panels) * panel_flops(t), [&](Index item) {
-      const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
+      const Index b = item / heads.count, h = item % heads.count, hg = heads.global(h);
       const auto qb = block(q, b, h, t), kb = block(k, b, h, t), vb = block(v, b, h, t);
       auto dkb = block(dk, b, h, t), dvb = block(dv, b, h, t);
       dkb.setZero();
@@ -137,7 +153,7 @@ class FullAttention {
         probabilities(q_i, k_v, i0, p);
         if (dropout) {
           pd = p;
-          apply_dropout(pd, ctx, b, h, t, i0);
+          apply_dropout(pd, ctx, b, hg, t, i0);
         }
         const Matrix<S>& p_used = dropout ? pd : p;  // p~
         block(a, b, h, t).middleCols(i0, nq).noalias() = v_v * p_used;
@@ -146,7 +162,7 @@ class FullAttention {
         dp.resize(nk, nq);
         dp.noalias() = v_v.transpose() * do_i;
         // p~ = Dropout(p)   =>  dp = the same mask and scale applied to dp~.
-        apply_dropout(dp, ctx, b, h, t, i0);
+        apply_dropout(dp, ctx, b, hg, t, i0);
         // p = softmax(s)    =>  ds(:, i) = p(:, i) .* (dp(:, i) - p(:, i) . dp(:, i)).
         // Masked scores are constants: p is exactly 0 there, so ds is too.
         Matrix<S>& ds = dp;
@@ -159,13 +175,15 @@ class FullAttention {
 
     // k = W_k xn / sqrt(Dh)  =>  the 1/sqrt(Dh) factor moves onto dk.
     dk *= S(1) / std::sqrt(S(cfg_.head_size));
-    // q = W_q xn, k, v likewise  =>  dW += d(.) xn^T,  dxn = W_q^T dq + W_k^T dk + W_v^T dv.
-    detail::linear_weight_grads<S>(dq, xn, params.grad(wq_));
-    detail::linear_weight_grads<S>(dk, xn, params.grad(wk_));
-    detail::linear_weight_grads<S>(dv, xn, params.grad(wv_));
-    detail::parallel_product(dxn, params.value(wq_).transpose(), dq, false);
-    detail::parallel_product(dxn, params.value(wk_).transpose(), dk, true);
-    detail::parallel_product(dxn, params.value(wv_).transpose(), dv, true);
+    // q = W_q xn, k, v likewise  =>  dW += d(.) xn^T,  dxn += W_q^T dq + W_k^T dk + W_v^T dv
+    // (the rows of this group's heads).
+    const Index r0 = heads.first * cfg_.head_size;
+    detail::linear_weight_grads<S>(dq, xn, params.grad(wq_).middleRows(r0, rows));
+    detail::linear_weight_grads<S>(dk, xn, params.grad(wk_).middleRows(r0, rows));
+    detail::linear_weight_grads<S>(dv, xn, params.grad(wv_).middleRows(r0, rows));
+    detail::parallel_product(dxn, weight_rows(params, wq_, heads).transpose(), dq, true);
+    detail::parallel_product(dxn, weight_rows(params, wk_, heads).transpose(), dk, true);
+    detail::parallel_product(dxn, weight_rows(params, wv_, heads).transpose(), dv, true);
   }
 
  private:
@@ -181,9 +199,13 @@ class FullAttention {
     return cfg;
   }
 
-  Index check_io(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx) const {
+  HeadRange all_heads() const { return HeadRange{0, cfg_.num_heads}; }
+
+  Index check_io(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
+                 HeadRange heads) const {
     REFORMER_REQUIRE(xn.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", xn.rows(),
                      " must equal hidden = ", hidden_);
+    detail::check_head_range(where, heads, cfg_.num_heads);
     return ctx.length(where, xn.cols());
   }
 
@@ -198,22 +220,28 @@ class FullAttention {
     return double(t) * double(kQueryBlock) * (4.0 * double(cfg_.head_size) + 20.0);
   }
 
-  // The (b, h) block of an H*Dh x N matrix: rows of head h, columns of sequence b.
+  // The (b, h) block of a count*Dh x N matrix: rows of local head h, columns of sequence b.
   template <class M>
   auto block(M& m, Index b, Index h, Index t) const {
     return m.block(h * cfg_.head_size, b * t, cfg_.head_size, t);
   }
 
-  // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn for all tokens.
-  void project(const Parameters<S>& params, const ConstMatrixRef<S>& xn, Matrix<S>& q, Matrix<S>& k,
-               Matrix<S>& v) const {
-    const Index n = xn.cols();
-    q.resize(out_features(), n);
-    k.resize(out_features(), n);
-    v.resize(out_features(), n);
-    detail::parallel_product(q, params.value(wq_), xn, false);
-    detail::parallel_product(k, params.value(wk_), xn, false);
-    detail::parallel_product(v, params.value(wv_), xn, false);
+  // Rows of `heads` of a [H*Dh, hidden] weight.
+  auto weight_rows(const Parameters<S>& params, SlotId slot, HeadRange heads) const {
+    return params.value(slot).middleRows(heads.first * cfg_.head_size,
+                                         heads.count * cfg_.head_size);
+  }
+
+  // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn for all tokens, the rows of `heads`.
+  void project(const Parameters<S>& params, const ConstMatrixRef<S>& xn, HeadRange heads,
+               Matrix<S>& q, Matrix<S>& k, Matrix<S>& v) const {
+    const Index n = xn.cols(), rows = heads.count * cfg_.head_size;
+    q.resize(rows, n);
+    k.resize(rows, n);
+    v.resize(rows, n);
+    detail::parallel_product(q, weight_rows(params, wq_, heads), xn, false);
+    detail::parallel_product(k, weight_rows(params, wk_, heads), xn, false);
+    detail::parallel_product(v, weight_rows(params, wv_, heads), xn, false);
     k *= S(1) / std::sqrt(S(cfg_.head_size));
   }
 

@@ -40,6 +40,7 @@
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/chunk_attention.hpp"
 #include "reformer/layers/detail/sublayer_util.hpp"
+#include "reformer/layers/head_range.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -99,15 +100,21 @@ class LocalAttention {
   /// a = attention(xn): xn is D x N, a is H*Dh x N, N = ctx.batch * T.
   void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
                const Context& ctx) const {
+    forward(params, xn, a, ctx, all_heads());
+  }
+
+  /// The rows of `heads` only: a is heads.count*Dh x N.
+  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+               const Context& ctx, HeadRange heads) const {
     const char* where = "LocalAttention::forward";
-    const Layout lay = layout(where, xn, ctx);
-    check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
+    const Layout lay = layout(where, xn, ctx, heads);
+    check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
     Matrix<S> q, k, v;
-    project(params, xn, q, k, v);
+    project(params, xn, heads, q, k, v);
     const std::vector<Index> pos = positions(lay.t);
     parallel_for(lay.items(), [&](Index item) {
       const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
-      const ChunkAttentionOptions opts = options(ctx, b, h, lay.t);
+      const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
       ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
       for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
         const Window w = window(lay, c);
@@ -123,18 +130,27 @@ class LocalAttention {
   /// (the recomputed output); accumulates dW_q, dW_k, dW_v into params.grads().
   void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
                 MatrixRef<S> a, const Context& ctx) const {
+    check_shape("LocalAttention::backward", "dxn", dxn.rows(), dxn.cols(), hidden_, xn.cols());
+    dxn.setZero();
+    backward(params, xn, da, dxn, a, ctx, all_heads());
+  }
+
+  /// The rows of `heads` only (da and a: heads.count*Dh x N): ADDS this group's gradient to dxn,
+  /// writes the group's rows of a and accumulates the group's rows of dW_q, dW_k, dW_v.
+  void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
+                MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
     const char* where = "LocalAttention::backward";
-    const Layout lay = layout(where, xn, ctx);
-    check_shape(where, "da", da.rows(), da.cols(), out_features(), xn.cols());
-    check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), xn.cols());
-    check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
-    const Index n = xn.cols(), dh = cfg_.head_size;
+    const Layout lay = layout(where, xn, ctx, heads);
+    const Index n = xn.cols(), dh = cfg_.head_size, rows = heads.count * dh;
+    check_shape(where, "da", da.rows(), da.cols(), rows, n);
+    check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), n);
+    check_shape(where, "a", a.rows(), a.cols(), rows, n);
     Matrix<S> q, k, v;
-    project(params, xn, q, k, v);
+    project(params, xn, heads, q, k, v);
     const std::vector<Index> pos = positions(lay.t);
-    Matrix<S> dq(out_features(), n);
-    Matrix<S> dk = Matrix<S>::Zero(out_features(), n);
-    Matrix<S> dv = Matrix<S>::Zero(out_features(), n);
+    Matrix<S> dq(rows, n);
+    Matrix<S> dk = Matrix<S>::Zero(rows, n);
+    Matrix<S> dv = Matrix<S>::Zero(rows, n);
 
     // Per chunk (layers/chunk_attention.hpp): o = v p~^T recomputed into a, dq of the chunk's
     // queries overwritten, dk / dv of its key window accumulated. With one block per
@@ -145,7 +161,7 @@ class LocalAttention {
     std::vector<Matrix<S>> dv_part(dk_part.size());
     parallel_for(lay.items(), [&](Index item) {
       const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
-      const ChunkAttentionOptions opts = options(ctx, b, h, lay.t);
+      const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
       ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
       const Index span0 = key_span_begin(lay, blk);
       Matrix<S>* dkp = nullptr;
@@ -174,8 +190,8 @@ class LocalAttention {
     });
     if (!direct) {
       // Sum the item buffers of each (sequence, head) in item order.
-      parallel_for(ctx.batch * cfg_.num_heads, [&](Index bh) {
-        const Index b = bh / cfg_.num_heads, h = bh % cfg_.num_heads;
+      parallel_for(lay.batch * lay.heads, [&](Index bh) {
+        const Index b = bh / lay.heads, h = bh % lay.heads;
         for (Index blk = 0; blk < lay.blocks; ++blk) {
           const auto idx = static_cast<std::size_t>(bh * lay.blocks + blk);
           const Index span0 = key_span_begin(lay, blk);
@@ -188,24 +204,27 @@ class LocalAttention {
 
     // k = W_k xn / sqrt(Dh)  =>  the 1/sqrt(Dh) factor moves onto dk.
     dk *= S(1) / std::sqrt(S(cfg_.head_size));
-    // q = W_q xn, k, v likewise  =>  dW += d(.) xn^T,  dxn = W_q^T dq + W_k^T dk + W_v^T dv.
-    detail::linear_weight_grads<S>(dq, xn, params.grad(wq_));
-    detail::linear_weight_grads<S>(dk, xn, params.grad(wk_));
-    detail::linear_weight_grads<S>(dv, xn, params.grad(wv_));
-    detail::parallel_product(dxn, params.value(wq_).transpose(), dq, false);
-    detail::parallel_product(dxn, params.value(wk_).transpose(), dk, true);
-    detail::parallel_product(dxn, params.value(wv_).transpose(), dv, true);
+    // q = W_q xn, k, v likewise  =>  dW += d(.) xn^T,  dxn += W_q^T dq + W_k^T dk + W_v^T dv
+    // (the rows of this group's heads).
+    const Index r0 = heads.first * dh;
+    detail::linear_weight_grads<S>(dq, xn, params.grad(wq_).middleRows(r0, rows));
+    detail::linear_weight_grads<S>(dk, xn, params.grad(wk_).middleRows(r0, rows));
+    detail::linear_weight_grads<S>(dv, xn, params.grad(wv_).middleRows(r0, rows));
+    detail::parallel_product(dxn, weight_rows(params, wq_, heads).transpose(), dq, true);
+    detail::parallel_product(dxn, weight_rows(params, wk_, heads).transpose(), dk, true);
+    detail::parallel_product(dxn, weight_rows(params, wv_, heads).transpose(), dv, true);
   }
 
  private:
-  // How one call is cut into work items: item = (b * H + h) * blocks + block.
+  // How one call is cut into work items: item = (b * heads + h) * blocks + block, h the local
+  // head of the call's head range.
   struct Layout {
-    Index t = 0;  // sequence length
-    Index batch = 0, heads = 0;
-    Index chunk = 0;      // C
-    Index chunks = 0;     // ceil(T / C)
-    Index per_block = 0;  // chunks per item
-    Index blocks = 0;     // items per (sequence, head)
+    Index t = 0;                 // sequence length
+    Index batch = 0, heads = 0;  // heads: the range's count
+    Index chunk = 0;             // C
+    Index chunks = 0;            // ceil(T / C)
+    Index per_block = 0;         // chunks per item
+    Index blocks = 0;            // items per (sequence, head)
     Index before = 0, after = 0;
 
     Index items() const { return batch * heads * blocks; }
@@ -263,13 +282,17 @@ class LocalAttention {
     return cfg;
   }
 
-  Layout layout(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx) const {
+  HeadRange all_heads() const { return HeadRange{0, cfg_.num_heads}; }
+
+  Layout layout(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
+                HeadRange heads) const {
     REFORMER_REQUIRE(xn.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", xn.rows(),
                      " must equal hidden = ", hidden_);
+    detail::check_head_range(where, heads, cfg_.num_heads);
     Layout lay;
     lay.t = ctx.length(where, xn.cols());
     lay.batch = ctx.batch;
-    lay.heads = cfg_.num_heads;
+    lay.heads = heads.count;
     lay.chunk = cfg_.chunk_length;
     lay.chunks = (lay.t + lay.chunk - 1) / lay.chunk;
     lay.per_block =
@@ -300,22 +323,28 @@ class LocalAttention {
     return pos;
   }
 
-  // Columns [c0, c0 + nc) of sequence b in the rows of head h of an H*Dh x N matrix.
+  // Columns [c0, c0 + nc) of sequence b in the rows of local head h of a count*Dh x N matrix.
   template <class M>
   auto cols(M& m, Index b, Index h, Index t, Index c0, Index nc) const {
     return m.block(h * cfg_.head_size, b * t + c0, cfg_.head_size, nc);
   }
 
-  // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn for all tokens.
-  void project(const Parameters<S>& params, const ConstMatrixRef<S>& xn, Matrix<S>& q, Matrix<S>& k,
-               Matrix<S>& v) const {
-    const Index n = xn.cols();
-    q.resize(out_features(), n);
-    k.resize(out_features(), n);
-    v.resize(out_features(), n);
-    detail::parallel_product(q, params.value(wq_), xn, false);
-    detail::parallel_product(k, params.value(wk_), xn, false);
-    detail::parallel_product(v, params.value(wv_), xn, false);
+  // Rows of `heads` of a [H*Dh, hidden] weight.
+  auto weight_rows(const Parameters<S>& params, SlotId slot, HeadRange heads) const {
+    return params.value(slot).middleRows(heads.first * cfg_.head_size,
+                                         heads.count * cfg_.head_size);
+  }
+
+  // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn for all tokens, the rows of `heads`.
+  void project(const Parameters<S>& params, const ConstMatrixRef<S>& xn, HeadRange heads,
+               Matrix<S>& q, Matrix<S>& k, Matrix<S>& v) const {
+    const Index n = xn.cols(), rows = heads.count * cfg_.head_size;
+    q.resize(rows, n);
+    k.resize(rows, n);
+    v.resize(rows, n);
+    detail::parallel_product(q, weight_rows(params, wq_, heads), xn, false);
+    detail::parallel_product(k, weight_rows(params, wk_, heads), xn, false);
+    detail::parallel_product(v, weight_rows(params, wv_, heads), xn, false);
     k *= S(1) / std::sqrt(S(cfg_.head_size));
   }
 

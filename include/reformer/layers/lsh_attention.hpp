@@ -41,6 +41,7 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/chunk_attention.hpp"
 #include "reformer/layers/detail/sublayer_util.hpp"
+#include "reformer/layers/head_range.hpp"
 #include "reformer/layers/lsh_bucketing.hpp"
 
 #include <Eigen/Core>
@@ -173,7 +174,7 @@ class LshAttention {
   void compute_buckets(const Parameters<S>& params, ConstMatrixRef<S> xn, const Context& ctx,
                        BucketTape& tape) const {
     const char* where = "LshAttention::compute_buckets";
-    const Plan pl = plan(where, xn, ctx);
+    const Plan pl = plan(where, xn, ctx, all_heads());
     if (pl.dense) {
       tape.clear();
       return;
@@ -182,21 +183,28 @@ class LshAttention {
     detail::parallel_product(qk, params.value(qk_slot_), xn, false);
     tape.resize(pl.batch, cfg_.num_heads, pl.rounds, pl.length);
     const std::vector<Matrix<S>> rot = rotations(pl, ctx);
-    parallel_for(pl.batch * cfg_.num_heads, [&](Index item) {
-      const Index b = item / cfg_.num_heads, h = item % cfg_.num_heads;
-      hash_head(pl, qk, rot, b, h, tape.data.data() + tape.offset(b, h, 0, 0));
+    parallel_for(pl.num_head_items, [&](Index hi) {
+      const Index b = pl.batch_of(hi), j = pl.head_of(hi);
+      hash_head(pl, qk, rot, b, j, tape.data.data() + bucket_offset(pl, b, j));
     });
   }
 
   /// a = LshAttention(xn): xn is hidden x N, a is H*Dh x N (N = ctx.batch * T).
   void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
                const Context& ctx) const {
+    forward(params, xn, a, ctx, all_heads());
+  }
+
+  /// The rows of `heads` only: a is heads.count*Dh x N. When recording, writes the buckets of
+  /// these heads into the tape (resized to [B, H, R, T] if its shape differs).
+  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+               const Context& ctx, HeadRange heads) const {
     const char* where = "LshAttention::forward";
-    const Plan pl = plan(where, xn, ctx);
-    check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
-    Matrix<S> qk(out_features(), xn.cols()), v(out_features(), xn.cols());
-    detail::parallel_product(qk, params.value(qk_slot_), xn, false);
-    detail::parallel_product(v, params.value(v_slot_), xn, false);
+    const Plan pl = plan(where, xn, ctx, heads);
+    check_shape(where, "a", a.rows(), a.cols(), pl.heads.count * cfg_.head_size, xn.cols());
+    Matrix<S> qk(a.rows(), xn.cols()), v(a.rows(), xn.cols());  // this group's heads
+    detail::parallel_product(qk, weight_rows(params, qk_slot_, heads), xn, false);
+    detail::parallel_product(v, weight_rows(params, v_slot_, heads), xn, false);
     if (pl.dense) {
       if (ctx.buckets != nullptr && !ctx.replay_buckets) ctx.buckets->clear();
       dense_forward(pl, qk, v, a, ctx);
@@ -209,22 +217,25 @@ class LshAttention {
       buckets = replayed_buckets(where, pl, ctx);
     } else {
       BucketTape& tape = ctx.buckets != nullptr ? *ctx.buckets : scratch_tape;
-      tape.resize(pl.batch, cfg_.num_heads, pl.rounds, pl.length);
+      if (tape.batch != pl.batch || tape.heads != cfg_.num_heads || tape.rounds != pl.rounds ||
+          tape.length != pl.length) {
+        tape.resize(pl.batch, cfg_.num_heads, pl.rounds, pl.length);
+      }
       record = tape.data.data();
       buckets = record;
     }
     const std::vector<Matrix<S>> rot =
         record != nullptr ? rotations(pl, ctx) : std::vector<Matrix<S>>{};
-    std::vector<HeadBuffers> heads(at(pl.wave));  // reused by every wave
+    std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
     for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
       const Index nh = std::min(pl.wave, pl.num_head_items - h0);
       parallel_for(nh, [&](Index i) {
-        const Index b = (h0 + i) / cfg_.num_heads, h = (h0 + i) % cfg_.num_heads;
-        if (record != nullptr) hash_head(pl, qk, rot, b, h, record + bucket_offset(pl, b, h));
-        prepare_head(pl, qk, buckets + bucket_offset(pl, b, h), b, h, heads[at(i)]);
+        const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
+        if (record != nullptr) hash_head(pl, qk, rot, b, j, record + bucket_offset(pl, b, j));
+        prepare_head(pl, qk, buckets + bucket_offset(pl, b, j), b, j, bufs[at(i)]);
       });
-      attend_forward(pl, ctx, qk, v, h0, nh, heads);
-      parallel_for(nh, [&](Index i) { combine_head(pl, h0 + i, heads[at(i)], nullptr, a); });
+      attend_forward(pl, ctx, qk, v, h0, nh, bufs);
+      parallel_for(nh, [&](Index i) { combine_head(pl, h0 + i, bufs[at(i)], nullptr, a); });
     }
   }
 
@@ -233,39 +244,50 @@ class LshAttention {
   /// of W_qk and W_v.
   void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
                 MatrixRef<S> a, const Context& ctx) const {
+    check_shape("LshAttention::backward", "dxn", dxn.rows(), dxn.cols(), hidden_, xn.cols());
+    dxn.setZero();
+    backward(params, xn, da, dxn, a, ctx, all_heads());
+  }
+
+  /// The rows of `heads` only (da and a: heads.count*Dh x N): ADDS this group's gradient to dxn,
+  /// writes the group's rows of a and accumulates the group's rows of dW_qk and dW_v.
+  void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
+                MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
     const char* where = "LshAttention::backward";
-    const Plan pl = plan(where, xn, ctx);
-    check_shape(where, "da", da.rows(), da.cols(), out_features(), xn.cols());
-    check_shape(where, "dxn", dxn.rows(), dxn.cols(), hidden_, xn.cols());
-    check_shape(where, "a", a.rows(), a.cols(), out_features(), xn.cols());
-    const Index n = xn.cols();
-    Matrix<S> qk(out_features(), n), v(out_features(), n);
-    detail::parallel_product(qk, params.value(qk_slot_), xn, false);
-    detail::parallel_product(v, params.value(v_slot_), xn, false);
-    Matrix<S> dqk(out_features(), n), dv(out_features(), n);
+    const Plan pl = plan(where, xn, ctx, heads);
+    const Index n = xn.cols(), rows = pl.heads.count * cfg_.head_size;
+    check_shape(where, "da", da.rows(), da.cols(), rows, n);
+    check_shape(where, "dxn", dxn.rows(), dxn.cols(), hidden_, n);
+    check_shape(where, "a", a.rows(), a.cols(), rows, n);
+    Matrix<S> qk(rows, n), v(rows, n);
+    detail::parallel_product(qk, weight_rows(params, qk_slot_, heads), xn, false);
+    detail::parallel_product(v, weight_rows(params, v_slot_, heads), xn, false);
+    Matrix<S> dqk(rows, n), dv(rows, n);
     if (pl.dense) {
       dense_backward(pl, qk, v, da, a, dqk, dv, ctx);
     } else {
       const std::int32_t* buckets = replayed_buckets(where, pl, ctx);
-      std::vector<HeadBuffers> heads(at(pl.wave));  // reused by every wave
+      std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
       for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
         const Index nh = std::min(pl.wave, pl.num_head_items - h0);
         parallel_for(nh, [&](Index i) {
-          const Index b = (h0 + i) / cfg_.num_heads, h = (h0 + i) % cfg_.num_heads;
-          prepare_head(pl, qk, buckets + bucket_offset(pl, b, h), b, h, heads[at(i)]);
+          const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
+          prepare_head(pl, qk, buckets + bucket_offset(pl, b, j), b, j, bufs[at(i)]);
         });
-        attend_forward(pl, ctx, qk, v, h0, nh, heads);
+        attend_forward(pl, ctx, qk, v, h0, nh, bufs);
         // a, and in place: o -> d(o), lse -> d(lse) of every sorted place.
-        parallel_for(nh, [&](Index i) { combine_head(pl, h0 + i, heads[at(i)], &da, a); });
-        attend_backward(pl, ctx, qk, v, h0, nh, heads);
-        parallel_for(nh, [&](Index i) { reduce_head(pl, h0 + i, heads[at(i)], qk, dqk, dv); });
+        parallel_for(nh, [&](Index i) { combine_head(pl, h0 + i, bufs[at(i)], &da, a); });
+        attend_backward(pl, ctx, qk, v, h0, nh, bufs);
+        parallel_for(nh, [&](Index i) { reduce_head(pl, h0 + i, bufs[at(i)], qk, dqk, dv); });
       }
     }
-    // qk = W_qk x, v = W_v x  =>  dW_qk += dqk x^T, dW_v += dv x^T, dx = W_qk^T dqk + W_v^T dv.
-    detail::linear_weight_grads<S>(dqk, xn, params.grad(qk_slot_));
-    detail::linear_weight_grads<S>(dv, xn, params.grad(v_slot_));
-    detail::parallel_product(dxn, params.value(qk_slot_).transpose(), dqk, false);
-    detail::parallel_product(dxn, params.value(v_slot_).transpose(), dv, true);
+    // qk = W_qk x, v = W_v x  =>  dW_qk += dqk x^T, dW_v += dv x^T, dx += W_qk^T dqk + W_v^T dv
+    // (the rows of this group's heads).
+    const Index r0 = heads.first * cfg_.head_size;
+    detail::linear_weight_grads<S>(dqk, xn, params.grad(qk_slot_).middleRows(r0, rows));
+    detail::linear_weight_grads<S>(dv, xn, params.grad(v_slot_).middleRows(r0, rows));
+    detail::parallel_product(dxn, weight_rows(params, qk_slot_, heads).transpose(), dqk, true);
+    detail::parallel_product(dxn, weight_rows(params, v_slot_, heads).transpose(), dv, true);
   }
 
  private:
@@ -275,10 +297,14 @@ class LshAttention {
     Index slots = 0;           // R * Tp sorted places per head
     Index chunks = 0;          // slots / C
     Index window = 1;          // chunks attended per chunk: before + 1 + after
-    Index num_head_items = 0;  // batch * heads
-    Index wave = 1;            // heads processed together
+    HeadRange heads;           // the heads of this call
+    Index num_head_items = 0;  // batch * heads.count; item hi = (b, local head j)
+    Index wave = 1;            // head items processed together
     LshBucketLayout layout;
     bool dense = false;
+
+    Index batch_of(Index hi) const { return hi / heads.count; }
+    Index head_of(Index hi) const { return hi % heads.count; }  // local head j
   };
 
   /// Per-(sequence, head) state of one call. Sorted places s in [0, R*Tp): slot (r, t) sits at
@@ -309,14 +335,25 @@ class LshAttention {
     return cfg;
   }
 
-  Plan plan(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx) const {
+  HeadRange all_heads() const { return HeadRange{0, cfg_.num_heads}; }
+
+  /// Rows of `heads` of a [H*Dh, hidden] weight.
+  auto weight_rows(const Parameters<S>& params, SlotId slot, HeadRange heads) const {
+    return params.value(slot).middleRows(heads.first * cfg_.head_size,
+                                         heads.count * cfg_.head_size);
+  }
+
+  Plan plan(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
+            HeadRange heads) const {
     REFORMER_REQUIRE(xn.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", xn.rows(),
                      " must equal hidden_size = ", hidden_);
+    detail::check_head_range(where, heads, cfg_.num_heads);
     Plan p;
     p.length = ctx.length(where, xn.cols());
     p.batch = ctx.batch;
     p.chunk = cfg_.chunk_length;
-    p.num_head_items = p.batch * cfg_.num_heads;
+    p.heads = heads;
+    p.num_head_items = p.batch * heads.count;
     p.dense = !hashes(p.length);
     if (p.dense) {
       p.padded = p.length;
@@ -338,27 +375,35 @@ class LshAttention {
     return p;
   }
 
-  /// Offset of (b, h, round 0, position 0) in a [B, H, R, T] tape.
-  std::size_t bucket_offset(const Plan& pl, Index b, Index h) const {
+  /// Offset of (b, global head of local head j, round 0, position 0) in a [B, H, R, T] tape.
+  std::size_t bucket_offset(const Plan& pl, Index b, Index j) const {
+    const Index h = pl.heads.global(j);
     return static_cast<std::size_t>(((b * cfg_.num_heads + h) * pl.rounds) * pl.length);
   }
 
-  /// The rotations of every (head, round): entry h * R + r.
+  /// The rotations of every (head of the range, round): entry j * R + r for local head j.
   std::vector<Matrix<S>> rotations(const Plan& pl, const Context& ctx) const {
-    std::vector<Matrix<S>> rot(at(cfg_.num_heads * pl.rounds));
-    parallel_for(cfg_.num_heads * pl.rounds, [&](Index i) {
-      rot[at(i)] = lsh_rotations<S>(lsh_rotation_key(ctx, i / pl.rounds, i % pl.rounds),
-                                    cfg_.head_size, pl.layout);
+    std::vector<Matrix<S>> rot(at(pl.heads.count * pl.rounds));
+    parallel_for(pl.heads.count * pl.rounds, [&](Index i) {
+      const Index h = pl.heads.global(i / pl.rounds);
+      rot[at(i)] =
+          lsh_rotations<S>(lsh_rotation_key(ctx, h, i % pl.rounds), cfg_.head_size, pl.layout);
     });
     return rot;
   }
 
-  /// Buckets of (b, h) for every round into out[r * T + t].
+  /// Columns of sequence b in the rows of local head j of a heads.count*Dh x N matrix.
+  template <class M>
+  auto head_block(M& m, const Plan& pl, Index b, Index j) const {
+    return m.block(j * cfg_.head_size, b * pl.length, cfg_.head_size, pl.length);
+  }
+
+  /// Buckets of sequence b, local head j, for every round into out[r * T + t].
   void hash_head(const Plan& pl, const Matrix<S>& qk, const std::vector<Matrix<S>>& rot, Index b,
-                 Index h, std::int32_t* out) const {
-    const auto x = qk.block(h * cfg_.head_size, b * pl.length, cfg_.head_size, pl.length);
+                 Index j, std::int32_t* out) const {
+    const auto x = head_block(qk, pl, b, j);
     for (Index r = 0; r < pl.rounds; ++r)
-      lsh_hash<S>(x, rot[at(h * pl.rounds + r)], pl.layout, out + r * pl.length);
+      lsh_hash<S>(x, rot[at(j * pl.rounds + r)], pl.layout, out + r * pl.length);
   }
 
   /// The caller's tape, checked for shape and range.
@@ -407,7 +452,7 @@ class LshAttention {
   /// sorted places) and normalises the head's keys. `buckets` holds R x T buckets (row r =
   /// round r); padded positions get the pad bucket NB, so they sort last in their round.
   void prepare_head(const Plan& pl, const Matrix<S>& qk, const std::int32_t* buckets, Index b,
-                    Index h, HeadBuffers& hb) const {
+                    Index j, HeadBuffers& hb) const {
     const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded, rounds = pl.rounds;
     const auto nb = static_cast<std::int32_t>(pl.layout.num_buckets());
     std::vector<std::int32_t> slot_buckets(at(pl.slots));
@@ -421,7 +466,7 @@ class LshAttention {
     hb.pos.resize(at(pl.slots));
     for (Index s = 0; s < pl.slots; ++s) hb.pos[at(s)] = order[at(s)] - (s / tp) * tp;
     hb.keys.resize(dh, len);  // k: Dh x T
-    detail::lsh_normalize_keys<S>(qk.block(h * dh, b * len, dh, len), hb.keys);
+    detail::lsh_normalize_keys<S>(head_block(qk, pl, b, j), hb.keys);
     hb.o.resize(dh, pl.slots);
     hb.lse.resize(pl.slots);
   }
@@ -435,10 +480,10 @@ class LshAttention {
     std::vector<Index> kpos;
   };
   void gather_chunk(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v, const HeadBuffers& hb,
-                    Index b, Index h, Index c, ChunkOperands& op) const {
+                    Index b, Index j, Index c, ChunkOperands& op) const {
     const Index dh = cfg_.head_size, cl = pl.chunk, len = pl.length;
-    const auto x = qk.block(h * dh, b * len, dh, len);
-    const auto xv = v.block(h * dh, b * len, dh, len);
+    const auto x = head_block(qk, pl, b, j);
+    const auto xv = head_block(v, pl, b, j);
     op.q.resize(dh, cl);
     op.k.resize(dh, pl.window * cl);
     op.v.resize(dh, pl.window * cl);
@@ -470,20 +515,20 @@ class LshAttention {
 
   /// Per-place outputs o and logsumexps lse of every chunk of the heads of a wave.
   void attend_forward(const Plan& pl, const Context& ctx, const Matrix<S>& qk, const Matrix<S>& v,
-                      Index h0, Index nh, std::vector<HeadBuffers>& heads) const {
+                      Index h0, Index nh, std::vector<HeadBuffers>& bufs) const {
     const Index groups = (pl.chunks + kChunksPerItem - 1) / kChunksPerItem;
     const Index cl = pl.chunk, chunks_per_round = pl.padded / cl;
     parallel_for(nh * groups, [&](Index item) {
       const Index i = item / groups, g = item % groups;
-      const Index b = (h0 + i) / cfg_.num_heads, h = (h0 + i) % cfg_.num_heads;
-      HeadBuffers& hb = heads[at(i)];
+      const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
+      HeadBuffers& hb = bufs[at(i)];
       ChunkAttentionWorkspace<S> ws(cl, pl.window * cl);
       ChunkOperands op;
       const Index c_end = std::min(pl.chunks, (g + 1) * kChunksPerItem);
       for (Index c = g * kChunksPerItem; c < c_end; ++c) {
-        gather_chunk(pl, qk, v, hb, b, h, c, op);
+        gather_chunk(pl, qk, v, hb, b, j, c, op);
         chunk_attention_forward<S>(op.q, op.k, op.v, hb.pos.data() + c * cl, op.kpos.data(),
-                                   options(pl, ctx, b, h, c / chunks_per_round),
+                                   options(pl, ctx, b, pl.heads.global(j), c / chunks_per_round),
                                    hb.o.middleCols(c * cl, cl), hb.lse.data() + c * cl, ws);
       }
     });
@@ -496,7 +541,7 @@ class LshAttention {
   void combine_head(const Plan& pl, Index hi, HeadBuffers& hb, const ConstMatrixRef<S>* da,
                     MatrixRef<S> a) const {
     const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded, rounds = pl.rounds;
-    const Index b = hi / cfg_.num_heads, h = hi % cfg_.num_heads;
+    const Index b = pl.batch_of(hi), j = pl.head_of(hi);
     Index place[kLshMaxHashes];
     S w[kLshMaxHashes];
     for (Index t = 0; t < len; ++t) {
@@ -514,11 +559,11 @@ class LshAttention {
         sum += w[r];
       }
       for (Index r = 0; r < rounds; ++r) w[r] /= sum;
-      auto out = a.col(b * len + t).segment(h * dh, dh);
+      auto out = a.col(b * len + t).segment(j * dh, dh);
       out = w[0] * hb.o.col(place[0]);
       for (Index r = 1; r < rounds; ++r) out += w[r] * hb.o.col(place[r]);
       if (da != nullptr) {
-        const auto g = da->col(b * len + t).segment(h * dh, dh);
+        const auto g = da->col(b * len + t).segment(j * dh, dh);
         const S g_dot_o = g.dot(out);
         for (Index r = 0; r < rounds; ++r) {
           const S g_dot_or = g.dot(hb.o.col(place[r]));
@@ -548,11 +593,11 @@ class LshAttention {
   /// remaining chunks run one after another in a last pass. Every place therefore receives its
   /// contributions in the same order for any thread count.
   void attend_backward(const Plan& pl, const Context& ctx, const Matrix<S>& qk, const Matrix<S>& v,
-                       Index h0, Index nh, std::vector<HeadBuffers>& heads) const {
+                       Index h0, Index nh, std::vector<HeadBuffers>& bufs) const {
     const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl;
     const Index chunks_per_round = pl.padded / cl;
     parallel_for(nh, [&](Index i) {
-      HeadBuffers& hb = heads[at(i)];
+      HeadBuffers& hb = bufs[at(i)];
       hb.dq.resize(dh, pl.slots);
       hb.dk.setZero(dh, pl.slots);
       hb.dv.setZero(dh, pl.slots);
@@ -563,10 +608,11 @@ class LshAttention {
       Matrix<S> dk, dv;  // a wrapped window's gradients, before they are added to their places
     };
     auto chunk_backward = [&](Index i, Index c, Scratch& sc) {
-      const Index b = (h0 + i) / cfg_.num_heads, h = (h0 + i) % cfg_.num_heads;
-      HeadBuffers& hb = heads[at(i)];
-      gather_chunk(pl, qk, v, hb, b, h, c, sc.op);
-      const ChunkAttentionOptions opts = options(pl, ctx, b, h, c / chunks_per_round);
+      const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
+      HeadBuffers& hb = bufs[at(i)];
+      gather_chunk(pl, qk, v, hb, b, j, c, sc.op);
+      const ChunkAttentionOptions opts =
+          options(pl, ctx, b, pl.heads.global(j), c / chunks_per_round);
       const Index first = c - cfg_.chunks_before;
       const bool contiguous = first >= 0 && c + cfg_.chunks_after < pl.chunks;
       if (contiguous) {  // the window's places are consecutive: accumulate in place
@@ -611,11 +657,11 @@ class LshAttention {
   void reduce_head(const Plan& pl, Index hi, const HeadBuffers& hb, const Matrix<S>& qk,
                    Matrix<S>& dqk, Matrix<S>& dv) const {
     const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded;
-    const Index b = hi / cfg_.num_heads, h = hi % cfg_.num_heads;
+    const Index b = pl.batch_of(hi), j = pl.head_of(hi);
     Vector<S> dk(dh);
     for (Index t = 0; t < len; ++t) {
-      auto dq_t = dqk.col(b * len + t).segment(h * dh, dh);
-      auto dv_t = dv.col(b * len + t).segment(h * dh, dh);
+      auto dq_t = dqk.col(b * len + t).segment(j * dh, dh);
+      auto dv_t = dv.col(b * len + t).segment(j * dh, dh);
       dq_t.setZero();
       dv_t.setZero();
       dk.setZero();
@@ -625,7 +671,7 @@ class LshAttention {
         dk += hb.dk.col(s);
         dv_t += hb.dv.col(s);
       }
-      detail::lsh_normalize_key_backward<S>(qk.col(b * len + t).segment(h * dh, dh), dk, dq_t);
+      detail::lsh_normalize_key_backward<S>(qk.col(b * len + t).segment(j * dh, dh), dk, dq_t);
     }
   }
 
@@ -634,15 +680,15 @@ class LshAttention {
                      const Context& ctx) const {
     const Index dh = cfg_.head_size, len = pl.length;
     parallel_for(pl.num_head_items, [&](Index hi) {
-      const Index b = hi / cfg_.num_heads, h = hi % cfg_.num_heads;
-      const auto x = qk.block(h * dh, b * len, dh, len);
+      const Index b = pl.batch_of(hi), j = pl.head_of(hi), h = pl.heads.global(j);
+      const auto x = head_block(qk, pl, b, j);
       Matrix<S> keys(dh, len);
       detail::lsh_normalize_keys<S>(x, keys);
       std::vector<Index> pos(at(len));
       for (Index t = 0; t < len; ++t) pos[at(t)] = t;
       ChunkAttentionWorkspace<S> ws(len, len);
-      chunk_attention_forward<S>(x, keys, v.block(h * dh, b * len, dh, len), pos.data(), pos.data(),
-                                 options(pl, ctx, b, h, 0), a.block(h * dh, b * len, dh, len),
+      chunk_attention_forward<S>(x, keys, head_block(v, pl, b, j), pos.data(), pos.data(),
+                                 options(pl, ctx, b, h, 0), head_block(a, pl, b, j),
                                  static_cast<S*>(nullptr), ws);
     });
   }
@@ -652,24 +698,23 @@ class LshAttention {
                       const Context& ctx) const {
     const Index dh = cfg_.head_size, len = pl.length;
     parallel_for(pl.num_head_items, [&](Index hi) {
-      const Index b = hi / cfg_.num_heads, h = hi % cfg_.num_heads;
-      const auto x = qk.block(h * dh, b * len, dh, len);
-      const auto xv = v.block(h * dh, b * len, dh, len);
+      const Index b = pl.batch_of(hi), j = pl.head_of(hi), h = pl.heads.global(j);
+      const auto x = head_block(qk, pl, b, j);
+      const auto xv = head_block(v, pl, b, j);
       Matrix<S> keys(dh, len);
       detail::lsh_normalize_keys<S>(x, keys);
       std::vector<Index> pos(at(len));
       for (Index t = 0; t < len; ++t) pos[at(t)] = t;
       ChunkAttentionWorkspace<S> ws(len, len);
       Matrix<S> dk = Matrix<S>::Zero(dh, len);
-      auto dq = dqk.block(h * dh, b * len, dh, len);
-      auto dvb = dv.block(h * dh, b * len, dh, len);
+      auto dq = head_block(dqk, pl, b, j);
+      auto dvb = head_block(dv, pl, b, j);
       dvb.setZero();
       // One pass: the recomputed output a (no round combination depends on it here) and the
       // gradients of queries, keys and values.
       chunk_attention_forward_backward<S>(
-          x, keys, xv, pos.data(), pos.data(), options(pl, ctx, b, h, 0),
-          da.block(h * dh, b * len, dh, len), static_cast<const S*>(nullptr),
-          a.block(h * dh, b * len, dh, len), dq, dk, dvb, ws);
+          x, keys, xv, pos.data(), pos.data(), options(pl, ctx, b, h, 0), head_block(da, pl, b, j),
+          static_cast<const S*>(nullptr), head_block(a, pl, b, j), dq, dk, dvb, ws);
       // k = normalise(qk)  =>  dqk += (dk/dqk)^T dk
       for (Index t = 0; t < len; ++t)
         detail::lsh_normalize_key_backward<S>(x.col(t), dk.col(t), dq.col(t));

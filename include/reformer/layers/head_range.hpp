@@ -1,0 +1,32 @@
+#pragma once
+// A contiguous group of attention heads. Attention cores compute the output rows of one group
+// at a time when asked to, so the AttentionSublayer can stream head groups through a layer and
+// hold the per-head buffers (projections, outputs and their gradients) of one group instead of
+// all heads: that bounds a layer's memory for long sequences (README, design notes).
+#include "reformer/core/error.hpp"
+#include "reformer/core/types.hpp"
+
+namespace reformer {
+
+/// Heads [first, first + count) of an attention core. Matrices passed with a range hold the
+/// rows of those heads only (count * Dh rows; local head j is global head first + j). Everything
+/// keyed by a head (random rotations, dropout masks, the bucket tape) uses the global index, so
+/// the results do not depend on how the heads are grouped.
+struct HeadRange {
+  Index first = 0;
+  Index count = 0;
+
+  Index end() const { return first + count; }
+  Index global(Index local) const { return first + local; }
+};
+
+namespace detail {
+/// Throws InvalidArgument unless `heads` is a non-empty range inside [0, num_heads).
+inline void check_head_range(const char* where, HeadRange heads, Index num_heads) {
+  REFORMER_REQUIRE(heads.first >= 0 && heads.count >= 1 && heads.end() <= num_heads,
+                   InvalidArgument, where, "head range [", heads.first, ", ", heads.end(),
+                   ") must be non-empty and inside [0, num_heads = ", num_heads, ")");
+}
+}  // namespace detail
+
+}  // namespace reformer

@@ -250,11 +250,16 @@ class ReformerLM {
     run_blocks(tape.x1, tape.x2, ctx, tape.buckets, tape.replay_buckets,
                mode_ == BackpropMode::kStoredActivations ? &tape : nullptr);
 
-    Matrix<S> h(2 * cfg_.hidden_size, n);
-    final_hidden(tape.x1, tape.x2, ctx, h);
-    const CrossEntropyResult ce =
-        cross_entropy_forward<S>(h, params_.value(lm_weight_), params_.value_vector(lm_bias_),
-                                 TokenSpan(tape.targets), lm_chunk(n));
+    // The head, chunk by chunk (never 2D x N at once): loss = CE(W Dropout(LN([x1; x2])) + b).
+    CrossEntropyResult ce;
+    for_head_chunks(tape.x1, tape.x2, ctx, [&](Index c0, Index c, MatrixRef<S>, MatrixRef<S> h) {
+      const CrossEntropyResult part =
+          cross_entropy_forward<S>(h, params_.value(lm_weight_), params_.value_vector(lm_bias_),
+                                   TokenSpan(tape.targets).subspan(c0, c), c);
+      ce.sum += part.sum;
+      ce.count += part.count;
+    });
+    ce.mean = ce.count > 0 ? ce.sum / static_cast<double>(ce.count) : 0.0;
     tape.loss = ce.mean;
     tape.loss_count = ce.count;
     tape.ready = true;
@@ -285,26 +290,30 @@ class ReformerLM {
     ctx.seed = cfg_.seed;
     ctx.step = tape.step;
 
-    // Head:  cat = [x1; x2],  h = LN(cat),  hd = Dropout(h),  loss = CE(W hd + b, targets)
+    // Head:  cat = [x1; x2],  h = LN(cat),  hd = Dropout(h),  loss = CE(W hd + b, targets),
+    // recomputed and differentiated chunk by chunk: only dcat is 2D x N.
     Matrix<S> dcat(2 * d, n);
     {
-      Matrix<S> cat(2 * d, n);
-      cat.topRows(d) = tape.x1;
-      cat.bottomRows(d) = tape.x2;
-      Matrix<S> h(2 * d, n);
-      layer_norm_forward<S>(cat, params_.value_vector(ln_weight_), params_.value_vector(ln_bias_),
-                            cfg_.layer_norm_eps, h);
+      // d(mean)/d(logits) = d(sum)/d(logits) / count, with count over the whole batch.
+      Index count = 0;
+      for (const Token target : tape.targets) count += target >= 0 ? 1 : 0;
+      const double scale = count > 0 ? grad_scale / static_cast<double>(count) : 0.0;
       const Rng drop_rng = model_context(ctx).rng(stream::kEncoderOutputDropout);
-      dropout_inplace<S>(drop_rng, dropout_p(ctx), 0, h);
-      // dhd, dW_lm, db_lm from the chunked cross-entropy (V x chunk logits at a time)
-      Matrix<S> dh(2 * d, n);
-      cross_entropy_forward_backward<S>(h, params_.value(lm_weight_),
-                                        params_.value_vector(lm_bias_), TokenSpan(tape.targets), dh,
-                                        params_.grad(lm_weight_), params_.grad_vector(lm_bias_),
-                                        lm_chunk(n), Reduction::kMean, grad_scale);
-      dropout_backward<S>(drop_rng, dropout_p(ctx), 0, dh, dh);  // dh = mask .* dhd
-      layer_norm_backward<S>(cat, params_.value_vector(ln_weight_), cfg_.layer_norm_eps, dh, dcat,
-                             params_.grad_vector(ln_weight_), params_.grad_vector(ln_bias_));
+      Matrix<S> dh(2 * d, lm_chunk(n));
+      for_head_chunks(
+          tape.x1, tape.x2, ctx, [&](Index c0, Index c, MatrixRef<S> cat, MatrixRef<S> h) {
+            auto dh_c = dh.leftCols(c);
+            // dhd, dW_lm, db_lm (V x c logits at a time)
+            cross_entropy_forward_backward<S>(
+                h, params_.value(lm_weight_), params_.value_vector(lm_bias_),
+                TokenSpan(tape.targets).subspan(c0, c), dh_c, params_.grad(lm_weight_),
+                params_.grad_vector(lm_bias_), c, Reduction::kSum, scale);
+            // dh = mask .* dhd
+            dropout_backward<S>(drop_rng, dropout_p(ctx), c0 * 2 * d, dh_c, dh_c);
+            layer_norm_backward<S>(cat, params_.value_vector(ln_weight_), cfg_.layer_norm_eps, dh_c,
+                                   dcat.middleCols(c0, c), params_.grad_vector(ln_weight_),
+                                   params_.grad_vector(ln_bias_));
+          });
     }
     auto dy1 = dcat.topRows(d);
     auto dy2 = dcat.bottomRows(d);
@@ -500,6 +509,27 @@ class ReformerLM {
     layer_norm_forward<S>(cat, params_.value_vector(ln_weight_), params_.value_vector(ln_bias_),
                           cfg_.layer_norm_eps, h);
     dropout_inplace<S>(model_context(ctx).rng(stream::kEncoderOutputDropout), dropout_p(ctx), 0, h);
+  }
+
+  /// Calls f(c0, c, cat, h) for the LM-head chunks [c0, c0 + c) of lm_chunk(N) tokens, in
+  /// order, with cat = [x1; x2] and h = Dropout(LN(cat)) of the chunk (2D x c each; dropout
+  /// draw indices as for the whole 2D x N matrix).
+  template <class F>
+  void for_head_chunks(const Matrix<S>& x1, const Matrix<S>& x2, const Context& ctx, F&& f) const {
+    const Index d = cfg_.hidden_size, n = x1.cols(), chunk = lm_chunk(n);
+    const Rng drop_rng = model_context(ctx).rng(stream::kEncoderOutputDropout);
+    Matrix<S> cat(2 * d, chunk), h(2 * d, chunk);
+    for (Index c0 = 0; c0 < n; c0 += chunk) {
+      const Index c = std::min(chunk, n - c0);
+      auto cat_c = cat.leftCols(c);
+      auto h_c = h.leftCols(c);
+      cat_c.topRows(d) = x1.middleCols(c0, c);
+      cat_c.bottomRows(d) = x2.middleCols(c0, c);
+      layer_norm_forward<S>(cat_c, params_.value_vector(ln_weight_), params_.value_vector(ln_bias_),
+                            cfg_.layer_norm_eps, h_c);
+      dropout_inplace<S>(drop_rng, dropout_p(ctx), c0 * 2 * d, h_c);
+      f(c0, c, MatrixRef<S>(cat_c), MatrixRef<S>(h_c));
+    }
   }
 
   /// Tokens per LM-head chunk (chunk_size_lm_head; 0 = the op's default).

@@ -8,7 +8,10 @@
 //
 //   long_context [--length=1048576] [--layers=lsh,local] [--hashes=2] [--threads=N]
 //                [--ffn_chunk=1024] [--steps=1] [--stored] [--max_gib=G] [--json=FILE]
-//                [--malloc=system]
+//                [--malloc=system] [--huge_pages=off]
+//
+// Huge pages: the program re-executes itself with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 unless
+// --huge_pages=off (common/memory.hpp, reexec_with_huge_pages).
 //
 // --max_gib caps the process's address space (RLIMIT_AS): past it an allocation throws
 // std::bad_alloc and the program reports the failure instead of inviting the kernel's OOM killer
@@ -83,6 +86,8 @@ Args parse(int argc, char** argv) {
       a.keep_freed_memory = false;
     } else if (s == "--malloc=keep") {
       a.keep_freed_memory = true;
+    } else if (s == "--huge_pages=on" || s == "--huge_pages=off") {
+      // handled before parsing (reexec_with_huge_pages)
     } else if (s == "--stored") {
       a.stored = true;
     } else {
@@ -101,6 +106,9 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (!reformer_bench::has_flag(argc, argv, "--huge_pages=off")) {
+    reformer_bench::reexec_with_huge_pages(argv);
+  }
   Args args;
   try {
     args = parse(argc, argv);
@@ -129,8 +137,10 @@ int main(int argc, char** argv) {
 
   std::printf("long_context: T = %lld, layers =", static_cast<long long>(m.length));
   for (const auto& l : m.layers) std::printf(" %s", l.c_str());
-  std::printf(", R = %lld, threads = %d, %s backward\n", static_cast<long long>(m.hashes),
-              reformer::num_threads(), args.stored ? "stored-activation" : "reversible");
+  std::printf(", R = %lld, threads = %d, %s backward, huge pages: %s\n",
+              static_cast<long long>(m.hashes), reformer::num_threads(),
+              args.stored ? "stored-activation" : "reversible",
+              reformer_bench::huge_pages_setting().c_str());
   std::fflush(stdout);
 
   double forward_s = 0, backward_s = 0, loss = 0;
@@ -186,7 +196,8 @@ int main(int argc, char** argv) {
     out << "{\n  \"context\": {\"program\": \"long_context\", \"cpu_model\": \""
         << reformer_bench::cpu_model() << "\", \"threads\": " << reformer::num_threads()
         << ", \"products\": \"" << reformer_bench::product_backend() << "\", \"malloc\": \""
-        << (args.keep_freed_memory ? "keep freed memory" : "system") << "\"},\n"
+        << (args.keep_freed_memory ? "keep freed memory" : "system")
+        << "\", \"transparent_huge_pages\": \"" << reformer_bench::huge_pages_setting() << "\"},\n"
         << "  \"long_context\": {\"length\": " << m.length << ", \"layers\": \"";
     for (std::size_t i = 0; i < m.layers.size(); ++i) out << (i ? "," : "") << m.layers[i];
     out << "\", \"hashes\": " << m.hashes << ", \"backward\": \""

@@ -12,6 +12,8 @@
 //   --no_gemm        leave out the GEMM reference family
 //   --malloc=system  glibc's default allocation policy instead of keeping freed memory
 //                    (keep_freed_memory in common/memory.hpp)
+//   --huge_pages=off 4 KiB pages only: do not re-execute with glibc.malloc.hugetlb=1
+//                    (reexec_with_huge_pages in common/memory.hpp)
 // A program may accept more integer flags of its own (Options::extra, e.g. model_step's
 // --depth_t); any other flag goes to Google Benchmark, which rejects what it does not know.
 #include "memory.hpp"
@@ -44,6 +46,7 @@ struct Options {
   double dropout = 0.0;
   bool gemm = true;
   bool keep_freed_memory = true;
+  bool huge_pages = true;
   std::map<std::string, reformer::Index> extra;  ///< the program's own integer flags
 
   /// A program flag's value (its default when not given).
@@ -70,6 +73,14 @@ inline long long parse_integer(const char* flag, const char* text) {
                                 ": expected a non-negative integer");
   }
   return v;
+}
+
+/// Whether argv[1..argc) contains `flag` exactly.
+inline bool has_flag(int argc, char** argv, const char* flag) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == flag) return true;
+  }
+  return false;
 }
 
 /// Takes our flags out of argv (the rest is for Google Benchmark). `extra` holds the program's
@@ -110,6 +121,12 @@ inline Options parse_options(int& argc, char** argv,
         throw std::invalid_argument("--malloc=" + policy + ": expected keep or system");
       }
       o.keep_freed_memory = policy == "keep";
+    } else if (const char* v = flag_value(a, "huge_pages")) {
+      const std::string setting = v;
+      if (setting != "on" && setting != "off") {
+        throw std::invalid_argument("--huge_pages=" + setting + ": expected on or off");
+      }
+      o.huge_pages = setting == "on";
     } else {
       if (a == "--help") {
         std::printf(
@@ -121,7 +138,8 @@ inline Options parse_options(int& argc, char** argv,
             "  --ffn_chunk=N  tokens per feed-forward chunk of the models (default 1024)\n"
             "  --dropout=P    dropout of the models (default 0)\n"
             "  --no_gemm      leave out the GEMM reference\n"
-            "  --malloc=P     keep (default: freed memory kept for reuse) or system\n%s\n"
+            "  --malloc=P     keep (default: freed memory kept for reuse) or system\n"
+            "  --huge_pages=S on (default: re-run with glibc.malloc.hugetlb=1) or off\n%s\n"
             "Google Benchmark options follow.\n",
             usage_extra);
       }
@@ -185,6 +203,7 @@ inline void apply_options(Options& o) {
   benchmark::AddCustomContext("ffn_chunk", std::to_string(o.ffn_chunk));
   benchmark::AddCustomContext("dropout", std::to_string(o.dropout));
   benchmark::AddCustomContext("malloc", o.keep_freed_memory ? "keep freed memory" : "system");
+  benchmark::AddCustomContext("transparent_huge_pages", huge_pages_setting());
 }
 
 /// The main() of a benchmark program: `register_all(options)` registers its families.
@@ -192,6 +211,9 @@ template <class Register>
 int run_main(int argc, char** argv, Register&& register_all,
              const std::map<std::string, reformer::Index>& extra = {},
              const char* usage_extra = "") {
+  if (!has_flag(argc, argv, "--huge_pages=off")) {
+    reexec_with_huge_pages(argv);  // returns only when it did not re-execute
+  }
   Options o;
   try {
     o = parse_options(argc, argv, extra, usage_extra);

@@ -311,7 +311,7 @@ def summary(runs, fits, contexts, long_runs):
             first = t
         if lsh and dense and lsh >= dense:
             first = None
-    target("LSH R=2 fwd+bwd faster than dense from T", fmt(first), None if first is None
+    target("LSH R=2 fwd+bwd faster than dense from T", str(first) if first is not None else "not measured", None if first is None
            else first <= 2048, "want 2048")
 
     f5 = select(runs, "figure5")

@@ -96,8 +96,9 @@ inline void keep_freed_memory() {
 /// huge pages only where it is madvised (THP mode "madvise"), and glibc >= 2.35 madvises its
 /// heap when the process starts with GLIBC_TUNABLES containing glibc.malloc.hugetlb=1. Long
 /// inputs touch gigabytes of fresh buffers and gather columns from them in bucket order: with
-/// 4 KiB pages a step pays one page fault per 4 KiB and a TLB miss on most gathers (measured at
-/// T = 2^18: 250k faults and 2.2x the time of the same call with huge pages).
+/// 4 KiB pages a step pays a page fault per 4 KiB and more TLB misses on the gathers (faults
+/// measured at T = 2^18: 250k per call, 488 with huge pages; the time difference of that run is not
+/// quoted, the machine was loaded; see benchmarks/results/huge_pages_{on,off}.json for an A/B).
 ///
 /// Tunables are read when a process starts, so this re-executes the program (argv unchanged)
 /// with the tunable added. It returns, doing nothing, when the tunable is present already or

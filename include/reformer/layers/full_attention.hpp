@@ -28,6 +28,7 @@
 #include "reformer/core/threading.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/layers/attention_sublayer.hpp"
+#include "reformer/layers/detail/head_projection.hpp"
 #include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/head_range.hpp"
 #include "reformer/ops/dropout.hpp"
@@ -92,7 +93,7 @@ class FullAttention {
     const Index t = check_io(where, xn, ctx, heads);
     check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
     Matrix<S> q, k, v;
-    project(params, xn, heads, q, k, v);
+    detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
     // Items: (sequence, local head, query panel); each writes its own block of a.
     const Index panels = detail::num_blocks(t, kQueryBlock);
     const Index items = ctx.batch * heads.count * panels;
@@ -128,7 +129,7 @@ class FullAttention {
     check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), n);
     check_shape(where, "a", a.rows(), a.cols(), rows, n);
     Matrix<S> q, k, v;
-    project(params, xn, heads, q, k, v);
+    detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
     Matrix<S> dq(rows, n), dk(rows, n), dv(rows, n);
     const bool dropout = ctx.training && cfg_.dropout > 0;
 
@@ -173,17 +174,9 @@ class FullAttention {
       }
     });
 
-    // k = W_k xn / sqrt(Dh)  =>  the 1/sqrt(Dh) factor moves onto dk.
-    dk *= S(1) / std::sqrt(S(cfg_.head_size));
-    // q = W_q xn, k, v likewise  =>  dW += d(.) xn^T,  dxn += W_q^T dq + W_k^T dk + W_v^T dv
-    // (the rows of this group's heads).
-    const Index r0 = heads.first * cfg_.head_size;
-    detail::linear_weight_grads<S>(dq, xn, params.grad(wq_).middleRows(r0, rows));
-    detail::linear_weight_grads<S>(dk, xn, params.grad(wk_).middleRows(r0, rows));
-    detail::linear_weight_grads<S>(dv, xn, params.grad(wv_).middleRows(r0, rows));
-    detail::parallel_product(dxn, weight_rows(params, wq_, heads).transpose(), dq, true);
-    detail::parallel_product(dxn, weight_rows(params, wk_, heads).transpose(), dk, true);
-    detail::parallel_product(dxn, weight_rows(params, wv_, heads).transpose(), dv, true);
+    // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn  =>  dW += d(.) xn^T,
+    // dxn += W_q^T dq + W_k^T dk + W_v^T dv, the 1/sqrt(Dh) moved onto dk (this group's rows).
+    detail::project_qkv_backward(params, qkv_slots(), heads, cfg_.head_size, xn, dq, dk, dv, dxn);
   }
 
  private:
@@ -226,24 +219,7 @@ class FullAttention {
     return m.block(h * cfg_.head_size, b * t, cfg_.head_size, t);
   }
 
-  // Rows of `heads` of a [H*Dh, hidden] weight.
-  auto weight_rows(const Parameters<S>& params, SlotId slot, HeadRange heads) const {
-    return params.value(slot).middleRows(heads.first * cfg_.head_size,
-                                         heads.count * cfg_.head_size);
-  }
-
-  // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn for all tokens, the rows of `heads`.
-  void project(const Parameters<S>& params, const ConstMatrixRef<S>& xn, HeadRange heads,
-               Matrix<S>& q, Matrix<S>& k, Matrix<S>& v) const {
-    const Index n = xn.cols(), rows = heads.count * cfg_.head_size;
-    q.resize(rows, n);
-    k.resize(rows, n);
-    v.resize(rows, n);
-    detail::parallel_product(q, weight_rows(params, wq_, heads), xn, false);
-    detail::parallel_product(k, weight_rows(params, wk_, heads), xn, false);
-    detail::parallel_product(v, weight_rows(params, wv_, heads), xn, false);
-    k *= S(1) / std::sqrt(S(cfg_.head_size));
-  }
+  detail::QkvSlots qkv_slots() const { return {wq_, wk_, wv_}; }
 
   // p = column-wise softmax of the masked scores s = k^T q of the query panel starting at
   // query i0 (p: nk x nq; column c is query i0 + c).

@@ -39,6 +39,7 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/chunk_attention.hpp"
+#include "reformer/layers/detail/head_projection.hpp"
 #include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/head_range.hpp"
 
@@ -110,7 +111,7 @@ class LocalAttention {
     const Layout lay = layout(where, xn, ctx, heads);
     check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
     Matrix<S> q, k, v;
-    project(params, xn, heads, q, k, v);
+    detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
     const std::vector<Index> pos = positions(lay.t);
     parallel_for(lay.items(), [&](Index item) {
       const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
@@ -146,7 +147,7 @@ class LocalAttention {
     check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), n);
     check_shape(where, "a", a.rows(), a.cols(), rows, n);
     Matrix<S> q, k, v;
-    project(params, xn, heads, q, k, v);
+    detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
     const std::vector<Index> pos = positions(lay.t);
     Matrix<S> dq(rows, n);
     Matrix<S> dk = Matrix<S>::Zero(rows, n);
@@ -202,17 +203,9 @@ class LocalAttention {
       });
     }
 
-    // k = W_k xn / sqrt(Dh)  =>  the 1/sqrt(Dh) factor moves onto dk.
-    dk *= S(1) / std::sqrt(S(cfg_.head_size));
-    // q = W_q xn, k, v likewise  =>  dW += d(.) xn^T,  dxn += W_q^T dq + W_k^T dk + W_v^T dv
-    // (the rows of this group's heads).
-    const Index r0 = heads.first * dh;
-    detail::linear_weight_grads<S>(dq, xn, params.grad(wq_).middleRows(r0, rows));
-    detail::linear_weight_grads<S>(dk, xn, params.grad(wk_).middleRows(r0, rows));
-    detail::linear_weight_grads<S>(dv, xn, params.grad(wv_).middleRows(r0, rows));
-    detail::parallel_product(dxn, weight_rows(params, wq_, heads).transpose(), dq, true);
-    detail::parallel_product(dxn, weight_rows(params, wk_, heads).transpose(), dk, true);
-    detail::parallel_product(dxn, weight_rows(params, wv_, heads).transpose(), dv, true);
+    // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn  =>  dW += d(.) xn^T,
+    // dxn += W_q^T dq + W_k^T dk + W_v^T dv, the 1/sqrt(Dh) moved onto dk (this group's rows).
+    detail::project_qkv_backward(params, qkv_slots(), heads, cfg_.head_size, xn, dq, dk, dv, dxn);
   }
 
  private:
@@ -329,24 +322,7 @@ class LocalAttention {
     return m.block(h * cfg_.head_size, b * t + c0, cfg_.head_size, nc);
   }
 
-  // Rows of `heads` of a [H*Dh, hidden] weight.
-  auto weight_rows(const Parameters<S>& params, SlotId slot, HeadRange heads) const {
-    return params.value(slot).middleRows(heads.first * cfg_.head_size,
-                                         heads.count * cfg_.head_size);
-  }
-
-  // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn for all tokens, the rows of `heads`.
-  void project(const Parameters<S>& params, const ConstMatrixRef<S>& xn, HeadRange heads,
-               Matrix<S>& q, Matrix<S>& k, Matrix<S>& v) const {
-    const Index n = xn.cols(), rows = heads.count * cfg_.head_size;
-    q.resize(rows, n);
-    k.resize(rows, n);
-    v.resize(rows, n);
-    detail::parallel_product(q, weight_rows(params, wq_, heads), xn, false);
-    detail::parallel_product(k, weight_rows(params, wk_, heads), xn, false);
-    detail::parallel_product(v, weight_rows(params, wv_, heads), xn, false);
-    k *= S(1) / std::sqrt(S(cfg_.head_size));
-  }
+  detail::QkvSlots qkv_slots() const { return {wq_, wk_, wv_}; }
 
   Config cfg_;
   Index hidden_;

@@ -27,19 +27,25 @@
 // index query position * Tp + key position, so backward sees the forward's mask.
 //
 // Work and memory: (sequence, head) pairs are processed in waves whose size depends only on the
-// shapes; inside a wave every phase is a parallel_for over fixed items (heads or groups of
-// chunks), each writing its own slice, so results are bitwise identical for any thread count.
-// Each chunk gathers its queries and its window's keys and values on the fly (O(W*C*Dh) copies
-// next to O(W*C^2*Dh) products). Per head the buffers are O(R*Tp*Dh): the per-place outputs,
-// and in backward the per-place gradients of queries, keys and values; per work item O(C^2)
-// scores. No T x T and no all-chunks (R*T x W*C) score buffer is ever formed.
+// shapes; inside a wave every phase is a parallel_for over fixed items (blocks of positions or
+// places of a head, or groups of chunks), each writing its own slice, so results are bitwise
+// identical for any thread count, and a single long head still keeps every thread busy.
+// Each head's queries (qk) and values are gathered once into sorted order (prefetching the
+// scattered columns ahead), so a chunk reads its queries, values and positions as contiguous
+// slices of those buffers and only copies its window's keys (k = qk * key scale), instead of
+// gathering W*C scattered columns per chunk from the Dh x T matrices (which leave the caches for
+// long inputs). Per head the buffers are O(R*Tp*Dh): sorted queries and values, the per-place
+// outputs, and in backward the per-place gradients of queries, keys and values; per work item
+// O(C^2) scores. No T x T and no all-chunks (R*T x W*C) score buffer is ever formed.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
+#include "reformer/core/prefetch.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/threading.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/layers/chunk_attention.hpp"
+#include "reformer/layers/detail/head_projection.hpp"
 #include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/head_range.hpp"
 #include "reformer/layers/lsh_bucketing.hpp"
@@ -97,26 +103,25 @@ namespace detail {
 
 inline constexpr double kLshKeyNormEps = 1e-6;
 
-/// Key normalisation, column by column (qk, k: Dh x n):
-///   k = qk * g,  g = 1 / (sqrt(mean(qk^2) + 1e-6) * sqrt(Dh))
+/// The key scale of one qk column (Dh entries): g = 1 / (sqrt(mean(qk^2) + 1e-6) * sqrt(Dh)).
+template <class S, class Q>
+S lsh_key_scale(const Q& qk) {
+  const S dh = static_cast<S>(qk.rows());
+  const S mean_sq = qk.squaredNorm() / dh;
+  return S(1) / (std::sqrt(mean_sq + static_cast<S>(kLshKeyNormEps)) * std::sqrt(dh));
+}
+
+/// Key normalisation, column by column (qk, k: Dh x n):  k = qk * g  (g = lsh_key_scale).
 template <class S>
 void lsh_normalize_keys(ConstMatrixRef<S> qk, MatrixRef<S> k) {
-  const S dh = static_cast<S>(qk.rows());
-  const S inv_sqrt_dh = S(1) / std::sqrt(dh);
-  for (Index t = 0; t < qk.cols(); ++t) {
-    const S mean_sq = qk.col(t).squaredNorm() / dh;
-    k.col(t) =
-        qk.col(t) * (S(1) / std::sqrt(mean_sq + static_cast<S>(kLshKeyNormEps))) * inv_sqrt_dh;
-  }
+  for (Index t = 0; t < qk.cols(); ++t) k.col(t) = qk.col(t) * lsh_key_scale<S>(qk.col(t));
 }
 
 /// Backward of the key normalisation for one column: with g as above,
 ///   dk/dqk = g I - g^3 qk qk^T   =>   dqk += g dk - g^3 (dk . qk) qk
 template <class S, class Q, class DK, class DQ>
 void lsh_normalize_key_backward(const Q& qk, const DK& dk, DQ&& dqk) {
-  const S dh = static_cast<S>(qk.rows());
-  const S mean_sq = qk.squaredNorm() / dh;
-  const S g = S(1) / (std::sqrt(mean_sq + static_cast<S>(kLshKeyNormEps)) * std::sqrt(dh));
+  const S g = lsh_key_scale<S>(qk);
   const S g3_dot = g * g * g * dk.dot(qk);
   dqk += g * dk - g3_dot * qk;
 }
@@ -179,14 +184,10 @@ class LshAttention {
       tape.clear();
       return;
     }
-    Matrix<S> qk(out_features(), xn.cols());
-    detail::parallel_product(qk, params.value(qk_slot_), xn, false);
+    Matrix<S> qk;
+    detail::project_heads(params, qk_slot_, all_heads(), cfg_.head_size, xn, qk);
     tape.resize(pl.batch, cfg_.num_heads, pl.rounds, pl.length);
-    const std::vector<Matrix<S>> rot = rotations(pl, ctx);
-    parallel_for(pl.num_head_items, [&](Index hi) {
-      const Index b = pl.batch_of(hi), j = pl.head_of(hi);
-      hash_head(pl, qk, rot, b, j, tape.data.data() + bucket_offset(pl, b, j));
-    });
+    hash_heads(pl, qk, rotations(pl, ctx), 0, pl.num_head_items, tape.data.data());
   }
 
   /// a = LshAttention(xn): xn is hidden x N, a is H*Dh x N (N = ctx.batch * T).
@@ -202,9 +203,9 @@ class LshAttention {
     const char* where = "LshAttention::forward";
     const Plan pl = plan(where, xn, ctx, heads);
     check_shape(where, "a", a.rows(), a.cols(), pl.heads.count * cfg_.head_size, xn.cols());
-    Matrix<S> qk(a.rows(), xn.cols()), v(a.rows(), xn.cols());  // this group's heads
-    detail::parallel_product(qk, weight_rows(params, qk_slot_, heads), xn, false);
-    detail::parallel_product(v, weight_rows(params, v_slot_, heads), xn, false);
+    Matrix<S> qk, v;  // this group's heads
+    detail::project_heads(params, qk_slot_, heads, cfg_.head_size, xn, qk);
+    detail::project_heads(params, v_slot_, heads, cfg_.head_size, xn, v);
     if (pl.dense) {
       if (ctx.buckets != nullptr && !ctx.replay_buckets) ctx.buckets->clear();
       dense_forward(pl, qk, v, a, ctx);
@@ -229,13 +230,12 @@ class LshAttention {
     std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
     for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
       const Index nh = std::min(pl.wave, pl.num_head_items - h0);
-      parallel_for(nh, [&](Index i) {
-        const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
-        if (record != nullptr) hash_head(pl, qk, rot, b, j, record + bucket_offset(pl, b, j));
-        prepare_head(pl, qk, buckets + bucket_offset(pl, b, j), b, j, bufs[at(i)]);
+      if (record != nullptr) hash_heads(pl, qk, rot, h0, nh, record);
+      sort_and_gather(pl, qk, v, buckets, h0, nh, bufs);
+      attend_forward(pl, ctx, h0, nh, bufs);
+      for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
+        combine_positions(pl, h0 + i, bufs[at(i)], nullptr, a, t0, t1);
       });
-      attend_forward(pl, ctx, qk, v, h0, nh, bufs);
-      parallel_for(nh, [&](Index i) { combine_head(pl, h0 + i, bufs[at(i)], nullptr, a); });
     }
   }
 
@@ -259,35 +259,43 @@ class LshAttention {
     check_shape(where, "da", da.rows(), da.cols(), rows, n);
     check_shape(where, "dxn", dxn.rows(), dxn.cols(), hidden_, n);
     check_shape(where, "a", a.rows(), a.cols(), rows, n);
-    Matrix<S> qk(rows, n), v(rows, n);
-    detail::parallel_product(qk, weight_rows(params, qk_slot_, heads), xn, false);
-    detail::parallel_product(v, weight_rows(params, v_slot_, heads), xn, false);
-    Matrix<S> dqk(rows, n), dv(rows, n);
+    Matrix<S> qk, v;
+    detail::project_heads(params, qk_slot_, heads, cfg_.head_size, xn, qk);
+    detail::project_heads(params, v_slot_, heads, cfg_.head_size, xn, v);
+    Matrix<S> dqk, dv;
     if (pl.dense) {
+      dqk.resize(rows, n);
+      dv.resize(rows, n);
       dense_backward(pl, qk, v, da, a, dqk, dv, ctx);
     } else {
       const std::int32_t* buckets = replayed_buckets(where, pl, ctx);
       std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
       for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
         const Index nh = std::min(pl.wave, pl.num_head_items - h0);
-        parallel_for(nh, [&](Index i) {
-          const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
-          prepare_head(pl, qk, buckets + bucket_offset(pl, b, j), b, j, bufs[at(i)]);
-        });
-        attend_forward(pl, ctx, qk, v, h0, nh, bufs);
+        const bool last_wave = h0 + nh == pl.num_head_items;
+        sort_and_gather(pl, qk, v, buckets, h0, nh, bufs);
+        // Peak memory of long inputs (one wave): v, by position, is no longer read.
+        if (last_wave) v = Matrix<S>();
+        attend_forward(pl, ctx, h0, nh, bufs);
         // a, and in place: o -> d(o), lse -> d(lse) of every sorted place.
-        parallel_for(nh, [&](Index i) { combine_head(pl, h0 + i, bufs[at(i)], &da, a); });
-        attend_backward(pl, ctx, qk, v, h0, nh, bufs);
-        parallel_for(nh, [&](Index i) { reduce_head(pl, h0 + i, bufs[at(i)], qk, dqk, dv); });
+        for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
+          combine_positions(pl, h0 + i, bufs[at(i)], &da, a, t0, t1);
+        });
+        attend_backward(pl, ctx, h0, nh, bufs);  // d(o) -> d(q) in place
+        if (last_wave) {                         // the sorted queries and values are no longer read
+          for (Index i = 0; i < nh; ++i) bufs[at(i)].q = bufs[at(i)].v = Matrix<S>();
+        }
+        dqk.resize(rows, n);  // allocated once, at the first wave's reduction
+        dv.resize(rows, n);
+        for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
+          reduce_positions(pl, h0 + i, bufs[at(i)], qk, dqk, dv, t0, t1);
+        });
       }
     }
     // qk = W_qk x, v = W_v x  =>  dW_qk += dqk x^T, dW_v += dv x^T, dx += W_qk^T dqk + W_v^T dv
     // (the rows of this group's heads).
-    const Index r0 = heads.first * cfg_.head_size;
-    detail::linear_weight_grads<S>(dqk, xn, params.grad(qk_slot_).middleRows(r0, rows));
-    detail::linear_weight_grads<S>(dv, xn, params.grad(v_slot_).middleRows(r0, rows));
-    detail::parallel_product(dxn, weight_rows(params, qk_slot_, heads).transpose(), dqk, true);
-    detail::parallel_product(dxn, weight_rows(params, v_slot_, heads).transpose(), dv, true);
+    detail::project_heads_backward(params, qk_slot_, heads, cfg_.head_size, xn, dqk, dxn);
+    detail::project_heads_backward(params, v_slot_, heads, cfg_.head_size, xn, dv, dxn);
   }
 
  private:
@@ -312,15 +320,21 @@ class LshAttention {
   struct HeadBuffers {
     std::vector<Index> pos;      // sorted place -> position
     std::vector<Index> inverse;  // slot r*Tp + t -> sorted place
-    Matrix<S> keys;              // Dh x T normalised keys, by position
-    Matrix<S> o;                 // Dh x R*Tp per-place outputs (backward: their gradients)
+    Matrix<S> q;                 // Dh x R*Tp queries (qk) by place, zero at padded places
+    Matrix<S> v;                 // Dh x R*Tp values by place, zero at padded places
+    Vector<S> key_scale;         // R*Tp: the key of place s is q_s * key_scale_s (0 if padded)
+    Matrix<S> o;                 // Dh x R*Tp per-place outputs; backward: their gradients, then
+                                 // (in place, chunk by chunk) the gradients of the queries
     Vector<S> lse;               // R*Tp per-place logsumexps (backward: their gradients)
-    Matrix<S> dq;                // backward: Dh x R*Tp gradient of the queries, by place
     Matrix<S> dk, dv;            // backward: Dh x R*Tp gradients of the keys / values, by place
   };
 
   /// Sorted chunks per parallel work item.
   static constexpr Index kChunksPerItem = 4;
+  /// Positions (or sorted places) per parallel work item of the per-head phases.
+  static constexpr Index kPositionsPerItem = 4096;
+  /// How many columns ahead the scattered gathers prefetch.
+  static constexpr Index kPrefetchDistance = 8;
   /// Scalars of per-head buffers a wave may hold (bounds the peak memory for long inputs).
   static constexpr Index kWaveScalars = Index{1} << 24;
   /// Chunk groups a wave aims for (more heads per wave only help short sequences).
@@ -336,12 +350,6 @@ class LshAttention {
   }
 
   HeadRange all_heads() const { return HeadRange{0, cfg_.num_heads}; }
-
-  /// Rows of `heads` of a [H*Dh, hidden] weight.
-  auto weight_rows(const Parameters<S>& params, SlotId slot, HeadRange heads) const {
-    return params.value(slot).middleRows(heads.first * cfg_.head_size,
-                                         heads.count * cfg_.head_size);
-  }
 
   Plan plan(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
             HeadRange heads) const {
@@ -365,8 +373,8 @@ class LshAttention {
     p.chunks = p.slots / p.chunk;
     p.window = cfg_.chunks_before + 1 + cfg_.chunks_after;
     p.layout = bucket_layout(p.length);
-    // o, dq, dk, dv and the keys, per head, in scalars.
-    const Index per_head = 4 * cfg_.head_size * p.slots + cfg_.head_size * p.length;
+    // Sorted q and v, o (later dq), dk and dv, per head, in scalars.
+    const Index per_head = 5 * cfg_.head_size * p.slots;
     // Heads per wave: enough chunk groups to keep the threads busy (kWaveItems), within the
     // memory budget (kWaveScalars). Depends on the shapes only.
     const Index groups = (p.chunks + kChunksPerItem - 1) / kChunksPerItem;
@@ -398,14 +406,31 @@ class LshAttention {
     return m.block(j * cfg_.head_size, b * pl.length, cfg_.head_size, pl.length);
   }
 
-  /// Buckets of sequence b, local head j, for every round into out[r * T + t].
-  void hash_head(const Plan& pl, const Matrix<S>& qk, const std::vector<Matrix<S>>& rot, Index b,
-                 Index j, std::int32_t* out) const {
-    const auto x = head_block(qk, pl, b, j);
-    for (Index r = 0; r < pl.rounds; ++r)
-      lsh_hash<S>(x, rot[at(j * pl.rounds + r)], pl.layout, out + r * pl.length);
+  /// Calls f(i, t0, t1) for the blocks [t0, t1) of kPositionsPerItem positions in [0, Tp) of
+  /// the head items i in [0, nh), in parallel (items fixed by the shapes).
+  template <class F>
+  void for_position_blocks(const Plan& pl, Index nh, F&& f) const {
+    const Index blocks = (pl.padded + kPositionsPerItem - 1) / kPositionsPerItem;
+    parallel_for(nh * blocks, [&](Index item) {
+      const Index i = item / blocks, t0 = (item % blocks) * kPositionsPerItem;
+      f(i, t0, std::min(pl.padded, t0 + kPositionsPerItem));
+    });
   }
 
+  /// Buckets of the head items [h0, h0 + nh) for every round into their [B, H, R, T] rows of
+  /// `tape`, in blocks of positions.
+  void hash_heads(const Plan& pl, const Matrix<S>& qk, const std::vector<Matrix<S>>& rot, Index h0,
+                  Index nh, std::int32_t* tape) const {
+    const Index blocks = (pl.length + kPositionsPerItem - 1) / kPositionsPerItem;
+    parallel_for(nh * pl.rounds * blocks, [&](Index item) {
+      const Index hi = h0 + item / (pl.rounds * blocks);
+      const Index r = item / blocks % pl.rounds, t0 = (item % blocks) * kPositionsPerItem;
+      const Index nt = std::min(kPositionsPerItem, pl.length - t0);
+      const Index b = pl.batch_of(hi), j = pl.head_of(hi);
+      lsh_hash<S>(head_block(qk, pl, b, j).middleCols(t0, nt), rot[at(j * pl.rounds + r)],
+                  pl.layout, tape + bucket_offset(pl, b, j) + r * pl.length + t0);
+    });
+  }
   /// The caller's tape, checked for shape and range.
   const std::int32_t* replayed_buckets(const char* where, const Plan& pl,
                                        const Context& ctx) const {
@@ -448,11 +473,26 @@ class LshAttention {
     return o;
   }
 
-  /// Sorts the slots of (b, h) by bucket (the inverse permutation and the positions of the
-  /// sorted places) and normalises the head's keys. `buckets` holds R x T buckets (row r =
-  /// round r); padded positions get the pad bucket NB, so they sort last in their round.
-  void prepare_head(const Plan& pl, const Matrix<S>& qk, const std::int32_t* buckets, Index b,
-                    Index j, HeadBuffers& hb) const {
+  /// Sorts the slots of every head item of a wave by bucket (the inverse permutation and the
+  /// positions of the sorted places), then gathers its queries and values into sorted order.
+  /// `tape` holds [B, H, R, T] buckets; padded positions get the pad bucket NB, so they sort last
+  /// in their round.
+  void sort_and_gather(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v,
+                       const std::int32_t* tape, Index h0, Index nh,
+                       std::vector<HeadBuffers>& bufs) const {
+    parallel_for(nh, [&](Index i) {
+      const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
+      sort_head(pl, tape + bucket_offset(pl, b, j), bufs[at(i)]);
+    });
+    const Index blocks = (pl.slots + kPositionsPerItem - 1) / kPositionsPerItem;
+    parallel_for(nh * blocks, [&](Index item) {
+      const Index i = item / blocks, s0 = (item % blocks) * kPositionsPerItem;
+      gather_places(pl, qk, v, h0 + i, bufs[at(i)], s0, std::min(pl.slots, s0 + kPositionsPerItem));
+    });
+  }
+
+  /// The sort of one head item (`buckets`: R x T, row r = round r); sizes its buffers.
+  void sort_head(const Plan& pl, const std::int32_t* buckets, HeadBuffers& hb) const {
     const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded, rounds = pl.rounds;
     const auto nb = static_cast<std::int32_t>(pl.layout.num_buckets());
     std::vector<std::int32_t> slot_buckets(at(pl.slots));
@@ -465,86 +505,112 @@ class LshAttention {
                       hb.inverse.data(), counts);
     hb.pos.resize(at(pl.slots));
     for (Index s = 0; s < pl.slots; ++s) hb.pos[at(s)] = order[at(s)] - (s / tp) * tp;
-    hb.keys.resize(dh, len);  // k: Dh x T
-    detail::lsh_normalize_keys<S>(head_block(qk, pl, b, j), hb.keys);
+    hb.q.resize(dh, pl.slots);
+    hb.v.resize(dh, pl.slots);
+    hb.key_scale.resize(pl.slots);
     hb.o.resize(dh, pl.slots);
     hb.lse.resize(pl.slots);
   }
 
-  /// The gathered operands of one chunk: queries (Dh x C), and the keys and values of its window
-  /// (Dh x W*C: chunks c - before .. c + after, circular over the R*Tp places) with their
-  /// positions. Padded positions gather zero vectors (their keys are masked, their queries'
-  /// outputs discarded). Gathering per chunk costs O(W*C*Dh), next to the O(W*C^2*Dh) products.
-  struct ChunkOperands {
-    Matrix<S> q, k, v;
-    std::vector<Index> kpos;
-  };
-  void gather_chunk(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v, const HeadBuffers& hb,
-                    Index b, Index j, Index c, ChunkOperands& op) const {
-    const Index dh = cfg_.head_size, cl = pl.chunk, len = pl.length;
-    const auto x = head_block(qk, pl, b, j);
-    const auto xv = head_block(v, pl, b, j);
-    op.q.resize(dh, cl);
-    op.k.resize(dh, pl.window * cl);
-    op.v.resize(dh, pl.window * cl);
-    op.kpos.resize(at(pl.window * cl));
-    for (Index i = 0; i < cl; ++i) {
-      const Index t = hb.pos[at(c * cl + i)];
-      if (t < len) {
-        op.q.col(i) = x.col(t);
-      } else {
-        op.q.col(i).setZero();
-      }
-    }
-    for (Index w = 0; w < pl.window; ++w) {
-      const Index src = detail::lsh_mod(c - cfg_.chunks_before + w, pl.chunks);
-      for (Index j = 0; j < cl; ++j) {
-        const Index t = hb.pos[at(src * cl + j)];
-        const Index col = w * cl + j;
-        op.kpos[at(col)] = t;
-        if (t < len) {
-          op.k.col(col) = hb.keys.col(t);
-          op.v.col(col) = xv.col(t);
-        } else {
-          op.k.col(col).setZero();
-          op.v.col(col).setZero();
+  /// Places [s0, s1) of head item hi: q_s = qk_pos(s), v_s = v_pos(s), key_scale_s =
+  /// lsh_key_scale(qk_pos(s)); zero at padded places (their keys are masked, their queries'
+  /// outputs discarded). The scattered columns are prefetched kPrefetchDistance places ahead.
+  void gather_places(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v, Index hi,
+                     HeadBuffers& hb, Index s0, Index s1) const {
+    const Index dh = cfg_.head_size, len = pl.length;
+    const auto x = head_block(qk, pl, pl.batch_of(hi), pl.head_of(hi));
+    const auto xv = head_block(v, pl, pl.batch_of(hi), pl.head_of(hi));
+    for (Index s = s0; s < s1; ++s) {
+      if (s + kPrefetchDistance < s1) {
+        const Index ahead = hb.pos[at(s + kPrefetchDistance)];
+        if (ahead < len) {
+          detail::prefetch_read(x.col(ahead).data(), dh);
+          detail::prefetch_read(xv.col(ahead).data(), dh);
         }
+      }
+      const Index t = hb.pos[at(s)];
+      if (t < len) {
+        hb.q.col(s) = x.col(t);
+        hb.v.col(s) = xv.col(t);
+        hb.key_scale[s] = detail::lsh_key_scale<S>(x.col(t));
+      } else {
+        hb.q.col(s).setZero();
+        hb.v.col(s).setZero();
+        hb.key_scale[s] = 0;
       }
     }
   }
 
+  /// The window of chunk c: chunks c - before .. c + after, circular over the R*Tp places.
+  /// `keys` receives its keys (Dh x W*C, k = q * key scale). When the window does not wrap
+  /// (returns true) its values and positions are the contiguous slices of hb.v and hb.pos from
+  /// place (c - before) * C; otherwise they are copied into `values` and `kpos`.
+  struct Window {
+    Matrix<S> keys, values;
+    std::vector<Index> kpos;
+  };
+  bool gather_window(const Plan& pl, const HeadBuffers& hb, Index c, Window& w) const {
+    const Index cl = pl.chunk, wl = pl.window * cl, first = c - cfg_.chunks_before;
+    w.keys.resize(cfg_.head_size, wl);
+    if (first >= 0 && c + cfg_.chunks_after < pl.chunks) {
+      w.keys.noalias() =
+          hb.q.middleCols(first * cl, wl) * hb.key_scale.segment(first * cl, wl).asDiagonal();
+      return true;
+    }
+    w.values.resize(cfg_.head_size, wl);
+    w.kpos.resize(at(wl));
+    for (Index k = 0; k < pl.window; ++k) {
+      const Index src = detail::lsh_mod(first + k, pl.chunks) * cl;
+      w.keys.middleCols(k * cl, cl).noalias() =
+          hb.q.middleCols(src, cl) * hb.key_scale.segment(src, cl).asDiagonal();
+      w.values.middleCols(k * cl, cl) = hb.v.middleCols(src, cl);
+      std::copy_n(hb.pos.begin() + src, cl, w.kpos.begin() + k * cl);
+    }
+    return false;
+  }
+
   /// Per-place outputs o and logsumexps lse of every chunk of the heads of a wave.
-  void attend_forward(const Plan& pl, const Context& ctx, const Matrix<S>& qk, const Matrix<S>& v,
-                      Index h0, Index nh, std::vector<HeadBuffers>& bufs) const {
+  void attend_forward(const Plan& pl, const Context& ctx, Index h0, Index nh,
+                      std::vector<HeadBuffers>& bufs) const {
     const Index groups = (pl.chunks + kChunksPerItem - 1) / kChunksPerItem;
-    const Index cl = pl.chunk, chunks_per_round = pl.padded / cl;
+    const Index cl = pl.chunk, wl = pl.window * cl, chunks_per_round = pl.padded / cl;
     parallel_for(nh * groups, [&](Index item) {
       const Index i = item / groups, g = item % groups;
       const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
       HeadBuffers& hb = bufs[at(i)];
-      ChunkAttentionWorkspace<S> ws(cl, pl.window * cl);
-      ChunkOperands op;
+      ChunkAttentionWorkspace<S> ws(cl, wl);
+      Window w;
       const Index c_end = std::min(pl.chunks, (g + 1) * kChunksPerItem);
       for (Index c = g * kChunksPerItem; c < c_end; ++c) {
-        gather_chunk(pl, qk, v, hb, b, j, c, op);
-        chunk_attention_forward<S>(op.q, op.k, op.v, hb.pos.data() + c * cl, op.kpos.data(),
-                                   options(pl, ctx, b, pl.heads.global(j), c / chunks_per_round),
-                                   hb.o.middleCols(c * cl, cl), hb.lse.data() + c * cl, ws);
+        const Index first = (c - cfg_.chunks_before) * cl;
+        const bool slices = gather_window(pl, hb, c, w);
+        chunk_attention_forward<S>(
+            hb.q.middleCols(c * cl, cl), w.keys,
+            slices ? ConstMatrixRef<S>(hb.v.middleCols(first, wl)) : ConstMatrixRef<S>(w.values),
+            hb.pos.data() + c * cl, slices ? hb.pos.data() + first : w.kpos.data(),
+            options(pl, ctx, b, pl.heads.global(j), c / chunks_per_round),
+            hb.o.middleCols(c * cl, cl), hb.lse.data() + c * cl, ws);
       }
     });
   }
 
-  /// Unsorts and combines the rounds of head item hi into a; with da, also turns hb.o / hb.lse
-  /// into the gradients of the per-slot outputs and logsumexps (in place).
+  /// Unsorts and combines the rounds at positions [t0, t1) of head item hi into a; with da,
+  /// also turns hb.o / hb.lse of those positions' places into the gradients of the per-slot
+  /// outputs and logsumexps (in place). Padded positions (t >= T) only get zero gradients.
   ///   forward:   w_r = exp(lse_r - logsumexp_r' lse_r') (softmax over rounds),  o = sum_r w_r o_r
   ///   backward:  do_r = w_r do,   dlse_r = w_r (do . o_r - do . o)
-  void combine_head(const Plan& pl, Index hi, HeadBuffers& hb, const ConstMatrixRef<S>* da,
-                    MatrixRef<S> a) const {
+  void combine_positions(const Plan& pl, Index hi, HeadBuffers& hb, const ConstMatrixRef<S>* da,
+                         MatrixRef<S> a, Index t0, Index t1) const {
     const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded, rounds = pl.rounds;
     const Index b = pl.batch_of(hi), j = pl.head_of(hi);
     Index place[kLshMaxHashes];
     S w[kLshMaxHashes];
-    for (Index t = 0; t < len; ++t) {
+    for (Index t = t0; t < std::min(t1, len); ++t) {
+      if (t + kPrefetchDistance < std::min(t1, len)) {
+        for (Index r = 0; r < rounds; ++r)
+          detail::prefetch_read(hb.o.col(hb.inverse[at(r * tp + t + kPrefetchDistance)]).data(),
+                                dh);
+      }
       S mx = -std::numeric_limits<S>::infinity();
       for (Index r = 0; r < rounds; ++r) {
         place[r] = hb.inverse[at(r * tp + t)];
@@ -574,7 +640,7 @@ class LshAttention {
     }
     if (da != nullptr) {  // padded queries receive no gradient
       for (Index r = 0; r < rounds; ++r) {
-        for (Index t = len; t < tp; ++t) {
+        for (Index t = std::max(t0, len); t < t1; ++t) {
           const Index s = hb.inverse[at(r * tp + t)];
           hb.o.col(s).setZero();
           hb.lse[s] = 0;
@@ -584,50 +650,49 @@ class LshAttention {
   }
 
   /// Backward of every chunk of the heads of a wave, given hb.o = d(o) and hb.lse = d(lse):
-  /// hb.dq (each chunk's own places, overwritten) and hb.dk / hb.dv (accumulated over the
-  /// windows that contain each place).
+  /// the gradients of the queries replace d(o) in hb.o chunk by chunk (each chunk's own places;
+  /// the kernel reads d(o) before it writes dq), and hb.dk / hb.dv accumulate over the windows
+  /// that contain each place.
   ///
   /// Determinism without per-window copies: the chunks c < full = (chunks / W) * W with
   /// c % W == p form pass p; their windows are disjoint runs of W chunks, so one pass
   /// accumulates into dk / dv in parallel without two chunks touching the same place. The
   /// remaining chunks run one after another in a last pass. Every place therefore receives its
   /// contributions in the same order for any thread count.
-  void attend_backward(const Plan& pl, const Context& ctx, const Matrix<S>& qk, const Matrix<S>& v,
-                       Index h0, Index nh, std::vector<HeadBuffers>& bufs) const {
+  void attend_backward(const Plan& pl, const Context& ctx, Index h0, Index nh,
+                       std::vector<HeadBuffers>& bufs) const {
     const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl;
     const Index chunks_per_round = pl.padded / cl;
     parallel_for(nh, [&](Index i) {
       HeadBuffers& hb = bufs[at(i)];
-      hb.dq.resize(dh, pl.slots);
       hb.dk.setZero(dh, pl.slots);
       hb.dv.setZero(dh, pl.slots);
     });
     struct Scratch {
       ChunkAttentionWorkspace<S> ws;
-      ChunkOperands op;
+      Window w;
       Matrix<S> dk, dv;  // a wrapped window's gradients, before they are added to their places
     };
     auto chunk_backward = [&](Index i, Index c, Scratch& sc) {
       const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
       HeadBuffers& hb = bufs[at(i)];
-      gather_chunk(pl, qk, v, hb, b, j, c, sc.op);
       const ChunkAttentionOptions opts =
           options(pl, ctx, b, pl.heads.global(j), c / chunks_per_round);
       const Index first = c - cfg_.chunks_before;
-      const bool contiguous = first >= 0 && c + cfg_.chunks_after < pl.chunks;
-      if (contiguous) {  // the window's places are consecutive: accumulate in place
+      if (gather_window(pl, hb, c, sc.w)) {  // consecutive places: accumulate in place
         chunk_attention_backward<S>(
-            sc.op.q, sc.op.k, sc.op.v, hb.pos.data() + c * cl, sc.op.kpos.data(), opts,
-            hb.o.middleCols(c * cl, cl), hb.lse.data() + c * cl, hb.dq.middleCols(c * cl, cl),
-            hb.dk.middleCols(first * cl, wl), hb.dv.middleCols(first * cl, wl), sc.ws);
+            hb.q.middleCols(c * cl, cl), sc.w.keys, hb.v.middleCols(first * cl, wl),
+            hb.pos.data() + c * cl, hb.pos.data() + first * cl, opts, hb.o.middleCols(c * cl, cl),
+            hb.lse.data() + c * cl, hb.o.middleCols(c * cl, cl), hb.dk.middleCols(first * cl, wl),
+            hb.dv.middleCols(first * cl, wl), sc.ws);
         return;
       }
       sc.dk.setZero(dh, wl);
       sc.dv.setZero(dh, wl);
-      chunk_attention_backward<S>(sc.op.q, sc.op.k, sc.op.v, hb.pos.data() + c * cl,
-                                  sc.op.kpos.data(), opts, hb.o.middleCols(c * cl, cl),
-                                  hb.lse.data() + c * cl, hb.dq.middleCols(c * cl, cl), sc.dk,
-                                  sc.dv, sc.ws);
+      chunk_attention_backward<S>(hb.q.middleCols(c * cl, cl), sc.w.keys, sc.w.values,
+                                  hb.pos.data() + c * cl, sc.w.kpos.data(), opts,
+                                  hb.o.middleCols(c * cl, cl), hb.lse.data() + c * cl,
+                                  hb.o.middleCols(c * cl, cl), sc.dk, sc.dv, sc.ws);
       for (Index w = 0; w < pl.window; ++w) {
         const Index dst = detail::lsh_mod(first + w, pl.chunks);
         hb.dk.middleCols(dst * cl, cl) += sc.dk.middleCols(w * cl, cl);
@@ -652,14 +717,23 @@ class LshAttention {
     }
   }
 
-  /// Gathers the gradients of head item hi back to positions, summing the rounds in order, and
-  /// through the key normalisation: dqk = dq + (dk/dqk)^T dk, and dv.
-  void reduce_head(const Plan& pl, Index hi, const HeadBuffers& hb, const Matrix<S>& qk,
-                   Matrix<S>& dqk, Matrix<S>& dv) const {
+  /// Gathers the gradients at positions [t0, t1) of head item hi back from their places,
+  /// summing the rounds in order, and through the key normalisation: dqk = dq + (dk/dqk)^T dk,
+  /// and dv.
+  void reduce_positions(const Plan& pl, Index hi, const HeadBuffers& hb, const Matrix<S>& qk,
+                        Matrix<S>& dqk, Matrix<S>& dv, Index t0, Index t1) const {
     const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded;
-    const Index b = pl.batch_of(hi), j = pl.head_of(hi);
+    const Index b = pl.batch_of(hi), j = pl.head_of(hi), end = std::min(t1, len);
     Vector<S> dk(dh);
-    for (Index t = 0; t < len; ++t) {
+    for (Index t = t0; t < end; ++t) {
+      if (t + kPrefetchDistance < end) {
+        for (Index r = 0; r < pl.rounds; ++r) {
+          const Index ahead = hb.inverse[at(r * tp + t + kPrefetchDistance)];
+          detail::prefetch_read(hb.o.col(ahead).data(), dh);
+          detail::prefetch_read(hb.dk.col(ahead).data(), dh);
+          detail::prefetch_read(hb.dv.col(ahead).data(), dh);
+        }
+      }
       auto dq_t = dqk.col(b * len + t).segment(j * dh, dh);
       auto dv_t = dv.col(b * len + t).segment(j * dh, dh);
       dq_t.setZero();
@@ -667,14 +741,13 @@ class LshAttention {
       dk.setZero();
       for (Index r = 0; r < pl.rounds; ++r) {
         const Index s = hb.inverse[at(r * tp + t)];
-        dq_t += hb.dq.col(s);
+        dq_t += hb.o.col(s);  // d(q) by now
         dk += hb.dk.col(s);
         dv_t += hb.dv.col(s);
       }
       detail::lsh_normalize_key_backward<S>(qk.col(b * len + t).segment(j * dh, dh), dk, dq_t);
     }
   }
-
   /// T <= C: dense shared-QK attention over the whole sequence, one round, no hashing.
   void dense_forward(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v, MatrixRef<S> a,
                      const Context& ctx) const {

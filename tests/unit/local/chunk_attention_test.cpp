@@ -196,6 +196,31 @@ TEST(ChunkAttention, BackwardMatchesFiniteDifferences) {
   }
 }
 
+// LSH attention saves a buffer by letting dq overwrite d_o (same shape when Dv = Dh): the kernel
+// reads d_o completely before it writes dq, so the aliased call gives the same bits.
+TEST(ChunkAttention, BackwardDqMayAliasDo) {
+  const Matrix<double> q = random_matrix(6, 5, Rng(41));
+  const Matrix<double> k = random_matrix(6, 11, Rng(42));
+  const Matrix<double> v = random_matrix(6, 11, Rng(43));
+  const Matrix<double> d_o = random_matrix(6, 5, Rng(44));
+  const Matrix<double> dlse = random_matrix(5, 1, Rng(45));
+  ChunkAttentionWorkspace<double> ws;
+  for (const Case& c : cases()) {
+    const auto opts = options_of(c);
+    Matrix<double> dq(6, 5), dk = Matrix<double>::Zero(6, 11), dv = Matrix<double>::Zero(6, 11);
+    chunk_attention_backward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, d_o,
+                                     dlse.data(), dq, dk, dv, ws);
+    Matrix<double> shared = d_o;  // d_o in, dq out
+    Matrix<double> dk2 = Matrix<double>::Zero(6, 11), dv2 = Matrix<double>::Zero(6, 11);
+    chunk_attention_backward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, shared,
+                                     dlse.data(), shared, dk2, dv2, ws);
+    EXPECT_TRUE(shared == dq) << c.name;
+    EXPECT_TRUE(dk2 == dk) << c.name;
+    EXPECT_TRUE(dv2 == dv) << c.name;
+    EXPECT_FALSE(dq.isApprox(d_o)) << c.name;  // dq really replaced d_o
+  }
+}
+
 TEST(ChunkAttention, FloatAgreesWithDouble) {
   const Matrix<double> q = random_matrix(8, 4, Rng(31));
   const Matrix<double> k = random_matrix(8, 8, Rng(32));

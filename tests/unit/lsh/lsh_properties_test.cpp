@@ -281,6 +281,45 @@ TEST(LshWaves, ManyWavesMatchReferenceAndSingleSequences) {
   EXPECT_LT(rel_error(sum, grads), 1e-14);
 }
 
+// A single long head is split into blocks of positions / sorted places (hashing, gathering into
+// sorted order, combining the rounds, reducing the gradients) so that every thread has work: with
+// several blocks, padding and two rounds the output still matches the reference, and forward and
+// backward are bitwise identical for one and two threads.
+TEST(LshLongHead, PositionBlocksMatchReferenceAndAreThreadIndependent) {
+  const Index heads = 1, dh = 4, chunk = 8, len = 9001, hidden = 6;  // 3 blocks, Tp = 9008
+  LshSetup s(config(heads, dh, chunk, 2, true, {32}), hidden);
+  const Matrix<double> xn = random_matrix(hidden, len, Rng(41));
+  const Matrix<double> g = random_matrix(s.out(), len, Rng(42));
+  struct Run {
+    BucketTape tape;
+    Matrix<double> a, a2, dxn;
+    Vector<double> grads;
+  };
+  auto run = [&](int threads) {
+    set_num_threads(threads);
+    Run r;
+    r.a = forward(s, xn, make_ctx(1, &r.tape, false));
+    r.a2.resize(s.out(), len);
+    r.dxn.resize(hidden, len);
+    s.params.zero_grad();
+    s.core.backward(s.params, xn, g, r.dxn, r.a2, make_ctx(1, &r.tape, true));
+    r.grads = s.params.grads();
+    return r;
+  };
+  const int saved = num_threads();
+  const Run one = run(1), two = run(2);
+  set_num_threads(saved);
+  const Matrix<double> ref = reference_lsh(s.qk_head(xn, 0, len, 0), s.v_head(xn, 0, len, 0),
+                                           tape_head(one.tape, 0, 0), 2, 32, chunk, 1, 0, true);
+  EXPECT_LT(rel_error(one.a, ref), 1e-11);
+  EXPECT_TRUE(one.a2 == one.a);
+  EXPECT_EQ(one.tape.data, two.tape.data);
+  EXPECT_TRUE(one.a == two.a);
+  EXPECT_TRUE(one.dxn == two.dxn);
+  EXPECT_TRUE(one.grads == two.grads);
+  EXPECT_GT(one.dxn.cwiseAbs().maxCoeff(), 1e-3);
+}
+
 // ---- dropout, threads, float --------------------------------------------------------------------
 
 TEST(LshDropout, KeyedByStepAndOnlyInTraining) {

@@ -1,0 +1,70 @@
+#pragma once
+// The per-head input projections of the attention cores, restricted to a range of heads
+// (head_range.hpp): the rows [first*Dh, (first+count)*Dh) of [H*Dh, hidden] weights.
+//
+//   forward:   y = W[heads] xn                       count*Dh x N
+//   backward:  dW[heads] += dy xn^T,  dxn += W[heads]^T dy
+//
+// Full and local attention project queries, keys and values with three weights and scale the
+// keys by 1/sqrt(Dh) (project_qkv); LSH attention projects shared query-keys and values.
+#include "reformer/core/parameters.hpp"
+#include "reformer/core/types.hpp"
+#include "reformer/layers/detail/sublayer_util.hpp"
+#include "reformer/layers/head_range.hpp"
+
+#include <cmath>
+
+namespace reformer::detail {
+
+/// Rows of `heads` of a [H*Dh, hidden] weight: count*Dh x hidden.
+template <class S>
+auto head_rows(const Parameters<S>& params, SlotId slot, HeadRange heads, Index head_size) {
+  return params.value(slot).middleRows(heads.first * head_size, heads.count * head_size);
+}
+
+/// y = W[heads] xn; y is resized to count*Dh x N.
+template <class S>
+void project_heads(const Parameters<S>& params, SlotId slot, HeadRange heads, Index head_size,
+                   const ConstMatrixRef<S>& xn, Matrix<S>& y) {
+  y.resize(heads.count * head_size, xn.cols());
+  parallel_product(y, head_rows(params, slot, heads, head_size), xn, false);
+}
+
+/// Backward of y = W[heads] xn:  dW[heads] += dy xn^T,  dxn += W[heads]^T dy.
+template <class S>
+void project_heads_backward(Parameters<S>& params, SlotId slot, HeadRange heads, Index head_size,
+                            const ConstMatrixRef<S>& xn, const Matrix<S>& dy, MatrixRef<S> dxn) {
+  linear_weight_grads<S>(
+      dy, xn, params.grad(slot).middleRows(heads.first * head_size, heads.count * head_size));
+  parallel_product(dxn, head_rows(params, slot, heads, head_size).transpose(), dy, true);
+}
+
+/// The query, key and value weights of a core.
+struct QkvSlots {
+  SlotId query, key, value;
+};
+
+/// q = W_q[heads] xn,  k = W_k[heads] xn / sqrt(Dh),  v = W_v[heads] xn  (count*Dh x N each).
+template <class S>
+void project_qkv(const Parameters<S>& params, QkvSlots w, HeadRange heads, Index head_size,
+                 const ConstMatrixRef<S>& xn, Matrix<S>& q, Matrix<S>& k, Matrix<S>& v) {
+  project_heads(params, w.query, heads, head_size, xn, q);
+  project_heads(params, w.key, heads, head_size, xn, k);
+  project_heads(params, w.value, heads, head_size, xn, v);
+  k *= S(1) / std::sqrt(S(head_size));
+}
+
+/// Backward of project_qkv given the gradients of q, the scaled k and v: the 1/sqrt(Dh) factor
+/// moves onto dk (scaled in place), then dW[heads] += d(.) xn^T and
+/// dxn += W_q^T dq + W_k^T dk + W_v^T dv.
+template <class S>
+void project_qkv_backward(Parameters<S>& params, QkvSlots w, HeadRange heads, Index head_size,
+                          const ConstMatrixRef<S>& xn, const Matrix<S>& dq, Matrix<S>& dk,
+                          const Matrix<S>& dv, MatrixRef<S> dxn) {
+  dk *= S(1) / std::sqrt(S(head_size));
+  project_heads_backward(params, w.query, heads, head_size, xn, dq, dxn);
+  project_heads_backward(params, w.key, heads, head_size, xn, dk, dxn);
+  project_heads_backward(params, w.value, heads, head_size, xn, dv, dxn);
+}
+
+}  // namespace reformer::detail

@@ -88,12 +88,7 @@ class AttentionSublayer {
 
   /// Hugging Face initialisation: weights ~ normal(0, std) drawn from `rng`, LayerNorm weight 1
   /// and bias 0.
-  void init(Parameters<S>& params, const Rng& rng, double std) const {
-    params.value_vector(ln_weight_).setOnes();
-    params.value_vector(ln_bias_).setZero();
-    detail::init_normal(params, out_weight_, rng.derive(0), std);
-    core_.init(params, rng.derive(1), std);
-  }
+  void init(Parameters<S>& params, const Rng& rng, double std) const;
 
   /// Scalars of the per-head matrices of one head group (e.g. its rows of the attention output)
   /// a call aims for: 2^22, 16 MiB in float, i.e. all 4 heads of 64 up to 16K tokens per call.
@@ -108,67 +103,12 @@ class AttentionSublayer {
 
   /// y = f(x). x and y are D x (ctx.batch * T); y must not alias x.
   void forward(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
-               const Context& ctx) const {
-    const char* where = "AttentionSublayer::forward";
-    check_io(where, x, ctx);
-    check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
-    const Index n = x.cols();
-    Matrix<S> xn(hidden_size(), n);
-    detail::layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_),
-                                           params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
-    Matrix<S> a;  // a_g: the outputs of one head group
-    for_head_groups(n, [&](HeadRange heads) {
-      a.resize(heads.count * core_.config().head_size, n);
-      core_.forward(params, xn, a, ctx, heads);
-      // z = W_o a = sum over groups of W_o[:, g] a_g
-      detail::parallel_product(y, output_columns(params, heads), a, heads.first > 0);
-    });
-    apply_output_dropout(y, y, ctx);
-  }
+               const Context& ctx) const;
 
   /// Recomputes f from x, writes dx = (df/dx)^T dy and fx = f(x), accumulates the parameter
   /// gradients into params.grads(). dx and fx must not alias x or dy.
   void backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
-                MatrixRef<S> fx, const Context& ctx) const {
-    const char* where = "AttentionSublayer::backward";
-    check_io(where, x, ctx);
-    check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
-    check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
-    check_shape(where, "fx", fx.rows(), fx.cols(), x.rows(), x.cols());
-    const Index n = x.cols(), dh = core_.config().head_size;
-
-    // Forward, recomputed: xn = LN(x).
-    Matrix<S> xn(hidden_size(), n);
-    detail::layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_),
-                                           params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
-
-    // y = Dropout(z)  =>  dz = mask .* dy / (1 - p)   (the same mask as the forward pass).
-    // dz lives in dx until the LayerNorm backward below overwrites it.
-    MatrixRef<S>& dz = dx;
-    apply_output_dropout(dy, dz, ctx);
-
-    Matrix<S> dxn = Matrix<S>::Zero(hidden_size(), n);
-    Matrix<S> a, da;  // one head group's outputs and their gradient
-    for_head_groups(n, [&](HeadRange heads) {
-      const auto w_o = output_columns(params, heads);  // W_o[:, g]: D x count*Dh
-      // z = sum_g W_o[:, g] a_g  =>  da_g = W_o[:, g]^T dz,  dW_o[:, g] += dz a_g^T.
-      da.resize(heads.count * dh, n);
-      a.resize(heads.count * dh, n);
-      detail::parallel_product(da, w_o.transpose(), dz, false);
-      // Through the core: dxn += (da_g / dxn), and the recomputed outputs a_g.
-      core_.backward(params, xn, da, dxn, a, ctx, heads);
-      detail::linear_weight_grads<S>(
-          dz, a, params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh));
-      // f(x) = Dropout(W_o a), accumulated over the groups (dropout applied below).
-      detail::parallel_product(fx, w_o, a, heads.first > 0);
-    });
-    apply_output_dropout(fx, fx, ctx);
-
-    // Through the LayerNorm (overwrites dx, which held dz).
-    detail::layer_norm_backward_parallel<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps,
-                                            dxn, dx, params.grad_vector(ln_weight_),
-                                            params.grad_vector(ln_bias_));
-  }
+                MatrixRef<S> fx, const Context& ctx) const;
 
  private:
   static const Config& validated(const Config& cfg) {
@@ -220,5 +160,83 @@ class AttentionSublayer {
   Core core_;
   SlotId out_weight_;
 };
+
+// ---- member definitions -------------------------------------------------------------------------
+// The heavy members are defined outside the class body, so they are not implicitly inline: a
+// translation unit that declares
+// `extern template class AttentionSublayer<float, LshAttention<float>>;` (this repository's
+// own tests, examples and benchmarks: instances/) then does not compile them again.
+
+template <class S, class Core>
+void AttentionSublayer<S, Core>::init(Parameters<S>& params, const Rng& rng, double std) const {
+  params.value_vector(ln_weight_).setOnes();
+  params.value_vector(ln_bias_).setZero();
+  detail::init_normal(params, out_weight_, rng.derive(0), std);
+  core_.init(params, rng.derive(1), std);
+}
+
+template <class S, class Core>
+void AttentionSublayer<S, Core>::forward(const Parameters<S>& params, ConstMatrixRef<S> x,
+                                         MatrixRef<S> y, const Context& ctx) const {
+  const char* where = "AttentionSublayer::forward";
+  check_io(where, x, ctx);
+  check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
+  const Index n = x.cols();
+  Matrix<S> xn(hidden_size(), n);
+  detail::layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_),
+                                         params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
+  Matrix<S> a;  // a_g: the outputs of one head group
+  for_head_groups(n, [&](HeadRange heads) {
+    a.resize(heads.count * core_.config().head_size, n);
+    core_.forward(params, xn, a, ctx, heads);
+    // z = W_o a = sum over groups of W_o[:, g] a_g
+    detail::parallel_product(y, output_columns(params, heads), a, heads.first > 0);
+  });
+  apply_output_dropout(y, y, ctx);
+}
+
+template <class S, class Core>
+void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<S> x,
+                                          ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> fx,
+                                          const Context& ctx) const {
+  const char* where = "AttentionSublayer::backward";
+  check_io(where, x, ctx);
+  check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
+  check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
+  check_shape(where, "fx", fx.rows(), fx.cols(), x.rows(), x.cols());
+  const Index n = x.cols(), dh = core_.config().head_size;
+
+  // Forward, recomputed: xn = LN(x).
+  Matrix<S> xn(hidden_size(), n);
+  detail::layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_),
+                                         params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
+
+  // y = Dropout(z)  =>  dz = mask .* dy / (1 - p)   (the same mask as the forward pass).
+  // dz lives in dx until the LayerNorm backward below overwrites it.
+  MatrixRef<S>& dz = dx;
+  apply_output_dropout(dy, dz, ctx);
+
+  Matrix<S> dxn = Matrix<S>::Zero(hidden_size(), n);
+  Matrix<S> a, da;  // one head group's outputs and their gradient
+  for_head_groups(n, [&](HeadRange heads) {
+    const auto w_o = output_columns(params, heads);  // W_o[:, g]: D x count*Dh
+    // z = sum_g W_o[:, g] a_g  =>  da_g = W_o[:, g]^T dz,  dW_o[:, g] += dz a_g^T.
+    da.resize(heads.count * dh, n);
+    a.resize(heads.count * dh, n);
+    detail::parallel_product(da, w_o.transpose(), dz, false);
+    // Through the core: dxn += (da_g / dxn), and the recomputed outputs a_g.
+    core_.backward(params, xn, da, dxn, a, ctx, heads);
+    detail::linear_weight_grads<S>(
+        dz, a, params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh));
+    // f(x) = Dropout(W_o a), accumulated over the groups (dropout applied below).
+    detail::parallel_product(fx, w_o, a, heads.first > 0);
+  });
+  apply_output_dropout(fx, fx, ctx);
+
+  // Through the LayerNorm (overwrites dx, which held dz).
+  detail::layer_norm_backward_parallel<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps,
+                                          dxn, dx, params.grad_vector(ln_weight_),
+                                          params.grad_vector(ln_bias_));
+}
 
 }  // namespace reformer

@@ -75,88 +75,16 @@ class FeedForward {
 
   /// Hugging Face initialisation: weights ~ normal(0, std) drawn from `rng`, biases 0,
   /// LayerNorm weight 1 and bias 0.
-  void init(Parameters<S>& params, const Rng& rng, double std) const {
-    params.value_vector(ln_weight_).setOnes();
-    params.value_vector(ln_bias_).setZero();
-    detail::init_normal(params, w1_, rng.derive(0), std);
-    params.value_vector(b1_).setZero();
-    detail::init_normal(params, w2_, rng.derive(1), std);
-    params.value_vector(b2_).setZero();
-  }
+  void init(Parameters<S>& params, const Rng& rng, double std) const;
 
   /// y = f(x). x and y are D x (ctx.batch * T); y must not alias x.
   void forward(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
-               const Context& ctx) const {
-    const char* where = "FeedForward::forward";
-    check_x(where, x, ctx);
-    check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
-    const Index chunk = chunk_columns(x.cols());
-    Matrix<S> xn(hidden_size(), chunk), h(feed_forward_size(), chunk);
-    for (Index c0 = 0; c0 < x.cols(); c0 += chunk) {
-      const Index nc = std::min(chunk, x.cols() - c0);
-      auto xn_c = xn.leftCols(nc);
-      auto h_c = h.leftCols(nc);
-      hidden(params, x.middleCols(c0, nc), c0, xn_c, h_c, ctx);  // h_c = hd
-      activation_inplace(h_c);                                   // h_c = g
-      output(params, h_c, c0, y.middleCols(c0, nc), ctx);
-    }
-  }
+               const Context& ctx) const;
 
   /// Recomputes f from x chunk by chunk, writes dx = (df/dx)^T dy and fx = f(x), accumulates the
   /// parameter gradients into params.grads(). dx and fx must not alias x or dy.
   void backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
-                MatrixRef<S> fx, const Context& ctx) const {
-    const char* where = "FeedForward::backward";
-    check_x(where, x, ctx);
-    check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
-    check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
-    check_shape(where, "fx", fx.rows(), fx.cols(), x.rows(), x.cols());
-    const Index chunk = chunk_columns(x.cols());
-    const Index d = hidden_size(), f = feed_forward_size();
-    // Per-chunk buffers: D x chunk and F x chunk, reused by every chunk.
-    Matrix<S> xn(d, chunk), dz(d, chunk), hd(f, chunk), g(f, chunk);
-    VectorMap<S> db1 = params.grad_vector(b1_), db2 = params.grad_vector(b2_);
-    const Rng rng1 = ctx.rng(stream::kFeedForwardActDropout);
-    const Rng rng2 = ctx.rng(stream::kFeedForwardOutputDropout);
-    const double p = dropout_p(ctx);
-
-    for (Index c0 = 0; c0 < x.cols(); c0 += chunk) {
-      const Index nc = std::min(chunk, x.cols() - c0);
-      auto xn_c = xn.leftCols(nc);
-      auto dz_c = dz.leftCols(nc);
-      auto hd_c = hd.leftCols(nc);
-      auto g_c = g.leftCols(nc);
-      // Forward, recomputed: xn, hd = Dropout_1(W1 xn + b1), g = act(hd), fx = Dropout_2(z).
-      hidden(params, x.middleCols(c0, nc), c0, xn_c, hd_c, ctx);
-      detail::for_column_blocks(nc, kActivationFlops * double(f), [&](Index b0, Index nb) {
-        activation_forward<S>(cfg_.activation, hd_c.middleCols(b0, nb), g_c.middleCols(b0, nb));
-      });
-      output(params, g_c, c0, fx.middleCols(c0, nc), ctx);
-
-      // y = Dropout_2(z)       =>  dz = mask_2 .* dy / (1 - p).
-      detail::dropout_parallel<S>(rng2, p, c0, dy.middleCols(c0, nc), dz_c);
-      // z = W2 g + b2          =>  dW2 += dz g^T,  db2 += sum_n dz,  dg = W2^T dz.
-      detail::linear_weight_grads<S>(dz_c, g_c, params.grad(w2_), &db2);
-      auto dg_c = g_c;  // g is no longer needed: dg overwrites it
-      detail::parallel_product(dg_c, params.value(w2_).transpose(), dz_c, false);
-      // g = act(hd)            =>  dhd = act'(hd) .* dg;
-      // hd = Dropout_1(h)      =>  dh = mask_1 .* dhd / (1 - p).
-      auto dh_c = g_c;
-      detail::for_column_blocks(nc, kActivationFlops * double(f), [&](Index b0, Index nb) {
-        activation_backward<S>(cfg_.activation, hd_c.middleCols(b0, nb), dg_c.middleCols(b0, nb),
-                               dh_c.middleCols(b0, nb));
-      });
-      detail::dropout_parallel<S>(rng1, p, c0, dh_c, dh_c);
-      // h = W1 xn + b1         =>  dW1 += dh xn^T,  db1 += sum_n dh,  dxn = W1^T dh.
-      detail::linear_weight_grads<S>(dh_c, xn_c, params.grad(w1_), &db1);
-      auto dxn_c = dz_c;  // dz is no longer needed: dxn overwrites it
-      detail::parallel_product(dxn_c, params.value(w1_).transpose(), dh_c, false);
-      // xn = LN_f(x)           =>  dx, dgamma +=, dbeta +=.
-      detail::layer_norm_backward_parallel<S>(
-          x.middleCols(c0, nc), params.value_vector(ln_weight_), cfg_.layer_norm_eps, dxn_c,
-          dx.middleCols(c0, nc), params.grad_vector(ln_weight_), params.grad_vector(ln_bias_));
-    }
-  }
+                MatrixRef<S> fx, const Context& ctx) const;
 
  private:
   // Rough cost of one activation (erf) in flops, for the parallel threshold.
@@ -225,5 +153,93 @@ class FeedForward {
   Config cfg_;
   SlotId ln_weight_, ln_bias_, w1_, b1_, w2_, b2_;
 };
+
+// ---- member definitions -------------------------------------------------------------------------
+// The heavy members are defined outside the class body, so they are not implicitly inline: a
+// translation unit that declares `extern template class FeedForward<float>;` (this repository's
+// own tests, examples and benchmarks: instances/) then does not compile them again.
+
+template <class S>
+void FeedForward<S>::init(Parameters<S>& params, const Rng& rng, double std) const {
+  params.value_vector(ln_weight_).setOnes();
+  params.value_vector(ln_bias_).setZero();
+  detail::init_normal(params, w1_, rng.derive(0), std);
+  params.value_vector(b1_).setZero();
+  detail::init_normal(params, w2_, rng.derive(1), std);
+  params.value_vector(b2_).setZero();
+}
+
+template <class S>
+void FeedForward<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
+                             const Context& ctx) const {
+  const char* where = "FeedForward::forward";
+  check_x(where, x, ctx);
+  check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
+  const Index chunk = chunk_columns(x.cols());
+  Matrix<S> xn(hidden_size(), chunk), h(feed_forward_size(), chunk);
+  for (Index c0 = 0; c0 < x.cols(); c0 += chunk) {
+    const Index nc = std::min(chunk, x.cols() - c0);
+    auto xn_c = xn.leftCols(nc);
+    auto h_c = h.leftCols(nc);
+    hidden(params, x.middleCols(c0, nc), c0, xn_c, h_c, ctx);  // h_c = hd
+    activation_inplace(h_c);                                   // h_c = g
+    output(params, h_c, c0, y.middleCols(c0, nc), ctx);
+  }
+}
+
+template <class S>
+void FeedForward<S>::backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
+                              MatrixRef<S> dx, MatrixRef<S> fx, const Context& ctx) const {
+  const char* where = "FeedForward::backward";
+  check_x(where, x, ctx);
+  check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
+  check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
+  check_shape(where, "fx", fx.rows(), fx.cols(), x.rows(), x.cols());
+  const Index chunk = chunk_columns(x.cols());
+  const Index d = hidden_size(), f = feed_forward_size();
+  // Per-chunk buffers: D x chunk and F x chunk, reused by every chunk.
+  Matrix<S> xn(d, chunk), dz(d, chunk), hd(f, chunk), g(f, chunk);
+  VectorMap<S> db1 = params.grad_vector(b1_), db2 = params.grad_vector(b2_);
+  const Rng rng1 = ctx.rng(stream::kFeedForwardActDropout);
+  const Rng rng2 = ctx.rng(stream::kFeedForwardOutputDropout);
+  const double p = dropout_p(ctx);
+
+  for (Index c0 = 0; c0 < x.cols(); c0 += chunk) {
+    const Index nc = std::min(chunk, x.cols() - c0);
+    auto xn_c = xn.leftCols(nc);
+    auto dz_c = dz.leftCols(nc);
+    auto hd_c = hd.leftCols(nc);
+    auto g_c = g.leftCols(nc);
+    // Forward, recomputed: xn, hd = Dropout_1(W1 xn + b1), g = act(hd), fx = Dropout_2(z).
+    hidden(params, x.middleCols(c0, nc), c0, xn_c, hd_c, ctx);
+    detail::for_column_blocks(nc, kActivationFlops * double(f), [&](Index b0, Index nb) {
+      activation_forward<S>(cfg_.activation, hd_c.middleCols(b0, nb), g_c.middleCols(b0, nb));
+    });
+    output(params, g_c, c0, fx.middleCols(c0, nc), ctx);
+
+    // y = Dropout_2(z)       =>  dz = mask_2 .* dy / (1 - p).
+    detail::dropout_parallel<S>(rng2, p, c0, dy.middleCols(c0, nc), dz_c);
+    // z = W2 g + b2          =>  dW2 += dz g^T,  db2 += sum_n dz,  dg = W2^T dz.
+    detail::linear_weight_grads<S>(dz_c, g_c, params.grad(w2_), &db2);
+    auto dg_c = g_c;  // g is no longer needed: dg overwrites it
+    detail::parallel_product(dg_c, params.value(w2_).transpose(), dz_c, false);
+    // g = act(hd)            =>  dhd = act'(hd) .* dg;
+    // hd = Dropout_1(h)      =>  dh = mask_1 .* dhd / (1 - p).
+    auto dh_c = g_c;
+    detail::for_column_blocks(nc, kActivationFlops * double(f), [&](Index b0, Index nb) {
+      activation_backward<S>(cfg_.activation, hd_c.middleCols(b0, nb), dg_c.middleCols(b0, nb),
+                             dh_c.middleCols(b0, nb));
+    });
+    detail::dropout_parallel<S>(rng1, p, c0, dh_c, dh_c);
+    // h = W1 xn + b1         =>  dW1 += dh xn^T,  db1 += sum_n dh,  dxn = W1^T dh.
+    detail::linear_weight_grads<S>(dh_c, xn_c, params.grad(w1_), &db1);
+    auto dxn_c = dz_c;  // dz is no longer needed: dxn overwrites it
+    detail::parallel_product(dxn_c, params.value(w1_).transpose(), dh_c, false);
+    // xn = LN_f(x)           =>  dx, dgamma +=, dbeta +=.
+    detail::layer_norm_backward_parallel<S>(
+        x.middleCols(c0, nc), params.value_vector(ln_weight_), cfg_.layer_norm_eps, dxn_c,
+        dx.middleCols(c0, nc), params.grad_vector(ln_weight_), params.grad_vector(ln_bias_));
+  }
+}
 
 }  // namespace reformer

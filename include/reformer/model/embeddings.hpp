@@ -84,15 +84,7 @@ class Embeddings {
   /// HF initialisation: word and learned position tables ~ normal(0, initializer_range), axial
   /// tables ~ normal(0, axial_norm_std).
   void init(Parameters<S>& params, const Rng& rng, double initializer_range,
-            double axial_norm_std) const {
-    detail::init_normal(params, word_, rng.derive(0), initializer_range);
-    if (axial_) {
-      detail::init_normal(params, pos0_, rng.derive(1), axial_norm_std);
-      detail::init_normal(params, pos1_, rng.derive(2), axial_norm_std);
-    } else {
-      detail::init_normal(params, pos0_, rng.derive(1), initializer_range);
-    }
-  }
+            double axial_norm_std) const;
 
   /// Throws InvalidArgument unless `tokens` holds ctx.batch sequences of a length within the
   /// position table, every id in [0, V). Returns T.
@@ -116,68 +108,11 @@ class Embeddings {
 
   /// e = word + position embeddings (with dropout in training). e is D x tokens.size().
   void forward(const Parameters<S>& params, TokenSpan tokens, MatrixRef<S> e,
-               const Context& ctx) const {
-    const char* where = "Embeddings::forward";
-    const Index t = check_tokens(where, tokens, ctx);
-    const Index n = tokens.size();
-    check_shape(where, "e", e.rows(), e.cols(), hidden_, n);
-    const double p = ctx.training ? dropout_ : 0.0;
-    const Rng pos_rng = ctx.rng(stream::kPositionDropout);
-
-    // e = Dropout_w(E[tok])
-    embedding_forward<S>(params.value(word_), tokens, e);
-    dropout_inplace<S>(ctx.rng(stream::kEmbeddingDropout), p, 0, e);
-
-    // e += Dropout_p(P(:, t))
-    const S scale = static_cast<S>(1.0 / (1.0 - p));
-    Matrix<S> pcol(hidden_, 1);
-    for (Index c = 0; c < n; ++c) {
-      const Index b = c / t, pos = c % t;
-      if (axial_) {
-        const Index i = pos / s2_, j = pos % s2_;
-        if (!dropout_keeps(pos_rng, p, static_cast<std::uint64_t>(b * s2_ + j))) continue;
-        e.col(c).head(d1_) += scale * params.value(pos0_).row(i).transpose();
-        e.col(c).tail(d2_) += scale * params.value_vector(pos1_).segment(j * d2_, d2_);
-      } else {
-        pcol = params.value(pos0_).row(pos).transpose();
-        dropout_inplace<S>(pos_rng, p, c * hidden_, pcol);  // draw index c * D + r
-        e.col(c) += pcol;
-      }
-    }
-  }
+               const Context& ctx) const;
 
   /// Accumulates the table gradients from de (D x tokens.size()), recomputing the dropout masks.
   void backward(Parameters<S>& params, TokenSpan tokens, ConstMatrixRef<S> de,
-                const Context& ctx) const {
-    const char* where = "Embeddings::backward";
-    const Index t = check_tokens(where, tokens, ctx);
-    const Index n = tokens.size();
-    check_shape(where, "de", de.rows(), de.cols(), hidden_, n);
-    const double p = ctx.training ? dropout_ : 0.0;
-    const Rng pos_rng = ctx.rng(stream::kPositionDropout);
-
-    // e = Dropout_w(E[tok]) + ...  =>  dE[tok_n] += mask_n .* de(:, n)   (scatter-add)
-    Matrix<S> dword(hidden_, n);
-    dropout_backward<S>(ctx.rng(stream::kEmbeddingDropout), p, 0, de, dword);
-    embedding_backward<S>(tokens, dword, params.grad(word_));
-
-    const S scale = static_cast<S>(1.0 / (1.0 - p));
-    Matrix<S> pcol(hidden_, 1);
-    for (Index c = 0; c < n; ++c) {
-      const Index b = c / t, pos = c % t;
-      if (axial_) {
-        // P(:, t) = [P1[i]; P2[j]]  =>  dP1[i] += de(:d1, n),  dP2[j] += de(d1:, n)
-        const Index i = pos / s2_, j = pos % s2_;
-        if (!dropout_keeps(pos_rng, p, static_cast<std::uint64_t>(b * s2_ + j))) continue;
-        params.grad(pos0_).row(i) += scale * de.col(c).head(d1_).transpose();
-        params.grad_vector(pos1_).segment(j * d2_, d2_) += scale * de.col(c).tail(d2_);
-      } else {
-        // dP[t] += mask .* de(:, n)
-        dropout_backward<S>(pos_rng, p, c * hidden_, de.col(c), pcol);
-        params.grad(pos0_).row(pos) += pcol.transpose();
-      }
-    }
-  }
+                const Context& ctx) const;
 
  private:
   Index vocab_, hidden_;
@@ -187,5 +122,87 @@ class Embeddings {
   Index s1_ = 0, s2_ = 0, d1_ = 0, d2_ = 0;
   SlotId word_ = -1, pos0_ = -1, pos1_ = -1;
 };
+
+// ---- member definitions -------------------------------------------------------------------------
+// The heavy members are defined outside the class body, so they are not implicitly inline: a
+// translation unit that declares `extern template class Embeddings<float>;` (this repository's
+// own tests, examples and benchmarks: instances/) then does not compile them again.
+
+template <class S>
+void Embeddings<S>::init(Parameters<S>& params, const Rng& rng, double initializer_range,
+                         double axial_norm_std) const {
+  detail::init_normal(params, word_, rng.derive(0), initializer_range);
+  if (axial_) {
+    detail::init_normal(params, pos0_, rng.derive(1), axial_norm_std);
+    detail::init_normal(params, pos1_, rng.derive(2), axial_norm_std);
+  } else {
+    detail::init_normal(params, pos0_, rng.derive(1), initializer_range);
+  }
+}
+
+template <class S>
+void Embeddings<S>::forward(const Parameters<S>& params, TokenSpan tokens, MatrixRef<S> e,
+                            const Context& ctx) const {
+  const char* where = "Embeddings::forward";
+  const Index t = check_tokens(where, tokens, ctx);
+  const Index n = tokens.size();
+  check_shape(where, "e", e.rows(), e.cols(), hidden_, n);
+  const double p = ctx.training ? dropout_ : 0.0;
+  const Rng pos_rng = ctx.rng(stream::kPositionDropout);
+
+  // e = Dropout_w(E[tok])
+  embedding_forward<S>(params.value(word_), tokens, e);
+  dropout_inplace<S>(ctx.rng(stream::kEmbeddingDropout), p, 0, e);
+
+  // e += Dropout_p(P(:, t))
+  const S scale = static_cast<S>(1.0 / (1.0 - p));
+  Matrix<S> pcol(hidden_, 1);
+  for (Index c = 0; c < n; ++c) {
+    const Index b = c / t, pos = c % t;
+    if (axial_) {
+      const Index i = pos / s2_, j = pos % s2_;
+      if (!dropout_keeps(pos_rng, p, static_cast<std::uint64_t>(b * s2_ + j))) continue;
+      e.col(c).head(d1_) += scale * params.value(pos0_).row(i).transpose();
+      e.col(c).tail(d2_) += scale * params.value_vector(pos1_).segment(j * d2_, d2_);
+    } else {
+      pcol = params.value(pos0_).row(pos).transpose();
+      dropout_inplace<S>(pos_rng, p, c * hidden_, pcol);  // draw index c * D + r
+      e.col(c) += pcol;
+    }
+  }
+}
+
+template <class S>
+void Embeddings<S>::backward(Parameters<S>& params, TokenSpan tokens, ConstMatrixRef<S> de,
+                             const Context& ctx) const {
+  const char* where = "Embeddings::backward";
+  const Index t = check_tokens(where, tokens, ctx);
+  const Index n = tokens.size();
+  check_shape(where, "de", de.rows(), de.cols(), hidden_, n);
+  const double p = ctx.training ? dropout_ : 0.0;
+  const Rng pos_rng = ctx.rng(stream::kPositionDropout);
+
+  // e = Dropout_w(E[tok]) + ...  =>  dE[tok_n] += mask_n .* de(:, n)   (scatter-add)
+  Matrix<S> dword(hidden_, n);
+  dropout_backward<S>(ctx.rng(stream::kEmbeddingDropout), p, 0, de, dword);
+  embedding_backward<S>(tokens, dword, params.grad(word_));
+
+  const S scale = static_cast<S>(1.0 / (1.0 - p));
+  Matrix<S> pcol(hidden_, 1);
+  for (Index c = 0; c < n; ++c) {
+    const Index b = c / t, pos = c % t;
+    if (axial_) {
+      // P(:, t) = [P1[i]; P2[j]]  =>  dP1[i] += de(:d1, n),  dP2[j] += de(d1:, n)
+      const Index i = pos / s2_, j = pos % s2_;
+      if (!dropout_keeps(pos_rng, p, static_cast<std::uint64_t>(b * s2_ + j))) continue;
+      params.grad(pos0_).row(i) += scale * de.col(c).head(d1_).transpose();
+      params.grad_vector(pos1_).segment(j * d2_, d2_) += scale * de.col(c).tail(d2_);
+    } else {
+      // dP[t] += mask .* de(:, n)
+      dropout_backward<S>(pos_rng, p, c * hidden_, de.col(c), pcol);
+      params.grad(pos0_).row(pos) += pcol.transpose();
+    }
+  }
+}
 
 }  // namespace reformer

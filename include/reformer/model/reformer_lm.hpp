@@ -89,22 +89,7 @@ class ReformerLM {
 
   /// Validates `config` (ConfigError naming the field), registers every parameter and
   /// initialises them as HF does from config.seed.
-  explicit ReformerLM(const ReformerConfig& config, BackpropMode mode = BackpropMode::kReversible)
-      : cfg_(validated(config)), mode_(mode), embeddings_(cfg_, params_) {
-    const Index d = cfg_.hidden_size;
-    attention_.reserve(static_cast<std::size_t>(cfg_.num_layers()));
-    feed_forward_.reserve(static_cast<std::size_t>(cfg_.num_layers()));
-    for (Index l = 0; l < cfg_.num_layers(); ++l) {
-      const std::string prefix = "reformer.encoder.layers." + std::to_string(l) + ".";
-      attention_.push_back(make_attention(l, prefix + "attention."));
-      feed_forward_.emplace_back(feed_forward_config(), params_, prefix + "feed_forward.");
-    }
-    ln_weight_ = params_.add("reformer.encoder.layer_norm.weight", {2 * d});
-    ln_bias_ = params_.add("reformer.encoder.layer_norm.bias", {2 * d});
-    lm_bias_ = params_.add("lm_head.bias", {cfg_.vocab_size});
-    lm_weight_ = params_.add("lm_head.decoder.weight", {cfg_.vocab_size, 2 * d});
-    init(cfg_.seed);
-  }
+  explicit ReformerLM(const ReformerConfig& config, BackpropMode mode = BackpropMode::kReversible);
 
   const ReformerConfig& config() const { return cfg_; }
   Index num_layers() const { return cfg_.num_layers(); }
@@ -152,21 +137,7 @@ class ReformerLM {
   /// Hugging Face initialisation from `seed`: weights ~ normal(0, initializer_range), axial
   /// position tables ~ normal(0, axial_norm_std), biases 0, LayerNorm weight 1 / bias 0.
   /// Zeroes the gradients.
-  void init(std::uint64_t seed) {
-    const Rng root = Rng(seed).derive(stream::kInit);
-    embeddings_.init(params_, root.derive(0), cfg_.initializer_range, cfg_.axial_norm_std);
-    for (Index l = 0; l < num_layers(); ++l) {
-      const auto ul = static_cast<std::uint64_t>(l);
-      std::visit([&](const auto& a) { a.init(params_, root.derive(1).derive(ul), range()); },
-                 attention_[at(l)]);
-      feed_forward_[at(l)].init(params_, root.derive(2).derive(ul), range());
-    }
-    params_.value_vector(ln_weight_).setOnes();
-    params_.value_vector(ln_bias_).setZero();
-    detail::init_normal(params_, lm_weight_, root.derive(3), range());
-    params_.value_vector(lm_bias_).setZero();
-    params_.zero_grad();
-  }
+  void init(std::uint64_t seed);
 
   // ---- inference ---------------------------------------------------------------------------
 
@@ -180,26 +151,7 @@ class ReformerLM {
   /// As above; with `replay` the LSH layers use `buckets` (one per layer, [B, H, R, T] for each
   /// LSH layer that hashes), otherwise the buckets drawn are recorded there.
   Matrix<S> logits(TokenSpan tokens, Index batch, std::vector<BucketTape>& buckets,
-                   bool replay) const {
-    const char* where = "ReformerLM::logits";
-    const Context ctx = base_context(where, tokens, batch, false, 0);
-    prepare_buckets(where, buckets, replay);
-    const Index n = tokens.size();
-    Matrix<S> x1(cfg_.hidden_size, n), x2;
-    embeddings_.forward(params_, tokens, x1, model_context(ctx));
-    x2 = x1;
-    run_blocks(x1, x2, ctx, buckets, replay, nullptr);
-    Matrix<S> h(2 * cfg_.hidden_size, n);
-    final_hidden(x1, x2, ctx, h);
-    Matrix<S> out(cfg_.vocab_size, n);
-    const Index chunk = lm_chunk(n);
-    parallel_for(detail::num_blocks(n, chunk), [&](Index blk) {
-      const Index c0 = blk * chunk, nc = std::min(chunk, n - c0);
-      lm_logits<S>(h.middleCols(c0, nc), params_.value(lm_weight_), params_.value_vector(lm_bias_),
-                   out.middleCols(c0, nc));
-    });
-    return out;
-  }
+                   bool replay) const;
 
   // ---- training ----------------------------------------------------------------------------
 
@@ -207,141 +159,12 @@ class ReformerLM {
   /// mean next-token loss and fills `tape` for backward(). `targets` (optional, B*T ids, a
   /// negative id = not counted, e.g. padding) replaces the default targets tok(b, t+1).
   double forward_loss(TokenSpan tokens, Index batch, Tape<S>& tape, std::uint64_t step,
-                      TokenSpan targets = {}) {
-    const char* where = "ReformerLM::forward_loss";
-    const Context ctx = base_context(where, tokens, batch, true, step);
-    const Index n = tokens.size(), t = n / batch;
-    REFORMER_REQUIRE(!targets.empty() || t >= 2, InvalidArgument, where, "sequence length T = ", t,
-                     " leaves no next-token target; need T >= 2 or explicit targets");
-    REFORMER_REQUIRE(targets.empty() || targets.size() == n, InvalidArgument, where,
-                     "targets.size() = ", targets.size(), " must equal tokens.size() = ", n);
-    for (Index i = 0; i < targets.size(); ++i) {
-      REFORMER_REQUIRE(targets[i] < cfg_.vocab_size, InvalidArgument, where, "targets[", i,
-                       "] = ", targets[i], " is outside [0, vocab_size = ", cfg_.vocab_size,
-                       ") (negative = not counted)");
-    }
-    prepare_buckets(where, tape.buckets, tape.replay_buckets);
-
-    tape.ready = false;
-    tape.batch = batch;
-    tape.length = t;
-    tape.step = step;
-    tape.mode = mode_;
-    tape.tokens.assign(tokens.begin(), tokens.end());
-    if (targets.empty()) {
-      tape.targets.resize(static_cast<std::size_t>(n));
-      for (Index i = 0; i < n; ++i) {
-        tape.targets[at(i)] = (i % t == t - 1) ? Token{-1} : tokens[i + 1];
-      }
-    } else {
-      tape.targets.assign(targets.begin(), targets.end());
-    }
-    if (mode_ == BackpropMode::kStoredActivations) {
-      tape.attention_inputs.resize(at(num_layers()));
-      tape.feed_forward_inputs.resize(at(num_layers()));
-    } else {
-      tape.attention_inputs.clear();
-      tape.feed_forward_inputs.clear();
-    }
-
-    tape.x1.resize(cfg_.hidden_size, n);
-    embeddings_.forward(params_, tokens, tape.x1, model_context(ctx));
-    tape.x2 = tape.x1;
-    run_blocks(tape.x1, tape.x2, ctx, tape.buckets, tape.replay_buckets,
-               mode_ == BackpropMode::kStoredActivations ? &tape : nullptr);
-
-    // The head, chunk by chunk (never 2D x N at once): loss = CE(W Dropout(LN([x1; x2])) + b).
-    CrossEntropyResult ce;
-    for_head_chunks(tape.x1, tape.x2, ctx, [&](Index c0, Index c, MatrixRef<S>, MatrixRef<S> h) {
-      const CrossEntropyResult part =
-          cross_entropy_forward<S>(h, params_.value(lm_weight_), params_.value_vector(lm_bias_),
-                                   TokenSpan(tape.targets).subspan(c0, c), c);
-      ce.sum += part.sum;
-      ce.count += part.count;
-    });
-    ce.mean = ce.count > 0 ? ce.sum / static_cast<double>(ce.count) : 0.0;
-    tape.loss = ce.mean;
-    tape.loss_count = ce.count;
-    tape.ready = true;
-    return ce.mean;
-  }
+                      TokenSpan targets = {});
 
   /// Backward pass of the last forward_loss() on `tape`: accumulates (+=) the gradients of
   /// grad_scale * loss into parameters().grads(). Consumes the tape (its block outputs are
   /// walked back down to the embeddings).
-  void backward(Tape<S>& tape, double grad_scale = 1.0) {
-    const char* where = "ReformerLM::backward";
-    REFORMER_REQUIRE(tape.ready, InvalidArgument, where,
-                     "the tape holds no forward pass (run forward_loss first; backward consumes "
-                     "the tape)");
-    const Index n = tape.batch * tape.length, d = cfg_.hidden_size;
-    REFORMER_REQUIRE(tape.x1.rows() == d && tape.x1.cols() == n && tape.x2.rows() == d &&
-                         tape.x2.cols() == n &&
-                         tape.buckets.size() == static_cast<std::size_t>(num_layers()),
-                     InvalidArgument, where, "the tape does not belong to this model (x1 is ",
-                     tape.x1.rows(), " x ", tape.x1.cols(), ", expected ", d, " x ", n, ")");
-    REFORMER_REQUIRE(
-        tape.mode == BackpropMode::kReversible || tape.attention_inputs.size() == at(num_layers()),
-        InvalidArgument, where, "stored-activation tape without per-layer inputs");
-    tape.ready = false;
-    Context ctx;
-    ctx.batch = tape.batch;
-    ctx.training = true;
-    ctx.seed = cfg_.seed;
-    ctx.step = tape.step;
-
-    // Head:  cat = [x1; x2],  h = LN(cat),  hd = Dropout(h),  loss = CE(W hd + b, targets),
-    // recomputed and differentiated chunk by chunk: only dcat is 2D x N.
-    Matrix<S> dcat(2 * d, n);
-    {
-      // d(mean)/d(logits) = d(sum)/d(logits) / count, with count over the whole batch.
-      Index count = 0;
-      for (const Token target : tape.targets) count += target >= 0 ? 1 : 0;
-      const double scale = count > 0 ? grad_scale / static_cast<double>(count) : 0.0;
-      const Rng drop_rng = model_context(ctx).rng(stream::kEncoderOutputDropout);
-      Matrix<S> dh(2 * d, lm_chunk(n));
-      for_head_chunks(
-          tape.x1, tape.x2, ctx, [&](Index c0, Index c, MatrixRef<S> cat, MatrixRef<S> h) {
-            auto dh_c = dh.leftCols(c);
-            // dhd, dW_lm, db_lm (V x c logits at a time)
-            cross_entropy_forward_backward<S>(
-                h, params_.value(lm_weight_), params_.value_vector(lm_bias_),
-                TokenSpan(tape.targets).subspan(c0, c), dh_c, params_.grad(lm_weight_),
-                params_.grad_vector(lm_bias_), c, Reduction::kSum, scale);
-            // dh = mask .* dhd
-            dropout_backward<S>(drop_rng, dropout_p(ctx), c0 * 2 * d, dh_c, dh_c);
-            layer_norm_backward<S>(cat, params_.value_vector(ln_weight_), cfg_.layer_norm_eps, dh_c,
-                                   dcat.middleCols(c0, c), params_.grad_vector(ln_weight_),
-                                   params_.grad_vector(ln_bias_));
-          });
-    }
-    auto dy1 = dcat.topRows(d);
-    auto dy2 = dcat.bottomRows(d);
-
-    // Blocks, from the top: (y1, y2, dy1, dy2) -> (x1, x2, dx1, dx2).
-    ReversibleWorkspace<S> ws;
-    for (Index l = num_layers() - 1; l >= 0; --l) {
-      const Context lctx = layer_context(ctx, l, &tape.buckets[at(l)], true);
-      const auto& ff = feed_forward_[at(l)];
-      std::visit(
-          [&](const auto& att) {
-            if (tape.mode == BackpropMode::kReversible) {
-              reversible_backward<S>(att, ff, params_, tape.x1, tape.x2, dy1, dy2, lctx, ws);
-            } else {
-              stored_backward<S>(att, ff, params_, tape.attention_inputs[at(l)],
-                                 tape.feed_forward_inputs[at(l)], dy1, dy2, lctx, ws);
-            }
-          },
-          attention_[at(l)]);
-      if (observer_ && tape.mode == BackpropMode::kReversible) {
-        observer_(LayerPhase::kBackward, l, tape.x1, tape.x2);
-      }
-    }
-
-    // x1 = x2 = e  =>  de = dx1 + dx2
-    Matrix<S> de = dy1 + dy2;
-    embeddings_.backward(params_, TokenSpan(tape.tokens), de, model_context(ctx));
-  }
+  void backward(Tape<S>& tape, double grad_scale = 1.0);
 
   /// forward_loss + backward with an internal tape; gradients are accumulated (call zero_grad
   /// first for a fresh step). Returns the loss.
@@ -549,5 +372,204 @@ class ReformerLM {
   LayerInputObserver observer_;
   Tape<S> tape_;  // train_step's tape, reused across steps
 };
+
+// ---- member definitions -------------------------------------------------------------------------
+// The heavy members are defined outside the class body, so they are not implicitly inline: a
+// translation unit that declares `extern template class ReformerLM<float>;` (this repository's
+// own tests, examples and benchmarks: instances/) then does not compile them again.
+
+template <class S>
+ReformerLM<S>::ReformerLM(const ReformerConfig& config, BackpropMode mode)
+    : cfg_(validated(config)), mode_(mode), embeddings_(cfg_, params_) {
+  const Index d = cfg_.hidden_size;
+  attention_.reserve(static_cast<std::size_t>(cfg_.num_layers()));
+  feed_forward_.reserve(static_cast<std::size_t>(cfg_.num_layers()));
+  for (Index l = 0; l < cfg_.num_layers(); ++l) {
+    const std::string prefix = "reformer.encoder.layers." + std::to_string(l) + ".";
+    attention_.push_back(make_attention(l, prefix + "attention."));
+    feed_forward_.emplace_back(feed_forward_config(), params_, prefix + "feed_forward.");
+  }
+  ln_weight_ = params_.add("reformer.encoder.layer_norm.weight", {2 * d});
+  ln_bias_ = params_.add("reformer.encoder.layer_norm.bias", {2 * d});
+  lm_bias_ = params_.add("lm_head.bias", {cfg_.vocab_size});
+  lm_weight_ = params_.add("lm_head.decoder.weight", {cfg_.vocab_size, 2 * d});
+  init(cfg_.seed);
+}
+
+template <class S>
+void ReformerLM<S>::init(std::uint64_t seed) {
+  const Rng root = Rng(seed).derive(stream::kInit);
+  embeddings_.init(params_, root.derive(0), cfg_.initializer_range, cfg_.axial_norm_std);
+  for (Index l = 0; l < num_layers(); ++l) {
+    const auto ul = static_cast<std::uint64_t>(l);
+    std::visit([&](const auto& a) { a.init(params_, root.derive(1).derive(ul), range()); },
+               attention_[at(l)]);
+    feed_forward_[at(l)].init(params_, root.derive(2).derive(ul), range());
+  }
+  params_.value_vector(ln_weight_).setOnes();
+  params_.value_vector(ln_bias_).setZero();
+  detail::init_normal(params_, lm_weight_, root.derive(3), range());
+  params_.value_vector(lm_bias_).setZero();
+  params_.zero_grad();
+}
+
+template <class S>
+Matrix<S> ReformerLM<S>::logits(TokenSpan tokens, Index batch, std::vector<BucketTape>& buckets,
+                                bool replay) const {
+  const char* where = "ReformerLM::logits";
+  const Context ctx = base_context(where, tokens, batch, false, 0);
+  prepare_buckets(where, buckets, replay);
+  const Index n = tokens.size();
+  Matrix<S> x1(cfg_.hidden_size, n), x2;
+  embeddings_.forward(params_, tokens, x1, model_context(ctx));
+  x2 = x1;
+  run_blocks(x1, x2, ctx, buckets, replay, nullptr);
+  Matrix<S> h(2 * cfg_.hidden_size, n);
+  final_hidden(x1, x2, ctx, h);
+  Matrix<S> out(cfg_.vocab_size, n);
+  const Index chunk = lm_chunk(n);
+  parallel_for(detail::num_blocks(n, chunk), [&](Index blk) {
+    const Index c0 = blk * chunk, nc = std::min(chunk, n - c0);
+    lm_logits<S>(h.middleCols(c0, nc), params_.value(lm_weight_), params_.value_vector(lm_bias_),
+                 out.middleCols(c0, nc));
+  });
+  return out;
+}
+
+template <class S>
+double ReformerLM<S>::forward_loss(TokenSpan tokens, Index batch, Tape<S>& tape, std::uint64_t step,
+                                   TokenSpan targets) {
+  const char* where = "ReformerLM::forward_loss";
+  const Context ctx = base_context(where, tokens, batch, true, step);
+  const Index n = tokens.size(), t = n / batch;
+  REFORMER_REQUIRE(!targets.empty() || t >= 2, InvalidArgument, where, "sequence length T = ", t,
+                   " leaves no next-token target; need T >= 2 or explicit targets");
+  REFORMER_REQUIRE(targets.empty() || targets.size() == n, InvalidArgument, where,
+                   "targets.size() = ", targets.size(), " must equal tokens.size() = ", n);
+  for (Index i = 0; i < targets.size(); ++i) {
+    REFORMER_REQUIRE(targets[i] < cfg_.vocab_size, InvalidArgument, where, "targets[", i,
+                     "] = ", targets[i], " is outside [0, vocab_size = ", cfg_.vocab_size,
+                     ") (negative = not counted)");
+  }
+  prepare_buckets(where, tape.buckets, tape.replay_buckets);
+
+  tape.ready = false;
+  tape.batch = batch;
+  tape.length = t;
+  tape.step = step;
+  tape.mode = mode_;
+  tape.tokens.assign(tokens.begin(), tokens.end());
+  if (targets.empty()) {
+    tape.targets.resize(static_cast<std::size_t>(n));
+    for (Index i = 0; i < n; ++i) {
+      tape.targets[at(i)] = (i % t == t - 1) ? Token{-1} : tokens[i + 1];
+    }
+  } else {
+    tape.targets.assign(targets.begin(), targets.end());
+  }
+  if (mode_ == BackpropMode::kStoredActivations) {
+    tape.attention_inputs.resize(at(num_layers()));
+    tape.feed_forward_inputs.resize(at(num_layers()));
+  } else {
+    tape.attention_inputs.clear();
+    tape.feed_forward_inputs.clear();
+  }
+
+  tape.x1.resize(cfg_.hidden_size, n);
+  embeddings_.forward(params_, tokens, tape.x1, model_context(ctx));
+  tape.x2 = tape.x1;
+  run_blocks(tape.x1, tape.x2, ctx, tape.buckets, tape.replay_buckets,
+             mode_ == BackpropMode::kStoredActivations ? &tape : nullptr);
+
+  // The head, chunk by chunk (never 2D x N at once): loss = CE(W Dropout(LN([x1; x2])) + b).
+  CrossEntropyResult ce;
+  for_head_chunks(tape.x1, tape.x2, ctx, [&](Index c0, Index c, MatrixRef<S>, MatrixRef<S> h) {
+    const CrossEntropyResult part =
+        cross_entropy_forward<S>(h, params_.value(lm_weight_), params_.value_vector(lm_bias_),
+                                 TokenSpan(tape.targets).subspan(c0, c), c);
+    ce.sum += part.sum;
+    ce.count += part.count;
+  });
+  ce.mean = ce.count > 0 ? ce.sum / static_cast<double>(ce.count) : 0.0;
+  tape.loss = ce.mean;
+  tape.loss_count = ce.count;
+  tape.ready = true;
+  return ce.mean;
+}
+
+template <class S>
+void ReformerLM<S>::backward(Tape<S>& tape, double grad_scale) {
+  const char* where = "ReformerLM::backward";
+  REFORMER_REQUIRE(tape.ready, InvalidArgument, where,
+                   "the tape holds no forward pass (run forward_loss first; backward consumes "
+                   "the tape)");
+  const Index n = tape.batch * tape.length, d = cfg_.hidden_size;
+  REFORMER_REQUIRE(tape.x1.rows() == d && tape.x1.cols() == n && tape.x2.rows() == d &&
+                       tape.x2.cols() == n &&
+                       tape.buckets.size() == static_cast<std::size_t>(num_layers()),
+                   InvalidArgument, where, "the tape does not belong to this model (x1 is ",
+                   tape.x1.rows(), " x ", tape.x1.cols(), ", expected ", d, " x ", n, ")");
+  REFORMER_REQUIRE(
+      tape.mode == BackpropMode::kReversible || tape.attention_inputs.size() == at(num_layers()),
+      InvalidArgument, where, "stored-activation tape without per-layer inputs");
+  tape.ready = false;
+  Context ctx;
+  ctx.batch = tape.batch;
+  ctx.training = true;
+  ctx.seed = cfg_.seed;
+  ctx.step = tape.step;
+
+  // Head:  cat = [x1; x2],  h = LN(cat),  hd = Dropout(h),  loss = CE(W hd + b, targets),
+  // recomputed and differentiated chunk by chunk: only dcat is 2D x N.
+  Matrix<S> dcat(2 * d, n);
+  {
+    // d(mean)/d(logits) = d(sum)/d(logits) / count, with count over the whole batch.
+    Index count = 0;
+    for (const Token target : tape.targets) count += target >= 0 ? 1 : 0;
+    const double scale = count > 0 ? grad_scale / static_cast<double>(count) : 0.0;
+    const Rng drop_rng = model_context(ctx).rng(stream::kEncoderOutputDropout);
+    Matrix<S> dh(2 * d, lm_chunk(n));
+    for_head_chunks(
+        tape.x1, tape.x2, ctx, [&](Index c0, Index c, MatrixRef<S> cat, MatrixRef<S> h) {
+          auto dh_c = dh.leftCols(c);
+          // dhd, dW_lm, db_lm (V x c logits at a time)
+          cross_entropy_forward_backward<S>(
+              h, params_.value(lm_weight_), params_.value_vector(lm_bias_),
+              TokenSpan(tape.targets).subspan(c0, c), dh_c, params_.grad(lm_weight_),
+              params_.grad_vector(lm_bias_), c, Reduction::kSum, scale);
+          // dh = mask .* dhd
+          dropout_backward<S>(drop_rng, dropout_p(ctx), c0 * 2 * d, dh_c, dh_c);
+          layer_norm_backward<S>(cat, params_.value_vector(ln_weight_), cfg_.layer_norm_eps, dh_c,
+                                 dcat.middleCols(c0, c), params_.grad_vector(ln_weight_),
+                                 params_.grad_vector(ln_bias_));
+        });
+  }
+  auto dy1 = dcat.topRows(d);
+  auto dy2 = dcat.bottomRows(d);
+
+  // Blocks, from the top: (y1, y2, dy1, dy2) -> (x1, x2, dx1, dx2).
+  ReversibleWorkspace<S> ws;
+  for (Index l = num_layers() - 1; l >= 0; --l) {
+    const Context lctx = layer_context(ctx, l, &tape.buckets[at(l)], true);
+    const auto& ff = feed_forward_[at(l)];
+    std::visit(
+        [&](const auto& att) {
+          if (tape.mode == BackpropMode::kReversible) {
+            reversible_backward<S>(att, ff, params_, tape.x1, tape.x2, dy1, dy2, lctx, ws);
+          } else {
+            stored_backward<S>(att, ff, params_, tape.attention_inputs[at(l)],
+                               tape.feed_forward_inputs[at(l)], dy1, dy2, lctx, ws);
+          }
+        },
+        attention_[at(l)]);
+    if (observer_ && tape.mode == BackpropMode::kReversible) {
+      observer_(LayerPhase::kBackward, l, tape.x1, tape.x2);
+    }
+  }
+
+  // x1 = x2 = e  =>  de = dx1 + dx2
+  Matrix<S> de = dy1 + dy2;
+  embeddings_.backward(params_, TokenSpan(tape.tokens), de, model_context(ctx));
+}
 
 }  // namespace reformer

@@ -1,0 +1,7 @@
+// The double instantiations of REFORMER_INSTANCES_MODEL (see reformer_instances.hpp); the layers
+// they call are instantiated in layers_double.cpp.
+#define REFORMER_INSTANCES_DEFINE
+#include "reformer_instances.hpp"
+
+REFORMER_INSTANCES_LAYERS(extern, double)
+REFORMER_INSTANCES_MODEL(, double)

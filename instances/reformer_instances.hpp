@@ -3,8 +3,9 @@
 // stays header-only: include the headers and the compiler instantiates what you use).
 //
 // The class templates that cost most to compile (ReformerLM, its embeddings, the attention and
-// feed-forward sublayers) are explicitly instantiated once per build in the static libraries of
-// instances/CMakeLists.txt. Our tests, examples and benchmarks get this header forced in first
+// feed-forward sublayers, the three attention cores) are explicitly instantiated once per build in
+// the static libraries of instances/CMakeLists.txt. Our tests, examples and benchmarks get this
+// header forced in first
 // (-include) and link one of those libraries: the `extern template` declarations below stop
 // them from compiling those members again. Their heavy members are defined outside the class
 // bodies for this (in-class definitions are implicitly inline, and GCC instantiates inline
@@ -24,6 +25,9 @@
 // REFORMER_INSTANCES_LAYERS / _MODEL(extern, S) declare, (, S) define (instances/*.cpp) the
 // instantiations for scalar type S.
 #define REFORMER_INSTANCES_LAYERS(EXTERN, S)                                         \
+  EXTERN template class reformer::FullAttention<S>;                                  \
+  EXTERN template class reformer::LocalAttention<S>;                                 \
+  EXTERN template class reformer::LshAttention<S>;                                   \
   EXTERN template class reformer::FeedForward<S>;                                    \
   EXTERN template class reformer::AttentionSublayer<S, reformer::FullAttention<S>>;  \
   EXTERN template class reformer::AttentionSublayer<S, reformer::LocalAttention<S>>; \

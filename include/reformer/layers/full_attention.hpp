@@ -88,26 +88,7 @@ class FullAttention {
 
   /// The rows of `heads` only: a is heads.count*Dh x N.
   void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
-               const Context& ctx, HeadRange heads) const {
-    const char* where = "FullAttention::forward";
-    const Index t = check_io(where, xn, ctx, heads);
-    check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
-    Matrix<S> q, k, v;
-    detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
-    // Items: (sequence, local head, query panel); each writes its own block of a.
-    const Index panels = detail::num_blocks(t, kQueryBlock);
-    const Index items = ctx.batch * heads.count * panels;
-    detail::parallel_items(items, double(items) * panel_flops(t), [&](Index item) {
-      const Index bh = item / panels, i0 = (item % panels) * kQueryBlock;
-      const Index b = bh / heads.count, h = bh % heads.count;
-      const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq);
-      Matrix<S> p(nk, nq);
-      probabilities(block(q, b, h, t).middleCols(i0, nq), block(k, b, h, t).leftCols(nk), i0, p);
-      apply_dropout(p, ctx, b, heads.global(h), t, i0);
-      // o = v p~
-      block(a, b, h, t).middleCols(i0, nq).noalias() = block(v, b, h, t).leftCols(nk) * p;
-    });
-  }
+               const Context& ctx, HeadRange heads) const;
 
   /// Recomputes the forward pass; da is the gradient of a. Writes dxn (overwrite) and a
   /// (the recomputed output); accumulates dW_q, dW_k, dW_v into params.grads().
@@ -121,63 +102,7 @@ class FullAttention {
   /// The rows of `heads` only (da and a: heads.count*Dh x N): ADDS this group's gradient to dxn,
   /// writes the group's rows of a and accumulates the group's rows of dW_q, dW_k, dW_v.
   void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
-                MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
-    const char* where = "FullAttention::backward";
-    const Index t = check_io(where, xn, ctx, heads);
-    const Index n = xn.cols(), rows = heads.count * cfg_.head_size;
-    check_shape(where, "da", da.rows(), da.cols(), rows, n);
-    check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), n);
-    check_shape(where, "a", a.rows(), a.cols(), rows, n);
-    Matrix<S> q, k, v;
-    detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
-    Matrix<S> dq(rows, n), dk(rows, n), dv(rows, n);
-    const bool dropout = ctx.training && cfg_.dropout > 0;
-
-    // Items: (sequence, local head); the query panels of an item run in order, accumulating dk
-    // and dv of that (sequence, head) block in a fixed order.
-    const Index items = ctx.batch * heads.count;
-    const Index panels = detail::num_blocks(t, kQueryBlock);
-    detail::parallel_items(items, 3.0 * double(items * panels) * panel_flops(t), [&](Index item) {
-      const Index b = item / heads.count, h = item % heads.count, hg = heads.global(h);
-      const auto qb = block(q, b, h, t), kb = block(k, b, h, t), vb = block(v, b, h, t);
-      auto dkb = block(dk, b, h, t), dvb = block(dv, b, h, t);
-      dkb.setZero();
-      dvb.setZero();
-      Matrix<S> p, pd, dp;  // nk x nq panels
-      for (Index i0 = 0; i0 < t; i0 += kQueryBlock) {
-        const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq);
-        const auto q_i = qb.middleCols(i0, nq);
-        const auto k_v = kb.leftCols(nk), v_v = vb.leftCols(nk);  // the visible keys / values
-        const auto do_i = block(da, b, h, t).middleCols(i0, nq);
-        // Forward (recomputed):  p = softmax(s),  p~ = Dropout(p),  o = v p~.
-        p.resize(nk, nq);
-        probabilities(q_i, k_v, i0, p);
-        if (dropout) {
-          pd = p;
-          apply_dropout(pd, ctx, b, hg, t, i0);
-        }
-        const Matrix<S>& p_used = dropout ? pd : p;  // p~
-        block(a, b, h, t).middleCols(i0, nq).noalias() = v_v * p_used;
-        // o = v p~          =>  dv += do p~^T,   dp~ = v^T do.
-        dvb.leftCols(nk).noalias() += do_i * p_used.transpose();
-        dp.resize(nk, nq);
-        dp.noalias() = v_v.transpose() * do_i;
-        // p~ = Dropout(p)   =>  dp = the same mask and scale applied to dp~.
-        apply_dropout(dp, ctx, b, hg, t, i0);
-        // p = softmax(s)    =>  ds(:, i) = p(:, i) .* (dp(:, i) - p(:, i) . dp(:, i)).
-        // Masked scores are constants: p is exactly 0 there, so ds is too.
-        Matrix<S>& ds = dp;
-        softmax_cols_backward<S>(p, dp, ds);
-        // s = k^T q         =>  dq = k ds,  dk += q ds^T  (w.r.t. the scaled k).
-        block(dq, b, h, t).middleCols(i0, nq).noalias() = k_v * ds;
-        dkb.leftCols(nk).noalias() += q_i * ds.transpose();
-      }
-    });
-
-    // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn  =>  dW += d(.) xn^T,
-    // dxn += W_q^T dq + W_k^T dk + W_v^T dv, the 1/sqrt(Dh) moved onto dk (this group's rows).
-    detail::project_qkv_backward(params, qkv_slots(), heads, cfg_.head_size, xn, dq, dk, dv, dxn);
-  }
+                MatrixRef<S> a, const Context& ctx, HeadRange heads) const;
 
  private:
   static const Config& validated(const Config& cfg, Index hidden) {
@@ -252,6 +177,95 @@ class FullAttention {
   Index hidden_;
   SlotId wq_, wk_, wv_;
 };
+
+// ---- member definitions -------------------------------------------------------------------------
+// The heavy members are defined outside the class body, so they are not implicitly inline: a
+// translation unit that declares `extern template class FullAttention<float>;` (this repository's
+// own tests, examples and benchmarks: instances/) then does not compile them again.
+
+template <class S>
+void FullAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+                               const Context& ctx, HeadRange heads) const {
+  const char* where = "FullAttention::forward";
+  const Index t = check_io(where, xn, ctx, heads);
+  check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
+  Matrix<S> q, k, v;
+  detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
+  // Items: (sequence, local head, query panel); each writes its own block of a.
+  const Index panels = detail::num_blocks(t, kQueryBlock);
+  const Index items = ctx.batch * heads.count * panels;
+  detail::parallel_items(items, double(items) * panel_flops(t), [&](Index item) {
+    const Index bh = item / panels, i0 = (item % panels) * kQueryBlock;
+    const Index b = bh / heads.count, h = bh % heads.count;
+    const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq);
+    Matrix<S> p(nk, nq);
+    probabilities(block(q, b, h, t).middleCols(i0, nq), block(k, b, h, t).leftCols(nk), i0, p);
+    apply_dropout(p, ctx, b, heads.global(h), t, i0);
+    // o = v p~
+    block(a, b, h, t).middleCols(i0, nq).noalias() = block(v, b, h, t).leftCols(nk) * p;
+  });
+}
+
+template <class S>
+void FullAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da,
+                                MatrixRef<S> dxn, MatrixRef<S> a, const Context& ctx,
+                                HeadRange heads) const {
+  const char* where = "FullAttention::backward";
+  const Index t = check_io(where, xn, ctx, heads);
+  const Index n = xn.cols(), rows = heads.count * cfg_.head_size;
+  check_shape(where, "da", da.rows(), da.cols(), rows, n);
+  check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), n);
+  check_shape(where, "a", a.rows(), a.cols(), rows, n);
+  Matrix<S> q, k, v;
+  detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
+  Matrix<S> dq(rows, n), dk(rows, n), dv(rows, n);
+  const bool dropout = ctx.training && cfg_.dropout > 0;
+
+  // Items: (sequence, local head); the query panels of an item run in order, accumulating dk
+  // and dv of that (sequence, head) block in a fixed order.
+  const Index items = ctx.batch * heads.count;
+  const Index panels = detail::num_blocks(t, kQueryBlock);
+  detail::parallel_items(items, 3.0 * double(items * panels) * panel_flops(t), [&](Index item) {
+    const Index b = item / heads.count, h = item % heads.count, hg = heads.global(h);
+    const auto qb = block(q, b, h, t), kb = block(k, b, h, t), vb = block(v, b, h, t);
+    auto dkb = block(dk, b, h, t), dvb = block(dv, b, h, t);
+    dkb.setZero();
+    dvb.setZero();
+    Matrix<S> p, pd, dp;  // nk x nq panels
+    for (Index i0 = 0; i0 < t; i0 += kQueryBlock) {
+      const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq);
+      const auto q_i = qb.middleCols(i0, nq);
+      const auto k_v = kb.leftCols(nk), v_v = vb.leftCols(nk);  // the visible keys / values
+      const auto do_i = block(da, b, h, t).middleCols(i0, nq);
+      // Forward (recomputed):  p = softmax(s),  p~ = Dropout(p),  o = v p~.
+      p.resize(nk, nq);
+      probabilities(q_i, k_v, i0, p);
+      if (dropout) {
+        pd = p;
+        apply_dropout(pd, ctx, b, hg, t, i0);
+      }
+      const Matrix<S>& p_used = dropout ? pd : p;  // p~
+      block(a, b, h, t).middleCols(i0, nq).noalias() = v_v * p_used;
+      // o = v p~          =>  dv += do p~^T,   dp~ = v^T do.
+      dvb.leftCols(nk).noalias() += do_i * p_used.transpose();
+      dp.resize(nk, nq);
+      dp.noalias() = v_v.transpose() * do_i;
+      // p~ = Dropout(p)   =>  dp = the same mask and scale applied to dp~.
+      apply_dropout(dp, ctx, b, hg, t, i0);
+      // p = softmax(s)    =>  ds(:, i) = p(:, i) .* (dp(:, i) - p(:, i) . dp(:, i)).
+      // Masked scores are constants: p is exactly 0 there, so ds is too.
+      Matrix<S>& ds = dp;
+      softmax_cols_backward<S>(p, dp, ds);
+      // s = k^T q         =>  dq = k ds,  dk += q ds^T  (w.r.t. the scaled k).
+      block(dq, b, h, t).middleCols(i0, nq).noalias() = k_v * ds;
+      dkb.leftCols(nk).noalias() += q_i * ds.transpose();
+    }
+  });
+
+  // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn  =>  dW += d(.) xn^T,
+  // dxn += W_q^T dq + W_k^T dk + W_v^T dv, the 1/sqrt(Dh) moved onto dk (this group's rows).
+  detail::project_qkv_backward(params, qkv_slots(), heads, cfg_.head_size, xn, dq, dk, dv, dxn);
+}
 
 /// The full-attention sublayer a user instantiates: LN -> FullAttention -> W_o (-> dropout).
 template <class S>

@@ -106,26 +106,7 @@ class LocalAttention {
 
   /// The rows of `heads` only: a is heads.count*Dh x N.
   void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
-               const Context& ctx, HeadRange heads) const {
-    const char* where = "LocalAttention::forward";
-    const Layout lay = layout(where, xn, ctx, heads);
-    check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
-    Matrix<S> q, k, v;
-    detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
-    const std::vector<Index> pos = positions(lay.t);
-    parallel_for(lay.items(), [&](Index item) {
-      const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
-      const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
-      ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
-      for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
-        const Window w = window(lay, c);
-        chunk_attention_forward<S>(
-            cols(q, b, h, lay.t, w.q0, w.nq), cols(k, b, h, lay.t, w.k0, w.nk),
-            cols(v, b, h, lay.t, w.k0, w.nk), pos.data() + w.q0, pos.data() + w.k0, opts,
-            cols(a, b, h, lay.t, w.q0, w.nq), static_cast<S*>(nullptr), ws);
-      }
-    });
-  }
+               const Context& ctx, HeadRange heads) const;
 
   /// Recomputes the forward pass; da is the gradient of a. Writes dxn (overwrite) and a
   /// (the recomputed output); accumulates dW_q, dW_k, dW_v into params.grads().
@@ -139,74 +120,7 @@ class LocalAttention {
   /// The rows of `heads` only (da and a: heads.count*Dh x N): ADDS this group's gradient to dxn,
   /// writes the group's rows of a and accumulates the group's rows of dW_q, dW_k, dW_v.
   void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
-                MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
-    const char* where = "LocalAttention::backward";
-    const Layout lay = layout(where, xn, ctx, heads);
-    const Index n = xn.cols(), dh = cfg_.head_size, rows = heads.count * dh;
-    check_shape(where, "da", da.rows(), da.cols(), rows, n);
-    check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), n);
-    check_shape(where, "a", a.rows(), a.cols(), rows, n);
-    Matrix<S> q, k, v;
-    detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
-    const std::vector<Index> pos = positions(lay.t);
-    Matrix<S> dq(rows, n);
-    Matrix<S> dk = Matrix<S>::Zero(rows, n);
-    Matrix<S> dv = Matrix<S>::Zero(rows, n);
-
-    // Per chunk (layers/chunk_attention.hpp): o = v p~^T recomputed into a, dq of the chunk's
-    // queries overwritten, dk / dv of its key window accumulated. With one block per
-    // (sequence, head) the item owns its whole dk / dv block and accumulates there directly;
-    // otherwise into its own buffer spanning its keys, added in item order below.
-    const bool direct = lay.blocks == 1;
-    std::vector<Matrix<S>> dk_part(direct ? 0 : static_cast<std::size_t>(lay.items()));
-    std::vector<Matrix<S>> dv_part(dk_part.size());
-    parallel_for(lay.items(), [&](Index item) {
-      const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
-      const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
-      ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
-      const Index span0 = key_span_begin(lay, blk);
-      Matrix<S>* dkp = nullptr;
-      Matrix<S>* dvp = nullptr;
-      if (!direct) {
-        const auto idx = static_cast<std::size_t>(item);
-        const Index span = key_span_end(lay, blk) - span0;
-        dk_part[idx].setZero(dh, span);
-        dv_part[idx].setZero(dh, span);
-        dkp = &dk_part[idx];
-        dvp = &dv_part[idx];
-      }
-      for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
-        const Window w = window(lay, c);
-        auto dk_win =
-            direct ? cols(dk, b, h, lay.t, w.k0, w.nk) : dkp->block(0, w.k0 - span0, dh, w.nk);
-        auto dv_win =
-            direct ? cols(dv, b, h, lay.t, w.k0, w.nk) : dvp->block(0, w.k0 - span0, dh, w.nk);
-        chunk_attention_forward_backward<S>(
-            cols(q, b, h, lay.t, w.q0, w.nq), cols(k, b, h, lay.t, w.k0, w.nk),
-            cols(v, b, h, lay.t, w.k0, w.nk), pos.data() + w.q0, pos.data() + w.k0, opts,
-            cols(da, b, h, lay.t, w.q0, w.nq), static_cast<const S*>(nullptr),
-            cols(a, b, h, lay.t, w.q0, w.nq), cols(dq, b, h, lay.t, w.q0, w.nq), dk_win, dv_win,
-            ws);
-      }
-    });
-    if (!direct) {
-      // Sum the item buffers of each (sequence, head) in item order.
-      parallel_for(lay.batch * lay.heads, [&](Index bh) {
-        const Index b = bh / lay.heads, h = bh % lay.heads;
-        for (Index blk = 0; blk < lay.blocks; ++blk) {
-          const auto idx = static_cast<std::size_t>(bh * lay.blocks + blk);
-          const Index span0 = key_span_begin(lay, blk);
-          const Index span = dk_part[idx].cols();
-          cols(dk, b, h, lay.t, span0, span) += dk_part[idx];
-          cols(dv, b, h, lay.t, span0, span) += dv_part[idx];
-        }
-      });
-    }
-
-    // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn  =>  dW += d(.) xn^T,
-    // dxn += W_q^T dq + W_k^T dk + W_v^T dv, the 1/sqrt(Dh) moved onto dk (this group's rows).
-    detail::project_qkv_backward(params, qkv_slots(), heads, cfg_.head_size, xn, dq, dk, dv, dxn);
-  }
+                MatrixRef<S> a, const Context& ctx, HeadRange heads) const;
 
  private:
   // How one call is cut into work items: item = (b * heads + h) * blocks + block, h the local
@@ -328,6 +242,105 @@ class LocalAttention {
   Index hidden_;
   SlotId wq_, wk_, wv_;
 };
+
+// ---- member definitions -------------------------------------------------------------------------
+// The heavy members are defined outside the class body, so they are not implicitly inline: a
+// translation unit that declares `extern template class LocalAttention<float>;` (this repository's
+// own tests, examples and benchmarks: instances/) then does not compile them again.
+
+template <class S>
+void LocalAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+                                const Context& ctx, HeadRange heads) const {
+  const char* where = "LocalAttention::forward";
+  const Layout lay = layout(where, xn, ctx, heads);
+  check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
+  Matrix<S> q, k, v;
+  detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
+  const std::vector<Index> pos = positions(lay.t);
+  parallel_for(lay.items(), [&](Index item) {
+    const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
+    const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
+    ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
+    for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
+      const Window w = window(lay, c);
+      chunk_attention_forward<S>(cols(q, b, h, lay.t, w.q0, w.nq), cols(k, b, h, lay.t, w.k0, w.nk),
+                                 cols(v, b, h, lay.t, w.k0, w.nk), pos.data() + w.q0,
+                                 pos.data() + w.k0, opts, cols(a, b, h, lay.t, w.q0, w.nq),
+                                 static_cast<S*>(nullptr), ws);
+    }
+  });
+}
+
+template <class S>
+void LocalAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da,
+                                 MatrixRef<S> dxn, MatrixRef<S> a, const Context& ctx,
+                                 HeadRange heads) const {
+  const char* where = "LocalAttention::backward";
+  const Layout lay = layout(where, xn, ctx, heads);
+  const Index n = xn.cols(), dh = cfg_.head_size, rows = heads.count * dh;
+  check_shape(where, "da", da.rows(), da.cols(), rows, n);
+  check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), n);
+  check_shape(where, "a", a.rows(), a.cols(), rows, n);
+  Matrix<S> q, k, v;
+  detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
+  const std::vector<Index> pos = positions(lay.t);
+  Matrix<S> dq(rows, n);
+  Matrix<S> dk = Matrix<S>::Zero(rows, n);
+  Matrix<S> dv = Matrix<S>::Zero(rows, n);
+
+  // Per chunk (layers/chunk_attention.hpp): o = v p~^T recomputed into a, dq of the chunk's
+  // queries overwritten, dk / dv of its key window accumulated. With one block per
+  // (sequence, head) the item owns its whole dk / dv block and accumulates there directly;
+  // otherwise into its own buffer spanning its keys, added in item order below.
+  const bool direct = lay.blocks == 1;
+  std::vector<Matrix<S>> dk_part(direct ? 0 : static_cast<std::size_t>(lay.items()));
+  std::vector<Matrix<S>> dv_part(dk_part.size());
+  parallel_for(lay.items(), [&](Index item) {
+    const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
+    const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
+    ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
+    const Index span0 = key_span_begin(lay, blk);
+    Matrix<S>* dkp = nullptr;
+    Matrix<S>* dvp = nullptr;
+    if (!direct) {
+      const auto idx = static_cast<std::size_t>(item);
+      const Index span = key_span_end(lay, blk) - span0;
+      dk_part[idx].setZero(dh, span);
+      dv_part[idx].setZero(dh, span);
+      dkp = &dk_part[idx];
+      dvp = &dv_part[idx];
+    }
+    for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
+      const Window w = window(lay, c);
+      auto dk_win =
+          direct ? cols(dk, b, h, lay.t, w.k0, w.nk) : dkp->block(0, w.k0 - span0, dh, w.nk);
+      auto dv_win =
+          direct ? cols(dv, b, h, lay.t, w.k0, w.nk) : dvp->block(0, w.k0 - span0, dh, w.nk);
+      chunk_attention_forward_backward<S>(
+          cols(q, b, h, lay.t, w.q0, w.nq), cols(k, b, h, lay.t, w.k0, w.nk),
+          cols(v, b, h, lay.t, w.k0, w.nk), pos.data() + w.q0, pos.data() + w.k0, opts,
+          cols(da, b, h, lay.t, w.q0, w.nq), static_cast<const S*>(nullptr),
+          cols(a, b, h, lay.t, w.q0, w.nq), cols(dq, b, h, lay.t, w.q0, w.nq), dk_win, dv_win, ws);
+    }
+  });
+  if (!direct) {
+    // Sum the item buffers of each (sequence, head) in item order.
+    parallel_for(lay.batch * lay.heads, [&](Index bh) {
+      const Index b = bh / lay.heads, h = bh % lay.heads;
+      for (Index blk = 0; blk < lay.blocks; ++blk) {
+        const auto idx = static_cast<std::size_t>(bh * lay.blocks + blk);
+        const Index span0 = key_span_begin(lay, blk);
+        const Index span = dk_part[idx].cols();
+        cols(dk, b, h, lay.t, span0, span) += dk_part[idx];
+        cols(dv, b, h, lay.t, span0, span) += dv_part[idx];
+      }
+    });
+  }
+
+  // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn  =>  dW += d(.) xn^T,
+  // dxn += W_q^T dq + W_k^T dk + W_v^T dv, the 1/sqrt(Dh) moved onto dk (this group's rows).
+  detail::project_qkv_backward(params, qkv_slots(), heads, cfg_.head_size, xn, dq, dk, dv, dxn);
+}
 
 /// The local-attention sublayer a user instantiates: LN -> LocalAttention -> W_o (-> dropout).
 template <class S>

@@ -177,18 +177,7 @@ class LshAttention {
   /// Hashes only: writes the buckets [B, H, R, T] the forward pass would draw into `tape`
   /// (cleared when T <= C, where nothing is hashed). Lets users inspect the hashing.
   void compute_buckets(const Parameters<S>& params, ConstMatrixRef<S> xn, const Context& ctx,
-                       BucketTape& tape) const {
-    const char* where = "LshAttention::compute_buckets";
-    const Plan pl = plan(where, xn, ctx, all_heads());
-    if (pl.dense) {
-      tape.clear();
-      return;
-    }
-    Matrix<S> qk;
-    detail::project_heads(params, qk_slot_, all_heads(), cfg_.head_size, xn, qk);
-    tape.resize(pl.batch, cfg_.num_heads, pl.rounds, pl.length);
-    hash_heads(pl, qk, rotations(pl, ctx), 0, pl.num_head_items, tape.data.data());
-  }
+                       BucketTape& tape) const;
 
   /// a = LshAttention(xn): xn is hidden x N, a is H*Dh x N (N = ctx.batch * T).
   void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
@@ -199,45 +188,7 @@ class LshAttention {
   /// The rows of `heads` only: a is heads.count*Dh x N. When recording, writes the buckets of
   /// these heads into the tape (resized to [B, H, R, T] if its shape differs).
   void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
-               const Context& ctx, HeadRange heads) const {
-    const char* where = "LshAttention::forward";
-    const Plan pl = plan(where, xn, ctx, heads);
-    check_shape(where, "a", a.rows(), a.cols(), pl.heads.count * cfg_.head_size, xn.cols());
-    Matrix<S> qk, v;  // this group's heads
-    detail::project_heads(params, qk_slot_, heads, cfg_.head_size, xn, qk);
-    detail::project_heads(params, v_slot_, heads, cfg_.head_size, xn, v);
-    if (pl.dense) {
-      if (ctx.buckets != nullptr && !ctx.replay_buckets) ctx.buckets->clear();
-      dense_forward(pl, qk, v, a, ctx);
-      return;
-    }
-    const std::int32_t* buckets = nullptr;
-    std::int32_t* record = nullptr;
-    BucketTape scratch_tape;
-    if (ctx.replay_buckets) {
-      buckets = replayed_buckets(where, pl, ctx);
-    } else {
-      BucketTape& tape = ctx.buckets != nullptr ? *ctx.buckets : scratch_tape;
-      if (tape.batch != pl.batch || tape.heads != cfg_.num_heads || tape.rounds != pl.rounds ||
-          tape.length != pl.length) {
-        tape.resize(pl.batch, cfg_.num_heads, pl.rounds, pl.length);
-      }
-      record = tape.data.data();
-      buckets = record;
-    }
-    const std::vector<Matrix<S>> rot =
-        record != nullptr ? rotations(pl, ctx) : std::vector<Matrix<S>>{};
-    std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
-    for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
-      const Index nh = std::min(pl.wave, pl.num_head_items - h0);
-      if (record != nullptr) hash_heads(pl, qk, rot, h0, nh, record);
-      sort_and_gather(pl, qk, v, buckets, h0, nh, bufs);
-      attend_forward(pl, ctx, h0, nh, bufs);
-      for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
-        combine_positions(pl, h0 + i, bufs[at(i)], nullptr, a, t0, t1);
-      });
-    }
-  }
+               const Context& ctx, HeadRange heads) const;
 
   /// Recomputes the forward pass from xn and the replayed buckets (ctx.buckets, required when
   /// T > C); writes dxn (overwritten) and a (the recomputed output); accumulates the gradients
@@ -252,51 +203,7 @@ class LshAttention {
   /// The rows of `heads` only (da and a: heads.count*Dh x N): ADDS this group's gradient to dxn,
   /// writes the group's rows of a and accumulates the group's rows of dW_qk and dW_v.
   void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
-                MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
-    const char* where = "LshAttention::backward";
-    const Plan pl = plan(where, xn, ctx, heads);
-    const Index n = xn.cols(), rows = pl.heads.count * cfg_.head_size;
-    check_shape(where, "da", da.rows(), da.cols(), rows, n);
-    check_shape(where, "dxn", dxn.rows(), dxn.cols(), hidden_, n);
-    check_shape(where, "a", a.rows(), a.cols(), rows, n);
-    Matrix<S> qk, v;
-    detail::project_heads(params, qk_slot_, heads, cfg_.head_size, xn, qk);
-    detail::project_heads(params, v_slot_, heads, cfg_.head_size, xn, v);
-    Matrix<S> dqk, dv;
-    if (pl.dense) {
-      dqk.resize(rows, n);
-      dv.resize(rows, n);
-      dense_backward(pl, qk, v, da, a, dqk, dv, ctx);
-    } else {
-      const std::int32_t* buckets = replayed_buckets(where, pl, ctx);
-      std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
-      for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
-        const Index nh = std::min(pl.wave, pl.num_head_items - h0);
-        const bool last_wave = h0 + nh == pl.num_head_items;
-        sort_and_gather(pl, qk, v, buckets, h0, nh, bufs);
-        // Peak memory of long inputs (one wave): v, by position, is no longer read.
-        if (last_wave) v = Matrix<S>();
-        attend_forward(pl, ctx, h0, nh, bufs);
-        // a, and in place: o -> d(o), lse -> d(lse) of every sorted place.
-        for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
-          combine_positions(pl, h0 + i, bufs[at(i)], &da, a, t0, t1);
-        });
-        attend_backward(pl, ctx, h0, nh, bufs);  // d(o) -> d(q) in place
-        if (last_wave) {                         // the sorted queries and values are no longer read
-          for (Index i = 0; i < nh; ++i) bufs[at(i)].q = bufs[at(i)].v = Matrix<S>();
-        }
-        dqk.resize(rows, n);  // allocated once, at the first wave's reduction
-        dv.resize(rows, n);
-        for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
-          reduce_positions(pl, h0 + i, bufs[at(i)], qk, dqk, dv, t0, t1);
-        });
-      }
-    }
-    // qk = W_qk x, v = W_v x  =>  dW_qk += dqk x^T, dW_v += dv x^T, dx += W_qk^T dqk + W_v^T dv
-    // (the rows of this group's heads).
-    detail::project_heads_backward(params, qk_slot_, heads, cfg_.head_size, xn, dqk, dxn);
-    detail::project_heads_backward(params, v_slot_, heads, cfg_.head_size, xn, dv, dxn);
-  }
+                MatrixRef<S> a, const Context& ctx, HeadRange heads) const;
 
  private:
   /// Shapes of one call, derived from the inputs only (never from the thread count).
@@ -798,5 +705,116 @@ class LshAttention {
   Index hidden_;
   SlotId qk_slot_, v_slot_;
 };
+
+// ---- member definitions -------------------------------------------------------------------------
+// The heavy members are defined outside the class body, so they are not implicitly inline: a
+// translation unit that declares `extern template class LshAttention<float>;` (this repository's
+// own tests, examples and benchmarks: instances/) then does not compile them again.
+
+template <class S>
+void LshAttention<S>::compute_buckets(const Parameters<S>& params, ConstMatrixRef<S> xn,
+                                      const Context& ctx, BucketTape& tape) const {
+  const char* where = "LshAttention::compute_buckets";
+  const Plan pl = plan(where, xn, ctx, all_heads());
+  if (pl.dense) {
+    tape.clear();
+    return;
+  }
+  Matrix<S> qk;
+  detail::project_heads(params, qk_slot_, all_heads(), cfg_.head_size, xn, qk);
+  tape.resize(pl.batch, cfg_.num_heads, pl.rounds, pl.length);
+  hash_heads(pl, qk, rotations(pl, ctx), 0, pl.num_head_items, tape.data.data());
+}
+
+template <class S>
+void LshAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+                              const Context& ctx, HeadRange heads) const {
+  const char* where = "LshAttention::forward";
+  const Plan pl = plan(where, xn, ctx, heads);
+  check_shape(where, "a", a.rows(), a.cols(), pl.heads.count * cfg_.head_size, xn.cols());
+  Matrix<S> qk, v;  // this group's heads
+  detail::project_heads(params, qk_slot_, heads, cfg_.head_size, xn, qk);
+  detail::project_heads(params, v_slot_, heads, cfg_.head_size, xn, v);
+  if (pl.dense) {
+    if (ctx.buckets != nullptr && !ctx.replay_buckets) ctx.buckets->clear();
+    dense_forward(pl, qk, v, a, ctx);
+    return;
+  }
+  const std::int32_t* buckets = nullptr;
+  std::int32_t* record = nullptr;
+  BucketTape scratch_tape;
+  if (ctx.replay_buckets) {
+    buckets = replayed_buckets(where, pl, ctx);
+  } else {
+    BucketTape& tape = ctx.buckets != nullptr ? *ctx.buckets : scratch_tape;
+    if (tape.batch != pl.batch || tape.heads != cfg_.num_heads || tape.rounds != pl.rounds ||
+        tape.length != pl.length) {
+      tape.resize(pl.batch, cfg_.num_heads, pl.rounds, pl.length);
+    }
+    record = tape.data.data();
+    buckets = record;
+  }
+  const std::vector<Matrix<S>> rot =
+      record != nullptr ? rotations(pl, ctx) : std::vector<Matrix<S>>{};
+  std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
+  for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
+    const Index nh = std::min(pl.wave, pl.num_head_items - h0);
+    if (record != nullptr) hash_heads(pl, qk, rot, h0, nh, record);
+    sort_and_gather(pl, qk, v, buckets, h0, nh, bufs);
+    attend_forward(pl, ctx, h0, nh, bufs);
+    for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
+      combine_positions(pl, h0 + i, bufs[at(i)], nullptr, a, t0, t1);
+    });
+  }
+}
+
+template <class S>
+void LshAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da,
+                               MatrixRef<S> dxn, MatrixRef<S> a, const Context& ctx,
+                               HeadRange heads) const {
+  const char* where = "LshAttention::backward";
+  const Plan pl = plan(where, xn, ctx, heads);
+  const Index n = xn.cols(), rows = pl.heads.count * cfg_.head_size;
+  check_shape(where, "da", da.rows(), da.cols(), rows, n);
+  check_shape(where, "dxn", dxn.rows(), dxn.cols(), hidden_, n);
+  check_shape(where, "a", a.rows(), a.cols(), rows, n);
+  Matrix<S> qk, v;
+  detail::project_heads(params, qk_slot_, heads, cfg_.head_size, xn, qk);
+  detail::project_heads(params, v_slot_, heads, cfg_.head_size, xn, v);
+  Matrix<S> dqk, dv;
+  if (pl.dense) {
+    dqk.resize(rows, n);
+    dv.resize(rows, n);
+    dense_backward(pl, qk, v, da, a, dqk, dv, ctx);
+  } else {
+    const std::int32_t* buckets = replayed_buckets(where, pl, ctx);
+    std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
+    for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
+      const Index nh = std::min(pl.wave, pl.num_head_items - h0);
+      const bool last_wave = h0 + nh == pl.num_head_items;
+      sort_and_gather(pl, qk, v, buckets, h0, nh, bufs);
+      // Peak memory of long inputs (one wave): v, by position, is no longer read.
+      if (last_wave) v = Matrix<S>();
+      attend_forward(pl, ctx, h0, nh, bufs);
+      // a, and in place: o -> d(o), lse -> d(lse) of every sorted place.
+      for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
+        combine_positions(pl, h0 + i, bufs[at(i)], &da, a, t0, t1);
+      });
+      attend_backward(pl, ctx, h0, nh, bufs);  // d(o) -> d(q) in place
+      if (last_wave) {                         // the sorted queries and values are no longer read
+        for (Index i = 0; i < nh; ++i) bufs[at(i)].q = bufs[at(i)].v = Matrix<S>();
+      }
+      dqk.resize(rows, n);  // allocated once, at the first wave's reduction
+      dv.resize(rows, n);
+      for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
+        reduce_positions(pl, h0 + i, bufs[at(i)], qk, dqk, dv, t0, t1);
+      });
+    }
+  }
+  // qk = W_qk x, v = W_v x  =>  dW_qk += dqk x^T, dW_v += dv x^T, dx += W_qk^T dqk + W_v^T dv
+  // (the rows of this group's heads).
+  detail::project_heads_backward(params, qk_slot_, heads, cfg_.head_size, xn, dqk, dxn);
+  detail::project_heads_backward(params, v_slot_, heads, cfg_.head_size, xn, dv, dxn);
+}
 
 }  // namespace reformer

@@ -79,8 +79,10 @@ inline void report(benchmark::State& state, const WallClock& clock, double token
 }
 
 /// Skips the benchmark (with a message naming the need) when it would need more than 90% of
-/// the memory the kernel reports available. Returns true when skipped.
+/// the memory the kernel reports available once the heap's free pages are handed back (the
+/// memory earlier benchmarks freed is reusable). Returns true when skipped.
 inline bool skip_if_memory_short(benchmark::State& state, double bytes_needed) {
+  release_free_heap();
   const double avail = double(available_bytes());
   if (avail > 0 && bytes_needed > 0.9 * avail) {
     const std::string msg = "needs ~" + std::to_string(bytes_needed / double(1 << 30)) +

@@ -44,12 +44,19 @@ inline std::size_t peak_resident_bytes() { return proc_field_bytes("/proc/self/s
 /// Memory the kernel says can still be allocated without swapping (MemAvailable).
 inline std::size_t available_bytes() { return proc_field_bytes("/proc/meminfo", "MemAvailable"); }
 
-/// Returns free heap memory to the kernel, then resets VmHWM to the current VmRSS. False when
-/// the kernel refused the reset (the peak then covers the whole process lifetime).
-inline bool reset_peak() {
+/// Hands the heap's free pages back to the kernel. With keep_freed_memory() malloc never does
+/// this by itself, so the memory a finished benchmark freed stays resident (and out of
+/// MemAvailable) until this is called.
+inline void release_free_heap() {
 #if defined(__GLIBC__)
   malloc_trim(0);
 #endif
+}
+
+/// Returns free heap memory to the kernel, then resets VmHWM to the current VmRSS. False when
+/// the kernel refused the reset (the peak then covers the whole process lifetime).
+inline bool reset_peak() {
+  release_free_heap();
   std::ofstream clear("/proc/self/clear_refs");
   if (!clear) return false;
   clear << "5";
@@ -83,11 +90,17 @@ class PeakMeter {
 /// allocates its work buffers per call; with the default policy every training step pays page
 /// faults and the zeroing of fresh pages for memory it frees and allocates again moments later
 /// (the example programs do the same, examples/common/allocator.hpp). The benchmarks use it
-/// unless --malloc=system; reset_peak() still hands free pages back before each measurement.
+/// unless --malloc=system; reset_peak() and the memory guard (skip_if_memory_short) still hand
+/// free pages back before each measurement.
+///
+/// Trimming is off entirely (threshold -1), not merely raised: a trim threshold of 1 GiB still
+/// let a long call that frees GiBs at its end hand them back, and the next call re-faulted them
+/// (LSH R = 2 fwd+bwd at T = 2^20: 11387 faults of 2 MiB pages per call, the kernel zeroing
+/// 22 GiB; with trimming off, 0).
 inline void keep_freed_memory() {
 #if defined(__GLIBC__)
   mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, -1);
   mallopt(M_TOP_PAD, 64 << 20);
 #endif
 }

@@ -26,6 +26,7 @@
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/layers/detail/sublayer_util.hpp"
 
 #include <cstddef>
 
@@ -62,10 +63,10 @@ void reversible_forward(const F& f, const G& g, const Parameters<S>& params, Mat
   detail::check_stream_pair("reversible_forward", "x1", x1.rows(), x1.cols(), "x2", x2.rows(),
                             x2.cols());
   ws.resize(x1.rows(), x1.cols());
-  f.forward(params, x2, ws.fx, ctx);  // F(x2)
-  x1 += ws.fx;                        // y1 = x1 + F(x2)
-  g.forward(params, x1, ws.fx, ctx);  // G(y1)
-  x2 += ws.fx;                        // y2 = x2 + G(y1)
+  f.forward(params, x2, ws.fx, ctx);         // F(x2)
+  detail::add_parallel<S>(x1, ws.fx, S(1));  // y1 = x1 + F(x2)
+  g.forward(params, x1, ws.fx, ctx);         // G(y1)
+  detail::add_parallel<S>(x2, ws.fx, S(1));  // y2 = x2 + G(y1)
 }
 
 /// The reversible backward of one block, in place:
@@ -89,12 +90,12 @@ void reversible_backward(const F& f, const G& g, Parameters<S>& params, MatrixRe
   ws.resize(y1.rows(), y1.cols());
 
   g.backward(params, y1, dy2, ws.dx, ws.fx, ctx);  // dG = G'^T dy2, fx = G(y1)
-  y2 -= ws.fx;                                     // x2 = y2 - G(y1)
-  dy1 += ws.dx;                                    // dy1 + G'^T dy2
+  detail::add_parallel<S>(y2, ws.fx, S(-1));       // x2 = y2 - G(y1)
+  detail::add_parallel<S>(dy1, ws.dx, S(1));       // dy1 + G'^T dy2
 
   f.backward(params, y2, dy1, ws.dx, ws.fx, ctx);  // dF = F'^T dy1, fx = F(x2)
-  y1 -= ws.fx;                                     // x1 = y1 - F(x2)
-  dy2 += ws.dx;                                    // dx2 = dy2 + F'^T dy1
+  detail::add_parallel<S>(y1, ws.fx, S(-1));       // x1 = y1 - F(x2)
+  detail::add_parallel<S>(dy2, ws.dx, S(1));       // dx2 = dy2 + F'^T dy1
   // dx1 = dy1: already in place.
 }
 
@@ -113,9 +114,9 @@ void stored_backward(const F& f, const G& g, Parameters<S>& params, ConstMatrixR
   ws.resize(y1.rows(), y1.cols());
 
   g.backward(params, y1, dy2, ws.dx, ws.fx, ctx);  // dG = G'^T dy2
-  dy1 += ws.dx;
+  detail::add_parallel<S>(dy1, ws.dx, S(1));
   f.backward(params, x2, dy1, ws.dx, ws.fx, ctx);  // dF = F'^T dy1
-  dy2 += ws.dx;
+  detail::add_parallel<S>(dy2, ws.dx, S(1));
 }
 
 }  // namespace reformer

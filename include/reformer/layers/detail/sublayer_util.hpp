@@ -5,10 +5,18 @@
 //
 // Determinism (DESIGN 3.6): every helper splits its work into fixed-size blocks whose boundaries
 // depend only on the shapes, never on the thread count, and each block is computed by the same
-// code whichever thread runs it, writing its own slice of the output. Products are split over
-// their OUTPUT (rows or columns), never over the reduction dimension, so a weight gradient
-// dW += dy x^T reduces over all tokens inside one product in one fixed order. Reductions that
-// are split (LayerNorm's dgamma/dbeta) go through per-block partial sums added in block order.
+// code whichever thread runs it, writing its own slice of the output. Activation products are
+// split over their output columns (or rows). Reductions that are split (weight gradients
+// dW += dy x^T over tokens, LayerNorm's dgamma/dbeta) go through per-block partial sums that
+// are added in block order.
+//
+// Block sizes and packing: Eigen's GEMM copies ("packs") both operands into its own panel
+// layout. A block of a product split over output columns re-packs the whole left operand (the
+// weight), a block of a product split over output rows re-packs the whole right operand. With
+// blocks of w columns that costs one packed weight element per 2w flops; at w = 128 the packing
+// was 14% of the model step's CPU time (T = 4096, perf). Products therefore use wide column
+// blocks (up to kMaxProductColumns), and weight gradients are split over the tokens (each
+// partial product packs only its own tokens) instead of over dW's rows.
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
@@ -20,22 +28,42 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 namespace reformer {
 namespace detail {
 
-/// Column block of token-parallel work (elementwise ops, products split over columns).
+/// Column block of token-parallel elementwise work (LayerNorm, dropout, activations).
 inline constexpr Index kColumnBlock = 128;
-/// Products split over their output rows (e.g. weight gradients) use at most kMaxRowBlocks
-/// blocks of at least kMinRowBlock rows: every block re-packs the whole right-hand operand, so
-/// fewer, taller blocks waste less.
+/// Products split over their output columns aim at kProductColumnBlocks blocks of
+/// kMinProductColumns .. kMaxProductColumns columns (multiples of 64): wide enough to amortise
+/// re-packing the weight, enough of them to keep the threads busy.
+inline constexpr Index kProductColumnBlocks = 8;
+inline constexpr Index kMinProductColumns = 256;
+inline constexpr Index kMaxProductColumns = 1024;
+/// Products too narrow to split over columns split over their output rows instead: at most
+/// kMaxRowBlocks blocks of at least kMinRowBlock rows (every block re-packs the right operand).
 inline constexpr Index kMinRowBlock = 32;
 inline constexpr Index kMaxRowBlocks = 8;
+/// Weight gradients dW += dy x^T are summed over blocks of kGradTokenBlock tokens, at most
+/// kGradPartials partial dW at a time (memory: kGradPartials x dW).
+inline constexpr Index kGradTokenBlock = 256;
+inline constexpr Index kGradPartials = 8;
+
+/// Rounds n up to a multiple of m.
+inline Index round_up(Index n, Index m) { return (n + m - 1) / m * m; }
 
 /// The row block for a product with `rows` output rows (a function of the shape only).
 inline Index row_block(Index rows) {
   const Index even_split = (rows + kMaxRowBlocks - 1) / kMaxRowBlocks;
-  return std::max(kMinRowBlock, (even_split + 15) / 16 * 16);
+  return std::max(kMinRowBlock, round_up(even_split, 16));
+}
+
+/// The column block for a product with `cols` output columns (a function of the shape only).
+inline Index product_column_block(Index cols) {
+  const Index even_split = (cols + kProductColumnBlocks - 1) / kProductColumnBlocks;
+  return std::clamp(round_up(even_split, 64), kMinProductColumns, kMaxProductColumns);
 }
 
 /// Rough cost of one dropout draw (counter hashing) in flops, for the parallel threshold.
@@ -69,16 +97,42 @@ void for_column_blocks(Index n, double flops_per_column, F&& f) {
   });
 }
 
+/// dst += sign * src (sign = +1 or -1), in parallel over column blocks (the reversible
+/// streams' updates: memory-bound, D x N each).
+template <class S>
+void add_parallel(MatrixRef<S> dst, ConstMatrixRef<S> src, S sign) {
+  REFORMER_ASSERT(dst.rows() == src.rows() && dst.cols() == src.cols());
+  for_column_blocks(dst.cols(), double(dst.rows()), [&](Index c0, Index nc) {
+    if (sign > 0) {
+      dst.middleCols(c0, nc) += src.middleCols(c0, nc);
+    } else {
+      dst.middleCols(c0, nc) -= src.middleCols(c0, nc);
+    }
+  });
+}
+
+/// dst = src, in parallel over column blocks.
+template <class S>
+void copy_parallel(ConstMatrixRef<S> src, MatrixRef<S> dst) {
+  REFORMER_ASSERT(dst.rows() == src.rows() && dst.cols() == src.cols());
+  for_column_blocks(dst.cols(), double(dst.rows()),
+                    [&](Index c0, Index nc) { dst.middleCols(c0, nc) = src.middleCols(c0, nc); });
+}
+
 /// out = lhs * rhs (or out += lhs * rhs when `accumulate`), in parallel over fixed blocks of
-/// out's columns when it is wide, else of its rows. The choice depends on the shapes only. `out`
-/// must not alias the operands; lhs / rhs may be any Eigen expressions (e.g. transposes of
-/// row-major weight maps).
+/// out's columns (product_column_block) when it is wide, else of its rows. The choice depends
+/// on the shapes only. `out` must not alias the operands; lhs / rhs may be any Eigen
+/// expressions (e.g. transposes of row-major weight maps).
 template <class Out, class Lhs, class Rhs>
 void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
   REFORMER_ASSERT(lhs.cols() == rhs.rows() && out.rows() == lhs.rows() && out.cols() == rhs.cols());
   const double flops_per_column = 2.0 * double(out.rows()) * double(lhs.cols());
-  if (out.cols() >= 2 * kColumnBlock) {
-    for_column_blocks(out.cols(), flops_per_column, [&](Index c0, Index nc) {
+  if (out.cols() >= 2 * kMinProductColumns) {
+    const Index n = out.cols();
+    const Index cb = product_column_block(n);
+    parallel_items(num_blocks(n, cb), flops_per_column * double(n), [&](Index blk) {
+      const Index c0 = blk * cb;
+      const Index nc = std::min(cb, n - c0);
       if (accumulate) {
         out.middleCols(c0, nc).noalias() += lhs * rhs.middleCols(c0, nc);
       } else {
@@ -100,21 +154,53 @@ void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate
   }
 }
 
-/// Parameter gradients of y = W x (+ b): dW += dy x^T (and db += row sums of dy), split over
-/// fixed blocks of dW's rows. dy: out x N, x: in x N, dW: out x in.
+/// Parameter gradients of y = W x (+ b): dW += dy x^T (and db += row sums of dy).
+/// dy: out x N, x: in x N, dW: out x in.
+///
+///   dW += sum over token blocks b (kGradTokenBlock tokens, in order) of  dy_b x_b^T
+///
+/// The partial products run in parallel, kGradPartials at a time, and are added to dW in block
+/// order; db sums each row over all N tokens in column order (split over rows).
 template <class S, class GW>
 void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
                          VectorMap<S>* db = nullptr) {
   REFORMER_ASSERT(dy.cols() == x.cols() && dW.rows() == dy.rows() && dW.cols() == x.rows());
-  const Index rows = dy.rows();
-  const double flops = 2.0 * double(rows) * double(x.rows()) * double(x.cols());
-  const Index rb = row_block(rows);
-  parallel_items(num_blocks(rows, rb), flops, [&](Index blk) {
-    const Index r0 = blk * rb;
-    const Index nr = std::min(rb, rows - r0);
-    dW.middleRows(r0, nr).noalias() += dy.middleRows(r0, nr) * x.transpose();
-    if (db != nullptr) db->segment(r0, nr) += dy.middleRows(r0, nr).rowwise().sum();
-  });
+  const Index out = dy.rows(), in = x.rows(), n = x.cols();
+  if (db != nullptr) {
+    const Index rb = row_block(out);
+    parallel_items(num_blocks(out, rb), double(out) * double(n), [&](Index blk) {
+      const Index r0 = blk * rb;
+      const Index nr = std::min(rb, out - r0);
+      db->segment(r0, nr) += dy.middleRows(r0, nr).rowwise().sum();
+    });
+  }
+  const Index blocks = num_blocks(n, kGradTokenBlock);
+  const double flops_per_token = 2.0 * double(out) * double(in);
+  if (blocks <= 1 || flops_per_token * double(n) < kMinParallelFlops) {
+    dW.noalias() += dy * x.transpose();
+    return;
+  }
+  using Partial = typename std::decay_t<GW>::PlainObject;  // out x in, dW's storage order
+  std::vector<Partial> partial(static_cast<std::size_t>(std::min(blocks, kGradPartials)));
+  for (Index w0 = 0; w0 < blocks; w0 += kGradPartials) {
+    const Index wave = std::min(kGradPartials, blocks - w0);
+    parallel_for(wave, [&](Index i) {
+      const Index t0 = (w0 + i) * kGradTokenBlock;
+      const Index nt = std::min(kGradTokenBlock, n - t0);
+      Partial& p = partial[static_cast<std::size_t>(i)];
+      p.resize(out, in);
+      p.noalias() = dy.middleCols(t0, nt) * x.middleCols(t0, nt).transpose();
+    });
+    // dW += partial_0 + partial_1 + ... (in block order, split over dW's rows)
+    const Index rb = row_block(out);
+    parallel_items(num_blocks(out, rb), double(wave) * double(out) * double(in), [&](Index blk) {
+      const Index r0 = blk * rb;
+      const Index nr = std::min(rb, out - r0);
+      for (Index i = 0; i < wave; ++i) {
+        dW.middleRows(r0, nr) += partial[static_cast<std::size_t>(i)].middleRows(r0, nr);
+      }
+    });
+  }
 }
 
 /// y = LayerNorm(x) (ops/layer_norm.hpp), in parallel over column blocks.
@@ -156,7 +242,7 @@ void layer_norm_backward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, 
 template <class S>
 void dropout_parallel(const Rng& rng, double p, Index c0, ConstMatrixRef<S> in, MatrixRef<S> out) {
   if (p == 0.0) {
-    if (out.data() != in.data()) out = in;
+    if (out.data() != in.data()) copy_parallel<S>(in, out);
     return;
   }
   const Index rows = in.rows();

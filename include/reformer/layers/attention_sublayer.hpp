@@ -110,7 +110,21 @@ class AttentionSublayer {
   void backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
                 MatrixRef<S> fx, const Context& ctx) const;
 
+  /// The reversible block's backward step without D x N scratch (layers/reversible.hpp):
+  /// recomputes f from x and updates in place
+  ///   dx_acc += (df/dx)^T dy,   y_sub -= f(x),
+  /// accumulating the parameter gradients. dx_acc and y_sub must not alias x, dy or each other.
+  /// Agrees with backward() up to rounding (y_sub receives the head groups' terms one by one).
+  void backward_inverse(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
+                        MatrixRef<S> dx_acc, MatrixRef<S> y_sub, const Context& ctx) const;
+
  private:
+  // backward (inverse = false: dx and fx overwritten) and backward_inverse (inverse = true:
+  // dx += ..., fx -= f(x)).
+  void backward_impl(const char* where, Parameters<S>& params, ConstMatrixRef<S> x,
+                     ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> fx, const Context& ctx,
+                     bool inverse) const;
+
   static const Config& validated(const Config& cfg) {
     const char* where = "AttentionSublayer";
     REFORMER_REQUIRE(cfg.hidden_size > 0, InvalidArgument, where, "hidden_size = ", cfg.hidden_size,
@@ -199,12 +213,27 @@ template <class S, class Core>
 void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<S> x,
                                           ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> fx,
                                           const Context& ctx) const {
-  const char* where = "AttentionSublayer::backward";
+  backward_impl("AttentionSublayer::backward", params, x, dy, dx, fx, ctx, false);
+}
+
+template <class S, class Core>
+void AttentionSublayer<S, Core>::backward_inverse(Parameters<S>& params, ConstMatrixRef<S> x,
+                                                  ConstMatrixRef<S> dy, MatrixRef<S> dx_acc,
+                                                  MatrixRef<S> y_sub, const Context& ctx) const {
+  backward_impl("AttentionSublayer::backward_inverse", params, x, dy, dx_acc, y_sub, ctx, true);
+}
+
+template <class S, class Core>
+void AttentionSublayer<S, Core>::backward_impl(const char* where, Parameters<S>& params,
+                                               ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
+                                               MatrixRef<S> dx, MatrixRef<S> fx, const Context& ctx,
+                                               bool inverse) const {
   check_io(where, x, ctx);
   check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
-  check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
-  check_shape(where, "fx", fx.rows(), fx.cols(), x.rows(), x.cols());
+  check_shape(where, inverse ? "dx_acc" : "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
+  check_shape(where, inverse ? "y_sub" : "fx", fx.rows(), fx.cols(), x.rows(), x.cols());
   const Index n = x.cols(), dh = core_.config().head_size;
+  const bool dropout = ctx.training && cfg_.output_dropout > 0.0;
 
   // Forward, recomputed: xn = LN(x).
   Matrix<S> xn(hidden_size(), n);
@@ -212,9 +241,20 @@ void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<
                                          params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
 
   // y = Dropout(z)  =>  dz = mask .* dy / (1 - p)   (the same mask as the forward pass).
-  // dz lives in dx until the LayerNorm backward below overwrites it.
-  MatrixRef<S>& dz = dx;
-  apply_output_dropout(dy, dz, ctx);
+  // Without dropout dz is dy itself. With it, backward() keeps dz in dx until the LayerNorm
+  // backward below overwrites it; backward_inverse (dx accumulates) needs a buffer.
+  Matrix<S> dz_buffer;
+  if (dropout && inverse) dz_buffer.resize(hidden_size(), n);
+  MatrixRef<S> dz_store = inverse ? MatrixRef<S>(dz_buffer) : dx;
+  if (dropout) apply_output_dropout(dy, dz_store, ctx);
+  const ConstMatrixRef<S> dz = dropout ? ConstMatrixRef<S>(dz_store) : dy;
+
+  // f(x) = Dropout(z), z = sum_g W_o[:, g] a_g. backward() accumulates z in fx; the inverse
+  // subtracts each group's term from y_sub directly, unless dropout needs the whole sum first.
+  Matrix<S> z_buffer;
+  if (dropout && inverse) z_buffer.resize(hidden_size(), n);
+  MatrixRef<S> z = inverse && dropout ? MatrixRef<S>(z_buffer) : fx;
+  const bool subtract_terms = inverse && !dropout;
 
   Matrix<S> dxn = Matrix<S>::Zero(hidden_size(), n);
   Matrix<S> a, da;  // one head group's outputs and their gradient
@@ -228,15 +268,19 @@ void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<
     core_.backward(params, xn, da, dxn, a, ctx, heads);
     detail::linear_weight_grads<S>(
         dz, a, params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh));
-    // f(x) = Dropout(W_o a), accumulated over the groups (dropout applied below).
-    detail::parallel_product(fx, w_o, a, heads.first > 0);
+    if (subtract_terms) {
+      detail::parallel_product(fx, -w_o, a, true);  // y_sub -= W_o[:, g] a_g
+    } else {
+      detail::parallel_product(z, w_o, a, heads.first > 0);
+    }
   });
-  apply_output_dropout(fx, fx, ctx);
+  if (!subtract_terms) apply_output_dropout(z, z, ctx);
+  if (inverse && dropout) detail::add_parallel<S>(fx, z, S(-1));  // y_sub -= Dropout(z)
 
-  // Through the LayerNorm (overwrites dx, which held dz).
+  // Through the LayerNorm: dx overwritten (it held dz), or accumulated by the inverse.
   detail::layer_norm_backward_parallel<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps,
                                           dxn, dx, params.grad_vector(ln_weight_),
-                                          params.grad_vector(ln_bias_));
+                                          params.grad_vector(ln_bias_), inverse);
 }
 
 }  // namespace reformer

@@ -86,7 +86,21 @@ class FeedForward {
   void backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
                 MatrixRef<S> fx, const Context& ctx) const;
 
+  /// The reversible block's backward step without D x N scratch (layers/reversible.hpp):
+  /// recomputes f from x chunk by chunk and updates in place
+  ///   dx_acc += (df/dx)^T dy,   y_sub -= f(x),
+  /// accumulating the parameter gradients. dx_acc and y_sub must not alias x, dy or each other.
+  /// Bitwise equal to dx_acc += dx, y_sub -= fx with the outputs of backward().
+  void backward_inverse(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
+                        MatrixRef<S> dx_acc, MatrixRef<S> y_sub, const Context& ctx) const;
+
  private:
+  // backward (inverse = false: dx and fx overwritten) and backward_inverse (inverse = true:
+  // dx += ..., fx -= f(x)).
+  void backward_impl(const char* where, Parameters<S>& params, ConstMatrixRef<S> x,
+                     ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> fx, const Context& ctx,
+                     bool inverse) const;
+
   // Rough cost of one activation (erf) in flops, for the parallel threshold.
   static constexpr double kActivationFlops = 20.0;
 
@@ -190,15 +204,30 @@ void FeedForward<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> x, M
 template <class S>
 void FeedForward<S>::backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
                               MatrixRef<S> dx, MatrixRef<S> fx, const Context& ctx) const {
-  const char* where = "FeedForward::backward";
+  backward_impl("FeedForward::backward", params, x, dy, dx, fx, ctx, false);
+}
+
+template <class S>
+void FeedForward<S>::backward_inverse(Parameters<S>& params, ConstMatrixRef<S> x,
+                                      ConstMatrixRef<S> dy, MatrixRef<S> dx_acc, MatrixRef<S> y_sub,
+                                      const Context& ctx) const {
+  backward_impl("FeedForward::backward_inverse", params, x, dy, dx_acc, y_sub, ctx, true);
+}
+
+template <class S>
+void FeedForward<S>::backward_impl(const char* where, Parameters<S>& params, ConstMatrixRef<S> x,
+                                   ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> fx,
+                                   const Context& ctx, bool inverse) const {
   check_x(where, x, ctx);
   check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
-  check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
-  check_shape(where, "fx", fx.rows(), fx.cols(), x.rows(), x.cols());
+  check_shape(where, inverse ? "dx_acc" : "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
+  check_shape(where, inverse ? "y_sub" : "fx", fx.rows(), fx.cols(), x.rows(), x.cols());
   const Index chunk = chunk_columns(x.cols());
   const Index d = hidden_size(), f = feed_forward_size();
-  // Per-chunk buffers: D x chunk and F x chunk, reused by every chunk.
+  // Per-chunk buffers: D x chunk and F x chunk, reused by every chunk (fx_chunk: the inverse's
+  // f(x) of one chunk before it is subtracted).
   Matrix<S> xn(d, chunk), dz(d, chunk), hd(f, chunk), g(f, chunk);
+  Matrix<S> fx_chunk(inverse ? d : 0, inverse ? chunk : 0);
   VectorMap<S> db1 = params.grad_vector(b1_), db2 = params.grad_vector(b2_);
   const Rng rng1 = ctx.rng(stream::kFeedForwardActDropout);
   const Rng rng2 = ctx.rng(stream::kFeedForwardOutputDropout);
@@ -215,7 +244,12 @@ void FeedForward<S>::backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstM
     detail::for_column_blocks(nc, kActivationFlops * double(f), [&](Index b0, Index nb) {
       activation_forward<S>(cfg_.activation, hd_c.middleCols(b0, nb), g_c.middleCols(b0, nb));
     });
-    output(params, g_c, c0, fx.middleCols(c0, nc), ctx);
+    if (inverse) {
+      output(params, g_c, c0, fx_chunk.leftCols(nc), ctx);
+      detail::add_parallel<S>(fx.middleCols(c0, nc), fx_chunk.leftCols(nc), S(-1));  // y -= f(x)
+    } else {
+      output(params, g_c, c0, fx.middleCols(c0, nc), ctx);
+    }
 
     // y = Dropout_2(z)       =>  dz = mask_2 .* dy / (1 - p).
     detail::dropout_parallel<S>(rng2, p, c0, dy.middleCols(c0, nc), dz_c);
@@ -236,9 +270,10 @@ void FeedForward<S>::backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstM
     auto dxn_c = dz_c;  // dz is no longer needed: dxn overwrites it
     detail::parallel_product(dxn_c, params.value(w1_).transpose(), dh_c, false);
     // xn = LN_f(x)           =>  dx, dgamma +=, dbeta +=.
-    detail::layer_norm_backward_parallel<S>(
-        x.middleCols(c0, nc), params.value_vector(ln_weight_), cfg_.layer_norm_eps, dxn_c,
-        dx.middleCols(c0, nc), params.grad_vector(ln_weight_), params.grad_vector(ln_bias_));
+    detail::layer_norm_backward_parallel<S>(x.middleCols(c0, nc), params.value_vector(ln_weight_),
+                                            cfg_.layer_norm_eps, dxn_c, dx.middleCols(c0, nc),
+                                            params.grad_vector(ln_weight_),
+                                            params.grad_vector(ln_bias_), inverse);
   }
 }
 

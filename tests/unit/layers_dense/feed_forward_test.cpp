@@ -152,6 +152,33 @@ TEST(FeedForward, BackwardReturnsForwardOutputAndAccumulates) {
   EXPECT_EQ((dx - r.dx).cwiseAbs().maxCoeff(), 0.0);
 }
 
+// backward_inverse (the reversible block's in-place step) gives dx_acc + dx and y_sub - f(x) with
+// the same bits as backward() followed by the additions, and the same parameter gradients.
+TEST(FeedForward, BackwardInverseUpdatesInPlaceBitwise) {
+  for (const double dropout : {0.0, 0.25}) {
+    FeedForwardSetup s;
+    s.dropout = dropout;
+    s.chunk = 3;
+    Parameters<double> params;
+    FeedForward<double> ff(test::feed_forward_config(s), params);
+    test::randomise(params, 60);
+    const Context ctx = test::training_context(2);
+    const Matrix<double> x = random_matrix(s.hidden, 8, 61);
+    const Matrix<double> dy = random_matrix(s.hidden, 8, 62);
+    const Matrix<double> acc0 = random_matrix(s.hidden, 8, 63);
+    const Matrix<double> y0 = random_matrix(s.hidden, 8, 64);
+    const auto r = test::run_backward(ff, params, x, dy, ctx);
+    params.zero_grad();
+    Matrix<double> acc = acc0, y = y0;
+    ff.backward_inverse(params, x, dy, acc, y, ctx);
+    const Matrix<double> acc_ref = acc0 + r.dx, y_ref = y0 - r.fx;
+    EXPECT_EQ((acc - acc_ref).cwiseAbs().maxCoeff(), 0.0) << "dropout " << dropout;
+    EXPECT_EQ((y - y_ref).cwiseAbs().maxCoeff(), 0.0) << "dropout " << dropout;
+    EXPECT_EQ((params.grads() - r.grads).cwiseAbs().maxCoeff(), 0.0) << "dropout " << dropout;
+    EXPECT_GT(r.dx.cwiseAbs().maxCoeff(), 1e-3);
+  }
+}
+
 TEST(FeedForward, DropoutIsAPureFunctionOfTheContext) {
   FeedForwardSetup s;
   s.dropout = 0.3;

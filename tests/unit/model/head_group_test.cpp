@@ -30,10 +30,10 @@ template <class Core>
 using Layer = AttentionSublayer<double, Core>;
 
 template <class Core>
-typename Layer<Core>::Config make_config(Index group_scalars) {
+typename Layer<Core>::Config make_config(Index group_scalars, double output_dropout = 0.1) {
   typename Layer<Core>::Config cfg;
   cfg.hidden_size = kHidden;
-  cfg.output_dropout = 0.1;
+  cfg.output_dropout = output_dropout;
   cfg.head_group_scalars = group_scalars;
   cfg.core.num_heads = kHeads;
   cfg.core.head_size = kHeadSize;
@@ -67,7 +67,8 @@ struct Setup {
   BucketTape tape;
   Context ctx;
 
-  explicit Setup(Index group_scalars) : layer(make_config<Core>(group_scalars), params) {
+  explicit Setup(Index group_scalars, double output_dropout = 0.1)
+      : layer(make_config<Core>(group_scalars, output_dropout), params) {
     const Rng rng(5);
     for (Index i = 0; i < params.size(); ++i) {
       params.values()[i] = 0.5 * rng.normal(static_cast<std::uint64_t>(i));
@@ -113,6 +114,37 @@ TYPED_TEST(HeadGroups, StreamingHeadsMatchesAllHeadsAtOnce) {
     EXPECT_LT(max_abs_diff(fx, fx_all), 1e-12);
     EXPECT_LT((grp.params.grads() - all.params.grads()).cwiseAbs().maxCoeff(), 1e-12);
     EXPECT_GT(grp.params.grads().cwiseAbs().maxCoeff(), 1e-3) << "gradients are not trivially 0";
+  }
+}
+
+// backward_inverse (the reversible block's in-place step) gives dx_acc + dx and y_sub - f(x) of
+// backward(), to rounding: without output dropout it subtracts each head group's term from
+// y_sub directly, with dropout it needs the whole sum first.
+TYPED_TEST(HeadGroups, BackwardInverseUpdatesInPlace) {
+  const Matrix<double> x = random_input(kHidden, kTokens, 4);
+  const Matrix<double> dy = random_input(kHidden, kTokens, 5);
+  const Matrix<double> acc0 = random_input(kHidden, kTokens, 6);
+  const Matrix<double> y0 = random_input(kHidden, kTokens, 7);
+  for (const double dropout : {0.0, 0.1}) {
+    for (const Index scalars : {kOneHead, kAllHeads}) {
+      SCOPED_TRACE(std::string(scalars == kOneHead ? "one head per group" : "all heads") +
+                   ", output dropout " + std::to_string(dropout));
+      Setup<TypeParam> s(scalars, dropout);
+      Matrix<double> y(kHidden, kTokens), dx(kHidden, kTokens), fx(kHidden, kTokens);
+      s.layer.forward(s.params, x, y, s.ctx);
+      s.ctx.replay_buckets = true;
+      s.params.zero_grad();
+      s.layer.backward(s.params, x, dy, dx, fx, s.ctx);
+      const Vector<double> grads = s.params.grads();
+      s.params.zero_grad();
+      Matrix<double> acc = acc0, y_sub = y0;
+      s.layer.backward_inverse(s.params, x, dy, acc, y_sub, s.ctx);
+      EXPECT_LT(max_abs_diff(acc, acc0 + dx), 1e-12);
+      EXPECT_LT(max_abs_diff(y_sub, y0 - fx), 1e-12);
+      EXPECT_LT((s.params.grads() - grads).cwiseAbs().maxCoeff(), 1e-12);
+      EXPECT_GT(dx.cwiseAbs().maxCoeff(), 1e-3);
+      EXPECT_GT(fx.cwiseAbs().maxCoeff(), 1e-3);
+    }
   }
 }
 

@@ -212,23 +212,35 @@ void layer_norm_forward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma,
   });
 }
 
-/// LayerNorm backward (ops/layer_norm.hpp), in parallel over column blocks: dx overwritten,
-/// dgamma / dbeta accumulated from per-block partial sums added in block order.
+/// LayerNorm backward (ops/layer_norm.hpp), in parallel over column blocks: dx overwritten (or
+/// dx += with accumulate_dx), dgamma / dbeta accumulated from per-block partial sums added in
+/// block order.
 template <class S>
 void layer_norm_backward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, double eps,
                                   ConstMatrixRef<S> dy, MatrixRef<S> dx, VectorRef<S> dgamma,
-                                  VectorRef<S> dbeta) {
+                                  VectorRef<S> dbeta, bool accumulate_dx = false) {
   const Index d = x.rows();
   const Index blocks = num_blocks(x.cols(), kColumnBlock);
+  // One block's dx: written in place, or into a block-sized buffer added to dx.
+  const auto block_backward = [&](Index c0, Index nc, VectorRef<S> dgamma_b, VectorRef<S> dbeta_b) {
+    if (!accumulate_dx) {
+      layer_norm_backward<S>(x.middleCols(c0, nc), gamma, eps, dy.middleCols(c0, nc),
+                             dx.middleCols(c0, nc), dgamma_b, dbeta_b);
+      return;
+    }
+    Matrix<S> dx_b(d, nc);
+    layer_norm_backward<S>(x.middleCols(c0, nc), gamma, eps, dy.middleCols(c0, nc), dx_b, dgamma_b,
+                           dbeta_b);
+    dx.middleCols(c0, nc) += dx_b;
+  };
   if (blocks <= 1) {
-    layer_norm_backward<S>(x, gamma, eps, dy, dx, dgamma, dbeta);
+    block_backward(0, x.cols(), dgamma, dbeta);
     return;
   }
   Matrix<S> partial = Matrix<S>::Zero(d, 2 * blocks);  // [dgamma_0, dbeta_0, dgamma_1, ...]
   for_column_blocks(x.cols(), 16.0 * double(d), [&](Index c0, Index nc) {
     const Index blk = c0 / kColumnBlock;
-    layer_norm_backward<S>(x.middleCols(c0, nc), gamma, eps, dy.middleCols(c0, nc),
-                           dx.middleCols(c0, nc), partial.col(2 * blk), partial.col(2 * blk + 1));
+    block_backward(c0, nc, partial.col(2 * blk), partial.col(2 * blk + 1));
   });
   for (Index blk = 0; blk < blocks; ++blk) {
     dgamma += partial.col(2 * blk);

@@ -21,7 +21,8 @@
 // (same layer index, step and bucket tape); their randomness is told apart by stream tags.
 //
 // Every function works in place on the caller's buffers (the model keeps only two streams and
-// two gradient streams), using a ReversibleWorkspace for the two D x N temporaries.
+// two gradient streams). Forward uses a ReversibleWorkspace for one D x N temporary; backward
+// needs none when the sublayers provide backward_inverse (both of ours do), else two.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"

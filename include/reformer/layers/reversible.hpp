@@ -35,14 +35,19 @@
 
 namespace reformer {
 
-/// Two D x N scratch matrices reused by every block of a stack (allocated once per shape).
+/// D x N scratch reused by every block of a stack (allocated once per shape): fx in forward,
+/// fx and dx in backward for sublayers without backward_inverse.
 template <class S>
 struct ReversibleWorkspace {
   Matrix<S> fx;  ///< F(x2) / G(y1)
   Matrix<S> dx;  ///< F'^T dy1 / G'^T dy2
 
-  void resize(Index rows, Index cols) {
+  /// Sizes fx only (forward needs no dx).
+  void resize_fx(Index rows, Index cols) {
     if (fx.rows() != rows || fx.cols() != cols) fx.resize(rows, cols);
+  }
+  void resize(Index rows, Index cols) {
+    resize_fx(rows, cols);
     if (dx.rows() != rows || dx.cols() != cols) dx.resize(rows, cols);
   }
   std::size_t bytes_held() const {
@@ -65,7 +70,7 @@ void reversible_forward(const F& f, const G& g, const Parameters<S>& params, Mat
                         MatrixRef<S> x2, const Context& ctx, ReversibleWorkspace<S>& ws) {
   detail::check_stream_pair("reversible_forward", "x1", x1.rows(), x1.cols(), "x2", x2.rows(),
                             x2.cols());
-  ws.resize(x1.rows(), x1.cols());
+  ws.resize_fx(x1.rows(), x1.cols());
   f.forward(params, x2, ws.fx, ctx);         // F(x2)
   detail::add_parallel<S>(x1, ws.fx, S(1));  // y1 = x1 + F(x2)
   g.forward(params, x1, ws.fx, ctx);         // G(y1)
@@ -111,17 +116,17 @@ void reversible_backward(const F& f, const G& g, Parameters<S>& params, MatrixRe
                 detail::has_backward_inverse<G, S>::value) {
     g.backward_inverse(params, y1, dy2, dy1, y2, ctx);  // dy1 += G'^T dy2, x2 = y2 - G(y1)
     f.backward_inverse(params, y2, dy1, dy2, y1, ctx);  // dx2 = dy2 + F'^T dy1, x1 = y1 - F(x2)
-    return;
+  } else {
+    ws.resize(y1.rows(), y1.cols());
+
+    g.backward(params, y1, dy2, ws.dx, ws.fx, ctx);  // dG = G'^T dy2, fx = G(y1)
+    detail::add_parallel<S>(y2, ws.fx, S(-1));       // x2 = y2 - G(y1)
+    detail::add_parallel<S>(dy1, ws.dx, S(1));       // dy1 + G'^T dy2
+
+    f.backward(params, y2, dy1, ws.dx, ws.fx, ctx);  // dF = F'^T dy1, fx = F(x2)
+    detail::add_parallel<S>(y1, ws.fx, S(-1));       // x1 = y1 - F(x2)
+    detail::add_parallel<S>(dy2, ws.dx, S(1));       // dx2 = dy2 + F'^T dy1
   }
-  ws.resize(y1.rows(), y1.cols());
-
-  g.backward(params, y1, dy2, ws.dx, ws.fx, ctx);  // dG = G'^T dy2, fx = G(y1)
-  detail::add_parallel<S>(y2, ws.fx, S(-1));       // x2 = y2 - G(y1)
-  detail::add_parallel<S>(dy1, ws.dx, S(1));       // dy1 + G'^T dy2
-
-  f.backward(params, y2, dy1, ws.dx, ws.fx, ctx);  // dF = F'^T dy1, fx = F(x2)
-  detail::add_parallel<S>(y1, ws.fx, S(-1));       // x1 = y1 - F(x2)
-  detail::add_parallel<S>(dy2, ws.dx, S(1));       // dx2 = dy2 + F'^T dy1
   // dx1 = dy1: already in place.
 }
 

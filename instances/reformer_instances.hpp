@@ -19,7 +19,9 @@
 #include "reformer/layers/full_attention.hpp"
 #include "reformer/layers/local_attention.hpp"
 #include "reformer/layers/lsh_attention.hpp"
+#include "reformer/layers/reversible_stack.hpp"
 #include "reformer/model/embeddings.hpp"
+#include "reformer/model/lm_head.hpp"
 #include "reformer/model/reformer_lm.hpp"
 
 // REFORMER_INSTANCES_LAYERS / _MODEL(extern, S) declare, (, S) define (instances/*.cpp) the
@@ -34,6 +36,7 @@
   EXTERN template class reformer::AttentionSublayer<S, reformer::LshAttention<S>>;
 #define REFORMER_INSTANCES_MODEL(EXTERN, S)      \
   EXTERN template class reformer::Embeddings<S>; \
+  EXTERN template class reformer::LmHead<S>;     \
   EXTERN template class reformer::ReformerLM<S>;
 
 // The flavour of the instantiations: with or without REFORMER_ENABLE_ASSERTS.

@@ -33,10 +33,13 @@
 #include "reformer/layers/lsh_attention.hpp"
 #include "reformer/layers/lsh_bucketing.hpp"
 #include "reformer/layers/reversible.hpp"
+#include "reformer/layers/reversible_stack.hpp"
+#include "reformer/layers/sublayer.hpp"
 
 #include "reformer/model/clip.hpp"
 #include "reformer/model/config.hpp"
 #include "reformer/model/embeddings.hpp"
+#include "reformer/model/lm_head.hpp"
 #include "reformer/model/optimizer.hpp"
 #include "reformer/model/reformer_lm.hpp"
 #include "reformer/model/schedule.hpp"

@@ -1,6 +1,6 @@
 #pragma once
-// What a sublayer call needs besides parameters and activations (DESIGN 3.2, 3.3): the batch
-// layout, training mode, the RNG coordinates, and the LSH bucket tape.
+// What a sublayer call needs besides parameters and activations (docs/DESIGN.md 3.2, 3.3): the
+// batch layout, training mode, the RNG coordinates, and the LSH bucket tape.
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"

@@ -38,6 +38,7 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/head_range.hpp"
+#include "reformer/layers/sublayer.hpp"
 
 #include <algorithm>
 
@@ -56,6 +57,18 @@ struct AttentionSublayerConfig {
   /// (AttentionSublayer::kHeadGroupScalars). Heads are streamed in groups of
   /// clamp(head_group_scalars / (Dh * N), 1, H) heads; the results agree up to rounding.
   Index head_group_scalars = 0;
+
+  /// The attention sublayer of a model configuration (a ReformerConfig, model/config.hpp),
+  /// its core configured by CoreConfig::from.
+  template <class ModelConfig>
+  static AttentionSublayerConfig from(const ModelConfig& m) {
+    AttentionSublayerConfig c;
+    c.core = CoreConfig::from(m);
+    c.hidden_size = m.hidden_size;
+    c.layer_norm_eps = m.layer_norm_eps;
+    c.output_dropout = m.hidden_dropout_prob;
+    return c;
+  }
 };
 
 template <class S, class Core>
@@ -105,26 +118,14 @@ class AttentionSublayer {
   void forward(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
                const Context& ctx) const;
 
-  /// Recomputes f from x, writes dx = (df/dx)^T dy and fx = f(x), accumulates the parameter
-  /// gradients into params.grads(). dx and fx must not alias x or dy.
+  /// The sublayer contract's backward (sublayer.hpp): recomputes f from x and updates in place
+  ///   dx += (df/dx)^T dy,   y -= f(x),
+  /// accumulating the parameter gradients. dx and y alias neither x, dy nor each other. y
+  /// receives the head groups' terms one by one (without output dropout).
   void backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
-                MatrixRef<S> fx, const Context& ctx) const;
-
-  /// The reversible block's backward step without D x N scratch (layers/reversible.hpp):
-  /// recomputes f from x and updates in place
-  ///   dx_acc += (df/dx)^T dy,   y_sub -= f(x),
-  /// accumulating the parameter gradients. dx_acc and y_sub must not alias x, dy or each other.
-  /// Agrees with backward() up to rounding (y_sub receives the head groups' terms one by one).
-  void backward_inverse(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
-                        MatrixRef<S> dx_acc, MatrixRef<S> y_sub, const Context& ctx) const;
+                MatrixRef<S> y, const Context& ctx) const;
 
  private:
-  // backward (inverse = false: dx and fx overwritten) and backward_inverse (inverse = true:
-  // dx += ..., fx -= f(x)).
-  void backward_impl(const char* where, Parameters<S>& params, ConstMatrixRef<S> x,
-                     ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> fx, const Context& ctx,
-                     bool inverse) const;
-
   static const Config& validated(const Config& cfg) {
     const char* where = "AttentionSublayer";
     REFORMER_REQUIRE(cfg.hidden_size > 0, InvalidArgument, where, "hidden_size = ", cfg.hidden_size,
@@ -211,27 +212,13 @@ void AttentionSublayer<S, Core>::forward(const Parameters<S>& params, ConstMatri
 
 template <class S, class Core>
 void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<S> x,
-                                          ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> fx,
+                                          ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> y,
                                           const Context& ctx) const {
-  backward_impl("AttentionSublayer::backward", params, x, dy, dx, fx, ctx, false);
-}
-
-template <class S, class Core>
-void AttentionSublayer<S, Core>::backward_inverse(Parameters<S>& params, ConstMatrixRef<S> x,
-                                                  ConstMatrixRef<S> dy, MatrixRef<S> dx_acc,
-                                                  MatrixRef<S> y_sub, const Context& ctx) const {
-  backward_impl("AttentionSublayer::backward_inverse", params, x, dy, dx_acc, y_sub, ctx, true);
-}
-
-template <class S, class Core>
-void AttentionSublayer<S, Core>::backward_impl(const char* where, Parameters<S>& params,
-                                               ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
-                                               MatrixRef<S> dx, MatrixRef<S> fx, const Context& ctx,
-                                               bool inverse) const {
+  const char* where = "AttentionSublayer::backward";
   check_io(where, x, ctx);
   check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
-  check_shape(where, inverse ? "dx_acc" : "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
-  check_shape(where, inverse ? "y_sub" : "fx", fx.rows(), fx.cols(), x.rows(), x.cols());
+  check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
+  check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
   const Index n = x.cols(), dh = core_.config().head_size;
   const bool dropout = ctx.training && cfg_.output_dropout > 0.0;
 
@@ -240,21 +227,19 @@ void AttentionSublayer<S, Core>::backward_impl(const char* where, Parameters<S>&
   detail::layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_),
                                          params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
 
-  // y = Dropout(z)  =>  dz = mask .* dy / (1 - p)   (the same mask as the forward pass).
-  // Without dropout dz is dy itself. With it, backward() keeps dz in dx until the LayerNorm
-  // backward below overwrites it; backward_inverse (dx accumulates) needs a buffer.
+  // f(x) = Dropout(z)  =>  dz = mask .* dy / (1 - p)   (the same mask as the forward pass).
+  // Without dropout dz is dy itself and no D x N buffer is needed.
   Matrix<S> dz_buffer;
-  if (dropout && inverse) dz_buffer.resize(hidden_size(), n);
-  MatrixRef<S> dz_store = inverse ? MatrixRef<S>(dz_buffer) : dx;
-  if (dropout) apply_output_dropout(dy, dz_store, ctx);
-  const ConstMatrixRef<S> dz = dropout ? ConstMatrixRef<S>(dz_store) : dy;
+  if (dropout) {
+    dz_buffer.resize(hidden_size(), n);
+    apply_output_dropout(dy, dz_buffer, ctx);
+  }
+  const ConstMatrixRef<S> dz = dropout ? ConstMatrixRef<S>(dz_buffer) : dy;
 
-  // f(x) = Dropout(z), z = sum_g W_o[:, g] a_g. backward() accumulates z in fx; the inverse
-  // subtracts each group's term from y_sub directly, unless dropout needs the whole sum first.
-  Matrix<S> z_buffer;
-  if (dropout && inverse) z_buffer.resize(hidden_size(), n);
-  MatrixRef<S> z = inverse && dropout ? MatrixRef<S>(z_buffer) : fx;
-  const bool subtract_terms = inverse && !dropout;
+  // z = sum_g W_o[:, g] a_g. Without dropout each group's term is subtracted from y directly;
+  // with dropout the whole z is needed first (z_buffer), then y -= Dropout(z).
+  Matrix<S> z;
+  if (dropout) z.resize(hidden_size(), n);
 
   Matrix<S> dxn = Matrix<S>::Zero(hidden_size(), n);
   Matrix<S> a, da;  // one head group's outputs and their gradient
@@ -268,19 +253,21 @@ void AttentionSublayer<S, Core>::backward_impl(const char* where, Parameters<S>&
     core_.backward(params, xn, da, dxn, a, ctx, heads);
     detail::linear_weight_grads<S>(
         dz, a, params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh));
-    if (subtract_terms) {
-      detail::parallel_product(fx, -w_o, a, true);  // y_sub -= W_o[:, g] a_g
+    if (dropout) {
+      detail::parallel_product(z, w_o, a, heads.first > 0);  // z += W_o[:, g] a_g
     } else {
-      detail::parallel_product(z, w_o, a, heads.first > 0);
+      detail::parallel_product(y, -w_o, a, true);  // y -= W_o[:, g] a_g
     }
   });
-  if (!subtract_terms) apply_output_dropout(z, z, ctx);
-  if (inverse && dropout) detail::add_parallel<S>(fx, z, S(-1));  // y_sub -= Dropout(z)
+  if (dropout) {
+    apply_output_dropout(z, z, ctx);
+    detail::add_parallel<S>(y, z, S(-1));  // y -= Dropout(z)
+  }
 
-  // Through the LayerNorm: dx overwritten (it held dz), or accumulated by the inverse.
+  // Through the LayerNorm: dx += LN'(x)^T dxn.
   detail::layer_norm_backward_parallel<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps,
                                           dxn, dx, params.grad_vector(ln_weight_),
-                                          params.grad_vector(ln_bias_), inverse);
+                                          params.grad_vector(ln_bias_), true);
 }
 
 }  // namespace reformer

@@ -28,6 +28,7 @@
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/layers/detail/sublayer_util.hpp"
+#include "reformer/layers/sublayer.hpp"
 #include "reformer/ops/activations.hpp"
 #include "reformer/ops/layer_norm.hpp"
 
@@ -43,6 +44,19 @@ struct FeedForwardConfig {
   double layer_norm_eps = kLayerNormDefaultEps;  ///< HF layer_norm_eps
   double dropout = 0.0;                          ///< HF hidden_dropout_prob (after W1 and W2)
   Index chunk_size = 0;  ///< tokens per chunk (HF chunk_size_feed_forward); 0 = all at once
+
+  /// The feed-forward of a model configuration (a ReformerConfig, model/config.hpp).
+  template <class ModelConfig>
+  static FeedForwardConfig from(const ModelConfig& m) {
+    FeedForwardConfig c;
+    c.hidden_size = m.hidden_size;
+    c.feed_forward_size = m.feed_forward_size;
+    c.activation = m.activation();
+    c.layer_norm_eps = m.layer_norm_eps;
+    c.dropout = m.hidden_dropout_prob;
+    c.chunk_size = m.chunk_size_feed_forward;
+    return c;
+  }
 };
 
 template <class S>
@@ -81,26 +95,14 @@ class FeedForward {
   void forward(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
                const Context& ctx) const;
 
-  /// Recomputes f from x chunk by chunk, writes dx = (df/dx)^T dy and fx = f(x), accumulates the
-  /// parameter gradients into params.grads(). dx and fx must not alias x or dy.
+  /// The sublayer contract's backward (sublayer.hpp): recomputes f from x chunk by chunk and
+  /// updates in place
+  ///   dx += (df/dx)^T dy,   y -= f(x),
+  /// accumulating the parameter gradients. dx and y alias neither x, dy nor each other.
   void backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
-                MatrixRef<S> fx, const Context& ctx) const;
-
-  /// The reversible block's backward step without D x N scratch (layers/reversible.hpp):
-  /// recomputes f from x chunk by chunk and updates in place
-  ///   dx_acc += (df/dx)^T dy,   y_sub -= f(x),
-  /// accumulating the parameter gradients. dx_acc and y_sub must not alias x, dy or each other.
-  /// Bitwise equal to dx_acc += dx, y_sub -= fx with the outputs of backward().
-  void backward_inverse(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
-                        MatrixRef<S> dx_acc, MatrixRef<S> y_sub, const Context& ctx) const;
+                MatrixRef<S> y, const Context& ctx) const;
 
  private:
-  // backward (inverse = false: dx and fx overwritten) and backward_inverse (inverse = true:
-  // dx += ..., fx -= f(x)).
-  void backward_impl(const char* where, Parameters<S>& params, ConstMatrixRef<S> x,
-                     ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> fx, const Context& ctx,
-                     bool inverse) const;
-
   // Rough cost of one activation (erf) in flops, for the parallel threshold.
   static constexpr double kActivationFlops = 20.0;
 
@@ -203,31 +205,16 @@ void FeedForward<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> x, M
 
 template <class S>
 void FeedForward<S>::backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
-                              MatrixRef<S> dx, MatrixRef<S> fx, const Context& ctx) const {
-  backward_impl("FeedForward::backward", params, x, dy, dx, fx, ctx, false);
-}
-
-template <class S>
-void FeedForward<S>::backward_inverse(Parameters<S>& params, ConstMatrixRef<S> x,
-                                      ConstMatrixRef<S> dy, MatrixRef<S> dx_acc, MatrixRef<S> y_sub,
-                                      const Context& ctx) const {
-  backward_impl("FeedForward::backward_inverse", params, x, dy, dx_acc, y_sub, ctx, true);
-}
-
-template <class S>
-void FeedForward<S>::backward_impl(const char* where, Parameters<S>& params, ConstMatrixRef<S> x,
-                                   ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> fx,
-                                   const Context& ctx, bool inverse) const {
+                              MatrixRef<S> dx, MatrixRef<S> y, const Context& ctx) const {
+  const char* where = "FeedForward::backward";
   check_x(where, x, ctx);
   check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
-  check_shape(where, inverse ? "dx_acc" : "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
-  check_shape(where, inverse ? "y_sub" : "fx", fx.rows(), fx.cols(), x.rows(), x.cols());
+  check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
+  check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
   const Index chunk = chunk_columns(x.cols());
   const Index d = hidden_size(), f = feed_forward_size();
-  // Per-chunk buffers: D x chunk and F x chunk, reused by every chunk (fx_chunk: the inverse's
-  // f(x) of one chunk before it is subtracted).
+  // Per-chunk buffers: D x chunk and F x chunk, reused by every chunk.
   Matrix<S> xn(d, chunk), dz(d, chunk), hd(f, chunk), g(f, chunk);
-  Matrix<S> fx_chunk(inverse ? d : 0, inverse ? chunk : 0);
   VectorMap<S> db1 = params.grad_vector(b1_), db2 = params.grad_vector(b2_);
   const Rng rng1 = ctx.rng(stream::kFeedForwardActDropout);
   const Rng rng2 = ctx.rng(stream::kFeedForwardOutputDropout);
@@ -244,12 +231,9 @@ void FeedForward<S>::backward_impl(const char* where, Parameters<S>& params, Con
     detail::for_column_blocks(nc, kActivationFlops * double(f), [&](Index b0, Index nb) {
       activation_forward<S>(cfg_.activation, hd_c.middleCols(b0, nb), g_c.middleCols(b0, nb));
     });
-    if (inverse) {
-      output(params, g_c, c0, fx_chunk.leftCols(nc), ctx);
-      detail::add_parallel<S>(fx.middleCols(c0, nc), fx_chunk.leftCols(nc), S(-1));  // y -= f(x)
-    } else {
-      output(params, g_c, c0, fx.middleCols(c0, nc), ctx);
-    }
+    auto fx_c = dz_c;  // f(x) of the chunk, until dz overwrites it
+    output(params, g_c, c0, fx_c, ctx);
+    detail::add_parallel<S>(y.middleCols(c0, nc), fx_c, S(-1));  // y -= f(x)
 
     // y = Dropout_2(z)       =>  dz = mask_2 .* dy / (1 - p).
     detail::dropout_parallel<S>(rng2, p, c0, dy.middleCols(c0, nc), dz_c);
@@ -269,11 +253,10 @@ void FeedForward<S>::backward_impl(const char* where, Parameters<S>& params, Con
     detail::linear_weight_grads<S>(dh_c, xn_c, params.grad(w1_), &db1);
     auto dxn_c = dz_c;  // dz is no longer needed: dxn overwrites it
     detail::parallel_product(dxn_c, params.value(w1_).transpose(), dh_c, false);
-    // xn = LN_f(x)           =>  dx, dgamma +=, dbeta +=.
-    detail::layer_norm_backward_parallel<S>(x.middleCols(c0, nc), params.value_vector(ln_weight_),
-                                            cfg_.layer_norm_eps, dxn_c, dx.middleCols(c0, nc),
-                                            params.grad_vector(ln_weight_),
-                                            params.grad_vector(ln_bias_), inverse);
+    // xn = LN_f(x)           =>  dx +=, dgamma +=, dbeta +=.
+    detail::layer_norm_backward_parallel<S>(
+        x.middleCols(c0, nc), params.value_vector(ln_weight_), cfg_.layer_norm_eps, dxn_c,
+        dx.middleCols(c0, nc), params.grad_vector(ln_weight_), params.grad_vector(ln_bias_), true);
   }
 }
 

@@ -46,6 +46,18 @@ struct FullAttentionConfig {
   Index head_size = 64;  ///< Dh
   bool causal = true;    ///< mask keys after the query
   double dropout = 0.0;  ///< dropout on the attention probabilities (training only)
+
+  /// The full attention of a model configuration (a ReformerConfig, model/config.hpp). HF has
+  /// no dropout setting of its own for it: it uses local_attention_probs_dropout_prob.
+  template <class ModelConfig>
+  static FullAttentionConfig from(const ModelConfig& m) {
+    FullAttentionConfig c;
+    c.num_heads = m.num_attention_heads;
+    c.head_size = m.head_size();
+    c.causal = m.is_decoder;
+    c.dropout = m.local_attention_probs_dropout_prob;
+    return c;
+  }
 };
 
 template <class S>
@@ -80,29 +92,16 @@ class FullAttention {
     detail::init_normal(params, wv_, rng.derive(2), std);
   }
 
-  /// a = attention(xn): xn is D x N, a is H*Dh x N, N = ctx.batch * T.
+  /// a = attention(xn): xn is D x N, N = ctx.batch * T: the rows of `heads` (all heads by default),
+  /// a is heads.count*Dh x N.
   void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
-               const Context& ctx) const {
-    forward(params, xn, a, ctx, all_heads());
-  }
+               const Context& ctx, HeadRange heads = HeadRange::all()) const;
 
-  /// The rows of `heads` only: a is heads.count*Dh x N.
-  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
-               const Context& ctx, HeadRange heads) const;
-
-  /// Recomputes the forward pass; da is the gradient of a. Writes dxn (overwrite) and a
-  /// (the recomputed output); accumulates dW_q, dW_k, dW_v into params.grads().
+  /// Recomputes the forward pass of `heads` (all by default; da and a: heads.count*Dh x N) and
+  /// ADDS their gradient to dxn (dxn += J^T da), writes their recomputed rows of a and
+  /// accumulates their rows of dW_q, dW_k, dW_v.
   void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
-                MatrixRef<S> a, const Context& ctx) const {
-    check_shape("FullAttention::backward", "dxn", dxn.rows(), dxn.cols(), hidden_, xn.cols());
-    dxn.setZero();
-    backward(params, xn, da, dxn, a, ctx, all_heads());
-  }
-
-  /// The rows of `heads` only (da and a: heads.count*Dh x N): ADDS this group's gradient to dxn,
-  /// writes the group's rows of a and accumulates the group's rows of dW_q, dW_k, dW_v.
-  void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
-                MatrixRef<S> a, const Context& ctx, HeadRange heads) const;
+                MatrixRef<S> a, const Context& ctx, HeadRange heads = HeadRange::all()) const;
 
  private:
   static const Config& validated(const Config& cfg, Index hidden) {
@@ -116,8 +115,6 @@ class FullAttention {
                      "dropout = ", cfg.dropout, " must be in [0, 1)");
     return cfg;
   }
-
-  HeadRange all_heads() const { return HeadRange{0, cfg_.num_heads}; }
 
   Index check_io(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
                  HeadRange heads) const {
@@ -186,6 +183,7 @@ class FullAttention {
 template <class S>
 void FullAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
                                const Context& ctx, HeadRange heads) const {
+  heads = heads.resolve(cfg_.num_heads);
   const char* where = "FullAttention::forward";
   const Index t = check_io(where, xn, ctx, heads);
   check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
@@ -210,6 +208,7 @@ template <class S>
 void FullAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da,
                                 MatrixRef<S> dxn, MatrixRef<S> a, const Context& ctx,
                                 HeadRange heads) const {
+  heads = heads.resolve(cfg_.num_heads);
   const char* where = "FullAttention::backward";
   const Index t = check_io(where, xn, ctx, heads);
   const Index n = xn.cols(), rows = heads.count * cfg_.head_size;

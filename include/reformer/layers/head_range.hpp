@@ -12,9 +12,17 @@ namespace reformer {
 /// rows of those heads only (count * Dh rows; local head j is global head first + j). Everything
 /// keyed by a head (random rotations, dropout masks, the bucket tape) uses the global index, so
 /// the results do not depend on how the heads are grouped.
+///
+/// The default-constructed range, HeadRange::all(), stands for all heads of the core it is
+/// passed to (resolve()).
 struct HeadRange {
   Index first = 0;
-  Index count = 0;
+  Index count = -1;  ///< -1 with first = 0: all heads
+
+  static constexpr HeadRange all() { return HeadRange{0, -1}; }
+  bool is_all() const { return first == 0 && count == -1; }
+  /// This range, or [0, num_heads) for all().
+  HeadRange resolve(Index num_heads) const { return is_all() ? HeadRange{0, num_heads} : *this; }
 
   Index end() const { return first + count; }
   Index global(Index local) const { return first + local; }

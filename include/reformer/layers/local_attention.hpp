@@ -63,6 +63,20 @@ struct LocalAttentionConfig {
   /// Chunks per parallel work item; 0 = automatic (about kItemTokens positions). A tuning knob
   /// only: results do not depend on it beyond rounding of the dk / dv summation order.
   Index item_chunks = 0;
+
+  /// The local attention of a model configuration (a ReformerConfig, model/config.hpp).
+  template <class ModelConfig>
+  static LocalAttentionConfig from(const ModelConfig& m) {
+    LocalAttentionConfig c;
+    c.num_heads = m.num_attention_heads;
+    c.head_size = m.head_size();
+    c.chunk_length = m.local_attn_chunk_length;
+    c.chunks_before = m.local_num_chunks_before;
+    c.chunks_after = m.local_num_chunks_after;
+    c.causal = m.is_decoder;
+    c.dropout = m.local_attention_probs_dropout_prob;
+    return c;
+  }
 };
 
 template <class S>
@@ -98,29 +112,16 @@ class LocalAttention {
     detail::init_normal(params, wv_, rng.derive(2), std);
   }
 
-  /// a = attention(xn): xn is D x N, a is H*Dh x N, N = ctx.batch * T.
+  /// a = attention(xn): xn is D x N, N = ctx.batch * T: the rows of `heads` (all heads by default),
+  /// a is heads.count*Dh x N.
   void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
-               const Context& ctx) const {
-    forward(params, xn, a, ctx, all_heads());
-  }
+               const Context& ctx, HeadRange heads = HeadRange::all()) const;
 
-  /// The rows of `heads` only: a is heads.count*Dh x N.
-  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
-               const Context& ctx, HeadRange heads) const;
-
-  /// Recomputes the forward pass; da is the gradient of a. Writes dxn (overwrite) and a
-  /// (the recomputed output); accumulates dW_q, dW_k, dW_v into params.grads().
+  /// Recomputes the forward pass of `heads` (all by default; da and a: heads.count*Dh x N) and
+  /// ADDS their gradient to dxn (dxn += J^T da), writes their recomputed rows of a and
+  /// accumulates their rows of dW_q, dW_k, dW_v.
   void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
-                MatrixRef<S> a, const Context& ctx) const {
-    check_shape("LocalAttention::backward", "dxn", dxn.rows(), dxn.cols(), hidden_, xn.cols());
-    dxn.setZero();
-    backward(params, xn, da, dxn, a, ctx, all_heads());
-  }
-
-  /// The rows of `heads` only (da and a: heads.count*Dh x N): ADDS this group's gradient to dxn,
-  /// writes the group's rows of a and accumulates the group's rows of dW_q, dW_k, dW_v.
-  void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
-                MatrixRef<S> a, const Context& ctx, HeadRange heads) const;
+                MatrixRef<S> a, const Context& ctx, HeadRange heads = HeadRange::all()) const;
 
  private:
   // How one call is cut into work items: item = (b * heads + h) * blocks + block, h the local
@@ -189,8 +190,6 @@ class LocalAttention {
     return cfg;
   }
 
-  HeadRange all_heads() const { return HeadRange{0, cfg_.num_heads}; }
-
   Layout layout(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
                 HeadRange heads) const {
     REFORMER_REQUIRE(xn.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", xn.rows(),
@@ -251,6 +250,7 @@ class LocalAttention {
 template <class S>
 void LocalAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
                                 const Context& ctx, HeadRange heads) const {
+  heads = heads.resolve(cfg_.num_heads);
   const char* where = "LocalAttention::forward";
   const Layout lay = layout(where, xn, ctx, heads);
   check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
@@ -275,6 +275,7 @@ template <class S>
 void LocalAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da,
                                  MatrixRef<S> dxn, MatrixRef<S> a, const Context& ctx,
                                  HeadRange heads) const {
+  heads = heads.resolve(cfg_.num_heads);
   const char* where = "LocalAttention::backward";
   const Layout lay = layout(where, xn, ctx, heads);
   const Index n = xn.cols(), dh = cfg_.head_size, rows = heads.count * dh;

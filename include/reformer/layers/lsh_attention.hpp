@@ -78,6 +78,23 @@ struct LshAttentionConfig {
   double dropout = 0.0;        ///< attention-prob dropout [lsh_attention_probs_dropout_prob]
   Index max_positions = 4096;  ///< for the auto bucket rule [max_position_embeddings]
 
+  /// The LSH attention of a model configuration (a ReformerConfig, model/config.hpp).
+  template <class ModelConfig>
+  static LshAttentionConfig from(const ModelConfig& m) {
+    LshAttentionConfig c;
+    c.num_heads = m.num_attention_heads;
+    c.head_size = m.head_size();
+    c.chunk_length = m.lsh_attn_chunk_length;
+    c.num_hashes = m.num_hashes;
+    c.num_buckets = m.num_buckets;
+    c.chunks_before = m.lsh_num_chunks_before;
+    c.chunks_after = m.lsh_num_chunks_after;
+    c.causal = m.is_decoder;
+    c.dropout = m.lsh_attention_probs_dropout_prob;
+    c.max_positions = m.max_position_embeddings;
+    return c;
+  }
+
   /// Throws ConfigError naming the offending field.
   void validate(const char* where = "LshAttentionConfig") const {
     REFORMER_REQUIRE(num_heads >= 1, ConfigError, where, "num_heads = ", num_heads,
@@ -179,31 +196,17 @@ class LshAttention {
   void compute_buckets(const Parameters<S>& params, ConstMatrixRef<S> xn, const Context& ctx,
                        BucketTape& tape) const;
 
-  /// a = LshAttention(xn): xn is hidden x N, a is H*Dh x N (N = ctx.batch * T).
+  /// a = LshAttention(xn): xn is hidden x N, N = ctx.batch * T: the rows of `heads` (all heads by
+  /// default), a is heads.count*Dh x N. When recording, writes the buckets of these heads into the
+  /// tape (resized to [B, H, R, T] if its shape differs).
   void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
-               const Context& ctx) const {
-    forward(params, xn, a, ctx, all_heads());
-  }
+               const Context& ctx, HeadRange heads = HeadRange::all()) const;
 
-  /// The rows of `heads` only: a is heads.count*Dh x N. When recording, writes the buckets of
-  /// these heads into the tape (resized to [B, H, R, T] if its shape differs).
-  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
-               const Context& ctx, HeadRange heads) const;
-
-  /// Recomputes the forward pass from xn and the replayed buckets (ctx.buckets, required when
-  /// T > C); writes dxn (overwritten) and a (the recomputed output); accumulates the gradients
-  /// of W_qk and W_v.
+  /// Recomputes the forward pass of `heads` (all by default; da and a: heads.count*Dh x N) and
+  /// ADDS their gradient to dxn (dxn += J^T da), writes their recomputed rows of a and
+  /// accumulates their rows of dW_qk and dW_v.
   void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
-                MatrixRef<S> a, const Context& ctx) const {
-    check_shape("LshAttention::backward", "dxn", dxn.rows(), dxn.cols(), hidden_, xn.cols());
-    dxn.setZero();
-    backward(params, xn, da, dxn, a, ctx, all_heads());
-  }
-
-  /// The rows of `heads` only (da and a: heads.count*Dh x N): ADDS this group's gradient to dxn,
-  /// writes the group's rows of a and accumulates the group's rows of dW_qk and dW_v.
-  void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
-                MatrixRef<S> a, const Context& ctx, HeadRange heads) const;
+                MatrixRef<S> a, const Context& ctx, HeadRange heads = HeadRange::all()) const;
 
  private:
   /// Shapes of one call, derived from the inputs only (never from the thread count).
@@ -256,7 +259,7 @@ class LshAttention {
     return cfg;
   }
 
-  HeadRange all_heads() const { return HeadRange{0, cfg_.num_heads}; }
+  HeadRange all_heads() const { return HeadRange::all().resolve(cfg_.num_heads); }
 
   Plan plan(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
             HeadRange heads) const {
@@ -729,6 +732,7 @@ void LshAttention<S>::compute_buckets(const Parameters<S>& params, ConstMatrixRe
 template <class S>
 void LshAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
                               const Context& ctx, HeadRange heads) const {
+  heads = heads.resolve(cfg_.num_heads);
   const char* where = "LshAttention::forward";
   const Plan pl = plan(where, xn, ctx, heads);
   check_shape(where, "a", a.rows(), a.cols(), pl.heads.count * cfg_.head_size, xn.cols());
@@ -772,6 +776,7 @@ template <class S>
 void LshAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da,
                                MatrixRef<S> dxn, MatrixRef<S> a, const Context& ctx,
                                HeadRange heads) const {
+  heads = heads.resolve(cfg_.num_heads);
   const char* where = "LshAttention::backward";
   const Plan pl = plan(where, xn, ctx, heads);
   const Index n = xn.cols(), rows = pl.heads.count * cfg_.head_size;

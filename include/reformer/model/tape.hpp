@@ -1,21 +1,23 @@
 #pragma once
-// The training tape of ReformerLM: what forward_loss() leaves for backward() (DESIGN 3.2).
+// The training tape of ReformerLM: what forward_loss() leaves for backward() (docs/DESIGN.md
+// 3.2).
 //
 // With the reversible path (the default) the tape holds
 //   - the outputs (x1, x2) of the LAST block only: 2 x D x N scalars,
-//   - the LSH buckets of every LSH layer: [B, H, R, T] int32 per layer (backward never re-hashes),
+//   - the LSH buckets of every layer (a BucketRecord: [B, H, R, T] int32 per LSH layer; backward
+//     never re-hashes),
 //   - the token ids and loss targets (N ints each), the RNG step and the batch shape,
 // so its size does not depend on the number of layers except for the bucket ints. Every other
 // activation is reconstructed by the backward walk from the block outputs, and every dropout
 // mask is redrawn from the counter-based RNG key (seed, step, layer, stream).
 //
-// With BackpropMode::kStoredActivations the tape additionally keeps every block's sublayer
-// inputs (x2 for the attention, y1 for the feed-forward): 2 x D x N scalars per layer. That is
+// With BackpropMode::kStoredActivations the tape also keeps every block's sublayer inputs
+// (x2 for the attention, y1 for the feed-forward): 2 x D x N scalars per layer. That is
 // ordinary backprop, the oracle of the reversible path and a choice for short sequences.
 //
 // backward() consumes the tape: it walks (x1, x2) back down to the embeddings in place.
-#include "reformer/core/context.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/layers/reversible_stack.hpp"
 #include "reformer/ops/tokens.hpp"
 
 #include <cstddef>
@@ -42,33 +44,22 @@ struct Tape {
   double loss = 0.0;           ///< mean loss over the counted targets
   Index loss_count = 0;        ///< number of counted targets
   Matrix<S> x1, x2;            ///< outputs of the last block, D x (B*T)
-  /// Per layer: the LSH buckets [B, H, R, T] (empty for local / full layers and for LSH
-  /// layers whose sequences are not hashed, T <= chunk length).
-  std::vector<BucketTape> buckets;
-  /// kStoredActivations only, per layer: the attention input x2 and the feed-forward input y1.
-  std::vector<Matrix<S>> attention_inputs, feed_forward_inputs;
-  bool ready = false;  ///< forward done, backward not yet run
+  StoredInputs<S> stored;      ///< kStoredActivations only: every block's sublayer inputs
+  bool ready = false;          ///< forward done, backward not yet run
 
-  // --- set by the caller ---------------------------------------------------------------------
-  /// When true, forward_loss() uses `buckets` as they are instead of hashing (they must hold
-  /// [B, H, R, T] for every LSH layer that hashes): replaying reference buckets, or freezing the
-  /// hashing across several forward passes (finite-difference checks).
-  bool replay_buckets = false;
+  /// The LSH buckets of every layer. Recorded by forward_loss(), replayed by backward(). Set
+  /// buckets.replay (with buckets.layers holding [B, H, R, T] for every LSH layer that hashes)
+  /// to make forward_loss() use them instead of hashing: replaying reference buckets, or freezing
+  /// the hashing across several forward passes (finite-difference checks).
+  BucketRecord buckets;
 
   /// Bytes of the LSH bucket ints.
-  std::size_t bucket_bytes() const {
-    std::size_t n = 0;
-    for (const auto& b : buckets) n += b.bytes_held();
-    return n;
-  }
+  std::size_t bucket_bytes() const { return buckets.bytes_held(); }
 
   /// Bytes of the stored activations (x1, x2 and, in kStoredActivations mode, the per-layer
   /// sublayer inputs).
   std::size_t activation_bytes() const {
-    std::size_t n = static_cast<std::size_t>(x1.size() + x2.size());
-    for (const auto& m : attention_inputs) n += static_cast<std::size_t>(m.size());
-    for (const auto& m : feed_forward_inputs) n += static_cast<std::size_t>(m.size());
-    return n * sizeof(S);
+    return static_cast<std::size_t>(x1.size() + x2.size()) * sizeof(S) + stored.bytes_held();
   }
 
   /// Everything the tape holds: activations, bucket ints, token ids and targets.
@@ -77,7 +68,7 @@ struct Tape {
            (tokens.capacity() + targets.capacity()) * sizeof(Token);
   }
 
-  /// Releases everything (keeps replay_buckets).
+  /// Releases everything (keeps buckets.replay).
   void clear() {
     batch = length = 0;
     step = 0;
@@ -85,9 +76,8 @@ struct Tape {
     targets.clear();
     x1.resize(0, 0);
     x2.resize(0, 0);
-    buckets.clear();
-    attention_inputs.clear();
-    feed_forward_inputs.clear();
+    buckets.layers.clear();
+    stored.clear();
     ready = false;
   }
 };

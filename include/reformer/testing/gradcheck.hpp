@@ -21,7 +21,7 @@
 //   auto forward = [&] { Matrix<double> y(D, N); layer.forward(p, x, y, ctx); return y; };
 //   auto backward = [&](const Matrix<double>& w) {
 //     p.zero_grad();
-//     layer.backward(p, x, w, dx, fx, ctx);   // writes dx, accumulates into p.grads()
+//     backward_out_of_place(layer, p, x, w, dx, fx, ctx);  // dx = J^T w; p.grads() += ...
 //   };
 //   reformer::testing::GradientChecker check(forward, backward);   // runs backward(w) once
 //   EXPECT_TRUE(check(x, dx, "x")) << check.last();                // or:

@@ -88,9 +88,11 @@ TEST_F(ModelCheckpoint, HuggingFaceStyleCheckpointReproducesHfLogits) {
   EXPECT_EQ(info.tensors_loaded, static_cast<std::size_t>(model.parameters().num_slots()));
   std::vector<Token> tokens;
   for (std::int64_t t : fx.ints("tokens")) tokens.push_back(static_cast<Token>(t));
-  std::vector<BucketTape> buckets(static_cast<std::size_t>(model.num_layers()));
-  buckets[1] = fx.buckets("buckets.1");
-  const Matrix<double> logits = model.logits(tokens, fx.batch(), buckets, true);
+  BucketRecord buckets;
+  buckets.layers.resize(static_cast<std::size_t>(model.num_layers()));
+  buckets.layers[1] = fx.buckets("buckets.1");
+  buckets.replay = true;
+  const Matrix<double> logits = model.logits(tokens, fx.batch(), buckets);
   EXPECT_LT(test::relative_error(logits, fx.activations("logits")), 1e-9);
 }
 

@@ -72,9 +72,14 @@ TEST(DenseBadInput, AttentionShapes) {
   Matrix<double> x_bad_rows(5, 8), y_bad(6, 7);
   expect_invalid([&] { layer.forward(p, x_bad_rows, y, ctx); }, {"forward", "x.rows() = 5"});
   expect_invalid([&] { layer.forward(p, x, y_bad, ctx); }, {"forward", "y has shape 6 x 7"});
-  expect_invalid([&] { layer.backward(p, x, y_bad, dx, fx, ctx); }, {"backward", "dy"});
-  expect_invalid([&] { layer.backward(p, x, y, y_bad, fx, ctx); }, {"backward", "dx"});
-  expect_invalid([&] { layer.backward(p, x, y, dx, y_bad, ctx); }, {"backward", "fx"});
+  expect_invalid([&] { layer.backward(p, x, y_bad, dx, fx, ctx); },
+                 {"AttentionSublayer::backward", "dy"});
+  expect_invalid([&] { layer.backward(p, x, y, y_bad, fx, ctx); },
+                 {"AttentionSublayer::backward", "dx has shape 6 x 7"});
+  expect_invalid([&] { layer.backward(p, x, y, dx, y_bad, ctx); },
+                 {"AttentionSublayer::backward", "y has shape 6 x 7"});
+  expect_invalid([&] { backward_out_of_place(layer, p, x, y, dx, y_bad, ctx); },
+                 {"backward_out_of_place", "fx"});
   ctx.batch = 3;  // 8 columns are not 3 sequences of equal length
   expect_invalid([&] { layer.forward(p, x, y, ctx); }, {"ctx.batch = 3"});
   expect_invalid([&] { layer.backward(p, x, y, dx, fx, ctx); }, {"ctx.batch = 3"});
@@ -126,8 +131,10 @@ TEST(DenseBadInput, FeedForwardShapes) {
   expect_invalid([&] { ff.forward(p, x, bad_cols, ctx); }, {"y has shape 5 x 5"});
   expect_invalid([&] { ff.backward(p, x, bad_cols, dx, fx, ctx); },
                  {"FeedForward::backward", "dy"});
-  expect_invalid([&] { ff.backward(p, x, y, bad_cols, fx, ctx); }, {"dx"});
-  expect_invalid([&] { ff.backward(p, x, y, dx, bad_cols, ctx); }, {"fx"});
+  expect_invalid([&] { ff.backward(p, x, y, dx, bad_cols, ctx); },
+                 {"FeedForward::backward", "y has shape 5 x 5"});
+  expect_invalid([&] { backward_out_of_place(ff, p, x, y, bad_cols, fx, ctx); }, {"dx"});
+  expect_invalid([&] { backward_out_of_place(ff, p, x, y, dx, bad_cols, ctx); }, {"fx"});
   ctx.batch = 4;
   expect_invalid([&] { ff.forward(p, x, y, ctx); }, {"ctx.batch = 4"});
 }

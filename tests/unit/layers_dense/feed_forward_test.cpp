@@ -147,12 +147,12 @@ TEST(FeedForward, BackwardReturnsForwardOutputAndAccumulates) {
   EXPECT_EQ((r.fx - test::run_forward(ff, params, x, ctx)).cwiseAbs().maxCoeff(), 0.0);
   // A second backward adds the same gradients again (accumulation, not overwrite).
   Matrix<double> dx(x.rows(), x.cols()), fx(x.rows(), x.cols());
-  ff.backward(params, x, dy, dx, fx, ctx);
+  backward_out_of_place(ff, params, x, dy, dx, fx, ctx);
   EXPECT_LT(test::relative_error(params.grads(), 2.0 * r.grads), 1e-15);
   EXPECT_EQ((dx - r.dx).cwiseAbs().maxCoeff(), 0.0);
 }
 
-// backward_inverse (the reversible block's in-place step) gives dx_acc + dx and y_sub - f(x) with
+// backward (the contract's in-place step) gives dx_acc + dx and y_sub - f(x) with
 // the same bits as backward() followed by the additions, and the same parameter gradients.
 TEST(FeedForward, BackwardInverseUpdatesInPlaceBitwise) {
   for (const double dropout : {0.0, 0.25}) {
@@ -170,7 +170,7 @@ TEST(FeedForward, BackwardInverseUpdatesInPlaceBitwise) {
     const auto r = test::run_backward(ff, params, x, dy, ctx);
     params.zero_grad();
     Matrix<double> acc = acc0, y = y0;
-    ff.backward_inverse(params, x, dy, acc, y, ctx);
+    ff.backward(params, x, dy, acc, y, ctx);
     const Matrix<double> acc_ref = acc0 + r.dx, y_ref = y0 - r.fx;
     EXPECT_EQ((acc - acc_ref).cwiseAbs().maxCoeff(), 0.0) << "dropout " << dropout;
     EXPECT_EQ((y - y_ref).cwiseAbs().maxCoeff(), 0.0) << "dropout " << dropout;

@@ -169,7 +169,9 @@ TEST(LocalAttention, PartialLastChunkEqualsPaddedSequence) {
     dap.leftCols(t) = da;
     Parameters<double> p1 = lc.params, p2 = lc.params;
     Matrix<double> dx(kHidden, t), dxp(kHidden, padded), r(da.rows(), t), rp(da.rows(), padded);
+    dx.setZero();  // the core adds its gradient
     lc.core.backward(p1, xn, da, dx, r, batch_ctx(1));
+    dxp.setZero();  // the core adds its gradient
     lc.core.backward(p2, xp, dap, dxp, rp, batch_ctx(1));
     EXPECT_LT(relative_error(dxp.leftCols(t), dx), 1e-13);
     EXPECT_LT(relative_error(p2.grads(), p1.grads()), 1e-13);
@@ -184,6 +186,7 @@ TEST(LocalAttention, BackwardRecomputesTheForwardOutput) {
   const Matrix<double> xn = random_matrix(kHidden, 2 * 18, Rng(1));
   const Matrix<double> a = run_forward(lc, xn, ctx);
   Matrix<double> dxn(kHidden, xn.cols()), ra(a.rows(), a.cols());
+  dxn.setZero();  // the core adds its gradient
   lc.core.backward(lc.params, xn, random_matrix(a.rows(), a.cols(), Rng(2)), dxn, ra, ctx);
   EXPECT_EQ(ra, a);
 }
@@ -204,6 +207,7 @@ TEST(LocalAttention, ResultsAreBitwiseIndependentOfThreadCount) {
       a[threads - 1] = run_forward(lc, xn, ctx);
       dx[threads - 1].resize(kHidden, xn.cols());
       ra[threads - 1].resize(da.rows(), da.cols());
+      dx[threads - 1].setZero();  // the core adds its gradient
       lc.core.backward(p, xn, da, dx[threads - 1], ra[threads - 1], ctx);
       grads[threads - 1] = p.grads();
     }

@@ -61,6 +61,7 @@ TEST(LocalAttentionGrad, MatchesFiniteDifferences) {
     };
     lc.params.zero_grad();
     Matrix<double> dxn(hidden, xn.cols()), a(g.rows(), g.cols());
+    dxn.setZero();  // the core adds its gradient
     lc.core.backward(lc.params, xn, g, dxn, a, ctx);
 
     EXPECT_LT(gradcheck_error(dxn, numeric_gradient(xn, loss)), 1e-6) << describe(c);

@@ -48,6 +48,7 @@ void run_gradcheck(const GradcheckCase& gc) {
 
   Matrix<double> dxn(hidden, n), a2(s.out(), n);
   s.params.zero_grad();
+  dxn.setZero();  // the core adds its gradient
   s.core.backward(s.params, xn, g, dxn, a2, ctx);
   EXPECT_EQ((a2 - a).cwiseAbs().maxCoeff(), 0.0) << "backward recomputes the same output";
   const Vector<double> dwqk = s.params.grad_vector(s.core.query_key_slot());

@@ -90,6 +90,7 @@ Grads run_backward(LshSetup& s, const Matrix<double>& xn, const Matrix<double>& 
   out.a.resize(s.out(), xn.cols());
   out.dxn.resize(xn.rows(), xn.cols());
   s.params.zero_grad();
+  out.dxn.setZero();  // the core adds its gradient
   s.core.backward(s.params, xn, g, out.dxn, out.a, ctx);
   out.dwqk = s.params.grad_vector(s.core.query_key_slot());
   out.dwv = s.params.grad_vector(s.core.value_slot());

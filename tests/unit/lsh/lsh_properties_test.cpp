@@ -102,6 +102,7 @@ TEST(LshBuckets, BackwardReplaysAndNeverRehashes) {
   const Context ctx = make_ctx(1, &tape, true);
   const Matrix<double> a = forward(s, xn, ctx);
   Matrix<double> dxn(5, len), a2(s.out(), len);
+  dxn.setZero();  // the core adds its gradient
   s.core.backward(s.params, xn, Matrix<double>::Ones(s.out(), len), dxn, a2, ctx);
   EXPECT_EQ(a2, a);
   Context hashed = make_ctx(1, nullptr, false);
@@ -180,7 +181,9 @@ TEST(LshRounds, IdenticalRoundsEqualOneRound) {
 
   const Matrix<double> g = random_matrix(one.out(), batch * len, Rng(6));
   Matrix<double> d1(6, batch * len), dr(6, batch * len), tmp(one.out(), batch * len);
+  d1.setZero();  // the core adds its gradient
   one.core.backward(one.params, xn, g, d1, tmp, make_ctx(batch, &t1, true));
+  dr.setZero();  // the core adds its gradient
   many.core.backward(many.params, xn, g, dr, tmp, make_ctx(batch, &tr, true));
   EXPECT_LT(rel_error(dr, d1), 1e-12);
   EXPECT_LT(rel_error(many.params.grads(), one.params.grads()), 1e-12);
@@ -261,6 +264,7 @@ TEST(LshWaves, ManyWavesMatchReferenceAndSingleSequences) {
   const Matrix<double> g = random_matrix(s.out(), batch * len, Rng(32));
   Matrix<double> dx(hidden, batch * len), a2(s.out(), batch * len);
   s.params.zero_grad();
+  dx.setZero();  // the core adds its gradient
   s.core.backward(s.params, xn, g, dx, a2, make_ctx(batch, &tape, true));
   EXPECT_TRUE(a2 == a);
   const Vector<double> grads = s.params.grads();
@@ -272,6 +276,7 @@ TEST(LshWaves, ManyWavesMatchReferenceAndSingleSequences) {
       for (Index t = 0; t < len; ++t) single.at(0, h, 0, t) = tape.at(b, h, 0, t);
     Matrix<double> dxb(hidden, len), ab(s.out(), len);
     s.params.zero_grad();
+    dxb.setZero();  // the core adds its gradient
     s.core.backward(s.params, xn.middleCols(b * len, len), g.middleCols(b * len, len), dxb, ab,
                     make_ctx(1, &single, true));
     // Equal up to the column blocking of the final products (fixed, but aligned differently).
@@ -302,6 +307,7 @@ TEST(LshLongHead, PositionBlocksMatchReferenceAndAreThreadIndependent) {
     r.a2.resize(s.out(), len);
     r.dxn.resize(hidden, len);
     s.params.zero_grad();
+    r.dxn.setZero();  // the core adds its gradient
     s.core.backward(s.params, xn, g, r.dxn, r.a2, make_ctx(1, &r.tape, true));
     r.grads = s.params.grads();
     return r;
@@ -360,6 +366,7 @@ TEST(LshThreads, OneAndTwoThreadsAreBitwiseIdentical) {
     Matrix<double> a2(s.out(), batch * len);
     dxn.resize(12, batch * len);
     s.params.zero_grad();
+    dxn.setZero();  // the core adds its gradient
     s.core.backward(s.params, xn, g, dxn, a2, ctx);
     grads = s.params.grads();
   };
@@ -389,6 +396,7 @@ TEST(LshFloat, FloatAgreesWithDouble) {
   const Context ctx = make_ctx(1, &tape, true);
   core_f.forward(pf, xn.cast<float>(), af, ctx);
   EXPECT_LT(rel_error(af.cast<double>(), a), 1e-5);
+  dxf.setZero();  // the core adds its gradient
   core_f.backward(pf, xn.cast<float>(), Matrix<float>::Ones(s.out(), len), dxf, af2, ctx);
   EXPECT_EQ(af2, af);
 }

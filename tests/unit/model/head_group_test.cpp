@@ -96,7 +96,7 @@ TYPED_TEST(HeadGroups, StreamingHeadsMatchesAllHeadsAtOnce) {
   all.layer.forward(all.params, x, y_all, all.ctx);
   all.ctx.replay_buckets = true;
   all.params.zero_grad();
-  all.layer.backward(all.params, x, dy, dx_all, fx_all, all.ctx);
+  backward_out_of_place(all.layer, all.params, x, dy, dx_all, fx_all, all.ctx);
   EXPECT_LT(max_abs_diff(fx_all, y_all), 1e-12);
 
   for (const Index scalars : {kOneHead, kTwoHeads}) {
@@ -109,7 +109,7 @@ TYPED_TEST(HeadGroups, StreamingHeadsMatchesAllHeadsAtOnce) {
     EXPECT_LT(max_abs_diff(y, y_all), 1e-12);
     grp.ctx.replay_buckets = true;
     grp.params.zero_grad();
-    grp.layer.backward(grp.params, x, dy, dx, fx, grp.ctx);
+    backward_out_of_place(grp.layer, grp.params, x, dy, dx, fx, grp.ctx);
     EXPECT_LT(max_abs_diff(dx, dx_all), 1e-12);
     EXPECT_LT(max_abs_diff(fx, fx_all), 1e-12);
     EXPECT_LT((grp.params.grads() - all.params.grads()).cwiseAbs().maxCoeff(), 1e-12);
@@ -117,8 +117,8 @@ TYPED_TEST(HeadGroups, StreamingHeadsMatchesAllHeadsAtOnce) {
   }
 }
 
-// backward_inverse (the reversible block's in-place step) gives dx_acc + dx and y_sub - f(x) of
-// backward(), to rounding: without output dropout it subtracts each head group's term from
+// backward (the contract's in-place step) gives dx_acc + dx and y_sub - f(x) of the out-of-place
+// form, to rounding: without output dropout it subtracts each head group's term from
 // y_sub directly, with dropout it needs the whole sum first.
 TYPED_TEST(HeadGroups, BackwardInverseUpdatesInPlace) {
   const Matrix<double> x = random_input(kHidden, kTokens, 4);
@@ -134,11 +134,11 @@ TYPED_TEST(HeadGroups, BackwardInverseUpdatesInPlace) {
       s.layer.forward(s.params, x, y, s.ctx);
       s.ctx.replay_buckets = true;
       s.params.zero_grad();
-      s.layer.backward(s.params, x, dy, dx, fx, s.ctx);
+      backward_out_of_place(s.layer, s.params, x, dy, dx, fx, s.ctx);
       const Vector<double> grads = s.params.grads();
       s.params.zero_grad();
       Matrix<double> acc = acc0, y_sub = y0;
-      s.layer.backward_inverse(s.params, x, dy, acc, y_sub, s.ctx);
+      s.layer.backward(s.params, x, dy, acc, y_sub, s.ctx);
       EXPECT_LT(max_abs_diff(acc, acc0 + dx), 1e-12);
       EXPECT_LT(max_abs_diff(y_sub, y0 - fx), 1e-12);
       EXPECT_LT((s.params.grads() - grads).cwiseAbs().maxCoeff(), 1e-12);
@@ -162,7 +162,7 @@ TYPED_TEST(HeadGroups, OneHeadPerGroupMatchesFiniteDifferences) {
   Matrix<double> dx(kHidden, kTokens), fx(kHidden, kTokens);
   auto backward = [&](const Matrix<double>& w) {
     s.params.zero_grad();
-    s.layer.backward(s.params, x, w, dx, fx, s.ctx);
+    backward_out_of_place(s.layer, s.params, x, w, dx, fx, s.ctx);
   };
   testing::GradCheckOptions opts;
   opts.tolerance = 1e-6;

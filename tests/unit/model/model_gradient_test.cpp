@@ -17,7 +17,7 @@ namespace {
 double frozen_loss(ReformerLM<double>& model, const std::vector<Token>& tokens, Index batch,
                    const Tape<double>& frozen, std::uint64_t step, Tape<double>& tape) {
   tape.buckets = frozen.buckets;
-  tape.replay_buckets = true;
+  tape.buckets.replay = true;
   return model.forward_loss(tokens, batch, tape, step);
 }
 
@@ -33,7 +33,7 @@ void check_model_gradients(ReformerConfig cfg, BackpropMode mode) {
   Tape<double> frozen;  // records the buckets once; every later pass replays them
   model.forward_loss(tokens, batch, frozen, step);
   for (Index l = 0; l < cfg.num_layers(); ++l) {
-    const BucketTape& b = frozen.buckets[static_cast<std::size_t>(l)];
+    const BucketTape& b = frozen.buckets.layers[static_cast<std::size_t>(l)];
     if (cfg.layer_kind(l) == LayerKind::kLsh) {
       EXPECT_EQ(b.rounds, 2);
       EXPECT_EQ(b.length, length);
@@ -99,7 +99,7 @@ double reversible_vs_stored(const ReformerConfig& cfg, Index batch, Index length
   const double la = rev.forward_loss(tokens, batch, a, 7);
   const double lb = sto.forward_loss(tokens, batch, b, 7);
   EXPECT_EQ(la, lb);  // the forward passes are the same computation
-  EXPECT_EQ(a.buckets[1].data, b.buckets[1].data);
+  EXPECT_EQ(a.buckets.layers[1].data, b.buckets.layers[1].data);
   rev.backward(a);
   sto.backward(b);
   EXPECT_GT(sto.parameters().grads().norm(), 0);
@@ -127,8 +127,9 @@ TEST(ModelGradients, ReversibleMatchesStoredActivationsInFloat) {
 }
 
 // Reconstruction: the block inputs the backward walk recovers from the outputs match those of
-// the forward pass. Float, 12 layers; tolerance 1e-4 relative to the largest activation
-// (observed 2e-7: each layer adds a few ulps of the residual stream's magnitude).
+// the forward pass. Float, 12 layers of a model's stack, walked block by block with the model's
+// contexts (dropout on, buckets recorded then replayed); tolerance 1e-4 relative to the largest
+// activation (observed 2e-7: each layer adds a few ulps of the residual stream's magnitude).
 TEST(ModelGradients, BackwardReconstructsTheBlockInputsInFloat) {
   ReformerConfig cfg = test::tiny_config();
   cfg.attn_layers.clear();
@@ -138,18 +139,34 @@ TEST(ModelGradients, BackwardReconstructsTheBlockInputsInFloat) {
   cfg.initializer_range = 0.1;
   cfg.hidden_dropout_prob = 0.1;
   ReformerLM<float> model(cfg);
+  const ReversibleStack<float>& stack = model.stack();
+  ASSERT_EQ(stack.size(), 12);
+  Context ctx;
+  ctx.batch = 2;
+  ctx.training = true;
+  ctx.seed = cfg.seed;
+  ctx.step = 1;
+  const Index n = 20;
+  Matrix<float> x1 = test::random_matrix<float>(cfg.hidden_size, n, 3);
+  Matrix<float> x2 = x1;  // as the model: x1 = x2 = e
   std::vector<Matrix<float>> fwd1(12), fwd2(12), bwd1(12), bwd2(12);
-  model.set_layer_input_observer(
-      [&](LayerPhase phase, Index l, ConstMatrixRef<float> x1, ConstMatrixRef<float> x2) {
-        auto& a = phase == LayerPhase::kForward ? fwd1 : bwd1;
-        auto& b = phase == LayerPhase::kForward ? fwd2 : bwd2;
-        a[static_cast<std::size_t>(l)] = x1;
-        b[static_cast<std::size_t>(l)] = x2;
-      });
-  const std::vector<Token> tokens = test::random_tokens(2, 10, cfg.vocab_size, 3);
-  Tape<float> tape;
-  model.forward_loss(tokens, 2, tape, 1);
-  model.backward(tape);
+  BucketRecord buckets;
+  buckets.layers.resize(12);
+  ReversibleWorkspace<float> ws;
+  for (Index l = 0; l < 12; ++l) {
+    fwd1[static_cast<std::size_t>(l)] = x1;
+    fwd2[static_cast<std::size_t>(l)] = x2;
+    stack.forward_block(l, model.parameters(), x1, x2, stack.block_context(ctx, l, buckets, false),
+                        ws);
+  }
+  Matrix<float> dy1 = test::random_matrix<float>(cfg.hidden_size, n, 5);
+  Matrix<float> dy2 = test::random_matrix<float>(cfg.hidden_size, n, 6);
+  for (Index l = 11; l >= 0; --l) {
+    stack.backward_block(l, model.parameters(), x1, x2, dy1, dy2,
+                         stack.block_context(ctx, l, buckets, true));
+    bwd1[static_cast<std::size_t>(l)] = x1;
+    bwd2[static_cast<std::size_t>(l)] = x2;
+  }
   double worst = 0;
   for (std::size_t l = 0; l < 12; ++l) {
     ASSERT_EQ(bwd1[l].cols(), 20) << "layer " << l << " was not reconstructed";

@@ -33,14 +33,17 @@ class TanhSublayer {
     y = y.array().tanh().matrix();
   }
 
-  // y = tanh(z), z = W x + b  =>  dz = dy .* (1 - y^2), dx = W^T dz, dW += dz x^T, db += sum dz
+  // y = tanh(z), z = W x + b  =>  dz = dy .* (1 - y^2), dx += W^T dz, dW += dz x^T, db += sum dz;
+  // the contract's in-place form: y_sub -= f(x).
   void backward(Parameters<S>& p, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
-                MatrixRef<S> fx, const Context& ctx) const {
+                MatrixRef<S> y_sub, const Context& ctx) const {
+    Matrix<S> fx(x.rows(), x.cols());
     forward(p, x, fx, ctx);
     const Matrix<S> dz = dy.cwiseProduct((S(1) - fx.array().square()).matrix());
-    dx.noalias() = p.value(w_).transpose() * dz;
+    dx.noalias() += p.value(w_).transpose() * dz;
     p.grad(w_).noalias() += dz * x.transpose();
     p.grad_vector(b_) += dz.rowwise().sum();
+    y_sub -= fx;
   }
 
  private:

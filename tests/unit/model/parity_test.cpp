@@ -56,11 +56,13 @@ std::vector<Token> tokens_of(const test::Fixture& fx) {
   return t;
 }
 
-std::vector<BucketTape> buckets_of(const test::Fixture& fx, const ReformerConfig& cfg) {
-  std::vector<BucketTape> b(static_cast<std::size_t>(cfg.num_layers()));
+BucketRecord buckets_of(const test::Fixture& fx, const ReformerConfig& cfg) {
+  BucketRecord b;
+  b.replay = true;
+  b.layers.resize(static_cast<std::size_t>(cfg.num_layers()));
   for (Index l = 0; l < cfg.num_layers(); ++l) {
     const std::string name = "buckets." + std::to_string(l);
-    if (fx.has(name)) b[static_cast<std::size_t>(l)] = fx.buckets(name);
+    if (fx.has(name)) b.layers[static_cast<std::size_t>(l)] = fx.buckets(name);
   }
   return b;
 }
@@ -75,14 +77,13 @@ void check_parity(const std::string& fixture, BackpropMode mode) {
   const Index batch = fx.batch();
 
   // Logits (inference path) with the HF buckets.
-  std::vector<BucketTape> buckets = buckets_of(fx, cfg);
-  const Matrix<double> logits = model.logits(tokens, batch, buckets, true);
+  BucketRecord buckets = buckets_of(fx, cfg);
+  const Matrix<double> logits = model.logits(tokens, batch, buckets);
   EXPECT_LT(test::relative_error(logits, fx.activations("logits")), 1e-9) << fixture;
 
   // Loss and gradients (training path) with the HF buckets.
   Tape<double> tape;
   tape.buckets = buckets_of(fx, cfg);
-  tape.replay_buckets = true;
   const double loss = model.forward_loss(tokens, batch, tape, 0);
   const double ref = fx.values("loss")[0];
   EXPECT_LT(std::abs(loss - ref) / std::abs(ref), 1e-9) << fixture << ": " << loss << " vs " << ref;

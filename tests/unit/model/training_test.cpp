@@ -127,8 +127,8 @@ TEST(ModelTraining, ForwardLossEqualsTheCrossEntropyOfTheLogits) {
   ReformerLM<double> model(cfg);
   const Index batch = 2, length = 10;
   const std::vector<Token> tokens = test::random_tokens(batch, length, 11, 8);
-  std::vector<BucketTape> buckets;
-  const Matrix<double> logits = model.logits(tokens, batch, buckets, false);
+  BucketRecord buckets;  // recorded
+  const Matrix<double> logits = model.logits(tokens, batch, buckets);
   ASSERT_EQ(logits.rows(), 11);
   ASSERT_EQ(logits.cols(), 20);
   double sum = 0;
@@ -143,7 +143,7 @@ TEST(ModelTraining, ForwardLossEqualsTheCrossEntropyOfTheLogits) {
   }
   Tape<double> tape;
   tape.buckets = buckets;
-  tape.replay_buckets = true;
+  tape.buckets.replay = true;
   EXPECT_NEAR(model.forward_loss(tokens, batch, tape, 0), sum / count, 1e-12);
   EXPECT_EQ(tape.loss_count, 18);
 
@@ -154,7 +154,7 @@ TEST(ModelTraining, ForwardLossEqualsTheCrossEntropyOfTheLogits) {
   const double lse = std::log((col.array() - col.maxCoeff()).exp().sum()) + col.maxCoeff();
   Tape<double> t2;
   t2.buckets = buckets;
-  t2.replay_buckets = true;
+  t2.buckets.replay = true;
   EXPECT_NEAR(model.forward_loss(tokens, batch, t2, 0, targets), lse - col(3), 1e-12);
   EXPECT_EQ(t2.loss_count, 1);
 }
@@ -226,7 +226,7 @@ TEST(ModelTraining, RejectsBadInput) {
   EXPECT_NE(m.find("forward_loss"), std::string::npos) << m;
 
   Tape<double> replay;
-  replay.replay_buckets = true;
+  replay.buckets.replay = true;
   m = message_of([&] { model.forward_loss(tokens, 2, replay, 0); });
   EXPECT_NE(m.find("one BucketTape per layer"), std::string::npos) << m;
 

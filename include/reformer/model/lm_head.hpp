@@ -1,0 +1,177 @@
+#pragma once
+// The language-model head of the Reformer LM (Hugging Face's final encoder LayerNorm, dropout
+// and ReformerOnlyLMHead):
+//
+//   cat    = [x1; x2]                          2D x N   the two streams of the last block
+//   h      = Dropout(LN(cat))                  2D x N   key ctx.rng(stream::kEncoderOutputDropout),
+//                                                       draw index = column * 2D + row
+//   logits = W h + b                           V x N    W: [V, 2D], b: [V]
+//   loss   = mean over counted n of cross_entropy(logits(:, n), target_n)   (target < 0: not
+//            counted)
+//
+// The head works in chunks of `chunk_size` tokens, in forward and backward alike: training
+// never holds a V x N logits buffer, nor a 2D x N h. Backward recomputes each chunk's h and
+// writes the chunk's columns of dcat = d loss / d [x1; x2].
+//
+// Parameters (HF names, state-dict order): reformer.encoder.layer_norm.weight / .bias [2D],
+// lm_head.bias [V], lm_head.decoder.weight [V, 2D].
+#include "reformer/core/context.hpp"
+#include "reformer/core/error.hpp"
+#include "reformer/core/parameters.hpp"
+#include "reformer/core/rng.hpp"
+#include "reformer/core/threading.hpp"
+#include "reformer/core/types.hpp"
+#include "reformer/layers/detail/sublayer_util.hpp"
+#include "reformer/ops/cross_entropy.hpp"
+#include "reformer/ops/dropout.hpp"
+#include "reformer/ops/layer_norm.hpp"
+#include "reformer/ops/tokens.hpp"
+
+#include <algorithm>
+
+namespace reformer {
+
+struct LmHeadConfig {
+  Index hidden_size = 0;                         ///< D (the head reads 2D features)
+  Index vocab_size = 0;                          ///< V
+  double layer_norm_eps = kLayerNormDefaultEps;  ///< HF layer_norm_eps
+  double dropout = 0.0;                          ///< HF hidden_dropout_prob
+  Index chunk_size = 0;  ///< tokens per chunk (HF chunk_size_lm_head); 0 = the op's default
+
+  /// The head of a model configuration (a ReformerConfig, model/config.hpp).
+  template <class ModelConfig>
+  static LmHeadConfig from(const ModelConfig& m) {
+    LmHeadConfig c;
+    c.hidden_size = m.hidden_size;
+    c.vocab_size = m.vocab_size;
+    c.layer_norm_eps = m.layer_norm_eps;
+    c.dropout = m.hidden_dropout_prob;
+    c.chunk_size = m.chunk_size_lm_head;
+    return c;
+  }
+};
+
+template <class S>
+class LmHead {
+ public:
+  using Config = LmHeadConfig;
+
+  LmHead(const Config& cfg, Parameters<S>& params)
+      : cfg_(cfg),
+        ln_weight_(params.add("reformer.encoder.layer_norm.weight", {2 * cfg.hidden_size})),
+        ln_bias_(params.add("reformer.encoder.layer_norm.bias", {2 * cfg.hidden_size})),
+        bias_(params.add("lm_head.bias", {cfg.vocab_size})),
+        weight_(params.add("lm_head.decoder.weight", {cfg.vocab_size, 2 * cfg.hidden_size})) {}
+
+  const Config& config() const { return cfg_; }
+
+  /// HF initialisation: W ~ normal(0, std) from rng, b = 0, LayerNorm weight 1 and bias 0.
+  void init(Parameters<S>& params, const Rng& rng, double std) const {
+    params.value_vector(ln_weight_).setOnes();
+    params.value_vector(ln_bias_).setZero();
+    detail::init_normal(params, weight_, rng, std);
+    params.value_vector(bias_).setZero();
+  }
+
+  /// logits = W Dropout(LN([x1; x2])) + b: V x N. The chunks run in parallel (inference).
+  Matrix<S> logits(const Parameters<S>& params, ConstMatrixRef<S> x1, ConstMatrixRef<S> x2,
+                   const Context& ctx) const {
+    check_streams(x1, x2);
+    const Index d = cfg_.hidden_size, n = x1.cols(), len = chunk(n);
+    Matrix<S> out(cfg_.vocab_size, n);
+    parallel_for(detail::num_blocks(n, len), [&](Index blk) {
+      const Index c0 = blk * len, c = std::min(len, n - c0);
+      Matrix<S> cat(2 * d, c), h(2 * d, c);
+      chunk_hidden(params, x1, x2, ctx, c0, cat, h);
+      lm_logits<S>(h, params.value(weight_), params.value_vector(bias_), out.middleCols(c0, c));
+    });
+    return out;
+  }
+
+  /// Sum and count of the cross-entropy over the counted targets (N ids, negative = skip).
+  CrossEntropyResult loss(const Parameters<S>& params, ConstMatrixRef<S> x1, ConstMatrixRef<S> x2,
+                          TokenSpan targets, const Context& ctx) const {
+    CrossEntropyResult ce;
+    for_chunks(params, x1, x2, ctx, [&](Index c0, Index c, MatrixRef<S>, MatrixRef<S> h) {
+      const CrossEntropyResult part = cross_entropy_forward<S>(
+          h, params.value(weight_), params.value_vector(bias_), targets.subspan(c0, c), c);
+      ce.sum += part.sum;
+      ce.count += part.count;
+    });
+    ce.mean = ce.count > 0 ? ce.sum / static_cast<double>(ce.count) : 0.0;
+    return ce;
+  }
+
+  /// Backward of scale * (sum of the counted cross-entropies), recomputed chunk by chunk:
+  /// writes dcat (2D x N: the gradients of x1 on top of those of x2) and accumulates dW, db and
+  /// the LayerNorm's gradients.
+  void backward(Parameters<S>& params, ConstMatrixRef<S> x1, ConstMatrixRef<S> x2,
+                TokenSpan targets, double scale, const Context& ctx, MatrixRef<S> dcat) const {
+    const Index d = cfg_.hidden_size;
+    check_shape("LmHead::backward", "dcat", dcat.rows(), dcat.cols(), 2 * d, x1.cols());
+    const Rng drop_rng = ctx.rng(stream::kEncoderOutputDropout);
+    Matrix<S> dh(2 * d, chunk(x1.cols()));
+    for_chunks(params, x1, x2, ctx, [&](Index c0, Index c, MatrixRef<S> cat, MatrixRef<S> h) {
+      auto dh_c = dh.leftCols(c);
+      // logits = W hd + b, loss = CE  =>  dhd, dW +=, db += (V x c logits at a time)
+      cross_entropy_forward_backward<S>(h, params.value(weight_), params.value_vector(bias_),
+                                        targets.subspan(c0, c), dh_c, params.grad(weight_),
+                                        params.grad_vector(bias_), c, Reduction::kSum, scale);
+      // hd = Dropout(h)  =>  dh = mask .* dhd / (1 - p)
+      dropout_backward<S>(drop_rng, dropout_p(ctx), c0 * 2 * d, dh_c, dh_c);
+      // h = LN(cat)      =>  dcat, dgamma +=, dbeta +=
+      layer_norm_backward<S>(cat, params.value_vector(ln_weight_), cfg_.layer_norm_eps, dh_c,
+                             dcat.middleCols(c0, c), params.grad_vector(ln_weight_),
+                             params.grad_vector(ln_bias_));
+    });
+  }
+
+  /// Tokens per chunk for N tokens.
+  Index chunk(Index n) const {
+    const Index c = cfg_.chunk_size > 0 ? cfg_.chunk_size : kCrossEntropyDefaultChunk;
+    return std::max<Index>(1, std::min(c, n));
+  }
+
+ private:
+  double dropout_p(const Context& ctx) const { return ctx.training ? cfg_.dropout : 0.0; }
+
+  void check_streams(const ConstMatrixRef<S>& x1, const ConstMatrixRef<S>& x2) const {
+    check_shape("LmHead", "x1", x1.rows(), x1.cols(), cfg_.hidden_size, x1.cols());
+    check_shape("LmHead", "x2", x2.rows(), x2.cols(), cfg_.hidden_size, x1.cols());
+  }
+
+  // cat = [x1; x2] and h = Dropout(LN(cat)) of the columns [c0, c0 + cat.cols()) (dropout draw
+  // indices as for the whole 2D x N matrix).
+  template <class M>
+  void chunk_hidden(const Parameters<S>& params, ConstMatrixRef<S> x1, ConstMatrixRef<S> x2,
+                    const Context& ctx, Index c0, M& cat, M& h) const {
+    const Index d = cfg_.hidden_size, c = cat.cols();
+    cat.topRows(d) = x1.middleCols(c0, c);
+    cat.bottomRows(d) = x2.middleCols(c0, c);
+    layer_norm_forward<S>(cat, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
+                          cfg_.layer_norm_eps, h);
+    dropout_inplace<S>(ctx.rng(stream::kEncoderOutputDropout), dropout_p(ctx), c0 * 2 * d, h);
+  }
+
+  // Calls f(c0, c, cat, h) for the chunks [c0, c0 + c), in order, with cat and h of the chunk
+  // (2D x c each, as chunk_hidden).
+  template <class F>
+  void for_chunks(const Parameters<S>& params, ConstMatrixRef<S> x1, ConstMatrixRef<S> x2,
+                  const Context& ctx, F&& f) const {
+    check_streams(x1, x2);
+    const Index d = cfg_.hidden_size, n = x1.cols(), len = chunk(n);
+    Matrix<S> cat(2 * d, len), h(2 * d, len);
+    for (Index c0 = 0; c0 < n; c0 += len) {
+      const Index c = std::min(len, n - c0);
+      auto cat_c = cat.leftCols(c);
+      auto h_c = h.leftCols(c);
+      chunk_hidden(params, x1, x2, ctx, c0, cat_c, h_c);
+      f(c0, c, MatrixRef<S>(cat_c), MatrixRef<S>(h_c));
+    }
+  }
+
+  Config cfg_;
+  SlotId ln_weight_, ln_bias_, bias_, weight_;
+};
+
+}  // namespace reformer

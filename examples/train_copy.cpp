@@ -152,7 +152,7 @@ struct Session {
 };
 
 /// The model configuration of a run. "full" is dense shared-QK attention (an LSH layer whose
-/// chunk covers the whole sequence, DESIGN 1.2), so its weights also run with LSH.
+/// chunk covers the whole sequence, docs/DESIGN.md 1.2), so its weights also run with LSH.
 reformer::ReformerConfig model_config(const Options& o) {
   reformer::ReformerConfig c;
   c.vocab_size = o.symbols;

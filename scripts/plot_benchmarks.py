@@ -19,7 +19,7 @@ Plots written to --out, each only when its data is present:
                             reversible and stored-activation backward
     model_step.png          tokens/s and GFLOP/s of the model's training step against T
 
---summary writes the headline numbers and the issue's targets (measured value, pass/fail).
+--summary writes the headline numbers and the performance goals (measured value, pass/fail).
 --expect N exits with status 1 unless at least N plots were written (used by the tests).
 """
 

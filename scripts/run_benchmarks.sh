@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full benchmark measurement behind the README's Benchmarks section: builds the benchmark
 # programs (Release, -march=native), runs each with repetitions (medians in the JSON), runs the
-# long-context step, and regenerates the plots and the summary of the targets.
+# long-context step, and regenerates the plots and the summary of the performance goals.
 #
 #   bash scripts/run_benchmarks.sh [--long] [--wait-quiet] [--reps N] [--threads N]
 #                                  [--build DIR] [--out DIR] [--blas]
@@ -17,7 +17,7 @@
 #   --blas        build with -DREFORMER_USE_BLAS=ON (Eigen's products through OpenBLAS)
 #
 # Results: <out>/{attention_scaling,model_step,figure5}.json (Google Benchmark JSON),
-# <out>/long_context*.json, <out>/*.png and <out>/summary.md (targets, headline tables).
+# <out>/long_context*.json, <out>/*.png and <out>/summary.md (performance goals, headline tables).
 # The default run (without --long) takes about 20-30 minutes on 2 cores.
 set -euo pipefail
 

@@ -1,6 +1,6 @@
 #pragma once
 // Loading the Hugging Face reference fixtures (tests/data/*.safetensors, see
-// ../shared/fixtures/README.md) into the library's types.
+// tests/data/README.md) into the library's types.
 //
 //   reformer::test::Fixture fx("lsh_attention_causal");
 //   Matrix<double> x = fx.activations("input");        // D x (B*T) from [B, T, D]

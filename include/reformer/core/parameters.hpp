@@ -3,7 +3,7 @@
 // named slots (offset, shape). Layers register their slots at construction and later get
 // Eigen::Map views; optimizers and checkpoints are flat loops over the slots.
 //
-// Names and shapes follow the Hugging Face ReformerModelWithLMHead state dict (DESIGN 2): a
+// Names and shapes follow the Hugging Face ReformerModelWithLMHead state dict (docs/DESIGN.md 2): a
 // weight of PyTorch shape [out, in] is a row-major out x in matrix view. A slot of rank >= 2 is
 // viewed as shape[0] x (product of the remaining extents); a rank-1 slot as an n x 1 matrix.
 #include "reformer/core/error.hpp"

@@ -1,7 +1,7 @@
 #pragma once
 // Threads: a thin layer over OpenMP (when the library is built with it).
 //
-// Determinism rule (DESIGN 3.6): work is split into items whose boundaries do not depend on the
+// Determinism (docs/DESIGN.md 3.6): work is split into items whose boundaries do not depend on the
 // thread count, each item is computed by the same code whichever thread runs it, and each item
 // writes its own output slice; partial results (e.g. per-item gradient buffers) are summed in item
 // order afterwards. No floating-point reduction clauses, no float atomics. Eigen's own GEMM

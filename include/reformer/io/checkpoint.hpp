@@ -1,7 +1,7 @@
 #pragma once
 // Checkpoints: a Parameters<S> store (and optionally the Adam state) as a safetensors file.
 //
-// Tensors: every parameter under its slot name (the Hugging Face names, DESIGN 2) with its
+// Tensors: every parameter under its slot name (the Hugging Face names, docs/DESIGN.md 2) with its
 // PyTorch shape, dtype F32 or F64 (chosen on save; both load into float and double stores).
 // With the optimizer: `optimizer.m.<name>` and `optimizer.v.<name>` (first / second moments,
 // always in the store's own dtype so a resumed run continues bit-identically).

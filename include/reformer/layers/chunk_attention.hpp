@@ -1,7 +1,7 @@
 #pragma once
-// The per-chunk attention kernel shared by local attention (DESIGN 1.3) and LSH attention
-// (DESIGN 1.2): a block of Cq query columns attends to a window of Ck key/value columns that the
-// caller has already prepared (keys scaled or length-normalised, the window gathered, e.g.
+// The per-chunk attention kernel shared by local attention (docs/DESIGN.md 1.3) and LSH attention
+// (docs/DESIGN.md 1.2): a block of Cq query columns attends to a window of Ck key/value columns
+// that the caller has already prepared (keys scaled or length-normalised, the window gathered, e.g.
 // [previous chunk, own chunk]).
 //
 // Forward, for query i (column of q) and key j (column of k / v):
@@ -33,7 +33,7 @@
 
 namespace reformer {
 
-/// Mask values (DESIGN 1.2 / 1.3); they replace the score.
+/// Mask values (docs/DESIGN.md 1.2 / 1.3); they replace the score.
 inline constexpr double kCausalMaskValue = -1e9;
 inline constexpr double kSelfMaskValue = -1e5;
 inline constexpr double kPaddingMaskValue = -1e9;

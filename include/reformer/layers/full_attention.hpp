@@ -1,5 +1,5 @@
 #pragma once
-// FullAttention: dense multi-head self-attention (DESIGN 1.4), an attention core for
+// FullAttention: dense multi-head self-attention (docs/DESIGN.md 1.4), an attention core for
 // AttentionSublayer. It is the O(T^2) baseline of the benchmarks and the oracle of the tests.
 //
 // Per sequence b (columns [b*T, (b+1)*T) of xn) and head h (rows [h*Dh, (h+1)*Dh)):

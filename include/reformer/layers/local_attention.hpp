@@ -1,6 +1,6 @@
 #pragma once
-// LocalAttention: chunked (local) multi-head self-attention (DESIGN 1.3), an attention core for
-// AttentionSublayer. Cost O(T * C) per head instead of O(T^2).
+// LocalAttention: chunked (local) multi-head self-attention (docs/DESIGN.md 1.3), an attention
+// core for AttentionSublayer. Cost O(T * C) per head instead of O(T^2).
 //
 // Per sequence b (columns [b*T, (b+1)*T) of xn) and head h (rows [h*Dh, (h+1)*Dh)):
 //   q = W_q xn,  k = W_k xn / sqrt(Dh),  v = W_v xn                 Dh x T each
@@ -19,7 +19,7 @@
 // With the causal mask those wrapped keys lie in the query's future and get the score -1e9, so
 // exp(-1e9 - lse) is exactly 0 in floating point and the results are identical to ours, which
 // simply leaves them out. Without the causal mask the two differ at the sequence ends: here a
-// chunk only sees keys that exist (DESIGN 1.3).
+// chunk only sees keys that exist (docs/DESIGN.md 1.3).
 //
 // A sequence whose length is not a multiple of C is handled by a shorter last chunk rather than
 // padding, so padded positions do not exist and cannot affect real ones.

@@ -1,6 +1,6 @@
 #pragma once
-// LSH self-attention core (DESIGN 1.2): the Reformer's attention whose cost grows linearly with
-// the sequence length. Per sequence and head (x: D x T normalised inputs):
+// LSH self-attention core (docs/DESIGN.md 1.2): the Reformer's attention whose cost grows
+// linearly with the sequence length. Per sequence and head (x: D x T normalised inputs):
 //
 //   qk = W_qk x,  v = W_v x                      Dh x T; queries and keys share W_qk, no biases
 //   if T <= C:  dense shared-QK attention (below) over all T positions, one round, no hashing
@@ -17,7 +17,7 @@
 //   a = [o_head0; o_head1; ...]                                        H*Dh x T
 // The output projection W_o belongs to the AttentionSublayer wrapper.
 //
-// Buckets (DESIGN 3.3): forward hashes (rotations from ctx.rng, see lsh_bucketing.hpp) and
+// Buckets (docs/DESIGN.md 3.3): forward hashes (rotations from ctx.rng, see lsh_bucketing.hpp) and
 // records the buckets into *ctx.buckets ([B, H, R, T], no round offsets) when it is non-null, or
 // replays them when ctx.replay_buckets is set. backward always replays: it never re-hashes.
 // Short sequences (T <= C) do not hash; their tape is cleared and never read.

@@ -1,6 +1,7 @@
 #pragma once
 // Locality-sensitive hashing of vectors into buckets, and the sort of hashed positions by
-// bucket (DESIGN 1.2). Usable on its own; LshAttention (layers/lsh_attention.hpp) builds on it.
+// bucket (docs/DESIGN.md 1.2). Usable on its own; LshAttention (layers/lsh_attention.hpp)
+// builds on it.
 //
 // Hashing one vector x (Dh) with a random rotation R (Dh x NB/2), "angular LSH":
 //   b(x) = argmax_j [ R^T x ; -R^T x ]_j                 in [0, NB), the first maximum wins

@@ -1,5 +1,5 @@
 #pragma once
-// ReformerConfig: the hyper-parameters of a Reformer causal language model (DESIGN 1).
+// ReformerConfig: the hyper-parameters of a Reformer causal language model (docs/DESIGN.md 1).
 //
 // Field names follow Hugging Face's `ReformerConfig` so a config can be read from / written to
 // the JSON of an HF checkpoint (io/config_json.hpp). Extensions over HF: the "full" layer kind
@@ -80,7 +80,7 @@ struct ReformerConfig {
   double lsh_attention_probs_dropout_prob = 0.0;
   double local_attention_probs_dropout_prob = 0.05;
 
-  // --- positions (DESIGN 1.6) --------------------------------------------------------------
+  // --- positions (docs/DESIGN.md 1.6) -----------------------------------------------------
   bool axial_pos_embds = true;  ///< axial (true) or learned absolute (false) positions
   std::vector<Index> axial_pos_shape = {64, 64};      ///< (s1, s2): T <= s1 * s2
   std::vector<Index> axial_pos_embds_dim = {64, 64};  ///< (d1, d2): d1 + d2 = hidden_size

@@ -1,5 +1,5 @@
 #pragma once
-// Token and position embeddings of the Reformer LM (DESIGN 1.1, 1.6), as Hugging Face's
+// Token and position embeddings of the Reformer LM (docs/DESIGN.md 1.1, 1.6), as Hugging Face's
 // ReformerEmbeddings:
 //
 //   e(:, n) = Dropout_w(E[tok_n, :]^T) + Dropout_p(P(:, t_n))       D x N, N = batch * T,

@@ -17,7 +17,7 @@ namespace {
 using test::FeedForwardSetup;
 using test::random_matrix;
 
-// The formula of DESIGN 1.5 on the whole matrix with scalar loops (no dropout).
+// The formula of docs/DESIGN.md 1.5 on the whole matrix with scalar loops (no dropout).
 Matrix<double> reference_feed_forward(const Parameters<double>& p, const Matrix<double>& x,
                                       Activation act, double eps) {
   const Index d = x.rows(), n = x.cols();

@@ -1,5 +1,5 @@
 // Reference parity with the Hugging Face Reformer (float64): one local-attention sublayer
-// (LayerNorm -> LocalSelfAttention -> output dense), causal, C = 4 (tests/data/).
+// (LayerNorm -> LocalSelfAttention -> output dense), causal, C = 4 (tests/data/README.md).
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/local_attention.hpp"
 

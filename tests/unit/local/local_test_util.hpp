@@ -67,7 +67,7 @@ struct LocalCore {
   }
 };
 
-/// The naive oracle written from DESIGN 1.3 with one T x T score matrix per (sequence, head):
+/// The naive oracle of docs/DESIGN.md 1.3 with one T x T score matrix per (sequence, head):
 /// key j is visible to query i when chunk(j) lies in [chunk(i) - before, chunk(i) + after]
 /// (no wrap-around); causal scores of j > i are replaced by -1e9; softmax over the visible keys;
 /// dropout keeps (i, j) when uniform(i * T + j) >= p under the key (b, h) of the probs stream.

@@ -1,4 +1,4 @@
-// LSH attention against plain references: the full reference of DESIGN 1.2 for random buckets,
+// LSH attention against plain references: the reference of docs/DESIGN.md 1.2 for random buckets,
 // dense shared-QK attention when one chunk (or one bucket) covers the sequence, positional
 // chunks when every token shares a bucket, and R identical rounds equal to one round.
 #include "lsh_test_util.hpp"

@@ -1,4 +1,4 @@
-// Parity with the Hugging Face Reformer (float64 fixtures, ../shared/fixtures/README.md): one
+// Parity with the Hugging Face Reformer (float64 fixtures, tests/data/README.md): one
 // attention sublayer LayerNorm -> LSH self-attention -> output dense, with HF's buckets replayed.
 // Outputs, input gradients and every parameter gradient agree within 1e-9 relative (HF and this
 // library compute the same formulas in a different order: ~1e-13 in practice).

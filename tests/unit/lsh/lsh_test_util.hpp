@@ -1,7 +1,7 @@
 #pragma once
 // Helpers private to the LSH test suite: random data, finite differences, and plain (loop-based,
 // unoptimised) reference implementations of shared-QK attention and of the whole LSH attention
-// given its buckets, written directly from DESIGN 1.2 without sharing code with the library.
+// given its buckets, written from docs/DESIGN.md 1.2 without sharing code with the library.
 #include "reformer/core/context.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
@@ -117,7 +117,7 @@ inline Matrix<double> reference_dense(const Matrix<double>& qk, const Matrix<dou
 }
 
 /// The LSH attention of one head given its buckets (R x T, row r = round r), straight from
-/// DESIGN 1.2: pad to a multiple of C with the pad bucket NB, std::stable_sort of the R*Tp slots by
+/// docs/DESIGN.md 1.2: pad to a multiple of C (pad bucket NB), std::stable_sort of R*Tp slots by
 /// (round, bucket), chunks of C sorted slots attending to chunks c - before .. c + after
 /// (circular), per-slot logsumexp, combination of the rounds.
 inline Matrix<double> reference_lsh(const Matrix<double>& qk, const Matrix<double>& v,

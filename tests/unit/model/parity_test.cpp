@@ -1,5 +1,5 @@
 // Reference parity with the Hugging Face ReformerModelWithLMHead (float64 fixtures, see
-// ../shared/fixtures/README.md): with HF's parameters and replayed buckets, the logits, the loss
+// tests/data/README.md): with HF's parameters and replayed buckets, the logits, the loss
 // and every parameter gradient agree within 1e-9 relative, on both backprop paths.
 #include "reformer/model/reformer_lm.hpp"
 

@@ -3,7 +3,7 @@
 // deterministic multi-threaded products and column-parallel wrappers around the ops, and the
 // Hugging Face style initialisation.
 //
-// Determinism (DESIGN 3.6): every helper splits its work into fixed-size blocks whose boundaries
+// Determinism (docs/DESIGN.md 3.6): every helper splits its work into fixed blocks whose boundaries
 // depend only on the shapes, never on the thread count, and each block is computed by the same
 // code whichever thread runs it, writing its own slice of the output. Activation products are
 // split over their output columns (or rows). Reductions that are split (weight gradients

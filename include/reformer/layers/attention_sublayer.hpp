@@ -33,11 +33,15 @@
 // head. The group size depends only on the shapes (kHeadGroupScalars), never on threads.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
+#include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
-#include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/head_range.hpp"
+#include "reformer/ops/dropout.hpp"
+#include "reformer/ops/layer_norm.hpp"
+#include "reformer/ops/linear.hpp"
+#include "reformer/ops/parallel.hpp"
 
 #include <algorithm>
 
@@ -166,7 +170,7 @@ class AttentionSublayer {
   // out = Dropout(in) with this sublayer's output-dropout key (out may alias in).
   void apply_output_dropout(ConstMatrixRef<S> in, MatrixRef<S> out, const Context& ctx) const {
     const double p = ctx.training ? cfg_.output_dropout : 0.0;
-    detail::dropout_parallel<S>(ctx.rng(stream::kAttentionOutputDropout), p, 0, in, out);
+    dropout_parallel<S>(ctx.rng(stream::kAttentionOutputDropout), p, 0, in, out);
   }
 
   Config cfg_;
@@ -185,7 +189,7 @@ template <class S, class Core>
 void AttentionSublayer<S, Core>::init(Parameters<S>& params, const Rng& rng, double std) const {
   params.value_vector(ln_weight_).setOnes();
   params.value_vector(ln_bias_).setZero();
-  detail::init_normal(params, out_weight_, rng.derive(0), std);
+  init_normal(params, out_weight_, rng.derive(0), std);
   core_.init(params, rng.derive(1), std);
 }
 
@@ -197,14 +201,14 @@ void AttentionSublayer<S, Core>::forward(const Parameters<S>& params, ConstMatri
   check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
   const Index n = x.cols();
   Matrix<S> xn(hidden_size(), n);
-  detail::layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_),
-                                         params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
+  layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
+                                 cfg_.layer_norm_eps, xn);
   Matrix<S> a;  // a_g: the outputs of one head group
   for_head_groups(n, [&](HeadRange heads) {
     a.resize(heads.count * core_.config().head_size, n);
     core_.forward(params, xn, a, ctx, heads);
     // z = W_o a = sum over groups of W_o[:, g] a_g
-    detail::parallel_product(y, output_columns(params, heads), a, heads.first > 0);
+    parallel_product(y, output_columns(params, heads), a, heads.first > 0);
   });
   apply_output_dropout(y, y, ctx);
 }
@@ -237,8 +241,8 @@ void AttentionSublayer<S, Core>::backward_impl(const char* where, Parameters<S>&
 
   // Forward, recomputed: xn = LN(x).
   Matrix<S> xn(hidden_size(), n);
-  detail::layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_),
-                                         params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
+  layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
+                                 cfg_.layer_norm_eps, xn);
 
   // y = Dropout(z)  =>  dz = mask .* dy / (1 - p)   (the same mask as the forward pass).
   // Without dropout dz is dy itself. With it, backward() keeps dz in dx until the LayerNorm
@@ -263,24 +267,24 @@ void AttentionSublayer<S, Core>::backward_impl(const char* where, Parameters<S>&
     // z = sum_g W_o[:, g] a_g  =>  da_g = W_o[:, g]^T dz,  dW_o[:, g] += dz a_g^T.
     da.resize(heads.count * dh, n);
     a.resize(heads.count * dh, n);
-    detail::parallel_product(da, w_o.transpose(), dz, false);
+    parallel_product(da, w_o.transpose(), dz, false);
     // Through the core: dxn += (da_g / dxn), and the recomputed outputs a_g.
     core_.backward(params, xn, da, dxn, a, ctx, heads);
-    detail::linear_weight_grads<S>(
-        dz, a, params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh));
+    linear_weight_grads<S>(dz, a,
+                           params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh));
     if (subtract_terms) {
-      detail::parallel_product(fx, -w_o, a, true);  // y_sub -= W_o[:, g] a_g
+      parallel_product(fx, -w_o, a, true);  // y_sub -= W_o[:, g] a_g
     } else {
-      detail::parallel_product(z, w_o, a, heads.first > 0);
+      parallel_product(z, w_o, a, heads.first > 0);
     }
   });
   if (!subtract_terms) apply_output_dropout(z, z, ctx);
-  if (inverse && dropout) detail::add_parallel<S>(fx, z, S(-1));  // y_sub -= Dropout(z)
+  if (inverse && dropout) add_parallel<S>(fx, z, S(-1));  // y_sub -= Dropout(z)
 
   // Through the LayerNorm: dx overwritten (it held dz), or accumulated by the inverse.
-  detail::layer_norm_backward_parallel<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps,
-                                          dxn, dx, params.grad_vector(ln_weight_),
-                                          params.grad_vector(ln_bias_), inverse);
+  layer_norm_backward_parallel<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps, dxn, dx,
+                                  params.grad_vector(ln_weight_), params.grad_vector(ln_bias_),
+                                  inverse);
 }
 
 }  // namespace reformer

@@ -27,7 +27,7 @@
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/types.hpp"
-#include "reformer/layers/detail/sublayer_util.hpp"
+#include "reformer/ops/parallel.hpp"
 
 #include <cstddef>
 #include <type_traits>
@@ -71,10 +71,10 @@ void reversible_forward(const F& f, const G& g, const Parameters<S>& params, Mat
   detail::check_stream_pair("reversible_forward", "x1", x1.rows(), x1.cols(), "x2", x2.rows(),
                             x2.cols());
   ws.resize_fx(x1.rows(), x1.cols());
-  f.forward(params, x2, ws.fx, ctx);         // F(x2)
-  detail::add_parallel<S>(x1, ws.fx, S(1));  // y1 = x1 + F(x2)
-  g.forward(params, x1, ws.fx, ctx);         // G(y1)
-  detail::add_parallel<S>(x2, ws.fx, S(1));  // y2 = x2 + G(y1)
+  f.forward(params, x2, ws.fx, ctx);  // F(x2)
+  add_parallel<S>(x1, ws.fx, S(1));   // y1 = x1 + F(x2)
+  g.forward(params, x1, ws.fx, ctx);  // G(y1)
+  add_parallel<S>(x2, ws.fx, S(1));   // y2 = x2 + G(y1)
 }
 
 namespace detail {
@@ -120,12 +120,12 @@ void reversible_backward(const F& f, const G& g, Parameters<S>& params, MatrixRe
     ws.resize(y1.rows(), y1.cols());
 
     g.backward(params, y1, dy2, ws.dx, ws.fx, ctx);  // dG = G'^T dy2, fx = G(y1)
-    detail::add_parallel<S>(y2, ws.fx, S(-1));       // x2 = y2 - G(y1)
-    detail::add_parallel<S>(dy1, ws.dx, S(1));       // dy1 + G'^T dy2
+    add_parallel<S>(y2, ws.fx, S(-1));               // x2 = y2 - G(y1)
+    add_parallel<S>(dy1, ws.dx, S(1));               // dy1 + G'^T dy2
 
     f.backward(params, y2, dy1, ws.dx, ws.fx, ctx);  // dF = F'^T dy1, fx = F(x2)
-    detail::add_parallel<S>(y1, ws.fx, S(-1));       // x1 = y1 - F(x2)
-    detail::add_parallel<S>(dy2, ws.dx, S(1));       // dx2 = dy2 + F'^T dy1
+    add_parallel<S>(y1, ws.fx, S(-1));               // x1 = y1 - F(x2)
+    add_parallel<S>(dy2, ws.dx, S(1));               // dx2 = dy2 + F'^T dy1
   }
   // dx1 = dy1: already in place.
 }
@@ -145,9 +145,9 @@ void stored_backward(const F& f, const G& g, Parameters<S>& params, ConstMatrixR
   ws.resize(y1.rows(), y1.cols());
 
   g.backward(params, y1, dy2, ws.dx, ws.fx, ctx);  // dG = G'^T dy2
-  detail::add_parallel<S>(dy1, ws.dx, S(1));
+  add_parallel<S>(dy1, ws.dx, S(1));
   f.backward(params, x2, dy1, ws.dx, ws.fx, ctx);  // dF = F'^T dy1
-  detail::add_parallel<S>(dy2, ws.dx, S(1));
+  add_parallel<S>(dy2, ws.dx, S(1));
 }
 
 }  // namespace reformer

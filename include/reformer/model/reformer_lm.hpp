@@ -26,12 +26,12 @@
 // (DESIGN 2); HF's `lm_head.decoder.bias` is an alias of `lm_head.bias` (find_parameter).
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
+#include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/threading.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/layers/attention_sublayer.hpp"
-#include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/feed_forward.hpp"
 #include "reformer/layers/full_attention.hpp"
 #include "reformer/layers/local_attention.hpp"
@@ -43,6 +43,7 @@
 #include "reformer/ops/cross_entropy.hpp"
 #include "reformer/ops/dropout.hpp"
 #include "reformer/ops/layer_norm.hpp"
+#include "reformer/ops/parallel.hpp"
 #include "reformer/ops/tokens.hpp"
 
 #include <algorithm>
@@ -408,7 +409,7 @@ void ReformerLM<S>::init(std::uint64_t seed) {
   }
   params_.value_vector(ln_weight_).setOnes();
   params_.value_vector(ln_bias_).setZero();
-  detail::init_normal(params_, lm_weight_, root.derive(3), range());
+  init_normal(params_, lm_weight_, root.derive(3), range());
   params_.value_vector(lm_bias_).setZero();
   params_.zero_grad();
 }
@@ -428,7 +429,7 @@ Matrix<S> ReformerLM<S>::logits(TokenSpan tokens, Index batch, std::vector<Bucke
   final_hidden(x1, x2, ctx, h);
   Matrix<S> out(cfg_.vocab_size, n);
   const Index chunk = lm_chunk(n);
-  parallel_for(detail::num_blocks(n, chunk), [&](Index blk) {
+  parallel_for(num_blocks(n, chunk), [&](Index blk) {
     const Index c0 = blk * chunk, nc = std::min(chunk, n - c0);
     lm_logits<S>(h.middleCols(c0, nc), params_.value(lm_weight_), params_.value_vector(lm_bias_),
                  out.middleCols(c0, nc));

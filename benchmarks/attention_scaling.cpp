@@ -27,6 +27,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 namespace {
 
@@ -56,33 +57,19 @@ reformer::AttentionSublayerConfig<CoreConfig> sublayer_config(const CoreConfig& 
   return c;
 }
 
-reformer::FullAttentionConfig core_config(const AttentionShape& s,
-                                          reformer::FullAttention<float>*) {
-  reformer::FullAttentionConfig c;
+/// The configuration of core `Core` for shape `s`: heads and causal masking for every core, the
+/// chunk length for local and LSH attention, the rounds and the bucket rule's length for LSH.
+template <class Core>
+typename Core::Config core_config(const AttentionShape& s) {
+  typename Core::Config c;
   c.num_heads = s.heads;
   c.head_size = s.head_size;
   c.causal = true;
-  return c;
-}
-
-reformer::LocalAttentionConfig core_config(const AttentionShape& s,
-                                           reformer::LocalAttention<float>*) {
-  reformer::LocalAttentionConfig c;
-  c.num_heads = s.heads;
-  c.head_size = s.head_size;
-  c.chunk_length = s.chunk;
-  c.causal = true;
-  return c;
-}
-
-reformer::LshAttentionConfig core_config(const AttentionShape& s, reformer::LshAttention<float>*) {
-  reformer::LshAttentionConfig c;
-  c.num_heads = s.heads;
-  c.head_size = s.head_size;
-  c.chunk_length = s.chunk;
-  c.num_hashes = s.rounds;
-  c.causal = true;
-  c.max_positions = s.max_positions;
+  if constexpr (!std::is_same_v<Core, reformer::FullAttention<float>>) c.chunk_length = s.chunk;
+  if constexpr (std::is_same_v<Core, reformer::LshAttention<float>>) {
+    c.num_hashes = s.rounds;
+    c.max_positions = s.max_positions;
+  }
   return c;
 }
 
@@ -108,8 +95,8 @@ void attention(benchmark::State& state, AttentionKind kind, Index rounds, bool b
   reformer_bench::PeakMeter peak;
 
   reformer::Parameters<float> params;
-  const reformer::AttentionSublayer<float, Core> layer(
-      sublayer_config(core_config(shape, static_cast<Core*>(nullptr))), params, "");
+  const reformer::AttentionSublayer<float, Core> layer(sublayer_config(core_config<Core>(shape)),
+                                                       params, "");
   layer.init(params, reformer::Rng(1), 0.02);
   std::srand(7);
   const reformer::Matrix<float> x = reformer::Matrix<float>::Random(kHidden, t);

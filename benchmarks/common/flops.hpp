@@ -125,21 +125,24 @@ inline AttentionShape attention_shape(const reformer::ReformerConfig& c, Index l
   s.heads = c.num_attention_heads;
   s.head_size = c.head_size();
   s.causal = c.is_decoder;
+  // The chunked cores: kind, chunk length and window (chunks before / after).
+  const auto chunked = [&s](AttentionKind kind, Index chunk, Index before, Index after) {
+    s.kind = kind;
+    s.chunk = chunk;
+    s.before = before;
+    s.after = after;
+  };
   switch (c.layer_kind(l)) {
     case reformer::LayerKind::kLsh:
-      s.kind = AttentionKind::kLsh;
-      s.chunk = c.lsh_attn_chunk_length;
-      s.before = c.lsh_num_chunks_before;
-      s.after = c.lsh_num_chunks_after;
+      chunked(AttentionKind::kLsh, c.lsh_attn_chunk_length, c.lsh_num_chunks_before,
+              c.lsh_num_chunks_after);
       s.rounds = c.num_hashes;
       s.num_buckets = c.num_buckets;
       s.max_positions = c.max_position_embeddings;
       break;
     case reformer::LayerKind::kLocal:
-      s.kind = AttentionKind::kLocal;
-      s.chunk = c.local_attn_chunk_length;
-      s.before = c.local_num_chunks_before;
-      s.after = c.local_num_chunks_after;
+      chunked(AttentionKind::kLocal, c.local_attn_chunk_length, c.local_num_chunks_before,
+              c.local_num_chunks_after);
       break;
     case reformer::LayerKind::kFull:
       s.kind = AttentionKind::kFull;

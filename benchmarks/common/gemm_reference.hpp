@@ -1,6 +1,6 @@
 #pragma once
 // The GEMM reference of every benchmark program: fp32 products of the shapes the model uses,
-// computed the way the library computes them (reformer::detail::parallel_product /
+// computed the way the library computes them (reformer::parallel_product /
 // linear_weight_grads: Eigen's product, or the BLAS when built with REFORMER_USE_BLAS, split
 // over the library's threads). Every GFLOP/s figure of the same run can then be read as a
 // fraction of what this machine's matrix multiply reaches; the plots and the README use the best
@@ -18,7 +18,7 @@
 
 #include <benchmark/benchmark.h>
 #include <reformer/core/types.hpp>
-#include <reformer/layers/detail/sublayer_util.hpp>
+#include <reformer/ops/linear.hpp>
 
 #include <string>
 
@@ -32,7 +32,7 @@ inline void gemm_product(benchmark::State& state, Index m, Index k, Index n) {
   reformer::Matrix<float> x = reformer::Matrix<float>::Random(k, n);
   reformer::Matrix<float> out(m, n);
   const WallClock clock = time_iterations(state, [&] {
-    reformer::detail::parallel_product(out, w, x, false);
+    reformer::parallel_product(out, w, x, false);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   });
@@ -45,7 +45,7 @@ inline void gemm_weight_grad(benchmark::State& state, Index m, Index k, Index n)
   reformer::Matrix<float> x = reformer::Matrix<float>::Random(k, n);
   reformer::RowMajorMatrix<float> dw = reformer::RowMajorMatrix<float>::Zero(m, k);
   const WallClock clock = time_iterations(state, [&] {
-    reformer::detail::linear_weight_grads<float>(dy, x, dw);
+    reformer::linear_weight_grads<float>(dy, x, dw);
     benchmark::DoNotOptimize(dw.data());
     benchmark::ClobberMemory();
   });

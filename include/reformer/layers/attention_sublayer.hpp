@@ -33,12 +33,17 @@
 // head. The group size depends only on the shapes (kHeadGroupScalars), never on threads.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
+#include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
-#include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/head_range.hpp"
 #include "reformer/layers/sublayer.hpp"
+#include "reformer/ops/dropout.hpp"
+#include "reformer/ops/layer_norm.hpp"
+#include "reformer/ops/linear.hpp"
+#include "reformer/ops/parallel.hpp"
 
 #include <algorithm>
 
@@ -105,7 +110,7 @@ class AttentionSublayer {
 
   /// Scalars of the per-head matrices of one head group (e.g. its rows of the attention output)
   /// a call aims for: 2^22, 16 MiB in float, i.e. all 4 heads of 64 up to 16K tokens per call.
-  static constexpr Index kHeadGroupScalars = Index{1} << 22;
+  static constexpr Index kHeadGroupScalars = tuning::kHeadGroupScalars;
 
   /// Heads per group for N = batch * T tokens (a function of the config and shapes only).
   Index heads_per_group(Index n) const {
@@ -167,7 +172,7 @@ class AttentionSublayer {
   // out = Dropout(in) with this sublayer's output-dropout key (out may alias in).
   void apply_output_dropout(ConstMatrixRef<S> in, MatrixRef<S> out, const Context& ctx) const {
     const double p = ctx.training ? cfg_.output_dropout : 0.0;
-    detail::dropout_parallel<S>(ctx.rng(stream::kAttentionOutputDropout), p, 0, in, out);
+    dropout_parallel<S>(ctx.rng(stream::kAttentionOutputDropout), p, 0, in, out);
   }
 
   Config cfg_;
@@ -186,7 +191,7 @@ template <class S, class Core>
 void AttentionSublayer<S, Core>::init(Parameters<S>& params, const Rng& rng, double std) const {
   params.value_vector(ln_weight_).setOnes();
   params.value_vector(ln_bias_).setZero();
-  detail::init_normal(params, out_weight_, rng.derive(0), std);
+  init_normal(params, out_weight_, rng.derive(0), std);
   core_.init(params, rng.derive(1), std);
 }
 
@@ -198,14 +203,14 @@ void AttentionSublayer<S, Core>::forward(const Parameters<S>& params, ConstMatri
   check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
   const Index n = x.cols();
   Matrix<S> xn(hidden_size(), n);
-  detail::layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_),
-                                         params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
+  layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
+                                 cfg_.layer_norm_eps, xn);
   Matrix<S> a;  // a_g: the outputs of one head group
   for_head_groups(n, [&](HeadRange heads) {
     a.resize(heads.count * core_.config().head_size, n);
     core_.forward(params, xn, a, ctx, heads);
     // z = W_o a = sum over groups of W_o[:, g] a_g
-    detail::parallel_product(y, output_columns(params, heads), a, heads.first > 0);
+    parallel_product(y, output_columns(params, heads), a, heads.first > 0);
   });
   apply_output_dropout(y, y, ctx);
 }
@@ -224,8 +229,8 @@ void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<
 
   // Forward, recomputed: xn = LN(x).
   Matrix<S> xn(hidden_size(), n);
-  detail::layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_),
-                                         params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
+  layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
+                                 cfg_.layer_norm_eps, xn);
 
   // f(x) = Dropout(z)  =>  dz = mask .* dy / (1 - p)   (the same mask as the forward pass).
   // Without dropout dz is dy itself and no D x N buffer is needed.
@@ -248,26 +253,26 @@ void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<
     // z = sum_g W_o[:, g] a_g  =>  da_g = W_o[:, g]^T dz,  dW_o[:, g] += dz a_g^T.
     da.resize(heads.count * dh, n);
     a.resize(heads.count * dh, n);
-    detail::parallel_product(da, w_o.transpose(), dz, false);
+    parallel_product(da, w_o.transpose(), dz, false);
     // Through the core: dxn += (da_g / dxn), and the recomputed outputs a_g.
     core_.backward(params, xn, da, dxn, a, ctx, heads);
-    detail::linear_weight_grads<S>(
-        dz, a, params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh));
+    linear_weight_grads<S>(dz, a,
+                           params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh));
     if (dropout) {
-      detail::parallel_product(z, w_o, a, heads.first > 0);  // z += W_o[:, g] a_g
+      parallel_product(z, w_o, a, heads.first > 0);  // z += W_o[:, g] a_g
     } else {
-      detail::parallel_product(y, -w_o, a, true);  // y -= W_o[:, g] a_g
+      parallel_product(y, -w_o, a, true);  // y -= W_o[:, g] a_g
     }
   });
   if (dropout) {
     apply_output_dropout(z, z, ctx);
-    detail::add_parallel<S>(y, z, S(-1));  // y -= Dropout(z)
+    add_parallel<S>(y, z, S(-1));  // y -= Dropout(z)
   }
 
   // Through the LayerNorm: dx += LN'(x)^T dxn.
-  detail::layer_norm_backward_parallel<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps,
-                                          dxn, dx, params.grad_vector(ln_weight_),
-                                          params.grad_vector(ln_bias_), true);
+  layer_norm_backward_parallel<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps, dxn, dx,
+                                  params.grad_vector(ln_weight_), params.grad_vector(ln_bias_),
+                                  true);
 }
 
 }  // namespace reformer

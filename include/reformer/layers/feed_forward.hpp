@@ -20,17 +20,21 @@
 // <prefix>output.dense.weight [D, F], <prefix>output.dense.bias [D].
 //
 // Threads: chunks are processed one after another; inside a chunk every product is split over
-// fixed blocks of its output (layers/detail/sublayer_util.hpp), so the parameter gradients need
+// fixed blocks of its output (ops/linear.hpp), so the parameter gradients need
 // no per-thread copies and results are bitwise identical for any thread count.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
+#include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
-#include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/sublayer.hpp"
 #include "reformer/ops/activations.hpp"
+#include "reformer/ops/dropout.hpp"
 #include "reformer/ops/layer_norm.hpp"
+#include "reformer/ops/linear.hpp"
+#include "reformer/ops/parallel.hpp"
 
 #include <algorithm>
 #include <string>
@@ -104,7 +108,7 @@ class FeedForward {
 
  private:
   // Rough cost of one activation (erf) in flops, for the parallel threshold.
-  static constexpr double kActivationFlops = 20.0;
+  static constexpr double kActivationFlops = tuning::kActivationFlops;
 
   static const Config& validated(const Config& cfg) {
     const char* where = "FeedForward";
@@ -136,34 +140,31 @@ class FeedForward {
   template <class XN, class H>
   void hidden(const Parameters<S>& params, ConstMatrixRef<S> x_c, Index c0, XN& xn, H& hd,
               const Context& ctx) const {
-    detail::layer_norm_forward_parallel<S>(x_c, params.value_vector(ln_weight_),
-                                           params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
-    detail::parallel_product(hd, params.value(w1_), xn, false);
+    layer_norm_forward_parallel<S>(x_c, params.value_vector(ln_weight_),
+                                   params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
+    parallel_product(hd, params.value(w1_), xn, false);
     const auto b1 = params.value_vector(b1_);
-    detail::for_column_blocks(hd.cols(), double(hd.rows()),
-                              [&](Index b0, Index nb) { hd.middleCols(b0, nb).colwise() += b1; });
-    detail::dropout_parallel<S>(ctx.rng(stream::kFeedForwardActDropout), dropout_p(ctx), c0, hd,
-                                hd);
+    for_column_blocks(hd.cols(), double(hd.rows()),
+                      [&](Index b0, Index nb) { hd.middleCols(b0, nb).colwise() += b1; });
+    dropout_parallel<S>(ctx.rng(stream::kFeedForwardActDropout), dropout_p(ctx), c0, hd, hd);
   }
 
   template <class H>
   void activation_inplace(H& h) const {
-    detail::for_column_blocks(
-        h.cols(), kActivationFlops * double(h.rows()), [&](Index b0, Index nb) {
-          activation_forward<S>(cfg_.activation, h.middleCols(b0, nb), h.middleCols(b0, nb));
-        });
+    for_column_blocks(h.cols(), kActivationFlops * double(h.rows()), [&](Index b0, Index nb) {
+      activation_forward<S>(cfg_.activation, h.middleCols(b0, nb), h.middleCols(b0, nb));
+    });
   }
 
   // out = Dropout_2(W2 g + b2) for the chunk starting at global column c0.
   template <class G>
   void output(const Parameters<S>& params, const G& g, Index c0, MatrixRef<S> out,
               const Context& ctx) const {
-    detail::parallel_product(out, params.value(w2_), g, false);
+    parallel_product(out, params.value(w2_), g, false);
     const auto b2 = params.value_vector(b2_);
-    detail::for_column_blocks(out.cols(), double(out.rows()),
-                              [&](Index b0, Index nb) { out.middleCols(b0, nb).colwise() += b2; });
-    detail::dropout_parallel<S>(ctx.rng(stream::kFeedForwardOutputDropout), dropout_p(ctx), c0, out,
-                                out);
+    for_column_blocks(out.cols(), double(out.rows()),
+                      [&](Index b0, Index nb) { out.middleCols(b0, nb).colwise() += b2; });
+    dropout_parallel<S>(ctx.rng(stream::kFeedForwardOutputDropout), dropout_p(ctx), c0, out, out);
   }
 
   Config cfg_;
@@ -179,9 +180,9 @@ template <class S>
 void FeedForward<S>::init(Parameters<S>& params, const Rng& rng, double std) const {
   params.value_vector(ln_weight_).setOnes();
   params.value_vector(ln_bias_).setZero();
-  detail::init_normal(params, w1_, rng.derive(0), std);
+  init_normal(params, w1_, rng.derive(0), std);
   params.value_vector(b1_).setZero();
-  detail::init_normal(params, w2_, rng.derive(1), std);
+  init_normal(params, w2_, rng.derive(1), std);
   params.value_vector(b2_).setZero();
 }
 
@@ -228,33 +229,33 @@ void FeedForward<S>::backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstM
     auto g_c = g.leftCols(nc);
     // Forward, recomputed: xn, hd = Dropout_1(W1 xn + b1), g = act(hd), fx = Dropout_2(z).
     hidden(params, x.middleCols(c0, nc), c0, xn_c, hd_c, ctx);
-    detail::for_column_blocks(nc, kActivationFlops * double(f), [&](Index b0, Index nb) {
+    for_column_blocks(nc, kActivationFlops * double(f), [&](Index b0, Index nb) {
       activation_forward<S>(cfg_.activation, hd_c.middleCols(b0, nb), g_c.middleCols(b0, nb));
     });
     auto fx_c = dz_c;  // f(x) of the chunk, until dz overwrites it
     output(params, g_c, c0, fx_c, ctx);
-    detail::add_parallel<S>(y.middleCols(c0, nc), fx_c, S(-1));  // y -= f(x)
+    add_parallel<S>(y.middleCols(c0, nc), fx_c, S(-1));  // y -= f(x)
 
     // y = Dropout_2(z)       =>  dz = mask_2 .* dy / (1 - p).
-    detail::dropout_parallel<S>(rng2, p, c0, dy.middleCols(c0, nc), dz_c);
+    dropout_parallel<S>(rng2, p, c0, dy.middleCols(c0, nc), dz_c);
     // z = W2 g + b2          =>  dW2 += dz g^T,  db2 += sum_n dz,  dg = W2^T dz.
-    detail::linear_weight_grads<S>(dz_c, g_c, params.grad(w2_), &db2);
+    linear_weight_grads<S>(dz_c, g_c, params.grad(w2_), &db2);
     auto dg_c = g_c;  // g is no longer needed: dg overwrites it
-    detail::parallel_product(dg_c, params.value(w2_).transpose(), dz_c, false);
+    parallel_product(dg_c, params.value(w2_).transpose(), dz_c, false);
     // g = act(hd)            =>  dhd = act'(hd) .* dg;
     // hd = Dropout_1(h)      =>  dh = mask_1 .* dhd / (1 - p).
     auto dh_c = g_c;
-    detail::for_column_blocks(nc, kActivationFlops * double(f), [&](Index b0, Index nb) {
+    for_column_blocks(nc, kActivationFlops * double(f), [&](Index b0, Index nb) {
       activation_backward<S>(cfg_.activation, hd_c.middleCols(b0, nb), dg_c.middleCols(b0, nb),
                              dh_c.middleCols(b0, nb));
     });
-    detail::dropout_parallel<S>(rng1, p, c0, dh_c, dh_c);
+    dropout_parallel<S>(rng1, p, c0, dh_c, dh_c);
     // h = W1 xn + b1         =>  dW1 += dh xn^T,  db1 += sum_n dh,  dxn = W1^T dh.
-    detail::linear_weight_grads<S>(dh_c, xn_c, params.grad(w1_), &db1);
+    linear_weight_grads<S>(dh_c, xn_c, params.grad(w1_), &db1);
     auto dxn_c = dz_c;  // dz is no longer needed: dxn overwrites it
-    detail::parallel_product(dxn_c, params.value(w1_).transpose(), dh_c, false);
+    parallel_product(dxn_c, params.value(w1_).transpose(), dh_c, false);
     // xn = LN_f(x)           =>  dx +=, dgamma +=, dbeta +=.
-    detail::layer_norm_backward_parallel<S>(
+    layer_norm_backward_parallel<S>(
         x.middleCols(c0, nc), params.value_vector(ln_weight_), cfg_.layer_norm_eps, dxn_c,
         dx.middleCols(c0, nc), params.grad_vector(ln_weight_), params.grad_vector(ln_bias_), true);
   }

@@ -23,15 +23,17 @@
 // (no biases), the Hugging Face local-attention names.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
+#include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/threading.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
-#include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/head_range.hpp"
 #include "reformer/ops/dropout.hpp"
+#include "reformer/ops/parallel.hpp"
 #include "reformer/ops/softmax.hpp"
 
 #include <algorithm>
@@ -87,9 +89,9 @@ class FullAttention {
 
   /// Weights ~ normal(0, std) (Hugging Face initialisation).
   void init(Parameters<S>& params, const Rng& rng, double std) const {
-    detail::init_normal(params, wq_, rng.derive(0), std);
-    detail::init_normal(params, wk_, rng.derive(1), std);
-    detail::init_normal(params, wv_, rng.derive(2), std);
+    init_normal(params, wq_, rng.derive(0), std);
+    init_normal(params, wk_, rng.derive(1), std);
+    init_normal(params, wv_, rng.derive(2), std);
   }
 
   /// a = attention(xn): xn is D x N, N = ctx.batch * T: the rows of `heads` (all heads by default),
@@ -125,7 +127,7 @@ class FullAttention {
   }
 
   // Queries per panel (fixed: the blocking must not depend on the thread count).
-  static constexpr Index kQueryBlock = 64;
+  static constexpr Index kQueryBlock = tuning::kFullAttentionQueryBlock;
 
   // Keys visible to the query panel [i0, i0 + nq): all, or up to the panel's last query.
   Index visible_keys(Index t, Index i0, Index nq) const { return cfg_.causal ? i0 + nq : t; }
@@ -190,9 +192,9 @@ void FullAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn
   Matrix<S> q, k, v;
   detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
   // Items: (sequence, local head, query panel); each writes its own block of a.
-  const Index panels = detail::num_blocks(t, kQueryBlock);
+  const Index panels = num_blocks(t, kQueryBlock);
   const Index items = ctx.batch * heads.count * panels;
-  detail::parallel_items(items, double(items) * panel_flops(t), [&](Index item) {
+  parallel_items(items, double(items) * panel_flops(t), [&](Index item) {
     const Index bh = item / panels, i0 = (item % panels) * kQueryBlock;
     const Index b = bh / heads.count, h = bh % heads.count;
     const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq);
@@ -223,8 +225,8 @@ void FullAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, Con
   // Items: (sequence, local head); the query panels of an item run in order, accumulating dk
   // and dv of that (sequence, head) block in a fixed order.
   const Index items = ctx.batch * heads.count;
-  const Index panels = detail::num_blocks(t, kQueryBlock);
-  detail::parallel_items(items, 3.0 * double(items * panels) * panel_flops(t), [&](Index item) {
+  const Index panels = num_blocks(t, kQueryBlock);
+  parallel_items(items, 3.0 * double(items * panels) * panel_flops(t), [&](Index item) {
     const Index b = item / heads.count, h = item % heads.count, hg = heads.global(h);
     const auto qb = block(q, b, h, t), kb = block(k, b, h, t), vb = block(v, b, h, t);
     auto dkb = block(dk, b, h, t), dvb = block(dv, b, h, t);

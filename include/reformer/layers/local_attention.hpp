@@ -33,14 +33,15 @@
 // thread count. Memory: O(N * H * Dh) for q, k, v and their gradients, plus O(C^2) per item.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
+#include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/threading.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/chunk_attention.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
-#include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/head_range.hpp"
 
 #include <algorithm>
@@ -87,7 +88,7 @@ class LocalAttention {
 
   /// Query positions per work item when cfg.item_chunks == 0: chunks are grouped so an item
   /// covers about this many.
-  static constexpr Index kItemTokens = 256;
+  static constexpr Index kItemTokens = tuning::kLocalAttentionItemTokens;
 
   LocalAttention(const Config& cfg, Index hidden, Parameters<S>& params,
                  const std::string& prefix = "")
@@ -107,9 +108,9 @@ class LocalAttention {
 
   /// Weights ~ normal(0, std) (Hugging Face initialisation).
   void init(Parameters<S>& params, const Rng& rng, double std) const {
-    detail::init_normal(params, wq_, rng.derive(0), std);
-    detail::init_normal(params, wk_, rng.derive(1), std);
-    detail::init_normal(params, wv_, rng.derive(2), std);
+    init_normal(params, wq_, rng.derive(0), std);
+    init_normal(params, wk_, rng.derive(1), std);
+    init_normal(params, wv_, rng.derive(2), std);
   }
 
   /// a = attention(xn): xn is D x N, N = ctx.batch * T: the rows of `heads` (all heads by default),

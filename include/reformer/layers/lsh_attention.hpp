@@ -39,14 +39,15 @@
 // O(C^2) scores. No T x T and no all-chunks (R*T x W*C) score buffer is ever formed.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
+#include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/prefetch.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/threading.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/layers/chunk_attention.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
-#include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/head_range.hpp"
 #include "reformer/layers/lsh_bucketing.hpp"
 
@@ -172,8 +173,8 @@ class LshAttention {
 
   /// HF initialisation: both weights ~ normal(0, std).
   void init(Parameters<S>& params, const Rng& rng, double std) const {
-    detail::init_normal(params, qk_slot_, rng.derive(0), std);
-    detail::init_normal(params, v_slot_, rng.derive(1), std);
+    init_normal(params, qk_slot_, rng.derive(0), std);
+    init_normal(params, v_slot_, rng.derive(1), std);
   }
 
   /// Whether a sequence of `length` tokens is hashed (false: the T <= C dense fallback).
@@ -240,15 +241,15 @@ class LshAttention {
   };
 
   /// Sorted chunks per parallel work item.
-  static constexpr Index kChunksPerItem = 4;
+  static constexpr Index kChunksPerItem = tuning::kLshChunksPerItem;
   /// Positions (or sorted places) per parallel work item of the per-head phases.
-  static constexpr Index kPositionsPerItem = 4096;
+  static constexpr Index kPositionsPerItem = tuning::kLshPositionsPerItem;
   /// How many columns ahead the scattered gathers prefetch.
-  static constexpr Index kPrefetchDistance = 8;
+  static constexpr Index kPrefetchDistance = tuning::kLshPrefetchDistance;
   /// Scalars of per-head buffers a wave may hold (bounds the peak memory for long inputs).
-  static constexpr Index kWaveScalars = Index{1} << 24;
+  static constexpr Index kWaveScalars = tuning::kLshWaveScalars;
   /// Chunk groups a wave aims for (more heads per wave only help short sequences).
-  static constexpr Index kWaveItems = 64;
+  static constexpr Index kWaveItems = tuning::kLshWaveItems;
 
   static std::size_t at(Index i) { return static_cast<std::size_t>(i); }
 

@@ -20,6 +20,7 @@
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
 
 #include <Eigen/Core>
@@ -155,7 +156,7 @@ void lsh_hash(ConstMatrixRef<S> vectors, ConstMatrixRef<S> rotations, const LshB
                    "buckets must not be null");
   const Index n = vectors.cols();
   // Block over tokens so the rotated buffer stays small (cols x block).
-  constexpr Index kBlock = 256;
+  constexpr Index kBlock = tuning::kLshHashTokenBlock;
   Matrix<S> rotated(rotations.cols(), std::min(n, kBlock));
   for (Index t0 = 0; t0 < n; t0 += kBlock) {
     const Index nt = std::min(kBlock, n - t0);

@@ -25,8 +25,8 @@
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/types.hpp"
-#include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/sublayer.hpp"
+#include "reformer/ops/parallel.hpp"
 
 #include <cstddef>
 
@@ -62,10 +62,10 @@ void reversible_forward(const F& f, const G& g, const Parameters<S>& params, Mat
   detail::check_stream_pair("reversible_forward", "x1", x1.rows(), x1.cols(), "x2", x2.rows(),
                             x2.cols());
   ws.resize(x1.rows(), x1.cols());
-  f.forward(params, x2, ws.fx, ctx);         // F(x2)
-  detail::add_parallel<S>(x1, ws.fx, S(1));  // y1 = x1 + F(x2)
-  g.forward(params, x1, ws.fx, ctx);         // G(y1)
-  detail::add_parallel<S>(x2, ws.fx, S(1));  // y2 = x2 + G(y1)
+  f.forward(params, x2, ws.fx, ctx);  // F(x2)
+  add_parallel<S>(x1, ws.fx, S(1));   // y1 = x1 + F(x2)
+  g.forward(params, x1, ws.fx, ctx);  // G(y1)
+  add_parallel<S>(x2, ws.fx, S(1));   // y2 = x2 + G(y1)
 }
 
 /// The reversible backward of one block, in place:

@@ -9,6 +9,7 @@
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/ops/check_finite.hpp"
 
 #include <cmath>
 #include <string>
@@ -21,13 +22,8 @@ template <class S>
 void check_finite_grads(const char* where, const Parameters<S>& params) {
   if (params.grads().allFinite()) return;
   for (SlotId id = 0; id < params.num_slots(); ++id) {
-    const auto g = params.grad_vector(id);
-    for (Index i = 0; i < g.size(); ++i) {
-      if (!std::isfinite(g[i])) {
-        raise(where, "gradient of '", params.slot(id).name, "' element ", i, " = ", g[i],
-              " is not finite");
-      }
-    }
+    check_finite_elements(where, "gradient of '" + params.slot(id).name + "'",
+                          params.grad_vector(id));
   }
 }
 

@@ -25,10 +25,10 @@
 // tokens, so the sum order is fixed whatever the thread count).
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
+#include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
-#include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/model/config.hpp"
 #include "reformer/ops/dropout.hpp"
 #include "reformer/ops/embedding.hpp"
@@ -131,12 +131,12 @@ class Embeddings {
 template <class S>
 void Embeddings<S>::init(Parameters<S>& params, const Rng& rng, double initializer_range,
                          double axial_norm_std) const {
-  detail::init_normal(params, word_, rng.derive(0), initializer_range);
+  init_normal(params, word_, rng.derive(0), initializer_range);
   if (axial_) {
-    detail::init_normal(params, pos0_, rng.derive(1), axial_norm_std);
-    detail::init_normal(params, pos1_, rng.derive(2), axial_norm_std);
+    init_normal(params, pos0_, rng.derive(1), axial_norm_std);
+    init_normal(params, pos1_, rng.derive(2), axial_norm_std);
   } else {
-    detail::init_normal(params, pos0_, rng.derive(1), initializer_range);
+    init_normal(params, pos0_, rng.derive(1), initializer_range);
   }
 }
 

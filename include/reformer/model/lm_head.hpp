@@ -17,14 +17,15 @@
 // lm_head.bias [V], lm_head.decoder.weight [V, 2D].
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
+#include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/threading.hpp"
 #include "reformer/core/types.hpp"
-#include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/ops/cross_entropy.hpp"
 #include "reformer/ops/dropout.hpp"
 #include "reformer/ops/layer_norm.hpp"
+#include "reformer/ops/parallel.hpp"
 #include "reformer/ops/tokens.hpp"
 
 #include <algorithm>
@@ -69,7 +70,7 @@ class LmHead {
   void init(Parameters<S>& params, const Rng& rng, double std) const {
     params.value_vector(ln_weight_).setOnes();
     params.value_vector(ln_bias_).setZero();
-    detail::init_normal(params, weight_, rng, std);
+    init_normal(params, weight_, rng, std);
     params.value_vector(bias_).setZero();
   }
 
@@ -79,7 +80,7 @@ class LmHead {
     check_streams(x1, x2);
     const Index d = cfg_.hidden_size, n = x1.cols(), len = chunk(n);
     Matrix<S> out(cfg_.vocab_size, n);
-    parallel_for(detail::num_blocks(n, len), [&](Index blk) {
+    parallel_for(num_blocks(n, len), [&](Index blk) {
       const Index c0 = blk * len, c = std::min(len, n - c0);
       Matrix<S> cat(2 * d, c), h(2 * d, c);
       chunk_hidden(params, x1, x2, ctx, c0, cat, h);

@@ -19,6 +19,7 @@
 // Losses are summed in double in column order, so the result does not depend on the chunk size
 // up to the rounding of the per-chunk products.
 #include "reformer/core/error.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/ops/tokens.hpp"
 
@@ -41,7 +42,7 @@ enum class Reduction {
 };
 
 /// Default number of tokens per chunk (logits buffer = V x chunk).
-inline constexpr Index kCrossEntropyDefaultChunk = 128;
+inline constexpr Index kCrossEntropyDefaultChunk = tuning::kCrossEntropyDefaultChunk;
 
 namespace detail {
 inline void check_cross_entropy_args(const char* where, Index h_rows, Index h_cols, Index w_rows,

@@ -9,9 +9,14 @@
 // is `full.middleCols(c0, n)` and `offset = c0 * full.rows()`. A caller that processes a D x N
 // matrix in chunks of columns therefore draws exactly the mask of the unchunked call.
 // p must lie in [0, 1); p == 0 is a plain copy (no draws).
+//
+// dropout_parallel draws the same mask as dropout_forward over fixed blocks of
+// tuning::kColumnBlock columns (ops/parallel.hpp), in parallel when the matrix is large.
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/ops/parallel.hpp"
 
 #include <cmath>
 #include <cstdint>
@@ -72,6 +77,22 @@ void dropout_inplace(const Rng& rng, double p, Index offset, MatrixRef<S> x) {
 /// Whether element k (see the header comment) survives dropout with probability p of dropping.
 inline bool dropout_keeps(const Rng& rng, double p, std::uint64_t k) {
   return p == 0.0 || rng.uniform(k) >= p;
+}
+
+/// out = dropout(in) as dropout_forward for the block of columns [c0, c0 + in.cols()) of a full
+/// matrix (offset = c0 * in.rows(), see the header comment), in parallel over column blocks.
+/// `out` may alias `in`. p == 0 is a copy.
+template <class S>
+void dropout_parallel(const Rng& rng, double p, Index c0, ConstMatrixRef<S> in, MatrixRef<S> out) {
+  if (p == 0.0) {
+    if (out.data() != in.data()) copy_parallel<S>(in, out);
+    return;
+  }
+  const Index rows = in.rows();
+  const double flops_per_column = tuning::kDropoutFlopsPerElement * double(rows);
+  for_column_blocks(in.cols(), flops_per_column, [&](Index b0, Index nc) {
+    dropout_forward<S>(rng, p, (c0 + b0) * rows, in.middleCols(b0, nc), out.middleCols(b0, nc));
+  });
 }
 
 }  // namespace reformer

@@ -10,8 +10,15 @@
 // Shapes: x, y, dy, dx: D x N;  gamma, beta, dgamma, dbeta: D.
 // The statistics are computed in two passes (mean, then centred variance). The backward pass
 // recomputes them from x; nothing is stored between forward and backward.
+//
+// layer_norm_forward / layer_norm_backward check their arguments and run serially; the
+// _parallel versions run them over fixed blocks of tuning::kColumnBlock columns (ops/parallel.hpp)
+// with the same results bitwise for any thread count (dgamma / dbeta from per-block partial
+// sums added in block order).
 #include "reformer/core/error.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/ops/parallel.hpp"
 
 #include <cmath>
 
@@ -89,6 +96,51 @@ void layer_norm_backward(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, double ep
     const S mean_g = g.sum() * inv_d;
     const S mean_gx = g.dot(xhat) * inv_d;
     dx.col(n) = rstd * (g.array() - mean_g - xhat.array() * mean_gx).matrix();
+  }
+}
+
+/// y = LayerNorm(x) * gamma + beta as layer_norm_forward, in parallel over column blocks.
+/// `y` may alias `x`.
+template <class S>
+void layer_norm_forward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma,
+                                 ConstVectorRef<S> beta, double eps, MatrixRef<S> y) {
+  for_column_blocks(x.cols(), 8.0 * double(x.rows()), [&](Index c0, Index nc) {
+    layer_norm_forward<S>(x.middleCols(c0, nc), gamma, beta, eps, y.middleCols(c0, nc));
+  });
+}
+
+/// layer_norm_backward in parallel over column blocks: dx overwritten (or dx += with
+/// accumulate_dx), dgamma / dbeta accumulated from per-block partial sums added in block order.
+template <class S>
+void layer_norm_backward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, double eps,
+                                  ConstMatrixRef<S> dy, MatrixRef<S> dx, VectorRef<S> dgamma,
+                                  VectorRef<S> dbeta, bool accumulate_dx = false) {
+  const Index d = x.rows();
+  const Index blocks = num_blocks(x.cols(), tuning::kColumnBlock);
+  // One block's dx: written in place, or into a block-sized buffer added to dx.
+  const auto block_backward = [&](Index c0, Index nc, VectorRef<S> dgamma_b, VectorRef<S> dbeta_b) {
+    if (!accumulate_dx) {
+      layer_norm_backward<S>(x.middleCols(c0, nc), gamma, eps, dy.middleCols(c0, nc),
+                             dx.middleCols(c0, nc), dgamma_b, dbeta_b);
+      return;
+    }
+    Matrix<S> dx_b(d, nc);  // D x nc
+    layer_norm_backward<S>(x.middleCols(c0, nc), gamma, eps, dy.middleCols(c0, nc), dx_b, dgamma_b,
+                           dbeta_b);
+    dx.middleCols(c0, nc) += dx_b;
+  };
+  if (blocks <= 1) {
+    block_backward(0, x.cols(), dgamma, dbeta);
+    return;
+  }
+  Matrix<S> partial = Matrix<S>::Zero(d, 2 * blocks);  // [dgamma_0, dbeta_0, dgamma_1, ...]
+  for_column_blocks(x.cols(), 16.0 * double(d), [&](Index c0, Index nc) {
+    const Index blk = c0 / tuning::kColumnBlock;
+    block_backward(c0, nc, partial.col(2 * blk), partial.col(2 * blk + 1));
+  });
+  for (Index blk = 0; blk < blocks; ++blk) {
+    dgamma += partial.col(2 * blk);
+    dbeta += partial.col(2 * blk + 1);
   }
 }
 

@@ -7,8 +7,29 @@
 // Callers pass the scalar explicitly (the Eigen::Ref parameters do not deduce it):
 //   linear_forward<S>(W, b, x, y);
 //   linear_backward<S>(W, x, dy, dx, dW, db);
+//
+// The serial functions check their arguments and are the reference the tests compare the
+// deterministic multi-threaded kernels of the layers against:
+//   parallel_product(out, lhs, rhs, accumulate)   out (+)= lhs rhs over fixed output blocks
+//   linear_weight_grads<S>(dy, x, dW, &db)        dW += dy x^T, db += row sums of dy
+//
+// Block sizes and packing: Eigen's GEMM copies ("packs") both operands into its own panel
+// layout. A block of a product split over output columns re-packs the whole left operand (the
+// weight), a block split over output rows re-packs the whole right operand. Products therefore
+// use wide column blocks (product_column_block), and weight gradients are split over the
+// tokens (each partial product packs only its own tokens) instead of over dW's rows; the
+// measurements behind the block sizes are in core/tuning.hpp. Split reductions go through
+// per-block partial sums added in block order, so results do not depend on the thread count.
 #include "reformer/core/error.hpp"
+#include "reformer/core/threading.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/ops/parallel.hpp"
+
+#include <algorithm>
+#include <cstddef>
+#include <type_traits>
+#include <vector>
 
 namespace reformer {
 
@@ -84,6 +105,110 @@ void linear_backward(ConstWeightRef<S> W, ConstMatrixRef<S> x, ConstMatrixRef<S>
   check_shape("linear_backward", "db", db.rows(), db.cols(), W.rows(), 1);
   linear_backward<S>(W, x, dy, dx, dW);
   db.noalias() += dy.rowwise().sum();
+}
+
+// ---- Deterministic multi-threaded kernels ------------------------------------------------------
+
+/// The row block of a product with `rows` output rows: at most tuning::kMaxRowBlocks blocks of
+/// at least tuning::kMinRowBlock rows, a multiple of 16 (a function of the shape only).
+inline Index row_block(Index rows) {
+  const Index even_split = (rows + tuning::kMaxRowBlocks - 1) / tuning::kMaxRowBlocks;
+  return std::max(tuning::kMinRowBlock, round_up(even_split, 16));
+}
+
+/// The column block of a product with `cols` output columns: about tuning::kProductColumnBlocks
+/// blocks, a multiple of 64 in [kMinProductColumns, kMaxProductColumns] (shape only).
+inline Index product_column_block(Index cols) {
+  const Index even_split = (cols + tuning::kProductColumnBlocks - 1) / tuning::kProductColumnBlocks;
+  return std::clamp(round_up(even_split, 64), tuning::kMinProductColumns,
+                    tuning::kMaxProductColumns);
+}
+
+/// out = lhs * rhs (or out += lhs * rhs when `accumulate`), in parallel over fixed blocks of
+/// out's columns (product_column_block) when it is wide, else of its rows (row_block). The
+/// choice depends on the shapes only. `out` must not alias the operands; lhs / rhs may be any
+/// Eigen expressions (e.g. transposes of row-major weight maps).
+///   lhs: M x K,  rhs: K x N,  out: M x N
+template <class Out, class Lhs, class Rhs>
+void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
+  REFORMER_ASSERT(lhs.cols() == rhs.rows() && out.rows() == lhs.rows() && out.cols() == rhs.cols());
+  const double flops_per_column = 2.0 * double(out.rows()) * double(lhs.cols());
+  if (out.cols() >= 2 * tuning::kMinProductColumns) {
+    const Index n = out.cols();
+    const Index cb = product_column_block(n);
+    parallel_items(num_blocks(n, cb), flops_per_column * double(n), [&](Index blk) {
+      const Index c0 = blk * cb;
+      const Index nc = std::min(cb, n - c0);
+      if (accumulate) {
+        out.middleCols(c0, nc).noalias() += lhs * rhs.middleCols(c0, nc);
+      } else {
+        out.middleCols(c0, nc).noalias() = lhs * rhs.middleCols(c0, nc);
+      }
+    });
+  } else {
+    const Index rows = out.rows();
+    const Index rb = row_block(rows);
+    parallel_items(num_blocks(rows, rb), flops_per_column * double(out.cols()), [&](Index blk) {
+      const Index r0 = blk * rb;
+      const Index nr = std::min(rb, rows - r0);
+      if (accumulate) {
+        out.middleRows(r0, nr).noalias() += lhs.middleRows(r0, nr) * rhs;
+      } else {
+        out.middleRows(r0, nr).noalias() = lhs.middleRows(r0, nr) * rhs;
+      }
+    });
+  }
+}
+
+/// Parameter gradients of y = W x (+ b): dW += dy x^T (and db += row sums of dy).
+/// dy: out x N, x: in x N, dW: out x in (any Eigen block or map, row- or column-major).
+///
+///   dW += sum over token blocks b (tuning::kGradTokenBlock tokens, in order) of  dy_b x_b^T
+///
+/// The partial products run in parallel, tuning::kGradPartials at a time, and are added to dW
+/// in block order; db sums each row over all N tokens in column order (split over rows).
+template <class S, class GW>
+void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
+                         VectorMap<S>* db = nullptr) {
+  REFORMER_ASSERT(dy.cols() == x.cols() && dW.rows() == dy.rows() && dW.cols() == x.rows());
+  constexpr Index kTokenBlock = tuning::kGradTokenBlock;
+  constexpr Index kPartials = tuning::kGradPartials;
+  const Index out = dy.rows(), in = x.rows(), n = x.cols();
+  if (db != nullptr) {
+    const Index rb = row_block(out);
+    parallel_items(num_blocks(out, rb), double(out) * double(n), [&](Index blk) {
+      const Index r0 = blk * rb;
+      const Index nr = std::min(rb, out - r0);
+      db->segment(r0, nr) += dy.middleRows(r0, nr).rowwise().sum();
+    });
+  }
+  const Index blocks = num_blocks(n, kTokenBlock);
+  const double flops_per_token = 2.0 * double(out) * double(in);
+  if (blocks <= 1 || flops_per_token * double(n) < tuning::kMinParallelFlops) {
+    dW.noalias() += dy * x.transpose();
+    return;
+  }
+  using Partial = typename std::decay_t<GW>::PlainObject;  // out x in, dW's storage order
+  std::vector<Partial> partial(static_cast<std::size_t>(std::min(blocks, kPartials)));
+  for (Index w0 = 0; w0 < blocks; w0 += kPartials) {
+    const Index wave = std::min(kPartials, blocks - w0);
+    parallel_for(wave, [&](Index i) {
+      const Index t0 = (w0 + i) * kTokenBlock;
+      const Index nt = std::min(kTokenBlock, n - t0);
+      Partial& p = partial[static_cast<std::size_t>(i)];
+      p.resize(out, in);
+      p.noalias() = dy.middleCols(t0, nt) * x.middleCols(t0, nt).transpose();
+    });
+    // dW += partial_0 + partial_1 + ... (in block order, split over dW's rows)
+    const Index rb = row_block(out);
+    parallel_items(num_blocks(out, rb), double(wave) * double(out) * double(in), [&](Index blk) {
+      const Index r0 = blk * rb;
+      const Index nr = std::min(rb, out - r0);
+      for (Index i = 0; i < wave; ++i) {
+        dW.middleRows(r0, nr) += partial[static_cast<std::size_t>(i)].middleRows(r0, nr);
+      }
+    });
+  }
 }
 
 }  // namespace reformer

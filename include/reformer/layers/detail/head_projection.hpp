@@ -9,8 +9,8 @@
 // keys by 1/sqrt(Dh) (project_qkv); LSH attention projects shared query-keys and values.
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/types.hpp"
-#include "reformer/layers/detail/sublayer_util.hpp"
 #include "reformer/layers/head_range.hpp"
+#include "reformer/ops/linear.hpp"
 
 #include <cmath>
 

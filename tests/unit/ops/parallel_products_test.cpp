@@ -1,0 +1,218 @@
+// The deterministic multi-threaded kernels of ops/ against their serial references:
+//   parallel_product, linear_weight_grads (ops/linear.hpp)  vs plain Eigen products (double)
+//   layer_norm_*_parallel (ops/layer_norm.hpp)            vs layer_norm_forward / _backward
+//   dropout_parallel (ops/dropout.hpp)                    vs dropout_forward
+//   add_parallel, copy_parallel (ops/parallel.hpp)        vs plain Eigen
+// and their thread independence (float, the same bits for 1 and 2 threads).
+#include "reformer/core/rng.hpp"
+#include "reformer/core/threading.hpp"
+#include "reformer/core/types.hpp"
+#include "reformer/ops/dropout.hpp"
+#include "reformer/ops/layer_norm.hpp"
+#include "reformer/ops/linear.hpp"
+#include "reformer/ops/parallel.hpp"
+
+#include <gtest/gtest.h>
+
+#include "unit/ops/helpers.hpp"
+#include "support/compare.hpp"
+
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+namespace reformer {
+namespace {
+
+template <class S, class M>
+bool products_same_bits(const M& a, const M& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::memcmp(a.data(), b.data(), sizeof(S) * static_cast<std::size_t>(a.size())) == 0;
+}
+
+TEST(ProductBlocks, ColumnBlocksAreWideAndDependOnTheShapeOnly) {
+  EXPECT_EQ(product_column_block(512), 256);       // minimum width
+  EXPECT_EQ(product_column_block(4096), 512);      // 8 blocks
+  EXPECT_EQ(product_column_block(1 << 20), 1024);  // maximum width
+  EXPECT_EQ(product_column_block(3000) % 64, 0);
+}
+
+// out (+)= lhs * rhs for a wide output (column blocks, ragged last block), a narrow one (row
+// blocks) and a transposed row-major weight as the left operand.
+TEST(ParallelProduct, MatchesThePlainProduct) {
+  set_num_threads(2);
+  for (const Index n : {Index(100), Index(600), Index(3001)}) {
+    for (const bool accumulate : {false, true}) {
+      const RowMajorMatrix<double> w = RowMajorMatrix<double>::Random(70, 96);  // [out, in]
+      const Matrix<double> x = Matrix<double>::Random(96, n);
+      const Matrix<double> dy = Matrix<double>::Random(70, n);
+      const Matrix<double> init = Matrix<double>::Random(70, n);
+
+      Matrix<double> y = init;  // y (+)= W x
+      parallel_product(y, w, x, accumulate);
+      const Matrix<double> y_ref = (accumulate ? init : Matrix<double>::Zero(70, n)) + w * x;
+      EXPECT_LT(test::relative_error(y, y_ref), 1e-13) << "n = " << n;
+
+      Matrix<double> dx = Matrix<double>::Random(96, n);  // dx (+)= W^T dy
+      const Matrix<double> dx0 = dx;
+      parallel_product(dx, w.transpose(), dy, accumulate);
+      const Matrix<double> dx_ref =
+          (accumulate ? dx0 : Matrix<double>::Zero(96, n)) + w.transpose() * dy;
+      EXPECT_LT(test::relative_error(dx, dx_ref), 1e-13) << "n = " << n;
+    }
+  }
+}
+
+// dW += dy x^T, db += row sums of dy: through the serial path (one token block), one partial
+// wave and several waves (with a ragged last block), into a row-major weight and into a block
+// of its rows (how the attention cores pass one head's rows).
+TEST(LinearWeightGrads, MatchesThePlainProduct) {
+  set_num_threads(2);
+  for (const Index n : {Index(100), Index(300), Index(4000)}) {
+    const Matrix<double> dy = Matrix<double>::Random(48, n);
+    const Matrix<double> x = Matrix<double>::Random(40, n);
+    const RowMajorMatrix<double> dw0 = RowMajorMatrix<double>::Random(48, 40);
+    const Vector<double> db0 = Vector<double>::Random(48);
+
+    RowMajorMatrix<double> dw = dw0;
+    Vector<double> db = db0;
+    VectorMap<double> db_map(db.data(), db.size());
+    linear_weight_grads<double>(dy, x, dw, &db_map);
+    const RowMajorMatrix<double> dw_ref = dw0 + dy * x.transpose();
+    const Vector<double> db_ref = db0 + dy.rowwise().sum();
+    EXPECT_LT(test::relative_error(dw, dw_ref), 1e-13) << "n = " << n;
+    EXPECT_LT(test::relative_error(db, db_ref), 1e-13) << "n = " << n;
+
+    RowMajorMatrix<double> big = RowMajorMatrix<double>::Random(100, 40);
+    const RowMajorMatrix<double> big0 = big;
+    Eigen::Map<RowMajorMatrix<double>> big_map(big.data(), big.rows(), big.cols());
+    linear_weight_grads<double>(dy, x, big_map.middleRows(16, 48));
+    EXPECT_LT(test::relative_error(big.middleRows(16, 48), dw_ref - dw0 + big0.middleRows(16, 48)),
+              1e-13);
+    EXPECT_TRUE(big.topRows(16) == big0.topRows(16));
+    EXPECT_TRUE(big.bottomRows(36) == big0.bottomRows(36));
+  }
+}
+
+// The same bits for 1 and 2 threads: the blocks and the order partial sums are added in depend
+// on the shapes only.
+TEST(ParallelProduct, ThreadIndependent) {
+  const Index n = 5000;
+  const RowMajorMatrix<float> w = RowMajorMatrix<float>::Random(64, 256);
+  const Matrix<float> x = Matrix<float>::Random(256, n);
+  const Matrix<float> dy = Matrix<float>::Random(64, n);
+  std::vector<std::tuple<Matrix<float>, Matrix<float>, RowMajorMatrix<float>, Vector<float>>> runs;
+  for (const int threads : {1, 2}) {
+    set_num_threads(threads);
+    Matrix<float> y(64, n), dx(256, n);
+    parallel_product(y, w, x, false);
+    parallel_product(dx, w.transpose(), dy, false);
+    RowMajorMatrix<float> dw = RowMajorMatrix<float>::Zero(64, 256);
+    Vector<float> db = Vector<float>::Zero(64);
+    VectorMap<float> db_map(db.data(), db.size());
+    linear_weight_grads<float>(dy, x, dw, &db_map);
+    runs.emplace_back(y, dx, dw, db);
+  }
+  set_num_threads(2);
+  EXPECT_TRUE(products_same_bits<float>(std::get<0>(runs[0]), std::get<0>(runs[1])));
+  EXPECT_TRUE(products_same_bits<float>(std::get<1>(runs[0]), std::get<1>(runs[1])));
+  EXPECT_TRUE(products_same_bits<float>(std::get<2>(runs[0]), std::get<2>(runs[1])));
+  EXPECT_TRUE(test::bitwise_equal<float>(std::get<3>(runs[0]), std::get<3>(runs[1])));
+}
+
+TEST(AddParallel, AddsAndSubtractsExactly) {
+  set_num_threads(2);
+  const Matrix<float> a = Matrix<float>::Random(256, 4100);
+  const Matrix<float> b = Matrix<float>::Random(256, 4100);
+  Matrix<float> sum = a, diff = a, copy(256, 4100);
+  add_parallel<float>(sum, b, 1.0f);
+  add_parallel<float>(diff, b, -1.0f);
+  copy_parallel<float>(a, copy);
+  const Matrix<float> sum_ref = a + b, diff_ref = a - b;
+  EXPECT_TRUE(products_same_bits<float>(sum, sum_ref));
+  EXPECT_TRUE(products_same_bits<float>(diff, diff_ref));
+  EXPECT_TRUE(products_same_bits<float>(copy, a));
+}
+
+// LayerNorm over column blocks: every column is normalised by the same code as the serial
+// version (the same bits); dgamma / dbeta are summed per block, then in block order (the same
+// up to rounding). Covers one block, several with a ragged last one, and accumulating dx.
+TEST(LayerNormParallel, MatchesTheSerialVersion) {
+  set_num_threads(2);
+  const Index d = 24;
+  const double eps = 1e-5;
+  const Vector<double> gamma = ops_test::random_vector(d, 1, 0.5, 1.5);
+  const Vector<double> beta = ops_test::random_vector(d, 2);
+  for (const Index n : {Index(50), Index(1000)}) {
+    const Matrix<double> x = ops_test::random_matrix(d, n, 3, -2.0, 2.0);
+    const Matrix<double> dy = ops_test::random_matrix(d, n, 4);
+
+    Matrix<double> y(d, n), y_ref(d, n);
+    layer_norm_forward_parallel<double>(x, gamma, beta, eps, y);
+    layer_norm_forward<double>(x, gamma, beta, eps, y_ref);
+    EXPECT_TRUE(products_same_bits<double>(y, y_ref)) << "n = " << n;
+
+    const Vector<double> dg0 = ops_test::random_vector(d, 5), db0 = ops_test::random_vector(d, 6);
+    Matrix<double> dx(d, n), dx_ref(d, n);
+    Vector<double> dg = dg0, db = db0, dg_ref = dg0, db_ref = db0;
+    layer_norm_backward_parallel<double>(x, gamma, eps, dy, dx, dg, db);
+    layer_norm_backward<double>(x, gamma, eps, dy, dx_ref, dg_ref, db_ref);
+    EXPECT_TRUE(products_same_bits<double>(dx, dx_ref)) << "n = " << n;
+    EXPECT_LT(test::relative_error(dg, dg_ref), 1e-13) << "n = " << n;
+    EXPECT_LT(test::relative_error(db, db_ref), 1e-13) << "n = " << n;
+
+    const Matrix<double> dx0 = ops_test::random_matrix(d, n, 7);
+    Matrix<double> dx_acc = dx0;
+    layer_norm_backward_parallel<double>(x, gamma, eps, dy, dx_acc, dg, db, true);
+    EXPECT_LT(test::relative_error(dx_acc, dx0 + dx_ref), 1e-13) << "n = " << n;
+  }
+}
+
+TEST(LayerNormParallel, ThreadIndependent) {
+  const Index d = 128, n = 1100;  // enough work to run in parallel
+  const Matrix<float> x = ops_test::random_matrix<float>(d, n, 11, -2.0, 2.0);
+  const Matrix<float> dy = ops_test::random_matrix<float>(d, n, 12);
+  const Vector<float> gamma = ops_test::random_vector<float>(d, 13, 0.5, 1.5);
+  const Vector<float> beta = ops_test::random_vector<float>(d, 14);
+  std::vector<std::tuple<Matrix<float>, Matrix<float>, Vector<float>, Vector<float>>> runs;
+  for (const int threads : {1, 2}) {
+    set_num_threads(threads);
+    Matrix<float> y(d, n), dx(d, n);
+    Vector<float> dg = Vector<float>::Zero(d), db = Vector<float>::Zero(d);
+    layer_norm_forward_parallel<float>(x, gamma, beta, 1e-12, y);
+    layer_norm_backward_parallel<float>(x, gamma, 1e-12, dy, dx, dg, db);
+    runs.emplace_back(y, dx, dg, db);
+  }
+  set_num_threads(2);
+  EXPECT_TRUE(products_same_bits<float>(std::get<0>(runs[0]), std::get<0>(runs[1])));
+  EXPECT_TRUE(products_same_bits<float>(std::get<1>(runs[0]), std::get<1>(runs[1])));
+  EXPECT_TRUE(test::bitwise_equal<float>(std::get<2>(runs[0]), std::get<2>(runs[1])));
+  EXPECT_TRUE(test::bitwise_equal<float>(std::get<3>(runs[0]), std::get<3>(runs[1])));
+}
+
+// dropout_parallel on columns [c0, c0 + n) of a full matrix draws the mask of dropout_forward
+// with offset c0 * rows, out of place and in place, for 1 and 2 threads; p = 0 copies.
+TEST(DropoutParallel, MatchesDropoutForwardForAnyThreadCount) {
+  const Index rows = 64, n = 1000, c0 = 300;  // enough work to run in parallel
+  const Rng rng(21);
+  const double p = 0.3;
+  const Matrix<float> in = ops_test::random_matrix<float>(rows, n, 22);
+  Matrix<float> ref(rows, n);
+  dropout_forward<float>(rng, p, c0 * rows, in, ref);
+  for (const int threads : {1, 2}) {
+    set_num_threads(threads);
+    Matrix<float> out(rows, n);
+    dropout_parallel<float>(rng, p, c0, in, out);
+    EXPECT_TRUE(products_same_bits<float>(out, ref)) << threads << " threads";
+    Matrix<float> inplace = in;
+    dropout_parallel<float>(rng, p, c0, inplace, inplace);
+    EXPECT_TRUE(products_same_bits<float>(inplace, ref)) << threads << " threads, in place";
+  }
+  set_num_threads(2);
+  Matrix<float> copy(rows, n);
+  dropout_parallel<float>(rng, 0.0, c0, in, copy);
+  EXPECT_TRUE(products_same_bits<float>(copy, in));
+}
+
+}  // namespace
+}  // namespace reformer

@@ -123,34 +123,18 @@ const ex::OptionTable<Settings>& option_table() {
 
 /// The run settings saved in checkpoints and logged.
 nlohmann::json run_json(const Settings& o) {
-  nlohmann::json j = option_table().to_json(o);
-  j["program"] = "train_copy";
-  return j;
+  return ex::run_settings_json(option_table(), o, "train_copy");
 }
 
 /// The model configuration of a run. "full" is dense shared-QK attention (an LSH layer whose
-/// chunk covers the whole sequence, DESIGN 1.2), so its weights also run with LSH.
+/// chunk covers the whole sequence), so its weights also run with LSH.
 reformer::ReformerConfig model_config(const Settings& o) {
-  reformer::ReformerConfig c;
-  c.vocab_size = o.symbols;
-  c.hidden_size = o.d_model;
-  c.num_attention_heads = o.heads;
-  c.attention_head_size = 0;  // d_model / heads
-  c.feed_forward_size = o.d_ff;
-  c.hidden_act = "relu";
+  reformer::ReformerConfig c = ex::base_config(o, o.symbols);
   const bool local = o.attention == "local";
   c.attn_layers.assign(static_cast<std::size_t>(o.layers), local ? "local" : "lsh");
   c.num_hashes = o.attention == "lsh" ? o.hashes : 1;
   c.lsh_attn_chunk_length = o.attention == "full" ? o.length : o.chunk;
-  c.local_attn_chunk_length = o.chunk;
-  if (o.buckets > 0) c.num_buckets = {o.buckets};
-  c.hidden_dropout_prob = o.dropout;
-  c.local_attention_probs_dropout_prob = o.dropout;
   c.lsh_attention_probs_dropout_prob = o.dropout;
-  ex::set_positions(c, o.positions, o.length);
-  c.chunk_size_feed_forward = 128;
-  c.chunk_size_lm_head = 128;
-  c.seed = o.seed;
   return c;
 }
 
@@ -340,10 +324,7 @@ int run(const CLI::App& app, Settings o) {
     for (double a : accs) std::printf(" %7.1f%%", 100.0 * a);
     std::printf("\n");
   }
-  std::printf(
-      "\nMetrics: %s/metrics.jsonl   plot: /usr/bin/python3 scripts/plot_metrics.py "
-      "%s/metrics.jsonl\n",
-      tr.out_dir.c_str(), tr.out_dir.c_str());
+  std::printf("\nMetrics: %s\n", tr.metrics_hint().c_str());
   return ex::kExitOk;
 }
 
@@ -351,12 +332,10 @@ int run(const CLI::App& app, Settings o) {
 
 int main(int argc, char** argv) {
   ex::keep_freed_memory();
-  CLI::App app(
+  return ex::run_with_options(
+      "train_copy",
       "Train a Reformer on the duplication task of Kitaev et al. (2020): sequences 0 w 0 w, "
       "accuracy on the second copy, then evaluate the weights with 1/2/4/8 hash rounds and full "
       "attention (Table 2).",
-      "train_copy");
-  Settings settings;
-  option_table().add_to(app, settings);
-  return ex::run_program(app, argc, argv, [&] { return run(app, settings); });
+      option_table(), argc, argv, run);
 }

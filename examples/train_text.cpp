@@ -134,9 +134,7 @@ const ex::OptionTable<Settings>& option_table() {
 
 /// The run settings saved in checkpoints and logged.
 nlohmann::json run_json(const Settings& o) {
-  nlohmann::json j = option_table().to_json(o);
-  j["program"] = "train_text";
-  return j;
+  return ex::run_settings_json(option_table(), o, "train_text");
 }
 
 /// "local,lsh" -> {"local", "lsh"} (InvalidArgument naming a bad entry).
@@ -158,29 +156,13 @@ std::vector<std::string> split_kinds(const std::string& list) {
 }
 
 reformer::ReformerConfig model_config(const Settings& o) {
-  reformer::ReformerConfig c;
-  c.vocab_size = kVocab;
-  c.hidden_size = o.d_model;
-  c.num_attention_heads = o.heads;
-  c.attention_head_size = 0;
-  c.feed_forward_size = o.d_ff;
-  c.hidden_act = "relu";
+  reformer::ReformerConfig c = ex::base_config(o, kVocab);
   const auto kinds = split_kinds(o.attention);
   c.attn_layers.clear();
   for (Index l = 0; l < o.layers; ++l) {
     c.attn_layers.push_back(kinds[static_cast<std::size_t>(l) % kinds.size()]);
   }
-  c.num_hashes = o.hashes;
-  c.lsh_attn_chunk_length = o.chunk;
-  c.local_attn_chunk_length = o.chunk;
-  if (o.buckets > 0) c.num_buckets = {o.buckets};
-  c.hidden_dropout_prob = o.dropout;
-  c.local_attention_probs_dropout_prob = o.dropout;
   c.lsh_attention_probs_dropout_prob = 0.0;
-  ex::set_positions(c, o.positions, o.length);
-  c.chunk_size_feed_forward = 128;
-  c.chunk_size_lm_head = 128;
-  c.seed = o.seed;
   return c;
 }
 
@@ -324,11 +306,8 @@ int run(const CLI::App& app, Settings o) {
   if (tr.finish(result, {{"eval_bpb", result.last_eval.record.value("eval_bpb", 0.0)}})) {
     return ex::kExitInterrupted;
   }
-  std::printf(
-      "Done: %lld steps in %s. Metrics: %s/metrics.jsonl (plot: /usr/bin/python3 "
-      "scripts/plot_metrics.py %s/metrics.jsonl)\n",
-      static_cast<long long>(result.step), ex::format_duration(result.elapsed).c_str(),
-      tr.out_dir.c_str(), tr.out_dir.c_str());
+  std::printf("Done: %lld steps in %s. Metrics: %s\n", static_cast<long long>(result.step),
+              ex::format_duration(result.elapsed).c_str(), tr.metrics_hint().c_str());
   if (o.generate > 0) {
     std::printf("\nSample (%lld bytes, temperature %g, top-k %lld, top-p %g):\n",
                 static_cast<long long>(o.generate), o.temperature, static_cast<long long>(o.top_k),
@@ -343,11 +322,9 @@ int run(const CLI::App& app, Settings o) {
 
 int main(int argc, char** argv) {
   ex::keep_freed_memory();
-  CLI::App app(
+  return ex::run_with_options(
+      "train_text",
       "Train a byte-level Reformer language model on a text file (bits per byte on a held-out "
       "split, checkpoints, resume), or generate text from a checkpoint.",
-      "train_text");
-  Settings settings;
-  option_table().add_to(app, settings);
-  return ex::run_program(app, argc, argv, [&] { return run(app, settings); });
+      option_table(), argc, argv, run);
 }

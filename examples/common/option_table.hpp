@@ -142,4 +142,15 @@ class OptionTable {
   std::string group_;
 };
 
+/// The body of main() for a program whose options are `table`: parses the command line into a
+/// Settings and returns `run(app, settings)` (errors as run_program reports them).
+template <class Settings, class Run>
+int run_with_options(const std::string& name, const std::string& description,
+                     const OptionTable<Settings>& table, int argc, char** argv, Run&& run) {
+  CLI::App app(description, name);
+  Settings settings;
+  table.add_to(app, settings);
+  return run_program(app, argc, argv, [&] { return run(app, settings); });
+}
+
 }  // namespace reformer::examples

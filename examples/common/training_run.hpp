@@ -131,6 +131,39 @@ void add_run_options(OptionTable<Settings>& t, const std::string& out_prefix) {
               CLI::IsMember({"auto", "live", "plain"}));
 }
 
+/// The model config of the settings every program shares (vocabulary `vocab`, ReLU, chunked
+/// feed-forward and LM head); the program then sets its layer kinds, hash rounds and dropouts.
+inline ReformerConfig base_config(const TrainSettings& o, Index vocab) {
+  ReformerConfig c;
+  c.vocab_size = vocab;
+  c.hidden_size = o.d_model;
+  c.num_attention_heads = o.heads;
+  c.attention_head_size = 0;  // d_model / heads
+  c.feed_forward_size = o.d_ff;
+  c.hidden_act = "relu";
+  c.num_hashes = o.hashes;
+  c.lsh_attn_chunk_length = o.chunk;
+  c.local_attn_chunk_length = o.chunk;
+  if (o.buckets > 0) c.num_buckets = {o.buckets};
+  c.hidden_dropout_prob = o.dropout;
+  c.local_attention_probs_dropout_prob = o.dropout;
+  set_positions(c, o.positions, o.length);
+  c.chunk_size_feed_forward = 128;
+  c.chunk_size_lm_head = 128;
+  c.seed = o.seed;
+  return c;
+}
+
+/// The run settings of `s` (the saved options of `table`) with the program's name: what
+/// checkpoints store and the metrics log records.
+template <class Settings>
+nlohmann::json run_settings_json(const OptionTable<Settings>& table, const Settings& s,
+                                 const std::string& program) {
+  nlohmann::json j = table.to_json(s);
+  j["program"] = program;
+  return j;
+}
+
 /// Usage error unless --heads divides --d-model.
 inline void require_heads_divide(const TrainSettings& o) {
   require_option(o.d_model % o.heads == 0, "--heads",
@@ -186,6 +219,13 @@ class TrainingRun {
             ? format(", resuming at step %lld", static_cast<long long>(opt.step_count())).c_str()
             : "");
     std::fflush(stdout);
+  }
+
+  /// "<out_dir>/metrics.jsonl (plot: ...)": where the metrics are and how to plot them.
+  std::string metrics_hint() const {
+    return format(
+        "%s/metrics.jsonl (plot: /usr/bin/python3 scripts/plot_metrics.py %s/metrics.jsonl)",
+        out_dir.c_str(), out_dir.c_str());
   }
 
   /// Logs the "config" record: title, run settings, model config, threads, step.

@@ -14,7 +14,6 @@
 //
 // Ctrl-C saves a checkpoint and exits; the metrics log (JSON lines) is plotted with
 // scripts/plot_metrics.py.
-#include "common/allocator.hpp"
 #include "common/cli.hpp"
 #include "common/copy_task.hpp"
 #include "common/interrupt.hpp"
@@ -331,7 +330,6 @@ int run(const CLI::App& app, Settings o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  ex::keep_freed_memory();
   return ex::run_with_options(
       "train_copy",
       "Train a Reformer on the duplication task of Kitaev et al. (2020): sequences 0 w 0 w, "

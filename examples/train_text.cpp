@@ -8,7 +8,6 @@
 // bytes from the rest. Checkpoints (safetensors: parameters, Adam state, config, run settings)
 // are written every --checkpoint-every steps, at the end and on Ctrl-C; --resume continues a run
 // bit-identically. Generation samples with --temperature, --top-k and --top-p.
-#include "common/allocator.hpp"
 #include "common/batch.hpp"
 #include "common/cli.hpp"
 #include "common/interrupt.hpp"
@@ -321,7 +320,6 @@ int run(const CLI::App& app, Settings o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  ex::keep_freed_memory();
   return ex::run_with_options(
       "train_text",
       "Train a byte-level Reformer language model on a text file (bits per byte on a held-out "

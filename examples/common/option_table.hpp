@@ -6,6 +6,7 @@
 //   - the run settings as JSON (to_json, saved in checkpoints) and back (restore, on --resume),
 //   - the checks that run options are not given where the checkpoint decides (refuse_given).
 // The default of an option is the initial value of its Settings member.
+#include "common/allocator.hpp"
 #include "common/cli.hpp"
 #include "reformer/io/checkpoint.hpp"
 
@@ -143,10 +144,12 @@ class OptionTable {
 };
 
 /// The body of main() for a program whose options are `table`: parses the command line into a
-/// Settings and returns `run(app, settings)` (errors as run_program reports them).
+/// Settings and returns `run(app, settings)` (errors as run_program reports them). Freed memory
+/// stays with the process (keep_freed_memory), as the training programs want.
 template <class Settings, class Run>
 int run_with_options(const std::string& name, const std::string& description,
                      const OptionTable<Settings>& table, int argc, char** argv, Run&& run) {
+  keep_freed_memory();
   CLI::App app(description, name);
   Settings settings;
   table.add_to(app, settings);

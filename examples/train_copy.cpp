@@ -88,7 +88,7 @@ const ex::OptionTable<Settings>& option_table() {
   static const ex::OptionTable<Settings> table = [] {
     using S = Settings;
     const auto run = ex::OptionScope::kRun;
-    const auto session = ex::OptionScope::kSession;
+    const auto invocation = ex::OptionScope::kInvocation;
     ex::OptionTable<Settings> t;
     t.flag("--paper", &S::paper,
            "The paper's setting: --length 1024 --layers 1 --d-model 256 --d-ff 256 "
@@ -107,14 +107,14 @@ const ex::OptionTable<Settings>& option_table() {
     ex::add_training_options(t, "Maximum training steps (stops earlier at --target)",
                              "Sequences per step");
     ex::add_run_options(t, "runs/copy");
-    t.option("--eval-size", &S::eval_size, "Held-out sequences", session,
+    t.option("--eval-size", &S::eval_size, "Held-out sequences", invocation,
              CLI::Range(Index{1}, Index{1} << 20))
         .option("--target", &S::target,
-                "Stop when the held-out accuracy reaches this (0 = never stop early)", session,
+                "Stop when the held-out accuracy reaches this (0 = never stop early)", invocation,
                 CLI::Range(0.0, 1.0))
         .flag("!--no-table2", &S::table2,
               "Skip the evaluation with 1/2/4/8 hash rounds and full attention after training",
-              session);
+              invocation);
     return t;
   }();
   return table;

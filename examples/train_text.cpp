@@ -87,7 +87,7 @@ const ex::OptionTable<Settings>& option_table() {
   static const ex::OptionTable<Settings> table = [] {
     using S = Settings;
     const auto run = ex::OptionScope::kRun;
-    const auto session = ex::OptionScope::kSession;
+    const auto invocation = ex::OptionScope::kInvocation;
     ex::OptionTable<Settings> t;
     // A resumed run takes an explicit file (it may have moved).
     t.option("file", &S::file, "Text file to train on (any bytes; not needed with --checkpoint)",
@@ -105,27 +105,27 @@ const ex::OptionTable<Settings>& option_table() {
     ex::add_model_options(t);
     ex::add_training_options(t, "Training steps", "Windows per step");
     ex::add_run_options(t, "runs/text");
-    t.option("--eval-windows", &S::eval_windows, "Validation windows per evaluation", session,
+    t.option("--eval-windows", &S::eval_windows, "Validation windows per evaluation", invocation,
              CLI::Range(Index{1}, Index{1} << 30))
         .group("Generation")
         .option("--checkpoint", &S::checkpoint,
-                "Generate from this checkpoint instead of training (with --generate)", session,
+                "Generate from this checkpoint instead of training (with --generate)", invocation,
                 CLI::ExistingFile)
         .option("--generate", &S::generate,
-                "Generate N bytes (after training, or from --checkpoint)", session,
+                "Generate N bytes (after training, or from --checkpoint)", invocation,
                 CLI::Range(Index{0}, Index{1} << 30))
-        .option("--prompt", &S::prompt, "Text the generation continues", session)
+        .option("--prompt", &S::prompt, "Text the generation continues", invocation)
         .option("--temperature", &S::temperature,
-                "Sampling temperature (0 = always the most likely byte)", session,
+                "Sampling temperature (0 = always the most likely byte)", invocation,
                 CLI::Range(0.0, 100.0))
-        .option("--top-k", &S::top_k, "Sample among the k most likely bytes (0 = all)", session,
+        .option("--top-k", &S::top_k, "Sample among the k most likely bytes (0 = all)", invocation,
                 CLI::Range(Index{0}, kVocab))
         .option("--top-p", &S::top_p,
-                "Sample among the most likely bytes holding this probability mass", session,
+                "Sample among the most likely bytes holding this probability mass", invocation,
                 CLI::Range(1e-6, 1.0))
-        .option("--sample-seed", &S::sample_seed, "Seed of the sampling", session)
+        .option("--sample-seed", &S::sample_seed, "Seed of the sampling", invocation)
         .option("--output,-o", &S::output, "Write the generated text to this file (default stdout)",
-                session);
+                invocation);
     return t;
   }();
   return table;

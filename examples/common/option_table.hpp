@@ -24,9 +24,9 @@ namespace reformer::examples {
 
 /// What an option belongs to.
 enum class OptionScope {
-  kSession,  ///< this invocation only (threads, output, generation): not saved
-  kRun,      ///< the run's identity: saved in checkpoints, fixed when resuming
-  kExtend    ///< saved in checkpoints; a value given with --resume replaces it (--steps)
+  kInvocation,  ///< this invocation only (threads, output, generation): not saved
+  kRun,         ///< the run's identity: saved in checkpoints, fixed when resuming
+  kExtend       ///< saved in checkpoints; a value given with --resume replaces it (--steps)
 };
 
 template <class Settings>
@@ -36,7 +36,7 @@ class OptionTable {
   struct Row {
     std::string name;  ///< "--length" or, for a positional, "file" (as CLI::App::count takes)
     std::string key;   ///< its key in the run-settings JSON ("length", "d_model")
-    OptionScope scope = OptionScope::kSession;
+    OptionScope scope = OptionScope::kInvocation;
     std::function<void(CLI::App&, Settings&)> add;
     std::function<void(const Settings&, nlohmann::json&)> save;
     std::function<void(const io::Checkpoint&, Settings&)> load;
@@ -83,7 +83,7 @@ class OptionTable {
   nlohmann::json to_json(const Settings& s) const {
     nlohmann::json j = nlohmann::json::object();
     for (const Row& r : rows_) {
-      if (r.scope != OptionScope::kSession) r.save(s, j);
+      if (r.scope != OptionScope::kInvocation) r.save(s, j);
     }
     return j;
   }

@@ -105,29 +105,29 @@ void add_training_options(OptionTable<Settings>& t, const std::string& steps_hel
               run);
 }
 
-/// The session options of a training run (group "Run"); `out_prefix` names the default
+/// The per-invocation options of a training run (group "Run"); `out_prefix` names the default
 /// output directory ("runs/copy").
 template <class Settings>
 void add_run_options(OptionTable<Settings>& t, const std::string& out_prefix) {
   using S = TrainSettings;
-  const auto session = OptionScope::kSession;
+  const auto invocation = OptionScope::kInvocation;
   t.group("Run")
-      .option("--threads", &S::threads, "Threads (0 = all cores)", session, CLI::Range(0, 1024))
+      .option("--threads", &S::threads, "Threads (0 = all cores)", invocation, CLI::Range(0, 1024))
       .option("--eval-every", &S::eval_every, "Evaluate on the held-out data every N steps",
-              session, CLI::Range(std::int64_t{1}, std::int64_t{1} << 40))
+              invocation, CLI::Range(std::int64_t{1}, std::int64_t{1} << 40))
       .option("--checkpoint-every", &S::checkpoint_every,
-              "Save a checkpoint every N steps (0 = only at the end and on Ctrl-C)", session,
+              "Save a checkpoint every N steps (0 = only at the end and on Ctrl-C)", invocation,
               CLI::Range(std::int64_t{0}, std::int64_t{1} << 40))
       .option("--out-dir", &S::out_dir,
               "Directory for metrics.jsonl and checkpoint.safetensors (default " + out_prefix +
                   "-<date>-<time>; a resumed run keeps its directory)",
-              session)
+              invocation)
       .option("--resume", &S::resume,
               "Continue the run saved in this checkpoint (its settings apply; --steps may "
               "extend it)",
-              session, CLI::ExistingFile)
+              invocation, CLI::ExistingFile)
       .option("--progress", &S::progress,
-              "Progress display: auto (live line on a terminal), live or plain", session,
+              "Progress display: auto (live line on a terminal), live or plain", invocation,
               CLI::IsMember({"auto", "live", "plain"}));
 }
 
@@ -208,7 +208,7 @@ class TrainingRun {
   }
 
   bool resumed() const { return resumed_; }
-  /// Wall time of the run so far, earlier sessions included.
+  /// Wall time of the run so far, earlier invocations of a resumed run included.
   double elapsed() const { return prior_elapsed_ + (progress_ ? progress_->elapsed() : 0.0); }
 
   /// Prints where the run writes (and the step it resumes at).

@@ -8,18 +8,16 @@
 // bytes from the rest. Checkpoints (safetensors: parameters, Adam state, config, run settings)
 // are written every --checkpoint-every steps, at the end and on Ctrl-C; --resume continues a run
 // bit-identically. Generation samples with --temperature, --top-k and --top-p.
-#include "common/allocator.hpp"
 #include "common/batch.hpp"
-#include "common/checkpointing.hpp"
 #include "common/cli.hpp"
 #include "common/interrupt.hpp"
-#include "common/metrics_log.hpp"
-#include "common/progress.hpp"
+#include "common/option_table.hpp"
 #include "common/run_setup.hpp"
 #include "common/sampling.hpp"
 #include "common/text_data.hpp"
-#include "common/training_loop.hpp"
+#include "common/training_run.hpp"
 #include "reformer/core/rng.hpp"
+#include "reformer/io/checkpoint.hpp"
 #include "reformer/io/config_json.hpp"
 #include "reformer/model/config.hpp"
 #include "reformer/model/optimizer.hpp"
@@ -48,102 +46,95 @@ namespace ex = reformer::examples;
 constexpr Index kVocab = 256;
 constexpr double kLn2 = 0.69314718055994530942;
 
-/// Everything that defines a training run (saved in checkpoints).
-struct Options {
+/// The settings of train_text (TrainSettings plus data, evaluation and generation).
+struct Settings : ex::TrainSettings {
   std::string file;
   double valid_fraction = 0.1;
-  // model
-  std::string attention = "local,lsh";
-  Index layers = 2;
-  Index d_model = 128;
-  Index d_ff = 256;
-  Index heads = 4;
-  Index hashes = 2;
-  Index chunk = 64;
-  Index buckets = 0;
-  std::string positions = "learned";
-  double dropout = 0.05;
-  // optimisation
-  Index length = 256;
-  Index batch = 8;
-  std::int64_t steps = 2000;
-  double lr = 1e-3;
-  std::int64_t warmup = 100;
-  std::string schedule = "cosine";
-  double clip = 1.0;
-  std::uint64_t seed = 1;
-
-  nlohmann::json to_json() const {
-    return {{"program", "train_text"},
-            {"file", file},
-            {"valid_fraction", valid_fraction},
-            {"attention", attention},
-            {"layers", layers},
-            {"d_model", d_model},
-            {"d_ff", d_ff},
-            {"heads", heads},
-            {"hashes", hashes},
-            {"chunk", chunk},
-            {"buckets", buckets},
-            {"positions", positions},
-            {"dropout", dropout},
-            {"length", length},
-            {"batch", batch},
-            {"steps", steps},
-            {"lr", lr},
-            {"warmup", warmup},
-            {"schedule", schedule},
-            {"clip", clip},
-            {"seed", seed}};
-  }
-
-  static Options from_checkpoint(const ex::RunCheckpoint& c) {
-    if (c.run.value("program", std::string()) != "train_text") {
-      reformer::raise<reformer::IoError>("train_text", "'", c.file.source(),
-                                         "' was not written by train_text");
-    }
-    Options o;
-    o.file = c.setting<std::string>("file");
-    o.valid_fraction = c.setting<double>("valid_fraction");
-    o.attention = c.setting<std::string>("attention");
-    o.layers = c.setting<Index>("layers");
-    o.d_model = c.setting<Index>("d_model");
-    o.d_ff = c.setting<Index>("d_ff");
-    o.heads = c.setting<Index>("heads");
-    o.hashes = c.setting<Index>("hashes");
-    o.chunk = c.setting<Index>("chunk");
-    o.buckets = c.setting<Index>("buckets");
-    o.positions = c.setting<std::string>("positions");
-    o.dropout = c.setting<double>("dropout");
-    o.length = c.setting<Index>("length");
-    o.batch = c.setting<Index>("batch");
-    o.steps = c.setting<std::int64_t>("steps");
-    o.lr = c.setting<double>("lr");
-    o.warmup = c.setting<std::int64_t>("warmup");
-    o.schedule = c.setting<std::string>("schedule");
-    o.clip = c.setting<double>("clip");
-    o.seed = c.setting<std::uint64_t>("seed");
-    return o;
-  }
-};
-
-/// Session settings: evaluation, output, generation.
-struct Session {
-  int threads = 0;
-  std::int64_t eval_every = 200;
   Index eval_windows = 32;
-  std::int64_t checkpoint_every = 500;
-  std::string out_dir;
-  std::string resume;
-  std::string progress = "auto";
   // generation
   std::string checkpoint;
   Index generate = 0;
   std::string prompt;
   std::string output;
-  ex::SamplingOptions sampling{0.8, 0, 0.95};
+  double temperature = 0.8;
+  Index top_k = 0;
+  double top_p = 0.95;
   std::uint64_t sample_seed = 1;
+
+  Settings() {
+    attention = "local,lsh";
+    layers = 2;
+    d_model = 128;
+    d_ff = 256;
+    heads = 4;
+    hashes = 2;
+    chunk = 64;
+    dropout = 0.05;
+    length = 256;
+    batch = 8;
+    steps = 2000;
+    warmup = 100;
+    schedule = "cosine";
+    eval_every = 200;
+    checkpoint_every = 500;
+  }
+
+  ex::SamplingOptions sampling() const { return {temperature, top_k, top_p}; }
 };
+
+/// Every option of train_text, declared once.
+const ex::OptionTable<Settings>& option_table() {
+  static const ex::OptionTable<Settings> table = [] {
+    using S = Settings;
+    const auto run = ex::OptionScope::kRun;
+    const auto invocation = ex::OptionScope::kInvocation;
+    ex::OptionTable<Settings> t;
+    // A resumed run takes an explicit file (it may have moved).
+    t.option("file", &S::file, "Text file to train on (any bytes; not needed with --checkpoint)",
+             ex::OptionScope::kExtend, CLI::ExistingFile)
+        .group("Data")
+        .option("--valid-fraction", &S::valid_fraction,
+                "Fraction of the file (its end) held out for validation", run,
+                CLI::Range(0.001, 0.5))
+        .option("--length,-T", &S::length, "Training window (context) length in bytes", run,
+                CLI::Range(Index{2}, Index{1} << 20))
+        .group("Model")
+        .option("--attention", &S::attention,
+                "Layer kinds, comma-separated and repeated over the layers (lsh, local, full)",
+                run);
+    ex::add_model_options(t);
+    ex::add_training_options(t, "Training steps", "Windows per step");
+    ex::add_run_options(t, "runs/text");
+    t.option("--eval-windows", &S::eval_windows, "Validation windows per evaluation", invocation,
+             CLI::Range(Index{1}, Index{1} << 30))
+        .group("Generation")
+        .option("--checkpoint", &S::checkpoint,
+                "Generate from this checkpoint instead of training (with --generate)", invocation,
+                CLI::ExistingFile)
+        .option("--generate", &S::generate,
+                "Generate N bytes (after training, or from --checkpoint)", invocation,
+                CLI::Range(Index{0}, Index{1} << 30))
+        .option("--prompt", &S::prompt, "Text the generation continues", invocation)
+        .option("--temperature", &S::temperature,
+                "Sampling temperature (0 = always the most likely byte)", invocation,
+                CLI::Range(0.0, 100.0))
+        .option("--top-k", &S::top_k, "Sample among the k most likely bytes (0 = all)", invocation,
+                CLI::Range(Index{0}, kVocab))
+        .option("--top-p", &S::top_p,
+                "Sample among the most likely bytes holding this probability mass", invocation,
+                CLI::Range(1e-6, 1.0))
+        .option("--sample-seed", &S::sample_seed, "Seed of the sampling", invocation)
+        .option("--output,-o", &S::output, "Write the generated text to this file (default stdout)",
+                invocation);
+    return t;
+  }();
+  return table;
+}
+
+/// The run settings saved in checkpoints and logged.
+nlohmann::json run_json(const Settings& o) {
+  return ex::run_settings_json(option_table(), o, "train_text");
+}
 
 /// "local,lsh" -> {"local", "lsh"} (InvalidArgument naming a bad entry).
 std::vector<std::string> split_kinds(const std::string& list) {
@@ -163,30 +154,14 @@ std::vector<std::string> split_kinds(const std::string& list) {
   return out;
 }
 
-reformer::ReformerConfig model_config(const Options& o) {
-  reformer::ReformerConfig c;
-  c.vocab_size = kVocab;
-  c.hidden_size = o.d_model;
-  c.num_attention_heads = o.heads;
-  c.attention_head_size = 0;
-  c.feed_forward_size = o.d_ff;
-  c.hidden_act = "relu";
+reformer::ReformerConfig model_config(const Settings& o) {
+  reformer::ReformerConfig c = ex::base_config(o, kVocab);
   const auto kinds = split_kinds(o.attention);
   c.attn_layers.clear();
   for (Index l = 0; l < o.layers; ++l) {
     c.attn_layers.push_back(kinds[static_cast<std::size_t>(l) % kinds.size()]);
   }
-  c.num_hashes = o.hashes;
-  c.lsh_attn_chunk_length = o.chunk;
-  c.local_attn_chunk_length = o.chunk;
-  if (o.buckets > 0) c.num_buckets = {o.buckets};
-  c.hidden_dropout_prob = o.dropout;
-  c.local_attention_probs_dropout_prob = o.dropout;
   c.lsh_attention_probs_dropout_prob = 0.0;
-  ex::set_positions(c, o.positions, o.length);
-  c.chunk_size_feed_forward = 128;
-  c.chunk_size_lm_head = 128;
-  c.seed = o.seed;
   return c;
 }
 
@@ -241,7 +216,7 @@ std::string generate(const Model& model, const std::string& prompt, Index n, Ind
 }
 
 /// Generation into --output (or stdout), from a trained model.
-void run_generation(const Model& model, const Session& s, Index context) {
+void run_generation(const Model& model, const Settings& s, Index context) {
   std::FILE* out = stdout;
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(nullptr, &std::fclose);
   if (!s.output.empty()) {
@@ -250,7 +225,7 @@ void run_generation(const Model& model, const Session& s, Index context) {
                      s.output, "' for writing");
     out = file.get();
   }
-  generate(model, s.prompt, s.generate, context, s.sampling, s.sample_seed, out);
+  generate(model, s.prompt, s.generate, context, s.sampling(), s.sample_seed, out);
   if (out == stdout) std::fputc('\n', stdout);
   std::fflush(out);
   if (file) {
@@ -259,203 +234,44 @@ void run_generation(const Model& model, const Session& s, Index context) {
   }
 }
 
-void add_options(CLI::App& app, Options& o, Session& s) {
-  ex::show_defaults(app);
-  app.add_option("file", o.file, "Text file to train on (any bytes; not needed with --checkpoint)")
-      ->check(CLI::ExistingFile);
-  auto* data = "Data";
-  app.add_option("--valid-fraction", o.valid_fraction,
-                 "Fraction of the file (its end) held out for validation")
-      ->check(CLI::Range(0.001, 0.5))
-      ->group(data);
-  app.add_option("--length,-T", o.length, "Training window (context) length in bytes")
-      ->check(CLI::Range(Index{2}, Index{1} << 20))
-      ->group(data);
-
-  auto* model = "Model";
-  app.add_option("--attention", o.attention,
-                 "Layer kinds, comma-separated and repeated over the layers (lsh, local, full)")
-      ->group(model);
-  app.add_option("--layers", o.layers, "Reversible layers")
-      ->check(CLI::Range(Index{1}, Index{64}))
-      ->group(model);
-  app.add_option("--d-model", o.d_model, "Model width d_model")
-      ->check(CLI::Range(Index{2}, Index{8192}))
-      ->group(model);
-  app.add_option("--d-ff", o.d_ff, "Feed-forward width d_ff")
-      ->check(CLI::Range(Index{1}, Index{65536}))
-      ->group(model);
-  app.add_option("--heads", o.heads, "Attention heads (must divide d_model)")
-      ->check(CLI::Range(Index{1}, Index{256}))
-      ->group(model);
-  app.add_option("--hashes,-R", o.hashes, "LSH hash rounds")
-      ->check(CLI::Range(Index{1}, reformer::kLshMaxHashes))
-      ->group(model);
-  app.add_option("--chunk", o.chunk, "LSH and local attention chunk length")
-      ->check(CLI::Range(Index{1}, Index{1} << 20))
-      ->group(model);
-  app.add_option("--buckets", o.buckets, "LSH buckets per round (even; 0 = auto)")
-      ->check(CLI::Validator(
-          [](std::string& v) {
-            return v == "0" ? std::string() : ex::even_in_range(2, 1 << 30)(v);
-          },
-          "0|EVEN"))
-      ->group(model);
-  app.add_option("--positions", o.positions, "Position embeddings: learned or axial")
-      ->check(CLI::IsMember({"learned", "axial"}))
-      ->group(model);
-  app.add_option("--dropout", o.dropout, "Dropout probability")
-      ->check(CLI::Range(0.0, 0.9))
-      ->group(model);
-
-  auto* train = "Training";
-  app.add_option("--steps", o.steps, "Training steps")
-      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 40))
-      ->group(train);
-  app.add_option("--batch,-B", o.batch, "Windows per step")
-      ->check(CLI::Range(Index{1}, Index{1} << 16))
-      ->group(train);
-  app.add_option("--lr", o.lr, "Peak learning rate (Adam)")
-      ->check(CLI::Range(1e-8, 10.0))
-      ->group(train);
-  app.add_option("--warmup", o.warmup, "Linear learning-rate warmup steps")
-      ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 40))
-      ->group(train);
-  app.add_option("--schedule", o.schedule,
-                 "After warmup: cosine (to lr/10 at --steps), constant or rsqrt")
-      ->check(CLI::IsMember({"constant", "cosine", "rsqrt"}))
-      ->group(train);
-  app.add_option("--clip", o.clip, "Gradient-norm clipping (0 = off)")
-      ->check(CLI::Range(0.0, 1e6))
-      ->group(train);
-  app.add_option("--seed", o.seed, "Seed of the initialisation, LSH rotations, dropout and data")
-      ->group(train);
-
-  auto* run = "Run";
-  app.add_option("--threads", s.threads, "Threads (0 = all cores)")
-      ->check(CLI::Range(0, 1024))
-      ->group(run);
-  app.add_option("--eval-every", s.eval_every, "Validation bits/byte every N steps")
-      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 40))
-      ->group(run);
-  app.add_option("--eval-windows", s.eval_windows, "Validation windows per evaluation")
-      ->check(CLI::Range(Index{1}, Index{1} << 30))
-      ->group(run);
-  app.add_option("--checkpoint-every", s.checkpoint_every,
-                 "Save a checkpoint every N steps (0 = only at the end and on Ctrl-C)")
-      ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 40))
-      ->group(run);
-  app.add_option("--out-dir", s.out_dir,
-                 "Directory for metrics.jsonl and checkpoint.safetensors (default "
-                 "runs/text-<date>-<time>; a resumed run keeps its directory)")
-      ->group(run);
-  app.add_option("--resume", s.resume,
-                 "Continue the run saved in this checkpoint (its settings apply; --steps may "
-                 "extend it)")
-      ->check(CLI::ExistingFile)
-      ->group(run);
-  app.add_option("--progress", s.progress,
-                 "Progress display: auto (live line on a terminal), live or plain")
-      ->check(CLI::IsMember({"auto", "live", "plain"}))
-      ->group(run);
-
-  auto* gen = "Generation";
-  app.add_option("--checkpoint", s.checkpoint,
-                 "Generate from this checkpoint instead of training (with --generate)")
-      ->check(CLI::ExistingFile)
-      ->group(gen);
-  app.add_option("--generate", s.generate,
-                 "Generate N bytes (after training, or from --checkpoint)")
-      ->check(CLI::Range(Index{0}, Index{1} << 30))
-      ->group(gen);
-  app.add_option("--prompt", s.prompt, "Text the generation continues")->group(gen);
-  app.add_option("--temperature", s.sampling.temperature,
-                 "Sampling temperature (0 = always the most likely byte)")
-      ->check(CLI::Range(0.0, 100.0))
-      ->group(gen);
-  app.add_option("--top-k", s.sampling.top_k, "Sample among the k most likely bytes (0 = all)")
-      ->check(CLI::Range(Index{0}, kVocab))
-      ->group(gen);
-  app.add_option("--top-p", s.sampling.top_p,
-                 "Sample among the most likely bytes holding this probability mass")
-      ->check(CLI::Range(1e-6, 1.0))
-      ->group(gen);
-  app.add_option("--sample-seed", s.sample_seed, "Seed of the sampling")->group(gen);
-  app.add_option("--output,-o", s.output, "Write the generated text to this file (default stdout)")
-      ->group(gen);
-}
-
-const std::vector<std::string> kRunFlags = {
-    "file",      "--valid-fraction", "--length",  "--attention", "--layers",
-    "--d-model", "--d-ff",           "--heads",   "--hashes",    "--chunk",
-    "--buckets", "--positions",      "--dropout", "--batch",     "--lr",
-    "--warmup",  "--schedule",       "--clip",    "--seed"};
-
 /// Generation only: rebuild the model from a checkpoint and sample.
-int generate_from_checkpoint(CLI::App& app, const Session& s) {
-  for (const auto& flag : kRunFlags) {
-    ex::require_option(app.count(flag) == 0, flag,
-                       "does not apply with --checkpoint (the checkpoint defines the model)");
-  }
+int generate_from_checkpoint(const CLI::App& app, const Settings& s) {
+  option_table().refuse_given(app, {ex::OptionScope::kRun, ex::OptionScope::kExtend},
+                              "does not apply with --checkpoint (the checkpoint defines the model)",
+                              {"--steps"});
   ex::require_option(s.generate > 0, "--checkpoint", "needs --generate N (N > 0)");
   ex::require_option(s.resume.empty(), "--checkpoint", "cannot be combined with --resume");
-  const auto ckpt = ex::RunCheckpoint::open(s.checkpoint);
-  REFORMER_REQUIRE(ckpt.config.vocab_size == kVocab, reformer::IoError, "train_text", "'",
-                   s.checkpoint, "' holds a model with vocab_size ", ckpt.config.vocab_size,
+  const auto ckpt = reformer::io::Checkpoint::open(s.checkpoint);
+  REFORMER_REQUIRE(ckpt.config().vocab_size == kVocab, reformer::IoError, "train_text", "'",
+                   s.checkpoint, "' holds a model with vocab_size ", ckpt.config().vocab_size,
                    ", not a byte-level model (256)");
   ex::apply_threads(s.threads);
-  Model model(ckpt.config);
-  ckpt.restore_parameters(model);
-  const Index context = ckpt.run.value("length", ckpt.config.max_length());
+  Model model(ckpt.config());
+  ckpt.restore(model);
+  const Index context = ckpt.user().value("length", ckpt.config().max_length());
   ex::install_interrupt_handler();
-  run_generation(model, s, std::min(context, ckpt.config.max_length()));
+  run_generation(model, s, std::min(context, ckpt.config().max_length()));
   return ex::kExitOk;
 }
 
-int run(CLI::App& app, Options o, Session s) {
-  if (!s.checkpoint.empty()) return generate_from_checkpoint(app, s);
+int run(const CLI::App& app, Settings o) {
+  if (!o.checkpoint.empty()) return generate_from_checkpoint(app, o);
 
   // ---- settings ---------------------------------------------------------------------------
-  std::unique_ptr<ex::RunCheckpoint> resume;
-  if (!s.resume.empty()) {
-    for (const auto& flag : kRunFlags) {
-      if (flag == "file") continue;  // the file may have moved: an explicit one wins
-      ex::require_option(app.count(flag) == 0, flag,
-                         "cannot be changed when resuming (the checkpoint's value applies)");
-    }
-    resume = std::make_unique<ex::RunCheckpoint>(ex::RunCheckpoint::open(s.resume));
-    const Options given = o;
-    o = Options::from_checkpoint(*resume);
-    if (app.count("--steps") > 0) o.steps = given.steps;
-    if (app.count("file") > 0) o.file = given.file;
-  }
+  const auto resume = ex::resume_settings(app, option_table(), o, "train_text");
   ex::require_option(!o.file.empty(), "file",
                      "a text file to train on is required (or --checkpoint to generate)");
-  ex::require_option(
-      o.d_model % o.heads == 0, "--heads",
-      ex::format("%lld does not divide --d-model %lld", static_cast<long long>(o.heads),
-                 static_cast<long long>(o.d_model)));
-  const reformer::ReformerConfig config = resume ? resume->config : model_config(o);
+  ex::require_heads_divide(o);
+  const reformer::ReformerConfig config = resume ? resume->config() : model_config(o);
   config.validate();
-  const int threads = ex::apply_threads(s.threads);
+  const int threads = ex::apply_threads(o.threads);
 
   const ex::TextCorpus corpus(ex::read_bytes(o.file), o.valid_fraction, o.length, o.file);
-  const auto windows = corpus.valid_windows(o.length, s.eval_windows);
+  const auto windows = corpus.valid_windows(o.length, o.eval_windows);
 
-  Model model(config);
-  reformer::Adam<Scalar> opt(model.parameters(), reformer::AdamOptions::adam(o.lr));
-  double prior_elapsed = 0.0;
-  if (resume) {
-    resume->restore(model, opt);
-    prior_elapsed = resume->run.value("elapsed_s", 0.0);
-  }
-  const reformer::LrSchedule schedule = ex::make_schedule(o.schedule, o.lr, o.warmup, o.steps);
+  ex::TrainingRun<Scalar> tr(o, config, resume, "runs/text");
+  const Model& model = tr.model;
   const reformer::Rng train_rng = reformer::Rng(o.seed).derive(reformer::stream::kData).derive(0);
-
-  const std::string out_dir = ex::prepare_out_dir(
-      s.out_dir, resume ? ex::parent_dir(s.resume) : std::string(), "runs/text");
-  ex::MetricsLog log(out_dir + "/metrics.jsonl", static_cast<bool>(resume));
-  const std::string checkpoint_path = out_dir + "/checkpoint.safetensors";
   const std::string title =
       ex::format("byte-level LM on %s: %lld layers (%s), d_model %lld, T = %lld", o.file.c_str(),
                  static_cast<long long>(o.layers), o.attention.c_str(),
@@ -467,33 +283,12 @@ int run(CLI::App& app, Options o, Session s) {
   std::printf("  %lld parameters, batch %lld, lr %g (%s, warmup %lld), %d thread(s)\n",
               static_cast<long long>(model.parameters().size()), static_cast<long long>(o.batch),
               o.lr, o.schedule.c_str(), static_cast<long long>(o.warmup), threads);
-  std::printf(
-      "  output: %s/ (metrics.jsonl, checkpoint.safetensors)%s\n", out_dir.c_str(),
-      resume
-          ? ex::format(", resuming at step %lld", static_cast<long long>(opt.step_count())).c_str()
-          : "");
-  std::fflush(stdout);
-  log.write({{"event", "config"},
-             {"title", title},
-             {"run", o.to_json()},
-             {"model", nlohmann::json(config)},
-             {"threads", threads},
-             {"step", opt.step_count()},
-             {"resumed", static_cast<bool>(resume)}});
+  tr.print_output();
+  tr.log_config(title, run_json(o), threads);
 
   // ---- training -----------------------------------------------------------------------------
-  ex::install_interrupt_handler();
-  ex::Progress progress(opt.step_count(), o.steps, ex::progress_mode(s.progress));
-  ex::LoopSettings loop;
-  loop.total_steps = o.steps;
-  loop.clip = o.clip;
-  loop.schedule = schedule;
-  loop.eval_every = s.eval_every;
-  loop.checkpoint_every = s.checkpoint_every;
-  loop.prior_elapsed = prior_elapsed;
-
-  const auto result = ex::train_loop<Scalar>(
-      model, opt, loop, progress, log,
+  const auto result = tr.train(
+      o, run_json(o),
       [&](std::int64_t step) {
         return corpus.sample_train(train_rng.derive(static_cast<std::uint64_t>(step)), o.batch,
                                    o.length);
@@ -506,34 +301,18 @@ int run(CLI::App& app, Options o, Session s) {
             ex::format("step %lld: validation %.4f bits/byte", static_cast<long long>(step), bpb);
         e.progress = ex::format("valid %.3f bpb", bpb);
         return e;
-      },
-      [&](std::int64_t, double elapsed) {
-        nlohmann::json run = o.to_json();
-        run["elapsed_s"] = elapsed;
-        ex::save_run_checkpoint(checkpoint_path, model, opt, run);
-        return checkpoint_path;
       });
-  log.write({{"event", "done"},
-             {"step", result.step},
-             {"elapsed_s", result.elapsed},
-             {"interrupted", result.interrupted},
-             {"eval_bpb", result.last_eval.record.value("eval_bpb", 0.0)}});
-  if (result.interrupted) {
-    std::printf("Interrupted at step %lld. Resume with: --resume %s\n",
-                static_cast<long long>(result.step), checkpoint_path.c_str());
+  if (tr.finish(result, {{"eval_bpb", result.last_eval.record.value("eval_bpb", 0.0)}})) {
     return ex::kExitInterrupted;
   }
-  std::printf(
-      "Done: %lld steps in %s. Metrics: %s/metrics.jsonl (plot: /usr/bin/python3 "
-      "scripts/plot_metrics.py %s/metrics.jsonl)\n",
-      static_cast<long long>(result.step), ex::format_duration(result.elapsed).c_str(),
-      out_dir.c_str(), out_dir.c_str());
-  if (s.generate > 0) {
+  std::printf("Done: %lld steps in %s. Metrics: %s\n", static_cast<long long>(result.step),
+              ex::format_duration(result.elapsed).c_str(), tr.metrics_hint().c_str());
+  if (o.generate > 0) {
     std::printf("\nSample (%lld bytes, temperature %g, top-k %lld, top-p %g):\n",
-                static_cast<long long>(s.generate), s.sampling.temperature,
-                static_cast<long long>(s.sampling.top_k), s.sampling.top_p);
+                static_cast<long long>(o.generate), o.temperature, static_cast<long long>(o.top_k),
+                o.top_p);
     std::fflush(stdout);
-    run_generation(model, s, o.length);
+    run_generation(model, o, o.length);
   }
   return ex::kExitOk;
 }
@@ -541,13 +320,9 @@ int run(CLI::App& app, Options o, Session s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  ex::keep_freed_memory();
-  CLI::App app(
+  return ex::run_with_options(
+      "train_text",
       "Train a byte-level Reformer language model on a text file (bits per byte on a held-out "
       "split, checkpoints, resume), or generate text from a checkpoint.",
-      "train_text");
-  Options options;
-  Session session;
-  add_options(app, options, session);
-  return ex::run_program(app, argc, argv, [&] { return run(app, options, session); });
+      option_table(), argc, argv, run);
 }

@@ -57,6 +57,13 @@ inline CLI::Validator even_in_range(long long lo, long long hi) {
       "EVEN in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
 }
 
+/// Validator: 0, or an even integer in [lo, hi].
+inline CLI::Validator zero_or_even_in_range(long long lo, long long hi) {
+  const CLI::Validator even = even_in_range(lo, hi);
+  return CLI::Validator([even](std::string& v) { return v == "0" ? std::string() : even(v); },
+                        "0|EVEN");
+}
+
 /// Parses argv into `app` and runs `body()` (returning the exit code). Every exception ends as
 /// one line on stderr and a non-zero exit code.
 template <class Body>

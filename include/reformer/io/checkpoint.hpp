@@ -11,12 +11,18 @@
 //   reformer.version = "0.1.0"         the library that wrote it
 //   config = {...}                     the model config as JSON (io/config_json.hpp), if given
 //   optimizer.type / .step / .lr / .beta1 / .beta2 / .eps / .weight_decay   with the optimizer
+//   user = {...}                       the caller's JSON object (Checkpoint::save), if given
 //
 // Loading validates everything — every slot present, shapes equal, floating dtypes, finite
 // values, no unknown tensors (unless allowed), a matching optimizer layout — into temporaries
 // and only then replaces the store's values (and the optimizer state): on any problem it throws
 // reformer::IoError naming the file and the tensor, and the store is unchanged.
-// Writes are atomic (SafetensorsWriter::write: temporary file + rename).
+// Writes are atomic (SafetensorsWriter::write: temporary file in the same folder, fsync, rename).
+// Non-finite values are refused on save (InvalidArgument) and on load (IoError).
+//
+// The class Checkpoint (at the end) is the one-stop API: open a file once, read its config,
+// step and user JSON, restore a model (and optimizer); save them in one call. The free
+// functions are its building blocks, for files with other contents.
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/types.hpp"
@@ -24,13 +30,14 @@
 #include "reformer/io/safetensors.hpp"
 #include "reformer/model/config.hpp"
 #include "reformer/model/optimizer.hpp"
+#include "reformer/ops/check_finite.hpp"
 #include "reformer/version.hpp"
 
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -86,25 +93,21 @@ inline void add_extra_metadata(SafetensorsWriter& w, const char* where,
                                const std::map<std::string, std::string>& extra) {
   for (const auto& kv : extra) {
     const std::string& k = kv.first;
-    REFORMER_REQUIRE(k != "format" && k != "config" && k.rfind("reformer.", 0) != 0 &&
-                         k.rfind("optimizer.", 0) != 0,
+    REFORMER_REQUIRE(k != "format" && k != "config" && k != "user" &&
+                         k.rfind("reformer.", 0) != 0 && k.rfind("optimizer.", 0) != 0,
                      InvalidArgument, where, "metadata key '", k,
-                     "' is reserved (format, config, reformer.*, optimizer.*)");
+                     "' is reserved (format, config, user, reformer.*, optimizer.*)");
     w.set_metadata(k, kv.second);
   }
 }
 
+/// InvalidArgument naming the first non-finite parameter (ops/check_finite.hpp).
 template <class S>
 void check_finite_values(const char* where, const Parameters<S>& params) {
   if (params.values().allFinite()) return;
   for (SlotId id = 0; id < params.num_slots(); ++id) {
-    const auto v = params.value_vector(id);
-    for (Index i = 0; i < v.size(); ++i) {
-      if (!std::isfinite(v[i])) {
-        raise(where, "parameter '", params.slot(id).name, "' element ", i, " = ", v[i],
-              " is not finite; refusing to save it");
-      }
-    }
+    const std::string name = "parameter '" + params.slot(id).name + "'";
+    check_finite(where, name.c_str(), params.value_vector(id));
   }
 }
 
@@ -181,11 +184,13 @@ void read_slot_tensor(const char* where, const SafetensorsFile& file, const std:
                    dtype_name(ti.dtype), ", expected a floating-point dtype (F32 or F64)");
   }
   file.read_into(tensor, dst, static_cast<std::size_t>(slot.size));
-  for (Index i = 0; i < slot.size; ++i) {
-    if (!std::isfinite(dst[i])) {
-      raise<IoError>(where, "'", file.source(), "': tensor '", tensor, "' element ", i, " = ",
-                     dst[i], " is not finite (in the file or after conversion)");
-    }
+  // Non-finite in the file, or after conversion to S (1e300 as float): a corrupt file.
+  const std::string file_where = std::string(where) + ": '" + file.source() + "'";
+  const std::string name = "tensor '" + tensor + "'";
+  try {
+    check_finite(file_where.c_str(), name.c_str(), Eigen::Map<const Vector<S>>(dst, slot.size));
+  } catch (const InvalidArgument& e) {
+    throw IoError(e.what());
   }
 }
 
@@ -238,19 +243,8 @@ Vector<S> read_parameters(const char* where, const SafetensorsFile& file,
   return values;
 }
 
-template <class S>
-struct OptimizerState {
-  std::int64_t step = 0;
-  Vector<S> m, v;
-};
-
-/// The optimizer state of `file` for the store's layout; throws IoError on any mismatch.
-template <class S>
-OptimizerState<S> read_optimizer(const char* where, const SafetensorsFile& file, const Adam<S>& opt,
-                                 const Parameters<S>& params) {
-  check_layout_version(where, file);
-  check_optimizer_layout(where, opt, params);  // a caller error: InvalidArgument
-  OptimizerState<S> state;
+/// The optimizer's update count (metadata "optimizer.step"); IoError when absent or malformed.
+inline std::int64_t read_optimizer_step(const char* where, const SafetensorsFile& file) {
   auto it = file.metadata().find("optimizer.step");
   if (it == file.metadata().end()) {
     raise<IoError>(where, "'", file.source(),
@@ -267,7 +261,23 @@ OptimizerState<S> read_optimizer(const char* where, const SafetensorsFile& file,
     raise<IoError>(where, "'", file.source(), "': metadata 'optimizer.step' = '", s,
                    "' is not a non-negative integer");
   }
-  state.step = step;
+  return step;
+}
+
+template <class S>
+struct OptimizerState {
+  std::int64_t step = 0;
+  Vector<S> m, v;
+};
+
+/// The optimizer state of `file` for the store's layout; throws IoError on any mismatch.
+template <class S>
+OptimizerState<S> read_optimizer(const char* where, const SafetensorsFile& file, const Adam<S>& opt,
+                                 const Parameters<S>& params) {
+  check_layout_version(where, file);
+  check_optimizer_layout(where, opt, params);  // a caller error: InvalidArgument
+  OptimizerState<S> state;
+  state.step = read_optimizer_step(where, file);
   state.m.resize(params.size());
   state.v.resize(params.size());
   const std::pair<const char*, Vector<S>*> parts[] = {{"optimizer.m.", &state.m},
@@ -449,5 +459,130 @@ CheckpointInfo load_training_state(const std::string& path, Model& model, Adam<S
                                    const LoadOptions& options = {}) {
   return load_checkpoint(path, model.parameters(), opt, options);
 }
+
+// ---- a checkpoint opened once ------------------------------------------------------------------
+
+/// Metadata key of the caller's JSON object (Checkpoint::save's `user`): the settings of a
+/// program, its progress (elapsed time, ...), anything it needs to resume.
+inline constexpr const char* kUserMetadataKey = "user";
+
+/// A checkpoint file read and validated once, then queried and restored from:
+///
+///   Checkpoint::save(path, model, opt, {{"elapsed_s", 12.5}});   // atomic write
+///   const auto ck = Checkpoint::open(path);
+///   ReformerLM<float> model(ck.config());
+///   Adam<float> opt(model.parameters(), AdamOptions::adam(1e-3));
+///   ck.restore(model, opt);      // parameters and Adam state, all or nothing
+///   ck.step();                   // updates made so far (the RNG streams are keyed by it)
+///   ck.user_value<double>("elapsed_s");
+///
+/// Every error is an IoError naming the file and what is wrong with it.
+class Checkpoint {
+ public:
+  /// Reads `path`, its config (when it has one) and its user JSON (when it has one).
+  static Checkpoint open(const std::string& path) {
+    return Checkpoint(SafetensorsFile::load(path));
+  }
+
+  /// Parses a file already in memory (`file.source()` names it in errors).
+  explicit Checkpoint(SafetensorsFile file) : file_(std::move(file)) {
+    const auto& meta = file_.metadata();
+    if (meta.count("config")) config_ = load_config(file_);
+    auto it = meta.find(kUserMetadataKey);
+    if (it != meta.end()) {
+      try {
+        user_ = nlohmann::json::parse(it->second);
+      } catch (const nlohmann::json::exception&) {
+        raise<IoError>("Checkpoint::open", "'", path(), "': metadata '", kUserMetadataKey,
+                       "' is not valid JSON");
+      }
+      if (!user_.is_object()) {
+        raise<IoError>("Checkpoint::open", "'", path(), "': metadata '", kUserMetadataKey,
+                       "' is not a JSON object");
+      }
+    }
+    if (has_optimizer()) step_ = detail::read_optimizer_step("Checkpoint::open", file_);
+  }
+
+  const std::string& path() const { return file_.source(); }
+  const SafetensorsFile& file() const { return file_; }
+  const std::map<std::string, std::string>& metadata() const { return file_.metadata(); }
+
+  bool has_config() const { return config_.has_value(); }
+  /// The model config stored in the file (validated); IoError when it has none.
+  const ReformerConfig& config() const {
+    if (!config_) raise<IoError>("Checkpoint::config", "'", path(), "' has no 'config' metadata");
+    return *config_;
+  }
+
+  /// Whether the file holds an optimizer state (restore(model, optimizer) needs one).
+  bool has_optimizer() const { return file_.metadata().count("optimizer.step") != 0; }
+  /// The optimizer's update count when saved (0 without optimizer state).
+  std::int64_t step() const { return step_; }
+
+  /// The caller's JSON object given to save() (an empty object when there was none).
+  const nlohmann::json& user() const { return user_; }
+  /// `user()[key]` as a T; IoError naming the file and the key when absent or of another type.
+  template <class T>
+  T user_value(const std::string& key) const {
+    if (!user_.contains(key)) {
+      raise<IoError>("Checkpoint::user_value", "'", path(), "' lacks the user setting '", key, "'");
+    }
+    try {
+      return user_.at(key).get<T>();
+    } catch (const nlohmann::json::exception&) {
+      raise<IoError>("Checkpoint::user_value", "'", path(), "': user setting '", key,
+                     "' has the wrong type (", user_.at(key).dump(), ")");
+    }
+  }
+
+  /// Replaces the model's parameters (the model must have the stored shapes, e.g. be built
+  /// from config()); on any mismatch an IoError and the model is unchanged.
+  template <class Model>
+  CheckpointInfo restore(Model& model, const LoadOptions& options = {}) const {
+    return load_parameters(file_, model.parameters(), options);
+  }
+  /// Replaces parameters and optimizer state together: both or neither.
+  template <class Model, class S>
+  CheckpointInfo restore(Model& model, Adam<S>& optimizer, const LoadOptions& options = {}) const {
+    return load_checkpoint(file_, model.parameters(), optimizer, options);
+  }
+
+  /// Writes the model's parameters (its dtype), config and `user` (a JSON object) atomically:
+  /// a temporary file in the same folder, flushed to disk, renamed over `path`.
+  template <class Model>
+  static void save(const std::string& path, const Model& model,
+                   const nlohmann::json& user = nlohmann::json::object()) {
+    SafetensorsWriter w;
+    detail::add_parameters(w, "Checkpoint::save", model.parameters(),
+                           config_to_json_string(model.config()),
+                           dtype_of<typename Model::Scalar>());
+    add_user(w, user);
+    w.write(path);
+  }
+  /// The same with the optimizer state (its step count is the checkpoint's step()).
+  template <class Model, class S>
+  static void save(const std::string& path, const Model& model, const Adam<S>& optimizer,
+                   const nlohmann::json& user = nlohmann::json::object()) {
+    SafetensorsWriter w;
+    detail::add_parameters(w, "Checkpoint::save", model.parameters(),
+                           config_to_json_string(model.config()), dtype_of<S>());
+    detail::add_optimizer(w, "Checkpoint::save", optimizer, model.parameters());
+    add_user(w, user);
+    w.write(path);
+  }
+
+ private:
+  static void add_user(SafetensorsWriter& w, const nlohmann::json& user) {
+    REFORMER_REQUIRE(user.is_object(), InvalidArgument, "Checkpoint::save", "user = ", user.dump(),
+                     " must be a JSON object");
+    if (!user.empty()) w.set_metadata(kUserMetadataKey, user.dump());
+  }
+
+  SafetensorsFile file_;
+  std::optional<ReformerConfig> config_;
+  nlohmann::json user_ = nlohmann::json::object();
+  std::int64_t step_ = 0;
+};
 
 }  // namespace reformer::io

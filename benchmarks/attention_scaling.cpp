@@ -74,12 +74,12 @@ typename Core::Config core_config(const AttentionShape& s) {
 }
 
 /// Rough memory need of one benchmark instance, to skip points that cannot fit. Per token, in
-/// floats: the benchmark's x, y (+ dy, dx, fx), the sublayer's LayerNorm output, core output and
+/// floats: the benchmark's x, y (+ dy, dx), the sublayer's LayerNorm output, core output and
 /// projections with their gradients in backward (about 9 D-sized columns), and per LSH slot the
 /// sorted q, k, v, o (+ dq and the window parts of dk, dv) of the head being processed.
 double estimated_bytes(const AttentionShape& s, Index t, bool backward) {
   const double td = double(t), d = double(s.hidden), f = sizeof(float);
-  double bytes = td * d * f * (backward ? 5.0 + 9.0 : 2.0 + 4.0);
+  double bytes = td * d * f * (backward ? 4.0 + 9.0 : 2.0 + 4.0);
   if (s.kind == AttentionKind::kLsh) {
     const double slot_floats = double(s.head_size) * (backward ? 9.0 : 4.0) + 6.0;
     bytes += double(s.rounds) * td * slot_floats * f;
@@ -100,11 +100,10 @@ void attention(benchmark::State& state, AttentionKind kind, Index rounds, bool b
   layer.init(params, reformer::Rng(1), 0.02);
   std::srand(7);
   const reformer::Matrix<float> x = reformer::Matrix<float>::Random(kHidden, t);
-  reformer::Matrix<float> y(kHidden, t), dy, dx, fx;
+  reformer::Matrix<float> y(kHidden, t), dy, dx;
   if (backward) {
     dy = reformer::Matrix<float>::Random(kHidden, t);
-    dx.resize(kHidden, t);
-    fx.resize(kHidden, t);
+    dx.setZero(kHidden, t);
   }
   reformer::BucketTape tape;
 
@@ -118,7 +117,7 @@ void attention(benchmark::State& state, AttentionKind kind, Index rounds, bool b
 
   const reformer_bench::WallClock clock = reformer_bench::time_iterations(state, [&] {
     layer.forward(params, x, y, ctx);
-    if (backward) layer.backward(params, x, dy, dx, fx, replay);
+    if (backward) layer.backward(params, x, dy, dx, y, replay);  // dx += J^T dy, y -= f(x)
     benchmark::DoNotOptimize(y.data());
     benchmark::DoNotOptimize(dx.data());
     benchmark::ClobberMemory();

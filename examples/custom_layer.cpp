@@ -16,10 +16,7 @@ struct GatedFeedForward {
         wv(p.add(prefix + "value", {f, d})),
         wo(p.add(prefix + "out", {d, f})) {}
   void init(Parameters<double>& p, const Rng& rng, double std) const {
-    for (SlotId s : {wg, wv, wo}) {
-      for (Index i = 0; i < p.value_vector(s).size(); ++i)
-        p.value_vector(s)[i] = std * rng.derive(s).normal(i);
-    }
+    for (SlotId s : {wg, wv, wo}) init_normal(p, s, rng.derive(s), std);  // weights ~ N(0, std^2)
   }
   void forward(const Parameters<double>& p, ConstMatrixRef<double> x, MatrixRef<double> y,
                const Context&) const {

@@ -27,7 +27,7 @@ int main() {
 
   for (int step = 0; step < 20; ++step) {
     model.zero_grad();
-    const double loss = model.train_step(tokens, batch, step);  // forward + recomputing backward
+    const double loss = model.train_step(tokens, batch);  // forward + recomputing backward
     reformer::clip_grad_norm(model.parameters(), 1.0);
     adam.step(model.parameters());
     std::printf("step %2d  loss %.4f\n", step + 1, loss);

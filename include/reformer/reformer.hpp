@@ -10,9 +10,11 @@
 
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
+#include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/threading.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
 
 #include "reformer/ops/activations.hpp"
@@ -22,6 +24,7 @@
 #include "reformer/ops/embedding.hpp"
 #include "reformer/ops/layer_norm.hpp"
 #include "reformer/ops/linear.hpp"
+#include "reformer/ops/parallel.hpp"
 #include "reformer/ops/softmax.hpp"
 #include "reformer/ops/tokens.hpp"
 

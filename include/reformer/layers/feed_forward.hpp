@@ -1,5 +1,5 @@
 #pragma once
-// The chunked feed-forward sublayer (DESIGN 1.5, Hugging Face ChunkReformerFeedForward):
+// The chunked feed-forward sublayer (docs/DESIGN.md 1.5, Hugging Face ChunkReformerFeedForward):
 //
 //   xn = LN_f(x)              D x n
 //   h  = W1 xn + b1           F x n      W1: [F, D], b1: [F]

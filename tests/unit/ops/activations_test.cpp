@@ -11,8 +11,7 @@
 namespace reformer {
 namespace {
 
-using ops_test::expect_throw_with;
-using ops_test::random_matrix;
+using namespace ops_test;  // random_matrix, random_weight, random_vector, expect_throw_with
 using testing::GradientChecker;
 
 /// Inputs bounded away from relu's kink at 0 (|x| >= 0.05), so finite differences are valid.

@@ -12,10 +12,7 @@
 namespace reformer {
 namespace {
 
-using ops_test::expect_throw_with;
-using ops_test::random_matrix;
-using ops_test::random_vector;
-using ops_test::random_weight;
+using namespace ops_test;  // random_matrix, random_weight, random_vector, expect_throw_with
 using testing::GradientChecker;
 
 constexpr Index kV = 11, kK = 6, kN = 20;  // N is not a multiple of 7

@@ -10,8 +10,7 @@
 namespace reformer {
 namespace {
 
-using ops_test::expect_throw_with;
-using ops_test::random_matrix;
+using namespace ops_test;  // random_matrix, random_weight, random_vector, expect_throw_with
 using testing::GradientChecker;
 
 Matrix<double> ones(Index r, Index c) { return Matrix<double>::Ones(r, c); }

@@ -10,10 +10,7 @@
 namespace reformer {
 namespace {
 
-using ops_test::expect_throw_with;
-using ops_test::random_matrix;
-using ops_test::random_vector;
-using ops_test::random_weight;
+using namespace ops_test;  // random_matrix, random_weight, random_vector, expect_throw_with
 using testing::GradientChecker;
 
 TEST(Linear, ForwardMatchesNaiveSum) {

@@ -8,11 +8,8 @@
 
 #include <cmath>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using namespace ops_test;  // random_matrix, random_weight, random_vector, expect_throw_with
-using testing::GradientChecker;
 
 /// Inputs bounded away from relu's kink at 0 (|x| >= 0.05), so finite differences are valid.
 Matrix<double> away_from_zero(Index r, Index c, std::uint64_t seed) {
@@ -122,4 +119,4 @@ TEST(Activations, RejectWrongShapes) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

@@ -9,11 +9,8 @@
 #include <cmath>
 #include <vector>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using namespace ops_test;  // random_matrix, random_weight, random_vector, expect_throw_with
-using testing::GradientChecker;
 
 constexpr Index kV = 11, kK = 6, kN = 20;  // N is not a multiple of 7
 
@@ -237,4 +234,4 @@ TEST_F(CrossEntropy, RejectsBadArguments) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

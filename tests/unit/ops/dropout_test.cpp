@@ -7,11 +7,8 @@
 
 #include <cmath>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using namespace ops_test;  // random_matrix, random_weight, random_vector, expect_throw_with
-using testing::GradientChecker;
 
 Matrix<double> ones(Index r, Index c) { return Matrix<double>::Ones(r, c); }
 
@@ -119,4 +116,4 @@ TEST(Dropout, RejectsBadArguments) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

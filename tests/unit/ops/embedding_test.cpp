@@ -10,11 +10,8 @@
 #include <limits>
 #include <vector>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using namespace ops_test;  // random_matrix, random_weight, random_vector, expect_throw_with
-using testing::GradientChecker;
 
 TEST(Embedding, LookupGathersRows) {
   const RowMajorMatrix<double> E = random_weight(7, 3, 1);
@@ -119,4 +116,4 @@ TEST(CheckFinite, NamesTheFirstBadElement) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

@@ -8,11 +8,8 @@
 
 #include <cmath>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using namespace ops_test;  // random_matrix, random_weight, random_vector, expect_throw_with
-using testing::GradientChecker;
 
 TEST(LayerNorm, ForwardMatchesDefinition) {
   const Matrix<double> x = random_matrix(6, 5, 1, -2.0, 3.0);
@@ -144,4 +141,4 @@ TEST(LayerNorm, RejectsBadArguments) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

@@ -7,11 +7,8 @@
 
 #include <gtest/gtest.h>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using namespace ops_test;  // random_matrix, random_weight, random_vector, expect_throw_with
-using testing::GradientChecker;
 
 TEST(Linear, ForwardMatchesNaiveSum) {
   const RowMajorMatrix<double> W = random_weight(3, 5, 1);
@@ -168,4 +165,4 @@ TEST(Linear, RejectsWrongShapes) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

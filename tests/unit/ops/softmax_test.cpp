@@ -9,11 +9,8 @@
 #include <cmath>
 #include <limits>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using namespace ops_test;  // random_matrix, random_weight, random_vector, expect_throw_with
-using testing::GradientChecker;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -234,4 +231,4 @@ TEST(Softmax, RejectsWrongShapes) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

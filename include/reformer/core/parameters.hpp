@@ -94,39 +94,29 @@ class Parameters {
   const Vector<S>& grads() const { return grads_; }
 
   /// Matrix views (row-major, see the header comment).
-  WeightMap<S> value(SlotId id) { return map(values_, id); }
-  ConstWeightMap<S> value(SlotId id) const { return cmap(values_, id); }
-  WeightMap<S> grad(SlotId id) { return map(grads_, id); }
-  ConstWeightMap<S> grad(SlotId id) const { return cmap(grads_, id); }
+  WeightMap<S> value(SlotId id) { return view<WeightMap<S>>(values_, id); }
+  ConstWeightMap<S> value(SlotId id) const { return view<ConstWeightMap<S>>(values_, id); }
+  WeightMap<S> grad(SlotId id) { return view<WeightMap<S>>(grads_, id); }
+  ConstWeightMap<S> grad(SlotId id) const { return view<ConstWeightMap<S>>(grads_, id); }
 
   /// Flat vector views of one slot.
-  VectorMap<S> value_vector(SlotId id) {
-    const auto& s = slot(id);
-    return VectorMap<S>(values_.data() + s.offset, s.size);
-  }
-  ConstVectorMap<S> value_vector(SlotId id) const {
-    const auto& s = slot(id);
-    return ConstVectorMap<S>(values_.data() + s.offset, s.size);
-  }
-  VectorMap<S> grad_vector(SlotId id) {
-    const auto& s = slot(id);
-    return VectorMap<S>(grads_.data() + s.offset, s.size);
-  }
-  ConstVectorMap<S> grad_vector(SlotId id) const {
-    const auto& s = slot(id);
-    return ConstVectorMap<S>(grads_.data() + s.offset, s.size);
-  }
+  VectorMap<S> value_vector(SlotId id) { return view<VectorMap<S>>(values_, id); }
+  ConstVectorMap<S> value_vector(SlotId id) const { return view<ConstVectorMap<S>>(values_, id); }
+  VectorMap<S> grad_vector(SlotId id) { return view<VectorMap<S>>(grads_, id); }
+  ConstVectorMap<S> grad_vector(SlotId id) const { return view<ConstVectorMap<S>>(grads_, id); }
 
   void zero_grad() { grads_.setZero(); }
 
  private:
-  WeightMap<S> map(Vector<S>& v, SlotId id) {
+  /// Slot `id` of `store` (values_ or grads_) as a `Map`: a rows x cols matrix or a flat vector.
+  template <class Map, class Store>
+  Map view(Store& store, SlotId id) const {
     const auto& s = slot(id);
-    return WeightMap<S>(v.data() + s.offset, s.rows(), s.cols());
-  }
-  ConstWeightMap<S> cmap(const Vector<S>& v, SlotId id) const {
-    const auto& s = slot(id);
-    return ConstWeightMap<S>(v.data() + s.offset, s.rows(), s.cols());
+    if constexpr (Map::IsVectorAtCompileTime) {
+      return Map(store.data() + s.offset, s.size);
+    } else {
+      return Map(store.data() + s.offset, s.rows(), s.cols());
+    }
   }
 
   std::vector<ParamSlot> slots_;

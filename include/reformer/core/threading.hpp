@@ -47,18 +47,16 @@ inline void set_num_threads(int n) {
 inline int num_threads() {
 #if defined(_OPENMP)
   return omp_get_max_threads();
-#else
-  return 1;
 #endif
+  return 1;  // without OpenMP
 }
 
 /// Index of the calling thread inside a parallel loop (0 outside), < num_threads().
 inline int thread_index() {
 #if defined(_OPENMP)
   return omp_get_thread_num();
-#else
-  return 0;
 #endif
+  return 0;  // without OpenMP
 }
 
 /// Runs f(i) for i in [0, n) across the threads. Items must be independent. If items throw, the

@@ -21,86 +21,94 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace reformer {
 
 /// Hugging Face's ReformerConfig defaults (transformers' configuration_reformer.py), for JSON
-/// that comes from HF and lists only the fields it changed.
+/// that comes from HF and lists only the fields it changed. ReformerConfig's own defaults are
+/// HF's except for the fields set here (a smaller causal model that chunks its feed-forward and
+/// LM head by default).
 inline ReformerConfig hf_default_config() {
   ReformerConfig c;
-  c.vocab_size = 320;
   c.hidden_size = 256;
   c.num_attention_heads = 12;
-  c.attention_head_size = 64;
-  c.feed_forward_size = 512;
-  c.hidden_act = "relu";
   c.attn_layers = {"local", "lsh", "local", "lsh", "local", "lsh"};
-  c.lsh_attn_chunk_length = 64;
-  c.num_buckets = {};
-  c.num_hashes = 1;
-  c.lsh_num_chunks_before = 1;
-  c.lsh_num_chunks_after = 0;
-  c.local_attn_chunk_length = 64;
-  c.local_num_chunks_before = 1;
-  c.local_num_chunks_after = 0;
-  c.is_decoder = false;
-  c.hidden_dropout_prob = 0.05;
-  c.lsh_attention_probs_dropout_prob = 0.0;
-  c.local_attention_probs_dropout_prob = 0.05;
-  c.axial_pos_embds = true;
-  c.axial_pos_shape = {64, 64};
   c.axial_pos_embds_dim = {64, 192};
-  c.max_position_embeddings = 4096;
-  c.layer_norm_eps = 1e-12;
+  c.is_decoder = false;
   c.chunk_size_feed_forward = 0;
   c.chunk_size_lm_head = 0;
-  c.initializer_range = 0.02;
-  c.axial_norm_std = 1.0;
   return c;
 }
+
+namespace detail {
+
+/// A config's num_buckets (`List` is std::vector<Index>, const or not), told apart from the other
+/// integer lists because its JSON is null (auto), an integer or a list of factors.
+template <class List>
+struct BucketsField {
+  List& factors;
+};
+
+/// Calls visit(key, field) for every ReformerConfig field under its HF key, `c` const or not;
+/// num_buckets comes as a BucketsField.
+template <class Config, class Visit>
+void for_each_config_field(Config& c, Visit&& visit) {
+  using Buckets = BucketsField<std::remove_reference_t<decltype((c.num_buckets))>>;
+  visit("vocab_size", c.vocab_size);
+  visit("hidden_size", c.hidden_size);
+  visit("num_attention_heads", c.num_attention_heads);
+  visit("attention_head_size", c.attention_head_size);
+  visit("feed_forward_size", c.feed_forward_size);
+  visit("hidden_act", c.hidden_act);
+  visit("attn_layers", c.attn_layers);
+  visit("lsh_attn_chunk_length", c.lsh_attn_chunk_length);
+  visit("num_buckets", Buckets{c.num_buckets});
+  visit("num_hashes", c.num_hashes);
+  visit("lsh_num_chunks_before", c.lsh_num_chunks_before);
+  visit("lsh_num_chunks_after", c.lsh_num_chunks_after);
+  visit("local_attn_chunk_length", c.local_attn_chunk_length);
+  visit("local_num_chunks_before", c.local_num_chunks_before);
+  visit("local_num_chunks_after", c.local_num_chunks_after);
+  visit("is_decoder", c.is_decoder);
+  visit("hidden_dropout_prob", c.hidden_dropout_prob);
+  visit("lsh_attention_probs_dropout_prob", c.lsh_attention_probs_dropout_prob);
+  visit("local_attention_probs_dropout_prob", c.local_attention_probs_dropout_prob);
+  visit("axial_pos_embds", c.axial_pos_embds);
+  visit("axial_pos_shape", c.axial_pos_shape);
+  visit("axial_pos_embds_dim", c.axial_pos_embds_dim);
+  visit("max_position_embeddings", c.max_position_embeddings);
+  visit("layer_norm_eps", c.layer_norm_eps);
+  visit("chunk_size_feed_forward", c.chunk_size_feed_forward);
+  visit("chunk_size_lm_head", c.chunk_size_lm_head);
+  visit("initializer_range", c.initializer_range);
+  visit("axial_norm_std", c.axial_norm_std);
+  visit("seed", c.seed);
+}
+
+template <class T>
+nlohmann::json json_value(const T& field) {
+  return field;
+}
+/// null (auto), an integer (one factor) or a list of factors.
+inline nlohmann::json json_value(BucketsField<const std::vector<Index>> buckets) {
+  const auto& f = buckets.factors;
+  if (f.empty()) return nullptr;
+  if (f.size() == 1) return f[0];
+  return f;
+}
+
+}  // namespace detail
 
 /// Writes every field (HF names) plus "model_type": "reformer".
 inline void to_json(nlohmann::json& j, const ReformerConfig& c) {
   j = nlohmann::json::object();
   j["model_type"] = "reformer";
   j["architectures"] = {"ReformerModelWithLMHead"};
-  j["vocab_size"] = c.vocab_size;
-  j["hidden_size"] = c.hidden_size;
-  j["num_attention_heads"] = c.num_attention_heads;
-  j["attention_head_size"] = c.attention_head_size;
-  j["feed_forward_size"] = c.feed_forward_size;
-  j["hidden_act"] = c.hidden_act;
-  j["attn_layers"] = c.attn_layers;
-  j["lsh_attn_chunk_length"] = c.lsh_attn_chunk_length;
-  if (c.num_buckets.empty()) {
-    j["num_buckets"] = nullptr;
-  } else if (c.num_buckets.size() == 1) {
-    j["num_buckets"] = c.num_buckets[0];
-  } else {
-    j["num_buckets"] = c.num_buckets;
-  }
-  j["num_hashes"] = c.num_hashes;
-  j["lsh_num_chunks_before"] = c.lsh_num_chunks_before;
-  j["lsh_num_chunks_after"] = c.lsh_num_chunks_after;
-  j["local_attn_chunk_length"] = c.local_attn_chunk_length;
-  j["local_num_chunks_before"] = c.local_num_chunks_before;
-  j["local_num_chunks_after"] = c.local_num_chunks_after;
-  j["is_decoder"] = c.is_decoder;
-  j["hidden_dropout_prob"] = c.hidden_dropout_prob;
-  j["lsh_attention_probs_dropout_prob"] = c.lsh_attention_probs_dropout_prob;
-  j["local_attention_probs_dropout_prob"] = c.local_attention_probs_dropout_prob;
-  j["axial_pos_embds"] = c.axial_pos_embds;
-  j["axial_pos_shape"] = c.axial_pos_shape;
-  j["axial_pos_embds_dim"] = c.axial_pos_embds_dim;
-  j["max_position_embeddings"] = c.max_position_embeddings;
-  j["layer_norm_eps"] = c.layer_norm_eps;
-  j["chunk_size_feed_forward"] = c.chunk_size_feed_forward;
-  j["chunk_size_lm_head"] = c.chunk_size_lm_head;
-  j["initializer_range"] = c.initializer_range;
-  j["axial_norm_std"] = c.axial_norm_std;
-  j["seed"] = c.seed;
+  detail::for_each_config_field(
+      c, [&j](const char* key, const auto& field) { j[key] = detail::json_value(field); });
   j["tie_word_embeddings"] = false;
 }
 
@@ -114,7 +122,7 @@ class ConfigJsonReader {
     }
   }
 
-  void integer(const char* key, Index& out) const {
+  void read(const char* key, Index& out) const {
     if (const auto* v = find(key)) {
       if (!v->is_number_integer()) wrong_type(key, *v, "an integer");
       if (v->is_number_unsigned() &&
@@ -125,34 +133,34 @@ class ConfigJsonReader {
       out = static_cast<Index>(v->get<std::int64_t>());
     }
   }
-  void unsigned_integer(const char* key, std::uint64_t& out) const {
+  void read(const char* key, std::uint64_t& out) const {
     if (const auto* v = find(key)) {
       if (!v->is_number_unsigned()) wrong_type(key, *v, "a non-negative integer");
       out = v->get<std::uint64_t>();
     }
   }
-  void number(const char* key, double& out) const {
+  void read(const char* key, double& out) const {
     if (const auto* v = find(key)) {
       if (!v->is_number()) wrong_type(key, *v, "a number");
       out = v->get<double>();
     }
   }
-  void boolean(const char* key, bool& out) const {
+  void read(const char* key, bool& out) const {
     if (const auto* v = find(key)) {
       if (!v->is_boolean()) wrong_type(key, *v, "true or false");
       out = v->get<bool>();
     }
   }
-  void string(const char* key, std::string& out) const {
+  void read(const char* key, std::string& out) const {
     if (const auto* v = find(key)) {
       if (!v->is_string()) wrong_type(key, *v, "a string");
       out = v->get<std::string>();
     }
   }
-  void integer_list(const char* key, std::vector<Index>& out) const {
+  void read(const char* key, std::vector<Index>& out) const {
     if (const auto* v = find(key)) out = as_integer_list(key, *v);
   }
-  void string_list(const char* key, std::vector<std::string>& out) const {
+  void read(const char* key, std::vector<std::string>& out) const {
     if (const auto* v = find(key)) {
       if (!v->is_array()) wrong_type(key, *v, "a list of strings");
       std::vector<std::string> list;
@@ -164,8 +172,9 @@ class ConfigJsonReader {
     }
   }
   /// null → auto (empty), integer → {n}, list → factors.
-  void buckets(const char* key, std::vector<Index>& out) const {
+  void read(const char* key, BucketsField<std::vector<Index>> buckets) const {
     if (const auto* v = find(key)) {
+      auto& out = buckets.factors;
       if (v->is_null()) {
         out.clear();
       } else if (v->is_number_integer()) {
@@ -210,35 +219,7 @@ inline ReformerConfig config_from_json(const nlohmann::json& j) {
   const bool from_hf = j.contains("model_type") && j["model_type"] == "reformer" &&
                        !j.contains("seed");  // ours always writes "seed"
   ReformerConfig c = from_hf ? hf_default_config() : ReformerConfig{};
-  r.integer("vocab_size", c.vocab_size);
-  r.integer("hidden_size", c.hidden_size);
-  r.integer("num_attention_heads", c.num_attention_heads);
-  r.integer("attention_head_size", c.attention_head_size);
-  r.integer("feed_forward_size", c.feed_forward_size);
-  r.string("hidden_act", c.hidden_act);
-  r.string_list("attn_layers", c.attn_layers);
-  r.integer("lsh_attn_chunk_length", c.lsh_attn_chunk_length);
-  r.buckets("num_buckets", c.num_buckets);
-  r.integer("num_hashes", c.num_hashes);
-  r.integer("lsh_num_chunks_before", c.lsh_num_chunks_before);
-  r.integer("lsh_num_chunks_after", c.lsh_num_chunks_after);
-  r.integer("local_attn_chunk_length", c.local_attn_chunk_length);
-  r.integer("local_num_chunks_before", c.local_num_chunks_before);
-  r.integer("local_num_chunks_after", c.local_num_chunks_after);
-  r.boolean("is_decoder", c.is_decoder);
-  r.number("hidden_dropout_prob", c.hidden_dropout_prob);
-  r.number("lsh_attention_probs_dropout_prob", c.lsh_attention_probs_dropout_prob);
-  r.number("local_attention_probs_dropout_prob", c.local_attention_probs_dropout_prob);
-  r.boolean("axial_pos_embds", c.axial_pos_embds);
-  r.integer_list("axial_pos_shape", c.axial_pos_shape);
-  r.integer_list("axial_pos_embds_dim", c.axial_pos_embds_dim);
-  r.integer("max_position_embeddings", c.max_position_embeddings);
-  r.number("layer_norm_eps", c.layer_norm_eps);
-  r.integer("chunk_size_feed_forward", c.chunk_size_feed_forward);
-  r.integer("chunk_size_lm_head", c.chunk_size_lm_head);
-  r.number("initializer_range", c.initializer_range);
-  r.number("axial_norm_std", c.axial_norm_std);
-  r.unsigned_integer("seed", c.seed);
+  detail::for_each_config_field(c, [&r](const char* key, auto&& field) { r.read(key, field); });
   return c;
 }
 

@@ -30,6 +30,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <optional>
@@ -52,35 +53,11 @@ enum class DType { BOOL, U8, I8, U16, I16, F16, BF16, U32, I32, F32, U64, I64, F
 
 /// The format's spelling of a dtype ("F32", ...).
 inline const char* dtype_name(DType d) {
-  switch (d) {
-    case DType::BOOL:
-      return "BOOL";
-    case DType::U8:
-      return "U8";
-    case DType::I8:
-      return "I8";
-    case DType::U16:
-      return "U16";
-    case DType::I16:
-      return "I16";
-    case DType::F16:
-      return "F16";
-    case DType::BF16:
-      return "BF16";
-    case DType::U32:
-      return "U32";
-    case DType::I32:
-      return "I32";
-    case DType::F32:
-      return "F32";
-    case DType::U64:
-      return "U64";
-    case DType::I64:
-      return "I64";
-    case DType::F64:
-      return "F64";
-  }
-  return "?";
+  static constexpr const char* kNames[] = {
+      "BOOL", "U8",  "I8",  "U16", "I16", "F16", "BF16",
+      "U32",  "I32", "F32", "U64", "I64", "F64"};  // enum order
+  const auto k = static_cast<std::size_t>(d);
+  return k < std::size(kNames) ? kNames[k] : "?";
 }
 
 /// The dtype spelled `s`, or nullopt when the format has no such dtype.

@@ -13,7 +13,9 @@
 #include "reformer/ops/activations.hpp"  // Activation
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -24,15 +26,9 @@ namespace reformer {
 enum class LayerKind { kLsh, kLocal, kFull };
 
 inline const char* to_string(LayerKind k) {
-  switch (k) {
-    case LayerKind::kLsh:
-      return "lsh";
-    case LayerKind::kLocal:
-      return "local";
-    case LayerKind::kFull:
-      return "full";
-  }
-  return "?";
+  static constexpr const char* kNames[] = {"lsh", "local", "full"};  // enum order
+  const auto i = static_cast<std::size_t>(k);
+  return i < std::size(kNames) ? kNames[i] : "?";
 }
 
 namespace detail {

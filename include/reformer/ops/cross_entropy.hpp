@@ -85,6 +85,22 @@ void cross_entropy_chunk(MatrixRef<S> logits, TokenSpan targets, bool grad, S sc
     }
   }
 }
+/// Calls f(c0, c, logits) for the chunks [c0, c0 + c) of `chunk` tokens of h (K x N), with the
+/// chunk's logits = W h(:, c0:c0+c) + b (V x c) in one reused V x chunk buffer.
+template <class S, class F>
+void for_each_logits_chunk(ConstMatrixRef<S> h, ConstWeightRef<S> W, ConstVectorRef<S> b,
+                           Index chunk, F&& f) {
+  const Index n_total = h.cols();
+  Matrix<S> buffer(W.rows(), std::min(chunk, n_total));  // V x chunk
+  for (Index c0 = 0; c0 < n_total; c0 += chunk) {
+    const Index c = std::min(chunk, n_total - c0);
+    auto logits = buffer.leftCols(c);
+    logits.noalias() = W * h.middleCols(c0, c);
+    logits.colwise() += b;
+    f(c0, c, logits);
+  }
+}
+
 }  // namespace detail
 
 /// Logits of the given columns: logits = W h + b.  h: K x n, logits: V x n (overwritten).
@@ -107,15 +123,9 @@ CrossEntropyResult cross_entropy_forward(ConstMatrixRef<S> h, ConstWeightRef<S> 
   detail::check_cross_entropy_args("cross_entropy_forward", h.rows(), h.cols(), W.rows(), W.cols(),
                                    b.rows(), b.cols(), targets, chunk);
   CrossEntropyResult r;
-  const Index n_total = h.cols();
-  Matrix<S> logits(W.rows(), std::min(chunk, n_total));  // V x chunk
-  for (Index c0 = 0; c0 < n_total; c0 += chunk) {
-    const Index c = std::min(chunk, n_total - c0);
-    auto block = logits.leftCols(c);
-    block.noalias() = W * h.middleCols(c0, c);
-    block.colwise() += b;
-    detail::cross_entropy_chunk<S>(block, targets.subspan(c0, c), false, S(0), r);
-  }
+  detail::for_each_logits_chunk<S>(h, W, b, chunk, [&](Index c0, Index c, MatrixRef<S> logits) {
+    detail::cross_entropy_chunk<S>(logits, targets.subspan(c0, c), false, S(0), r);
+  });
   r.mean = r.count > 0 ? r.sum / static_cast<double>(r.count) : 0.0;
   return r;
 }
@@ -146,19 +156,13 @@ CrossEntropyResult cross_entropy_forward_backward(ConstMatrixRef<S> h, ConstWeig
   const S s = static_cast<S>(scale);
 
   CrossEntropyResult r;
-  const Index n_total = h.cols();
-  Matrix<S> dlogits(W.rows(), std::min(chunk, n_total));  // V x chunk
-  for (Index c0 = 0; c0 < n_total; c0 += chunk) {
-    const Index c = std::min(chunk, n_total - c0);
-    auto block = dlogits.leftCols(c);
-    const auto hc = h.middleCols(c0, c);  // K x c
-    block.noalias() = W * hc;             // logits
-    block.colwise() += b;
+  detail::for_each_logits_chunk<S>(h, W, b, chunk, [&](Index c0, Index c, MatrixRef<S> block) {
     detail::cross_entropy_chunk<S>(block, targets.subspan(c0, c), true, s, r);  // → dlogits
+    const auto hc = h.middleCols(c0, c);                                        // K x c
     dh.middleCols(c0, c).noalias() = W.transpose() * block;
     dW.noalias() += block * hc.transpose();
     db.noalias() += block.rowwise().sum();
-  }
+  });
   r.mean = r.count > 0 ? r.sum / static_cast<double>(r.count) : 0.0;
   return r;
 }

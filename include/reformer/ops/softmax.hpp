@@ -60,6 +60,17 @@ inline void check_nonempty(const char* where, Index rows, Index cols) {
   REFORMER_REQUIRE(rows > 0 && cols > 0, InvalidArgument, where, "x has shape ", rows, " x ", cols,
                    ", expected a non-empty matrix");
 }
+
+/// Shapes of a logsumexp backward: x and dx M x N (non-empty), lse and dlse `reduced` entries.
+template <class S>
+void check_logsumexp_backward(const char* where, const ConstMatrixRef<S>& x,
+                              const ConstVectorRef<S>& lse, const ConstVectorRef<S>& dlse,
+                              const MatrixRef<S>& dx, Index reduced) {
+  check_nonempty(where, x.rows(), x.cols());
+  check_shape(where, "lse", lse.rows(), lse.cols(), reduced, 1);
+  check_shape(where, "dlse", dlse.rows(), dlse.cols(), reduced, 1);
+  check_softmax_pair(where, "dx", dx.rows(), dx.cols(), "x", x.rows(), x.cols());
+}
 }  // namespace detail
 
 // ---------------------------------------------------------------- column-wise (per column)
@@ -76,11 +87,7 @@ void logsumexp_cols(ConstMatrixRef<S> x, VectorRef<S> lse) {
 template <class S>
 void logsumexp_cols_backward(ConstMatrixRef<S> x, ConstVectorRef<S> lse, ConstVectorRef<S> dlse,
                              MatrixRef<S> dx) {
-  constexpr const char* kWhere = "logsumexp_cols_backward";
-  detail::check_nonempty(kWhere, x.rows(), x.cols());
-  check_shape(kWhere, "lse", lse.rows(), lse.cols(), x.cols(), 1);
-  check_shape(kWhere, "dlse", dlse.rows(), dlse.cols(), x.cols(), 1);
-  detail::check_softmax_pair(kWhere, "dx", dx.rows(), dx.cols(), "x", x.rows(), x.cols());
+  detail::check_logsumexp_backward<S>("logsumexp_cols_backward", x, lse, dlse, dx, x.cols());
   const S limit = detail::exp_flush_limit<S>();
   for (Index n = 0; n < x.cols(); ++n) {
     if (lse(n) == -std::numeric_limits<S>::infinity()) {
@@ -141,11 +148,7 @@ void logsumexp_rows(ConstMatrixRef<S> x, VectorRef<S> lse) {
 template <class S>
 void logsumexp_rows_backward(ConstMatrixRef<S> x, ConstVectorRef<S> lse, ConstVectorRef<S> dlse,
                              MatrixRef<S> dx) {
-  constexpr const char* kWhere = "logsumexp_rows_backward";
-  detail::check_nonempty(kWhere, x.rows(), x.cols());
-  check_shape(kWhere, "lse", lse.rows(), lse.cols(), x.rows(), 1);
-  check_shape(kWhere, "dlse", dlse.rows(), dlse.cols(), x.rows(), 1);
-  detail::check_softmax_pair(kWhere, "dx", dx.rows(), dx.cols(), "x", x.rows(), x.cols());
+  detail::check_logsumexp_backward<S>("logsumexp_rows_backward", x, lse, dlse, dx, x.rows());
   constexpr S kNegInf = -std::numeric_limits<S>::infinity();
   // An empty row (lse = -inf) has x = -inf throughout: shifting by 0 gives exp(-inf) = 0.
   const Vector<S> shift = (lse.array() == kNegInf).select(S(0), lse.array()).matrix();

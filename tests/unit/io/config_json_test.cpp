@@ -12,36 +12,24 @@ namespace reformer {
 namespace {
 
 TEST(ConfigJson, RoundTripKeepsEveryField) {
-  ReformerConfig c;
-  c.vocab_size = 77;
-  c.hidden_size = 48;
-  c.num_attention_heads = 3;
-  c.attention_head_size = 0;
-  c.feed_forward_size = 96;
-  c.hidden_act = "gelu";
-  c.attn_layers = {"lsh", "full", "local"};
-  c.lsh_attn_chunk_length = 8;
-  c.num_buckets = {2, 4};
-  c.num_hashes = 3;
-  c.lsh_num_chunks_before = 2;
-  c.lsh_num_chunks_after = 1;
-  c.local_attn_chunk_length = 16;
-  c.local_num_chunks_before = 0;
-  c.local_num_chunks_after = 2;
-  c.is_decoder = false;
-  c.hidden_dropout_prob = 0.125;
-  c.lsh_attention_probs_dropout_prob = 0.25;
-  c.local_attention_probs_dropout_prob = 0.0;
-  c.axial_pos_embds = false;
-  c.axial_pos_shape = {8, 16};
-  c.axial_pos_embds_dim = {16, 32};
-  c.max_position_embeddings = 512;
-  c.layer_norm_eps = 1e-5;
-  c.chunk_size_feed_forward = 33;
-  c.chunk_size_lm_head = 17;
-  c.initializer_range = 0.01;
-  c.axial_norm_std = 0.5;
-  c.seed = 18446744073709551615ULL;
+  // Every field differs from its default; reading it and writing it back gives every value again.
+  const nlohmann::json every_field = nlohmann::json::parse(R"({
+    "vocab_size": 77, "hidden_size": 48, "num_attention_heads": 3, "attention_head_size": 0,
+    "feed_forward_size": 96, "hidden_act": "gelu", "attn_layers": ["lsh", "full", "local"],
+    "lsh_attn_chunk_length": 8, "num_buckets": [2, 4], "num_hashes": 3,
+    "lsh_num_chunks_before": 2, "lsh_num_chunks_after": 1, "local_attn_chunk_length": 16,
+    "local_num_chunks_before": 0, "local_num_chunks_after": 2, "is_decoder": false,
+    "hidden_dropout_prob": 0.125, "lsh_attention_probs_dropout_prob": 0.25,
+    "local_attention_probs_dropout_prob": 0.0, "axial_pos_embds": false,
+    "axial_pos_shape": [8, 16], "axial_pos_embds_dim": [16, 32], "max_position_embeddings": 512,
+    "layer_norm_eps": 1e-5, "chunk_size_feed_forward": 33, "chunk_size_lm_head": 17,
+    "initializer_range": 0.01, "axial_norm_std": 0.5, "seed": 18446744073709551615})");
+  ReformerConfig c = config_from_json(every_field);
+  const nlohmann::json written(c);
+  for (const auto& [key, value] : every_field.items()) EXPECT_EQ(written.at(key), value) << key;
+  // ... and nothing else but "model_type", "architectures" and "tie_word_embeddings".
+  EXPECT_EQ(written.size(), every_field.size() + 3) << written.dump();
+  EXPECT_EQ(c.seed, 18446744073709551615ULL);
   const std::string text = config_to_json_string(c);
   const ReformerConfig r = config_from_json_string(text);
   EXPECT_EQ(config_to_json_string(r), text);

@@ -6,6 +6,7 @@
 #include "reformer/model/reformer_lm.hpp"
 
 #include "support/compare.hpp"
+#include "support/config.hpp"
 #include "support/fixture.hpp"
 
 #include <gtest/gtest.h>
@@ -23,25 +24,13 @@ namespace {
 namespace fs = std::filesystem;
 
 ReformerConfig tiny_config() {
-  ReformerConfig c;
-  c.vocab_size = 13;
-  c.hidden_size = 8;
-  c.num_attention_heads = 2;
-  c.attention_head_size = 4;
-  c.feed_forward_size = 12;
-  c.attn_layers = {"lsh", "local"};
-  c.lsh_attn_chunk_length = 4;
-  c.local_attn_chunk_length = 4;
-  c.num_buckets = {4};
-  c.num_hashes = 2;
-  c.axial_pos_shape = {4, 4};
-  c.axial_pos_embds_dim = {4, 4};
-  c.hidden_dropout_prob = 0.1;
-  c.local_attention_probs_dropout_prob = 0.1;
-  c.chunk_size_feed_forward = 8;
-  c.chunk_size_lm_head = 8;
-  c.seed = 7;
-  return c;
+  return test::SmallConfig()
+      .vocab(13)
+      .feed_forward(12)
+      .layers({"lsh", "local"})
+      .lsh_hashing({4}, /*rounds=*/2)
+      .dropout(/*hidden=*/0.1, /*lsh_probs=*/0.0, /*local_probs=*/0.1)
+      .seed(7);
 }
 
 std::vector<Token> tiny_tokens() {

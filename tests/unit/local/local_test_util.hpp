@@ -8,6 +8,8 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/local_attention.hpp"
 
+#include "support/random.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,14 +22,6 @@
 #include <vector>
 
 namespace reformer::test {
-
-/// rows x cols matrix of N(0, scale^2) draws from `rng`.
-inline Matrix<double> random_matrix(Index rows, Index cols, const Rng& rng, double scale = 1.0) {
-  Matrix<double> m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i)
-    m.data()[i] = scale * rng.normal(static_cast<std::uint64_t>(i));
-  return m;
-}
 
 /// Central finite differences of f with respect to every entry of x (restored afterwards).
 inline Matrix<double> numeric_gradient(Matrix<double>& x, const std::function<double()>& f,

@@ -10,18 +10,6 @@
 namespace reformer::test {
 namespace {
 
-LshAttentionConfig make_config(Index heads, Index dh, Index chunk, Index rounds, bool causal,
-                               std::vector<Index> nb = {4}) {
-  LshAttentionConfig c;
-  c.num_heads = heads;
-  c.head_size = dh;
-  c.chunk_length = chunk;
-  c.num_hashes = rounds;
-  c.num_buckets = std::move(nb);
-  c.causal = causal;
-  return c;
-}
-
 // Forward of the core with buckets hashed (and recorded into `tape`).
 Matrix<double> run_forward(const LshSetup& s, const Matrix<double>& xn, Index batch,
                            BucketTape* tape, bool replay = false, std::uint64_t step = 0) {
@@ -43,7 +31,7 @@ class LshReference : public ::testing::TestWithParam<std::tuple<Index, Index, bo
 TEST_P(LshReference, ForwardMatchesPlainImplementation) {
   const auto [rounds, len, causal, before, after] = GetParam();
   const Index batch = 2, heads = 2, dh = 4, chunk = 4, hidden = 6;
-  auto cfg = make_config(heads, dh, chunk, rounds, causal, {4});
+  auto cfg = lsh_config(heads, dh, chunk, rounds, causal, {4});
   cfg.chunks_before = before;
   cfg.chunks_after = after;
   LshSetup s(cfg, hidden);
@@ -123,7 +111,7 @@ TEST_P(LshOneChunk, EqualsDenseSharedQkAttention) {
   const auto [causal, hashed] = GetParam();
   const Index batch = 2, heads = 2, dh = 3, hidden = 5, len = 8;
   const Index chunk = hashed ? len / 2 : len;
-  LshSetup s(make_config(heads, dh, chunk, 1, causal, {2}), hidden);
+  LshSetup s(lsh_config(heads, dh, chunk, 1, causal, {2}), hidden);
   const Matrix<double> xn = random_matrix(hidden, batch * len, Rng(3));
   const Matrix<double> g = random_matrix(heads * dh, batch * len, Rng(4));
   BucketTape tape;

@@ -11,18 +11,6 @@
 namespace reformer::test {
 namespace {
 
-LshAttentionConfig config(Index heads, Index dh, Index chunk, Index rounds, bool causal,
-                          std::vector<Index> nb = {4}) {
-  LshAttentionConfig c;
-  c.num_heads = heads;
-  c.head_size = dh;
-  c.chunk_length = chunk;
-  c.num_hashes = rounds;
-  c.num_buckets = std::move(nb);
-  c.causal = causal;
-  return c;
-}
-
 Matrix<double> forward(const LshSetup& s, const Matrix<double>& xn, Context ctx) {
   Matrix<double> a(s.out(), xn.cols());
   s.core.forward(s.params, xn, a, ctx);
@@ -42,7 +30,7 @@ Context make_ctx(Index batch, BucketTape* tape, bool replay, std::uint64_t step 
 
 TEST(LshBuckets, RecordedReplayedAndInspectable) {
   const Index batch = 2, len = 20;
-  LshSetup s(config(2, 4, 4, 3, true, {8}), 6);
+  LshSetup s(lsh_config(2, 4, 4, 3, true, {8}), 6);
   Matrix<double> xn = random_matrix(6, batch * len, Rng(1));
   xn.col(11) = xn.col(4);  // identical tokens (same sequence)
   xn.col(30) = xn.col(4);  // ... and in the other sequence
@@ -91,7 +79,7 @@ TEST(LshBuckets, BackwardReplaysAndNeverRehashes) {
   // Backward with a tape that differs from what hashing would give must use the tape: its
   // recomputed output equals the forward under the same (arbitrary) tape.
   const Index len = 16;
-  LshSetup s(config(1, 4, 4, 2, true), 5);
+  LshSetup s(lsh_config(1, 4, 4, 2, true), 5);
   const Matrix<double> xn = random_matrix(5, len, Rng(3));
   BucketTape tape;
   tape.resize(1, 1, 2, len);
@@ -140,7 +128,7 @@ class LshOneBucket : public ::testing::TestWithParam<std::tuple<bool, Index>> {}
 TEST_P(LshOneBucket, EqualsPositionalChunkedAttention) {
   const auto [causal, len] = GetParam();
   const Index dh = 4, chunk = 4, heads = 2;
-  LshSetup s(config(heads, dh, chunk, 1, causal, {4}), 5);
+  LshSetup s(lsh_config(heads, dh, chunk, 1, causal, {4}), 5);
   const Matrix<double> xn = random_matrix(5, len, Rng(4));
   const LshBucketLayout layout = s.core.bucket_layout(len);
   const Matrix<double> zero_rotation = Matrix<double>::Zero(dh, layout.rotation_columns());
@@ -164,8 +152,8 @@ INSTANTIATE_TEST_SUITE_P(Lengths, LshOneBucket,
 
 TEST(LshRounds, IdenticalRoundsEqualOneRound) {
   const Index len = 18, rounds = 3, batch = 2;
-  LshSetup one(config(2, 4, 4, 1, true, {4}), 6, 9);
-  LshSetup many(config(2, 4, 4, rounds, true, {4}), 6, 9);
+  LshSetup one(lsh_config(2, 4, 4, 1, true, {4}), 6, 9);
+  LshSetup many(lsh_config(2, 4, 4, rounds, true, {4}), 6, 9);
   ASSERT_EQ(one.params.values(), many.params.values());
   const Matrix<double> xn = random_matrix(6, batch * len, Rng(5));
   BucketTape t1;
@@ -199,7 +187,7 @@ TEST(LshRounds, IdenticalRoundsEqualOneRound) {
 TEST(LshCausality, LaterTokensNeverChangeEarlierOutputs) {
   const Index len = 22, chunk = 4;
   for (Index rounds : {1, 2, 4}) {
-    LshSetup s(config(2, 4, chunk, rounds, true, {4}), 5);
+    LshSetup s(lsh_config(2, 4, chunk, rounds, true, {4}), 5);
     const Matrix<double> xn = random_matrix(5, len, Rng(7));
     BucketTape tape;
     const Matrix<double> a = forward(s, xn, make_ctx(1, &tape, false));
@@ -217,7 +205,7 @@ TEST(LshCausality, LaterTokensNeverChangeEarlierOutputs) {
 
 TEST(LshCausality, NonCausalOutputsDependOnLaterTokens) {
   const Index len = 16;
-  LshSetup s(config(1, 4, 4, 2, false, {4}), 5);
+  LshSetup s(lsh_config(1, 4, 4, 2, false, {4}), 5);
   const Matrix<double> xn = random_matrix(5, len, Rng(7));
   BucketTape tape;
   const Matrix<double> a = forward(s, xn, make_ctx(1, &tape, false));
@@ -232,7 +220,7 @@ TEST(LshCausality, NonCausalOutputsDependOnLaterTokens) {
 // independent of each other and of the padding of the other.
 TEST(LshPadding, SequencesOfABatchAreIndependent) {
   const Index len = 11;
-  LshSetup s(config(2, 4, 4, 2, false, {4}), 5);
+  LshSetup s(lsh_config(2, 4, 4, 2, false, {4}), 5);
   const Matrix<double> xn = random_matrix(5, 2 * len, Rng(9));
   BucketTape tape;
   const Matrix<double> a = forward(s, xn, make_ctx(2, &tape, false));
@@ -251,7 +239,7 @@ TEST(LshPadding, SequencesOfABatchAreIndependent) {
 // reference, and the backward of a batch equals the backward of its sequences run alone.
 TEST(LshWaves, ManyWavesMatchReferenceAndSingleSequences) {
   const Index batch = 2, heads = 2, dh = 4, len = 1021, hidden = 5;
-  LshSetup s(config(heads, dh, 4, 1, true, {8}), hidden);
+  LshSetup s(lsh_config(heads, dh, 4, 1, true, {8}), hidden);
   const Matrix<double> xn = random_matrix(hidden, batch * len, Rng(31));
   BucketTape tape;
   const Matrix<double> a = forward(s, xn, make_ctx(batch, &tape, false));
@@ -292,7 +280,7 @@ TEST(LshWaves, ManyWavesMatchReferenceAndSingleSequences) {
 // backward are bitwise identical for one and two threads.
 TEST(LshLongHead, PositionBlocksMatchReferenceAndAreThreadIndependent) {
   const Index heads = 1, dh = 4, chunk = 8, len = 9001, hidden = 6;  // 3 blocks, Tp = 9008
-  LshSetup s(config(heads, dh, chunk, 2, true, {32}), hidden);
+  LshSetup s(lsh_config(heads, dh, chunk, 2, true, {32}), hidden);
   const Matrix<double> xn = random_matrix(hidden, len, Rng(41));
   const Matrix<double> g = random_matrix(s.out(), len, Rng(42));
   struct Run {
@@ -330,10 +318,10 @@ TEST(LshLongHead, PositionBlocksMatchReferenceAndAreThreadIndependent) {
 
 TEST(LshDropout, KeyedByStepAndOnlyInTraining) {
   const Index len = 16;
-  auto cfg = config(2, 4, 4, 2, true, {4});
+  auto cfg = lsh_config(2, 4, 4, 2, true, {4});
   cfg.dropout = 0.4;
   LshSetup s(cfg, 5);
-  LshSetup plain(config(2, 4, 4, 2, true, {4}), 5);
+  LshSetup plain(lsh_config(2, 4, 4, 2, true, {4}), 5);
   const Matrix<double> xn = random_matrix(5, len, Rng(10));
   BucketTape tape;
   Context ctx = make_ctx(1, &tape, false, 2);
@@ -351,7 +339,7 @@ TEST(LshDropout, KeyedByStepAndOnlyInTraining) {
 
 TEST(LshThreads, OneAndTwoThreadsAreBitwiseIdentical) {
   const Index batch = 2, len = 70;
-  auto cfg = config(3, 8, 8, 3, true, {});  // auto buckets
+  auto cfg = lsh_config(3, 8, 8, 3, true, {});  // auto buckets
   cfg.dropout = 0.1;
   LshSetup s(cfg, 12);
   const Matrix<double> xn = random_matrix(12, batch * len, Rng(11));
@@ -385,7 +373,7 @@ TEST(LshThreads, OneAndTwoThreadsAreBitwiseIdentical) {
 
 TEST(LshFloat, FloatAgreesWithDouble) {
   const Index len = 24;
-  LshSetup s(config(2, 4, 4, 2, true, {4}), 6);
+  LshSetup s(lsh_config(2, 4, 4, 2, true, {4}), 6);
   Parameters<float> pf;
   const LshAttention<float> core_f(s.cfg, 6, pf, "");
   pf.values() = s.params.values().cast<float>();
@@ -416,28 +404,28 @@ void expect_invalid(F&& f, const std::string& needle) {
 TEST(LshBadInput, ConfigErrorsNameTheField) {
   Parameters<double> p;
   auto build = [&](LshAttentionConfig c) { LshAttention<double> core(c, 4, p, ""); };
-  auto c = config(1, 2, 4, 1, true, {5});
+  auto c = lsh_config(1, 2, 4, 1, true, {5});
   expect_invalid([&] { build(c); }, "num_buckets");
-  c = config(1, 2, 4, 0, true);
+  c = lsh_config(1, 2, 4, 0, true);
   expect_invalid([&] { build(c); }, "num_hashes = 0");
-  c = config(1, 2, 4, 17, true);
+  c = lsh_config(1, 2, 4, 17, true);
   expect_invalid([&] { build(c); }, "num_hashes = 17");
-  c = config(1, 2, 0, 1, true);
+  c = lsh_config(1, 2, 0, 1, true);
   expect_invalid([&] { build(c); }, "chunk_length = 0");
-  c = config(0, 2, 4, 1, true);
+  c = lsh_config(0, 2, 4, 1, true);
   expect_invalid([&] { build(c); }, "num_heads");
-  c = config(1, 2, 4, 1, true);
+  c = lsh_config(1, 2, 4, 1, true);
   c.dropout = 1.0;
   expect_invalid([&] { build(c); }, "dropout");
-  c = config(1, 2, 4, 1, true);
+  c = lsh_config(1, 2, 4, 1, true);
   c.chunks_before = -1;
   expect_invalid([&] { build(c); }, "chunks_before");
-  EXPECT_THROW(build(config(1, 2, 4, 1, true, {3})), ConfigError);
+  EXPECT_THROW(build(lsh_config(1, 2, 4, 1, true, {3})), ConfigError);
 }
 
 TEST(LshBadInput, ShapesAndTapes) {
   const Index len = 12;
-  LshSetup s(config(2, 3, 4, 2, true, {4}), 5);
+  LshSetup s(lsh_config(2, 3, 4, 2, true, {4}), 5);
   const Matrix<double> xn = random_matrix(5, len, Rng(14));
   Matrix<double> a(s.out(), len);
   BucketTape tape;

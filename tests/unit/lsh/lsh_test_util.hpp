@@ -8,21 +8,30 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/lsh_attention.hpp"
 
+#include "support/random.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 namespace reformer::test {
 
-/// rows x cols matrix of N(0, scale^2) draws from `rng`.
-inline Matrix<double> random_matrix(Index rows, Index cols, const Rng& rng, double scale = 1.0) {
-  Matrix<double> m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i)
-    m.data()[i] = scale * rng.normal(static_cast<std::uint64_t>(i));
-  return m;
+/// The core's config: `heads` heads of `dh`, chunks of `chunk` tokens, `rounds` hash rounds of
+/// `nb` bucket factors.
+inline LshAttentionConfig lsh_config(Index heads, Index dh, Index chunk, Index rounds, bool causal,
+                                     std::vector<Index> nb = {4}) {
+  LshAttentionConfig c;
+  c.num_heads = heads;
+  c.head_size = dh;
+  c.chunk_length = chunk;
+  c.num_hashes = rounds;
+  c.num_buckets = std::move(nb);
+  c.causal = causal;
+  return c;
 }
 
 /// Central finite differences of f with respect to every entry of the n values at x.

@@ -16,16 +16,11 @@ namespace {
 
 using test::message_of;
 
+// V = 7, D = 6, T <= 12: axial positions 3 x 4 with dims 2 + 4, or a learned 12-row table.
 ReformerConfig small_config(bool axial) {
-  ReformerConfig cfg;
-  cfg.vocab_size = 7;
-  cfg.hidden_size = 6;
-  cfg.axial_pos_embds = axial;
-  cfg.axial_pos_shape = {3, 4};
-  cfg.axial_pos_embds_dim = {2, 4};
-  cfg.max_position_embeddings = 12;
-  cfg.hidden_dropout_prob = 0.0;
-  cfg.validate();
+  test::SmallConfig cfg;
+  cfg.vocab(7).axial_positions({3, 4}, {2, 4});
+  if (!axial) cfg.learned_positions(12);
   return cfg;
 }
 

@@ -90,6 +90,7 @@ double gradient_error(const Eigen::MatrixBase<A>& g, const Eigen::MatrixBase<B>&
 #include "reformer/core/threading.hpp"
 #include "reformer/model/config.hpp"
 #include "reformer/ops/tokens.hpp"
+#include "support/config.hpp"
 
 #include <functional>
 #include <vector>
@@ -121,29 +122,19 @@ class ThreadCountGuard {
 /// A tiny model mixing the three layer kinds: R = 2 hash rounds, chunk lengths 4 (LSH) and 3
 /// (local), and axial positions covering 12 tokens, so T = 10 is a multiple of neither chunk.
 inline ReformerConfig tiny_config() {
-  ReformerConfig c;
-  c.vocab_size = 11;
-  c.hidden_size = 8;
-  c.num_attention_heads = 2;
-  c.attention_head_size = 3;
-  c.feed_forward_size = 10;
-  c.hidden_act = "gelu";
-  c.attn_layers = {"lsh", "local", "full"};
-  c.lsh_attn_chunk_length = 4;
-  c.local_attn_chunk_length = 3;
-  c.num_buckets = {4};
-  c.num_hashes = 2;
-  c.axial_pos_shape = {3, 4};
-  c.axial_pos_embds_dim = {3, 5};
-  c.max_position_embeddings = 12;
-  c.hidden_dropout_prob = 0.0;
-  c.lsh_attention_probs_dropout_prob = 0.0;
-  c.local_attention_probs_dropout_prob = 0.0;
+  ReformerConfig c = SmallConfig()
+                         .vocab(11)
+                         .heads(2, 3)
+                         .feed_forward(10, "gelu")
+                         .layers({"lsh", "local", "full"})
+                         .chunk_lengths(4, 3)
+                         .lsh_hashing({4}, /*rounds=*/2)
+                         .axial_positions({3, 4}, {3, 5})
+                         .seed(1234);
   c.chunk_size_feed_forward = 3;
   c.chunk_size_lm_head = 7;
   c.initializer_range = 0.3;
   c.axial_norm_std = 0.3;
-  c.seed = 1234;
   return c;
 }
 

@@ -8,12 +8,8 @@
 
 #include <cmath>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using ops_test::expect_throw_with;
-using ops_test::random_matrix;
-using testing::GradientChecker;
 
 /// Inputs bounded away from relu's kink at 0 (|x| >= 0.05), so finite differences are valid.
 Matrix<double> away_from_zero(Index r, Index c, std::uint64_t seed) {
@@ -123,4 +119,4 @@ TEST(Activations, RejectWrongShapes) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

@@ -9,14 +9,8 @@
 #include <cmath>
 #include <vector>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using ops_test::expect_throw_with;
-using ops_test::random_matrix;
-using ops_test::random_vector;
-using ops_test::random_weight;
-using testing::GradientChecker;
 
 constexpr Index kV = 11, kK = 6, kN = 20;  // N is not a multiple of 7
 
@@ -240,4 +234,4 @@ TEST_F(CrossEntropy, RejectsBadArguments) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

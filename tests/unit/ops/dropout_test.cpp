@@ -7,12 +7,8 @@
 
 #include <cmath>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using ops_test::expect_throw_with;
-using ops_test::random_matrix;
-using testing::GradientChecker;
 
 Matrix<double> ones(Index r, Index c) { return Matrix<double>::Ones(r, c); }
 
@@ -120,4 +116,4 @@ TEST(Dropout, RejectsBadArguments) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

@@ -10,13 +10,8 @@
 #include <limits>
 #include <vector>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using ops_test::expect_throw_with;
-using ops_test::random_matrix;
-using ops_test::random_weight;
-using testing::GradientChecker;
 
 TEST(Embedding, LookupGathersRows) {
   const RowMajorMatrix<double> E = random_weight(7, 3, 1);
@@ -121,4 +116,4 @@ TEST(CheckFinite, NamesTheFirstBadElement) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

@@ -3,6 +3,7 @@
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/testing/gradcheck.hpp"
 
 #include <gtest/gtest.h>
 
@@ -11,6 +12,8 @@
 #include <vector>
 
 namespace reformer::ops_test {
+
+using testing::GradientChecker;
 
 /// A deterministic R x C matrix with entries uniform in [lo, hi), drawn from Rng(seed).
 template <class S = double>

@@ -8,13 +8,8 @@
 
 #include <cmath>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using ops_test::expect_throw_with;
-using ops_test::random_matrix;
-using ops_test::random_vector;
-using testing::GradientChecker;
 
 TEST(LayerNorm, ForwardMatchesDefinition) {
   const Matrix<double> x = random_matrix(6, 5, 1, -2.0, 3.0);
@@ -146,4 +141,4 @@ TEST(LayerNorm, RejectsBadArguments) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

@@ -7,14 +7,8 @@
 
 #include <gtest/gtest.h>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using ops_test::expect_throw_with;
-using ops_test::random_matrix;
-using ops_test::random_vector;
-using ops_test::random_weight;
-using testing::GradientChecker;
 
 TEST(Linear, ForwardMatchesNaiveSum) {
   const RowMajorMatrix<double> W = random_weight(3, 5, 1);
@@ -171,4 +165,4 @@ TEST(Linear, RejectsWrongShapes) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

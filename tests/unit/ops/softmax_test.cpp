@@ -9,12 +9,8 @@
 #include <cmath>
 #include <limits>
 
-namespace reformer {
+namespace reformer::ops_test {
 namespace {
-
-using ops_test::expect_throw_with;
-using ops_test::random_matrix;
-using testing::GradientChecker;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -235,4 +231,4 @@ TEST(Softmax, RejectsWrongShapes) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::ops_test

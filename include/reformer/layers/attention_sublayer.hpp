@@ -67,12 +67,9 @@ struct AttentionSublayerConfig {
   /// its core configured by CoreConfig::from.
   template <class ModelConfig>
   static AttentionSublayerConfig from(const ModelConfig& m) {
-    AttentionSublayerConfig c;
-    c.core = CoreConfig::from(m);
-    c.hidden_size = m.hidden_size;
-    c.layer_norm_eps = m.layer_norm_eps;
-    c.output_dropout = m.hidden_dropout_prob;
-    return c;
+    return {/*core=*/CoreConfig::from(m), /*hidden_size=*/m.hidden_size,
+            /*layer_norm_eps=*/m.layer_norm_eps, /*output_dropout=*/m.hidden_dropout_prob,
+            /*head_group_scalars=*/0};
   }
 };
 
@@ -150,12 +147,6 @@ class AttentionSublayer {
     return f;
   }
 
-  void check_io(const char* where, const ConstMatrixRef<S>& x, const Context& ctx) const {
-    REFORMER_REQUIRE(x.rows() == hidden_size(), InvalidArgument, where, "x.rows() = ", x.rows(),
-                     " must equal hidden_size = ", hidden_size());
-    (void)ctx.length(where, x.cols());
-  }
-
   // Calls f(heads) for the head groups [0, g), [g, 2g), ... of a call with n tokens, in order.
   template <class F>
   void for_head_groups(Index n, F&& f) const {
@@ -199,7 +190,7 @@ template <class S, class Core>
 void AttentionSublayer<S, Core>::forward(const Parameters<S>& params, ConstMatrixRef<S> x,
                                          MatrixRef<S> y, const Context& ctx) const {
   const char* where = "AttentionSublayer::forward";
-  check_io(where, x, ctx);
+  check_sublayer_input<S>(where, x, hidden_size(), ctx);
   check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
   const Index n = x.cols();
   Matrix<S> xn(hidden_size(), n);
@@ -220,10 +211,8 @@ void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<
                                           ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> y,
                                           const Context& ctx) const {
   const char* where = "AttentionSublayer::backward";
-  check_io(where, x, ctx);
-  check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
-  check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
-  check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
+  check_sublayer_input<S>(where, x, hidden_size(), ctx);
+  check_backward_buffers<S>(where, x, dy, dx, y);
   const Index n = x.cols(), dh = core_.config().head_size;
   const bool dropout = ctx.training && cfg_.output_dropout > 0.0;
 

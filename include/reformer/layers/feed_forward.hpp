@@ -52,14 +52,12 @@ struct FeedForwardConfig {
   /// The feed-forward of a model configuration (a ReformerConfig, model/config.hpp).
   template <class ModelConfig>
   static FeedForwardConfig from(const ModelConfig& m) {
-    FeedForwardConfig c;
-    c.hidden_size = m.hidden_size;
-    c.feed_forward_size = m.feed_forward_size;
-    c.activation = m.activation();
-    c.layer_norm_eps = m.layer_norm_eps;
-    c.dropout = m.hidden_dropout_prob;
-    c.chunk_size = m.chunk_size_feed_forward;
-    return c;
+    return {/*hidden_size=*/m.hidden_size,
+            /*feed_forward_size=*/m.feed_forward_size,
+            /*activation=*/m.activation(),
+            /*layer_norm_eps=*/m.layer_norm_eps,
+            /*dropout=*/m.hidden_dropout_prob,
+            /*chunk_size=*/m.chunk_size_feed_forward};
   }
 };
 
@@ -125,12 +123,6 @@ class FeedForward {
     return cfg;
   }
 
-  void check_x(const char* where, const ConstMatrixRef<S>& x, const Context& ctx) const {
-    REFORMER_REQUIRE(x.rows() == hidden_size(), InvalidArgument, where, "x.rows() = ", x.rows(),
-                     " must equal hidden_size = ", hidden_size());
-    (void)ctx.length(where, x.cols());
-  }
-
   Index chunk_columns(Index n) const {
     return cfg_.chunk_size == 0 ? n : std::min(cfg_.chunk_size, n);
   }
@@ -190,7 +182,7 @@ template <class S>
 void FeedForward<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
                              const Context& ctx) const {
   const char* where = "FeedForward::forward";
-  check_x(where, x, ctx);
+  check_sublayer_input<S>(where, x, hidden_size(), ctx);
   check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
   const Index chunk = chunk_columns(x.cols());
   Matrix<S> xn(hidden_size(), chunk), h(feed_forward_size(), chunk);
@@ -208,10 +200,8 @@ template <class S>
 void FeedForward<S>::backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
                               MatrixRef<S> dx, MatrixRef<S> y, const Context& ctx) const {
   const char* where = "FeedForward::backward";
-  check_x(where, x, ctx);
-  check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
-  check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
-  check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
+  check_sublayer_input<S>(where, x, hidden_size(), ctx);
+  check_backward_buffers<S>(where, x, dy, dx, y);
   const Index chunk = chunk_columns(x.cols());
   const Index d = hidden_size(), f = feed_forward_size();
   // Per-chunk buffers: D x chunk and F x chunk, reused by every chunk.

@@ -31,6 +31,7 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
+#include "reformer/layers/detail/qkv_core.hpp"
 #include "reformer/layers/head_range.hpp"
 #include "reformer/ops/dropout.hpp"
 #include "reformer/ops/parallel.hpp"
@@ -53,46 +54,28 @@ struct FullAttentionConfig {
   /// no dropout setting of its own for it: it uses local_attention_probs_dropout_prob.
   template <class ModelConfig>
   static FullAttentionConfig from(const ModelConfig& m) {
-    FullAttentionConfig c;
-    c.num_heads = m.num_attention_heads;
-    c.head_size = m.head_size();
-    c.causal = m.is_decoder;
-    c.dropout = m.local_attention_probs_dropout_prob;
-    return c;
+    return {/*num_heads=*/m.num_attention_heads, /*head_size=*/m.head_size(),
+            /*causal=*/m.is_decoder, /*dropout=*/m.local_attention_probs_dropout_prob};
   }
 };
 
 template <class S>
-class FullAttention {
+class FullAttention : public detail::QkvCore<S, FullAttentionConfig> {
+  using Base = detail::QkvCore<S, FullAttentionConfig>;
+
  public:
   using Scalar = S;
   using Config = FullAttentionConfig;
+  using Base::config;
+  using Base::hidden_size;
+  using Base::out_features;
 
   /// The score of a masked (query, key) pair (replaces the score, as Hugging Face does).
   static constexpr double kMaskValue = -1e9;
 
   FullAttention(const Config& cfg, Index hidden, Parameters<S>& params,
                 const std::string& prefix = "")
-      : cfg_(validated(cfg, hidden)),
-        hidden_(hidden),
-        wq_(params.add(prefix + "self_attention.query.weight", {out_features(), hidden})),
-        wk_(params.add(prefix + "self_attention.key.weight", {out_features(), hidden})),
-        wv_(params.add(prefix + "self_attention.value.weight", {out_features(), hidden})) {}
-
-  const Config& config() const { return cfg_; }
-  Index hidden_size() const { return hidden_; }
-  Index out_features() const { return cfg_.num_heads * cfg_.head_size; }
-
-  SlotId query_slot() const { return wq_; }
-  SlotId key_slot() const { return wk_; }
-  SlotId value_slot() const { return wv_; }
-
-  /// Weights ~ normal(0, std) (Hugging Face initialisation).
-  void init(Parameters<S>& params, const Rng& rng, double std) const {
-    init_normal(params, wq_, rng.derive(0), std);
-    init_normal(params, wk_, rng.derive(1), std);
-    init_normal(params, wv_, rng.derive(2), std);
-  }
+      : Base("FullAttention", cfg, hidden, params, prefix) {}
 
   /// a = attention(xn): xn is D x N, N = ctx.batch * T: the rows of `heads` (all heads by default),
   /// a is heads.count*Dh x N.
@@ -106,24 +89,12 @@ class FullAttention {
                 MatrixRef<S> a, const Context& ctx, HeadRange heads = HeadRange::all()) const;
 
  private:
-  static const Config& validated(const Config& cfg, Index hidden) {
-    const char* where = "FullAttention";
-    REFORMER_REQUIRE(cfg.num_heads > 0, InvalidArgument, where, "num_heads = ", cfg.num_heads,
-                     " must be positive");
-    REFORMER_REQUIRE(cfg.head_size > 0, InvalidArgument, where, "head_size = ", cfg.head_size,
-                     " must be positive");
-    REFORMER_REQUIRE(hidden > 0, InvalidArgument, where, "hidden = ", hidden, " must be positive");
-    REFORMER_REQUIRE(cfg.dropout >= 0 && cfg.dropout < 1, InvalidArgument, where,
-                     "dropout = ", cfg.dropout, " must be in [0, 1)");
-    return cfg;
-  }
-
+  using Base::cfg_;
+  using Base::hidden_;
+  using Base::qkv_;
   Index check_io(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
                  HeadRange heads) const {
-    REFORMER_REQUIRE(xn.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", xn.rows(),
-                     " must equal hidden = ", hidden_);
-    detail::check_head_range(where, heads, cfg_.num_heads);
-    return ctx.length(where, xn.cols());
+    return this->check_input(where, xn, ctx, heads);
   }
 
   // Queries per panel (fixed: the blocking must not depend on the thread count).
@@ -142,8 +113,6 @@ class FullAttention {
   auto block(M& m, Index b, Index h, Index t) const {
     return m.block(h * cfg_.head_size, b * t, cfg_.head_size, t);
   }
-
-  detail::QkvSlots qkv_slots() const { return {wq_, wk_, wv_}; }
 
   // p = column-wise softmax of the masked scores s = k^T q of the query panel starting at
   // query i0 (p: nk x nq; column c is query i0 + c).
@@ -171,10 +140,6 @@ class FullAttention {
       dropout_inplace<S>(rng, cfg_.dropout, (i0 + c) * t, m.col(c));
     }
   }
-
-  Config cfg_;
-  Index hidden_;
-  SlotId wq_, wk_, wv_;
 };
 
 // ---- member definitions -------------------------------------------------------------------------
@@ -190,7 +155,7 @@ void FullAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn
   const Index t = check_io(where, xn, ctx, heads);
   check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
   Matrix<S> q, k, v;
-  detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
+  detail::project_qkv(params, qkv_, heads, cfg_.head_size, xn, q, k, v);
   // Items: (sequence, local head, query panel); each writes its own block of a.
   const Index panels = num_blocks(t, kQueryBlock);
   const Index items = ctx.batch * heads.count * panels;
@@ -214,11 +179,9 @@ void FullAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, Con
   const char* where = "FullAttention::backward";
   const Index t = check_io(where, xn, ctx, heads);
   const Index n = xn.cols(), rows = heads.count * cfg_.head_size;
-  check_shape(where, "da", da.rows(), da.cols(), rows, n);
-  check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), n);
-  check_shape(where, "a", a.rows(), a.cols(), rows, n);
+  detail::check_core_backward_buffers<S>(where, da, dxn, a, rows, xn.rows(), n);
   Matrix<S> q, k, v;
-  detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
+  detail::project_qkv(params, qkv_, heads, cfg_.head_size, xn, q, k, v);
   Matrix<S> dq(rows, n), dk(rows, n), dv(rows, n);
   const bool dropout = ctx.training && cfg_.dropout > 0;
 
@@ -265,7 +228,7 @@ void FullAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, Con
 
   // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn  =>  dW += d(.) xn^T,
   // dxn += W_q^T dq + W_k^T dk + W_v^T dv, the 1/sqrt(Dh) moved onto dk (this group's rows).
-  detail::project_qkv_backward(params, qkv_slots(), heads, cfg_.head_size, xn, dq, dk, dv, dxn);
+  detail::project_qkv_backward(params, qkv_, heads, cfg_.head_size, xn, dq, dk, dv, dxn);
 }
 
 /// The full-attention sublayer a user instantiates: LN -> FullAttention -> W_o (-> dropout).

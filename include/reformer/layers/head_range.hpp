@@ -35,6 +35,17 @@ inline void check_head_range(const char* where, HeadRange heads, Index num_heads
                    InvalidArgument, where, "head range [", heads.first, ", ", heads.end(),
                    ") must be non-empty and inside [0, num_heads = ", num_heads, ")");
 }
+
+/// The buffers of a core's backward call: da and a hold the `rows` = heads.count*Dh rows of the
+/// call's heads, dxn is hidden x N (InvalidArgument naming `where` and the buffer).
+template <class S>
+void check_core_backward_buffers(const char* where, const ConstMatrixRef<S>& da,
+                                 const MatrixRef<S>& dxn, const MatrixRef<S>& a, Index rows,
+                                 Index hidden, Index n) {
+  check_shape(where, "da", da.rows(), da.cols(), rows, n);
+  check_shape(where, "dxn", dxn.rows(), dxn.cols(), hidden, n);
+  check_shape(where, "a", a.rows(), a.cols(), rows, n);
+}
 }  // namespace detail
 
 }  // namespace reformer

@@ -42,6 +42,7 @@
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/chunk_attention.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
+#include "reformer/layers/detail/qkv_core.hpp"
 #include "reformer/layers/head_range.hpp"
 
 #include <algorithm>
@@ -68,23 +69,27 @@ struct LocalAttentionConfig {
   /// The local attention of a model configuration (a ReformerConfig, model/config.hpp).
   template <class ModelConfig>
   static LocalAttentionConfig from(const ModelConfig& m) {
-    LocalAttentionConfig c;
-    c.num_heads = m.num_attention_heads;
-    c.head_size = m.head_size();
-    c.chunk_length = m.local_attn_chunk_length;
-    c.chunks_before = m.local_num_chunks_before;
-    c.chunks_after = m.local_num_chunks_after;
-    c.causal = m.is_decoder;
-    c.dropout = m.local_attention_probs_dropout_prob;
-    return c;
+    return {/*num_heads=*/m.num_attention_heads,
+            /*head_size=*/m.head_size(),
+            /*chunk_length=*/m.local_attn_chunk_length,
+            /*chunks_before=*/m.local_num_chunks_before,
+            /*chunks_after=*/m.local_num_chunks_after,
+            /*causal=*/m.is_decoder,
+            /*dropout=*/m.local_attention_probs_dropout_prob,
+            /*item_chunks=*/0};
   }
 };
 
 template <class S>
-class LocalAttention {
+class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
+  using Base = detail::QkvCore<S, LocalAttentionConfig>;
+
  public:
   using Scalar = S;
   using Config = LocalAttentionConfig;
+  using Base::config;
+  using Base::hidden_size;
+  using Base::out_features;
 
   /// Query positions per work item when cfg.item_chunks == 0: chunks are grouped so an item
   /// covers about this many.
@@ -92,26 +97,7 @@ class LocalAttention {
 
   LocalAttention(const Config& cfg, Index hidden, Parameters<S>& params,
                  const std::string& prefix = "")
-      : cfg_(validated(cfg, hidden)),
-        hidden_(hidden),
-        wq_(params.add(prefix + "self_attention.query.weight", {out_features(), hidden})),
-        wk_(params.add(prefix + "self_attention.key.weight", {out_features(), hidden})),
-        wv_(params.add(prefix + "self_attention.value.weight", {out_features(), hidden})) {}
-
-  const Config& config() const { return cfg_; }
-  Index hidden_size() const { return hidden_; }
-  Index out_features() const { return cfg_.num_heads * cfg_.head_size; }
-
-  SlotId query_slot() const { return wq_; }
-  SlotId key_slot() const { return wk_; }
-  SlotId value_slot() const { return wv_; }
-
-  /// Weights ~ normal(0, std) (Hugging Face initialisation).
-  void init(Parameters<S>& params, const Rng& rng, double std) const {
-    init_normal(params, wq_, rng.derive(0), std);
-    init_normal(params, wk_, rng.derive(1), std);
-    init_normal(params, wv_, rng.derive(2), std);
-  }
+      : Base("LocalAttention", validated(cfg), hidden, params, prefix) {}
 
   /// a = attention(xn): xn is D x N, N = ctx.batch * T: the rows of `heads` (all heads by default),
   /// a is heads.count*Dh x N.
@@ -171,12 +157,9 @@ class LocalAttention {
     return std::min(lay.t, (lay.before + lay.after + 1) * lay.chunk);
   }
 
-  static const Config& validated(const Config& cfg, Index hidden) {
+  // The fields of its own (QkvCore checks the shared ones).
+  static const Config& validated(const Config& cfg) {
     const char* where = "LocalAttention";
-    REFORMER_REQUIRE(cfg.num_heads > 0, InvalidArgument, where, "num_heads = ", cfg.num_heads,
-                     " must be positive");
-    REFORMER_REQUIRE(cfg.head_size > 0, InvalidArgument, where, "head_size = ", cfg.head_size,
-                     " must be positive");
     REFORMER_REQUIRE(cfg.chunk_length > 0, InvalidArgument, where,
                      "chunk_length = ", cfg.chunk_length, " must be positive");
     REFORMER_REQUIRE(cfg.chunks_before >= 0, InvalidArgument, where,
@@ -185,19 +168,17 @@ class LocalAttention {
                      "chunks_after = ", cfg.chunks_after, " must be >= 0");
     REFORMER_REQUIRE(cfg.item_chunks >= 0, InvalidArgument, where,
                      "item_chunks = ", cfg.item_chunks, " must be >= 0");
-    REFORMER_REQUIRE(hidden > 0, InvalidArgument, where, "hidden = ", hidden, " must be positive");
-    REFORMER_REQUIRE(cfg.dropout >= 0 && cfg.dropout < 1, InvalidArgument, where,
-                     "dropout = ", cfg.dropout, " must be in [0, 1)");
     return cfg;
   }
 
+  using Base::cfg_;
+  using Base::hidden_;
+  using Base::qkv_;
+
   Layout layout(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
                 HeadRange heads) const {
-    REFORMER_REQUIRE(xn.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", xn.rows(),
-                     " must equal hidden = ", hidden_);
-    detail::check_head_range(where, heads, cfg_.num_heads);
     Layout lay;
-    lay.t = ctx.length(where, xn.cols());
+    lay.t = this->check_input(where, xn, ctx, heads);
     lay.batch = ctx.batch;
     lay.heads = heads.count;
     lay.chunk = cfg_.chunk_length;
@@ -235,12 +216,6 @@ class LocalAttention {
   auto cols(M& m, Index b, Index h, Index t, Index c0, Index nc) const {
     return m.block(h * cfg_.head_size, b * t + c0, cfg_.head_size, nc);
   }
-
-  detail::QkvSlots qkv_slots() const { return {wq_, wk_, wv_}; }
-
-  Config cfg_;
-  Index hidden_;
-  SlotId wq_, wk_, wv_;
 };
 
 // ---- member definitions -------------------------------------------------------------------------
@@ -256,7 +231,7 @@ void LocalAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> x
   const Layout lay = layout(where, xn, ctx, heads);
   check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
   Matrix<S> q, k, v;
-  detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
+  detail::project_qkv(params, qkv_, heads, cfg_.head_size, xn, q, k, v);
   const std::vector<Index> pos = positions(lay.t);
   parallel_for(lay.items(), [&](Index item) {
     const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
@@ -280,11 +255,9 @@ void LocalAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, Co
   const char* where = "LocalAttention::backward";
   const Layout lay = layout(where, xn, ctx, heads);
   const Index n = xn.cols(), dh = cfg_.head_size, rows = heads.count * dh;
-  check_shape(where, "da", da.rows(), da.cols(), rows, n);
-  check_shape(where, "dxn", dxn.rows(), dxn.cols(), xn.rows(), n);
-  check_shape(where, "a", a.rows(), a.cols(), rows, n);
+  detail::check_core_backward_buffers<S>(where, da, dxn, a, rows, xn.rows(), n);
   Matrix<S> q, k, v;
-  detail::project_qkv(params, qkv_slots(), heads, cfg_.head_size, xn, q, k, v);
+  detail::project_qkv(params, qkv_, heads, cfg_.head_size, xn, q, k, v);
   const std::vector<Index> pos = positions(lay.t);
   Matrix<S> dq(rows, n);
   Matrix<S> dk = Matrix<S>::Zero(rows, n);
@@ -341,7 +314,7 @@ void LocalAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, Co
 
   // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn  =>  dW += d(.) xn^T,
   // dxn += W_q^T dq + W_k^T dk + W_v^T dv, the 1/sqrt(Dh) moved onto dk (this group's rows).
-  detail::project_qkv_backward(params, qkv_slots(), heads, cfg_.head_size, xn, dq, dk, dv, dxn);
+  detail::project_qkv_backward(params, qkv_, heads, cfg_.head_size, xn, dq, dk, dv, dxn);
 }
 
 /// The local-attention sublayer a user instantiates: LN -> LocalAttention -> W_o (-> dropout).

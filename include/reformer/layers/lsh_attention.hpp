@@ -82,18 +82,16 @@ struct LshAttentionConfig {
   /// The LSH attention of a model configuration (a ReformerConfig, model/config.hpp).
   template <class ModelConfig>
   static LshAttentionConfig from(const ModelConfig& m) {
-    LshAttentionConfig c;
-    c.num_heads = m.num_attention_heads;
-    c.head_size = m.head_size();
-    c.chunk_length = m.lsh_attn_chunk_length;
-    c.num_hashes = m.num_hashes;
-    c.num_buckets = m.num_buckets;
-    c.chunks_before = m.lsh_num_chunks_before;
-    c.chunks_after = m.lsh_num_chunks_after;
-    c.causal = m.is_decoder;
-    c.dropout = m.lsh_attention_probs_dropout_prob;
-    c.max_positions = m.max_position_embeddings;
-    return c;
+    return {/*num_heads=*/m.num_attention_heads,
+            /*head_size=*/m.head_size(),
+            /*chunk_length=*/m.lsh_attn_chunk_length,
+            /*num_hashes=*/m.num_hashes,
+            /*num_buckets=*/m.num_buckets,
+            /*chunks_before=*/m.lsh_num_chunks_before,
+            /*chunks_after=*/m.lsh_num_chunks_after,
+            /*causal=*/m.is_decoder,
+            /*dropout=*/m.lsh_attention_probs_dropout_prob,
+            /*max_positions=*/m.max_position_embeddings};
   }
 
   /// Throws ConfigError naming the offending field.
@@ -659,21 +657,30 @@ class LshAttention {
       detail::lsh_normalize_key_backward<S>(qk.col(b * len + t).segment(j * dh, dh), dk, dq_t);
     }
   }
+  /// What one head of the dense path (T <= C) needs: its normalised keys, the positions
+  /// 0 .. T-1 and a workspace for the whole sequence.
+  struct DenseHead {
+    Matrix<S> keys;
+    std::vector<Index> pos;
+    ChunkAttentionWorkspace<S> ws;
+
+    template <class QK>
+    DenseHead(const QK& qk, Index len) : keys(qk.rows(), len), pos(at(len)), ws(len, len) {
+      detail::lsh_normalize_keys<S>(qk, keys);
+      for (Index t = 0; t < len; ++t) pos[at(t)] = t;
+    }
+  };
+
   /// T <= C: dense shared-QK attention over the whole sequence, one round, no hashing.
   void dense_forward(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v, MatrixRef<S> a,
                      const Context& ctx) const {
-    const Index dh = cfg_.head_size, len = pl.length;
     parallel_for(pl.num_head_items, [&](Index hi) {
       const Index b = pl.batch_of(hi), j = pl.head_of(hi), h = pl.heads.global(j);
       const auto x = head_block(qk, pl, b, j);
-      Matrix<S> keys(dh, len);
-      detail::lsh_normalize_keys<S>(x, keys);
-      std::vector<Index> pos(at(len));
-      for (Index t = 0; t < len; ++t) pos[at(t)] = t;
-      ChunkAttentionWorkspace<S> ws(len, len);
-      chunk_attention_forward<S>(x, keys, head_block(v, pl, b, j), pos.data(), pos.data(),
+      DenseHead d(x, pl.length);
+      chunk_attention_forward<S>(x, d.keys, head_block(v, pl, b, j), d.pos.data(), d.pos.data(),
                                  options(pl, ctx, b, h, 0), head_block(a, pl, b, j),
-                                 static_cast<S*>(nullptr), ws);
+                                 static_cast<S*>(nullptr), d.ws);
     });
   }
 
@@ -685,20 +692,17 @@ class LshAttention {
       const Index b = pl.batch_of(hi), j = pl.head_of(hi), h = pl.heads.global(j);
       const auto x = head_block(qk, pl, b, j);
       const auto xv = head_block(v, pl, b, j);
-      Matrix<S> keys(dh, len);
-      detail::lsh_normalize_keys<S>(x, keys);
-      std::vector<Index> pos(at(len));
-      for (Index t = 0; t < len; ++t) pos[at(t)] = t;
-      ChunkAttentionWorkspace<S> ws(len, len);
+      DenseHead d(x, len);
       Matrix<S> dk = Matrix<S>::Zero(dh, len);
       auto dq = head_block(dqk, pl, b, j);
       auto dvb = head_block(dv, pl, b, j);
       dvb.setZero();
       // One pass: the recomputed output a (no round combination depends on it here) and the
       // gradients of queries, keys and values.
-      chunk_attention_forward_backward<S>(
-          x, keys, xv, pos.data(), pos.data(), options(pl, ctx, b, h, 0), head_block(da, pl, b, j),
-          static_cast<const S*>(nullptr), head_block(a, pl, b, j), dq, dk, dvb, ws);
+      chunk_attention_forward_backward<S>(x, d.keys, xv, d.pos.data(), d.pos.data(),
+                                          options(pl, ctx, b, h, 0), head_block(da, pl, b, j),
+                                          static_cast<const S*>(nullptr), head_block(a, pl, b, j),
+                                          dq, dk, dvb, d.ws);
       // k = normalise(qk)  =>  dqk += (dk/dqk)^T dk
       for (Index t = 0; t < len; ++t)
         detail::lsh_normalize_key_backward<S>(x.col(t), dk.col(t), dq.col(t));
@@ -781,9 +785,7 @@ void LshAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, Cons
   const char* where = "LshAttention::backward";
   const Plan pl = plan(where, xn, ctx, heads);
   const Index n = xn.cols(), rows = pl.heads.count * cfg_.head_size;
-  check_shape(where, "da", da.rows(), da.cols(), rows, n);
-  check_shape(where, "dxn", dxn.rows(), dxn.cols(), hidden_, n);
-  check_shape(where, "a", a.rows(), a.cols(), rows, n);
+  detail::check_core_backward_buffers<S>(where, da, dxn, a, rows, hidden_, n);
   Matrix<S> qk, v;
   detail::project_heads(params, qk_slot_, heads, cfg_.head_size, xn, qk);
   detail::project_heads(params, v_slot_, heads, cfg_.head_size, xn, v);

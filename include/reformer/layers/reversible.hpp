@@ -51,6 +51,16 @@ inline void check_stream_pair(const char* where, const char* a_name, Index a_row
                    " has shape ", a_rows, " x ", a_cols, " but ", b_name, " has shape ", b_rows,
                    " x ", b_cols);
 }
+
+/// The backward of a block: `other` (y2 or the stored x2), dy1 and dy2 have the shape of y1.
+template <class S>
+void check_block_streams(const char* where, const char* other_name, const ConstMatrixRef<S>& other,
+                         const ConstMatrixRef<S>& y1, const ConstMatrixRef<S>& dy1,
+                         const ConstMatrixRef<S>& dy2) {
+  check_stream_pair(where, other_name, other.rows(), other.cols(), "y1", y1.rows(), y1.cols());
+  check_stream_pair(where, "dy1", dy1.rows(), dy1.cols(), "y1", y1.rows(), y1.cols());
+  check_stream_pair(where, "dy2", dy2.rows(), dy2.cols(), "y1", y1.rows(), y1.cols());
+}
 }  // namespace detail
 
 /// In place: (x1, x2) -> (y1, y2) = (x1 + F(x2), x2 + G(x1 + F(x2))).
@@ -80,10 +90,7 @@ void reversible_backward(const F& f, const G& g, Parameters<S>& params, MatrixRe
                          MatrixRef<S> y2, MatrixRef<S> dy1, MatrixRef<S> dy2, const Context& ctx) {
   require_sublayer<F, S>();
   require_sublayer<G, S>();
-  const char* where = "reversible_backward";
-  detail::check_stream_pair(where, "y2", y2.rows(), y2.cols(), "y1", y1.rows(), y1.cols());
-  detail::check_stream_pair(where, "dy1", dy1.rows(), dy1.cols(), "y1", y1.rows(), y1.cols());
-  detail::check_stream_pair(where, "dy2", dy2.rows(), dy2.cols(), "y1", y1.rows(), y1.cols());
+  detail::check_block_streams<S>("reversible_backward", "y2", y2, y1, dy1, dy2);
   g.backward(params, y1, dy2, dy1, y2, ctx);  // dy1 += G'^T dy2, x2 = y2 - G(y1)
   f.backward(params, y2, dy1, dy2, y1, ctx);  // dx2 = dy2 + F'^T dy1, x1 = y1 - F(x2)
   // dx1 = dy1: already in place.
@@ -100,10 +107,7 @@ void stored_backward(const F& f, const G& g, Parameters<S>& params, ConstMatrixR
                      ReversibleWorkspace<S>& ws) {
   require_sublayer<F, S>();
   require_sublayer<G, S>();
-  const char* where = "stored_backward";
-  detail::check_stream_pair(where, "x2", x2.rows(), x2.cols(), "y1", y1.rows(), y1.cols());
-  detail::check_stream_pair(where, "dy1", dy1.rows(), dy1.cols(), "y1", y1.rows(), y1.cols());
-  detail::check_stream_pair(where, "dy2", dy2.rows(), dy2.cols(), "y1", y1.rows(), y1.cols());
+  detail::check_block_streams<S>("stored_backward", "x2", x2, y1, dy1, dy2);
   ws.resize(y1.rows(), y1.cols());
   g.backward(params, y1, dy2, dy1, ws.fx, ctx);  // dy1 += G'^T dy2
   f.backward(params, x2, dy1, dy2, ws.fx, ctx);  // dx2 = dy2 + F'^T dy1

@@ -91,6 +91,26 @@ constexpr void require_sublayer() {
                 "MatrixRef<S> y /* -= f(x) */, const Context&) const`");
 }
 
+/// Argument checks for sublayer implementations (InvalidArgument naming `where`): x has `hidden`
+/// rows and holds ctx.batch sequences of equal length.
+template <class S>
+void check_sublayer_input(const char* where, const ConstMatrixRef<S>& x, Index hidden,
+                          const Context& ctx) {
+  REFORMER_REQUIRE(x.rows() == hidden, InvalidArgument, where, "x.rows() = ", x.rows(),
+                   " must equal hidden_size = ", hidden);
+  (void)ctx.length(where, x.cols());
+}
+
+/// dy, dx and y of a backward call have the shape of x.
+template <class S>
+void check_backward_buffers(const char* where, const ConstMatrixRef<S>& x,
+                            const ConstMatrixRef<S>& dy, const MatrixRef<S>& dx,
+                            const MatrixRef<S>& y) {
+  check_shape(where, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
+  check_shape(where, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
+  check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
+}
+
 /// The ordinary (out-of-place) backward of any sublayer:
 ///   dx = (df/dx)^T dy,   fx = f(x),   parameter gradients +=.
 /// dx and fx are overwritten (D x N each) and alias neither x, dy nor each other.

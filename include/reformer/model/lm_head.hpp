@@ -42,13 +42,9 @@ struct LmHeadConfig {
   /// The head of a model configuration (a ReformerConfig, model/config.hpp).
   template <class ModelConfig>
   static LmHeadConfig from(const ModelConfig& m) {
-    LmHeadConfig c;
-    c.hidden_size = m.hidden_size;
-    c.vocab_size = m.vocab_size;
-    c.layer_norm_eps = m.layer_norm_eps;
-    c.dropout = m.hidden_dropout_prob;
-    c.chunk_size = m.chunk_size_lm_head;
-    return c;
+    return {/*hidden_size=*/m.hidden_size, /*vocab_size=*/m.vocab_size,
+            /*layer_norm_eps=*/m.layer_norm_eps, /*dropout=*/m.hidden_dropout_prob,
+            /*chunk_size=*/m.chunk_size_lm_head};
   }
 };
 

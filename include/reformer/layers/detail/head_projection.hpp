@@ -7,12 +7,15 @@
 //
 // Full and local attention project queries, keys and values with three weights and scale the
 // keys by 1/sqrt(Dh) (project_qkv); LSH attention projects shared query-keys and values.
+#include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
+#include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/layers/head_range.hpp"
 #include "reformer/ops/linear.hpp"
 
 #include <cmath>
+#include <string>
 
 namespace reformer::detail {
 
@@ -39,9 +42,27 @@ void project_heads_backward(Parameters<S>& params, SlotId slot, HeadRange heads,
   parallel_product(dxn, head_rows(params, slot, heads, head_size).transpose(), dy, true);
 }
 
-/// The query, key and value weights of a core.
+/// The query, key and value weights of a core: <prefix>self_attention.{query,key,value}.weight,
+/// each [H*Dh, hidden] (HF names, registered in HF's order).
 struct QkvSlots {
-  SlotId query, key, value;
+  SlotId query = -1, key = -1, value = -1;
+
+  template <class S>
+  static QkvSlots add(Parameters<S>& params, const std::string& prefix, Index out, Index hidden) {
+    QkvSlots w;
+    w.query = params.add(prefix + "self_attention.query.weight", {out, hidden});
+    w.key = params.add(prefix + "self_attention.key.weight", {out, hidden});
+    w.value = params.add(prefix + "self_attention.value.weight", {out, hidden});
+    return w;
+  }
+
+  /// Hugging Face initialisation: each weight ~ normal(0, std), from rng.derive(0, 1, 2).
+  template <class S>
+  void init(Parameters<S>& params, const Rng& rng, double std) const {
+    init_normal(params, query, rng.derive(0), std);
+    init_normal(params, key, rng.derive(1), std);
+    init_normal(params, value, rng.derive(2), std);
+  }
 };
 
 /// q = W_q[heads] xn,  k = W_k[heads] xn / sqrt(Dh),  v = W_v[heads] xn  (count*Dh x N each).

@@ -130,12 +130,9 @@ class AttentionSublayer {
  private:
   static const Config& validated(const Config& cfg) {
     const char* where = "AttentionSublayer";
-    REFORMER_REQUIRE(cfg.hidden_size > 0, InvalidArgument, where, "hidden_size = ", cfg.hidden_size,
-                     " must be positive");
-    REFORMER_REQUIRE(cfg.layer_norm_eps > 0, InvalidArgument, where,
-                     "layer_norm_eps = ", cfg.layer_norm_eps, " must be positive");
-    REFORMER_REQUIRE(cfg.output_dropout >= 0 && cfg.output_dropout < 1, InvalidArgument, where,
-                     "output_dropout = ", cfg.output_dropout, " must be in [0, 1)");
+    detail::require_positive(where, "hidden_size", cfg.hidden_size);
+    detail::require_positive(where, "layer_norm_eps", cfg.layer_norm_eps);
+    detail::require_dropout(where, "output_dropout", cfg.output_dropout);
     REFORMER_REQUIRE(cfg.head_group_scalars >= 0, InvalidArgument, where,
                      "head_group_scalars = ", cfg.head_group_scalars, " must be >= 0");
     return cfg;

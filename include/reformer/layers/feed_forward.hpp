@@ -110,14 +110,10 @@ class FeedForward {
 
   static const Config& validated(const Config& cfg) {
     const char* where = "FeedForward";
-    REFORMER_REQUIRE(cfg.hidden_size > 0, InvalidArgument, where, "hidden_size = ", cfg.hidden_size,
-                     " must be positive");
-    REFORMER_REQUIRE(cfg.feed_forward_size > 0, InvalidArgument, where,
-                     "feed_forward_size = ", cfg.feed_forward_size, " must be positive");
-    REFORMER_REQUIRE(cfg.layer_norm_eps > 0, InvalidArgument, where,
-                     "layer_norm_eps = ", cfg.layer_norm_eps, " must be positive");
-    REFORMER_REQUIRE(cfg.dropout >= 0 && cfg.dropout < 1, InvalidArgument, where,
-                     "dropout = ", cfg.dropout, " must be in [0, 1)");
+    detail::require_positive(where, "hidden_size", cfg.hidden_size);
+    detail::require_positive(where, "feed_forward_size", cfg.feed_forward_size);
+    detail::require_positive(where, "layer_norm_eps", cfg.layer_norm_eps);
+    detail::require_dropout(where, "dropout", cfg.dropout);
     REFORMER_REQUIRE(cfg.chunk_size >= 0, InvalidArgument, where, "chunk_size = ", cfg.chunk_size,
                      " must be >= 0 (0 = no chunking)");
     return cfg;

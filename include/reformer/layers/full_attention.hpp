@@ -66,9 +66,6 @@ class FullAttention : public detail::QkvCore<S, FullAttentionConfig> {
  public:
   using Scalar = S;
   using Config = FullAttentionConfig;
-  using Base::config;
-  using Base::hidden_size;
-  using Base::out_features;
 
   /// The score of a masked (query, key) pair (replaces the score, as Hugging Face does).
   static constexpr double kMaskValue = -1e9;

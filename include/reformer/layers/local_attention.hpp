@@ -87,9 +87,6 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
  public:
   using Scalar = S;
   using Config = LocalAttentionConfig;
-  using Base::config;
-  using Base::hidden_size;
-  using Base::out_features;
 
   /// Query positions per work item when cfg.item_chunks == 0: chunks are grouped so an item
   /// covers about this many.

@@ -91,6 +91,18 @@ constexpr void require_sublayer() {
                 "MatrixRef<S> y /* -= f(x) */, const Context&) const`");
 }
 
+namespace detail {
+/// Configuration checks of the library's sublayers: "<name> = <value> must be positive" and
+/// "<name> = <value> must be in [0, 1)" (InvalidArgument naming `where`).
+template <class T>
+void require_positive(const char* where, const char* name, T value) {
+  REFORMER_REQUIRE(value > 0, InvalidArgument, where, name, " = ", value, " must be positive");
+}
+inline void require_dropout(const char* where, const char* name, double p) {
+  REFORMER_REQUIRE(p >= 0 && p < 1, InvalidArgument, where, name, " = ", p, " must be in [0, 1)");
+}
+}  // namespace detail
+
 /// Argument checks for sublayer implementations (InvalidArgument naming `where`): x has `hidden`
 /// rows and holds ctx.batch sequences of equal length.
 template <class S>

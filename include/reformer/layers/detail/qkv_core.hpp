@@ -10,6 +10,7 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
 #include "reformer/layers/head_range.hpp"
+#include "reformer/layers/sublayer.hpp"
 
 #include <string>
 
@@ -55,13 +56,10 @@ class QkvCore {
 
  private:
   static const Config& checked(const char* where, const Config& cfg, Index hidden) {
-    REFORMER_REQUIRE(cfg.num_heads > 0, InvalidArgument, where, "num_heads = ", cfg.num_heads,
-                     " must be positive");
-    REFORMER_REQUIRE(cfg.head_size > 0, InvalidArgument, where, "head_size = ", cfg.head_size,
-                     " must be positive");
-    REFORMER_REQUIRE(hidden > 0, InvalidArgument, where, "hidden = ", hidden, " must be positive");
-    REFORMER_REQUIRE(cfg.dropout >= 0 && cfg.dropout < 1, InvalidArgument, where,
-                     "dropout = ", cfg.dropout, " must be in [0, 1)");
+    require_positive(where, "num_heads", cfg.num_heads);
+    require_positive(where, "head_size", cfg.head_size);
+    require_positive(where, "hidden", hidden);
+    require_dropout(where, "dropout", cfg.dropout);
     return cfg;
   }
 };

@@ -140,6 +140,21 @@ def gemm_reference(runs):
 # ---- plots --------------------------------------------------------------------------------------
 
 
+def save_figure(fig, out_dir, name):
+    """Lays out, writes out_dir/name and closes `fig`; returns the path written."""
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def label_axes(ax, title, xlabel, ylabel):
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
 def plot_attention(runs, fits, out_dir):
     att = select(runs, "attention")
     if not any(len(k) == 3 and k[2].isdigit() for k in att):
@@ -164,11 +179,7 @@ def plot_attention(runs, fits, out_dir):
         ax.legend(fontsize=8)
     axes[0].set_ylabel("wall time per token (µs)")
     fig.suptitle("D=256, H=4, Dh=64, C=64, causal, batch 1")
-    fig.tight_layout()
-    path = os.path.join(out_dir, "attention_scaling.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir, "attention_scaling.png")
 
 
 def plot_figure5(runs, out_dir):
@@ -187,16 +198,11 @@ def plot_figure5(runs, out_dir):
     ax.set_xticklabels([str(t) for t in ticks])
     first = next(iter(f5.values()))
     tokens = round(first.counter("tokens/s") * first.seconds / 1024) * 1024  # batch * T
-    ax.set_title(f"Training step, 1 layer, {tokens:.0f} tokens per step (batch = tokens / T)")
-    ax.set_xlabel("sequence length T")
-    ax.set_ylabel("seconds per step")
+    label_axes(ax, f"Training step, 1 layer, {tokens:.0f} tokens per step (batch = tokens / T)",
+               "sequence length T", "seconds per step")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = os.path.join(out_dir, "figure5.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir, "figure5.png")
 
 
 def plot_memory_depth(runs, out_dir):
@@ -214,17 +220,12 @@ def plot_memory_depth(runs, out_dir):
         ax.plot(layers, [p[1].counter("peak_extra_bytes") / 2**20 for p in pts], style,
                 alpha=0.5, label=f"{mode}: step alone (above parameters)")
     t = next(iter(depth.values())).counter("T")
-    ax.set_title(f"Training step memory against depth, T = {t:.0f}")
-    ax.set_xlabel("layers (lsh, local alternating)")
-    ax.set_ylabel("MiB")
+    label_axes(ax, f"Training step memory against depth, T = {t:.0f}",
+               "layers (lsh, local alternating)", "MiB")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "memory_depth.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir, "memory_depth.png")
 
 
 def plot_model_step(runs, out_dir):
@@ -239,8 +240,7 @@ def plot_model_step(runs, out_dir):
     if not math.isnan(ref):
         ax.axhline(ref, color="gray", ls="--", label=f"GEMM reference {ref:.0f} GFLOP/s")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("sequence length T")
-    ax.set_ylabel("GFLOP/s")
+    label_axes(ax, "6-layer model training step (lsh, local; R=2)", "sequence length T", "GFLOP/s")
     ax.set_ylim(bottom=0)
     ax2 = ax.twinx()
     ax2.plot(ts, [p[1].counter("peak_bytes") / 2**20 for p in pts], "s:", color="C2",
@@ -250,13 +250,8 @@ def plot_model_step(runs, out_dir):
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="lower right")
-    ax.set_title("6-layer model training step (lsh, local; R=2)")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "model_step.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir, "model_step.png")
 
 
 # ---- summary ------------------------------------------------------------------------------------

@@ -8,9 +8,11 @@
 // defined (the test build defines it).
 #include "reformer/core/types.hpp"
 
+#include <cstddef>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace reformer {
 
@@ -43,6 +45,15 @@ template <class... Args>
 std::string concat(const Args&... args) {
   std::ostringstream os;
   (os << ... << args);
+  return os.str();
+}
+
+/// "(a, b, c)": a list of sizes in a message.
+inline std::string list_to_string(const std::vector<Index>& v) {
+  std::ostringstream os;
+  os << '(';
+  for (std::size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
+  os << ')';
   return os.str();
 }
 }  // namespace detail

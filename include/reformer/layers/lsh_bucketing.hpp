@@ -27,7 +27,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -52,14 +51,6 @@ struct LshBucketLayout {
 };
 
 namespace detail {
-inline std::string lsh_factor_list(const std::vector<Index>& v) {
-  std::ostringstream os;
-  os << '(';
-  for (std::size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
-  os << ')';
-  return os.str();
-}
-
 /// floor(sqrt(n)) for n >= 0, exact.
 inline Index lsh_isqrt(Index n) {
   Index r = 0;
@@ -75,11 +66,11 @@ inline void validate_lsh_num_buckets(const char* where, const std::vector<Index>
   for (std::size_t i = 0; i < num_buckets.size(); ++i) {
     const Index f = num_buckets[i];
     REFORMER_REQUIRE(f >= 2 && f % 2 == 0, ConfigError, where,
-                     "num_buckets = ", detail::lsh_factor_list(num_buckets), ": entry ", i, " = ",
-                     f, " must be even and >= 2");
+                     "num_buckets = ", detail::list_to_string(num_buckets), ": entry ", i, " = ", f,
+                     " must be even and >= 2");
     product *= f;
     REFORMER_REQUIRE(product <= (Index{1} << 30), ConfigError, where,
-                     "num_buckets = ", detail::lsh_factor_list(num_buckets),
+                     "num_buckets = ", detail::list_to_string(num_buckets),
                      " has more than 2^30 buckets");
   }
 }

@@ -16,7 +16,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -30,17 +29,6 @@ inline const char* to_string(LayerKind k) {
   const auto i = static_cast<std::size_t>(k);
   return i < std::size(kNames) ? kNames[i] : "?";
 }
-
-namespace detail {
-/// "(a, b, c)" for messages.
-inline std::string list_to_string(const std::vector<Index>& v) {
-  std::ostringstream os;
-  os << '(';
-  for (std::size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
-  os << ')';
-  return os.str();
-}
-}  // namespace detail
 
 struct ReformerConfig {
   // --- sizes -------------------------------------------------------------------------------

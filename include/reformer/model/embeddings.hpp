@@ -115,6 +115,35 @@ class Embeddings {
                 const Context& ctx) const;
 
  private:
+  /// check_tokens(where, tokens, ctx), and that the matrix `name` (rows x cols) is
+  /// D x tokens.size(). Returns T.
+  Index check_tokens(const char* where, TokenSpan tokens, const char* name, Index rows, Index cols,
+                     const Context& ctx) const {
+    const Index t = check_tokens(where, tokens, ctx);
+    check_shape(where, name, rows, cols, hidden_, tokens.size());
+    return t;
+  }
+
+  /// Visits the n = B * T columns c = b * T + pos of the position embeddings. Axial: calls
+  /// axial(c, i, j) with (i, j) = (pos / s2, pos % s2) for every column whose P2[j] the
+  /// position dropout (probability p, one draw per sequence and j) keeps. Learned: calls
+  /// learned(c, pos, rng) for every column, rng being the position dropout's stream (its masks
+  /// are per element).
+  template <class Axial, class Learned>
+  void for_each_position(Index t, Index n, double p, const Context& ctx, Axial&& axial,
+                         Learned&& learned) const {
+    const Rng pos_rng = ctx.rng(stream::kPositionDropout);
+    for (Index c = 0; c < n; ++c) {
+      const Index b = c / t, pos = c % t;
+      if (!axial_) {
+        learned(c, pos, pos_rng);
+        continue;
+      }
+      const Index i = pos / s2_, j = pos % s2_;
+      if (dropout_keeps(pos_rng, p, static_cast<std::uint64_t>(b * s2_ + j))) axial(c, i, j);
+    }
+  }
+
   Index vocab_, hidden_;
   bool axial_;
   double dropout_;
@@ -143,12 +172,9 @@ void Embeddings<S>::init(Parameters<S>& params, const Rng& rng, double initializ
 template <class S>
 void Embeddings<S>::forward(const Parameters<S>& params, TokenSpan tokens, MatrixRef<S> e,
                             const Context& ctx) const {
-  const char* where = "Embeddings::forward";
-  const Index t = check_tokens(where, tokens, ctx);
+  const Index t = check_tokens("Embeddings::forward", tokens, "e", e.rows(), e.cols(), ctx);
   const Index n = tokens.size();
-  check_shape(where, "e", e.rows(), e.cols(), hidden_, n);
   const double p = ctx.training ? dropout_ : 0.0;
-  const Rng pos_rng = ctx.rng(stream::kPositionDropout);
 
   // e = Dropout_w(E[tok])
   embedding_forward<S>(params.value(word_), tokens, e);
@@ -157,30 +183,25 @@ void Embeddings<S>::forward(const Parameters<S>& params, TokenSpan tokens, Matri
   // e += Dropout_p(P(:, t))
   const S scale = static_cast<S>(1.0 / (1.0 - p));
   Matrix<S> pcol(hidden_, 1);
-  for (Index c = 0; c < n; ++c) {
-    const Index b = c / t, pos = c % t;
-    if (axial_) {
-      const Index i = pos / s2_, j = pos % s2_;
-      if (!dropout_keeps(pos_rng, p, static_cast<std::uint64_t>(b * s2_ + j))) continue;
-      e.col(c).head(d1_) += scale * params.value(pos0_).row(i).transpose();
-      e.col(c).tail(d2_) += scale * params.value_vector(pos1_).segment(j * d2_, d2_);
-    } else {
-      pcol = params.value(pos0_).row(pos).transpose();
-      dropout_inplace<S>(pos_rng, p, c * hidden_, pcol);  // draw index c * D + r
-      e.col(c) += pcol;
-    }
-  }
+  for_each_position(
+      t, n, p, ctx,
+      [&](Index c, Index i, Index j) {
+        e.col(c).head(d1_) += scale * params.value(pos0_).row(i).transpose();
+        e.col(c).tail(d2_) += scale * params.value_vector(pos1_).segment(j * d2_, d2_);
+      },
+      [&](Index c, Index pos, const Rng& pos_rng) {
+        pcol = params.value(pos0_).row(pos).transpose();
+        dropout_inplace<S>(pos_rng, p, c * hidden_, pcol);  // draw index c * D + r
+        e.col(c) += pcol;
+      });
 }
 
 template <class S>
 void Embeddings<S>::backward(Parameters<S>& params, TokenSpan tokens, ConstMatrixRef<S> de,
                              const Context& ctx) const {
-  const char* where = "Embeddings::backward";
-  const Index t = check_tokens(where, tokens, ctx);
+  const Index t = check_tokens("Embeddings::backward", tokens, "de", de.rows(), de.cols(), ctx);
   const Index n = tokens.size();
-  check_shape(where, "de", de.rows(), de.cols(), hidden_, n);
   const double p = ctx.training ? dropout_ : 0.0;
-  const Rng pos_rng = ctx.rng(stream::kPositionDropout);
 
   // e = Dropout_w(E[tok]) + ...  =>  dE[tok_n] += mask_n .* de(:, n)   (scatter-add)
   Matrix<S> dword(hidden_, n);
@@ -189,20 +210,18 @@ void Embeddings<S>::backward(Parameters<S>& params, TokenSpan tokens, ConstMatri
 
   const S scale = static_cast<S>(1.0 / (1.0 - p));
   Matrix<S> pcol(hidden_, 1);
-  for (Index c = 0; c < n; ++c) {
-    const Index b = c / t, pos = c % t;
-    if (axial_) {
-      // P(:, t) = [P1[i]; P2[j]]  =>  dP1[i] += de(:d1, n),  dP2[j] += de(d1:, n)
-      const Index i = pos / s2_, j = pos % s2_;
-      if (!dropout_keeps(pos_rng, p, static_cast<std::uint64_t>(b * s2_ + j))) continue;
-      params.grad(pos0_).row(i) += scale * de.col(c).head(d1_).transpose();
-      params.grad_vector(pos1_).segment(j * d2_, d2_) += scale * de.col(c).tail(d2_);
-    } else {
-      // dP[t] += mask .* de(:, n)
-      dropout_backward<S>(pos_rng, p, c * hidden_, de.col(c), pcol);
-      params.grad(pos0_).row(pos) += pcol.transpose();
-    }
-  }
+  for_each_position(
+      t, n, p, ctx,
+      [&](Index c, Index i, Index j) {
+        // P(:, t) = [P1[i]; P2[j]]  =>  dP1[i] += de(:d1, n),  dP2[j] += de(d1:, n)
+        params.grad(pos0_).row(i) += scale * de.col(c).head(d1_).transpose();
+        params.grad_vector(pos1_).segment(j * d2_, d2_) += scale * de.col(c).tail(d2_);
+      },
+      [&](Index c, Index pos, const Rng& pos_rng) {
+        // dP[t] += mask .* de(:, n)
+        dropout_backward<S>(pos_rng, p, c * hidden_, de.col(c), pcol);
+        params.grad(pos0_).row(pos) += pcol.transpose();
+      });
 }
 
 }  // namespace reformer

@@ -71,6 +71,15 @@ void check_logsumexp_backward(const char* where, const ConstMatrixRef<S>& x,
   check_shape(where, "dlse", dlse.rows(), dlse.cols(), reduced, 1);
   check_softmax_pair(where, "dx", dx.rows(), dx.cols(), "x", x.rows(), x.cols());
 }
+
+/// Shapes of a softmax backward: p (the forward output) non-empty, dy and dx shaped like p.
+template <class S>
+void check_softmax_backward(const char* where, const ConstMatrixRef<S>& p,
+                            const ConstMatrixRef<S>& dy, const MatrixRef<S>& dx) {
+  check_nonempty(where, p.rows(), p.cols());
+  check_softmax_pair(where, "dy", dy.rows(), dy.cols(), "p", p.rows(), p.cols());
+  check_softmax_pair(where, "dx", dx.rows(), dx.cols(), "p", p.rows(), p.cols());
+}
 }  // namespace detail
 
 // ---------------------------------------------------------------- column-wise (per column)
@@ -118,10 +127,7 @@ void softmax_cols(ConstMatrixRef<S> x, MatrixRef<S> p) {
 /// dx(:, n) = p(:, n) .* (dy(:, n) - p(:, n) . dy(:, n)).  p (forward output), dy, dx: M x N.
 template <class S>
 void softmax_cols_backward(ConstMatrixRef<S> p, ConstMatrixRef<S> dy, MatrixRef<S> dx) {
-  constexpr const char* kWhere = "softmax_cols_backward";
-  detail::check_nonempty(kWhere, p.rows(), p.cols());
-  detail::check_softmax_pair(kWhere, "dy", dy.rows(), dy.cols(), "p", p.rows(), p.cols());
-  detail::check_softmax_pair(kWhere, "dx", dx.rows(), dx.cols(), "p", p.rows(), p.cols());
+  detail::check_softmax_backward<S>("softmax_cols_backward", p, dy, dx);
   for (Index n = 0; n < p.cols(); ++n) {
     const S s = p.col(n).dot(dy.col(n));
     dx.col(n) = p.col(n).cwiseProduct(dy.col(n)) - s * p.col(n);
@@ -177,10 +183,7 @@ void softmax_rows(ConstMatrixRef<S> x, MatrixRef<S> p) {
 /// dx(m, :) = p(m, :) .* (dy(m, :) - p(m, :) . dy(m, :)).  p (forward output), dy, dx: M x N.
 template <class S>
 void softmax_rows_backward(ConstMatrixRef<S> p, ConstMatrixRef<S> dy, MatrixRef<S> dx) {
-  constexpr const char* kWhere = "softmax_rows_backward";
-  detail::check_nonempty(kWhere, p.rows(), p.cols());
-  detail::check_softmax_pair(kWhere, "dy", dy.rows(), dy.cols(), "p", p.rows(), p.cols());
-  detail::check_softmax_pair(kWhere, "dx", dx.rows(), dx.cols(), "p", p.rows(), p.cols());
+  detail::check_softmax_backward<S>("softmax_rows_backward", p, dy, dx);
   const Vector<S> s = p.cwiseProduct(dy).rowwise().sum();  // M
   for (Index j = 0; j < p.cols(); ++j) {
     dx.col(j) = (p.col(j).array() * (dy.col(j) - s).array()).matrix();

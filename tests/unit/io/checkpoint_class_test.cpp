@@ -4,40 +4,31 @@
 #include "reformer/model/reformer_lm.hpp"
 
 #include "support/compare.hpp"
+#include "support/config.hpp"
+#include "support/errors.hpp"
+#include "support/temp_dir.hpp"
 
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <filesystem>
 #include <limits>
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 namespace reformer::io {
 namespace checkpoint_class_test {
 
-namespace fs = std::filesystem;
+using test::expect_throw_with;
 
+/// HF's default dropout stays on, so the resumed steps must draw the same masks.
 ReformerConfig small_config() {
-  ReformerConfig c;
-  c.vocab_size = 11;
-  c.hidden_size = 8;
-  c.num_attention_heads = 2;
-  c.attention_head_size = 4;
-  c.feed_forward_size = 12;
-  c.attn_layers = {"lsh", "local"};
-  c.lsh_attn_chunk_length = 4;
-  c.local_attn_chunk_length = 4;
-  c.num_buckets = {4};
-  c.num_hashes = 2;
-  c.axial_pos_shape = {4, 4};
-  c.axial_pos_embds_dim = {4, 4};
-  c.chunk_size_feed_forward = 8;
-  c.chunk_size_lm_head = 8;
-  c.seed = 5;
-  return c;
+  return test::SmallConfig()
+      .vocab(11)
+      .feed_forward(12)
+      .layers({"lsh", "local"})
+      .lsh_hashing({4}, /*rounds=*/2)
+      .dropout(/*hidden=*/0.05, /*lsh_probs=*/0.0, /*local_probs=*/0.05)
+      .seed(5);
 }
 
 std::vector<Token> tokens() {
@@ -52,31 +43,9 @@ void perturb(ReformerLM<S>& model, double by) {
   model.parameters().values().array() += static_cast<S>(by);
 }
 
-class CheckpointClass : public ::testing::Test {
+class CheckpointClass : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           (std::string("reformer_ckpt_class_") + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-  // Expects `f()` to throw E whose message contains every needle.
-  template <class E, class F>
-  static void expect_error(F&& f, const std::vector<std::string>& needles) {
-    try {
-      f();
-      ADD_FAILURE() << "no error";
-    } catch (const E& e) {
-      for (const auto& n : needles)
-        EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
-    }
-  }
-
-  fs::path dir_;
+  CheckpointClass() : TempDirTest("ckpt_class_") {}
 };
 
 TEST_F(CheckpointClass, SaveOpenRestoreResumesBitIdentically) {
@@ -117,12 +86,7 @@ TEST_F(CheckpointClass, SaveOpenRestoreResumesBitIdentically) {
   EXPECT_TRUE(test::bitwise_equal(resumed.parameters().values(), model.parameters().values()));
 
   // The temporary file of the atomic write is gone.
-  std::size_t files = 0;
-  for (const auto& entry : fs::directory_iterator(dir_)) {
-    (void)entry;
-    ++files;
-  }
-  EXPECT_EQ(files, 1u);
+  EXPECT_EQ(files_in_dir(), 1u);
 }
 
 TEST_F(CheckpointClass, ModelOnlyCheckpoint) {
@@ -142,21 +106,21 @@ TEST_F(CheckpointClass, ModelOnlyCheckpoint) {
   Adam<double> opt(other.parameters(), AdamOptions::adam(1e-3));
   perturb(other, 0.5);
   const Vector<double> before = other.parameters().values();
-  expect_error<IoError>([&] { ck.restore(other, opt); }, {path("m.safetensors"), "optimizer"});
+  expect_throw_with<IoError>([&] { ck.restore(other, opt); }, {path("m.safetensors"), "optimizer"});
   EXPECT_TRUE(test::bitwise_equal(other.parameters().values(), before));
 }
 
 TEST_F(CheckpointClass, ErrorsNameTheFileAndTheProblem) {
-  expect_error<IoError>([&] { Checkpoint::open(path("missing.safetensors")); },
-                        {"missing.safetensors"});
+  expect_throw_with<IoError>([&] { Checkpoint::open(path("missing.safetensors")); },
+                             {"missing.safetensors"});
 
   ReformerLM<float> model(small_config());
   Checkpoint::save(path("a.safetensors"), model, {{"steps", 10}});
   const Checkpoint ck = Checkpoint::open(path("a.safetensors"));
-  expect_error<IoError>([&] { ck.user_value<int>("lr"); }, {"a.safetensors", "'lr'"});
-  expect_error<IoError>([&] { ck.user_value<std::string>("steps"); },
-                        {"a.safetensors", "'steps'", "wrong type"});
-  expect_error<InvalidArgument>(
+  expect_throw_with<IoError>([&] { ck.user_value<int>("lr"); }, {"a.safetensors", "'lr'"});
+  expect_throw_with<IoError>([&] { ck.user_value<std::string>("steps"); },
+                             {"a.safetensors", "'steps'", "wrong type"});
+  expect_throw_with<InvalidArgument>(
       [&] { Checkpoint::save(path("b.safetensors"), model, nlohmann::json::array()); },
       {"JSON object"});
 
@@ -164,17 +128,17 @@ TEST_F(CheckpointClass, ErrorsNameTheFileAndTheProblem) {
   save_parameters(path("params.safetensors"), model.parameters());
   const Checkpoint plain = Checkpoint::open(path("params.safetensors"));
   EXPECT_FALSE(plain.has_config());
-  expect_error<IoError>([&] { plain.config(); }, {"params.safetensors", "config"});
+  expect_throw_with<IoError>([&] { plain.config(); }, {"params.safetensors", "config"});
 
   // User metadata that is not a JSON object.
   SafetensorsWriter w;
   add_parameters(w, model.parameters());
   w.set_metadata("user", "[1, 2");
   w.write(path("bad_user.safetensors"));
-  expect_error<IoError>([&] { Checkpoint::open(path("bad_user.safetensors")); },
-                        {"bad_user.safetensors", "user"});
+  expect_throw_with<IoError>([&] { Checkpoint::open(path("bad_user.safetensors")); },
+                             {"bad_user.safetensors", "user"});
   // The layout reserves the key for Checkpoint.
-  expect_error<InvalidArgument>(
+  expect_throw_with<InvalidArgument>(
       [&] {
         save_parameters(path("c.safetensors"), model.parameters(), "", DType::F32,
                         {{"user", "{}"}});
@@ -186,7 +150,7 @@ TEST_F(CheckpointClass, FailedSaveKeepsTheOldFile) {
   ReformerLM<float> model(small_config());
   Checkpoint::save(path("a.safetensors"), model, {{"v", 1}});
   model.parameters().values()[5] = std::numeric_limits<float>::quiet_NaN();
-  expect_error<InvalidArgument>(
+  expect_throw_with<InvalidArgument>(
       [&] {
         Checkpoint::save(path("a.safetensors"), model, {{"v", 2}});
       },

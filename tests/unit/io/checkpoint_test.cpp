@@ -4,6 +4,7 @@
 #include "reformer/io/checkpoint.hpp"
 
 #include "support/compare.hpp"
+#include "support/temp_dir.hpp"
 
 #include <gtest/gtest.h>
 
@@ -14,8 +15,6 @@
 #include <limits>
 #include <string>
 #include <vector>
-
-#include <unistd.h>
 
 namespace reformer::io {
 namespace {
@@ -36,17 +35,9 @@ Parameters<S> make_store(double phase = 0.0) {
 
 using test::bitwise_equal;
 
-class Checkpoint : public ::testing::Test {
+class Checkpoint : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           (std::string("reformer_ckpt_") + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  Checkpoint() : TempDirTest("ckpt_") {}
 
   static std::vector<char> read_bytes(const std::string& p) {
     std::ifstream in(p, std::ios::binary);
@@ -72,8 +63,6 @@ class Checkpoint : public ::testing::Test {
     }
     EXPECT_TRUE(bitwise_equal(p.values(), before));
   }
-
-  fs::path dir_;
 };
 
 TEST_F(Checkpoint, RoundTripIsBitExactInBothDtypes) {

@@ -8,6 +8,7 @@
 #include "support/compare.hpp"
 #include "support/config.hpp"
 #include "support/fixture.hpp"
+#include "support/temp_dir.hpp"
 
 #include <gtest/gtest.h>
 
@@ -15,8 +16,6 @@
 #include <filesystem>
 #include <string>
 #include <vector>
-
-#include <unistd.h>
 
 namespace reformer::io {
 namespace {
@@ -41,18 +40,9 @@ std::vector<Token> tiny_tokens() {
 
 using test::bitwise_equal;
 
-class ModelCheckpoint : public ::testing::Test {
+class ModelCheckpoint : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           (std::string("reformer_model_ckpt_") + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
+  ModelCheckpoint() : TempDirTest("model_ckpt_") {}
 };
 
 TEST_F(ModelCheckpoint, HuggingFaceStyleCheckpointReproducesHfLogits) {

@@ -5,6 +5,9 @@
 #include "reformer/io/pretrained.hpp"
 
 #include "support/compare.hpp"
+#include "support/config.hpp"
+#include "support/errors.hpp"
+#include "support/temp_dir.hpp"
 
 #include <gtest/gtest.h>
 
@@ -17,8 +20,6 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 namespace reformer::io {
 namespace pretrained_test {
 
@@ -26,21 +27,7 @@ namespace fs = std::filesystem;
 
 /// Default seed: HF's config.json has none, so the loaded config keeps ReformerConfig's.
 ReformerConfig hf_style_config() {
-  ReformerConfig c;
-  c.vocab_size = 17;
-  c.hidden_size = 8;
-  c.num_attention_heads = 2;
-  c.attention_head_size = 4;
-  c.feed_forward_size = 12;
-  c.attn_layers = {"local", "lsh"};
-  c.lsh_attn_chunk_length = 4;
-  c.local_attn_chunk_length = 4;
-  c.num_buckets = {4};
-  c.num_hashes = 2;
-  c.axial_pos_shape = {4, 4};
-  c.axial_pos_embds_dim = {4, 4};
-  c.max_position_embeddings = 16;
-  return c;
+  return test::SmallConfig().vocab(17).feed_forward(12).lsh_hashing({4}, /*rounds=*/2);
 }
 
 std::vector<Token> tokens() {
@@ -57,17 +44,9 @@ struct Tensor {
   std::vector<double> values;
 };
 
-class Pretrained : public ::testing::Test {
+class Pretrained : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           (std::string("reformer_pretrained_") + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string dir() const { return dir_.string(); }
+  Pretrained() : TempDirTest("pretrained_") {}
 
   /// The HF state dict of `model`: its parameters under their HF names, the LM-head bias
   /// under both of HF's names, every tensor as `dtype`.
@@ -110,16 +89,8 @@ class Pretrained : public ::testing::Test {
   /// Expects from_pretrained<float> on the folder to throw IoError mentioning every needle.
   void expect_rejected(const std::vector<std::string>& needles,
                        const LoadOptions& options = {}) const {
-    try {
-      from_pretrained<float>(dir(), options);
-      ADD_FAILURE() << "no error";
-    } catch (const IoError& e) {
-      for (const auto& n : needles)
-        EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
-    }
+    test::expect_throw_with<IoError>([&] { from_pretrained<float>(dir(), options); }, needles);
   }
-
-  fs::path dir_;
 };
 
 /// A model whose weights differ from what the config's seed initialises.

@@ -4,6 +4,8 @@
 #include "reformer/io/safetensors.hpp"
 #include "reformer/core/rng.hpp"
 
+#include "support/temp_dir.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,8 +17,6 @@
 #include <limits>
 #include <string>
 #include <vector>
-
-#include <unistd.h>
 
 namespace reformer::io {
 namespace {
@@ -333,25 +333,10 @@ TEST(Safetensors, BadOffsets) {
                              "ok"));
 }
 
-class TempDir : public ::testing::Test {
+class SafetensorsWrite : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           (std::string("reformer_io_") + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::size_t files_in_dir() const {
-    std::size_t n = 0;
-    for (const auto& e : fs::directory_iterator(dir_)) n += e.is_regular_file() ? 1 : 0;
-    return n;
-  }
-  fs::path dir_;
+  SafetensorsWrite() : TempDirTest("io_") {}
 };
-
-using SafetensorsWrite = TempDir;
 
 TEST_F(SafetensorsWrite, AtomicWriteReplacesTheFileAndLeavesNoTemporary) {
   const std::string path = (dir_ / "x.safetensors").string();

@@ -4,10 +4,12 @@
 #include "reformer/core/context.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
+#include "reformer/core/threading.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/layers/feed_forward.hpp"
 #include "reformer/layers/full_attention.hpp"
 #include "reformer/testing/gradcheck.hpp"
+#include "support/compare.hpp"
 
 #include <gtest/gtest.h>
 
@@ -108,6 +110,59 @@ BackwardResult<S> run_backward(const Layer& layer, Parameters<S>& params, const 
   backward_out_of_place(layer, params, x, dy, r.dx, r.fx, ctx);
   r.grads = params.grads();
   return r;
+}
+
+/// max |f(x) in training - f(x) in inference|: how much the dropout of `ctx` changes the output.
+template <class Layer, class S>
+double dropout_effect(const Layer& layer, const Parameters<S>& params, const Matrix<S>& x,
+                      const Context& ctx) {
+  Context eval = ctx;
+  eval.training = false;
+  return static_cast<double>(
+      (run_forward(layer, params, x, ctx) - run_forward(layer, params, x, eval))
+          .cwiseAbs()
+          .maxCoeff());
+}
+
+/// forward() and backward() of one pass with `threads` worker threads (restored afterwards).
+template <class S>
+struct ThreadedRun {
+  Matrix<S> y;
+  BackwardResult<S> back;
+};
+
+template <class Layer, class S>
+ThreadedRun<S> run_with_threads(int threads, const Layer& layer, Parameters<S>& params,
+                                const Matrix<S>& x, const Matrix<S>& dy, const Context& ctx) {
+  const int before = num_threads();
+  set_num_threads(threads);
+  ThreadedRun<S> run;
+  run.y = run_forward(layer, params, x, ctx);
+  run.back = run_backward(layer, params, x, dy, ctx);
+  set_num_threads(before);
+  return run;
+}
+
+/// Relative errors of a float layer against the same layer in double (same parameters, same
+/// input): forward output, input gradient and parameter gradients.
+struct FloatErrors {
+  double y = 0.0, dx = 0.0, grads = 0.0;
+};
+
+template <class LayerF, class LayerD>
+FloatErrors float_vs_double(const LayerF& lf, Parameters<float>& pf, const LayerD& ld,
+                            Parameters<double>& pd, const Matrix<double>& x,
+                            const Matrix<double>& dy, const Context& ctx) {
+  const Matrix<float> xf = x.cast<float>();
+  const Matrix<float> dyf = dy.cast<float>();
+  const Matrix<float> yf = run_forward(lf, pf, xf, ctx);
+  const BackwardResult<double> rd = run_backward(ld, pd, x, dy, ctx);
+  const BackwardResult<float> rf = run_backward(lf, pf, xf, dyf, ctx);
+  FloatErrors e;
+  e.y = relative_error(yf.cast<double>(), run_forward(ld, pd, x, ctx));
+  e.dx = relative_error(rf.dx.cast<double>(), rd.dx);
+  e.grads = relative_error(rf.grads.cast<double>(), rd.grads);
+  return e;
 }
 
 /// Finite-difference check (testing/gradcheck.hpp) of a sublayer's backward(): the gradient

@@ -3,7 +3,6 @@
 #include "dense_test_util.hpp"
 #include "support/compare.hpp"
 
-#include "reformer/core/threading.hpp"
 #include "reformer/layers/feed_forward.hpp"
 
 #include <gtest/gtest.h>
@@ -84,12 +83,7 @@ TEST(FeedForward, GradientsWithDropoutAndFixedContext) {
     test::randomise(params, 32);
     const Context ctx = test::training_context(2);
     const Matrix<double> x = random_matrix(s.hidden, 2 * 4, 13);
-    Context eval = ctx;
-    eval.training = false;
-    EXPECT_GT((test::run_forward(ff, params, x, ctx) - test::run_forward(ff, params, x, eval))
-                  .cwiseAbs()
-                  .maxCoeff(),
-              1e-3);
+    EXPECT_GT(test::dropout_effect(ff, params, x, ctx), 1e-3);
     test::expect_sublayer_gradients(ff, params, x, ctx);
   }
 }
@@ -207,17 +201,11 @@ TEST(FeedForward, BitwiseIdenticalForAnyThreadCount) {
     const Context ctx = test::training_context(2);
     const Matrix<double> x = random_matrix(s.hidden, 2 * 170, 71);
     const Matrix<double> dy = random_matrix(s.hidden, 2 * 170, 72);
-    const int before = num_threads();
-    set_num_threads(1);
-    const Matrix<double> y1 = test::run_forward(ff, params, x, ctx);
-    const auto r1 = test::run_backward(ff, params, x, dy, ctx);
-    set_num_threads(2);
-    const Matrix<double> y2 = test::run_forward(ff, params, x, ctx);
-    const auto r2 = test::run_backward(ff, params, x, dy, ctx);
-    set_num_threads(before);
-    EXPECT_EQ((y1 - y2).cwiseAbs().maxCoeff(), 0.0) << "chunk " << chunk;
-    EXPECT_EQ((r1.dx - r2.dx).cwiseAbs().maxCoeff(), 0.0) << "chunk " << chunk;
-    EXPECT_EQ((r1.grads - r2.grads).cwiseAbs().maxCoeff(), 0.0) << "chunk " << chunk;
+    const auto one = test::run_with_threads(1, ff, params, x, dy, ctx);
+    const auto two = test::run_with_threads(2, ff, params, x, dy, ctx);
+    EXPECT_EQ((one.y - two.y).cwiseAbs().maxCoeff(), 0.0) << "chunk " << chunk;
+    EXPECT_EQ((one.back.dx - two.back.dx).cwiseAbs().maxCoeff(), 0.0) << "chunk " << chunk;
+    EXPECT_EQ((one.back.grads - two.back.grads).cwiseAbs().maxCoeff(), 0.0) << "chunk " << chunk;
   }
 }
 
@@ -233,15 +221,10 @@ TEST(FeedForward, FloatAgreesWithDouble) {
   Context ctx;
   const Matrix<double> x = random_matrix(s.hidden, 7, 81);
   const Matrix<double> dy = random_matrix(s.hidden, 7, 82);
-  const Matrix<float> xf = x.cast<float>();
-  const Matrix<float> dyf = dy.cast<float>();
-  EXPECT_LT(test::relative_error(test::run_forward(ffl, pf, xf, ctx).cast<double>(),
-                                 test::run_forward(fd, pd, x, ctx)),
-            1e-5);
-  const auto rd = test::run_backward(fd, pd, x, dy, ctx);
-  const auto rf = test::run_backward(ffl, pf, xf, dyf, ctx);
-  EXPECT_LT(test::relative_error(rf.dx.cast<double>(), rd.dx), 1e-4);
-  EXPECT_LT(test::relative_error(rf.grads.cast<double>(), rd.grads), 1e-4);
+  const test::FloatErrors e = test::float_vs_double(ffl, pf, fd, pd, x, dy, ctx);
+  EXPECT_LT(e.y, 1e-5);
+  EXPECT_LT(e.dx, 1e-4);
+  EXPECT_LT(e.grads, 1e-4);
 }
 
 TEST(FeedForward, RegistersHuggingFaceNamesAndInitialises) {

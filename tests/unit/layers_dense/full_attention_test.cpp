@@ -3,7 +3,6 @@
 #include "dense_test_util.hpp"
 #include "support/compare.hpp"
 
-#include "reformer/core/threading.hpp"
 #include "reformer/layers/full_attention.hpp"
 
 #include <gtest/gtest.h>
@@ -134,12 +133,7 @@ TEST(FullAttention, GradientsWithDropoutAndFixedContext) {
   const Context ctx = test::training_context(2);
   const Matrix<double> x = random_matrix(s.hidden, 2 * 6, 8);
   // The masks really drop something: the training output differs from the inference one.
-  Context eval = ctx;
-  eval.training = false;
-  EXPECT_GT((test::run_forward(layer, params, x, ctx) - test::run_forward(layer, params, x, eval))
-                .cwiseAbs()
-                .maxCoeff(),
-            1e-3);
+  EXPECT_GT(test::dropout_effect(layer, params, x, ctx), 1e-3);
   test::expect_sublayer_gradients(layer, params, x, ctx);
 }
 
@@ -276,18 +270,12 @@ TEST(FullAttention, BitwiseIdenticalForAnyThreadCount) {
   const Context ctx = test::training_context(2);
   const Matrix<double> x = random_matrix(s.hidden, 2 * 150, 4);
   const Matrix<double> dy = random_matrix(s.hidden, 2 * 150, 5);
-  const int before = num_threads();
-  set_num_threads(1);
-  const Matrix<double> y1 = test::run_forward(layer, params, x, ctx);
-  const auto r1 = test::run_backward(layer, params, x, dy, ctx);
-  set_num_threads(2);
-  const Matrix<double> y2 = test::run_forward(layer, params, x, ctx);
-  const auto r2 = test::run_backward(layer, params, x, dy, ctx);
-  set_num_threads(before);
-  EXPECT_EQ((y1 - y2).cwiseAbs().maxCoeff(), 0.0);
-  EXPECT_EQ((r1.dx - r2.dx).cwiseAbs().maxCoeff(), 0.0);
-  EXPECT_EQ((r1.grads - r2.grads).cwiseAbs().maxCoeff(), 0.0);
-  EXPECT_EQ((r1.fx - y1).cwiseAbs().maxCoeff(), 0.0);
+  const auto one = test::run_with_threads(1, layer, params, x, dy, ctx);
+  const auto two = test::run_with_threads(2, layer, params, x, dy, ctx);
+  EXPECT_EQ((one.y - two.y).cwiseAbs().maxCoeff(), 0.0);
+  EXPECT_EQ((one.back.dx - two.back.dx).cwiseAbs().maxCoeff(), 0.0);
+  EXPECT_EQ((one.back.grads - two.back.grads).cwiseAbs().maxCoeff(), 0.0);
+  EXPECT_EQ((one.back.fx - one.y).cwiseAbs().maxCoeff(), 0.0);
 }
 
 TEST(FullAttention, FloatAgreesWithDouble) {
@@ -302,15 +290,10 @@ TEST(FullAttention, FloatAgreesWithDouble) {
   ctx.batch = 2;
   const Matrix<double> x = random_matrix(s.hidden, 2 * 7, 6);
   const Matrix<double> dy = random_matrix(s.hidden, 2 * 7, 7);
-  const Matrix<float> xf = x.cast<float>();
-  const Matrix<float> dyf = dy.cast<float>();
-  EXPECT_LT(test::relative_error(test::run_forward(lf, pf, xf, ctx).cast<double>(),
-                                 test::run_forward(ld, pd, x, ctx)),
-            1e-5);
-  const auto rd = test::run_backward(ld, pd, x, dy, ctx);
-  const auto rf = test::run_backward(lf, pf, xf, dyf, ctx);
-  EXPECT_LT(test::relative_error(rf.dx.cast<double>(), rd.dx), 1e-4);
-  EXPECT_LT(test::relative_error(rf.grads.cast<double>(), rd.grads), 1e-4);
+  const test::FloatErrors e = test::float_vs_double(lf, pf, ld, pd, x, dy, ctx);
+  EXPECT_LT(e.y, 1e-5);
+  EXPECT_LT(e.dx, 1e-4);
+  EXPECT_LT(e.grads, 1e-4);
 }
 
 TEST(FullAttention, RegistersHuggingFaceNamesAndInitialises) {

@@ -12,9 +12,9 @@
 namespace reformer {
 namespace {
 
+using test::finite_differences;
 using test::gradcheck_error;
 using test::LocalCore;
-using test::numeric_gradient;
 using test::random_matrix;
 
 struct GradCase {
@@ -64,7 +64,7 @@ TEST(LocalAttentionGrad, MatchesFiniteDifferences) {
     dxn.setZero();  // the core adds its gradient
     lc.core.backward(lc.params, xn, g, dxn, a, ctx);
 
-    EXPECT_LT(gradcheck_error(dxn, numeric_gradient(xn, loss)), 1e-6) << describe(c);
+    EXPECT_LT(gradcheck_error(dxn, finite_differences(xn, loss)), 1e-6) << describe(c);
     for (SlotId id : {lc.core.query_slot(), lc.core.key_slot(), lc.core.value_slot()}) {
       const auto& slot = lc.params.slot(id);
       Matrix<double> w = lc.params.value(id);  // row-major copy as a column-major matrix
@@ -72,7 +72,7 @@ TEST(LocalAttentionGrad, MatchesFiniteDifferences) {
         lc.params.value(id) = w;
         return loss();
       };
-      const Matrix<double> fd = numeric_gradient(w, loss_w);
+      const Matrix<double> fd = finite_differences(w, loss_w);
       lc.params.value(id) = w;
       const Matrix<double> analytic = lc.params.grad(id);
       EXPECT_LT(gradcheck_error(analytic, fd), 1e-6) << describe(c) << " " << slot.name;

@@ -1,5 +1,5 @@
 #pragma once
-// Helpers private to the local-attention test suite: random matrices, central differences,
+// Helpers private to the local-attention test suite: random matrices,
 // a LocalAttention core with its own parameters, the banded dense oracle, error expectations.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
@@ -8,6 +8,7 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/local_attention.hpp"
 
+#include "support/finite_differences.hpp"
 #include "support/random.hpp"
 
 #include <gtest/gtest.h>
@@ -16,38 +17,11 @@
 #include <cmath>
 #include <cstdint>
 #include <exception>
-#include <functional>
 #include <initializer_list>
 #include <string>
 #include <vector>
 
-namespace reformer::test {
-
-/// Central finite differences of f with respect to every entry of x (restored afterwards).
-inline Matrix<double> numeric_gradient(Matrix<double>& x, const std::function<double()>& f,
-                                       double h = 1e-6) {
-  Matrix<double> g(x.rows(), x.cols());
-  for (Index i = 0; i < x.size(); ++i) {
-    const double saved = x.data()[i];
-    x.data()[i] = saved + h;
-    const double fp = f();
-    x.data()[i] = saved - h;
-    const double fm = f();
-    x.data()[i] = saved;
-    g.data()[i] = (fp - fm) / (2 * h);
-  }
-  return g;
-}
-
-/// max_i |a_i - b_i| / max(|a_i + b_i|) style symmetric relative error used by the gradchecks:
-/// the largest |a - b| divided by the largest |a + b| (robust to near-zero entries).
-inline double gradcheck_error(const Matrix<double>& analytic, const Matrix<double>& numeric) {
-  const double den = (analytic + numeric).cwiseAbs().maxCoeff();
-  const double num = (analytic - numeric).cwiseAbs().maxCoeff();
-  return den > 0 ? num / den : num;
-}
-
-}  // namespace reformer::test
+namespace reformer::test {}  // namespace reformer::test
 
 namespace reformer::test {
 

@@ -58,11 +58,11 @@ void run_gradcheck(const GradcheckCase& gc) {
     s.core.forward(s.params, xn, a, ctx);
     return a.cwiseProduct(g).sum();
   };
-  EXPECT_LT(gradcheck_error(dxn.data(), numeric_gradient(xn.data(), xn.size(), loss)), 1e-6);
+  EXPECT_LT(gradcheck_error(dxn, finite_differences(xn, loss)), 1e-6);
   auto wqk = s.params.value_vector(s.core.query_key_slot());
-  EXPECT_LT(gradcheck_error(dwqk.data(), numeric_gradient(wqk.data(), wqk.size(), loss)), 1e-6);
+  EXPECT_LT(gradcheck_error(dwqk, finite_differences(wqk, loss)), 1e-6);
   auto wv = s.params.value_vector(s.core.value_slot());
-  EXPECT_LT(gradcheck_error(dwv.data(), numeric_gradient(wv.data(), wv.size(), loss)), 1e-6);
+  EXPECT_LT(gradcheck_error(dwv, finite_differences(wv, loss)), 1e-6);
 }
 
 // R in {1, 2, 4} x causal / non-causal x T multiple (12) / not multiple (10) of C = 4 x H in {1,

@@ -129,14 +129,14 @@ TEST_P(LshOneChunk, EqualsDenseSharedQkAttention) {
   // Gradients of the reference by central differences (the reference is smooth in xn and W).
   Matrix<double> x = xn;
   auto loss = [&] { return reference_dense_loss(s, x, g, batch, causal); };
-  const auto num_dx = numeric_gradient(x.data(), x.size(), loss);
-  EXPECT_LT(gradcheck_error(gr.dxn.data(), num_dx), 1e-8);
+  const auto num_dx = finite_differences(x, loss);
+  EXPECT_LT(gradcheck_error(gr.dxn, num_dx), 1e-8);
   auto wqk = s.params.value_vector(s.core.query_key_slot());
-  const auto num_wqk = numeric_gradient(wqk.data(), wqk.size(), loss);
-  EXPECT_LT(gradcheck_error(gr.dwqk.data(), num_wqk), 1e-8);
+  const auto num_wqk = finite_differences(wqk, loss);
+  EXPECT_LT(gradcheck_error(gr.dwqk, num_wqk), 1e-8);
   auto wv = s.params.value_vector(s.core.value_slot());
-  const auto num_wv = numeric_gradient(wv.data(), wv.size(), loss);
-  EXPECT_LT(gradcheck_error(gr.dwv.data(), num_wv), 1e-8);
+  const auto num_wv = finite_differences(wv, loss);
+  EXPECT_LT(gradcheck_error(gr.dwv, num_wv), 1e-8);
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, LshOneChunk,

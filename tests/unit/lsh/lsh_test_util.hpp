@@ -1,5 +1,5 @@
 #pragma once
-// Helpers private to the LSH test suite: random data, finite differences, and plain (loop-based,
+// Helpers private to the LSH test suite: random data and plain (loop-based,
 // unoptimised) reference implementations of shared-QK attention and of the whole LSH attention
 // given its buckets, written from docs/DESIGN.md 1.2 without sharing code with the library.
 #include "reformer/core/context.hpp"
@@ -8,12 +8,12 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/lsh_attention.hpp"
 
+#include "support/finite_differences.hpp"
 #include "support/random.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <functional>
 #include <numeric>
 #include <utility>
 #include <vector>
@@ -32,32 +32,6 @@ inline LshAttentionConfig lsh_config(Index heads, Index dh, Index chunk, Index r
   c.num_buckets = std::move(nb);
   c.causal = causal;
   return c;
-}
-
-/// Central finite differences of f with respect to every entry of the n values at x.
-inline std::vector<double> numeric_gradient(double* x, Index n, const std::function<double()>& f,
-                                            double h = 1e-6) {
-  std::vector<double> g(static_cast<std::size_t>(n));
-  for (Index i = 0; i < n; ++i) {
-    const double saved = x[i];
-    x[i] = saved + h;
-    const double fp = f();
-    x[i] = saved - h;
-    const double fm = f();
-    x[i] = saved;
-    g[static_cast<std::size_t>(i)] = (fp - fm) / (2 * h);
-  }
-  return g;
-}
-
-/// max_i |a_i - b_i| / max_i |a_i + b_i| (the gradcheck measure, robust to near-zero entries).
-inline double gradcheck_error(const double* analytic, const std::vector<double>& numeric) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < numeric.size(); ++i) {
-    num = std::max(num, std::abs(analytic[i] - numeric[i]));
-    den = std::max(den, std::abs(analytic[i] + numeric[i]));
-  }
-  return den > 0 ? num / den : num;
 }
 
 /// max |a - b| / max |b|.

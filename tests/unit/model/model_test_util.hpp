@@ -1,9 +1,12 @@
 #pragma once
-// Helpers of the model test suite: a toy sublayer for the reversible block, finite differences.
+// Helpers of the model test suite: a toy sublayer for the reversible block, random matrices,
+// the gradient-check metric (finite differences come from support/finite_differences.hpp).
 #include "reformer/core/context.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
+
+#include "support/finite_differences.hpp"
 
 #include <Eigen/Core>
 #include <cmath>
@@ -58,23 +61,6 @@ Matrix<S> random_matrix(Index rows, Index cols, std::uint64_t seed, double scale
   const Rng rng(seed);
   for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<S>(scale * rng.normal(i));
   return m;
-}
-
-/// Central finite differences of loss() with respect to every entry of `x` (modified in place
-/// and restored). Returns the gradient estimate.
-template <class Vec, class Loss>
-Eigen::VectorXd finite_differences(Vec& x, Loss&& loss, double h = 1e-6) {
-  Eigen::VectorXd g(x.size());
-  for (Index i = 0; i < x.size(); ++i) {
-    const auto saved = x[i];
-    x[i] = saved + h;
-    const double lp = loss();
-    x[i] = saved - h;
-    const double lm = loss();
-    x[i] = saved;
-    g[i] = (lp - lm) / (2 * h);
-  }
-  return g;
 }
 
 /// |g - g_fd| / |g + g_fd| over whole vectors (the quality bar's gradient-check metric).

@@ -5,6 +5,8 @@
 #include "reformer/core/types.hpp"
 #include "reformer/testing/gradcheck.hpp"
 
+#include "support/errors.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -13,6 +15,7 @@
 
 namespace reformer::ops_test {
 
+using test::expect_throw_with;
 using testing::GradientChecker;
 
 /// A deterministic R x C matrix with entries uniform in [lo, hi), drawn from Rng(seed).
@@ -35,23 +38,6 @@ RowMajorMatrix<S> random_weight(Index rows, Index cols, std::uint64_t seed, doub
 template <class S = double>
 Vector<S> random_vector(Index n, std::uint64_t seed, double lo = -1.0, double hi = 1.0) {
   return Vector<S>(random_matrix<S>(n, 1, seed, lo, hi));
-}
-
-/// Expects `f()` to throw E whose message contains every one of `needles`.
-template <class E = InvalidArgument, class F>
-void expect_throw_with(F&& f, const std::vector<std::string>& needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an exception mentioning '" << (needles.empty() ? "" : needles[0])
-                  << "', nothing was thrown";
-  } catch (const E& e) {
-    const std::string what = e.what();
-    for (const auto& n : needles) {
-      EXPECT_NE(what.find(n), std::string::npos) << "message '" << what << "' lacks '" << n << "'";
-    }
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
 }
 
 }  // namespace reformer::ops_test

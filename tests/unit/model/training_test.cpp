@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -81,6 +82,32 @@ TEST(ModelTraining, SameSeedGivesBitwiseIdenticalTraining) {
   other.seed = 77;
   ReformerLM<double> c(other);
   EXPECT_NE(train_five_steps(c), la);
+}
+
+// The model owns the RNG step: train_step(tokens, batch) advances it, so two calls on the same
+// parameters draw different dropout masks and rotations; an explicit step sets the counter to
+// step + 1, and the same explicit step reproduces a call bit for bit.
+TEST(ModelTraining, TheModelAdvancesItsOwnRngStep) {
+  ReformerLM<double> model(dropout_config());
+  const std::vector<Token> tokens = test::random_tokens(2, 12, model.config().vocab_size, 5);
+  EXPECT_EQ(model.step(), 0u);
+  model.zero_grad();
+  const double first = model.train_step(tokens, 2);
+  const Vector<double> g_first = model.parameters().grads();
+  EXPECT_EQ(model.step(), 1u);
+  model.zero_grad();
+  const double second = model.train_step(tokens, 2);
+  EXPECT_EQ(model.step(), 2u);
+  EXPECT_NE(first, second) << "a new step draws new dropout masks";
+
+  model.zero_grad();
+  EXPECT_EQ(model.train_step(tokens, 2, std::uint64_t{0}), first) << "step 0 again";
+  EXPECT_TRUE(model.parameters().grads() == g_first);
+  EXPECT_EQ(model.step(), 1u);
+  model.set_step(7);
+  Tape<double> tape;
+  model.forward_loss(tokens, 2, tape, 3);
+  EXPECT_EQ(model.step(), 4u);
 }
 
 TEST(ModelTraining, OneAndTwoThreadsGiveBitwiseIdenticalTraining) {

@@ -47,6 +47,12 @@ namespace ex = reformer::examples;
 /// Held-out sequences come from a fixed key, independent of --seed, so runs are comparable.
 constexpr std::uint64_t kHeldOutSeed = 0x4E1D0u;
 
+/// What --help says the program does.
+constexpr const char* kDescription =
+    "Train a Reformer on the duplication task of Kitaev et al. (2020): sequences 0 w 0 w, "
+    "accuracy on the second copy, then evaluate the weights with 1/2/4/8 hash rounds and full "
+    "attention (Table 2).";
+
 /// The settings of train_copy (TrainSettings plus the task's and the Table-2 evaluation's).
 struct Settings : ex::TrainSettings {
   Index symbols = 128;
@@ -84,41 +90,38 @@ struct Settings : ex::TrainSettings {
 };
 
 /// Every option of train_copy, declared once.
-const ex::OptionTable<Settings>& option_table() {
-  static const ex::OptionTable<Settings> table = [] {
-    using S = Settings;
-    const auto run = ex::OptionScope::kRun;
-    const auto invocation = ex::OptionScope::kInvocation;
-    ex::OptionTable<Settings> t;
-    t.flag("--paper", &S::paper,
-           "The paper's setting: --length 1024 --layers 1 --d-model 256 --d-ff 256 "
-           "--heads 4 (explicit flags still win)",
-           run)
-        .group("Task")
-        .option("--length,-T", &S::length, "Sequence length T (even; |w| = T/2 - 1)", run,
-                ex::even_in_range(4, 1 << 20))
-        .option("--symbols,-N", &S::symbols, "Number of symbols N (0 separates the copies)", run,
-                CLI::Range(Index{3}, Index{1} << 24))
-        .group("Model")
-        .option("--attention", &S::attention,
-                "Attention: lsh, full (dense shared-QK) or local (chunked)", run,
-                CLI::IsMember({"lsh", "full", "local"}));
-    ex::add_model_options(t);
-    ex::add_training_options(t, "Maximum training steps (stops earlier at --target)",
-                             "Sequences per step");
-    ex::add_run_options(t, "runs/copy");
-    t.option("--eval-size", &S::eval_size, "Held-out sequences", invocation,
-             CLI::Range(Index{1}, Index{1} << 20))
-        .option("--target", &S::target,
-                "Stop when the held-out accuracy reaches this (0 = never stop early)", invocation,
-                CLI::Range(0.0, 1.0))
-        .flag("!--no-table2", &S::table2,
-              "Skip the evaluation with 1/2/4/8 hash rounds and full attention after training",
-              invocation);
-    return t;
-  }();
-  return table;
+void declare_options(ex::OptionTable<Settings>& t) {
+  using S = Settings;
+  const auto run = ex::OptionScope::kRun;
+  const auto invocation = ex::OptionScope::kInvocation;
+  t.flag("--paper", &S::paper,
+         "The paper's setting: --length 1024 --layers 1 --d-model 256 --d-ff 256 "
+         "--heads 4 (explicit flags still win)",
+         run)
+      .group("Task")
+      .option("--length,-T", &S::length, "Sequence length T (even; |w| = T/2 - 1)", run,
+              ex::even_in_range(4, 1 << 20))
+      .option("--symbols,-N", &S::symbols, "Number of symbols N (0 separates the copies)", run,
+              CLI::Range(Index{3}, Index{1} << 24))
+      .group("Model")
+      .option("--attention", &S::attention,
+              "Attention: lsh, full (dense shared-QK) or local (chunked)", run,
+              CLI::IsMember({"lsh", "full", "local"}));
+  ex::add_model_options(t);
+  ex::add_training_options(t, "Maximum training steps (stops earlier at --target)",
+                           "Sequences per step");
+  ex::add_run_options(t, "runs/copy");
+  t.option("--eval-size", &S::eval_size, "Held-out sequences", invocation,
+           CLI::Range(Index{1}, Index{1} << 20))
+      .option("--target", &S::target,
+              "Stop when the held-out accuracy reaches this (0 = never stop early)", invocation,
+              CLI::Range(0.0, 1.0))
+      .flag("!--no-table2", &S::table2,
+            "Skip the evaluation with 1/2/4/8 hash rounds and full attention after training",
+            invocation);
 }
+
+const ex::OptionTable<Settings>& option_table() { return ex::declared_once(declare_options); }
 
 /// The run settings saved in checkpoints and logged.
 nlohmann::json run_json(const Settings& o) {
@@ -330,10 +333,5 @@ int run(const CLI::App& app, Settings o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return ex::run_with_options(
-      "train_copy",
-      "Train a Reformer on the duplication task of Kitaev et al. (2020): sequences 0 w 0 w, "
-      "accuracy on the second copy, then evaluate the weights with 1/2/4/8 hash rounds and full "
-      "attention (Table 2).",
-      option_table(), argc, argv, run);
+  return ex::run_with_options("train_copy", kDescription, option_table(), argc, argv, run);
 }

@@ -46,6 +46,11 @@ namespace ex = reformer::examples;
 constexpr Index kVocab = 256;
 constexpr double kLn2 = 0.69314718055994530942;
 
+/// What --help says the program does.
+constexpr const char* kDescription =
+    "Train a byte-level Reformer language model on a text file (bits per byte on a held-out "
+    "split, checkpoints, resume), or generate text from a checkpoint.";
+
 /// The settings of train_text (TrainSettings plus data, evaluation and generation).
 struct Settings : ex::TrainSettings {
   std::string file;
@@ -83,53 +88,47 @@ struct Settings : ex::TrainSettings {
 };
 
 /// Every option of train_text, declared once.
-const ex::OptionTable<Settings>& option_table() {
-  static const ex::OptionTable<Settings> table = [] {
-    using S = Settings;
-    const auto run = ex::OptionScope::kRun;
-    const auto invocation = ex::OptionScope::kInvocation;
-    ex::OptionTable<Settings> t;
-    // A resumed run takes an explicit file (it may have moved).
-    t.option("file", &S::file, "Text file to train on (any bytes; not needed with --checkpoint)",
-             ex::OptionScope::kExtend, CLI::ExistingFile)
-        .group("Data")
-        .option("--valid-fraction", &S::valid_fraction,
-                "Fraction of the file (its end) held out for validation", run,
-                CLI::Range(0.001, 0.5))
-        .option("--length,-T", &S::length, "Training window (context) length in bytes", run,
-                CLI::Range(Index{2}, Index{1} << 20))
-        .group("Model")
-        .option("--attention", &S::attention,
-                "Layer kinds, comma-separated and repeated over the layers (lsh, local, full)",
-                run);
-    ex::add_model_options(t);
-    ex::add_training_options(t, "Training steps", "Windows per step");
-    ex::add_run_options(t, "runs/text");
-    t.option("--eval-windows", &S::eval_windows, "Validation windows per evaluation", invocation,
-             CLI::Range(Index{1}, Index{1} << 30))
-        .group("Generation")
-        .option("--checkpoint", &S::checkpoint,
-                "Generate from this checkpoint instead of training (with --generate)", invocation,
-                CLI::ExistingFile)
-        .option("--generate", &S::generate,
-                "Generate N bytes (after training, or from --checkpoint)", invocation,
-                CLI::Range(Index{0}, Index{1} << 30))
-        .option("--prompt", &S::prompt, "Text the generation continues", invocation)
-        .option("--temperature", &S::temperature,
-                "Sampling temperature (0 = always the most likely byte)", invocation,
-                CLI::Range(0.0, 100.0))
-        .option("--top-k", &S::top_k, "Sample among the k most likely bytes (0 = all)", invocation,
-                CLI::Range(Index{0}, kVocab))
-        .option("--top-p", &S::top_p,
-                "Sample among the most likely bytes holding this probability mass", invocation,
-                CLI::Range(1e-6, 1.0))
-        .option("--sample-seed", &S::sample_seed, "Seed of the sampling", invocation)
-        .option("--output,-o", &S::output, "Write the generated text to this file (default stdout)",
-                invocation);
-    return t;
-  }();
-  return table;
+void declare_options(ex::OptionTable<Settings>& t) {
+  using S = Settings;
+  const auto run = ex::OptionScope::kRun;
+  const auto invocation = ex::OptionScope::kInvocation;
+  // A resumed run takes an explicit file (it may have moved).
+  t.option("file", &S::file, "Text file to train on (any bytes; not needed with --checkpoint)",
+           ex::OptionScope::kExtend, CLI::ExistingFile)
+      .group("Data")
+      .option("--valid-fraction", &S::valid_fraction,
+              "Fraction of the file (its end) held out for validation", run, CLI::Range(0.001, 0.5))
+      .option("--length,-T", &S::length, "Training window (context) length in bytes", run,
+              CLI::Range(Index{2}, Index{1} << 20))
+      .group("Model")
+      .option("--attention", &S::attention,
+              "Layer kinds, comma-separated and repeated over the layers (lsh, local, full)", run);
+  ex::add_model_options(t);
+  ex::add_training_options(t, "Training steps", "Windows per step");
+  ex::add_run_options(t, "runs/text");
+  t.option("--eval-windows", &S::eval_windows, "Validation windows per evaluation", invocation,
+           CLI::Range(Index{1}, Index{1} << 30))
+      .group("Generation")
+      .option("--checkpoint", &S::checkpoint,
+              "Generate from this checkpoint instead of training (with --generate)", invocation,
+              CLI::ExistingFile)
+      .option("--generate", &S::generate, "Generate N bytes (after training, or from --checkpoint)",
+              invocation, CLI::Range(Index{0}, Index{1} << 30))
+      .option("--prompt", &S::prompt, "Text the generation continues", invocation)
+      .option("--temperature", &S::temperature,
+              "Sampling temperature (0 = always the most likely byte)", invocation,
+              CLI::Range(0.0, 100.0))
+      .option("--top-k", &S::top_k, "Sample among the k most likely bytes (0 = all)", invocation,
+              CLI::Range(Index{0}, kVocab))
+      .option("--top-p", &S::top_p,
+              "Sample among the most likely bytes holding this probability mass", invocation,
+              CLI::Range(1e-6, 1.0))
+      .option("--sample-seed", &S::sample_seed, "Seed of the sampling", invocation)
+      .option("--output,-o", &S::output, "Write the generated text to this file (default stdout)",
+              invocation);
 }
+
+const ex::OptionTable<Settings>& option_table() { return ex::declared_once(declare_options); }
 
 /// The run settings saved in checkpoints and logged.
 nlohmann::json run_json(const Settings& o) {
@@ -320,9 +319,5 @@ int run(const CLI::App& app, Settings o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return ex::run_with_options(
-      "train_text",
-      "Train a byte-level Reformer language model on a text file (bits per byte on a held-out "
-      "split, checkpoints, resume), or generate text from a checkpoint.",
-      option_table(), argc, argv, run);
+  return ex::run_with_options("train_text", kDescription, option_table(), argc, argv, run);
 }

@@ -143,6 +143,18 @@ class OptionTable {
   std::string group_;
 };
 
+/// The option table of a program, filled by `declare` on first use and kept for the program's
+/// life (one table per Settings type).
+template <class Settings>
+const OptionTable<Settings>& declared_once(void (*declare)(OptionTable<Settings>&)) {
+  static const OptionTable<Settings> table = [declare] {
+    OptionTable<Settings> t;
+    declare(t);
+    return t;
+  }();
+  return table;
+}
+
 /// The body of main() for a program whose options are `table`: parses the command line into a
 /// Settings and returns `run(app, settings)` (errors as run_program reports them). Freed memory
 /// stays with the process (keep_freed_memory), as the training programs want.

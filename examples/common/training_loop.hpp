@@ -36,7 +36,7 @@ struct LoopSettings {
   LrSchedule schedule;                ///< lr of update s
   std::int64_t eval_every = 0;        ///< evaluate every this many steps (0: only at the end)
   std::int64_t checkpoint_every = 0;  ///< save every this many steps (0: only at the end)
-  double prior_elapsed = 0.0;         ///< wall time of the earlier sessions of a resumed run
+  double prior_elapsed = 0.0;         ///< wall time of the earlier runs of a resumed run
 };
 
 /// What an evaluation reports.
@@ -47,12 +47,12 @@ struct EvalOutcome {
   bool stop = false;     ///< end training now (target reached)
 };
 
-/// How a training session ended.
+/// How a training run ended.
 struct LoopResult {
   std::int64_t step = 0;  ///< updates made in total
   bool stopped_early = false;
   bool interrupted = false;
-  double elapsed = 0.0;  ///< wall time including earlier sessions
+  double elapsed = 0.0;  ///< wall time including earlier runs
   EvalOutcome last_eval;
 };
 

@@ -74,6 +74,22 @@ inline FeedForwardConfig feed_forward_config(const FeedForwardSetup& s) {
   return cfg;
 }
 
+/// A layer in double under test: built from `cfg` (slots under `prefix`), every parameter
+/// drawn by randomise(params, seed), and an input x of hidden_size x `cols` normal draws from
+/// `x_seed`.
+template <class Layer>
+struct DenseCase {
+  Parameters<double> params;
+  Layer layer;
+  Matrix<double> x;
+
+  DenseCase(const typename Layer::Config& cfg, std::uint64_t seed, Index cols, std::uint64_t x_seed,
+            const std::string& prefix = "")
+      : layer(cfg, params, prefix), x(random_matrix(layer.hidden_size(), cols, x_seed)) {
+    randomise(params, seed);
+  }
+};
+
 inline Context training_context(Index batch, std::uint64_t step = 3) {
   Context ctx;
   ctx.batch = batch;

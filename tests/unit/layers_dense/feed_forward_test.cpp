@@ -73,18 +73,15 @@ INSTANTIATE_TEST_SUITE_P(ActivationsAndChunks, FeedForwardGrad,
                                             ::testing::Values(Index{0}, Index{3})));
 
 TEST(FeedForward, GradientsWithDropoutAndFixedContext) {
+  const Context ctx = test::training_context(2);
   for (Activation act : {Activation::kRelu, Activation::kGelu}) {
     FeedForwardSetup s;
     s.activation = act;
     s.dropout = 0.3;
     s.chunk = 3;
-    Parameters<double> params;
-    FeedForward<double> ff(test::feed_forward_config(s), params);
-    test::randomise(params, 32);
-    const Context ctx = test::training_context(2);
-    const Matrix<double> x = random_matrix(s.hidden, 2 * 4, 13);
-    EXPECT_GT(test::dropout_effect(ff, params, x, ctx), 1e-3);
-    test::expect_sublayer_gradients(ff, params, x, ctx);
+    test::DenseCase<FeedForward<double>> c(test::feed_forward_config(s), 32, 2 * 4, 13);
+    EXPECT_GT(test::dropout_effect(c.layer, c.params, c.x, ctx), 1e-3);
+    test::expect_sublayer_gradients(c.layer, c.params, c.x, ctx);
   }
 }
 

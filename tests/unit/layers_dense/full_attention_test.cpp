@@ -127,14 +127,12 @@ TEST(FullAttention, GradientsWithDropoutAndFixedContext) {
   s.head_size = 2;
   s.output_dropout = 0.3;
   s.probs_dropout = 0.25;
-  Parameters<double> params;
-  FullAttentionLayer<double> layer(test::attention_config<double>(s), params, "a.");
-  test::randomise(params, 3);
+  test::DenseCase<FullAttentionLayer<double>> c(test::attention_config<double>(s), 3, 2 * 6, 8,
+                                                "a.");
   const Context ctx = test::training_context(2);
-  const Matrix<double> x = random_matrix(s.hidden, 2 * 6, 8);
   // The masks really drop something: the training output differs from the inference one.
-  EXPECT_GT(test::dropout_effect(layer, params, x, ctx), 1e-3);
-  test::expect_sublayer_gradients(layer, params, x, ctx);
+  EXPECT_GT(test::dropout_effect(c.layer, c.params, c.x, ctx), 1e-3);
+  test::expect_sublayer_gradients(c.layer, c.params, c.x, ctx);
 }
 
 TEST(FullAttention, BackwardReturnsForwardOutput) {

@@ -128,44 +128,38 @@ TEST(FeedForward, BackwardReturnsForwardOutputAndAccumulates) {
   FeedForwardSetup s;
   s.dropout = 0.25;
   s.chunk = 2;
-  Parameters<double> params;
-  FeedForward<double> ff(test::feed_forward_config(s), params);
-  test::randomise(params, 50);
+  test::DenseCase<FeedForward<double>> c(test::feed_forward_config(s), 50, 5, 51);
   const Context ctx = test::training_context(1);
-  const Matrix<double> x = random_matrix(s.hidden, 5, 51);
   const Matrix<double> dy = random_matrix(s.hidden, 5, 52);
-  const auto r = test::run_backward(ff, params, x, dy, ctx);
-  EXPECT_EQ((r.fx - test::run_forward(ff, params, x, ctx)).cwiseAbs().maxCoeff(), 0.0);
+  const auto r = test::run_backward(c.layer, c.params, c.x, dy, ctx);
+  EXPECT_EQ((r.fx - test::run_forward(c.layer, c.params, c.x, ctx)).cwiseAbs().maxCoeff(), 0.0);
   // A second backward adds the same gradients again (accumulation, not overwrite).
-  Matrix<double> dx(x.rows(), x.cols()), fx(x.rows(), x.cols());
-  backward_out_of_place(ff, params, x, dy, dx, fx, ctx);
-  EXPECT_LT(test::relative_error(params.grads(), 2.0 * r.grads), 1e-15);
+  Matrix<double> dx(c.x.rows(), c.x.cols()), fx(c.x.rows(), c.x.cols());
+  backward_out_of_place(c.layer, c.params, c.x, dy, dx, fx, ctx);
+  EXPECT_LT(test::relative_error(c.params.grads(), 2.0 * r.grads), 1e-15);
   EXPECT_EQ((dx - r.dx).cwiseAbs().maxCoeff(), 0.0);
 }
 
 // backward (the contract's in-place step) gives dx_acc + dx and y_sub - f(x) with
 // the same bits as backward() followed by the additions, and the same parameter gradients.
 TEST(FeedForward, BackwardInverseUpdatesInPlaceBitwise) {
+  const Context ctx = test::training_context(2);
   for (const double dropout : {0.0, 0.25}) {
     FeedForwardSetup s;
     s.dropout = dropout;
     s.chunk = 3;
-    Parameters<double> params;
-    FeedForward<double> ff(test::feed_forward_config(s), params);
-    test::randomise(params, 60);
-    const Context ctx = test::training_context(2);
-    const Matrix<double> x = random_matrix(s.hidden, 8, 61);
+    test::DenseCase<FeedForward<double>> c(test::feed_forward_config(s), 60, 8, 61);
     const Matrix<double> dy = random_matrix(s.hidden, 8, 62);
     const Matrix<double> acc0 = random_matrix(s.hidden, 8, 63);
     const Matrix<double> y0 = random_matrix(s.hidden, 8, 64);
-    const auto r = test::run_backward(ff, params, x, dy, ctx);
-    params.zero_grad();
+    const auto r = test::run_backward(c.layer, c.params, c.x, dy, ctx);
+    c.params.zero_grad();
     Matrix<double> acc = acc0, y = y0;
-    ff.backward(params, x, dy, acc, y, ctx);
+    c.layer.backward(c.params, c.x, dy, acc, y, ctx);
     const Matrix<double> acc_ref = acc0 + r.dx, y_ref = y0 - r.fx;
     EXPECT_EQ((acc - acc_ref).cwiseAbs().maxCoeff(), 0.0) << "dropout " << dropout;
     EXPECT_EQ((y - y_ref).cwiseAbs().maxCoeff(), 0.0) << "dropout " << dropout;
-    EXPECT_EQ((params.grads() - r.grads).cwiseAbs().maxCoeff(), 0.0) << "dropout " << dropout;
+    EXPECT_EQ((c.params.grads() - r.grads).cwiseAbs().maxCoeff(), 0.0) << "dropout " << dropout;
     EXPECT_GT(r.dx.cwiseAbs().maxCoeff(), 1e-3);
   }
 }

@@ -260,8 +260,7 @@ TEST(FullAttention, BitwiseIdenticalForAnyThreadCount) {
   s.hidden = 40;
   s.heads = 3;
   s.head_size = 16;
-  s.output_dropout = 0.1;
-  s.probs_dropout = 0.1;
+  s.output_dropout = s.probs_dropout = 0.1;
   Parameters<double> params;
   FullAttentionLayer<double> layer(test::attention_config<double>(s), params);
   layer.init(params, Rng(9), 0.2);

@@ -12,6 +12,7 @@
 // A test that checks one field's effect still sets that field where the reader sees it.
 #include "reformer/core/types.hpp"
 #include "reformer/model/config.hpp"
+#include "reformer/ops/tokens.hpp"
 
 #include <cstdint>
 #include <string>
@@ -97,6 +98,13 @@ class SmallConfig {
     c_.seed = s;
     return *this;
   }
+  /// The two-layer model the checkpoint tests save and resume: layers {lsh, local} with 4 buckets
+  /// and 2 hash rounds, F = 12 (relu).
+  SmallConfig& lsh_local_model() {
+    feed_forward(12);
+    layers({"lsh", "local"});
+    return lsh_hashing({4}, /*rounds=*/2);
+  }
 
   /// The validated config.
   ReformerConfig get() const {
@@ -108,5 +116,13 @@ class SmallConfig {
  private:
   ReformerConfig c_;
 };
+
+/// `count` tokens (i * step + offset) mod vocab for i = 0, 1, ...: a fixed sequence that visits
+/// every id when step and vocab are coprime.
+inline std::vector<Token> cycling_tokens(int count, int step, int offset, int vocab) {
+  std::vector<Token> t;
+  for (int i = 0; i < count; ++i) t.push_back(static_cast<Token>((i * step + offset) % vocab));
+  return t;
+}
 
 }  // namespace reformer::test

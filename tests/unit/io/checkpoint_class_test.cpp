@@ -22,20 +22,11 @@ using test::expect_throw_with;
 
 /// HF's default dropout stays on, so the resumed steps must draw the same masks.
 ReformerConfig small_config() {
-  return test::SmallConfig()
-      .vocab(11)
-      .feed_forward(12)
-      .layers({"lsh", "local"})
-      .lsh_hashing({4}, /*rounds=*/2)
-      .dropout(/*hidden=*/0.05, /*lsh_probs=*/0.0, /*local_probs=*/0.05)
-      .seed(5);
+  return test::SmallConfig().lsh_local_model().vocab(11).seed(5).dropout(
+      /*hidden=*/0.05, /*lsh_probs=*/0.0, /*local_probs=*/0.05);
 }
 
-std::vector<Token> tokens() {
-  std::vector<Token> t;
-  for (int i = 0; i < 2 * 16; ++i) t.push_back(static_cast<Token>((i * 7 + 2) % 11));
-  return t;
-}
+std::vector<Token> tokens() { return test::cycling_tokens(2 * 16, 7, 2, 11); }
 
 /// Moves every parameter away from its initial value (other weights, same shapes).
 template <class S>

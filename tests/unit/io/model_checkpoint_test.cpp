@@ -23,20 +23,11 @@ namespace {
 namespace fs = std::filesystem;
 
 ReformerConfig tiny_config() {
-  return test::SmallConfig()
-      .vocab(13)
-      .feed_forward(12)
-      .layers({"lsh", "local"})
-      .lsh_hashing({4}, /*rounds=*/2)
-      .dropout(/*hidden=*/0.1, /*lsh_probs=*/0.0, /*local_probs=*/0.1)
-      .seed(7);
+  return test::SmallConfig().lsh_local_model().vocab(13).seed(7).dropout(
+      /*hidden=*/0.1, /*lsh_probs=*/0.0, /*local_probs=*/0.1);
 }
 
-std::vector<Token> tiny_tokens() {
-  std::vector<Token> t;
-  for (int i = 0; i < 2 * 16; ++i) t.push_back(static_cast<Token>((i * 5 + 3) % 13));
-  return t;
-}
+std::vector<Token> tiny_tokens() { return test::cycling_tokens(2 * 16, 5, 3, 13); }
 
 using test::bitwise_equal;
 

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <vector>
@@ -45,6 +46,16 @@ void expect_io_error(const std::vector<char>& bytes, const std::string& needle) 
     EXPECT_NE(what.find(needle), std::string::npos) << what;
     EXPECT_NE(what.find("test.safetensors"), std::string::npos) << what;
   }
+}
+
+// A header that parse() must reject over a given data section, and what the error must mention.
+struct BadHeader {
+  std::string header, needle;
+};
+
+void expect_io_errors(const std::vector<unsigned char>& data,
+                      std::initializer_list<BadHeader> cases) {
+  for (const BadHeader& c : cases) expect_io_error(raw_file(c.header, data), c.needle);
 }
 
 template <class T>
@@ -274,56 +285,49 @@ TEST(Safetensors, BadJsonAndBadEntries) {
   expect_io_error(raw_file("{\"a\": 1}"), "'a': entry is not a JSON object");
   expect_io_error(raw_file(R"({"__metadata__": [1]})"), "__metadata__ is not a JSON object");
   expect_io_error(raw_file(R"({"__metadata__": {"k": 3}})"), "value of 'k' is not a string");
-  expect_io_error(raw_file(R"({"a":{"shape":[1],"data_offsets":[0,4]}})", four), "'dtype'");
-  expect_io_error(raw_file(R"({"a":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}})", four),
-                  "unknown dtype 'Q7'");
-  expect_io_error(raw_file(R"({"a":{"dtype":7,"shape":[1],"data_offsets":[0,4]}})", four),
-                  "'dtype'");
-  expect_io_error(raw_file(R"({"a":{"dtype":"F32","data_offsets":[0,4]}})", four), "'shape'");
-  expect_io_error(raw_file(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", four),
-                  "not a non-negative integer");
-  expect_io_error(raw_file(R"({"a":{"dtype":"F32","shape":[1.0],"data_offsets":[0,4]}})", four),
-                  "not a non-negative integer");
-  expect_io_error(
-      raw_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}})",
-               four),
-      "overflows");
-  expect_io_error(raw_file(R"({"a":{"dtype":"F32","shape":[1]}})", four), "'data_offsets'");
-  expect_io_error(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0]}})", four),
-                  "'data_offsets'");
-  expect_io_error(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,-4]}})", four),
-                  "non-negative");
-  expect_io_error(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", four),
-                  "reversed");
-  // Duplicate keys, at the top level and inside an entry.
-  expect_io_error(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
-                           R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
-                           four),
-                  "repeats the key 'a'");
-  expect_io_error(
-      raw_file(R"({"a":{"dtype":"F32","dtype":"F64","shape":[1],"data_offsets":[0,4]}})", four),
-      "repeats the key 'dtype'");
+  expect_io_errors(
+      four, {
+                {R"({"a":{"shape":[1],"data_offsets":[0,4]}})", "'dtype'"},
+                {R"({"a":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}})", "unknown dtype 'Q7'"},
+                {R"({"a":{"dtype":7,"shape":[1],"data_offsets":[0,4]}})", "'dtype'"},
+                {R"({"a":{"dtype":"F32","data_offsets":[0,4]}})", "'shape'"},
+                {R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})",
+                 "not a non-negative integer"},
+                {R"({"a":{"dtype":"F32","shape":[1.0],"data_offsets":[0,4]}})",
+                 "not a non-negative integer"},
+                {R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}})",
+                 "overflows"},
+                {R"({"a":{"dtype":"F32","shape":[1]}})", "'data_offsets'"},
+                {R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0]}})", "'data_offsets'"},
+                {R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,-4]}})", "non-negative"},
+                {R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", "reversed"},
+                // Duplicate keys, at the top level and inside an entry.
+                {R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                 R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                 "repeats the key 'a'"},
+                {R"({"a":{"dtype":"F32","dtype":"F64","shape":[1],"data_offsets":[0,4]}})",
+                 "repeats the key 'dtype'"},
+            });
 }
 
 TEST(Safetensors, BadOffsets) {
   const std::vector<unsigned char> eight(8, 0);
-  // Past the end of the data section.
-  expect_io_error(raw_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", eight),
-                  "exceed the data section");
-  // Span does not match dtype * shape.
-  expect_io_error(raw_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,8]}})", eight),
-                  "need 16");
-  // Overlap.
-  expect_io_error(raw_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                           R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-                           eight),
-                  "overlap");
-  // A hole before a tensor.
-  expect_io_error(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", eight),
-                  "gap");
-  // Bytes that no tensor covers.
-  expect_io_error(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", eight),
-                  "trailing");
+  expect_io_errors(
+      eight,
+      {
+          // Past the end of the data section.
+          {R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", "exceed the data section"},
+          // Span does not match dtype * shape.
+          {R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,8]}})", "need 16"},
+          // Overlap.
+          {R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+           R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+           "overlap"},
+          // A hole before a tensor.
+          {R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", "gap"},
+          // Bytes that no tensor covers.
+          {R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "trailing"},
+      });
   // Zero-size tensors may share an offset.
   EXPECT_NO_THROW(
       SafetensorsFile::parse(raw_file(R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},)"

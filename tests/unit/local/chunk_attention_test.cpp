@@ -92,18 +92,26 @@ ChunkAttentionOptions options_of(const Case& c) {
 const std::vector<Index> kQueryPos = {5, 2, 9, 12, 7};
 const std::vector<Index> kKeyPos = {1, 8, 3, 14, 0, 6, 5, 2, 9, 12, 7};
 
+// Inputs shaped for kQueryPos and kKeyPos: q is 6 x 5, k is 6 x 11 and v is value_rows x 11,
+// drawn from Rng(seed), Rng(seed + 1) and Rng(seed + 2).
+struct ChunkInputs {
+  Matrix<double> q, k, v;
+  ChunkInputs(std::uint64_t seed, Index value_rows)
+      : q(random_matrix(6, 5, Rng(seed))),
+        k(random_matrix(6, 11, Rng(seed + 1))),
+        v(random_matrix(value_rows, 11, Rng(seed + 2))) {}
+};
+
 TEST(ChunkAttention, ForwardMatchesNaiveReference) {
-  const Matrix<double> q = random_matrix(6, 5, Rng(1));
-  const Matrix<double> k = random_matrix(6, 11, Rng(2));
-  const Matrix<double> v = random_matrix(4, 11, Rng(3));
+  const ChunkInputs in(1, 4);
   ChunkAttentionWorkspace<double> ws;
   for (const Case& c : cases()) {
     const auto opts = options_of(c);
     Matrix<double> o(4, 5);
     Vector<double> lse(5);
-    chunk_attention_forward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, o, lse.data(),
-                                    ws);
-    const NaiveResult ref = naive_chunk(q, k, v, kQueryPos, kKeyPos, opts);
+    chunk_attention_forward<double>(in.q, in.k, in.v, kQueryPos.data(), kKeyPos.data(), opts, o,
+                                    lse.data(), ws);
+    const NaiveResult ref = naive_chunk(in.q, in.k, in.v, kQueryPos, kKeyPos, opts);
     EXPECT_LT(relative_error(o, ref.o), 1e-13) << c.name;
     EXPECT_LT(relative_error(lse, ref.lse), 1e-13) << c.name;
   }
@@ -111,17 +119,15 @@ TEST(ChunkAttention, ForwardMatchesNaiveReference) {
 
 TEST(ChunkAttention, DropoutDropsSomeButNotAll) {
   // The dropout case must actually differ from the undropped one (a test that could fail).
-  const Matrix<double> q = random_matrix(6, 5, Rng(1));
-  const Matrix<double> k = random_matrix(6, 11, Rng(2));
-  const Matrix<double> v = random_matrix(4, 11, Rng(3));
+  const ChunkInputs in(1, 4);
   ChunkAttentionWorkspace<double> ws;
   auto opts = options_of(cases()[5]);
   Matrix<double> with(4, 5), without(4, 5);
-  chunk_attention_forward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, with, nullptr,
-                                  ws);
+  chunk_attention_forward<double>(in.q, in.k, in.v, kQueryPos.data(), kKeyPos.data(), opts, with,
+                                  nullptr, ws);
   opts.dropout_rate = 0;
-  chunk_attention_forward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, without, nullptr,
-                                  ws);
+  chunk_attention_forward<double>(in.q, in.k, in.v, kQueryPos.data(), kKeyPos.data(), opts, without,
+                                  nullptr, ws);
   EXPECT_GT(relative_error(with, without), 1e-3);
 }
 
@@ -162,9 +168,7 @@ TEST(ChunkAttention, FullyMaskedQueryStaysFinite) {
 
 // Loss L = sum(W .* o) + sum(w .* lse): do = W, dlse = w.
 TEST(ChunkAttention, BackwardMatchesFiniteDifferences) {
-  Matrix<double> q = random_matrix(6, 5, Rng(21));
-  Matrix<double> k = random_matrix(6, 11, Rng(22));
-  Matrix<double> v = random_matrix(4, 11, Rng(23));
+  ChunkInputs in(21, 4);  // not const: finite_differences perturbs q, k and v
   const Matrix<double> w_o = random_matrix(4, 5, Rng(24));
   const Matrix<double> w_lse = random_matrix(5, 1, Rng(25));
   ChunkAttentionWorkspace<double> ws;
@@ -174,7 +178,7 @@ TEST(ChunkAttention, BackwardMatchesFiniteDifferences) {
       auto loss = [&]() {
         Matrix<double> o(4, 5);
         Vector<double> lse(5);
-        chunk_attention_forward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, o,
+        chunk_attention_forward<double>(in.q, in.k, in.v, kQueryPos.data(), kKeyPos.data(), opts, o,
                                         lse.data(), ws);
         double l = (o.array() * w_o.array()).sum();
         if (with_lse) l += lse.dot(w_lse.col(0));
@@ -183,14 +187,14 @@ TEST(ChunkAttention, BackwardMatchesFiniteDifferences) {
       Matrix<double> dq = Matrix<double>::Constant(6, 5, 99.0);  // overwritten
       Matrix<double> dk = Matrix<double>::Ones(6, 11);           // accumulated
       Matrix<double> dv = Matrix<double>::Ones(4, 11);           // accumulated
-      chunk_attention_backward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, w_o,
-                                       with_lse ? w_lse.data() : nullptr, dq, dk, dv, ws);
+      chunk_attention_backward<double>(in.q, in.k, in.v, kQueryPos.data(), kKeyPos.data(), opts,
+                                       w_o, with_lse ? w_lse.data() : nullptr, dq, dk, dv, ws);
       dk.array() -= 1.0;
       dv.array() -= 1.0;
       const std::string what = c.name + (with_lse ? "+lse" : "");
-      EXPECT_LT(gradcheck_error(dq, finite_differences(q, loss)), 1e-6) << what;
-      EXPECT_LT(gradcheck_error(dk, finite_differences(k, loss)), 1e-6) << what;
-      EXPECT_LT(gradcheck_error(dv, finite_differences(v, loss)), 1e-6) << what;
+      EXPECT_LT(gradcheck_error(dq, finite_differences(in.q, loss)), 1e-6) << what;
+      EXPECT_LT(gradcheck_error(dk, finite_differences(in.k, loss)), 1e-6) << what;
+      EXPECT_LT(gradcheck_error(dv, finite_differences(in.v, loss)), 1e-6) << what;
       EXPECT_GT(dq.norm(), 1e-3) << what;  // the check is not vacuous
     }
   }
@@ -199,21 +203,19 @@ TEST(ChunkAttention, BackwardMatchesFiniteDifferences) {
 // LSH attention saves a buffer by letting dq overwrite d_o (same shape when Dv = Dh): the kernel
 // reads d_o completely before it writes dq, so the aliased call gives the same bits.
 TEST(ChunkAttention, BackwardDqMayAliasDo) {
-  const Matrix<double> q = random_matrix(6, 5, Rng(41));
-  const Matrix<double> k = random_matrix(6, 11, Rng(42));
-  const Matrix<double> v = random_matrix(6, 11, Rng(43));
+  const ChunkInputs in(41, 6);
   const Matrix<double> d_o = random_matrix(6, 5, Rng(44));
   const Matrix<double> dlse = random_matrix(5, 1, Rng(45));
   ChunkAttentionWorkspace<double> ws;
   for (const Case& c : cases()) {
     const auto opts = options_of(c);
     Matrix<double> dq(6, 5), dk = Matrix<double>::Zero(6, 11), dv = Matrix<double>::Zero(6, 11);
-    chunk_attention_backward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, d_o,
+    chunk_attention_backward<double>(in.q, in.k, in.v, kQueryPos.data(), kKeyPos.data(), opts, d_o,
                                      dlse.data(), dq, dk, dv, ws);
     Matrix<double> shared = d_o;  // d_o in, dq out
     Matrix<double> dk2 = Matrix<double>::Zero(6, 11), dv2 = Matrix<double>::Zero(6, 11);
-    chunk_attention_backward<double>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, shared,
-                                     dlse.data(), shared, dk2, dv2, ws);
+    chunk_attention_backward<double>(in.q, in.k, in.v, kQueryPos.data(), kKeyPos.data(), opts,
+                                     shared, dlse.data(), shared, dk2, dv2, ws);
     EXPECT_TRUE(shared == dq) << c.name;
     EXPECT_TRUE(dk2 == dk) << c.name;
     EXPECT_TRUE(dv2 == dv) << c.name;

@@ -32,6 +32,15 @@ struct Emb {
 
 const std::vector<Token> kTokens = {3, 0, 6, 3, 3, 1, 2, 5, 4, 0, 6, 6, 1, 2};  // B=2, T=7
 
+// The 6 x 14 embeddings of kTokens as B = 2 sequences at inference (no dropout).
+Matrix<double> inference_embeddings(const Emb& m) {
+  Context ctx;
+  ctx.batch = 2;
+  Matrix<double> e(6, 14);
+  m.emb.forward(m.params, kTokens, e, ctx);
+  return e;
+}
+
 TEST(Embeddings, RegistersHuggingFaceNamesAndShapes) {
   Emb a(small_config(true));
   ASSERT_EQ(a.params.num_slots(), 3);
@@ -49,10 +58,7 @@ TEST(Embeddings, RegistersHuggingFaceNamesAndShapes) {
 
 TEST(Embeddings, AxialForwardConcatenatesTheTwoTables) {
   Emb a(small_config(true));
-  Context ctx;
-  ctx.batch = 2;
-  Matrix<double> e(6, 14);
-  a.emb.forward(a.params, kTokens, e, ctx);
+  const Matrix<double> e = inference_embeddings(a);
   const auto word = a.params.value(a.emb.word_slot());
   const auto p1 = a.params.value(a.emb.position_slot());          // 3 x 2
   const auto p2 = a.params.value_vector(a.emb.position2_slot());  // 4 * 4
@@ -67,10 +73,7 @@ TEST(Embeddings, AxialForwardConcatenatesTheTwoTables) {
 
 TEST(Embeddings, LearnedForwardAddsTheTableRow) {
   Emb l(small_config(false));
-  Context ctx;
-  ctx.batch = 2;
-  Matrix<double> e(6, 14);
-  l.emb.forward(l.params, kTokens, e, ctx);
+  const Matrix<double> e = inference_embeddings(l);
   for (Index n = 0; n < 14; ++n) {
     const Eigen::VectorXd expect =
         l.params.value(l.emb.word_slot()).row(kTokens[static_cast<std::size_t>(n)]).transpose() +

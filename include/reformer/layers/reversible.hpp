@@ -28,8 +28,6 @@
 #include "reformer/layers/sublayer.hpp"
 #include "reformer/ops/parallel.hpp"
 
-#include <cstddef>
-
 namespace reformer {
 
 /// D x N scratch reused by every block of a stack (allocated once per shape): F(x2) / G(y1) in
@@ -41,7 +39,6 @@ struct ReversibleWorkspace {
   void resize(Index rows, Index cols) {
     if (fx.rows() != rows || fx.cols() != cols) fx.resize(rows, cols);
   }
-  std::size_t bytes_held() const { return static_cast<std::size_t>(fx.size()) * sizeof(S); }
 };
 
 namespace detail {

@@ -142,7 +142,7 @@ TEST(FeedForward, BackwardReturnsForwardOutputAndAccumulates) {
 
 // backward (the contract's in-place step) gives dx_acc + dx and y_sub - f(x) with
 // the same bits as backward() followed by the additions, and the same parameter gradients.
-TEST(FeedForward, BackwardInverseUpdatesInPlaceBitwise) {
+TEST(FeedForward, BackwardAccumulatesAndSubtractsInPlaceBitwise) {
   const Context ctx = test::training_context(2);
   for (const double dropout : {0.0, 0.25}) {
     FeedForwardSetup s;

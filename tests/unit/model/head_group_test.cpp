@@ -120,7 +120,7 @@ TYPED_TEST(HeadGroups, StreamingHeadsMatchesAllHeadsAtOnce) {
 // backward (the contract's in-place step) gives dx_acc + dx and y_sub - f(x) of the out-of-place
 // form, to rounding: without output dropout it subtracts each head group's term from
 // y_sub directly, with dropout it needs the whole sum first.
-TYPED_TEST(HeadGroups, BackwardInverseUpdatesInPlace) {
+TYPED_TEST(HeadGroups, BackwardAccumulatesAndSubtractsInPlace) {
   const Matrix<double> x = random_input(kHidden, kTokens, 4);
   const Matrix<double> dy = random_input(kHidden, kTokens, 5);
   const Matrix<double> acc0 = random_input(kHidden, kTokens, 6);

@@ -4,6 +4,7 @@
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -52,6 +53,10 @@ struct Context {
   /// is non-null, records into it. backward(): always replays the tape (it must be filled).
   BucketTape* buckets = nullptr;
   bool replay_buckets = false;
+
+  /// Cache the layers draw their work buffers from (core/workspace.hpp); owned by the caller,
+  /// may be null (then buffers come from the heap).
+  Workspace* workspace = nullptr;
 
   /// The RNG key of one randomness stream of this call (see reformer::stream).
   Rng rng(std::uint64_t stream_tag) const {

@@ -1,0 +1,246 @@
+#pragma once
+// Work buffers that outlive a call: a cache of large blocks, and scratch matrices drawn from it.
+//
+// Every forward and backward call needs temporaries of D x T and larger. Allocated with the
+// ordinary allocator, glibc serves them with fresh mmap'd pages (or trims its heap after the
+// call), so each training step pays page faults and the kernel's zeroing of the pages it frees
+// and asks for again moments later. A Workspace keeps freed blocks and hands them out again: in
+// a steady state (same shapes every step) it maps no new memory at all.
+//
+//   Workspace ws;                               // usually owned by the model (ReformerLM)
+//   ctx.workspace = &ws;                        // the layers draw their buffers from it
+//   Scratch<S> q(ctx.workspace, dh, t);         // q.map(): dh x t, uninitialised
+//   q.reset();                                  // back to the cache before the end of scope
+//
+// Without a workspace (ctx.workspace == nullptr) Scratch allocates from the heap, as a Matrix
+// would. Blocks of at least kMinCachedBytes come from the cache; smaller ones from the heap
+// (glibc reuses those from its arenas without faults). Large blocks are mapped with 2 MiB
+// alignment and madvise(MADV_HUGEPAGE) where the system has it.
+//
+// Thread safety: acquire() and release() lock a mutex, so parallel loops may draw scratch.
+#include "reformer/core/error.hpp"
+#include "reformer/core/types.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <new>
+#include <utility>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace reformer {
+
+/// A cache of large, aligned memory blocks (see the file comment).
+class Workspace {
+ public:
+  /// Blocks below this size come from the heap, never from the cache.
+  static constexpr std::size_t kMinCachedBytes = std::size_t{64} << 10;
+  static constexpr std::size_t kHugePage = std::size_t{2} << 20;
+
+  struct Stats {
+    std::size_t in_use_bytes = 0;  ///< handed out and not yet released
+    std::size_t cached_bytes = 0;  ///< released, kept for reuse
+    std::size_t peak_bytes = 0;    ///< maximum of in_use + cached
+    std::size_t mappings = 0;      ///< blocks obtained from the system so far
+  };
+
+  Workspace() = default;
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  ~Workspace() { trim(); }
+
+  /// The size a request of `bytes` is served with (the cache's size classes: 4 KiB pages below
+  /// 2 MiB, whole 2 MiB pages above).
+  static std::size_t block_size(std::size_t bytes) {
+    const std::size_t unit = bytes >= kHugePage ? kHugePage : std::size_t{4096};
+    return (bytes + unit - 1) / unit * unit;
+  }
+
+  /// A block of at least `bytes` bytes (64-byte aligned; 2 MiB aligned when that large). Reuses
+  /// a cached block of the same size class when there is one.
+  void* acquire(std::size_t bytes) {
+    const std::size_t size = block_size(bytes);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(size);
+      if (it != free_.end()) {
+        void* p = it->second;
+        free_.erase(it);
+        stats_.cached_bytes -= size;
+        stats_.in_use_bytes += size;
+        return p;
+      }
+      stats_.in_use_bytes += size;
+      stats_.mappings += 1;
+      note_peak();
+    }
+    void* p = map_block(size);
+    if (p == nullptr) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stats_.in_use_bytes -= size;
+      stats_.mappings -= 1;
+      throw std::bad_alloc();
+    }
+    return p;
+  }
+
+  /// Returns a block from acquire(bytes) to the cache.
+  void release(void* p, std::size_t bytes) noexcept {
+    if (p == nullptr) return;
+    const std::size_t size = block_size(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.emplace(size, p);
+    stats_.in_use_bytes -= size;
+    stats_.cached_bytes += size;
+  }
+
+  /// Gives every cached block back to the system (blocks in use stay valid).
+  void trim() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [size, p] : free_) unmap_block(p, size);
+    free_.clear();
+    stats_.cached_bytes = 0;
+  }
+
+  Stats stats() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return stats_;
+  }
+
+ private:
+  void note_peak() {
+    const std::size_t total = stats_.in_use_bytes + stats_.cached_bytes;
+    if (total > stats_.peak_bytes) stats_.peak_bytes = total;
+  }
+
+  static void* map_block(std::size_t size) {
+#if defined(__linux__)
+    // Over-map by one huge page and cut the ends so the block starts on a 2 MiB boundary.
+    const std::size_t align = size >= kHugePage ? kHugePage : std::size_t{4096};
+    const std::size_t span = size + (align > 4096 ? align : 0);
+    void* raw = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return nullptr;
+    auto base = reinterpret_cast<std::uintptr_t>(raw);
+    const std::uintptr_t start = (base + align - 1) / align * align;
+    if (start > base) ::munmap(raw, start - base);
+    const std::uintptr_t end = start + size;
+    const std::uintptr_t span_end = base + span;
+    if (span_end > end) ::munmap(reinterpret_cast<void*>(end), span_end - end);
+#if defined(MADV_HUGEPAGE)
+    if (size >= kHugePage) ::madvise(reinterpret_cast<void*>(start), size, MADV_HUGEPAGE);
+#endif
+    return reinterpret_cast<void*>(start);
+#else
+    return std::aligned_alloc(64, size);
+#endif
+  }
+
+  static void unmap_block(void* p, std::size_t size) noexcept {
+#if defined(__linux__)
+    ::munmap(p, size);
+#else
+    (void)size;
+    std::free(p);
+#endif
+  }
+
+  mutable std::mutex mutex_;
+  std::multimap<std::size_t, void*> free_;
+  Stats stats_;
+};
+
+/// A rows x cols column-major scratch matrix, uninitialised, drawn from a workspace (or from the
+/// heap when `ws` is null). Movable, not copyable; returns its memory on reset() or destruction.
+/// map() is an ordinary Eigen::Map, usable wherever a MatrixRef<S> is.
+template <class S>
+class Scratch {
+ public:
+  using MapType = Eigen::Map<Matrix<S>, Eigen::Aligned64>;
+
+  Scratch() = default;
+  Scratch(Workspace* ws, Index rows, Index cols) { allocate(ws, rows, cols); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  Scratch(Scratch&& other) noexcept { take(other); }
+  Scratch& operator=(Scratch&& other) noexcept {
+    if (this != &other) {
+      reset();
+      take(other);
+    }
+    return *this;
+  }
+  ~Scratch() { reset(); }
+
+  /// Re-shapes to rows x cols (contents are lost unless the byte size is unchanged).
+  void resize(Workspace* ws, Index rows, Index cols) {
+    if (ws == ws_ && bytes_for(rows, cols) == bytes_ && data_ != nullptr) {
+      new (&map_) MapType(data_, rows, cols);
+      return;
+    }
+    reset();
+    allocate(ws, rows, cols);
+  }
+
+  /// Returns the memory (to the workspace's cache or the heap); the matrix becomes 0 x 0.
+  void reset() noexcept {
+    if (data_ != nullptr) {
+      if (ws_ != nullptr && bytes_ >= Workspace::kMinCachedBytes) {
+        ws_->release(data_, bytes_);
+      } else {
+        std::free(data_);
+      }
+    }
+    data_ = nullptr;
+    bytes_ = 0;
+    ws_ = nullptr;
+    new (&map_) MapType(nullptr, 0, 0);
+  }
+
+  MapType& map() { return map_; }
+  const MapType& map() const { return map_; }
+  Index rows() const { return map_.rows(); }
+  Index cols() const { return map_.cols(); }
+
+ private:
+  static std::size_t bytes_for(Index rows, Index cols) {
+    return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols) * sizeof(S);
+  }
+
+  void allocate(Workspace* ws, Index rows, Index cols) {
+    REFORMER_ASSERT(rows >= 0 && cols >= 0);
+    bytes_ = bytes_for(rows, cols);
+    ws_ = ws;
+    if (bytes_ == 0) {
+      data_ = nullptr;
+    } else if (ws != nullptr && bytes_ >= Workspace::kMinCachedBytes) {
+      data_ = static_cast<S*>(ws->acquire(bytes_));
+    } else {
+      data_ = static_cast<S*>(std::aligned_alloc(64, (bytes_ + 63) / 64 * 64));
+      if (data_ == nullptr) throw std::bad_alloc();
+    }
+    new (&map_) MapType(data_, rows, cols);
+  }
+
+  void take(Scratch& other) noexcept {
+    ws_ = other.ws_;
+    data_ = other.data_;
+    bytes_ = other.bytes_;
+    new (&map_) MapType(data_, other.rows(), other.cols());
+    other.ws_ = nullptr;
+    other.data_ = nullptr;
+    other.bytes_ = 0;
+    new (&other.map_) MapType(nullptr, 0, 0);
+  }
+
+  Workspace* ws_ = nullptr;
+  S* data_ = nullptr;
+  std::size_t bytes_ = 0;
+  MapType map_{nullptr, 0, 0};
+};
+
+}  // namespace reformer

@@ -8,10 +8,11 @@
 //
 //   long_context [--length=1048576] [--layers=lsh,local] [--hashes=2] [--threads=N]
 //                [--ffn_chunk=1024] [--steps=1] [--stored] [--max_gib=G] [--json=FILE]
-//                [--malloc=system] [--huge_pages=off]
+//                [--malloc=system|tuned] [--huge_pages=off]
 //
-// Huge pages: the program re-executes itself with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 unless
-// --huge_pages=off (common/memory.hpp, reexec_with_huge_pages).
+// Allocator: glibc's own policy by default (the model's Workspace keeps the work buffers);
+// --malloc=tuned keeps freed memory in glibc (keep_freed_memory) and re-executes the program with
+// GLIBC_TUNABLES=glibc.malloc.hugetlb=1 unless --huge_pages=off (common/memory.hpp).
 //
 // --max_gib caps the process's address space (RLIMIT_AS): past it an allocation throws
 // std::bad_alloc and the program reports the failure instead of inviting the kernel's OOM killer
@@ -49,7 +50,7 @@ struct Args {
   Index ffn_chunk = 1024;
   Index steps = 1;
   bool stored = false;
-  bool keep_freed_memory = true;
+  bool tuned_malloc = false;
   double max_gib = 0;
   std::string json;
 };
@@ -83,11 +84,11 @@ Args parse(int argc, char** argv) {
     } else if (const char* v = flag_value(s, "json")) {
       a.json = v;
     } else if (s == "--malloc=system") {
-      a.keep_freed_memory = false;
-    } else if (s == "--malloc=keep") {
-      a.keep_freed_memory = true;
+      a.tuned_malloc = false;
+    } else if (s == "--malloc=tuned") {
+      a.tuned_malloc = true;
     } else if (s == "--huge_pages=on" || s == "--huge_pages=off") {
-      // handled before parsing (reexec_with_huge_pages)
+      // handled before parsing (reexec_with_huge_pages, with --malloc=tuned)
     } else if (s == "--stored") {
       a.stored = true;
     } else {
@@ -106,7 +107,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (!reformer_bench::has_flag(argc, argv, "--huge_pages=off")) {
+  if (reformer_bench::has_flag(argc, argv, "--malloc=tuned") &&
+      !reformer_bench::has_flag(argc, argv, "--huge_pages=off")) {
     reformer_bench::reexec_with_huge_pages(argv);
   }
   Args args;
@@ -116,7 +118,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "long_context: %s\n", e.what());
     return 2;
   }
-  if (args.keep_freed_memory) reformer_bench::keep_freed_memory();
+  if (args.tuned_malloc) reformer_bench::keep_freed_memory();
   if (args.max_gib > 0) {
     rlimit lim{};
     lim.rlim_cur = lim.rlim_max = static_cast<rlim_t>(args.max_gib * double(1ull << 30));
@@ -196,8 +198,8 @@ int main(int argc, char** argv) {
     out << "{\n  \"context\": {\"program\": \"long_context\", \"cpu_model\": \""
         << reformer_bench::cpu_model() << "\", \"threads\": " << reformer::num_threads()
         << ", \"products\": \"" << reformer_bench::product_backend() << "\", \"malloc\": \""
-        << (args.keep_freed_memory ? "keep freed memory" : "system")
-        << "\", \"transparent_huge_pages\": \"" << reformer_bench::huge_pages_setting() << "\"},\n"
+        << (args.tuned_malloc ? "tuned" : "system") << "\", \"transparent_huge_pages\": \""
+        << reformer_bench::huge_pages_setting() << "\"},\n"
         << "  \"long_context\": {\"length\": " << m.length << ", \"layers\": \"";
     for (std::size_t i = 0; i < m.layers.size(); ++i) out << (i ? "," : "") << m.layers[i];
     out << "\", \"hashes\": " << m.hashes << ", \"backward\": \""

@@ -8,8 +8,9 @@
 //   peak_bytes        peak resident memory of the process during the benchmark (VmHWM)
 //   peak_extra_bytes  peak_bytes minus the resident memory when the benchmark started
 //   threads           library threads
-//   faults            minor page faults per timed iteration (memory freshly mapped and zeroed
-//                     by the kernel; 0 in a steady state that reuses its memory)
+//   faults_per_iter   minor page faults per timed iteration (getrusage ru_minflt: memory
+//                     freshly mapped and zeroed by the kernel; 0 in a steady state that reuses
+//                     its memory)
 #include "memory.hpp"
 
 #include <benchmark/benchmark.h>
@@ -75,7 +76,7 @@ inline void report(benchmark::State& state, const WallClock& clock, double token
   state.counters["peak_extra_bytes"] = C(double(peak.extra()), C::kDefaults, C::kIs1024);
   state.counters["peak_reset"] = C(peak.reset_ok() ? 1 : 0);
   state.counters["threads"] = C(reformer::num_threads());
-  state.counters["faults"] = C(clock.faults() / (iters > 0 ? iters : 1));
+  state.counters["faults_per_iter"] = C(clock.faults() / (iters > 0 ? iters : 1));
 }
 
 /// Skips the benchmark (with a message naming the need) when it would need more than 90% of

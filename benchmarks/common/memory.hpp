@@ -87,11 +87,11 @@ class PeakMeter {
 
 /// Makes glibc's malloc keep freed memory for reuse instead of returning it to the kernel after
 /// every free (no mmap'd blocks, no heap trimming, the heap grows in 64 MiB steps). The library
-/// allocates its work buffers per call; with the default policy every training step pays page
-/// faults and the zeroing of fresh pages for memory it frees and allocates again moments later
-/// (the example programs do the same, examples/common/allocator.hpp). The benchmarks use it
-/// unless --malloc=system; reset_peak() and the memory guard (skip_if_memory_short) still hand
-/// free pages back before each measurement.
+/// draws its large work buffers from the model's Workspace, which keeps them across calls, so
+/// the benchmarks run with glibc's own policy by default; --malloc=tuned applies this (and the
+/// huge-page re-execution below) to compare, as `--malloc tuned` of the example programs
+/// (examples/common/allocator.hpp). reset_peak() and the memory guard (skip_if_memory_short)
+/// still hand free pages back before each measurement.
 ///
 /// Trimming is off entirely (threshold -1), not merely raised: a trim threshold of 1 GiB still
 /// let a long call that frees GiBs at its end hand them back, and the next call re-faulted them
@@ -114,7 +114,8 @@ inline void keep_freed_memory() {
 /// quoted, the machine was loaded; see benchmarks/results/huge_pages_{on,off}.json for an A/B).
 ///
 /// Tunables are read when a process starts, so this re-executes the program (argv unchanged)
-/// with the tunable added. It returns, doing nothing, when the tunable is present already or
+/// with the tunable added (only with --malloc=tuned: the Workspace maps its large blocks with
+/// MADV_HUGEPAGE itself). It returns, doing nothing, when the tunable is present already or
 /// the exec fails; the JSON context records which (transparent_huge_pages).
 inline void reexec_with_huge_pages(char** argv) {
 #if defined(__GLIBC__) && defined(__linux__)

@@ -10,10 +10,10 @@
 //   --ffn_chunk=N    tokens per feed-forward chunk in the model benchmarks (0 = unchunked)
 //   --dropout=P      hidden / attention dropout of the model benchmarks (default 0)
 //   --no_gemm        leave out the GEMM reference family
-//   --malloc=system  glibc's default allocation policy instead of keeping freed memory
-//                    (keep_freed_memory in common/memory.hpp)
-//   --huge_pages=off 4 KiB pages only: do not re-execute with glibc.malloc.hugetlb=1
-//                    (reexec_with_huge_pages in common/memory.hpp)
+//   --malloc=P       system (default: glibc's own policy; the library reuses its work buffers)
+//                    or tuned (glibc keeps freed memory, keep_freed_memory, and the program
+//                    re-executes with huge pages, reexec_with_huge_pages; common/memory.hpp)
+//   --huge_pages=off with --malloc=tuned: 4 KiB pages, no re-execution
 // A program may accept more integer flags of its own (Options::extra, e.g. model_step's
 // --depth_t); any other flag goes to Google Benchmark, which rejects what it does not know.
 #include "memory.hpp"
@@ -45,7 +45,7 @@ struct Options {
   reformer::Index ffn_chunk = 1024;
   double dropout = 0.0;
   bool gemm = true;
-  bool keep_freed_memory = true;
+  bool tuned_malloc = false;
   bool huge_pages = true;
   std::map<std::string, reformer::Index> extra;  ///< the program's own integer flags
 
@@ -117,10 +117,10 @@ inline Options parse_options(int& argc, char** argv,
       o.gemm = false;
     } else if (const char* v = flag_value(a, "malloc")) {
       const std::string policy = v;
-      if (policy != "keep" && policy != "system") {
-        throw std::invalid_argument("--malloc=" + policy + ": expected keep or system");
+      if (policy != "tuned" && policy != "system") {
+        throw std::invalid_argument("--malloc=" + policy + ": expected system or tuned");
       }
-      o.keep_freed_memory = policy == "keep";
+      o.tuned_malloc = policy == "tuned";
     } else if (const char* v = flag_value(a, "huge_pages")) {
       const std::string setting = v;
       if (setting != "on" && setting != "off") {
@@ -138,8 +138,9 @@ inline Options parse_options(int& argc, char** argv,
             "  --ffn_chunk=N  tokens per feed-forward chunk of the models (default 1024)\n"
             "  --dropout=P    dropout of the models (default 0)\n"
             "  --no_gemm      leave out the GEMM reference\n"
-            "  --malloc=P     keep (default: freed memory kept for reuse) or system\n"
-            "  --huge_pages=S on (default: re-run with glibc.malloc.hugetlb=1) or off\n%s\n"
+            "  --malloc=P     system (default) or tuned (glibc keeps freed memory, huge pages)\n"
+            "  --huge_pages=S with --malloc=tuned: on (default: re-run with\n"
+            "                 glibc.malloc.hugetlb=1) or off\n%s\n"
             "Google Benchmark options follow.\n",
             usage_extra);
       }
@@ -183,7 +184,7 @@ inline const char* product_backend() {
 
 /// Sets the library's thread count and records the run's context in the benchmark output.
 inline void apply_options(Options& o) {
-  if (o.keep_freed_memory) keep_freed_memory();
+  if (o.tuned_malloc) keep_freed_memory();
   if (o.threads <= 0) o.threads = static_cast<int>(std::thread::hardware_concurrency());
   if (o.threads <= 0) o.threads = 1;
   reformer::set_num_threads(o.threads);  // also keeps OpenBLAS's own threads off
@@ -202,7 +203,7 @@ inline void apply_options(Options& o) {
   benchmark::AddCustomContext("products", product_backend());
   benchmark::AddCustomContext("ffn_chunk", std::to_string(o.ffn_chunk));
   benchmark::AddCustomContext("dropout", std::to_string(o.dropout));
-  benchmark::AddCustomContext("malloc", o.keep_freed_memory ? "keep freed memory" : "system");
+  benchmark::AddCustomContext("malloc", o.tuned_malloc ? "tuned" : "system");
   benchmark::AddCustomContext("transparent_huge_pages", huge_pages_setting());
 }
 
@@ -211,7 +212,7 @@ template <class Register>
 int run_main(int argc, char** argv, Register&& register_all,
              const std::map<std::string, reformer::Index>& extra = {},
              const char* usage_extra = "") {
-  if (!has_flag(argc, argv, "--huge_pages=off")) {
+  if (has_flag(argc, argv, "--malloc=tuned") && !has_flag(argc, argv, "--huge_pages=off")) {
     reexec_with_huge_pages(argv);  // returns only when it did not re-execute
   }
   Options o;

@@ -1,10 +1,9 @@
 #pragma once
-// The library allocates its per-call work buffers with the ordinary allocator. glibc's malloc
-// serves large blocks with mmap and gives freed memory back to the kernel right away (munmap,
-// heap trimming), so every training step pays page faults, zeroing of fresh pages and TLB
-// shootdowns for memory it allocates again a millisecond later. Measured here on the copy task
-// (T = 128, batch 16, one thread): 12.4 s of CPU time for 8 steps, 3.1 s with freed memory kept.
-// The example programs therefore keep it (a training run's working set is steady).
+// An allocator policy for comparison (`--malloc tuned` of the example programs). The library
+// draws its large work buffers from the model's Workspace (reformer/core/workspace.hpp), which
+// keeps them across steps, so the default allocator policy costs no page faults per step. This
+// tunes glibc's malloc to keep all freed memory as well (no mmap'd blocks, no heap trimming):
+// the behaviour the programs had before the workspace, kept to measure the difference.
 #include <cstdlib>  // defines __GLIBC__ on glibc systems
 
 #if defined(__GLIBC__)

@@ -156,16 +156,23 @@ const OptionTable<Settings>& declared_once(void (*declare)(OptionTable<Settings>
 }
 
 /// The body of main() for a program whose options are `table`: parses the command line into a
-/// Settings and returns `run(app, settings)` (errors as run_program reports them). Freed memory
-/// stays with the process (keep_freed_memory), as the training programs want.
+/// Settings and returns `run(app, settings)` (errors as run_program reports them). Every program
+/// also takes `--malloc system|tuned`: the allocator's default policy (the library reuses its
+/// own work buffers), or glibc tuned to keep freed memory (keep_freed_memory), for comparison.
 template <class Settings, class Run>
 int run_with_options(const std::string& name, const std::string& description,
                      const OptionTable<Settings>& table, int argc, char** argv, Run&& run) {
-  keep_freed_memory();
   CLI::App app(description, name);
   Settings settings;
   table.add_to(app, settings);
-  return run_program(app, argc, argv, [&] { return run(app, settings); });
+  std::string malloc_policy = "system";
+  app.add_option("--malloc", malloc_policy,
+                 "allocator policy: system (default) or tuned (glibc keeps freed memory)")
+      ->check(CLI::IsMember({"system", "tuned"}));
+  return run_program(app, argc, argv, [&] {
+    if (malloc_policy == "tuned") keep_freed_memory();
+    return run(app, settings);
+  });
 }
 
 }  // namespace reformer::examples

@@ -17,13 +17,26 @@
 // (glibc reuses those from its arenas without faults). Large blocks are mapped with 2 MiB
 // alignment and madvise(MADV_HUGEPAGE) where the system has it.
 //
+// Memory policy. Blocks are cached by size class (4 KiB pages below 2 MiB, whole 2 MiB pages
+// above) and a request is served only from its own class. A cache that kept every size ever
+// released would raise the peak when the shapes change (a longer sequence, an evaluation batch):
+// the blocks of the old sizes would sit next to the new ones. So the owner marks the end of each
+// complete pass with end_step(); the largest footprint (in_use + cached) seen at any completed
+// step becomes the limit, and a request that misses the cache first gives cached blocks of
+// other sizes back to the system (largest first) until the new block fits under the limit. In a
+// steady state every request hits the cache and nothing is evicted; after a change of shapes the
+// footprint stays at the old peak unless the blocks in use alone need more. trim() empties the
+// cache at any time.
+//
 // Thread safety: acquire() and release() lock a mutex, so parallel loops may draw scratch.
 #include "reformer/core/error.hpp"
 #include "reformer/core/types.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <new>
@@ -47,11 +60,15 @@ class Workspace {
     std::size_t cached_bytes = 0;  ///< released, kept for reuse
     std::size_t peak_bytes = 0;    ///< maximum of in_use + cached
     std::size_t mappings = 0;      ///< blocks obtained from the system so far
+    std::size_t evictions = 0;     ///< cached blocks given back to stay under limit_bytes
+    std::size_t limit_bytes = 0;   ///< largest in_use + cached of a completed step (0: none yet)
   };
 
   Workspace() = default;
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
+  Workspace(Workspace&&) = delete;
+  Workspace& operator=(Workspace&&) = delete;
   ~Workspace() { trim(); }
 
   /// The size a request of `bytes` is served with (the cache's size classes: 4 KiB pages below
@@ -75,9 +92,11 @@ class Workspace {
         stats_.in_use_bytes += size;
         return p;
       }
+      evict_for(size);
       stats_.in_use_bytes += size;
       stats_.mappings += 1;
       note_peak();
+      step_peak_ = std::max(step_peak_, stats_.in_use_bytes + stats_.cached_bytes);
     }
     void* p = map_block(size);
     if (p == nullptr) {
@@ -99,12 +118,21 @@ class Workspace {
     stats_.cached_bytes += size;
   }
 
+  /// Marks the end of a complete pass (a training step): the largest footprint seen since the
+  /// previous mark raises the limit the cache keeps under (see the file comment).
+  void end_step() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.limit_bytes = std::max(stats_.limit_bytes, step_peak_);
+    step_peak_ = stats_.in_use_bytes + stats_.cached_bytes;
+  }
+
   /// Gives every cached block back to the system (blocks in use stay valid).
   void trim() noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     for (const auto& [size, p] : free_) unmap_block(p, size);
     free_.clear();
     stats_.cached_bytes = 0;
+    step_peak_ = stats_.in_use_bytes;
   }
 
   Stats stats() const {
@@ -116,6 +144,20 @@ class Workspace {
   void note_peak() {
     const std::size_t total = stats_.in_use_bytes + stats_.cached_bytes;
     if (total > stats_.peak_bytes) stats_.peak_bytes = total;
+  }
+
+  // A miss of `size` bytes: unmaps cached blocks, largest first, while in_use + cached + size
+  // would exceed the limit. Called with the mutex held.
+  void evict_for(std::size_t size) noexcept {
+    if (stats_.limit_bytes == 0) return;
+    while (!free_.empty() &&
+           stats_.in_use_bytes + stats_.cached_bytes + size > stats_.limit_bytes) {
+      auto largest = std::prev(free_.end());
+      unmap_block(largest->second, largest->first);
+      stats_.cached_bytes -= largest->first;
+      stats_.evictions += 1;
+      free_.erase(largest);
+    }
   }
 
   static void* map_block(std::size_t size) {
@@ -152,6 +194,7 @@ class Workspace {
   mutable std::mutex mutex_;
   std::multimap<std::size_t, void*> free_;
   Stats stats_;
+  std::size_t step_peak_ = 0;  // largest in_use + cached since the last end_step()
 };
 
 /// A rows x cols column-major scratch matrix, uninitialised, drawn from a workspace (or from the

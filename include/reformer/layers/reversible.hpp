@@ -25,19 +25,21 @@
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/layers/sublayer.hpp"
 #include "reformer/ops/parallel.hpp"
 
 namespace reformer {
 
-/// D x N scratch reused by every block of a stack (allocated once per shape): F(x2) / G(y1) in
-/// forward, the discarded f(x) of the stored-activation backward.
+/// D x N scratch reused by every block of a stack (drawn once per shape from the context's
+/// workspace, or the heap): F(x2) / G(y1) in forward, the discarded f(x) of the
+/// stored-activation backward.
 template <class S>
 struct ReversibleWorkspace {
-  Matrix<S> fx;
+  Scratch<S> fx;
 
-  void resize(Index rows, Index cols) {
-    if (fx.rows() != rows || fx.cols() != cols) fx.resize(rows, cols);
+  void resize(Workspace* ws, Index rows, Index cols) {
+    if (fx.rows() != rows || fx.cols() != cols) fx.resize(ws, rows, cols);
   }
 };
 
@@ -68,11 +70,12 @@ void reversible_forward(const F& f, const G& g, const Parameters<S>& params, Mat
   require_sublayer<G, S>();
   detail::check_stream_pair("reversible_forward", "x1", x1.rows(), x1.cols(), "x2", x2.rows(),
                             x2.cols());
-  ws.resize(x1.rows(), x1.cols());
-  f.forward(params, x2, ws.fx, ctx);  // F(x2)
-  add_parallel<S>(x1, ws.fx, S(1));   // y1 = x1 + F(x2)
-  g.forward(params, x1, ws.fx, ctx);  // G(y1)
-  add_parallel<S>(x2, ws.fx, S(1));   // y2 = x2 + G(y1)
+  ws.resize(ctx.workspace, x1.rows(), x1.cols());
+  auto fx = ws.fx.map();
+  f.forward(params, x2, fx, ctx);  // F(x2)
+  add_parallel<S>(x1, fx, S(1));   // y1 = x1 + F(x2)
+  g.forward(params, x1, fx, ctx);  // G(y1)
+  add_parallel<S>(x2, fx, S(1));   // y2 = x2 + G(y1)
 }
 
 /// The reversible backward of one block, in place:
@@ -105,9 +108,10 @@ void stored_backward(const F& f, const G& g, Parameters<S>& params, ConstMatrixR
   require_sublayer<F, S>();
   require_sublayer<G, S>();
   detail::check_block_streams<S>("stored_backward", "x2", x2, y1, dy1, dy2);
-  ws.resize(y1.rows(), y1.cols());
-  g.backward(params, y1, dy2, dy1, ws.fx, ctx);  // dy1 += G'^T dy2
-  f.backward(params, x2, dy1, dy2, ws.fx, ctx);  // dx2 = dy2 + F'^T dy1
+  ws.resize(ctx.workspace, y1.rows(), y1.cols());
+  auto fx = ws.fx.map();
+  g.backward(params, y1, dy2, dy1, fx, ctx);  // dy1 += G'^T dy2
+  f.backward(params, x2, dy1, dy2, fx, ctx);  // dx2 = dy2 + F'^T dy1
 }
 
 }  // namespace reformer

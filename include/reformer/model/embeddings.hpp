@@ -29,6 +29,7 @@
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/model/config.hpp"
 #include "reformer/ops/dropout.hpp"
 #include "reformer/ops/embedding.hpp"
@@ -204,9 +205,10 @@ void Embeddings<S>::backward(Parameters<S>& params, TokenSpan tokens, ConstMatri
   const double p = ctx.training ? dropout_ : 0.0;
 
   // e = Dropout_w(E[tok]) + ...  =>  dE[tok_n] += mask_n .* de(:, n)   (scatter-add)
-  Matrix<S> dword(hidden_, n);
-  dropout_backward<S>(ctx.rng(stream::kEmbeddingDropout), p, 0, de, dword);
-  embedding_backward<S>(tokens, dword, params.grad(word_));
+  Scratch<S> dword(ctx.workspace, hidden_, n);  // D x N
+  dropout_backward<S>(ctx.rng(stream::kEmbeddingDropout), p, 0, de, dword.map());
+  embedding_backward<S>(tokens, dword.map(), params.grad(word_));
+  dword.reset();
 
   const S scale = static_cast<S>(1.0 / (1.0 - p));
   Matrix<S> pcol(hidden_, 1);

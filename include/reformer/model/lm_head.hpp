@@ -22,6 +22,7 @@
 #include "reformer/core/rng.hpp"
 #include "reformer/core/threading.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/ops/cross_entropy.hpp"
 #include "reformer/ops/dropout.hpp"
 #include "reformer/ops/layer_norm.hpp"
@@ -78,9 +79,10 @@ class LmHead {
     Matrix<S> out(cfg_.vocab_size, n);
     parallel_for(num_blocks(n, len), [&](Index blk) {
       const Index c0 = blk * len, c = std::min(len, n - c0);
-      Matrix<S> cat(2 * d, c), h(2 * d, c);
-      chunk_hidden(params, x1, x2, ctx, c0, cat, h);
-      lm_logits<S>(h, params.value(weight_), params.value_vector(bias_), out.middleCols(c0, c));
+      Scratch<S> cat(ctx.workspace, 2 * d, c), h(ctx.workspace, 2 * d, c);
+      chunk_hidden(params, x1, x2, ctx, c0, cat.map(), h.map());
+      lm_logits<S>(h.map(), params.value(weight_), params.value_vector(bias_),
+                   out.middleCols(c0, c));
     });
     return out;
   }
@@ -90,8 +92,9 @@ class LmHead {
                           TokenSpan targets, const Context& ctx) const {
     CrossEntropyResult ce;
     for_chunks(params, x1, x2, ctx, [&](Index c0, Index c, MatrixRef<S>, MatrixRef<S> h) {
-      const CrossEntropyResult part = cross_entropy_forward<S>(
-          h, params.value(weight_), params.value_vector(bias_), targets.subspan(c0, c), c);
+      const CrossEntropyResult part =
+          cross_entropy_forward<S>(h, params.value(weight_), params.value_vector(bias_),
+                                   targets.subspan(c0, c), c, ctx.workspace);
       ce.sum += part.sum;
       ce.count += part.count;
     });
@@ -107,13 +110,14 @@ class LmHead {
     const Index d = cfg_.hidden_size;
     check_shape("LmHead::backward", "dcat", dcat.rows(), dcat.cols(), 2 * d, x1.cols());
     const Rng drop_rng = ctx.rng(stream::kEncoderOutputDropout);
-    Matrix<S> dh(2 * d, chunk(x1.cols()));
+    Scratch<S> dh(ctx.workspace, 2 * d, chunk(x1.cols()));
     for_chunks(params, x1, x2, ctx, [&](Index c0, Index c, MatrixRef<S> cat, MatrixRef<S> h) {
-      auto dh_c = dh.leftCols(c);
+      auto dh_c = dh.map().leftCols(c);
       // logits = W hd + b, loss = CE  =>  dhd, dW +=, db += (V x c logits at a time)
       cross_entropy_forward_backward<S>(h, params.value(weight_), params.value_vector(bias_),
                                         targets.subspan(c0, c), dh_c, params.grad(weight_),
-                                        params.grad_vector(bias_), c, Reduction::kSum, scale);
+                                        params.grad_vector(bias_), c, Reduction::kSum, scale,
+                                        ctx.workspace);
       // hd = Dropout(h)  =>  dh = mask .* dhd / (1 - p)
       dropout_backward<S>(drop_rng, dropout_p(ctx), c0 * 2 * d, dh_c, dh_c);
       // h = LN(cat)      =>  dcat, dgamma +=, dbeta +=
@@ -141,7 +145,7 @@ class LmHead {
   // indices as for the whole 2D x N matrix).
   template <class M>
   void chunk_hidden(const Parameters<S>& params, ConstMatrixRef<S> x1, ConstMatrixRef<S> x2,
-                    const Context& ctx, Index c0, M& cat, M& h) const {
+                    const Context& ctx, Index c0, M&& cat, M&& h) const {
     const Index d = cfg_.hidden_size, c = cat.cols();
     cat.topRows(d) = x1.middleCols(c0, c);
     cat.bottomRows(d) = x2.middleCols(c0, c);
@@ -157,11 +161,11 @@ class LmHead {
                   const Context& ctx, F&& f) const {
     check_streams(x1, x2);
     const Index d = cfg_.hidden_size, n = x1.cols(), len = chunk(n);
-    Matrix<S> cat(2 * d, len), h(2 * d, len);
+    Scratch<S> cat(ctx.workspace, 2 * d, len), h(ctx.workspace, 2 * d, len);
     for (Index c0 = 0; c0 < n; c0 += len) {
       const Index c = std::min(len, n - c0);
-      auto cat_c = cat.leftCols(c);
-      auto h_c = h.leftCols(c);
+      auto cat_c = cat.map().leftCols(c);
+      auto h_c = h.map().leftCols(c);
       chunk_hidden(params, x1, x2, ctx, c0, cat_c, h_c);
       f(c0, c, MatrixRef<S>(cat_c), MatrixRef<S>(h_c));
     }

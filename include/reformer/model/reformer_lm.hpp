@@ -19,6 +19,11 @@
 // dropout masks. Calls with an explicit step (reproducible runs, resuming) set the counter to
 // step + 1. Inference uses step 0 (no dropout).
 //
+// Work buffers: the model owns a Workspace (core/workspace.hpp) that every pass draws its D x N
+// and larger temporaries from, so a training step with the shapes of the previous one maps no
+// new memory. Copies of a model get a workspace of their own; release_workspace() gives the
+// cached blocks back to the system.
+//
 // Parameters: one Parameters<S> store with the HF names, shapes and state-dict order
 // (docs/DESIGN.md 2); HF's `lm_head.decoder.bias` is an alias of `lm_head.bias`.
 #include "reformer/core/context.hpp"
@@ -26,6 +31,7 @@
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/feed_forward.hpp"
 #include "reformer/layers/full_attention.hpp"
@@ -40,6 +46,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -109,6 +116,14 @@ class ReformerLM {
   std::uint64_t step() const { return step_; }
   void set_step(std::uint64_t step) { step_ = step; }
 
+  // ---- work buffers ------------------------------------------------------------------------
+
+  /// The cache the passes draw their work buffers from (its stats() show the memory held).
+  Workspace& workspace() const { return *workspace_.get(); }
+  /// Gives the cached work buffers back to the system (e.g. after training, before inference
+  /// of another shape). The next pass maps them again.
+  void release_workspace() { workspace_.get()->trim(); }
+
   // ---- inference ---------------------------------------------------------------------------
 
   /// Logits (V x B*T, sequence b in columns [b*T, (b+1)*T)) of `batch` sequences of equal
@@ -162,6 +177,25 @@ class ReformerLM {
   LmHead<S> head_;
   std::uint64_t step_ = 0;
   Tape<S> tape_;  // train_step's tape, reused across steps
+
+  // The model's Workspace: movable with the model, a fresh one in a copy (a moved-from model
+  // gets a new one when used again).
+  class OwnedWorkspace {
+   public:
+    OwnedWorkspace() = default;
+    OwnedWorkspace(const OwnedWorkspace&) {}
+    OwnedWorkspace& operator=(const OwnedWorkspace&) { return *this; }
+    OwnedWorkspace(OwnedWorkspace&&) noexcept = default;
+    OwnedWorkspace& operator=(OwnedWorkspace&&) noexcept = default;
+    Workspace* get() const {
+      if (!p_) p_ = std::make_unique<Workspace>();
+      return p_.get();
+    }
+
+   private:
+    mutable std::unique_ptr<Workspace> p_ = std::make_unique<Workspace>();
+  };
+  OwnedWorkspace workspace_;
 };
 
 // ---- member definitions -------------------------------------------------------------------------
@@ -252,6 +286,7 @@ Context ReformerLM<S>::pass_context(const char* where, TokenSpan tokens, Index b
   ctx.seed = cfg_.seed;
   ctx.step = step;
   ctx.layer = static_cast<std::uint32_t>(num_layers());
+  ctx.workspace = workspace_.get();
   embeddings_.check_tokens(where, tokens, ctx);
   return ctx;
 }
@@ -259,11 +294,16 @@ Context ReformerLM<S>::pass_context(const char* where, TokenSpan tokens, Index b
 template <class S>
 Matrix<S> ReformerLM<S>::logits(TokenSpan tokens, Index batch, BucketRecord& buckets) const {
   const Context ctx = pass_context("ReformerLM::logits", tokens, batch, false, 0);
-  Matrix<S> x1(cfg_.hidden_size, tokens.size());
-  embeddings_.forward(params_, tokens, x1, ctx);  // e
-  Matrix<S> x2 = x1;
-  stack_.forward(params_, x1, x2, ctx, buckets);
-  return head_.logits(params_, x1, x2, ctx);
+  Scratch<S> x1(ctx.workspace, cfg_.hidden_size, tokens.size());
+  Scratch<S> x2(ctx.workspace, cfg_.hidden_size, tokens.size());
+  embeddings_.forward(params_, tokens, x1.map(), ctx);  // e
+  x2.map() = x1.map();
+  stack_.forward(params_, x1.map(), x2.map(), ctx, buckets);
+  Matrix<S> out = head_.logits(params_, x1.map(), x2.map(), ctx);
+  x1.reset();
+  x2.reset();
+  ctx.workspace->end_step();
+  return out;
 }
 
 template <class S>
@@ -296,12 +336,12 @@ double ReformerLM<S>::forward_loss(TokenSpan tokens, Index batch, Tape<S>& tape,
   } else {
     tape.targets.assign(targets.begin(), targets.end());
   }
-  tape.stored.clear();
+  const bool store = mode_ == BackpropMode::kStoredActivations;
+  if (!store) tape.stored.clear();  // stored mode reuses the per-layer matrices of the last step
 
   tape.x1.resize(cfg_.hidden_size, n);
   embeddings_.forward(params_, tokens, tape.x1, ctx);  // x1 = x2 = e
   tape.x2 = tape.x1;
-  const bool store = mode_ == BackpropMode::kStoredActivations;
   stack_.forward(params_, tape.x1, tape.x2, ctx, tape.buckets, store ? &tape.stored : nullptr);
   const CrossEntropyResult ce = head_.loss(params_, tape.x1, tape.x2, TokenSpan(tape.targets), ctx);
   tape.loss = ce.mean;
@@ -326,10 +366,10 @@ void ReformerLM<S>::backward(Tape<S>& tape, double grad_scale) {
 
   // loss = mean over the counted targets  =>  d loss / d (sum) = grad_scale / count.
   const double scale = tape.loss_count > 0 ? grad_scale / static_cast<double>(tape.loss_count) : 0;
-  Matrix<S> dcat(2 * d, n);  // [dy1; dy2]: gradients of the last block's outputs
-  head_.backward(params_, tape.x1, tape.x2, TokenSpan(tape.targets), scale, ctx, dcat);
-  auto dy1 = dcat.topRows(d);
-  auto dy2 = dcat.bottomRows(d);
+  Scratch<S> dcat(ctx.workspace, 2 * d, n);  // [dy1; dy2]: gradients of the last block's outputs
+  head_.backward(params_, tape.x1, tape.x2, TokenSpan(tape.targets), scale, ctx, dcat.map());
+  auto dy1 = dcat.map().topRows(d);
+  auto dy2 = dcat.map().bottomRows(d);
 
   // Blocks, from the top: (y1, y2, dy1, dy2) -> (x1, x2, dx1, dx2).
   if (tape.mode == BackpropMode::kReversible) {
@@ -338,9 +378,11 @@ void ReformerLM<S>::backward(Tape<S>& tape, double grad_scale) {
     stack_.backward_stored(params_, tape.stored, dy1, dy2, ctx, tape.buckets);
   }
 
-  // x1 = x2 = e  =>  de = dx1 + dx2
-  const Matrix<S> de = dy1 + dy2;
-  embeddings_.backward(params_, TokenSpan(tape.tokens), de, ctx);
+  // x1 = x2 = e  =>  de = dx1 + dx2 (in dy1's place)
+  dy1 += dy2;
+  embeddings_.backward(params_, TokenSpan(tape.tokens), dy1, ctx);
+  dcat.reset();
+  ctx.workspace->end_step();
 }
 
 }  // namespace reformer

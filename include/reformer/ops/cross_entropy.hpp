@@ -21,6 +21,7 @@
 #include "reformer/core/error.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/ops/tokens.hpp"
 
 #include <algorithm>
@@ -86,15 +87,16 @@ void cross_entropy_chunk(MatrixRef<S> logits, TokenSpan targets, bool grad, S sc
   }
 }
 /// Calls f(c0, c, logits) for the chunks [c0, c0 + c) of `chunk` tokens of h (K x N), with the
-/// chunk's logits = W h(:, c0:c0+c) + b (V x c) in one reused V x chunk buffer.
+/// chunk's logits = W h(:, c0:c0+c) + b (V x c) in one reused V x chunk buffer drawn from `ws`
+/// (the heap when null).
 template <class S, class F>
 void for_each_logits_chunk(ConstMatrixRef<S> h, ConstWeightRef<S> W, ConstVectorRef<S> b,
-                           Index chunk, F&& f) {
+                           Index chunk, Workspace* ws, F&& f) {
   const Index n_total = h.cols();
-  Matrix<S> buffer(W.rows(), std::min(chunk, n_total));  // V x chunk
+  Scratch<S> buffer(ws, W.rows(), std::min(chunk, n_total));  // V x chunk
   for (Index c0 = 0; c0 < n_total; c0 += chunk) {
     const Index c = std::min(chunk, n_total - c0);
-    auto logits = buffer.leftCols(c);
+    auto logits = buffer.map().leftCols(c);
     logits.noalias() = W * h.middleCols(c0, c);
     logits.colwise() += b;
     f(c0, c, logits);
@@ -115,15 +117,17 @@ void lm_logits(ConstMatrixRef<S> h, ConstWeightRef<S> W, ConstVectorRef<S> b, Ma
   logits.colwise() += b;
 }
 
-/// Cross-entropy of the LM head (loss only), in chunks of `chunk` tokens.
+/// Cross-entropy of the LM head (loss only), in chunks of `chunk` tokens. The V x chunk logits
+/// buffer comes from `ws` (the heap when null).
 template <class S>
 CrossEntropyResult cross_entropy_forward(ConstMatrixRef<S> h, ConstWeightRef<S> W,
                                          ConstVectorRef<S> b, TokenSpan targets,
-                                         Index chunk = kCrossEntropyDefaultChunk) {
+                                         Index chunk = kCrossEntropyDefaultChunk,
+                                         Workspace* ws = nullptr) {
   detail::check_cross_entropy_args("cross_entropy_forward", h.rows(), h.cols(), W.rows(), W.cols(),
                                    b.rows(), b.cols(), targets, chunk);
   CrossEntropyResult r;
-  detail::for_each_logits_chunk<S>(h, W, b, chunk, [&](Index c0, Index c, MatrixRef<S> logits) {
+  detail::for_each_logits_chunk<S>(h, W, b, chunk, ws, [&](Index c0, Index c, MatrixRef<S> logits) {
     detail::cross_entropy_chunk<S>(logits, targets.subspan(c0, c), false, S(0), r);
   });
   r.mean = r.count > 0 ? r.sum / static_cast<double>(r.count) : 0.0;
@@ -132,14 +136,13 @@ CrossEntropyResult cross_entropy_forward(ConstMatrixRef<S> h, ConstWeightRef<S> 
 
 /// Cross-entropy with its gradients, recomputing each chunk's logits (V x chunk) once:
 /// returns the loss, overwrites dh (K x N), accumulates dW (V x K) and db (V). The gradients
-/// are those of `grad_scale * mean` (Reduction::kMean) or `grad_scale * sum` (kSum).
+/// are those of `grad_scale * mean` (Reduction::kMean) or `grad_scale * sum` (kSum). The
+/// V x chunk logits buffer comes from `ws` (the heap when null).
 template <class S>
-CrossEntropyResult cross_entropy_forward_backward(ConstMatrixRef<S> h, ConstWeightRef<S> W,
-                                                  ConstVectorRef<S> b, TokenSpan targets,
-                                                  MatrixRef<S> dh, WeightRef<S> dW, VectorRef<S> db,
-                                                  Index chunk = kCrossEntropyDefaultChunk,
-                                                  Reduction reduction = Reduction::kMean,
-                                                  double grad_scale = 1.0) {
+CrossEntropyResult cross_entropy_forward_backward(
+    ConstMatrixRef<S> h, ConstWeightRef<S> W, ConstVectorRef<S> b, TokenSpan targets,
+    MatrixRef<S> dh, WeightRef<S> dW, VectorRef<S> db, Index chunk = kCrossEntropyDefaultChunk,
+    Reduction reduction = Reduction::kMean, double grad_scale = 1.0, Workspace* ws = nullptr) {
   constexpr const char* kWhere = "cross_entropy_forward_backward";
   detail::check_cross_entropy_args(kWhere, h.rows(), h.cols(), W.rows(), W.cols(), b.rows(),
                                    b.cols(), targets, chunk);
@@ -156,7 +159,7 @@ CrossEntropyResult cross_entropy_forward_backward(ConstMatrixRef<S> h, ConstWeig
   const S s = static_cast<S>(scale);
 
   CrossEntropyResult r;
-  detail::for_each_logits_chunk<S>(h, W, b, chunk, [&](Index c0, Index c, MatrixRef<S> block) {
+  detail::for_each_logits_chunk<S>(h, W, b, chunk, ws, [&](Index c0, Index c, MatrixRef<S> block) {
     detail::cross_entropy_chunk<S>(block, targets.subspan(c0, c), true, s, r);  // → dlogits
     const auto hc = h.middleCols(c0, c);                                        // K x c
     dh.middleCols(c0, c).noalias() = W.transpose() * block;

@@ -18,6 +18,7 @@
 #include "reformer/core/error.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/ops/parallel.hpp"
 
 #include <cmath>
@@ -111,10 +112,13 @@ void layer_norm_forward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma,
 
 /// layer_norm_backward in parallel over column blocks: dx overwritten (or dx += with
 /// accumulate_dx), dgamma / dbeta accumulated from per-block partial sums added in block order.
+/// With accumulate_dx each block's dx goes through a D x block buffer drawn from `ws` (the heap
+/// when null).
 template <class S>
 void layer_norm_backward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, double eps,
                                   ConstMatrixRef<S> dy, MatrixRef<S> dx, VectorRef<S> dgamma,
-                                  VectorRef<S> dbeta, bool accumulate_dx = false) {
+                                  VectorRef<S> dbeta, bool accumulate_dx = false,
+                                  Workspace* ws = nullptr) {
   const Index d = x.rows();
   const Index blocks = num_blocks(x.cols(), tuning::kColumnBlock);
   // One block's dx: written in place, or into a block-sized buffer added to dx.
@@ -124,10 +128,10 @@ void layer_norm_backward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, 
                              dx.middleCols(c0, nc), dgamma_b, dbeta_b);
       return;
     }
-    Matrix<S> dx_b(d, nc);  // D x nc
-    layer_norm_backward<S>(x.middleCols(c0, nc), gamma, eps, dy.middleCols(c0, nc), dx_b, dgamma_b,
-                           dbeta_b);
-    dx.middleCols(c0, nc) += dx_b;
+    Scratch<S> dx_b(ws, d, nc);  // D x nc
+    layer_norm_backward<S>(x.middleCols(c0, nc), gamma, eps, dy.middleCols(c0, nc), dx_b.map(),
+                           dgamma_b, dbeta_b);
+    dx.middleCols(c0, nc) += dx_b.map();
   };
   if (blocks <= 1) {
     block_backward(0, x.cols(), dgamma, dbeta);

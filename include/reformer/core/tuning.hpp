@@ -112,4 +112,18 @@ inline constexpr Index kLshWaveScalars = Index{1} << 24;
 /// short sequences.
 inline constexpr Index kLshWaveItems = 64;
 
+// ---- Fused feed-forward (layers/feed_forward.hpp) ---------------------------------------------
+
+/// Columns (tokens) per block of the fused feed-forward kernel: a block runs LayerNorm, both
+/// products, the activation and both dropouts on its own D x 256 and F x 256 buffers. Every
+/// block re-packs the weights for its products, one packed weight element per 2 x 256 flops,
+/// the width the product blocks above (kMinProductColumns) found wide enough; narrower blocks
+/// would balance short sequences better but pack more.
+inline constexpr Index kFeedForwardColumnBlock = 256;
+
+/// Groups of consecutive blocks the fused backward accumulates its parameter gradients in: every
+/// group but the first holds a partial dW1 and dW2 (2 F D scalars), summed in group order at the
+/// end. 8 keeps 2 to 8 threads busy for the memory of kGradPartials.
+inline constexpr Index kFeedForwardGradGroups = 8;
+
 }  // namespace reformer::tuning

@@ -8,20 +8,34 @@
 //   z  = W2 g + b2            D x n      W2: [D, F], b2: [D]
 //   y  = Dropout_2(z)                    key ctx.rng(stream::kFeedForwardOutputDropout)
 //
-// Every token is independent, so the map is applied to chunks of `chunk_size` consecutive
-// columns (0 = all columns at once): only F x chunk hidden buffers exist at any time, in the
-// forward AND the backward pass (which recomputes each chunk's hidden activations). The dropout
-// draw index is the element's linear index in the full F x N / D x N matrix, so chunked and
-// unchunked calls use the same masks (and differ only by floating-point rounding order).
+// Every token is independent. The dropout draw index is the element's linear index in the full
+// F x N / D x N matrix (ops/dropout.hpp), so however the columns are cut the masks are those of
+// the unchunked call, and results differ only by floating-point rounding order.
 // Dropout is active only when ctx.training; both dropouts use `dropout` (HF hidden_dropout_prob).
+//
+// Two kernels compute the same maths (Config::fused chooses; the default is fused):
+//
+// fused (default): the N = ctx.batch * T columns are cut into fixed blocks of
+//   tuning::kFeedForwardColumnBlock columns, and each block runs the whole chain
+//   LN -> W1 + b1 -> Dropout_1 -> act -> W2 + b2 -> Dropout_2 on its own D x block and
+//   F x block buffers (drawn from ctx.workspace), the blocks in parallel. The backward pass
+//   recomputes the chain per block. Its parameter gradients are summed in a fixed number of
+//   groups of consecutive blocks, G = min(blocks, tuning::kFeedForwardGradGroups): group 0
+//   accumulates straight into the gradients, groups 1..G-1 into partials (2 F D + F + 3 D
+//   scalars each, from ctx.workspace) added in group order at the end. A call with a single
+//   block splits its products over output blocks (ops/linear.hpp) instead, so a short sequence
+//   still uses every thread. The kernel ignores chunk_size: its blocks already bound the hidden
+//   buffers to F x block columns, whatever chunk_size says.
+// unfused (the reference): chunks of `chunk_size` consecutive columns (0 = all at once), one
+//   after another; inside a chunk every product is split over fixed blocks of its output
+//   (ops/linear.hpp). Buffers are D x chunk and F x chunk (from ctx.workspace).
+//
+// Every blocking is a function of the shapes only, so both kernels give bitwise identical
+// results for any thread count.
 //
 // Parameters (HF names, state-dict order): <prefix>layer_norm.weight / .bias [D],
 // <prefix>dense.dense.weight [F, D], <prefix>dense.dense.bias [F],
 // <prefix>output.dense.weight [D, F], <prefix>output.dense.bias [D].
-//
-// Threads: chunks are processed one after another; inside a chunk every product is split over
-// fixed blocks of its output (ops/linear.hpp), so the parameter gradients need
-// no per-thread copies and results are bitwise identical for any thread count.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/init.hpp"
@@ -29,6 +43,7 @@
 #include "reformer/core/rng.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/layers/sublayer.hpp"
 #include "reformer/ops/activations.hpp"
 #include "reformer/ops/dropout.hpp"
@@ -47,7 +62,11 @@ struct FeedForwardConfig {
   Activation activation = Activation::kGelu;     ///< HF hidden_act
   double layer_norm_eps = kLayerNormDefaultEps;  ///< HF layer_norm_eps
   double dropout = 0.0;                          ///< HF hidden_dropout_prob (after W1 and W2)
-  Index chunk_size = 0;  ///< tokens per chunk (HF chunk_size_feed_forward); 0 = all at once
+  /// Tokens per chunk of the unfused kernel (HF chunk_size_feed_forward); 0 = all at once.
+  /// The fused kernel ignores it (see the file comment); the maths does not depend on it.
+  Index chunk_size = 0;
+  /// true: the fused column-block kernel; false: the unfused chunked reference kernel.
+  bool fused = true;
 
   /// The feed-forward of a model configuration (a ReformerConfig, model/config.hpp).
   template <class ModelConfig>
@@ -57,7 +76,8 @@ struct FeedForwardConfig {
             /*activation=*/m.activation(),
             /*layer_norm_eps=*/m.layer_norm_eps,
             /*dropout=*/m.hidden_dropout_prob,
-            /*chunk_size=*/m.chunk_size_feed_forward};
+            /*chunk_size=*/m.chunk_size_feed_forward,
+            /*fused=*/true};
   }
 };
 
@@ -97,8 +117,8 @@ class FeedForward {
   void forward(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
                const Context& ctx) const;
 
-  /// The sublayer contract's backward (sublayer.hpp): recomputes f from x chunk by chunk and
-  /// updates in place
+  /// The sublayer contract's backward (sublayer.hpp): recomputes f from x block by block (or
+  /// chunk by chunk) and updates in place
   ///   dx += (df/dx)^T dy,   y -= f(x),
   /// accumulating the parameter gradients. dx and y alias neither x, dy nor each other.
   void backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
@@ -107,6 +127,17 @@ class FeedForward {
  private:
   // Rough cost of one activation (erf) in flops, for the parallel threshold.
   static constexpr double kActivationFlops = tuning::kActivationFlops;
+  static constexpr Index kBlock = tuning::kFeedForwardColumnBlock;
+
+  // Where one group of the fused backward accumulates its parameter gradients. dW1 and dW2 are
+  // held transposed (column-major D x F and F x D: the memory of the row-major [F, D] / [D, F]
+  // gradients).
+  struct GradSink {
+    MatrixRef<S> dw1_t;               // D x F
+    MatrixRef<S> dw2_t;               // F x D
+    VectorRef<S> db1;                 // F
+    VectorRef<S> db2, dgamma, dbeta;  // D
+  };
 
   static const Config& validated(const Config& cfg) {
     const char* where = "FeedForward";
@@ -124,36 +155,65 @@ class FeedForward {
   }
   double dropout_p(const Context& ctx) const { return ctx.training ? cfg_.dropout : 0.0; }
 
-  // xn = LN_f(x_c), hd = Dropout_1(W1 xn + b1) for the chunk starting at global column c0.
+  // out = lhs rhs (out += lhs rhs when `accumulate`): split over fixed output blocks
+  // (parallel_product) when `split`, else one product on the calling thread.
+  template <class Out, class Lhs, class Rhs>
+  static void product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate, bool split) {
+    if (split) {
+      parallel_product(out, lhs, rhs, accumulate);
+    } else if (accumulate) {
+      out.noalias() += lhs * rhs;
+    } else {
+      out.noalias() = lhs * rhs;
+    }
+  }
+
+  // xn = LN_f(x_c), hd = Dropout_1(W1 xn + b1) for the columns starting at global column c0.
   template <class XN, class H>
   void hidden(const Parameters<S>& params, ConstMatrixRef<S> x_c, Index c0, XN& xn, H& hd,
-              const Context& ctx) const {
+              const Context& ctx, bool split) const {
     layer_norm_forward_parallel<S>(x_c, params.value_vector(ln_weight_),
                                    params.value_vector(ln_bias_), cfg_.layer_norm_eps, xn);
-    parallel_product(hd, params.value(w1_), xn, false);
+    product(hd, params.value(w1_), xn, false, split);
     const auto b1 = params.value_vector(b1_);
     for_column_blocks(hd.cols(), double(hd.rows()),
                       [&](Index b0, Index nb) { hd.middleCols(b0, nb).colwise() += b1; });
     dropout_parallel<S>(ctx.rng(stream::kFeedForwardActDropout), dropout_p(ctx), c0, hd, hd);
   }
 
-  template <class H>
-  void activation_inplace(H& h) const {
-    for_column_blocks(h.cols(), kActivationFlops * double(h.rows()), [&](Index b0, Index nb) {
-      activation_forward<S>(cfg_.activation, h.middleCols(b0, nb), h.middleCols(b0, nb));
+  // g = act(hd); g may be hd.
+  template <class H, class G>
+  void activation(const H& hd, G& g) const {
+    for_column_blocks(hd.cols(), kActivationFlops * double(hd.rows()), [&](Index b0, Index nb) {
+      activation_forward<S>(cfg_.activation, hd.middleCols(b0, nb), g.middleCols(b0, nb));
     });
   }
 
-  // out = Dropout_2(W2 g + b2) for the chunk starting at global column c0.
+  // out = Dropout_2(W2 g + b2) for the columns starting at global column c0.
   template <class G>
   void output(const Parameters<S>& params, const G& g, Index c0, MatrixRef<S> out,
-              const Context& ctx) const {
-    parallel_product(out, params.value(w2_), g, false);
+              const Context& ctx, bool split) const {
+    product(out, params.value(w2_), g, false, split);
     const auto b2 = params.value_vector(b2_);
     for_column_blocks(out.cols(), double(out.rows()),
                       [&](Index b0, Index nb) { out.middleCols(b0, nb).colwise() += b2; });
     dropout_parallel<S>(ctx.rng(stream::kFeedForwardOutputDropout), dropout_p(ctx), c0, out, out);
   }
+
+  void forward_fused(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
+                     const Context& ctx) const;
+  void backward_fused(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
+                      MatrixRef<S> dx, MatrixRef<S> y, const Context& ctx) const;
+  // The fused backward of the block of columns [c0, c0 + x_b.cols()), gradients into `sink`.
+  // xn, z: D x >= nc, hd, g: F x >= nc (the group's buffers).
+  void backward_block(const Parameters<S>& params, ConstMatrixRef<S> x_b, ConstMatrixRef<S> dy_b,
+                      MatrixRef<S> dx_b, MatrixRef<S> y_b, Index c0, MatrixRef<S> xn_buf,
+                      MatrixRef<S> z_buf, MatrixRef<S> hd_buf, MatrixRef<S> g_buf, GradSink& sink,
+                      const Context& ctx, bool split) const;
+  void forward_unfused(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
+                       const Context& ctx) const;
+  void backward_unfused(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
+                        MatrixRef<S> dx, MatrixRef<S> y, const Context& ctx) const;
 
   Config cfg_;
   SlotId ln_weight_, ln_bias_, w1_, b1_, w2_, b2_;
@@ -180,15 +240,10 @@ void FeedForward<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> x, M
   const char* where = "FeedForward::forward";
   check_sublayer_input<S>(where, x, hidden_size(), ctx);
   check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
-  const Index chunk = chunk_columns(x.cols());
-  Matrix<S> xn(hidden_size(), chunk), h(feed_forward_size(), chunk);
-  for (Index c0 = 0; c0 < x.cols(); c0 += chunk) {
-    const Index nc = std::min(chunk, x.cols() - c0);
-    auto xn_c = xn.leftCols(nc);
-    auto h_c = h.leftCols(nc);
-    hidden(params, x.middleCols(c0, nc), c0, xn_c, h_c, ctx);  // h_c = hd
-    activation_inplace(h_c);                                   // h_c = g
-    output(params, h_c, c0, y.middleCols(c0, nc), ctx);
+  if (cfg_.fused) {
+    forward_fused(params, x, y, ctx);
+  } else {
+    forward_unfused(params, x, y, ctx);
   }
 }
 
@@ -198,10 +253,177 @@ void FeedForward<S>::backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstM
   const char* where = "FeedForward::backward";
   check_sublayer_input<S>(where, x, hidden_size(), ctx);
   check_backward_buffers<S>(where, x, dy, dx, y);
+  if (cfg_.fused) {
+    backward_fused(params, x, dy, dx, y, ctx);
+  } else {
+    backward_unfused(params, x, dy, dx, y, ctx);
+  }
+}
+
+// ---- fused kernel -------------------------------------------------------------------------------
+
+template <class S>
+void FeedForward<S>::forward_fused(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
+                                   const Context& ctx) const {
+  const Index n = x.cols(), d = hidden_size(), f = feed_forward_size();
+  const Index blocks = num_blocks(n, kBlock);
+  const Index width = std::min(kBlock, n);  // every block's buffers have this many columns
+  const bool split = blocks == 1;
+  parallel_items(blocks, 4.0 * double(d) * double(f) * double(n), [&](Index blk) {
+    const Index c0 = blk * kBlock;
+    const Index nc = std::min(kBlock, n - c0);
+    Scratch<S> xn_s(ctx.workspace, d, width), h_s(ctx.workspace, f, width);
+    auto xn = xn_s.map().leftCols(nc);                            // D x nc
+    auto h = h_s.map().leftCols(nc);                              // F x nc
+    hidden(params, x.middleCols(c0, nc), c0, xn, h, ctx, split);  // h = hd
+    activation(h, h);                                             // h = g
+    output(params, h, c0, y.middleCols(c0, nc), ctx, split);
+  });
+}
+
+template <class S>
+void FeedForward<S>::backward_block(const Parameters<S>& params, ConstMatrixRef<S> x_b,
+                                    ConstMatrixRef<S> dy_b, MatrixRef<S> dx_b, MatrixRef<S> y_b,
+                                    Index c0, MatrixRef<S> xn_buf, MatrixRef<S> z_buf,
+                                    MatrixRef<S> hd_buf, MatrixRef<S> g_buf, GradSink& sink,
+                                    const Context& ctx, bool split) const {
+  const Index nc = x_b.cols();
+  auto xn = xn_buf.leftCols(nc);  // D x nc
+  auto z = z_buf.leftCols(nc);    // D x nc: f(x), then dz, then dxn, then the LN input gradient
+  auto hd = hd_buf.leftCols(nc);  // F x nc
+  auto g = g_buf.leftCols(nc);    // F x nc: g, then dg, then dh
+  const double p = dropout_p(ctx);
+
+  // Forward, recomputed: xn, hd = Dropout_1(W1 xn + b1), g = act(hd), z = f(x).
+  hidden(params, x_b, c0, xn, hd, ctx, split);
+  activation(hd, g);
+  output(params, g, c0, z, ctx, split);
+  y_b -= z;  // y -= f(x)
+
+  // y = Dropout_2(W2 g + b2)  =>  dz = mask_2 .* dy / (1 - p);
+  //                                dW2 += dz g^T (dW2^T += g dz^T),  db2 += sum_n dz.
+  dropout_parallel<S>(ctx.rng(stream::kFeedForwardOutputDropout), p, c0, dy_b, z);
+  product(sink.dw2_t, g, z.transpose(), true, split);
+  sink.db2 += z.rowwise().sum();
+  // dg = W2^T dz (g is no longer needed: dg overwrites it).
+  product(g, params.value(w2_).transpose(), z, false, split);
+  // g = act(hd)  =>  dhd = act'(hd) .* dg;   hd = Dropout_1(h)  =>  dh = mask_1 .* dhd / (1 - p).
+  for_column_blocks(nc, kActivationFlops * double(g.rows()), [&](Index b0, Index nb) {
+    activation_backward<S>(cfg_.activation, hd.middleCols(b0, nb), g.middleCols(b0, nb),
+                           g.middleCols(b0, nb));
+  });
+  dropout_parallel<S>(ctx.rng(stream::kFeedForwardActDropout), p, c0, g, g);
+  // h = W1 xn + b1  =>  dW1 += dh xn^T (dW1^T += xn dh^T),  db1 += sum_n dh,  dxn = W1^T dh.
+  product(sink.dw1_t, xn, g.transpose(), true, split);
+  sink.db1 += g.rowwise().sum();
+  product(z, params.value(w1_).transpose(), g, false, split);
+  // xn = LN_f(x)  =>  dx += LN'(x)^T dxn,  dgamma +=, dbeta += (z: dxn, then its LN gradient).
+  layer_norm_backward<S>(x_b, params.value_vector(ln_weight_), cfg_.layer_norm_eps, z, z,
+                         sink.dgamma, sink.dbeta);
+  dx_b += z;
+}
+
+template <class S>
+void FeedForward<S>::backward_fused(Parameters<S>& params, ConstMatrixRef<S> x,
+                                    ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> y,
+                                    const Context& ctx) const {
+  const Index n = x.cols(), d = hidden_size(), f = feed_forward_size();
+  const Index blocks = num_blocks(n, kBlock);
+  const Index width = std::min(kBlock, n);
+  const Index groups = std::min(blocks, tuning::kFeedForwardGradGroups);
+  const bool split = blocks == 1;
+
+  // Partial gradients of groups 1..G-1: dW1^T (D x F) and dW2^T (F x D) side by side, and the
+  // vectors [db1 (F); db2, dgamma, dbeta (D each)] one column per group.
+  const Index partials = groups - 1;
+  Scratch<S> pw1(ctx.workspace, d, f * partials), pw2(ctx.workspace, f, d * partials);
+  Scratch<S> pvec(ctx.workspace, f + 3 * d, partials);
+  // Group 0 accumulates into the gradients themselves: the row-major [F, D] storage of dW1 is
+  // dW1^T column-major, likewise dW2.
+  Eigen::Map<Matrix<S>> dw1_t(params.grad(w1_).data(), d, f);
+  Eigen::Map<Matrix<S>> dw2_t(params.grad(w2_).data(), f, d);
+
+  const Parameters<S>& values = params;
+  parallel_items(groups, 12.0 * double(d) * double(f) * double(n), [&](Index grp) {
+    // Group grp owns the blocks [blocks * grp / G, blocks * (grp + 1) / G).
+    const Index first = blocks * grp / groups, last = blocks * (grp + 1) / groups;
+    Scratch<S> xn(ctx.workspace, d, width), z(ctx.workspace, d, width);
+    Scratch<S> hd(ctx.workspace, f, width), g(ctx.workspace, f, width);
+    auto sink = [&]() -> GradSink {
+      if (grp == 0) {
+        return {dw1_t,
+                dw2_t,
+                params.grad_vector(b1_),
+                params.grad_vector(b2_),
+                params.grad_vector(ln_weight_),
+                params.grad_vector(ln_bias_)};
+      }
+      auto w1p = pw1.map().middleCols((grp - 1) * f, f);
+      auto w2p = pw2.map().middleCols((grp - 1) * d, d);
+      auto vp = pvec.map().col(grp - 1);
+      w1p.setZero();
+      w2p.setZero();
+      vp.setZero();
+      return {
+          w1p, w2p, vp.head(f), vp.segment(f, d), vp.segment(f + d, d), vp.segment(f + 2 * d, d)};
+    }();
+    for (Index blk = first; blk < last; ++blk) {
+      const Index c0 = blk * kBlock;
+      const Index nc = std::min(kBlock, n - c0);
+      backward_block(values, x.middleCols(c0, nc), dy.middleCols(c0, nc), dx.middleCols(c0, nc),
+                     y.middleCols(c0, nc), c0, xn.map(), z.map(), hd.map(), g.map(), sink, ctx,
+                     split);
+    }
+  });
+  if (partials == 0) return;
+
+  // gradient += partial_1 + ... + partial_{G-1}, in group order, over fixed slices.
+  const auto add_partials = [&](S* grad, const S* partial, Index size) {
+    constexpr Index kSlice = Index{1} << 14;
+    parallel_items(num_blocks(size, kSlice), double(partials) * double(size), [&](Index s) {
+      const Index i0 = s * kSlice, len = std::min(kSlice, size - i0);
+      Eigen::Map<Vector<S>> out(grad + i0, len);
+      for (Index k = 0; k < partials; ++k)
+        out += Eigen::Map<const Vector<S>>(partial + k * size + i0, len);
+    });
+  };
+  add_partials(dw1_t.data(), pw1.map().data(), d * f);
+  add_partials(dw2_t.data(), pw2.map().data(), d * f);
+  const auto vec = pvec.map();
+  for (Index k = 0; k < partials; ++k) {
+    params.grad_vector(b1_) += vec.col(k).head(f);
+    params.grad_vector(b2_) += vec.col(k).segment(f, d);
+    params.grad_vector(ln_weight_) += vec.col(k).segment(f + d, d);
+    params.grad_vector(ln_bias_) += vec.col(k).segment(f + 2 * d, d);
+  }
+}
+
+// ---- unfused (reference) kernel -----------------------------------------------------------------
+
+template <class S>
+void FeedForward<S>::forward_unfused(const Parameters<S>& params, ConstMatrixRef<S> x,
+                                     MatrixRef<S> y, const Context& ctx) const {
+  const Index chunk = chunk_columns(x.cols());
+  Scratch<S> xn(ctx.workspace, hidden_size(), chunk), h(ctx.workspace, feed_forward_size(), chunk);
+  for (Index c0 = 0; c0 < x.cols(); c0 += chunk) {
+    const Index nc = std::min(chunk, x.cols() - c0);
+    auto xn_c = xn.map().leftCols(nc);
+    auto h_c = h.map().leftCols(nc);
+    hidden(params, x.middleCols(c0, nc), c0, xn_c, h_c, ctx, true);  // h_c = hd
+    activation(h_c, h_c);                                            // h_c = g
+    output(params, h_c, c0, y.middleCols(c0, nc), ctx, true);
+  }
+}
+
+template <class S>
+void FeedForward<S>::backward_unfused(Parameters<S>& params, ConstMatrixRef<S> x,
+                                      ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> y,
+                                      const Context& ctx) const {
   const Index chunk = chunk_columns(x.cols());
   const Index d = hidden_size(), f = feed_forward_size();
   // Per-chunk buffers: D x chunk and F x chunk, reused by every chunk.
-  Matrix<S> xn(d, chunk), dz(d, chunk), hd(f, chunk), g(f, chunk);
+  Scratch<S> xn(ctx.workspace, d, chunk), dz(ctx.workspace, d, chunk);
+  Scratch<S> hd(ctx.workspace, f, chunk), g(ctx.workspace, f, chunk);
   VectorMap<S> db1 = params.grad_vector(b1_), db2 = params.grad_vector(b2_);
   const Rng rng1 = ctx.rng(stream::kFeedForwardActDropout);
   const Rng rng2 = ctx.rng(stream::kFeedForwardOutputDropout);
@@ -209,17 +431,15 @@ void FeedForward<S>::backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstM
 
   for (Index c0 = 0; c0 < x.cols(); c0 += chunk) {
     const Index nc = std::min(chunk, x.cols() - c0);
-    auto xn_c = xn.leftCols(nc);
-    auto dz_c = dz.leftCols(nc);
-    auto hd_c = hd.leftCols(nc);
-    auto g_c = g.leftCols(nc);
+    auto xn_c = xn.map().leftCols(nc);
+    auto dz_c = dz.map().leftCols(nc);
+    auto hd_c = hd.map().leftCols(nc);
+    auto g_c = g.map().leftCols(nc);
     // Forward, recomputed: xn, hd = Dropout_1(W1 xn + b1), g = act(hd), fx = Dropout_2(z).
-    hidden(params, x.middleCols(c0, nc), c0, xn_c, hd_c, ctx);
-    for_column_blocks(nc, kActivationFlops * double(f), [&](Index b0, Index nb) {
-      activation_forward<S>(cfg_.activation, hd_c.middleCols(b0, nb), g_c.middleCols(b0, nb));
-    });
+    hidden(params, x.middleCols(c0, nc), c0, xn_c, hd_c, ctx, true);
+    activation(hd_c, g_c);
     auto fx_c = dz_c;  // f(x) of the chunk, until dz overwrites it
-    output(params, g_c, c0, fx_c, ctx);
+    output(params, g_c, c0, fx_c, ctx, true);
     add_parallel<S>(y.middleCols(c0, nc), fx_c, S(-1));  // y -= f(x)
 
     // y = Dropout_2(z)       =>  dz = mask_2 .* dy / (1 - p).

@@ -95,7 +95,8 @@ class ProjectionInputGrad {
     REFORMER_REQUIRE(layer_norm_ == input.has_layer_norm(), InvalidArgument, where, "the input ",
                      input.has_layer_norm() ? "has" : "has no", " LayerNorm but its gradient ",
                      layer_norm_ ? "has" : "has no", " LayerNorm");
-    check_shape(where, "dx", dx_.rows(), dx_.cols(), input.rows(), input.cols());
+    check_shape(where, layer_norm_ ? "dx" : "dxn", dx_.rows(), dx_.cols(), input.rows(),
+                input.cols());
   }
 
  private:

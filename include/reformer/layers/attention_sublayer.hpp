@@ -14,23 +14,28 @@
 //   <prefix>self_attention.*        (registered by the core),
 //   <prefix>output.dense.weight [D, H*Dh].
 //
-// A core maps normalised inputs to concatenated head outputs (docs/ARCHITECTURE.md):
+// A core maps normalised inputs to concatenated head outputs (docs/ARCHITECTURE.md). Its input
+// is a ProjectionInput (layers/projection_input.hpp): here x with this sublayer's LayerNorm,
+// which the core's head projections apply block by block, so xn = LN(x) is never formed whole.
 //   using Config = ...;              // the core's own configuration, with num_heads, head_size
 //   Core(const Config&, Index hidden, Parameters<S>&, const std::string& prefix);
 //   const Config& config() const;
 //   Index out_features() const;                         // H * Dh
 //   void init(Parameters<S>&, const Rng&, double std) const;  // HF initialisation
-//   void forward(const Parameters<S>&, ConstMatrixRef<S> xn, MatrixRef<S> a,
+//   void forward(const Parameters<S>&, const ProjectionInput<S>& input, MatrixRef<S> a,
 //                const Context&, HeadRange heads) const;        // a: the rows of `heads`
-//   void backward(Parameters<S>&, ConstMatrixRef<S> xn, ConstMatrixRef<S> da,
-//                 MatrixRef<S> dxn /* += */, MatrixRef<S> a /* recomputed */,
+//   void backward(Parameters<S>&, const ProjectionInput<S>& input, ConstMatrixRef<S> da,
+//                 const ProjectionInputGrad<S>& dinput /* += */, MatrixRef<S> a /* recomputed */,
 //                 const Context&, HeadRange heads) const;      // core parameter grads +=
 //
 // Memory: the heads are streamed in groups (head_range.hpp). Each group's outputs a_g are
 // projected and added into y (z = sum_g W_o[:, g] a_g) and, in backward, each group gets
-// da_g = W_o[:, g]^T dz and adds its share of dxn, so a call holds xn, dxn (D x N) and the
-// per-head matrices of one group instead of all heads': for long inputs the group is a single
-// head. The group size depends only on the shapes (kHeadGroupScalars), never on threads.
+// da_g = W_o[:, g]^T dz and adds its share of dx, dgamma and dbeta through the LayerNorm (LN
+// backward is linear in dxn, so the groups' shares add up to the gradient of the whole), so a
+// call holds the per-head matrices of one group instead of all heads' and no D x N normalised
+// input or its gradient: for long inputs the group is a single head. The group size depends
+// only on the shapes (kHeadGroupScalars), never on threads. Every buffer of D x N or more is a
+// Scratch drawn from ctx.workspace (core/workspace.hpp).
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/init.hpp"
@@ -38,10 +43,11 @@
 #include "reformer/core/rng.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/layers/head_range.hpp"
+#include "reformer/layers/projection_input.hpp"
 #include "reformer/layers/sublayer.hpp"
 #include "reformer/ops/dropout.hpp"
-#include "reformer/ops/layer_norm.hpp"
 #include "reformer/ops/linear.hpp"
 #include "reformer/ops/parallel.hpp"
 
@@ -157,6 +163,12 @@ class AttentionSublayer {
     return params.value(out_weight_).middleCols(heads.first * dh, heads.count * dh);
   }
 
+  // The input of the core's projections: x with this sublayer's LayerNorm.
+  ProjectionInput<S> layer_norm_input(const Parameters<S>& params, ConstMatrixRef<S> x) const {
+    return ProjectionInput<S>(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
+                              cfg_.layer_norm_eps);
+  }
+
   // out = Dropout(in) with this sublayer's output-dropout key (out may alias in).
   void apply_output_dropout(ConstMatrixRef<S> in, MatrixRef<S> out, const Context& ctx) const {
     const double p = ctx.training ? cfg_.output_dropout : 0.0;
@@ -190,15 +202,13 @@ void AttentionSublayer<S, Core>::forward(const Parameters<S>& params, ConstMatri
   check_sublayer_input<S>(where, x, hidden_size(), ctx);
   check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
   const Index n = x.cols();
-  Matrix<S> xn(hidden_size(), n);
-  layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
-                                 cfg_.layer_norm_eps, xn);
-  Matrix<S> a;  // a_g: the outputs of one head group
+  const ProjectionInput<S> input = layer_norm_input(params, x);  // xn = LN(x), block by block
+  Scratch<S> a;  // a_g: the outputs of one head group
   for_head_groups(n, [&](HeadRange heads) {
-    a.resize(heads.count * core_.config().head_size, n);
-    core_.forward(params, xn, a, ctx, heads);
+    a.resize(ctx.workspace, heads.count * core_.config().head_size, n);
+    core_.forward(params, input, a.map(), ctx, heads);
     // z = W_o a = sum over groups of W_o[:, g] a_g
-    parallel_product(y, output_columns(params, heads), a, heads.first > 0);
+    parallel_product(y, output_columns(params, heads), a.map(), heads.first > 0);
   });
   apply_output_dropout(y, y, ctx);
 }
@@ -213,52 +223,51 @@ void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<
   const Index n = x.cols(), dh = core_.config().head_size;
   const bool dropout = ctx.training && cfg_.output_dropout > 0.0;
 
-  // Forward, recomputed: xn = LN(x).
-  Matrix<S> xn(hidden_size(), n);
-  layer_norm_forward_parallel<S>(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
-                                 cfg_.layer_norm_eps, xn);
+  // Forward, recomputed: xn = LN(x), block by block inside the core's projections.
+  const ProjectionInput<S> input = layer_norm_input(params, x);
+  // xn = LN(x)  =>  dx += LN'(x)^T dxn, dgamma and dbeta += (each head group's share of dxn).
+  const ProjectionInputGrad<S> dinput(dx, params.grad_vector(ln_weight_),
+                                      params.grad_vector(ln_bias_));
 
   // f(x) = Dropout(z)  =>  dz = mask .* dy / (1 - p)   (the same mask as the forward pass).
   // Without dropout dz is dy itself and no D x N buffer is needed.
-  Matrix<S> dz_buffer;
+  Scratch<S> dz_buffer;
   if (dropout) {
-    dz_buffer.resize(hidden_size(), n);
-    apply_output_dropout(dy, dz_buffer, ctx);
+    dz_buffer.resize(ctx.workspace, hidden_size(), n);
+    apply_output_dropout(dy, dz_buffer.map(), ctx);
   }
-  const ConstMatrixRef<S> dz = dropout ? ConstMatrixRef<S>(dz_buffer) : dy;
+  const ConstMatrixRef<S> dz = dropout ? ConstMatrixRef<S>(dz_buffer.map()) : dy;
 
   // z = sum_g W_o[:, g] a_g. Without dropout each group's term is subtracted from y directly;
-  // with dropout the whole z is needed first (z_buffer), then y -= Dropout(z).
-  Matrix<S> z;
-  if (dropout) z.resize(hidden_size(), n);
+  // with dropout the whole z is needed first, then y -= Dropout(z).
+  Scratch<S> z;
+  if (dropout) z.resize(ctx.workspace, hidden_size(), n);
 
-  Matrix<S> dxn = Matrix<S>::Zero(hidden_size(), n);
-  Matrix<S> a, da;  // one head group's outputs and their gradient
+  Scratch<S> a, da;  // one head group's outputs and their gradient
   for_head_groups(n, [&](HeadRange heads) {
     const auto w_o = output_columns(params, heads);  // W_o[:, g]: D x count*Dh
     // z = sum_g W_o[:, g] a_g  =>  da_g = W_o[:, g]^T dz,  dW_o[:, g] += dz a_g^T.
-    da.resize(heads.count * dh, n);
-    a.resize(heads.count * dh, n);
-    parallel_product(da, w_o.transpose(), dz, false);
-    // Through the core: dxn += (da_g / dxn), and the recomputed outputs a_g.
-    core_.backward(params, xn, da, dxn, a, ctx, heads);
-    linear_weight_grads<S>(dz, a,
+    da.resize(ctx.workspace, heads.count * dh, n);
+    a.resize(ctx.workspace, heads.count * dh, n);
+    parallel_product(da.map(), w_o.transpose(), dz, false);
+    // Through the core (and the LayerNorm): dx, dgamma, dbeta += (da_g / x), and the
+    // recomputed outputs a_g.
+    core_.backward(params, input, da.map(), dinput, a.map(), ctx, heads);
+    linear_weight_grads<S>(dz, a.map(),
                            params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh));
     if (dropout) {
-      parallel_product(z, w_o, a, heads.first > 0);  // z += W_o[:, g] a_g
+      parallel_product(z.map(), w_o, a.map(), heads.first > 0);  // z += W_o[:, g] a_g
     } else {
-      parallel_product(y, -w_o, a, true);  // y -= W_o[:, g] a_g
+      parallel_product(y, -w_o, a.map(), true);  // y -= W_o[:, g] a_g
     }
   });
+  a.reset();
+  da.reset();
+  dz_buffer.reset();
   if (dropout) {
-    apply_output_dropout(z, z, ctx);
-    add_parallel<S>(y, z, S(-1));  // y -= Dropout(z)
+    apply_output_dropout(z.map(), z.map(), ctx);
+    add_parallel<S>(y, z.map(), S(-1));  // y -= Dropout(z)
   }
-
-  // Through the LayerNorm: dx += LN'(x)^T dxn.
-  layer_norm_backward_parallel<S>(x, params.value_vector(ln_weight_), cfg_.layer_norm_eps, dxn, dx,
-                                  params.grad_vector(ln_weight_), params.grad_vector(ln_bias_),
-                                  true);
 }
 
 }  // namespace reformer

@@ -29,10 +29,12 @@
 #include "reformer/core/threading.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
 #include "reformer/layers/detail/qkv_core.hpp"
 #include "reformer/layers/head_range.hpp"
+#include "reformer/layers/projection_input.hpp"
 #include "reformer/ops/dropout.hpp"
 #include "reformer/ops/parallel.hpp"
 #include "reformer/ops/softmax.hpp"
@@ -74,24 +76,37 @@ class FullAttention : public detail::QkvCore<S, FullAttentionConfig> {
                 const std::string& prefix = "")
       : Base("FullAttention", cfg, hidden, params, prefix) {}
 
-  /// a = attention(xn): xn is D x N, N = ctx.batch * T: the rows of `heads` (all heads by default),
-  /// a is heads.count*Dh x N.
-  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+  /// a = attention(input): the input (layers/projection_input.hpp) is D x N, N = ctx.batch * T,
+  /// a plain xn or x with a LayerNorm; a holds the rows of `heads` (all heads by default):
+  /// heads.count*Dh x N.
+  void forward(const Parameters<S>& params, const ProjectionInput<S>& input, MatrixRef<S> a,
                const Context& ctx, HeadRange heads = HeadRange::all()) const;
+  /// forward() of a plain normalised input xn (D x N).
+  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+               const Context& ctx, HeadRange heads = HeadRange::all()) const {
+    forward(params, ProjectionInput<S>(xn), a, ctx, heads);
+  }
 
-  /// Recomputes the forward pass of `heads` (all by default; da and a: heads.count*Dh x N) and
-  /// ADDS their gradient to dxn (dxn += J^T da), writes their recomputed rows of a and
-  /// accumulates their rows of dW_q, dW_k, dW_v.
+  /// Recomputes the forward pass of `heads` (all by default; da and a: heads.count*Dh x N),
+  /// ADDS their gradient w.r.t. the input to `dinput` (dxn += J^T da, or through the input's
+  /// LayerNorm into dx, dgamma and dbeta), writes their recomputed rows of a and accumulates
+  /// their rows of dW_q, dW_k, dW_v.
+  void backward(Parameters<S>& params, const ProjectionInput<S>& input, ConstMatrixRef<S> da,
+                const ProjectionInputGrad<S>& dinput, MatrixRef<S> a, const Context& ctx,
+                HeadRange heads = HeadRange::all()) const;
+  /// backward() of a plain normalised input xn: dxn += J^T da.
   void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
-                MatrixRef<S> a, const Context& ctx, HeadRange heads = HeadRange::all()) const;
+                MatrixRef<S> a, const Context& ctx, HeadRange heads = HeadRange::all()) const {
+    backward(params, ProjectionInput<S>(xn), da, ProjectionInputGrad<S>(dxn), a, ctx, heads);
+  }
 
  private:
   using Base::cfg_;
   using Base::hidden_;
   using Base::qkv_;
-  Index check_io(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
+  Index check_io(const char* where, const ProjectionInput<S>& input, const Context& ctx,
                  HeadRange heads) const {
-    return this->check_input(where, xn, ctx, heads);
+    return this->check_input(where, input, ctx, heads);
   }
 
   // Queries per panel (fixed: the blocking must not depend on the thread count).
@@ -145,14 +160,17 @@ class FullAttention : public detail::QkvCore<S, FullAttentionConfig> {
 // own tests, examples and benchmarks: instances/) then does not compile them again.
 
 template <class S>
-void FullAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
-                               const Context& ctx, HeadRange heads) const {
+void FullAttention<S>::forward(const Parameters<S>& params, const ProjectionInput<S>& input,
+                               MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
   heads = heads.resolve(cfg_.num_heads);
   const char* where = "FullAttention::forward";
-  const Index t = check_io(where, xn, ctx, heads);
-  check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
-  Matrix<S> q, k, v;
-  detail::project_qkv(params, qkv_, heads, cfg_.head_size, xn, q, k, v);
+  const Index t = check_io(where, input, ctx, heads);
+  const Index n = input.cols(), rows = heads.count * cfg_.head_size;
+  check_shape(where, "a", a.rows(), a.cols(), rows, n);
+  Scratch<S> q_buf(ctx.workspace, rows, n), k_buf(ctx.workspace, rows, n),
+      v_buf(ctx.workspace, rows, n);
+  auto &q = q_buf.map(), &k = k_buf.map(), &v = v_buf.map();
+  detail::project_qkv<S>(params, qkv_, heads, cfg_.head_size, input, q, k, v, ctx.workspace);
   // Items: (sequence, local head, query panel); each writes its own block of a.
   const Index panels = num_blocks(t, kQueryBlock);
   const Index items = ctx.batch * heads.count * panels;
@@ -169,17 +187,21 @@ void FullAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn
 }
 
 template <class S>
-void FullAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da,
-                                MatrixRef<S> dxn, MatrixRef<S> a, const Context& ctx,
-                                HeadRange heads) const {
+void FullAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>& input,
+                                ConstMatrixRef<S> da, const ProjectionInputGrad<S>& dinput,
+                                MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
   heads = heads.resolve(cfg_.num_heads);
   const char* where = "FullAttention::backward";
-  const Index t = check_io(where, xn, ctx, heads);
-  const Index n = xn.cols(), rows = heads.count * cfg_.head_size;
-  detail::check_core_backward_buffers<S>(where, da, dxn, a, rows, xn.rows(), n);
-  Matrix<S> q, k, v;
-  detail::project_qkv(params, qkv_, heads, cfg_.head_size, xn, q, k, v);
-  Matrix<S> dq(rows, n), dk(rows, n), dv(rows, n);
+  const Index t = check_io(where, input, ctx, heads);
+  const Index n = input.cols(), rows = heads.count * cfg_.head_size;
+  dinput.check_matches(where, input);
+  detail::check_core_backward_buffers<S>(where, da, dinput.dx(), a, rows, input.rows(), n);
+  Workspace* ws = ctx.workspace;
+  Scratch<S> q_buf(ws, rows, n), k_buf(ws, rows, n), v_buf(ws, rows, n);
+  auto &q = q_buf.map(), &k = k_buf.map(), &v = v_buf.map();
+  detail::project_qkv<S>(params, qkv_, heads, cfg_.head_size, input, q, k, v, ws);
+  Scratch<S> dq_buf(ws, rows, n), dk_buf(ws, rows, n), dv_buf(ws, rows, n);
+  auto &dq = dq_buf.map(), &dk = dk_buf.map(), &dv = dv_buf.map();
   const bool dropout = ctx.training && cfg_.dropout > 0;
 
   // Items: (sequence, local head); the query panels of an item run in order, accumulating dk
@@ -223,9 +245,13 @@ void FullAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, Con
     }
   });
 
+  q_buf.reset();  // q, k and v are no longer read
+  k_buf.reset();
+  v_buf.reset();
   // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn  =>  dW += d(.) xn^T,
   // dxn += W_q^T dq + W_k^T dk + W_v^T dv, the 1/sqrt(Dh) moved onto dk (this group's rows).
-  detail::project_qkv_backward(params, qkv_, heads, cfg_.head_size, xn, dq, dk, dv, dxn);
+  detail::project_qkv_backward<S>(params, qkv_, heads, cfg_.head_size, input, dq, dk, dv, dinput,
+                                  ws);
 }
 
 /// The full-attention sublayer a user instantiates: LN -> FullAttention -> W_o (-> dropout).

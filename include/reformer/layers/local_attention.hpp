@@ -30,7 +30,8 @@
 // Parallelism: items (sequence, head, block of consecutive chunks), fixed by the shapes. In
 // backward each item accumulates dk / dv of its key window into its own buffer; the buffers of a
 // (sequence, head) are then added in item order, so results are bitwise identical for any
-// thread count. Memory: O(N * H * Dh) for q, k, v and their gradients, plus O(C^2) per item.
+// thread count. Memory: O(N * H * Dh) for q, k, v and their gradients (drawn from ctx.workspace),
+// plus O(C^2) per item.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/init.hpp"
@@ -39,11 +40,13 @@
 #include "reformer/core/threading.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/chunk_attention.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
 #include "reformer/layers/detail/qkv_core.hpp"
 #include "reformer/layers/head_range.hpp"
+#include "reformer/layers/projection_input.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -96,16 +99,29 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
                  const std::string& prefix = "")
       : Base("LocalAttention", validated(cfg), hidden, params, prefix) {}
 
-  /// a = attention(xn): xn is D x N, N = ctx.batch * T: the rows of `heads` (all heads by default),
-  /// a is heads.count*Dh x N.
-  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+  /// a = attention(input): the input (layers/projection_input.hpp) is D x N, N = ctx.batch * T,
+  /// a plain xn or x with a LayerNorm; a holds the rows of `heads` (all heads by default):
+  /// heads.count*Dh x N.
+  void forward(const Parameters<S>& params, const ProjectionInput<S>& input, MatrixRef<S> a,
                const Context& ctx, HeadRange heads = HeadRange::all()) const;
+  /// forward() of a plain normalised input xn (D x N).
+  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+               const Context& ctx, HeadRange heads = HeadRange::all()) const {
+    forward(params, ProjectionInput<S>(xn), a, ctx, heads);
+  }
 
-  /// Recomputes the forward pass of `heads` (all by default; da and a: heads.count*Dh x N) and
-  /// ADDS their gradient to dxn (dxn += J^T da), writes their recomputed rows of a and
-  /// accumulates their rows of dW_q, dW_k, dW_v.
+  /// Recomputes the forward pass of `heads` (all by default; da and a: heads.count*Dh x N),
+  /// ADDS their gradient w.r.t. the input to `dinput` (dxn += J^T da, or through the input's
+  /// LayerNorm into dx, dgamma and dbeta), writes their recomputed rows of a and accumulates
+  /// their rows of dW_q, dW_k, dW_v.
+  void backward(Parameters<S>& params, const ProjectionInput<S>& input, ConstMatrixRef<S> da,
+                const ProjectionInputGrad<S>& dinput, MatrixRef<S> a, const Context& ctx,
+                HeadRange heads = HeadRange::all()) const;
+  /// backward() of a plain normalised input xn: dxn += J^T da.
   void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
-                MatrixRef<S> a, const Context& ctx, HeadRange heads = HeadRange::all()) const;
+                MatrixRef<S> a, const Context& ctx, HeadRange heads = HeadRange::all()) const {
+    backward(params, ProjectionInput<S>(xn), da, ProjectionInputGrad<S>(dxn), a, ctx, heads);
+  }
 
  private:
   // How one call is cut into work items: item = (b * heads + h) * blocks + block, h the local
@@ -172,10 +188,10 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
   using Base::hidden_;
   using Base::qkv_;
 
-  Layout layout(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
+  Layout layout(const char* where, const ProjectionInput<S>& input, const Context& ctx,
                 HeadRange heads) const {
     Layout lay;
-    lay.t = this->check_input(where, xn, ctx, heads);
+    lay.t = this->check_input(where, input, ctx, heads);
     lay.batch = ctx.batch;
     lay.heads = heads.count;
     lay.chunk = cfg_.chunk_length;
@@ -221,14 +237,17 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
 // own tests, examples and benchmarks: instances/) then does not compile them again.
 
 template <class S>
-void LocalAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
-                                const Context& ctx, HeadRange heads) const {
+void LocalAttention<S>::forward(const Parameters<S>& params, const ProjectionInput<S>& input,
+                                MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
   heads = heads.resolve(cfg_.num_heads);
   const char* where = "LocalAttention::forward";
-  const Layout lay = layout(where, xn, ctx, heads);
-  check_shape(where, "a", a.rows(), a.cols(), heads.count * cfg_.head_size, xn.cols());
-  Matrix<S> q, k, v;
-  detail::project_qkv(params, qkv_, heads, cfg_.head_size, xn, q, k, v);
+  const Layout lay = layout(where, input, ctx, heads);
+  const Index n = input.cols(), rows = heads.count * cfg_.head_size;
+  check_shape(where, "a", a.rows(), a.cols(), rows, n);
+  Scratch<S> q_buf(ctx.workspace, rows, n), k_buf(ctx.workspace, rows, n),
+      v_buf(ctx.workspace, rows, n);
+  auto &q = q_buf.map(), &k = k_buf.map(), &v = v_buf.map();
+  detail::project_qkv<S>(params, qkv_, heads, cfg_.head_size, input, q, k, v, ctx.workspace);
   const std::vector<Index> pos = positions(lay.t);
   parallel_for(lay.items(), [&](Index item) {
     const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
@@ -245,42 +264,48 @@ void LocalAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> x
 }
 
 template <class S>
-void LocalAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da,
-                                 MatrixRef<S> dxn, MatrixRef<S> a, const Context& ctx,
-                                 HeadRange heads) const {
+void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>& input,
+                                 ConstMatrixRef<S> da, const ProjectionInputGrad<S>& dinput,
+                                 MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
   heads = heads.resolve(cfg_.num_heads);
   const char* where = "LocalAttention::backward";
-  const Layout lay = layout(where, xn, ctx, heads);
-  const Index n = xn.cols(), dh = cfg_.head_size, rows = heads.count * dh;
-  detail::check_core_backward_buffers<S>(where, da, dxn, a, rows, xn.rows(), n);
-  Matrix<S> q, k, v;
-  detail::project_qkv(params, qkv_, heads, cfg_.head_size, xn, q, k, v);
+  const Layout lay = layout(where, input, ctx, heads);
+  const Index n = input.cols(), dh = cfg_.head_size, rows = heads.count * dh;
+  dinput.check_matches(where, input);
+  detail::check_core_backward_buffers<S>(where, da, dinput.dx(), a, rows, input.rows(), n);
+  Workspace* ws = ctx.workspace;
+  Scratch<S> q_buf(ws, rows, n), k_buf(ws, rows, n), v_buf(ws, rows, n);
+  auto &q = q_buf.map(), &k = k_buf.map(), &v = v_buf.map();
+  detail::project_qkv<S>(params, qkv_, heads, cfg_.head_size, input, q, k, v, ws);
   const std::vector<Index> pos = positions(lay.t);
-  Matrix<S> dq(rows, n);
-  Matrix<S> dk = Matrix<S>::Zero(rows, n);
-  Matrix<S> dv = Matrix<S>::Zero(rows, n);
+  Scratch<S> dq_buf(ws, rows, n), dk_buf(ws, rows, n), dv_buf(ws, rows, n);
+  auto &dq = dq_buf.map(), &dk = dk_buf.map(), &dv = dv_buf.map();
+  dk.setZero();
+  dv.setZero();
 
   // Per chunk (layers/chunk_attention.hpp): o = v p~^T recomputed into a, dq of the chunk's
   // queries overwritten, dk / dv of its key window accumulated. With one block per
   // (sequence, head) the item owns its whole dk / dv block and accumulates there directly;
   // otherwise into its own buffer spanning its keys, added in item order below.
   const bool direct = lay.blocks == 1;
-  std::vector<Matrix<S>> dk_part(direct ? 0 : static_cast<std::size_t>(lay.items()));
-  std::vector<Matrix<S>> dv_part(dk_part.size());
+  std::vector<Scratch<S>> dk_part(direct ? 0 : static_cast<std::size_t>(lay.items()));
+  std::vector<Scratch<S>> dv_part(dk_part.size());
   parallel_for(lay.items(), [&](Index item) {
     const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
     const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
     ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
     const Index span0 = key_span_begin(lay, blk);
-    Matrix<S>* dkp = nullptr;
-    Matrix<S>* dvp = nullptr;
+    typename Scratch<S>::MapType* dkp = nullptr;
+    typename Scratch<S>::MapType* dvp = nullptr;
     if (!direct) {
       const auto idx = static_cast<std::size_t>(item);
       const Index span = key_span_end(lay, blk) - span0;
-      dk_part[idx].setZero(dh, span);
-      dv_part[idx].setZero(dh, span);
-      dkp = &dk_part[idx];
-      dvp = &dv_part[idx];
+      dk_part[idx].resize(ctx.workspace, dh, span);
+      dv_part[idx].resize(ctx.workspace, dh, span);
+      dkp = &dk_part[idx].map();
+      dvp = &dv_part[idx].map();
+      dkp->setZero();
+      dvp->setZero();
     }
     for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
       const Window w = window(lay, c);
@@ -303,15 +328,21 @@ void LocalAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, Co
         const auto idx = static_cast<std::size_t>(bh * lay.blocks + blk);
         const Index span0 = key_span_begin(lay, blk);
         const Index span = dk_part[idx].cols();
-        cols(dk, b, h, lay.t, span0, span) += dk_part[idx];
-        cols(dv, b, h, lay.t, span0, span) += dv_part[idx];
+        cols(dk, b, h, lay.t, span0, span) += dk_part[idx].map();
+        cols(dv, b, h, lay.t, span0, span) += dv_part[idx].map();
       }
     });
   }
+  dk_part.clear();  // the item buffers, q, k and v are no longer read
+  dv_part.clear();
+  q_buf.reset();
+  k_buf.reset();
+  v_buf.reset();
 
   // q = W_q xn, k = W_k xn / sqrt(Dh), v = W_v xn  =>  dW += d(.) xn^T,
   // dxn += W_q^T dq + W_k^T dk + W_v^T dv, the 1/sqrt(Dh) moved onto dk (this group's rows).
-  detail::project_qkv_backward(params, qkv_, heads, cfg_.head_size, xn, dq, dk, dv, dxn);
+  detail::project_qkv_backward<S>(params, qkv_, heads, cfg_.head_size, input, dq, dk, dv, dinput,
+                                  ws);
 }
 
 /// The local-attention sublayer a user instantiates: LN -> LocalAttention -> W_o (-> dropout).

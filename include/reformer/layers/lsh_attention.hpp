@@ -46,10 +46,12 @@
 #include "reformer/core/threading.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/layers/chunk_attention.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
 #include "reformer/layers/head_range.hpp"
 #include "reformer/layers/lsh_bucketing.hpp"
+#include "reformer/layers/projection_input.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -191,21 +193,40 @@ class LshAttention {
   }
 
   /// Hashes only: writes the buckets [B, H, R, T] the forward pass would draw into `tape`
-  /// (cleared when T <= C, where nothing is hashed). Lets users inspect the hashing.
+  /// (cleared when T <= C, where nothing is hashed). Lets users inspect the hashing. The input
+  /// is a plain xn or x with a LayerNorm (layers/projection_input.hpp).
+  void compute_buckets(const Parameters<S>& params, const ProjectionInput<S>& input,
+                       const Context& ctx, BucketTape& tape) const;
+  /// compute_buckets() of a plain normalised input xn (hidden x N).
   void compute_buckets(const Parameters<S>& params, ConstMatrixRef<S> xn, const Context& ctx,
-                       BucketTape& tape) const;
+                       BucketTape& tape) const {
+    compute_buckets(params, ProjectionInput<S>(xn), ctx, tape);
+  }
 
-  /// a = LshAttention(xn): xn is hidden x N, N = ctx.batch * T: the rows of `heads` (all heads by
-  /// default), a is heads.count*Dh x N. When recording, writes the buckets of these heads into the
+  /// a = LshAttention(input): the input (layers/projection_input.hpp) is hidden x N,
+  /// N = ctx.batch * T, a plain xn or x with a LayerNorm; a holds the rows of `heads` (all heads
+  /// by default): heads.count*Dh x N. When recording, writes the buckets of these heads into the
   /// tape (resized to [B, H, R, T] if its shape differs).
-  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+  void forward(const Parameters<S>& params, const ProjectionInput<S>& input, MatrixRef<S> a,
                const Context& ctx, HeadRange heads = HeadRange::all()) const;
+  /// forward() of a plain normalised input xn (hidden x N).
+  void forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
+               const Context& ctx, HeadRange heads = HeadRange::all()) const {
+    forward(params, ProjectionInput<S>(xn), a, ctx, heads);
+  }
 
-  /// Recomputes the forward pass of `heads` (all by default; da and a: heads.count*Dh x N) and
-  /// ADDS their gradient to dxn (dxn += J^T da), writes their recomputed rows of a and
-  /// accumulates their rows of dW_qk and dW_v.
+  /// Recomputes the forward pass of `heads` (all by default; da and a: heads.count*Dh x N),
+  /// ADDS their gradient w.r.t. the input to `dinput` (dxn += J^T da, or through the input's
+  /// LayerNorm into dx, dgamma and dbeta), writes their recomputed rows of a and accumulates
+  /// their rows of dW_qk and dW_v.
+  void backward(Parameters<S>& params, const ProjectionInput<S>& input, ConstMatrixRef<S> da,
+                const ProjectionInputGrad<S>& dinput, MatrixRef<S> a, const Context& ctx,
+                HeadRange heads = HeadRange::all()) const;
+  /// backward() of a plain normalised input xn: dxn += J^T da.
   void backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da, MatrixRef<S> dxn,
-                MatrixRef<S> a, const Context& ctx, HeadRange heads = HeadRange::all()) const;
+                MatrixRef<S> a, const Context& ctx, HeadRange heads = HeadRange::all()) const {
+    backward(params, ProjectionInput<S>(xn), da, ProjectionInputGrad<S>(dxn), a, ctx, heads);
+  }
 
  private:
   /// Shapes of one call, derived from the inputs only (never from the thread count).
@@ -229,13 +250,13 @@ class LshAttention {
   struct HeadBuffers {
     std::vector<Index> pos;      // sorted place -> position
     std::vector<Index> inverse;  // slot r*Tp + t -> sorted place
-    Matrix<S> q;                 // Dh x R*Tp queries (qk) by place, zero at padded places
-    Matrix<S> v;                 // Dh x R*Tp values by place, zero at padded places
+    Scratch<S> q;                // Dh x R*Tp queries (qk) by place, zero at padded places
+    Scratch<S> v;                // Dh x R*Tp values by place, zero at padded places
     Vector<S> key_scale;         // R*Tp: the key of place s is q_s * key_scale_s (0 if padded)
-    Matrix<S> o;                 // Dh x R*Tp per-place outputs; backward: their gradients, then
+    Scratch<S> o;                // Dh x R*Tp per-place outputs; backward: their gradients, then
                                  // (in place, chunk by chunk) the gradients of the queries
     Vector<S> lse;               // R*Tp per-place logsumexps (backward: their gradients)
-    Matrix<S> dk, dv;            // backward: Dh x R*Tp gradients of the keys / values, by place
+    Scratch<S> dk, dv;           // backward: Dh x R*Tp gradients of the keys / values, by place
   };
 
   /// Sorted chunks per parallel work item.
@@ -260,13 +281,13 @@ class LshAttention {
 
   HeadRange all_heads() const { return HeadRange::all().resolve(cfg_.num_heads); }
 
-  Plan plan(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
+  Plan plan(const char* where, const ProjectionInput<S>& input, const Context& ctx,
             HeadRange heads) const {
-    REFORMER_REQUIRE(xn.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", xn.rows(),
+    REFORMER_REQUIRE(input.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", input.rows(),
                      " must equal hidden_size = ", hidden_);
     detail::check_head_range(where, heads, cfg_.num_heads);
     Plan p;
-    p.length = ctx.length(where, xn.cols());
+    p.length = ctx.length(where, input.cols());
     p.batch = ctx.batch;
     p.chunk = cfg_.chunk_length;
     p.heads = heads;
@@ -328,7 +349,7 @@ class LshAttention {
 
   /// Buckets of the head items [h0, h0 + nh) for every round into their [B, H, R, T] rows of
   /// `tape`, in blocks of positions.
-  void hash_heads(const Plan& pl, const Matrix<S>& qk, const std::vector<Matrix<S>>& rot, Index h0,
+  void hash_heads(const Plan& pl, ConstMatrixRef<S> qk, const std::vector<Matrix<S>>& rot, Index h0,
                   Index nh, std::int32_t* tape) const {
     const Index blocks = (pl.length + kPositionsPerItem - 1) / kPositionsPerItem;
     parallel_for(nh * pl.rounds * blocks, [&](Index item) {
@@ -386,12 +407,12 @@ class LshAttention {
   /// positions of the sorted places), then gathers its queries and values into sorted order.
   /// `tape` holds [B, H, R, T] buckets; padded positions get the pad bucket NB, so they sort last
   /// in their round.
-  void sort_and_gather(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v,
-                       const std::int32_t* tape, Index h0, Index nh,
-                       std::vector<HeadBuffers>& bufs) const {
+  void sort_and_gather(const Plan& pl, ConstMatrixRef<S> qk, ConstMatrixRef<S> v,
+                       const std::int32_t* tape, Index h0, Index nh, std::vector<HeadBuffers>& bufs,
+                       Workspace* ws) const {
     parallel_for(nh, [&](Index i) {
       const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
-      sort_head(pl, tape + bucket_offset(pl, b, j), bufs[at(i)]);
+      sort_head(pl, tape + bucket_offset(pl, b, j), bufs[at(i)], ws);
     });
     const Index blocks = (pl.slots + kPositionsPerItem - 1) / kPositionsPerItem;
     parallel_for(nh * blocks, [&](Index item) {
@@ -400,8 +421,10 @@ class LshAttention {
     });
   }
 
-  /// The sort of one head item (`buckets`: R x T, row r = round r); sizes its buffers.
-  void sort_head(const Plan& pl, const std::int32_t* buckets, HeadBuffers& hb) const {
+  /// The sort of one head item (`buckets`: R x T, row r = round r); sizes its buffers (drawn
+  /// from ws).
+  void sort_head(const Plan& pl, const std::int32_t* buckets, HeadBuffers& hb,
+                 Workspace* ws) const {
     const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded, rounds = pl.rounds;
     const auto nb = static_cast<std::int32_t>(pl.layout.num_buckets());
     std::vector<std::int32_t> slot_buckets(at(pl.slots));
@@ -414,18 +437,18 @@ class LshAttention {
                       hb.inverse.data(), counts);
     hb.pos.resize(at(pl.slots));
     for (Index s = 0; s < pl.slots; ++s) hb.pos[at(s)] = order[at(s)] - (s / tp) * tp;
-    hb.q.resize(dh, pl.slots);
-    hb.v.resize(dh, pl.slots);
+    hb.q.resize(ws, dh, pl.slots);
+    hb.v.resize(ws, dh, pl.slots);
     hb.key_scale.resize(pl.slots);
-    hb.o.resize(dh, pl.slots);
+    hb.o.resize(ws, dh, pl.slots);
     hb.lse.resize(pl.slots);
   }
 
   /// Places [s0, s1) of head item hi: q_s = qk_pos(s), v_s = v_pos(s), key_scale_s =
   /// lsh_key_scale(qk_pos(s)); zero at padded places (their keys are masked, their queries'
   /// outputs discarded). The scattered columns are prefetched kPrefetchDistance places ahead.
-  void gather_places(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v, Index hi,
-                     HeadBuffers& hb, Index s0, Index s1) const {
+  void gather_places(const Plan& pl, const ConstMatrixRef<S>& qk, const ConstMatrixRef<S>& v,
+                     Index hi, HeadBuffers& hb, Index s0, Index s1) const {
     const Index dh = cfg_.head_size, len = pl.length;
     const auto x = head_block(qk, pl, pl.batch_of(hi), pl.head_of(hi));
     const auto xv = head_block(v, pl, pl.batch_of(hi), pl.head_of(hi));
@@ -439,12 +462,12 @@ class LshAttention {
       }
       const Index t = hb.pos[at(s)];
       if (t < len) {
-        hb.q.col(s) = x.col(t);
-        hb.v.col(s) = xv.col(t);
+        hb.q.map().col(s) = x.col(t);
+        hb.v.map().col(s) = xv.col(t);
         hb.key_scale[s] = detail::lsh_key_scale<S>(x.col(t));
       } else {
-        hb.q.col(s).setZero();
-        hb.v.col(s).setZero();
+        hb.q.map().col(s).setZero();
+        hb.v.map().col(s).setZero();
         hb.key_scale[s] = 0;
       }
     }
@@ -463,7 +486,7 @@ class LshAttention {
     w.keys.resize(cfg_.head_size, wl);
     if (first >= 0 && c + cfg_.chunks_after < pl.chunks) {
       w.keys.noalias() =
-          hb.q.middleCols(first * cl, wl) * hb.key_scale.segment(first * cl, wl).asDiagonal();
+          hb.q.map().middleCols(first * cl, wl) * hb.key_scale.segment(first * cl, wl).asDiagonal();
       return true;
     }
     w.values.resize(cfg_.head_size, wl);
@@ -471,8 +494,8 @@ class LshAttention {
     for (Index k = 0; k < pl.window; ++k) {
       const Index src = detail::lsh_mod(first + k, pl.chunks) * cl;
       w.keys.middleCols(k * cl, cl).noalias() =
-          hb.q.middleCols(src, cl) * hb.key_scale.segment(src, cl).asDiagonal();
-      w.values.middleCols(k * cl, cl) = hb.v.middleCols(src, cl);
+          hb.q.map().middleCols(src, cl) * hb.key_scale.segment(src, cl).asDiagonal();
+      w.values.middleCols(k * cl, cl) = hb.v.map().middleCols(src, cl);
       std::copy_n(hb.pos.begin() + src, cl, w.kpos.begin() + k * cl);
     }
     return false;
@@ -493,12 +516,13 @@ class LshAttention {
       for (Index c = g * kChunksPerItem; c < c_end; ++c) {
         const Index first = (c - cfg_.chunks_before) * cl;
         const bool slices = gather_window(pl, hb, c, w);
-        chunk_attention_forward<S>(
-            hb.q.middleCols(c * cl, cl), w.keys,
-            slices ? ConstMatrixRef<S>(hb.v.middleCols(first, wl)) : ConstMatrixRef<S>(w.values),
-            hb.pos.data() + c * cl, slices ? hb.pos.data() + first : w.kpos.data(),
-            options(pl, ctx, b, pl.heads.global(j), c / chunks_per_round),
-            hb.o.middleCols(c * cl, cl), hb.lse.data() + c * cl, ws);
+        chunk_attention_forward<S>(hb.q.map().middleCols(c * cl, cl), w.keys,
+                                   slices ? ConstMatrixRef<S>(hb.v.map().middleCols(first, wl))
+                                          : ConstMatrixRef<S>(w.values),
+                                   hb.pos.data() + c * cl,
+                                   slices ? hb.pos.data() + first : w.kpos.data(),
+                                   options(pl, ctx, b, pl.heads.global(j), c / chunks_per_round),
+                                   hb.o.map().middleCols(c * cl, cl), hb.lse.data() + c * cl, ws);
       }
     });
   }
@@ -517,8 +541,8 @@ class LshAttention {
     for (Index t = t0; t < std::min(t1, len); ++t) {
       if (t + kPrefetchDistance < std::min(t1, len)) {
         for (Index r = 0; r < rounds; ++r)
-          detail::prefetch_read(hb.o.col(hb.inverse[at(r * tp + t + kPrefetchDistance)]).data(),
-                                dh);
+          detail::prefetch_read(
+              hb.o.map().col(hb.inverse[at(r * tp + t + kPrefetchDistance)]).data(), dh);
       }
       S mx = -std::numeric_limits<S>::infinity();
       for (Index r = 0; r < rounds; ++r) {
@@ -535,15 +559,15 @@ class LshAttention {
       }
       for (Index r = 0; r < rounds; ++r) w[r] /= sum;
       auto out = a.col(b * len + t).segment(j * dh, dh);
-      out = w[0] * hb.o.col(place[0]);
-      for (Index r = 1; r < rounds; ++r) out += w[r] * hb.o.col(place[r]);
+      out = w[0] * hb.o.map().col(place[0]);
+      for (Index r = 1; r < rounds; ++r) out += w[r] * hb.o.map().col(place[r]);
       if (da != nullptr) {
         const auto g = da->col(b * len + t).segment(j * dh, dh);
         const S g_dot_o = g.dot(out);
         for (Index r = 0; r < rounds; ++r) {
-          const S g_dot_or = g.dot(hb.o.col(place[r]));
+          const S g_dot_or = g.dot(hb.o.map().col(place[r]));
           hb.lse[place[r]] = w[r] * (g_dot_or - g_dot_o);
-          hb.o.col(place[r]) = w[r] * g;
+          hb.o.map().col(place[r]) = w[r] * g;
         }
       }
     }
@@ -551,7 +575,7 @@ class LshAttention {
       for (Index r = 0; r < rounds; ++r) {
         for (Index t = std::max(t0, len); t < t1; ++t) {
           const Index s = hb.inverse[at(r * tp + t)];
-          hb.o.col(s).setZero();
+          hb.o.map().col(s).setZero();
           hb.lse[s] = 0;
         }
       }
@@ -574,8 +598,10 @@ class LshAttention {
     const Index chunks_per_round = pl.padded / cl;
     parallel_for(nh, [&](Index i) {
       HeadBuffers& hb = bufs[at(i)];
-      hb.dk.setZero(dh, pl.slots);
-      hb.dv.setZero(dh, pl.slots);
+      hb.dk.resize(ctx.workspace, dh, pl.slots);
+      hb.dv.resize(ctx.workspace, dh, pl.slots);
+      hb.dk.map().setZero();
+      hb.dv.map().setZero();
     });
     struct Scratch {
       ChunkAttentionWorkspace<S> ws;
@@ -590,22 +616,23 @@ class LshAttention {
       const Index first = c - cfg_.chunks_before;
       if (gather_window(pl, hb, c, sc.w)) {  // consecutive places: accumulate in place
         chunk_attention_backward<S>(
-            hb.q.middleCols(c * cl, cl), sc.w.keys, hb.v.middleCols(first * cl, wl),
-            hb.pos.data() + c * cl, hb.pos.data() + first * cl, opts, hb.o.middleCols(c * cl, cl),
-            hb.lse.data() + c * cl, hb.o.middleCols(c * cl, cl), hb.dk.middleCols(first * cl, wl),
-            hb.dv.middleCols(first * cl, wl), sc.ws);
+            hb.q.map().middleCols(c * cl, cl), sc.w.keys, hb.v.map().middleCols(first * cl, wl),
+            hb.pos.data() + c * cl, hb.pos.data() + first * cl, opts,
+            hb.o.map().middleCols(c * cl, cl), hb.lse.data() + c * cl,
+            hb.o.map().middleCols(c * cl, cl), hb.dk.map().middleCols(first * cl, wl),
+            hb.dv.map().middleCols(first * cl, wl), sc.ws);
         return;
       }
       sc.dk.setZero(dh, wl);
       sc.dv.setZero(dh, wl);
-      chunk_attention_backward<S>(hb.q.middleCols(c * cl, cl), sc.w.keys, sc.w.values,
+      chunk_attention_backward<S>(hb.q.map().middleCols(c * cl, cl), sc.w.keys, sc.w.values,
                                   hb.pos.data() + c * cl, sc.w.kpos.data(), opts,
-                                  hb.o.middleCols(c * cl, cl), hb.lse.data() + c * cl,
-                                  hb.o.middleCols(c * cl, cl), sc.dk, sc.dv, sc.ws);
+                                  hb.o.map().middleCols(c * cl, cl), hb.lse.data() + c * cl,
+                                  hb.o.map().middleCols(c * cl, cl), sc.dk, sc.dv, sc.ws);
       for (Index w = 0; w < pl.window; ++w) {
         const Index dst = detail::lsh_mod(first + w, pl.chunks);
-        hb.dk.middleCols(dst * cl, cl) += sc.dk.middleCols(w * cl, cl);
-        hb.dv.middleCols(dst * cl, cl) += sc.dv.middleCols(w * cl, cl);
+        hb.dk.map().middleCols(dst * cl, cl) += sc.dk.middleCols(w * cl, cl);
+        hb.dv.map().middleCols(dst * cl, cl) += sc.dv.middleCols(w * cl, cl);
       }
     };
     const Index full = pl.chunks / pl.window * pl.window, per_pass = full / pl.window;
@@ -629,8 +656,9 @@ class LshAttention {
   /// Gathers the gradients at positions [t0, t1) of head item hi back from their places,
   /// summing the rounds in order, and through the key normalisation: dqk = dq + (dk/dqk)^T dk,
   /// and dv.
-  void reduce_positions(const Plan& pl, Index hi, const HeadBuffers& hb, const Matrix<S>& qk,
-                        Matrix<S>& dqk, Matrix<S>& dv, Index t0, Index t1) const {
+  void reduce_positions(const Plan& pl, Index hi, const HeadBuffers& hb,
+                        const ConstMatrixRef<S>& qk, MatrixRef<S>& dqk, MatrixRef<S>& dv, Index t0,
+                        Index t1) const {
     const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded;
     const Index b = pl.batch_of(hi), j = pl.head_of(hi), end = std::min(t1, len);
     Vector<S> dk(dh);
@@ -638,9 +666,9 @@ class LshAttention {
       if (t + kPrefetchDistance < end) {
         for (Index r = 0; r < pl.rounds; ++r) {
           const Index ahead = hb.inverse[at(r * tp + t + kPrefetchDistance)];
-          detail::prefetch_read(hb.o.col(ahead).data(), dh);
-          detail::prefetch_read(hb.dk.col(ahead).data(), dh);
-          detail::prefetch_read(hb.dv.col(ahead).data(), dh);
+          detail::prefetch_read(hb.o.map().col(ahead).data(), dh);
+          detail::prefetch_read(hb.dk.map().col(ahead).data(), dh);
+          detail::prefetch_read(hb.dv.map().col(ahead).data(), dh);
         }
       }
       auto dq_t = dqk.col(b * len + t).segment(j * dh, dh);
@@ -650,9 +678,9 @@ class LshAttention {
       dk.setZero();
       for (Index r = 0; r < pl.rounds; ++r) {
         const Index s = hb.inverse[at(r * tp + t)];
-        dq_t += hb.o.col(s);  // d(q) by now
-        dk += hb.dk.col(s);
-        dv_t += hb.dv.col(s);
+        dq_t += hb.o.map().col(s);  // d(q) by now
+        dk += hb.dk.map().col(s);
+        dv_t += hb.dv.map().col(s);
       }
       detail::lsh_normalize_key_backward<S>(qk.col(b * len + t).segment(j * dh, dh), dk, dq_t);
     }
@@ -672,7 +700,7 @@ class LshAttention {
   };
 
   /// T <= C: dense shared-QK attention over the whole sequence, one round, no hashing.
-  void dense_forward(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v, MatrixRef<S> a,
+  void dense_forward(const Plan& pl, ConstMatrixRef<S> qk, ConstMatrixRef<S> v, MatrixRef<S> a,
                      const Context& ctx) const {
     parallel_for(pl.num_head_items, [&](Index hi) {
       const Index b = pl.batch_of(hi), j = pl.head_of(hi), h = pl.heads.global(j);
@@ -684,9 +712,9 @@ class LshAttention {
     });
   }
 
-  void dense_backward(const Plan& pl, const Matrix<S>& qk, const Matrix<S>& v,
-                      const ConstMatrixRef<S>& da, MatrixRef<S> a, Matrix<S>& dqk, Matrix<S>& dv,
-                      const Context& ctx) const {
+  void dense_backward(const Plan& pl, ConstMatrixRef<S> qk, ConstMatrixRef<S> v,
+                      const ConstMatrixRef<S>& da, MatrixRef<S> a, MatrixRef<S> dqk,
+                      MatrixRef<S> dv, const Context& ctx) const {
     const Index dh = cfg_.head_size, len = pl.length;
     parallel_for(pl.num_head_items, [&](Index hi) {
       const Index b = pl.batch_of(hi), j = pl.head_of(hi), h = pl.heads.global(j);
@@ -720,30 +748,34 @@ class LshAttention {
 // own tests, examples and benchmarks: instances/) then does not compile them again.
 
 template <class S>
-void LshAttention<S>::compute_buckets(const Parameters<S>& params, ConstMatrixRef<S> xn,
+void LshAttention<S>::compute_buckets(const Parameters<S>& params, const ProjectionInput<S>& input,
                                       const Context& ctx, BucketTape& tape) const {
   const char* where = "LshAttention::compute_buckets";
-  const Plan pl = plan(where, xn, ctx, all_heads());
+  const Plan pl = plan(where, input, ctx, all_heads());
   if (pl.dense) {
     tape.clear();
     return;
   }
-  Matrix<S> qk;
-  detail::project_heads(params, qk_slot_, all_heads(), cfg_.head_size, xn, qk);
+  Scratch<S> qk(ctx.workspace, out_features(), input.cols());
+  detail::project_heads<S>(params, all_heads(), cfg_.head_size, input, {{qk_slot_, qk.map()}},
+                           ctx.workspace);
   tape.resize(pl.batch, cfg_.num_heads, pl.rounds, pl.length);
-  hash_heads(pl, qk, rotations(pl, ctx), 0, pl.num_head_items, tape.data.data());
+  hash_heads(pl, qk.map(), rotations(pl, ctx), 0, pl.num_head_items, tape.data.data());
 }
 
 template <class S>
-void LshAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn, MatrixRef<S> a,
-                              const Context& ctx, HeadRange heads) const {
+void LshAttention<S>::forward(const Parameters<S>& params, const ProjectionInput<S>& input,
+                              MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
   heads = heads.resolve(cfg_.num_heads);
   const char* where = "LshAttention::forward";
-  const Plan pl = plan(where, xn, ctx, heads);
-  check_shape(where, "a", a.rows(), a.cols(), pl.heads.count * cfg_.head_size, xn.cols());
-  Matrix<S> qk, v;  // this group's heads
-  detail::project_heads(params, qk_slot_, heads, cfg_.head_size, xn, qk);
-  detail::project_heads(params, v_slot_, heads, cfg_.head_size, xn, v);
+  const Plan pl = plan(where, input, ctx, heads);
+  const Index n = input.cols(), rows = pl.heads.count * cfg_.head_size;
+  check_shape(where, "a", a.rows(), a.cols(), rows, n);
+  // qk = W_qk xn, v = W_v xn: this group's heads
+  Scratch<S> qk_buf(ctx.workspace, rows, n), v_buf(ctx.workspace, rows, n);
+  auto &qk = qk_buf.map(), &v = v_buf.map();
+  detail::project_heads<S>(params, heads, cfg_.head_size, input, {{qk_slot_, qk}, {v_slot_, v}},
+                           ctx.workspace);
   if (pl.dense) {
     if (ctx.buckets != nullptr && !ctx.replay_buckets) ctx.buckets->clear();
     dense_forward(pl, qk, v, a, ctx);
@@ -769,7 +801,7 @@ void LshAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn,
   for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
     const Index nh = std::min(pl.wave, pl.num_head_items - h0);
     if (record != nullptr) hash_heads(pl, qk, rot, h0, nh, record);
-    sort_and_gather(pl, qk, v, buckets, h0, nh, bufs);
+    sort_and_gather(pl, qk, v, buckets, h0, nh, bufs, ctx.workspace);
     attend_forward(pl, ctx, h0, nh, bufs);
     for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
       combine_positions(pl, h0 + i, bufs[at(i)], nullptr, a, t0, t1);
@@ -778,31 +810,34 @@ void LshAttention<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> xn,
 }
 
 template <class S>
-void LshAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, ConstMatrixRef<S> da,
-                               MatrixRef<S> dxn, MatrixRef<S> a, const Context& ctx,
-                               HeadRange heads) const {
+void LshAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>& input,
+                               ConstMatrixRef<S> da, const ProjectionInputGrad<S>& dinput,
+                               MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
   heads = heads.resolve(cfg_.num_heads);
   const char* where = "LshAttention::backward";
-  const Plan pl = plan(where, xn, ctx, heads);
-  const Index n = xn.cols(), rows = pl.heads.count * cfg_.head_size;
-  detail::check_core_backward_buffers<S>(where, da, dxn, a, rows, hidden_, n);
-  Matrix<S> qk, v;
-  detail::project_heads(params, qk_slot_, heads, cfg_.head_size, xn, qk);
-  detail::project_heads(params, v_slot_, heads, cfg_.head_size, xn, v);
-  Matrix<S> dqk, dv;
+  const Plan pl = plan(where, input, ctx, heads);
+  const Index n = input.cols(), rows = pl.heads.count * cfg_.head_size;
+  dinput.check_matches(where, input);
+  detail::check_core_backward_buffers<S>(where, da, dinput.dx(), a, rows, hidden_, n);
+  Workspace* ws = ctx.workspace;
+  Scratch<S> qk_buf(ws, rows, n), v_buf(ws, rows, n);
+  auto &qk = qk_buf.map(), &v = v_buf.map();
+  detail::project_heads<S>(params, heads, cfg_.head_size, input, {{qk_slot_, qk}, {v_slot_, v}},
+                           ws);
+  Scratch<S> dqk_buf, dv_buf;
   if (pl.dense) {
-    dqk.resize(rows, n);
-    dv.resize(rows, n);
-    dense_backward(pl, qk, v, da, a, dqk, dv, ctx);
+    dqk_buf.resize(ws, rows, n);
+    dv_buf.resize(ws, rows, n);
+    dense_backward(pl, qk, v, da, a, dqk_buf.map(), dv_buf.map(), ctx);
   } else {
     const std::int32_t* buckets = replayed_buckets(where, pl, ctx);
     std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
     for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
       const Index nh = std::min(pl.wave, pl.num_head_items - h0);
       const bool last_wave = h0 + nh == pl.num_head_items;
-      sort_and_gather(pl, qk, v, buckets, h0, nh, bufs);
+      sort_and_gather(pl, qk, v, buckets, h0, nh, bufs, ws);
       // Peak memory of long inputs (one wave): v, by position, is no longer read.
-      if (last_wave) v = Matrix<S>();
+      if (last_wave) v_buf.reset();
       attend_forward(pl, ctx, h0, nh, bufs);
       // a, and in place: o -> d(o), lse -> d(lse) of every sorted place.
       for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
@@ -810,19 +845,28 @@ void LshAttention<S>::backward(Parameters<S>& params, ConstMatrixRef<S> xn, Cons
       });
       attend_backward(pl, ctx, h0, nh, bufs);  // d(o) -> d(q) in place
       if (last_wave) {                         // the sorted queries and values are no longer read
-        for (Index i = 0; i < nh; ++i) bufs[at(i)].q = bufs[at(i)].v = Matrix<S>();
+        for (Index i = 0; i < nh; ++i) {
+          bufs[at(i)].q.reset();
+          bufs[at(i)].v.reset();
+        }
       }
-      dqk.resize(rows, n);  // allocated once, at the first wave's reduction
-      dv.resize(rows, n);
+      if (dqk_buf.cols() == 0) {  // allocated once, at the first wave's reduction
+        dqk_buf.resize(ws, rows, n);
+        dv_buf.resize(ws, rows, n);
+      }
+      MatrixRef<S> dqk = dqk_buf.map(), dv = dv_buf.map();
       for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
         reduce_positions(pl, h0 + i, bufs[at(i)], qk, dqk, dv, t0, t1);
       });
     }
   }
+  qk_buf.reset();  // the projections and the per-head buffers are no longer read
+  v_buf.reset();
   // qk = W_qk x, v = W_v x  =>  dW_qk += dqk x^T, dW_v += dv x^T, dx += W_qk^T dqk + W_v^T dv
   // (the rows of this group's heads).
-  detail::project_heads_backward(params, qk_slot_, heads, cfg_.head_size, xn, dqk, dxn);
-  detail::project_heads_backward(params, v_slot_, heads, cfg_.head_size, xn, dv, dxn);
+  detail::project_heads_backward<S>(params, heads, cfg_.head_size, input,
+                                    {{qk_slot_, dqk_buf.map()}, {v_slot_, dv_buf.map()}}, dinput,
+                                    ws);
 }
 
 }  // namespace reformer

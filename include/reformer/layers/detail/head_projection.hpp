@@ -7,17 +7,42 @@
 //
 // Full and local attention project queries, keys and values with three weights and scale the
 // keys by 1/sqrt(Dh) (project_qkv); LSH attention projects shared query-keys and values.
+//
+// The input is a ProjectionInput (layers/projection_input.hpp). A plain xn is projected with
+// parallel_product and linear_weight_grads (ops/linear.hpp). An input with a LayerNorm is
+// processed in fixed blocks of kFusedProjectionBlock columns (a function of the shapes only),
+// every projection of a call sharing one normalised block:
+//   forward:   xn_b = LN(x_b)  (a D x block buffer),   y_b = W[heads] xn_b
+//   backward:  xn_b = LN(x_b),  partial dW_b = dy_b xn_b^T,  dxn_b = sum over projections of
+//              W[heads]^T dy_b,  then at once  dx_b += LN'(x_b)^T dxn_b  and the partial dgamma_b,
+//              dbeta_b
+// The backward blocks run tuning::kGradPartials at a time; their partial dW, dgamma and dbeta
+// are added in block order, so the results are bitwise identical for any thread count. No
+// D x N normalised input or gradient is ever formed.
 #include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/layers/head_range.hpp"
+#include "reformer/layers/projection_input.hpp"
+#include "reformer/ops/layer_norm.hpp"
 #include "reformer/ops/linear.hpp"
+#include "reformer/ops/parallel.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <initializer_list>
 #include <string>
+#include <vector>
 
 namespace reformer::detail {
+
+/// Columns per block of the projections of a LayerNorm input: as wide as the blocks of the
+/// weight gradients (tuning::kGradTokenBlock), so one block feeds one partial dW.
+inline constexpr Index kFusedProjectionBlock = tuning::kGradTokenBlock;
 
 /// Rows of `heads` of a [H*Dh, hidden] weight: count*Dh x hidden.
 template <class S>
@@ -25,21 +50,119 @@ auto head_rows(const Parameters<S>& params, SlotId slot, HeadRange heads, Index 
   return params.value(slot).middleRows(heads.first * head_size, heads.count * head_size);
 }
 
-/// y = W[heads] xn; y is resized to count*Dh x N.
+/// One projection of a call: y = W[heads] xn, W the weight in `slot` (y: count*Dh x N).
 template <class S>
-void project_heads(const Parameters<S>& params, SlotId slot, HeadRange heads, Index head_size,
-                   const ConstMatrixRef<S>& xn, Matrix<S>& y) {
-  y.resize(heads.count * head_size, xn.cols());
-  parallel_product(y, head_rows(params, slot, heads, head_size), xn, false);
+struct ProjectionOutput {
+  SlotId slot;
+  MatrixRef<S> y;
+};
+
+/// The gradient dy (count*Dh x N) of one projection y = W[heads] xn, W the weight in `slot`.
+template <class S>
+struct ProjectionGradient {
+  SlotId slot;
+  ConstMatrixRef<S> dy;
+};
+
+/// y = W[heads] xn for every output (y sized count*Dh x N by the caller). Buffers of the
+/// LayerNorm blocks come from `ws` (may be null).
+template <class S>
+void project_heads(const Parameters<S>& params, HeadRange heads, Index head_size,
+                   const ProjectionInput<S>& input,
+                   std::initializer_list<ProjectionOutput<S>> outputs, Workspace* ws) {
+  if (!input.has_layer_norm()) {
+    for (const ProjectionOutput<S>& o : outputs) {
+      parallel_product(MatrixRef<S>(o.y), head_rows(params, o.slot, heads, head_size), input.x(),
+                       false);
+    }
+    return;
+  }
+  const Index d = input.rows(), n = input.cols(), rows = heads.count * head_size;
+  const Index blocks = num_blocks(n, kFusedProjectionBlock);
+  const double flops = 2.0 * double(rows) * double(d) * double(n) * double(outputs.size());
+  parallel_items(blocks, flops, [&](Index blk) {
+    const Index c0 = blk * kFusedProjectionBlock, nc = std::min(kFusedProjectionBlock, n - c0);
+    Scratch<S> xn(ws, d, nc);  // D x nc: LN of this block
+    input.normalised_columns(c0, nc, xn.map());
+    for (const ProjectionOutput<S>& o : outputs) {
+      MatrixRef<S> y = o.y;
+      y.middleCols(c0, nc).noalias() = head_rows(params, o.slot, heads, head_size) * xn.map();
+    }
+  });
 }
 
-/// Backward of y = W[heads] xn:  dW[heads] += dy xn^T,  dxn += W[heads]^T dy.
+/// Backward of project_heads for the gradients of its outputs: dW[heads] += dy xn^T for each,
+/// and the input's gradient dxn = sum W[heads]^T dy added to `dinput` (plain: dxn +=; LayerNorm:
+/// through the LayerNorm, block by block, into dx, dgamma and dbeta +=).
 template <class S>
-void project_heads_backward(Parameters<S>& params, SlotId slot, HeadRange heads, Index head_size,
-                            const ConstMatrixRef<S>& xn, const Matrix<S>& dy, MatrixRef<S> dxn) {
-  linear_weight_grads<S>(
-      dy, xn, params.grad(slot).middleRows(heads.first * head_size, heads.count * head_size));
-  parallel_product(dxn, head_rows(params, slot, heads, head_size).transpose(), dy, true);
+void project_heads_backward(Parameters<S>& params, HeadRange heads, Index head_size,
+                            const ProjectionInput<S>& input,
+                            std::initializer_list<ProjectionGradient<S>> grads,
+                            const ProjectionInputGrad<S>& dinput, Workspace* ws) {
+  const Index rows = heads.count * head_size;
+  auto weight_grad = [&](SlotId slot) {
+    return params.grad(slot).middleRows(heads.first * head_size, rows);
+  };
+  if (!input.has_layer_norm()) {
+    for (const ProjectionGradient<S>& g : grads) {
+      linear_weight_grads<S>(g.dy, input.x(), weight_grad(g.slot));
+      parallel_product(dinput.dx(), head_rows(params, g.slot, heads, head_size).transpose(), g.dy,
+                       true);
+    }
+    return;
+  }
+  const Index d = input.rows(), n = input.cols();
+  const Index np = static_cast<Index>(grads.size());
+  const Index blocks = num_blocks(n, kFusedProjectionBlock);
+  const Index per_wave = std::min(blocks, tuning::kGradPartials);
+  // Per block of a wave: its partial dW of every projection (rows x D each, entry i * np + p),
+  // and its partial dgamma, dbeta (columns 2i, 2i + 1).
+  std::vector<Scratch<S>> partial_dw(static_cast<std::size_t>(per_wave * np));
+  for (Scratch<S>& p : partial_dw) p.resize(ws, rows, d);
+  Matrix<S> partial_ln(d, 2 * per_wave);
+  const double block_flops =
+      4.0 * double(rows) * double(d) * double(kFusedProjectionBlock) * double(np);
+  const Index rb = row_block(rows), row_blocks = num_blocks(rows, rb);
+  for (Index w0 = 0; w0 < blocks; w0 += per_wave) {
+    const Index wave = std::min(per_wave, blocks - w0);
+    partial_ln.setZero();
+    parallel_items(wave, double(wave) * block_flops, [&](Index i) {
+      const Index c0 = (w0 + i) * kFusedProjectionBlock;
+      const Index nc = std::min(kFusedProjectionBlock, n - c0);
+      Scratch<S> xn(ws, d, nc), dxn(ws, d, nc);  // D x nc: LN of this block, its gradient
+      input.normalised_columns(c0, nc, xn.map());
+      Index p = 0;
+      for (const ProjectionGradient<S>& g : grads) {
+        const auto dy = g.dy.middleCols(c0, nc);
+        const auto w_t = head_rows(params, g.slot, heads, head_size).transpose();
+        partial_dw[static_cast<std::size_t>(i * np + p)].map().noalias() =
+            dy * xn.map().transpose();
+        if (p == 0) {
+          dxn.map().noalias() = w_t * dy;
+        } else {
+          dxn.map().noalias() += w_t * dy;
+        }
+        ++p;
+      }
+      // xn = LN(x)  =>  dx += LN'(x)^T dxn (computed in place in dxn), dgamma, dbeta partials.
+      layer_norm_backward<S>(input.x().middleCols(c0, nc), input.gamma(), input.eps(), dxn.map(),
+                             dxn.map(), partial_ln.col(2 * i), partial_ln.col(2 * i + 1));
+      dinput.dx().middleCols(c0, nc) += dxn.map();
+    });
+    // dW += the wave's partials in block order (split over dW's rows).
+    parallel_items(np * row_blocks, double(wave * np) * double(rows) * double(d), [&](Index item) {
+      const Index p = item / row_blocks, r0 = (item % row_blocks) * rb;
+      const Index nr = std::min(rb, rows - r0);
+      auto dw = weight_grad((grads.begin() + p)->slot).middleRows(r0, nr);
+      for (Index i = 0; i < wave; ++i) {
+        dw += partial_dw[static_cast<std::size_t>(i * np + p)].map().middleRows(r0, nr);
+      }
+    });
+    for (Index i = 0; i < wave; ++i) {
+      dinput.dgamma() += partial_ln.col(2 * i);
+      dinput.dbeta() += partial_ln.col(2 * i + 1);
+    }
+  }
 }
 
 /// The query, key and value weights of a core: <prefix>self_attention.{query,key,value}.weight,
@@ -65,27 +188,27 @@ struct QkvSlots {
   }
 };
 
-/// q = W_q[heads] xn,  k = W_k[heads] xn / sqrt(Dh),  v = W_v[heads] xn  (count*Dh x N each).
+/// q = W_q[heads] xn,  k = W_k[heads] xn / sqrt(Dh),  v = W_v[heads] xn  (count*Dh x N each,
+/// sized by the caller).
 template <class S>
 void project_qkv(const Parameters<S>& params, QkvSlots w, HeadRange heads, Index head_size,
-                 const ConstMatrixRef<S>& xn, Matrix<S>& q, Matrix<S>& k, Matrix<S>& v) {
-  project_heads(params, w.query, heads, head_size, xn, q);
-  project_heads(params, w.key, heads, head_size, xn, k);
-  project_heads(params, w.value, heads, head_size, xn, v);
+                 const ProjectionInput<S>& input, MatrixRef<S> q, MatrixRef<S> k, MatrixRef<S> v,
+                 Workspace* ws) {
+  project_heads<S>(params, heads, head_size, input, {{w.query, q}, {w.key, k}, {w.value, v}}, ws);
   k *= S(1) / std::sqrt(S(head_size));
 }
 
 /// Backward of project_qkv given the gradients of q, the scaled k and v: the 1/sqrt(Dh) factor
-/// moves onto dk (scaled in place), then dW[heads] += d(.) xn^T and
-/// dxn += W_q^T dq + W_k^T dk + W_v^T dv.
+/// moves onto dk (scaled in place), then dW[heads] += d(.) xn^T and the input's gradient
+/// W_q^T dq + W_k^T dk + W_v^T dv goes to `dinput` (project_heads_backward).
 template <class S>
 void project_qkv_backward(Parameters<S>& params, QkvSlots w, HeadRange heads, Index head_size,
-                          const ConstMatrixRef<S>& xn, const Matrix<S>& dq, Matrix<S>& dk,
-                          const Matrix<S>& dv, MatrixRef<S> dxn) {
+                          const ProjectionInput<S>& input, ConstMatrixRef<S> dq, MatrixRef<S> dk,
+                          ConstMatrixRef<S> dv, const ProjectionInputGrad<S>& dinput,
+                          Workspace* ws) {
   dk *= S(1) / std::sqrt(S(head_size));
-  project_heads_backward(params, w.query, heads, head_size, xn, dq, dxn);
-  project_heads_backward(params, w.key, heads, head_size, xn, dk, dxn);
-  project_heads_backward(params, w.value, heads, head_size, xn, dv, dxn);
+  project_heads_backward<S>(params, heads, head_size, input,
+                            {{w.query, dq}, {w.key, dk}, {w.value, dv}}, dinput, ws);
 }
 
 }  // namespace reformer::detail

@@ -10,6 +10,7 @@
 #include "reformer/core/types.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
 #include "reformer/layers/head_range.hpp"
+#include "reformer/layers/projection_input.hpp"
 #include "reformer/layers/sublayer.hpp"
 
 #include <string>
@@ -41,13 +42,14 @@ class QkvCore {
         hidden_(hidden),
         qkv_(QkvSlots::add(params, prefix, out_features(), hidden)) {}
 
-  /// Checks that xn has `hidden` rows and `heads` lies in [0, H); returns the sequence length.
-  Index check_input(const char* where, const ConstMatrixRef<S>& xn, const Context& ctx,
+  /// Checks that the input has `hidden` rows and `heads` lies in [0, H); returns the sequence
+  /// length.
+  Index check_input(const char* where, const ProjectionInput<S>& input, const Context& ctx,
                     HeadRange heads) const {
-    REFORMER_REQUIRE(xn.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", xn.rows(),
+    REFORMER_REQUIRE(input.rows() == hidden_, InvalidArgument, where, "xn.rows() = ", input.rows(),
                      " must equal hidden = ", hidden_);
     check_head_range(where, heads, cfg_.num_heads);
-    return ctx.length(where, xn.cols());
+    return ctx.length(where, input.cols());
   }
 
   Config cfg_;

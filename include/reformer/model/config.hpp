@@ -37,7 +37,7 @@ struct ReformerConfig {
   Index num_attention_heads = 2;    ///< H
   Index attention_head_size = 64;   ///< Dh; 0 = hidden_size / num_attention_heads
   Index feed_forward_size = 512;    ///< F (d_ff)
-  std::string hidden_act = "relu";  ///< "relu" | "gelu"
+  std::string hidden_act = "relu";  ///< "relu" | "gelu" | "gelu_new" | "silu" (= "swish")
 
   // --- layers ------------------------------------------------------------------------------
   /// One entry per layer: "lsh", "local" or "full".
@@ -151,8 +151,8 @@ struct ReformerConfig {
                        " divisible by num_attention_heads = ", num_attention_heads);
     }
     positive("feed_forward_size", feed_forward_size);
-    REFORMER_REQUIRE(hidden_act == "relu" || hidden_act == "gelu", ConfigError, where,
-                     "hidden_act = '", hidden_act, "' is not one of 'relu', 'gelu'");
+    REFORMER_REQUIRE(is_activation_name(hidden_act), ConfigError, where, "hidden_act = '",
+                     hidden_act, "' is not one of ", kActivationNames);
 
     REFORMER_REQUIRE(!attn_layers.empty(), ConfigError, where,
                      "attn_layers is empty, need at least one layer");

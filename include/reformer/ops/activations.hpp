@@ -1,35 +1,67 @@
 #pragma once
-// Element-wise activations and their backward passes:
+// Element-wise activations of the feed-forward and their backward passes (Hugging Face
+// `hidden_act` names):
 //
-//   relu(x) = max(x, 0)                       relu'(x) = [x > 0]
-//   gelu(x) = x * Phi(x)                      gelu'(x) = Phi(x) + x * phi(x)
-//           = 0.5 x (1 + erf(x / sqrt 2))     (the exact erf form, torch's default "gelu")
+//   "relu"      relu(x)     = max(x, 0)                          relu'(x) = [x > 0]
+//   "gelu"      gelu(x)     = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2))   (exact erf form)
+//                                                                gelu'(x) = Phi(x) + x phi(x)
+//   "gelu_new"  gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))  (tanh form)
+//   "silu"      silu(x)     = x sigmoid(x)                       silu'(x) = s (1 + x (1 - s))
+//   "swish"     the same as "silu"
 //
-// Forward:  act_forward(x, y)         y = act(x)           x, y: any R x C (y may alias x)
-// Backward: act_backward(x, dy, dx)   dx = act'(x) .* dy   x is the PRE-activation input
-//                                                          (dx may alias dy)
+// Forward:  <act>_forward(x, y)         y = act(x)           x, y: any R x C (y may alias x)
+// Backward: <act>_backward(x, dy, dx)   dx = act'(x) .* dy   x is the PRE-activation input
+//                                                            (dx may alias dy)
+// gelu, gelu_new and silu run vectorised kernels (ops/detail/activation_packets.hpp): max error
+// against the exact functions a few ulp relative for float and double (tests/unit/ops/
+// activation_accuracy_test.cpp states and checks the bounds). Every element's result is a
+// function of its input alone, so results are bitwise identical for any thread count or
+// column split. The scalar formulas remain as test oracles in testing/activation_oracle.hpp.
 #include "reformer/core/error.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/ops/detail/activation_packets.hpp"
 
-#include <cmath>
 #include <string>
 
 namespace reformer {
 
 /// Activations of the feed-forward layer (HF `hidden_act`).
-enum class Activation { kRelu, kGelu };
+enum class Activation { kRelu, kGelu, kGeluNew, kSilu };
 
-/// "relu" / "gelu" → Activation; anything else → ConfigError naming the value.
+/// The accepted hidden_act names, for error messages.
+inline constexpr const char* kActivationNames =
+    "\"relu\", \"gelu\", \"gelu_new\", \"silu\" or \"swish\"";
+
+/// True for a name activation_from_string accepts.
+inline bool is_activation_name(const std::string& name) {
+  return name == "relu" || name == "gelu" || name == "gelu_new" || name == "silu" ||
+         name == "swish";
+}
+
+/// "relu" / "gelu" / "gelu_new" / "silu" / "swish" → Activation; anything else → ConfigError
+/// naming the value.
 inline Activation activation_from_string(const std::string& name) {
   if (name == "relu") return Activation::kRelu;
   if (name == "gelu") return Activation::kGelu;
-  raise<ConfigError>("activation_from_string", "unknown activation '", name,
-                     "' (expected \"relu\" or \"gelu\")");
+  if (name == "gelu_new") return Activation::kGeluNew;
+  if (name == "silu" || name == "swish") return Activation::kSilu;
+  raise<ConfigError>("activation_from_string", "unknown activation '", name, "' (expected ",
+                     kActivationNames, ")");
 }
 
-/// The name accepted by activation_from_string.
+/// The name accepted by activation_from_string ("silu" for kSilu).
 inline const char* activation_name(Activation a) {
-  return a == Activation::kRelu ? "relu" : "gelu";
+  switch (a) {
+    case Activation::kRelu:
+      return "relu";
+    case Activation::kGelu:
+      return "gelu";
+    case Activation::kGeluNew:
+      return "gelu_new";
+    case Activation::kSilu:
+      return "silu";
+  }
+  return "unknown";
 }
 
 namespace detail {
@@ -41,19 +73,10 @@ inline void check_same_shape(const char* where, const char* name, Index rows, In
   }
 }
 
-template <class S>
-S gelu_scalar(S x) {
-  constexpr S kInvSqrt2 = static_cast<S>(0.70710678118654752440084436210485);
-  return S(0.5) * x * (S(1) + std::erf(x * kInvSqrt2));
-}
-
-template <class S>
-S gelu_grad_scalar(S x) {
-  constexpr S kInvSqrt2 = static_cast<S>(0.70710678118654752440084436210485);
-  constexpr S kInvSqrt2Pi = static_cast<S>(0.39894228040143267793994605993438);
-  const S cdf = S(0.5) * (S(1) + std::erf(x * kInvSqrt2));
-  const S pdf = kInvSqrt2Pi * std::exp(S(-0.5) * x * x);
-  return cdf + x * pdf;
+inline void check_backward_shapes(const char* where, Index xr, Index xc, Index dyr, Index dyc,
+                                  Index dxr, Index dxc) {
+  check_same_shape(where, "dy", dyr, dyc, "x", xr, xc);
+  check_same_shape(where, "dx", dxr, dxc, "x", xr, xc);
 }
 }  // namespace detail
 
@@ -67,8 +90,8 @@ void relu_forward(ConstMatrixRef<S> x, MatrixRef<S> y) {
 /// dx = [x > 0] .* dy.
 template <class S>
 void relu_backward(ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx) {
-  detail::check_same_shape("relu_backward", "dy", dy.rows(), dy.cols(), "x", x.rows(), x.cols());
-  detail::check_same_shape("relu_backward", "dx", dx.rows(), dx.cols(), "x", x.rows(), x.cols());
+  detail::check_backward_shapes("relu_backward", x.rows(), x.cols(), dy.rows(), dy.cols(),
+                                dx.rows(), dx.cols());
   dx.array() = (x.array() > S(0)).select(dy.array(), S(0));
 }
 
@@ -76,38 +99,85 @@ void relu_backward(ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx) {
 template <class S>
 void gelu_forward(ConstMatrixRef<S> x, MatrixRef<S> y) {
   detail::check_same_shape("gelu_forward", "y", y.rows(), y.cols(), "x", x.rows(), x.cols());
-  for (Index c = 0; c < x.cols(); ++c) {
-    for (Index r = 0; r < x.rows(); ++r) y(r, c) = detail::gelu_scalar<S>(x(r, c));
-  }
+  detail::map_elementwise<S>(x, y, [](const auto& p) { return detail::packet::gelu(p); });
 }
 
 /// dx = (Phi(x) + x phi(x)) .* dy.
 template <class S>
 void gelu_backward(ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx) {
-  detail::check_same_shape("gelu_backward", "dy", dy.rows(), dy.cols(), "x", x.rows(), x.cols());
-  detail::check_same_shape("gelu_backward", "dx", dx.rows(), dx.cols(), "x", x.rows(), x.cols());
-  for (Index c = 0; c < x.cols(); ++c) {
-    for (Index r = 0; r < x.rows(); ++r) dx(r, c) = detail::gelu_grad_scalar<S>(x(r, c)) * dy(r, c);
-  }
+  detail::check_backward_shapes("gelu_backward", x.rows(), x.cols(), dy.rows(), dy.cols(),
+                                dx.rows(), dx.cols());
+  detail::map_elementwise_grad<S>(x, dy, dx,
+                                  [](const auto& p) { return detail::packet::gelu_grad(p); });
+}
+
+/// y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+template <class S>
+void gelu_new_forward(ConstMatrixRef<S> x, MatrixRef<S> y) {
+  detail::check_same_shape("gelu_new_forward", "y", y.rows(), y.cols(), "x", x.rows(), x.cols());
+  detail::map_elementwise<S>(x, y, [](const auto& p) { return detail::packet::gelu_new(p); });
+}
+
+/// dx = gelu_new'(x) .* dy.
+template <class S>
+void gelu_new_backward(ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx) {
+  detail::check_backward_shapes("gelu_new_backward", x.rows(), x.cols(), dy.rows(), dy.cols(),
+                                dx.rows(), dx.cols());
+  detail::map_elementwise_grad<S>(x, dy, dx,
+                                  [](const auto& p) { return detail::packet::gelu_new_grad(p); });
+}
+
+/// y = x sigmoid(x).
+template <class S>
+void silu_forward(ConstMatrixRef<S> x, MatrixRef<S> y) {
+  detail::check_same_shape("silu_forward", "y", y.rows(), y.cols(), "x", x.rows(), x.cols());
+  detail::map_elementwise<S>(x, y, [](const auto& p) { return detail::packet::silu(p); });
+}
+
+/// dx = sigmoid(x) (1 + x (1 - sigmoid(x))) .* dy.
+template <class S>
+void silu_backward(ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx) {
+  detail::check_backward_shapes("silu_backward", x.rows(), x.cols(), dy.rows(), dy.cols(),
+                                dx.rows(), dx.cols());
+  detail::map_elementwise_grad<S>(x, dy, dx,
+                                  [](const auto& p) { return detail::packet::silu_grad(p); });
 }
 
 /// y = act(x) for a runtime-chosen activation.
 template <class S>
 void activation_forward(Activation a, ConstMatrixRef<S> x, MatrixRef<S> y) {
-  if (a == Activation::kRelu) {
-    relu_forward<S>(x, y);
-  } else {
-    gelu_forward<S>(x, y);
+  switch (a) {
+    case Activation::kRelu:
+      relu_forward<S>(x, y);
+      return;
+    case Activation::kGelu:
+      gelu_forward<S>(x, y);
+      return;
+    case Activation::kGeluNew:
+      gelu_new_forward<S>(x, y);
+      return;
+    case Activation::kSilu:
+      silu_forward<S>(x, y);
+      return;
   }
 }
 
 /// dx = act'(x) .* dy for a runtime-chosen activation (x is the pre-activation input).
 template <class S>
 void activation_backward(Activation a, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx) {
-  if (a == Activation::kRelu) {
-    relu_backward<S>(x, dy, dx);
-  } else {
-    gelu_backward<S>(x, dy, dx);
+  switch (a) {
+    case Activation::kRelu:
+      relu_backward<S>(x, dy, dx);
+      return;
+    case Activation::kGelu:
+      gelu_backward<S>(x, dy, dx);
+      return;
+    case Activation::kGeluNew:
+      gelu_new_backward<S>(x, dy, dx);
+      return;
+    case Activation::kSilu:
+      silu_backward<S>(x, dy, dx);
+      return;
   }
 }
 

@@ -46,8 +46,8 @@ std::vector<Rule> rules() {
        [](ReformerConfig& c) { c.feed_forward_size = 0; },
        {"feed_forward_size = 0"}},
       {"KnownActivation",
-       [](ReformerConfig& c) { c.hidden_act = "swish"; },
-       {"hidden_act = 'swish'"}},
+       [](ReformerConfig& c) { c.hidden_act = "mish"; },
+       {"hidden_act = 'mish'", "gelu_new"}},
       {"LayersNotEmpty", [](ReformerConfig& c) { c.attn_layers.clear(); }, {"attn_layers"}},
       {"KnownLayerKind",
        [](ReformerConfig& c) {

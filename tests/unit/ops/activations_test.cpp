@@ -11,6 +11,9 @@
 namespace reformer::ops_test {
 namespace {
 
+constexpr Activation kAllActivations[] = {Activation::kRelu, Activation::kGelu,
+                                          Activation::kGeluNew, Activation::kSilu};
+
 /// Inputs bounded away from relu's kink at 0 (|x| >= 0.05), so finite differences are valid.
 Matrix<double> away_from_zero(Index r, Index c, std::uint64_t seed) {
   Matrix<double> x = random_matrix(r, c, seed, -2.0, 2.0);
@@ -49,30 +52,43 @@ TEST(Activations, ReluGradient) {
   EXPECT_TRUE(check(x, dx, "x")) << check.last();
 }
 
-TEST(Activations, GeluGradient) {
-  Matrix<double> x = random_matrix(4, 6, 2, -4.0, 4.0), dx(4, 6);
-  auto forward = [&] {
-    Matrix<double> y(4, 6);
-    gelu_forward<double>(x, y);
-    return y;
-  };
-  auto backward = [&](const Matrix<double>& dy) { gelu_backward<double>(x, dy, dx); };
-  GradientChecker check(forward, backward);
-  EXPECT_TRUE(check(x, dx, "x")) << check.last();
+TEST(Activations, SmoothActivationGradients) {
+  for (Activation a : {Activation::kGelu, Activation::kGeluNew, Activation::kSilu}) {
+    Matrix<double> x = random_matrix(4, 6, 2, -4.0, 4.0), dx(4, 6);
+    auto forward = [&] {
+      Matrix<double> y(4, 6);
+      activation_forward<double>(a, x, y);
+      return y;
+    };
+    auto backward = [&](const Matrix<double>& dy) { activation_backward<double>(a, x, dy, dx); };
+    GradientChecker check(forward, backward);
+    EXPECT_TRUE(check(x, dx, "x")) << activation_name(a) << ": " << check.last();
+  }
 }
 
 TEST(Activations, RuntimeDispatchAndInPlace) {
   const Matrix<double> x = random_matrix(3, 5, 3, -2.0, 2.0), dy = random_matrix(3, 5, 4);
-  for (Activation a : {Activation::kRelu, Activation::kGelu}) {
+  for (Activation a : kAllActivations) {
     Matrix<double> y(3, 5), y_direct(3, 5), dx(3, 5), dx_direct(3, 5);
     activation_forward<double>(a, x, y);
     activation_backward<double>(a, x, dy, dx);
-    if (a == Activation::kRelu) {
-      relu_forward<double>(x, y_direct);
-      relu_backward<double>(x, dy, dx_direct);
-    } else {
-      gelu_forward<double>(x, y_direct);
-      gelu_backward<double>(x, dy, dx_direct);
+    switch (a) {
+      case Activation::kRelu:
+        relu_forward<double>(x, y_direct);
+        relu_backward<double>(x, dy, dx_direct);
+        break;
+      case Activation::kGelu:
+        gelu_forward<double>(x, y_direct);
+        gelu_backward<double>(x, dy, dx_direct);
+        break;
+      case Activation::kGeluNew:
+        gelu_new_forward<double>(x, y_direct);
+        gelu_new_backward<double>(x, dy, dx_direct);
+        break;
+      case Activation::kSilu:
+        silu_forward<double>(x, y_direct);
+        silu_backward<double>(x, dy, dx_direct);
+        break;
     }
     EXPECT_EQ(y, y_direct);
     EXPECT_EQ(dx, dx_direct);
@@ -87,7 +103,7 @@ TEST(Activations, RuntimeDispatchAndInPlace) {
 
 TEST(Activations, FloatAgreesWithDouble) {
   const Matrix<double> x = random_matrix(8, 8, 5, -5.0, 5.0), dy = random_matrix(8, 8, 6);
-  for (Activation a : {Activation::kRelu, Activation::kGelu}) {
+  for (Activation a : kAllActivations) {
     Matrix<double> y(8, 8), dx(8, 8);
     Matrix<float> yf(8, 8), dxf(8, 8);
     activation_forward<double>(a, x, y);
@@ -102,9 +118,17 @@ TEST(Activations, FloatAgreesWithDouble) {
 TEST(Activations, NamesRoundTripAndUnknownIsConfigError) {
   EXPECT_EQ(activation_from_string("relu"), Activation::kRelu);
   EXPECT_EQ(activation_from_string("gelu"), Activation::kGelu);
-  EXPECT_EQ(activation_from_string(activation_name(Activation::kGelu)), Activation::kGelu);
-  expect_throw_with<ConfigError>([] { activation_from_string("swish"); },
-                                 {"activation_from_string", "swish"});
+  EXPECT_EQ(activation_from_string("gelu_new"), Activation::kGeluNew);
+  EXPECT_EQ(activation_from_string("silu"), Activation::kSilu);
+  EXPECT_EQ(activation_from_string("swish"), Activation::kSilu);
+  for (Activation a : kAllActivations) {
+    EXPECT_EQ(activation_from_string(activation_name(a)), a);
+    EXPECT_TRUE(is_activation_name(activation_name(a)));
+  }
+  EXPECT_FALSE(is_activation_name("Gelu"));
+  expect_throw_with<ConfigError>(
+      [] { activation_from_string("mish"); },
+      {"activation_from_string", "'mish'", "relu", "gelu", "gelu_new", "silu", "swish"});
 }
 
 TEST(Activations, RejectWrongShapes) {
@@ -116,6 +140,10 @@ TEST(Activations, RejectWrongShapes) {
   expect_throw_with([&] { relu_backward<double>(x, ok, bad); }, {"relu_backward", "dx"});
   expect_throw_with([&] { gelu_backward<double>(x, bad, ok); }, {"gelu_backward", "dy"});
   expect_throw_with([&] { gelu_backward<double>(x, ok, bad); }, {"gelu_backward", "dx"});
+  expect_throw_with([&] { gelu_new_forward<double>(x, bad); }, {"gelu_new_forward", "y"});
+  expect_throw_with([&] { gelu_new_backward<double>(x, bad, ok); }, {"gelu_new_backward", "dy"});
+  expect_throw_with([&] { silu_forward<double>(x, bad); }, {"silu_forward", "y"});
+  expect_throw_with([&] { silu_backward<double>(x, ok, bad); }, {"silu_backward", "dx"});
 }
 
 }  // namespace

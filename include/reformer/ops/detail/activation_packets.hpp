@@ -1,0 +1,291 @@
+#pragma once
+// Vectorised kernels of the smooth feed-forward activations, written on Eigen's packet math so
+// the same code runs on AVX-512 / AVX2 / SSE / NEON packets of float or double (and on plain
+// scalars when Eigen does not vectorise). Each kernel maps one packet of x to one packet of
+// results and is a pure function of each lane: an element's result does not depend on its
+// position, on the matrix shape or on the thread that computes it.
+//
+// GELU, exact erf form. With u = |x| and the upper normal tail Q(u) = 1 - Phi(u):
+//   Q(u)   = phi(u) M(u)                     phi(u) = exp(-u^2/2) / sqrt(2 pi)
+//   M(u)   = h(s) / (u + k),  s = (u - k) / (u + k) in [-1, 1)     (M: the Mills ratio)
+// h is a Chebyshev fit of M(u) (u + k) on u in [0, L] (scripts/fit_gelu_mills.py): degree 23
+// for double, 10 for float, k = 4, fit error < 5e-18 (double) / 4e-9 (float) relative. Then
+//   gelu(x)  = x (1 - Q(u))                  x >= 0
+//            = -u Q(u)                       x < 0
+//   gelu'(x) = 1 - phi(u) (M(u) - u)         x >= 0
+//            = phi(u) (M(u) - u)             x < 0
+// so no branch subtracts nearly equal numbers and the far negative tail keeps its relative
+// accuracy. u^2 is split exactly into u2 + lo with an FMA, and exp(-u^2/2) is computed as
+// exp(-u2/4)^2 (1 - lo/2), which keeps Eigen's exp inside its unclamped range. u is clamped
+// to L (40 double, 15 float), beyond which phi and Q are exactly 0 in the precision.
+//
+// gelu_new (tanh form) and silu are x sigmoid(w) with w = 2 sqrt(2/pi) (x + 0.044715 x^3)
+// resp. w = x (0.5 (1 + tanh(z)) = sigmoid(2 z)); sigmoid and 1 - sigmoid both come from
+// e = exp(-|w|/2)^2 without cancellation. x is clamped to +-B (beyond which sigmoid is exactly
+// 0 or 1) so that +-inf and huge inputs give the limits instead of inf * 0.
+//
+// Special values, all kernels: NaN -> NaN; +inf -> (inf, 1); -inf -> (-0, 0) for (value,
+// derivative); -0 -> -0.
+#include "reformer/core/types.hpp"
+
+#include <Eigen/Core>
+#include <algorithm>
+
+namespace reformer::detail {
+
+template <class S>
+using Packet = typename Eigen::internal::packet_traits<S>::type;
+
+template <class S>
+inline constexpr int kPacketSize = Eigen::internal::unpacket_traits<Packet<S>>::size;
+
+/// The Mills-ratio polynomial h(s) of the GELU kernel (coefficients of s^n, highest first).
+template <class S>
+struct MillsPolynomial;
+
+template <>
+struct MillsPolynomial<float> {
+  static constexpr float kShift = 4.0f;   // k
+  static constexpr float kClamp = 15.0f;  // L: phi(L) = 0 in float
+  static constexpr int kTerms = 11;
+  static constexpr float kCoeff[kTerms] = {-1.292332145e-4f, -5.810331212e-4f, 4.287703259e-4f,
+                                           4.123953209e-3f,  -8.746421343e-3f, -1.891318277e-2f,
+                                           1.513941642e-1f,  -4.675395178e-1f, 9.704094728e-1f,
+                                           -1.523770954f,    1.893219064f};
+};
+
+template <>
+struct MillsPolynomial<double> {
+  static constexpr double kShift = 4.0;   // k
+  static constexpr double kClamp = 40.0;  // L: phi(L) = 0 in double
+  static constexpr int kTerms = 24;
+  static constexpr double kCoeff[kTerms] = {
+      -1.81170943151918010695e-9, -6.29507839120766020242e-9, 4.8069491742526906527e-9,
+      4.90991514480143915937e-8,  3.32406289869201772753e-8,  -2.13990639065689508799e-7,
+      -3.8834473055309762105e-7,  6.81253926159499651254e-7,  2.56057217165102120582e-6,
+      -1.57839796567984527163e-6, -1.48396308245829328577e-5, 1.79641560806717675426e-6,
+      8.80946502721936315087e-5,  -4.7832958965161230886e-6,  -5.79269096015852452041e-4,
+      3.34244624122159155956e-4,  4.08785565628378037726e-3,  -8.72229527517489398393e-3,
+      -1.89004508600395094353e-2, 1.51391762312493154899e-1,  -4.67540962998384718288e-1,
+      9.70409554867587387504e-1,  -1.5237709108199829523,     1.89321906330848536495};
+};
+
+/// Clamps of x for the sigmoid-based kernels: beyond +-B the sigmoid is exactly 0 or 1.
+template <class S>
+struct SigmoidClamp;
+template <>
+struct SigmoidClamp<float> {
+  static constexpr float kSilu = 110.0f;    // exp(-110) underflows to 0 in float
+  static constexpr float kGeluNew = 16.0f;  // w(16) = 318
+};
+template <>
+struct SigmoidClamp<double> {
+  static constexpr double kSilu = 750.0;    // exp(-750) underflows to 0 in double
+  static constexpr double kGeluNew = 30.0;  // w(30) = 1974
+};
+
+namespace packet {
+namespace ei = Eigen::internal;
+
+template <class P>
+P constant(double c) {
+  using S = typename ei::unpacket_traits<P>::type;
+  return ei::pset1<P>(static_cast<S>(c));
+}
+
+/// NaN lanes of x are passed through unchanged; other lanes take r.
+template <class P>
+P keep_nan(const P& x, const P& r) {
+  return ei::pselect(ei::pcmp_eq(x, x), r, x);
+}
+
+/// The pieces of GELU at u = min(|x|, L): uc, phi(uc) and the Mills ratio M(uc).
+template <class P>
+struct NormalTail {
+  P uc, phi, mills;
+};
+
+template <class P>
+NormalTail<P> normal_tail(const P& x) {
+  using S = typename ei::unpacket_traits<P>::type;
+  using C = MillsPolynomial<S>;
+  NormalTail<P> t;
+  t.uc = ei::pmin(ei::pabs(x), ei::pset1<P>(C::kClamp));
+  // exp(-u^2/2) with u^2 = u2 + lo exactly (lo = 0 without FMA hardware).
+  const P u2 = ei::pmul(t.uc, t.uc);
+  const P lo = ei::pmadd(t.uc, t.uc, ei::pnegate(u2));
+  const P half = ei::pexp(ei::pmul(u2, constant<P>(-0.25)));
+  P e = ei::pmul(half, half);
+  e = ei::pmadd(ei::pmul(e, lo), constant<P>(-0.5), e);
+  t.phi = ei::pmul(e, constant<P>(0.39894228040143267793994605993438));  // 1/sqrt(2 pi)
+  // M(u) = h(s) / (u + k), s = (u - k) / (u + k).
+  const P k = ei::pset1<P>(C::kShift);
+  const P r = ei::pdiv(ei::pset1<P>(S(1)), ei::padd(t.uc, k));
+  const P s = ei::pmul(ei::psub(t.uc, k), r);
+  P h = ei::pset1<P>(C::kCoeff[0]);
+  for (int i = 1; i < C::kTerms; ++i) h = ei::pmadd(h, s, ei::pset1<P>(C::kCoeff[i]));
+  t.mills = ei::pmul(h, r);
+  return t;
+}
+
+/// gelu(x) = x Phi(x).
+template <class P>
+P gelu(const P& x) {
+  const NormalTail<P> t = normal_tail(x);
+  const P q = ei::pmul(t.phi, t.mills);  // Q(u)
+  const P neg = ei::pcmp_lt(x, ei::pzero(x));
+  const P r =
+      ei::pselect(neg, ei::pnegate(ei::pmul(t.uc, q)), ei::pmul(x, ei::psub(constant<P>(1.0), q)));
+  return keep_nan(x, r);
+}
+
+/// gelu'(x) = Phi(x) + x phi(x).
+template <class P>
+P gelu_grad(const P& x) {
+  const NormalTail<P> t = normal_tail(x);
+  const P w = ei::pmul(t.phi, ei::psub(t.mills, t.uc));
+  const P neg = ei::pcmp_lt(x, ei::pzero(x));
+  return keep_nan(x, ei::pselect(neg, w, ei::psub(constant<P>(1.0), w)));
+}
+
+/// sigmoid(w) and 1 - sigmoid(w), each to a few ulp relative.
+template <class P>
+void sigmoid_pair(const P& w, P& s, P& sc) {
+  const P half = ei::pexp(ei::pmul(ei::pabs(w), constant<P>(-0.5)));
+  const P e = ei::pmul(half, half);  // exp(-|w|)
+  const P r = ei::pdiv(constant<P>(1.0), ei::padd(constant<P>(1.0), e));
+  const P er = ei::pmul(e, r);
+  const P neg = ei::pcmp_lt(w, ei::pzero(w));
+  s = ei::pselect(neg, er, r);
+  sc = ei::pselect(neg, r, er);
+}
+
+template <class P>
+P clamp(const P& x, double bound) {
+  return ei::pmin(ei::pmax(x, constant<P>(-bound)), constant<P>(bound));
+}
+
+/// x for the value x sigmoid(.): x itself above 0 (so +inf stays inf), the clamp below.
+template <class P>
+P factor(const P& x, const P& xc) {
+  return ei::pselect(ei::pcmp_lt(x, ei::pzero(x)), xc, x);
+}
+
+/// silu(x) = x sigmoid(x).
+template <class P>
+P silu(const P& x) {
+  using S = typename ei::unpacket_traits<P>::type;
+  const P xc = clamp(x, SigmoidClamp<S>::kSilu);
+  P s, sc;
+  sigmoid_pair(xc, s, sc);
+  return keep_nan(x, ei::pmul(factor(x, xc), s));
+}
+
+/// silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).
+template <class P>
+P silu_grad(const P& x) {
+  using S = typename ei::unpacket_traits<P>::type;
+  const P xc = clamp(x, SigmoidClamp<S>::kSilu);
+  P s, sc;
+  sigmoid_pair(xc, s, sc);
+  return keep_nan(x, ei::pmadd(ei::pmul(s, xc), sc, s));
+}
+
+/// w = 2 sqrt(2/pi) (x + 0.044715 x^3), so gelu_new(x) = x sigmoid(w).
+template <class P>
+P gelu_new_arg(const P& xc) {
+  constexpr double kTwoC = 1.5957691216057307117597842397375;  // 2 sqrt(2/pi)
+  constexpr double kA = 0.044715;
+  return ei::pmul(xc, ei::pmadd(ei::pmul(xc, xc), constant<P>(kTwoC * kA), constant<P>(kTwoC)));
+}
+
+/// gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+template <class P>
+P gelu_new(const P& x) {
+  using S = typename ei::unpacket_traits<P>::type;
+  const P xc = clamp(x, SigmoidClamp<S>::kGeluNew);
+  P s, sc;
+  sigmoid_pair(gelu_new_arg(xc), s, sc);
+  return keep_nan(x, ei::pmul(factor(x, xc), s));
+}
+
+/// gelu_new'(x) = s (1 + x (1 - s) w'(x)),  w'(x) = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+template <class P>
+P gelu_new_grad(const P& x) {
+  using S = typename ei::unpacket_traits<P>::type;
+  constexpr double kTwoC = 1.5957691216057307117597842397375;
+  constexpr double kA3 = 3 * 0.044715;
+  const P xc = clamp(x, SigmoidClamp<S>::kGeluNew);
+  P s, sc;
+  sigmoid_pair(gelu_new_arg(xc), s, sc);
+  const P dw = ei::pmadd(ei::pmul(xc, xc), constant<P>(kTwoC * kA3), constant<P>(kTwoC));  // w'(x)
+  return keep_nan(x, ei::pmadd(ei::pmul(ei::pmul(s, xc), sc), dw, s));
+}
+}  // namespace packet
+
+/// y[i] = f(x[i]) for i < n, one packet at a time; the last partial packet goes through a
+/// zero-padded copy so every element is computed by the same packet code. y may equal x.
+template <class S, class F>
+void map_packets(const S* x, S* y, Index n, F f) {
+  namespace ei = Eigen::internal;
+  using P = Packet<S>;
+  constexpr Index k = kPacketSize<S>;
+  Index i = 0;
+  for (; i + k <= n; i += k) ei::pstoreu(y + i, f(ei::ploadu<P>(x + i)));
+  if (i < n) {
+    S xb[k] = {};
+    S yb[k];
+    std::copy(x + i, x + n, xb);
+    ei::pstoreu(yb, f(ei::ploadu<P>(xb)));
+    std::copy(yb, yb + (n - i), y + i);
+  }
+}
+
+/// dx[i] = f'(x[i]) dy[i] for i < n, as map_packets. dx may equal dy.
+template <class S, class F>
+void map_packets_grad(const S* x, const S* dy, S* dx, Index n, F fprime) {
+  namespace ei = Eigen::internal;
+  using P = Packet<S>;
+  constexpr Index k = kPacketSize<S>;
+  Index i = 0;
+  for (; i + k <= n; i += k) {
+    ei::pstoreu(dx + i, ei::pmul(fprime(ei::ploadu<P>(x + i)), ei::ploadu<P>(dy + i)));
+  }
+  if (i < n) {
+    S xb[k] = {};
+    S dyb[k] = {};
+    S dxb[k];
+    std::copy(x + i, x + n, xb);
+    std::copy(dy + i, dy + n, dyb);
+    ei::pstoreu(dxb, ei::pmul(fprime(ei::ploadu<P>(xb)), ei::ploadu<P>(dyb)));
+    std::copy(dxb, dxb + (n - i), dx + i);
+  }
+}
+
+/// y = f(x) element-wise over column-major matrices of the same shape (strided columns
+/// allowed; a single pass when both are contiguous).
+template <class S, class F>
+void map_elementwise(ConstMatrixRef<S> x, MatrixRef<S> y, F f) {
+  if (x.outerStride() == x.rows() && y.outerStride() == y.rows()) {
+    map_packets<S>(x.data(), y.data(), x.size(), f);
+    return;
+  }
+  for (Index c = 0; c < x.cols(); ++c)
+    map_packets<S>(&x.coeffRef(0, c), &y.coeffRef(0, c), x.rows(), f);
+}
+
+/// dx = f'(x) .* dy element-wise, as map_elementwise.
+template <class S, class F>
+void map_elementwise_grad(ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx, F fprime) {
+  if (x.outerStride() == x.rows() && dy.outerStride() == dy.rows() &&
+      dx.outerStride() == dx.rows()) {
+    map_packets_grad<S>(x.data(), dy.data(), dx.data(), x.size(), fprime);
+    return;
+  }
+  for (Index c = 0; c < x.cols(); ++c) {
+    map_packets_grad<S>(&x.coeffRef(0, c), &dy.coeffRef(0, c), &dx.coeffRef(0, c), x.rows(),
+                        fprime);
+  }
+}
+
+}  // namespace reformer::detail

@@ -1,0 +1,234 @@
+// Accuracy of the vectorised GELU / gelu_new / silu kernels, forward and backward, float and
+// double, against long-double ground truth (testing/activation_oracle.hpp, accurate::) and
+// against the scalar Hugging Face formulas (formula::) on a dense grid over [-12, 12], plus the
+// special values. Guaranteed bounds (eps = numeric_limits<S>::epsilon()):
+//
+//   relative error of the value            <= 8 eps             gelu, silu
+//                                          <= 8 eps (1 + |w|)   gelu_new, w = its sigmoid argument
+//   relative error of the derivative,      <= 8 eps             gelu, silu
+//     scaled by the sum of |its terms|     <= 8 eps (1 + |w|)   gelu_new
+//   absolute error against the formula     <= 8 eps max(1, |x|) all, value and derivative
+//
+// for every x whose exact result is a normal number. gelu_new's argument w = 1.6 (x + 0.045 x^3)
+// is rounded in the working precision, which the exact tail exp(-|w|) amplifies by |w|; the
+// formula oracle has the same error.
+#include "reformer/ops/activations.hpp"
+#include "reformer/testing/activation_oracle.hpp"
+
+#include "unit/ops/helpers.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace reformer::activation_accuracy_test {
+namespace {
+
+namespace exact = reformer::testing::accurate;
+namespace formula = reformer::testing::formula;
+using Long = long double;
+
+constexpr Activation kSmooth[] = {Activation::kGelu, Activation::kGeluNew, Activation::kSilu};
+
+/// Exact value and derivative (with its term scale) of activation a at x, in long double.
+struct Exact {
+  Long value, grad, grad_scale, w;
+};
+Exact exact_at(Activation a, Long x) {
+  switch (a) {
+    case Activation::kGelu: {
+      const auto g = exact::gelu_grad(x);
+      return {exact::gelu(x), g.value, g.scale, 0};
+    }
+    case Activation::kGeluNew: {
+      const auto g = exact::gelu_new_grad(x);
+      return {exact::gelu_new(x), g.value, g.scale, exact::gelu_new_arg(x)};
+    }
+    default: {
+      const auto g = exact::silu_grad(x);
+      return {exact::silu(x), g.value, g.scale, 0};
+    }
+  }
+}
+
+template <class S>
+void formula_at(Activation a, S x, S& value, S& grad) {
+  switch (a) {
+    case Activation::kGelu:
+      value = formula::gelu(x), grad = formula::gelu_grad(x);
+      return;
+    case Activation::kGeluNew:
+      value = formula::gelu_new(x), grad = formula::gelu_new_grad(x);
+      return;
+    default:
+      value = formula::silu(x), grad = formula::silu_grad(x);
+      return;
+  }
+}
+
+/// Maximum errors, in units of eps (as in the header comment).
+struct Errors {
+  double value_rel = 0, grad_rel = 0, value_abs = 0, grad_abs = 0;
+  double worst_value_x = 0, worst_grad_x = 0;
+};
+
+template <class S>
+Errors measure(Activation a, const Matrix<S>& x) {
+  const Index n = x.size();
+  Matrix<S> y(x.rows(), x.cols()), dx(x.rows(), x.cols());
+  const Matrix<S> ones = Matrix<S>::Ones(x.rows(), x.cols());
+  activation_forward<S>(a, x, y);
+  activation_backward<S>(a, x, ones, dx);
+  const Long eps = std::numeric_limits<S>::epsilon();
+  const Long tiny = std::numeric_limits<S>::min();
+  Errors e;
+  for (Index i = 0; i < n; ++i) {
+    const S xi = x(i);
+    const Exact t = exact_at(a, xi);
+    const Long amp = 1 + std::fabs(t.w);
+    if (std::fabs(t.value) >= tiny) {
+      const double r = double(std::fabs((Long(y(i)) - t.value) / t.value) / (eps * amp));
+      if (r > e.value_rel) e.value_rel = r, e.worst_value_x = double(xi);
+    }
+    if (t.grad_scale >= tiny) {
+      const double r = double(std::fabs(Long(dx(i)) - t.grad) / t.grad_scale / (eps * amp));
+      if (r > e.grad_rel) e.grad_rel = r, e.worst_grad_x = double(xi);
+    }
+    S fv, fg;
+    formula_at<S>(a, xi, fv, fg);
+    const Long scale = eps * std::max<Long>(1, std::fabs(Long(xi)));
+    e.value_abs = std::max(e.value_abs, double(std::fabs(Long(y(i)) - Long(fv)) / scale));
+    e.grad_abs = std::max(e.grad_abs, double(std::fabs(Long(dx(i)) - Long(fg)) / scale));
+  }
+  return e;
+}
+
+template <class S>
+Matrix<S> dense_grid() {
+  const Index n = 480001;  // step 5e-5 over [-12, 12]
+  Matrix<S> x(n, 1);
+  for (Index i = 0; i < n; ++i) x(i) = S(-12.0 + 24.0 * double(i) / double(n - 1));
+  return x;
+}
+
+template <class S>
+void expect_bounds(const char* type) {
+  const Matrix<S> x = dense_grid<S>();
+  for (Activation a : kSmooth) {
+    const Errors e = measure<S>(a, x);
+    const std::string what = std::string(type) + " " + activation_name(a);
+    EXPECT_LE(e.value_rel, 8.0) << what << " value, worst at x = " << e.worst_value_x;
+    EXPECT_LE(e.grad_rel, 8.0) << what << " derivative, worst at x = " << e.worst_grad_x;
+    EXPECT_LE(e.value_abs, 8.0) << what << " value against the formula";
+    EXPECT_LE(e.grad_abs, 8.0) << what << " derivative against the formula";
+    // Measured maxima (units of eps), printed for the record.
+    std::printf(
+        "[ accuracy ] %-6s %-8s value rel %.2f (x = %g)  grad rel %.2f (x = %g)  "
+        "vs formula: value %.2f grad %.2f\n",
+        type, activation_name(a), e.value_rel, e.worst_value_x, e.grad_rel, e.worst_grad_x,
+        e.value_abs, e.grad_abs);
+  }
+}
+
+TEST(ActivationAccuracy, FloatWithinBoundsOnDenseGrid) { expect_bounds<float>("float"); }
+TEST(ActivationAccuracy, DoubleWithinBoundsOnDenseGrid) { expect_bounds<double>("double"); }
+
+template <class S>
+void expect_special_values() {
+  using L = std::numeric_limits<S>;
+  const S inf = L::infinity(), huge = L::max(), big = S(1e30), nan = L::quiet_NaN();
+  const std::vector<S> xs = {S(0),
+                             -S(0),
+                             inf,
+                             -inf,
+                             nan,
+                             huge,
+                             -huge,
+                             big,
+                             -big,
+                             L::denorm_min(),
+                             -L::denorm_min(),
+                             L::min() / 4,
+                             -L::min() / 4,
+                             L::min(),
+                             -L::min()};
+  Matrix<S> x(Index(xs.size()), 1);
+  for (Index i = 0; i < x.rows(); ++i) x(i) = xs[std::size_t(i)];
+  const Matrix<S> ones = Matrix<S>::Ones(x.rows(), 1);
+  for (Activation a : kSmooth) {
+    SCOPED_TRACE(activation_name(a));
+    Matrix<S> y(x.rows(), 1), d(x.rows(), 1);
+    activation_forward<S>(a, x, y);
+    activation_backward<S>(a, x, ones, d);
+    EXPECT_EQ(y(0), S(0));
+    EXPECT_FALSE(std::signbit(y(0)));
+    EXPECT_EQ(y(1), S(0));
+    EXPECT_TRUE(std::signbit(y(1)));
+    EXPECT_LE(std::fabs(d(0) - S(0.5)), L::epsilon());
+    EXPECT_LE(std::fabs(d(1) - S(0.5)), L::epsilon());
+    EXPECT_EQ(y(2), inf);
+    EXPECT_EQ(d(2), S(1));
+    EXPECT_EQ(y(3), S(0));  // the limit, not inf * 0
+    EXPECT_EQ(d(3), S(0));
+    EXPECT_TRUE(std::isnan(y(4)));
+    EXPECT_TRUE(std::isnan(d(4)));
+    for (Index i : {Index(5), Index(7)}) {
+      EXPECT_EQ(y(i), x(i));
+      EXPECT_EQ(d(i), S(1));
+      EXPECT_EQ(y(i + 1), S(0));
+      EXPECT_EQ(d(i + 1), S(0));
+    }
+    // Subnormal and smallest normal inputs: act(x) = x / 2 and act'(x) = 1/2 to rounding.
+    for (Index i = 9; i < x.rows(); ++i) {
+      EXPECT_LE(std::fabs(y(i) - x(i) / 2), L::denorm_min()) << "x = " << x(i);
+      EXPECT_LE(std::fabs(d(i) - S(0.5)), L::epsilon()) << "x = " << x(i);
+    }
+  }
+}
+
+TEST(ActivationAccuracy, FloatSpecialValues) { expect_special_values<float>(); }
+TEST(ActivationAccuracy, DoubleSpecialValues) { expect_special_values<double>(); }
+
+// y may be x and dx may be dy; strided blocks with partial packets give the same values as the
+// contiguous matrix (every element is a function of its input alone).
+template <class S>
+void expect_alias_and_position_independence() {
+  const Matrix<double> xd = ops_test::random_matrix(37, 9, 41, -6.0, 6.0);
+  const Matrix<double> dyd = ops_test::random_matrix(37, 9, 42);
+  const Matrix<S> x = xd.cast<S>(), dy = dyd.cast<S>();
+  for (Activation a : kSmooth) {
+    SCOPED_TRACE(activation_name(a));
+    Matrix<S> y(37, 9), dx(37, 9);
+    activation_forward<S>(a, x, y);
+    activation_backward<S>(a, x, dy, dx);
+    Matrix<S> inplace = x;
+    activation_forward<S>(a, inplace, inplace);
+    EXPECT_EQ(inplace, y);
+    Matrix<S> dinplace = dy;
+    activation_backward<S>(a, x, dinplace, dinplace);
+    EXPECT_EQ(dinplace, dx);
+    // A 30 x 7 block of the matrices (outer stride 37, row offset 5): same values.
+    Matrix<S> yb = Matrix<S>::Zero(37, 9), dxb = Matrix<S>::Zero(37, 9);
+    activation_forward<S>(a, x.block(5, 1, 30, 7), yb.block(5, 1, 30, 7));
+    activation_backward<S>(a, x.block(5, 1, 30, 7), dy.block(5, 1, 30, 7), dxb.block(5, 1, 30, 7));
+    EXPECT_EQ(yb.block(5, 1, 30, 7), y.block(5, 1, 30, 7));
+    EXPECT_EQ(dxb.block(5, 1, 30, 7), dx.block(5, 1, 30, 7));
+    EXPECT_EQ(yb(0, 0), S(0));  // nothing outside the block is written
+    EXPECT_EQ(yb(36, 8), S(0));
+  }
+}
+
+TEST(ActivationAccuracy, AliasingAndBlocksFloat) {
+  expect_alias_and_position_independence<float>();
+}
+TEST(ActivationAccuracy, AliasingAndBlocksDouble) {
+  expect_alias_and_position_independence<double>();
+}
+
+}  // namespace
+}  // namespace reformer::activation_accuracy_test

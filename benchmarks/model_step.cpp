@@ -11,9 +11,16 @@
 //                                    backprop: every block's inputs kept from the forward pass)
 //   attention/lsh_r2/fwd_bwd_alone   LSH (R = 2) attention sublayer alone at T = --depth_t, for
 //                                    the "LSH alone" efficiency target (as attention_scaling)
+//   model_step/hf_config             T = 1024 .. 65536 (--tmin / --tmax): the model of the
+//                                    comparison with Hugging Face transformers
+//                                    (hf_model_config in common/model.hpp: 6 LSH layers, gelu,
+//                                    buckets T / 64, axial (64, T / 64), FF chunks T / 8)
+//   attention/hf_config              the same T: that model's LSH attention sublayer alone,
+//                                    forward + backward
 //   gemm/...                         the GEMM reference
 // Counters: tokens/s, GFLOP/s (model_step_flops: 4 x forward products + hashing), peak_bytes,
-// peak_extra_bytes (the step's memory above the model's parameters), param_bytes, tape_bytes.
+// peak_extra_bytes (the step's memory above the model's parameters), param_bytes, tape_bytes;
+// the hf_config families also tokens_per_second (= tokens/s, the name benchmarks/peers uses).
 //
 // Run:  model_step --benchmark_out=model.json --benchmark_out_format=json [--threads=N]
 #include "common/counters.hpp"
@@ -26,6 +33,7 @@
 #include <benchmark/benchmark.h>
 #include <reformer/reformer.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -42,18 +50,10 @@ std::vector<std::string> alternating(Index layers) {
   return kinds;
 }
 
-// The LSH (R = 2) attention sublayer alone, forward + backward (as attention_scaling).
-void lsh_alone(benchmark::State& state, Index t) {
-  reformer_bench::AttentionShape shape;
-  shape.rounds = 2;
-  shape.max_positions = t;
-  reformer::AttentionSublayerConfig<reformer::LshAttentionConfig> cfg;
-  cfg.hidden_size = shape.hidden;
-  cfg.core.num_heads = shape.heads;
-  cfg.core.head_size = shape.head_size;
-  cfg.core.chunk_length = shape.chunk;
-  cfg.core.num_hashes = shape.rounds;
-  cfg.core.max_positions = t;
+// An LSH attention sublayer alone, forward + backward (as attention_scaling), at T = `t`.
+void attention_alone(benchmark::State& state,
+                     const reformer::AttentionSublayerConfig<reformer::LshAttentionConfig>& cfg,
+                     const reformer_bench::AttentionShape& shape, Index t) {
   reformer_bench::PeakMeter peak;
   reformer::Parameters<float> params;
   const reformer::AttentionSublayer<float, reformer::LshAttention<float>> layer(cfg, params, "");
@@ -76,6 +76,58 @@ void lsh_alone(benchmark::State& state, Index t) {
   });
   reformer_bench::report(state, clock, double(t), reformer_bench::attention_fwd_bwd_flops(shape, t),
                          peak);
+}
+
+// The LSH (R = 2) attention sublayer alone, forward + backward, in the default shape.
+void lsh_alone(benchmark::State& state, Index t) {
+  reformer_bench::AttentionShape shape;
+  shape.rounds = 2;
+  shape.max_positions = t;
+  reformer::AttentionSublayerConfig<reformer::LshAttentionConfig> cfg;
+  cfg.hidden_size = shape.hidden;
+  cfg.core.num_heads = shape.heads;
+  cfg.core.head_size = shape.head_size;
+  cfg.core.chunk_length = shape.chunk;
+  cfg.core.num_hashes = shape.rounds;
+  cfg.core.max_positions = t;
+  attention_alone(state, cfg, shape, t);
+}
+
+// The hf_config families report tokens/s also under the peer's counter name.
+void add_peer_counters(benchmark::State& state) {
+  state.counters["tokens_per_second"] = state.counters["tokens/s"];
+}
+
+// Registers the hf_config families at T = powers of two in [lo, hi] (none when empty).
+void register_hf_config(const Options& o) {
+  const Index lo = std::max<Index>(o.lo(1024), 128), hi = o.hi(Index{1} << 16, Index{1} << 16);
+  if (lo > hi) return;
+  benchmark::RegisterBenchmark("model_step/hf_config",
+                               [](benchmark::State& st) {
+                                 const Index t = st.range(0);
+                                 reformer_bench::model_step(st, reformer_bench::hf_model_config(t),
+                                                            t, 1,
+                                                            reformer::BackpropMode::kReversible);
+                                 add_peer_counters(st);
+                               })
+      ->RangeMultiplier(2)
+      ->Range(lo, hi)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark(
+      "attention/hf_config",
+      [](benchmark::State& st) {
+        const Index t = st.range(0);
+        const reformer::ReformerConfig c = reformer_bench::hf_model_config(t);
+        attention_alone(st,
+                        reformer::AttentionSublayerConfig<reformer::LshAttentionConfig>::from(c),
+                        reformer_bench::attention_shape(c, 0), t);
+        add_peer_counters(st);
+      })
+      ->RangeMultiplier(2)
+      ->Range(lo, hi)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
 }
 
 void register_all(const Options& o) {
@@ -120,6 +172,8 @@ void register_all(const Options& o) {
                                [depth_t](benchmark::State& st) { lsh_alone(st, depth_t); })
       ->UseRealTime()
       ->Unit(benchmark::kMillisecond);
+
+  register_hf_config(o);
 
   if (o.gemm) reformer_bench::register_gemm_reference();
 }

@@ -18,8 +18,12 @@ Plots written to --out, each only when its data is present:
     memory_depth.png        peak memory of a training step against the number of layers,
                             reversible and stored-activation backward
     model_step.png          tokens/s and GFLOP/s of the model's training step against T
+    peers.png               tokens/s against T of this library and Hugging Face transformers
+                            on the same model (model_step/hf_config and attention/hf_config of
+                            benchmarks/model_step, hf/... of benchmarks/peers/hf_reformer.py)
 
 --summary writes the headline numbers and the performance goals (measured value, pass/fail).
+--peers-table writes the table of the comparison (seconds per call and speed-up per T).
 --expect N exits with status 1 unless at least N plots were written (used by the tests).
 """
 
@@ -254,6 +258,66 @@ def plot_model_step(runs, out_dir):
     return save_figure(fig, out_dir, "model_step.png")
 
 
+PEER_KINDS = (("model_step", "training step (6 LSH layers)"),
+              ("attention", "LSH attention sublayer, fwd+bwd"))
+
+
+def peer_pairs(runs, kind):
+    """{T: (ours, hf)} of one hf_config family; either side may be None."""
+    ours = select(runs, kind, "hf_config")
+    hf = select(runs, "hf", kind, "hf_config")
+    ts = sorted({int(k[0]) for k in list(ours) + list(hf) if len(k) == 1 and k[0].isdigit()})
+    return {t: (ours.get((str(t),)), hf.get((str(t),))) for t in ts}
+
+
+def tokens_per_second(run, t):
+    value = run.counter("tokens_per_second")
+    return t / run.seconds if math.isnan(value) else value
+
+
+def plot_peers(runs, out_dir):
+    if not any(peer_pairs(runs, kind) for kind, _ in PEER_KINDS):
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for i, (kind, label) in enumerate(PEER_KINDS):
+        pairs = peer_pairs(runs, kind)
+        for side, name, style in ((0, "reformer (C++)", "o-"), (1, "HF transformers", "s--")):
+            pts = [(t, tokens_per_second(p[side], t)) for t, p in pairs.items() if p[side]]
+            if pts:
+                ax.loglog([p[0] for p in pts], [p[1] for p in pts], style, color=f"C{i}",
+                          label=f"{name}: {label}")
+    ax.set_xscale("log", base=2)
+    label_axes(ax, "Same model, same machine: D=256, H=4x64, R=2, C=64, buckets T/64, batch 1",
+               "sequence length T (tokens)", "tokens per second")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, out_dir, "peers.png")
+
+
+def peers_table(runs, contexts):
+    """Markdown: seconds per call of both libraries and the speed-up (HF time / ours) per T."""
+    lines = []
+    hf_ctx = next((c for c in contexts if "transformers_version" in c), {})
+    ours_ctx = next((c for c in contexts if "reformer_version" in c), {})
+    lines.append(f"reformer {ours_ctx.get('reformer_version', '?')} "
+                 f"({ours_ctx.get('reformer_threads', '?')} threads, products: "
+                 f"{ours_ctx.get('products', '?')}) against transformers "
+                 f"{hf_ctx.get('transformers_version', '?')} on torch "
+                 f"{hf_ctx.get('torch_version', '?')} ({hf_ctx.get('torch_threads', '?')} "
+                 f"threads, BLAS {hf_ctx.get('torch_blas_info', '?')}).")
+    for kind, label in PEER_KINDS:
+        pairs = peer_pairs(runs, kind)
+        if not pairs:
+            continue
+        lines += ["", f"{label}:", "", "| T | ours s | HF s | speed-up |", "|---|---|---|---|"]
+        for t, (ours, hf) in pairs.items():
+            a = ours.seconds if ours else None
+            b = hf.seconds if hf else None
+            speed = f"{b / a:.3g}x" if a and b else "–"
+            lines.append(f"| {t} | {fmt(a) if a else '–'} | {fmt(b) if b else '–'} | {speed} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- summary ------------------------------------------------------------------------------------
 
 
@@ -394,13 +458,16 @@ def main(argv=None):
     ap.add_argument("inputs", nargs="+", help="benchmark JSON files")
     ap.add_argument("--out", required=True, help="directory for the PNG files")
     ap.add_argument("--summary", help="write the Markdown summary here ('-' = stdout)")
+    ap.add_argument("--peers-table", help="write the Hugging Face comparison table here "
+                    "('-' = stdout)")
     ap.add_argument("--expect", type=int, default=0, help="fail unless this many plots were drawn")
     args = ap.parse_args(argv)
 
     runs, fits, contexts, long_runs = load(args.inputs)
     os.makedirs(args.out, exist_ok=True)
     written = [p for p in (plot_attention(runs, fits, args.out), plot_figure5(runs, args.out),
-                           plot_memory_depth(runs, args.out), plot_model_step(runs, args.out))
+                           plot_memory_depth(runs, args.out), plot_model_step(runs, args.out),
+                           plot_peers(runs, args.out))
                if p]
     for p in written:
         print(f"wrote {p}")
@@ -412,6 +479,14 @@ def main(argv=None):
             with open(args.summary, "w") as f:
                 f.write(text)
             print(f"wrote {args.summary}")
+    if args.peers_table:
+        text = peers_table(runs, contexts)
+        if args.peers_table == "-":
+            sys.stdout.write(text)
+        else:
+            with open(args.peers_table, "w") as f:
+                f.write(text)
+            print(f"wrote {args.peers_table}")
     if len(written) < args.expect:
         print(f"error: {len(written)} plots written, expected at least {args.expect}",
               file=sys.stderr)

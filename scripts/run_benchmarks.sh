@@ -15,6 +15,16 @@
 #   --build DIR   build directory (default build/bench)
 #   --out DIR     results directory (default benchmarks/results)
 #   --blas        build with -DREFORMER_USE_BLAS=ON (Eigen's products through OpenBLAS)
+#   --peers       instead of the above: the side-by-side comparison with Hugging Face
+#                 transformers on the same model (benchmarks/peers/README.md). For each T, our
+#                 model_step/hf_config and attention/hf_config, then benchmarks/peers/
+#                 hf_reformer.py at the same T, thread count and repetitions (interleaved, so
+#                 both see the same machine state). Writes <out>/peers_reformer.json,
+#                 <out>/peers_hf.json, <out>/peers.png and <out>/peers.md (table, also printed).
+#                 The peer comes from REFORMER_PEERS_PYTHONPATH (prepended to PYTHONPATH: the
+#                 src/ folders of transformers v4.29.2 and huggingface_hub v0.15.1) and
+#                 REFORMER_PEERS_PYTHON (default /usr/bin/python3, with Debian's python3-torch).
+#   --peers-lengths "T ..."  the T of --peers (default "1024 2048 4096 8192 16384 32768 65536")
 #
 # Results: <out>/{attention_scaling,model_step,figure5}.json (Google Benchmark JSON),
 # <out>/long_context*.json, <out>/*.png and <out>/summary.md (performance goals, headline tables).
@@ -29,6 +39,8 @@ threads=0
 long=0
 wait_quiet=0
 blas=OFF
+peers=0
+peers_lengths="1024 2048 4096 8192 16384 32768 65536"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --long) long=1 ;;
@@ -38,7 +50,9 @@ while [[ $# -gt 0 ]]; do
     --build) build="$2"; shift ;;
     --out) out="$2"; shift ;;
     --blas) blas=ON ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --peers) peers=1 ;;
+    --peers-lengths) peers_lengths="$2"; shift ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "run_benchmarks.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -59,6 +73,78 @@ wait_for_quiet() {
     sleep 60
   done
 }
+
+# ---- --peers: the comparison with Hugging Face transformers ------------------------------------
+run_peers() {
+  local peer_python="${REFORMER_PEERS_PYTHON:-/usr/bin/python3}"
+  local peer_path="${REFORMER_PEERS_PYTHONPATH:-}${PYTHONPATH:+:$PYTHONPATH}"
+  local version
+  if ! version=$(cd / && PYTHONPATH="$peer_path" "$peer_python" -c \
+      "import torch, transformers; print(transformers.__version__)" 2>&1); then
+    cat >&2 <<EOF
+run_benchmarks.sh --peers: $peer_python cannot import torch and transformers:
+  ${version##*$'\n'}
+The comparison needs:
+  - torch: apt-get install python3-torch python3-requests python3-tqdm python3-yaml \\
+      python3-filelock python3-packaging python3-regex python3-typing-extensions
+  - the sources of transformers v4.29.2 (github.com/huggingface/transformers, tag v4.29.2)
+    and huggingface_hub v0.15.1 (github.com/huggingface/huggingface_hub, tag v0.15.1),
+    e.g. unpacked into PEERS/transformers and PEERS/huggingface_hub;
+then run with
+  REFORMER_PEERS_PYTHONPATH=PEERS/transformers/src:PEERS/huggingface_hub/src \\
+    bash scripts/run_benchmarks.sh --peers
+(REFORMER_PEERS_PYTHON selects the interpreter, default /usr/bin/python3). See
+benchmarks/peers/README.md.
+EOF
+    exit 1
+  fi
+  [[ $version == 4.29.2 ]] ||
+    echo "note: transformers $version; the comparison was written against 4.29.2" >&2
+  local n=$threads
+  [[ $n != 0 ]] || n=$(nproc)
+
+  echo "== build ($build): model_step"
+  [[ -f $build/CMakeCache.txt ]] ||
+    cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DREFORMER_NATIVE=ON \
+      -DREFORMER_BUILD_BENCHMARKS=ON >/dev/null
+  cmake --build "$build" --target model_step -j"$(nproc)"
+  mkdir -p "$out"
+  parts=$(mktemp -d)
+  trap 'rm -rf "$parts"' EXIT
+  local t
+  for t in $peers_lengths; do
+    wait_for_quiet
+    echo "== T=$t: reformer model_step/hf_config, attention/hf_config" \
+      "(load $(cut -d' ' -f1-3 /proc/loadavg))"
+    "$build/benchmarks/model_step" --tmin="$t" --tmax="$t" --threads="$n" --no_gemm \
+      --benchmark_filter='^(model_step|attention)/hf_config/' \
+      --benchmark_repetitions="$reps" --benchmark_out_format=json \
+      --benchmark_out="$parts/reformer_$t.json"
+    wait_for_quiet
+    echo "== T=$t: transformers $version (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    PYTHONPATH="$peer_path" "$peer_python" "$root/benchmarks/peers/hf_reformer.py" \
+      --lengths "$t" --threads "$n" --reps "$reps" --out "$parts/hf_$t.json"
+  done
+  # One JSON per library: the context of the first T, the benchmarks of every T.
+  local merge='import json, sys
+docs = [json.load(open(p)) for p in sys.argv[2:]]
+doc = {"context": docs[0]["context"], "benchmarks": [b for d in docs for b in d["benchmarks"]]}
+json.dump(doc, open(sys.argv[1], "w"), indent=2)'
+  local ours=() hf=()
+  for t in $peers_lengths; do
+    ours+=("$parts/reformer_$t.json")
+    hf+=("$parts/hf_$t.json")
+  done
+  "$python" -c "$merge" "$out/peers_reformer.json" "${ours[@]}"
+  "$python" -c "$merge" "$out/peers_hf.json" "${hf[@]}"
+  "$python" "$root/scripts/plot_benchmarks.py" --out "$out" --peers-table "$out/peers.md" \
+    "$out/peers_reformer.json" "$out/peers_hf.json"
+  cat "$out/peers.md"
+}
+if [[ $peers == 1 ]]; then
+  run_peers
+  exit 0
+fi
 
 echo "== build ($build, REFORMER_USE_BLAS=$blas)"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DREFORMER_NATIVE=ON \

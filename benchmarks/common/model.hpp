@@ -6,6 +6,11 @@
 // max_position_embeddings = T, axial positions (ceil(T / 256), 256) x (128, 128), dropout 0
 // unless --dropout, feed-forward chunks of --ffn_chunk tokens (default 1024).
 // A training step is forward_loss + backward (zero_grad first); no optimizer update.
+//
+// hf_model_config(T): the configuration of the side-by-side comparison with Hugging Face
+// transformers (benchmarks/peers/hf_reformer.py times the same model there): six LSH layers,
+// R = 2, buckets T / 64, gelu, axial positions (64, T / 64) x (64, 192), feed-forward chunks
+// of T / 8 tokens, dropout 0.
 #include "counters.hpp"
 #include "flops.hpp"
 #include "memory.hpp"
@@ -57,6 +62,38 @@ inline reformer::ReformerConfig model_config(const ModelSpec& m, const Options& 
   return c;
 }
 
+/// The model of the Hugging Face comparison at sequence length `t` (a multiple of 64, >= 128:
+/// the T / 64 buckets must be even): the same fields as benchmarks/peers/hf_reformer.py sets.
+inline reformer::ReformerConfig hf_model_config(Index t) {
+  REFORMER_REQUIRE(t >= 128 && t % 64 == 0, reformer::InvalidArgument, "hf_model_config", "T = ", t,
+                   " must be a multiple of 64 and >= 128");
+  reformer::ReformerConfig c;
+  c.vocab_size = 256;
+  c.hidden_size = 256;
+  c.num_attention_heads = 4;
+  c.attention_head_size = 64;
+  c.feed_forward_size = 1024;
+  c.hidden_act = "gelu";
+  c.attn_layers = std::vector<std::string>(6, "lsh");
+  c.lsh_attn_chunk_length = 64;
+  c.num_buckets = {t / 64};
+  c.num_hashes = 2;
+  c.lsh_num_chunks_before = 1;
+  c.lsh_num_chunks_after = 0;
+  c.is_decoder = true;
+  c.hidden_dropout_prob = 0.0;
+  c.lsh_attention_probs_dropout_prob = 0.0;
+  c.local_attention_probs_dropout_prob = 0.0;
+  c.axial_pos_embds = true;
+  c.axial_pos_shape = {64, t / 64};
+  c.axial_pos_embds_dim = {64, 192};
+  c.max_position_embeddings = t;
+  c.chunk_size_feed_forward = t / 8;
+  c.chunk_size_lm_head = 128;
+  c.seed = 11;
+  return c;
+}
+
 /// `n` token ids in [0, vocab), a fixed pseudo-random sequence.
 inline std::vector<reformer::Token> model_tokens(Index n, Index vocab) {
   std::vector<reformer::Token> tokens(static_cast<std::size_t>(n));
@@ -74,29 +111,34 @@ std::size_t parameter_bytes(const Model& model) {
   return 2 * static_cast<std::size_t>(model.parameters().size()) * sizeof(float);
 }
 
-/// Benchmarks training steps of the model `m`: counters of common/counters.hpp plus
-/// loss, param_bytes (values + gradients, allocated before the peak is reset) and tape_bytes.
-inline void model_step(benchmark::State& state, const ModelSpec& m, const Options& o) {
-  const reformer::ReformerConfig config = model_config(m, o);
-  reformer::ReformerLM<float> model(config, m.mode);
-  const std::vector<reformer::Token> tokens = model_tokens(m.length * m.batch, config.vocab_size);
+/// Benchmarks training steps of a model of configuration `config` on `batch` sequences of
+/// `length` tokens: counters of common/counters.hpp plus loss, param_bytes (values +
+/// gradients, allocated before the peak is reset) and tape_bytes.
+inline void model_step(benchmark::State& state, const reformer::ReformerConfig& config,
+                       Index length, Index batch, reformer::BackpropMode mode) {
+  reformer::ReformerLM<float> model(config, mode);
+  const std::vector<reformer::Token> tokens = model_tokens(length * batch, config.vocab_size);
   PeakMeter peak;  // the step's own memory: everything below, not the parameters
   reformer::Tape<float> tape;
   std::uint64_t step = 0;
   double loss = 0;
   const WallClock clock = time_iterations(state, [&] {
     model.zero_grad();
-    loss = model.forward_loss(tokens, m.batch, tape, step++);
+    loss = model.forward_loss(tokens, batch, tape, step++);
     model.backward(tape);
     benchmark::DoNotOptimize(model.parameters().grads().data());
     benchmark::ClobberMemory();
   });
-  report(state, clock, double(m.length * m.batch), model_step_flops(config, m.length, m.batch),
-         peak);
+  report(state, clock, double(length * batch), model_step_flops(config, length, batch), peak);
   state.counters["loss"] = loss;
   using C = benchmark::Counter;
   state.counters["param_bytes"] = C(double(parameter_bytes(model)), C::kDefaults, C::kIs1024);
   state.counters["tape_bytes"] = C(double(tape.bytes_held()), C::kDefaults, C::kIs1024);
+}
+
+/// Benchmarks training steps of the model `m` (model_config).
+inline void model_step(benchmark::State& state, const ModelSpec& m, const Options& o) {
+  model_step(state, model_config(m, o), m.length, m.batch, m.mode);
 }
 
 }  // namespace reformer_bench

@@ -254,7 +254,8 @@ void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<
     // recomputed outputs a_g.
     core_.backward(params, input, da.map(), dinput, a.map(), ctx, heads);
     linear_weight_grads<S>(dz, a.map(),
-                           params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh));
+                           params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh),
+                           nullptr, ctx.workspace);
     if (dropout) {
       parallel_product(z.map(), w_o, a.map(), heads.first > 0);  // z += W_o[:, g] a_g
     } else {

@@ -445,7 +445,7 @@ void FeedForward<S>::backward_unfused(Parameters<S>& params, ConstMatrixRef<S> x
     // y = Dropout_2(z)       =>  dz = mask_2 .* dy / (1 - p).
     dropout_parallel<S>(rng2, p, c0, dy.middleCols(c0, nc), dz_c);
     // z = W2 g + b2          =>  dW2 += dz g^T,  db2 += sum_n dz,  dg = W2^T dz.
-    linear_weight_grads<S>(dz_c, g_c, params.grad(w2_), &db2);
+    linear_weight_grads<S>(dz_c, g_c, params.grad(w2_), &db2, ctx.workspace);
     auto dg_c = g_c;  // g is no longer needed: dg overwrites it
     parallel_product(dg_c, params.value(w2_).transpose(), dz_c, false);
     // g = act(hd)            =>  dhd = act'(hd) .* dg;
@@ -457,13 +457,14 @@ void FeedForward<S>::backward_unfused(Parameters<S>& params, ConstMatrixRef<S> x
     });
     dropout_parallel<S>(rng1, p, c0, dh_c, dh_c);
     // h = W1 xn + b1         =>  dW1 += dh xn^T,  db1 += sum_n dh,  dxn = W1^T dh.
-    linear_weight_grads<S>(dh_c, xn_c, params.grad(w1_), &db1);
+    linear_weight_grads<S>(dh_c, xn_c, params.grad(w1_), &db1, ctx.workspace);
     auto dxn_c = dz_c;  // dz is no longer needed: dxn overwrites it
     parallel_product(dxn_c, params.value(w1_).transpose(), dh_c, false);
     // xn = LN_f(x)           =>  dx +=, dgamma +=, dbeta +=.
-    layer_norm_backward_parallel<S>(
-        x.middleCols(c0, nc), params.value_vector(ln_weight_), cfg_.layer_norm_eps, dxn_c,
-        dx.middleCols(c0, nc), params.grad_vector(ln_weight_), params.grad_vector(ln_bias_), true);
+    layer_norm_backward_parallel<S>(x.middleCols(c0, nc), params.value_vector(ln_weight_),
+                                    cfg_.layer_norm_eps, dxn_c, dx.middleCols(c0, nc),
+                                    params.grad_vector(ln_weight_), params.grad_vector(ln_bias_),
+                                    true, ctx.workspace);
   }
 }
 

@@ -24,6 +24,7 @@
 #include "reformer/core/threading.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/ops/parallel.hpp"
 
 #include <algorithm>
@@ -167,9 +168,11 @@ void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate
 ///
 /// The partial products run in parallel, tuning::kGradPartials at a time, and are added to dW
 /// in block order; db sums each row over all N tokens in column order (split over rows).
+///
+/// The partials are drawn from `ws` when given (core/workspace.hpp), from the heap otherwise.
 template <class S, class GW>
 void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
-                         VectorMap<S>* db = nullptr) {
+                         VectorMap<S>* db = nullptr, Workspace* ws = nullptr) {
   REFORMER_ASSERT(dy.cols() == x.cols() && dW.rows() == dy.rows() && dW.cols() == x.rows());
   constexpr Index kTokenBlock = tuning::kGradTokenBlock;
   constexpr Index kPartials = tuning::kGradPartials;
@@ -188,15 +191,22 @@ void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
     dW.noalias() += dy * x.transpose();
     return;
   }
-  using Partial = typename std::decay_t<GW>::PlainObject;  // out x in, dW's storage order
-  std::vector<Partial> partial(static_cast<std::size_t>(std::min(blocks, kPartials)));
+  // out x in in dW's storage order, over scratch memory
+  using Partial = Eigen::Map<typename std::decay_t<GW>::PlainObject, Eigen::Aligned64>;
+  std::vector<Scratch<S>> partial_memory;
+  partial_memory.reserve(static_cast<std::size_t>(std::min(blocks, kPartials)));
+  std::vector<Partial> partial;
+  partial.reserve(partial_memory.capacity());
+  for (std::size_t i = 0; i < partial_memory.capacity(); ++i) {
+    partial_memory.emplace_back(ws, out, in);
+    partial.emplace_back(partial_memory.back().map().data(), out, in);
+  }
   for (Index w0 = 0; w0 < blocks; w0 += kPartials) {
     const Index wave = std::min(kPartials, blocks - w0);
     parallel_for(wave, [&](Index i) {
       const Index t0 = (w0 + i) * kTokenBlock;
       const Index nt = std::min(kTokenBlock, n - t0);
       Partial& p = partial[static_cast<std::size_t>(i)];
-      p.resize(out, in);
       p.noalias() = dy.middleCols(t0, nt) * x.middleCols(t0, nt).transpose();
     });
     // dW += partial_0 + partial_1 + ... (in block order, split over dW's rows)

@@ -105,7 +105,7 @@ void project_heads_backward(Parameters<S>& params, HeadRange heads, Index head_s
   };
   if (!input.has_layer_norm()) {
     for (const ProjectionGradient<S>& g : grads) {
-      linear_weight_grads<S>(g.dy, input.x(), weight_grad(g.slot));
+      linear_weight_grads<S>(g.dy, input.x(), weight_grad(g.slot), nullptr, ws);
       parallel_product(dinput.dx(), head_rows(params, g.slot, heads, head_size).transpose(), g.dy,
                        true);
     }

@@ -4,7 +4,7 @@
 # long-context step, and regenerates the plots and the summary of the performance goals.
 #
 #   bash scripts/run_benchmarks.sh [--long] [--wait-quiet] [--reps N] [--threads N]
-#                                  [--build DIR] [--out DIR] [--blas]
+#                                  [--build DIR] [--out DIR] [--gemm eigen|openblas|auto]
 #
 #   --long        also the long ranges: attention up to T = 2^20 (points that do not fit in
 #                 the available memory are skipped) and the long-context 2^20-token step
@@ -14,7 +14,8 @@
 #   --threads N   library threads (default: all cores)
 #   --build DIR   build directory (default build/bench)
 #   --out DIR     results directory (default benchmarks/results)
-#   --blas        build with -DREFORMER_USE_BLAS=ON (Eigen's products through OpenBLAS)
+#   --gemm B      GEMM backend of the build (REFORMER_GEMM): eigen, openblas (Eigen's products
+#                 through OpenBLAS) or auto (default: the one configure measured faster here)
 #
 # Results: <out>/{attention_scaling,model_step,figure5}.json (Google Benchmark JSON),
 # <out>/long_context*.json, <out>/*.png and <out>/summary.md (performance goals, headline tables).
@@ -28,7 +29,7 @@ reps=3
 threads=0
 long=0
 wait_quiet=0
-blas=OFF
+gemm=auto
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --long) long=1 ;;
@@ -37,7 +38,12 @@ while [[ $# -gt 0 ]]; do
     --threads) threads="$2"; shift ;;
     --build) build="$2"; shift ;;
     --out) out="$2"; shift ;;
-    --blas) blas=ON ;;
+    --gemm)
+      gemm="$2"; shift
+      case "$gemm" in
+        eigen|openblas|auto) ;;
+        *) echo "run_benchmarks.sh: --gemm $gemm: expected eigen, openblas or auto" >&2; exit 2 ;;
+      esac ;;
     -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "run_benchmarks.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -60,9 +66,9 @@ wait_for_quiet() {
   done
 }
 
-echo "== build ($build, REFORMER_USE_BLAS=$blas)"
+echo "== build ($build, REFORMER_GEMM=${gemm^^})"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DREFORMER_NATIVE=ON \
-  -DREFORMER_BUILD_BENCHMARKS=ON -DREFORMER_USE_BLAS="$blas" >/dev/null
+  -DREFORMER_BUILD_BENCHMARKS=ON -DREFORMER_GEMM="${gemm^^}" | { grep "GEMM backend" || true; }
 cmake --build "$build" --target attention_scaling model_step figure5 long_context -j"$(nproc)"
 bin="$build/benchmarks"
 mkdir -p "$out"

@@ -20,17 +20,16 @@
 # Why measured: which backend is faster depends on the host. On AVX2-only CPUs OpenBLAS's
 # hand-written kernels beat Eigen's products; with AVX-512 Eigen's are as fast or faster.
 
-set(REFORMER_GEMM AUTO CACHE STRING "GEMM backend of our executables: AUTO, EIGEN or OPENBLAS")
-set_property(CACHE REFORMER_GEMM PROPERTY STRINGS AUTO EIGEN OPENBLAS)
-string(TOUPPER "${REFORMER_GEMM}" _reformer_gemm)
-
+set(_reformer_gemm_doc "GEMM backend of our executables: AUTO, EIGEN or OPENBLAS")
+set(REFORMER_GEMM AUTO CACHE STRING "${_reformer_gemm_doc}")
 # Deprecated spelling: -DREFORMER_USE_BLAS=ON means REFORMER_GEMM=OPENBLAS.
 if(REFORMER_USE_BLAS)
   message(DEPRECATION "REFORMER_USE_BLAS is deprecated: use -DREFORMER_GEMM=OPENBLAS")
-  set(_reformer_gemm OPENBLAS)
-  set(REFORMER_GEMM OPENBLAS CACHE STRING "" FORCE)
+  set(REFORMER_GEMM OPENBLAS CACHE STRING "${_reformer_gemm_doc}" FORCE)
 endif()
 unset(REFORMER_USE_BLAS CACHE)
+set_property(CACHE REFORMER_GEMM PROPERTY STRINGS AUTO EIGEN OPENBLAS)
+string(TOUPPER "${REFORMER_GEMM}" _reformer_gemm)
 
 # OpenBLAS is faster only if its summed time over the probe's shapes is at most this fraction of
 # Eigen's: a smaller gain is within the noise of the measurement and not worth the dependency.

@@ -20,6 +20,7 @@
 #include "common/option_table.hpp"
 #include "common/run_setup.hpp"
 #include "common/training_run.hpp"
+#include "reformer/core/gemm_backend.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/threading.hpp"
 #include "reformer/io/config_json.hpp"
@@ -239,10 +240,10 @@ int run(const CLI::App& app, Settings o) {
   std::printf("train_copy: %s\n", o.title().c_str());
   std::printf(
       "  %lld parameters, %s attention, chunk %lld, batch %lld, lr %g (%s, warmup %lld), "
-      "%d thread(s)\n",
+      "%d thread(s), GEMM %s\n",
       static_cast<long long>(model.parameters().size()), o.attention.c_str(),
       static_cast<long long>(config.lsh_attn_chunk_length), static_cast<long long>(o.batch), o.lr,
-      o.schedule.c_str(), static_cast<long long>(o.warmup), threads);
+      o.schedule.c_str(), static_cast<long long>(o.warmup), threads, reformer::gemm_backend_name());
   if (o.attention == "lsh" && o.length / o.chunk < 4) {
     std::printf("  note: T / chunk = %lld LSH chunks per round; the paper's task has >= 4\n",
                 static_cast<long long>(o.length / o.chunk));

@@ -16,6 +16,7 @@
 #include "common/sampling.hpp"
 #include "common/text_data.hpp"
 #include "common/training_run.hpp"
+#include "reformer/core/gemm_backend.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/io/checkpoint.hpp"
 #include "reformer/io/config_json.hpp"
@@ -279,9 +280,10 @@ int run(const CLI::App& app, Settings o) {
   std::printf("train_text: %s\n", title.c_str());
   std::printf("  %zu training bytes, %zu validation bytes (%zu windows per evaluation)\n",
               corpus.train().size(), corpus.valid().size(), windows.size());
-  std::printf("  %lld parameters, batch %lld, lr %g (%s, warmup %lld), %d thread(s)\n",
+  std::printf("  %lld parameters, batch %lld, lr %g (%s, warmup %lld), %d thread(s), GEMM %s\n",
               static_cast<long long>(model.parameters().size()), static_cast<long long>(o.batch),
-              o.lr, o.schedule.c_str(), static_cast<long long>(o.warmup), threads);
+              o.lr, o.schedule.c_str(), static_cast<long long>(o.warmup), threads,
+              reformer::gemm_backend_name());
   tr.print_output();
   tr.log_config(title, run_json(o), threads);
 

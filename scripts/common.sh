@@ -1,10 +1,12 @@
 # Sourced by the scripts in this folder (bash). Checks the Debian packages the build needs.
 
 # Everything `cmake --preset release` needs: compiler, build tool, Eigen 3.4, nlohmann/json
-# (checkpoints), CLI11 (example programs), GoogleTest, Google Benchmark; and matplotlib for the
+# (checkpoints), CLI11 (example programs), GoogleTest, Google Benchmark; OpenBLAS, the GEMM
+# backend that configure measures against Eigen's products and uses where it is faster
+# (REFORMER_GEMM), and which the gemm.other_backend test builds against; and matplotlib for the
 # plots of scripts/plot_metrics.py (scripts/train.sh draws one after training).
 REFORMER_PACKAGES=(g++ make cmake libeigen3-dev nlohmann-json3-dev libcli11-dev libgtest-dev
-                   libbenchmark-dev python3-matplotlib)
+                   libbenchmark-dev libopenblas-dev python3-matplotlib)
 
 # ensure_packages <package>...: installs the missing ones when run as root; otherwise prints the
 # exact apt-get command and exits 1. On a system without dpkg it only warns (CMake reports

@@ -4,7 +4,7 @@
 # long-context step, and regenerates the plots and the summary of the performance goals.
 #
 #   bash scripts/run_benchmarks.sh [--long] [--wait-quiet] [--reps N] [--threads N]
-#                                  [--build DIR] [--out DIR] [--blas]
+#                                  [--build DIR] [--out DIR] [--gemm eigen|openblas|auto]
 #
 #   --long        also the long ranges: attention up to T = 2^20 (points that do not fit in
 #                 the available memory are skipped) and the long-context 2^20-token step
@@ -14,7 +14,8 @@
 #   --threads N   library threads (default: all cores)
 #   --build DIR   build directory (default build/bench)
 #   --out DIR     results directory (default benchmarks/results)
-#   --blas        build with -DREFORMER_USE_BLAS=ON (Eigen's products through OpenBLAS)
+#   --gemm B      GEMM backend of the build (REFORMER_GEMM): eigen, openblas (Eigen's products
+#                 through OpenBLAS) or auto (default: the one configure measured faster here)
 #   --peers       instead of the above: the side-by-side comparison with Hugging Face
 #                 transformers on the same model (benchmarks/peers/README.md). For each T, our
 #                 model_step/hf_config and attention/hf_config, then benchmarks/peers/
@@ -38,7 +39,7 @@ reps=3
 threads=0
 long=0
 wait_quiet=0
-blas=OFF
+gemm=auto
 peers=0
 peers_lengths="1024 2048 4096 8192 16384 32768 65536"
 while [[ $# -gt 0 ]]; do
@@ -49,10 +50,15 @@ while [[ $# -gt 0 ]]; do
     --threads) threads="$2"; shift ;;
     --build) build="$2"; shift ;;
     --out) out="$2"; shift ;;
-    --blas) blas=ON ;;
+    --gemm)
+      gemm="$2"; shift
+      case "$gemm" in
+        eigen|openblas|auto) ;;
+        *) echo "run_benchmarks.sh: --gemm $gemm: expected eigen, openblas or auto" >&2; exit 2 ;;
+      esac ;;
     --peers) peers=1 ;;
     --peers-lengths) peers_lengths="$2"; shift ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "run_benchmarks.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -106,7 +112,7 @@ EOF
   echo "== build ($build): model_step"
   [[ -f $build/CMakeCache.txt ]] ||
     cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DREFORMER_NATIVE=ON \
-      -DREFORMER_BUILD_BENCHMARKS=ON >/dev/null
+      -DREFORMER_BUILD_BENCHMARKS=ON -DREFORMER_GEMM="${gemm^^}" >/dev/null
   cmake --build "$build" --target model_step -j"$(nproc)"
   mkdir -p "$out"
   parts=$(mktemp -d)
@@ -146,9 +152,9 @@ if [[ $peers == 1 ]]; then
   exit 0
 fi
 
-echo "== build ($build, REFORMER_USE_BLAS=$blas)"
+echo "== build ($build, REFORMER_GEMM=${gemm^^})"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DREFORMER_NATIVE=ON \
-  -DREFORMER_BUILD_BENCHMARKS=ON -DREFORMER_USE_BLAS="$blas" >/dev/null
+  -DREFORMER_BUILD_BENCHMARKS=ON -DREFORMER_GEMM="${gemm^^}" | { grep "GEMM backend" || true; }
 cmake --build "$build" --target attention_scaling model_step figure5 long_context -j"$(nproc)"
 bin="$build/benchmarks"
 mkdir -p "$out"

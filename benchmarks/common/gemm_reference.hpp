@@ -1,7 +1,7 @@
 #pragma once
 // The GEMM reference of every benchmark program: fp32 products of the shapes the model uses,
 // computed the way the library computes them (reformer::parallel_product /
-// linear_weight_grads: Eigen's product, or the BLAS when built with REFORMER_USE_BLAS, split
+// linear_weight_grads: Eigen's product, or OpenBLAS when built with REFORMER_GEMM=OPENBLAS, split
 // over the library's threads). Every GFLOP/s figure of the same run can then be read as a
 // fraction of what this machine's matrix multiply reaches; the plots and the README use the best
 // of these shapes as "the GEMM reference".

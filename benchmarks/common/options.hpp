@@ -19,6 +19,7 @@
 #include "memory.hpp"
 
 #include <benchmark/benchmark.h>
+#include <reformer/core/gemm_backend.hpp>
 #include <reformer/core/threading.hpp>
 #include <reformer/version.hpp>
 
@@ -169,18 +170,8 @@ inline std::string cpu_model() {
   return "unknown";
 }
 
-/// Whether Eigen's large products go to a BLAS in this build.
-inline const char* product_backend() {
-#if defined(EIGEN_USE_BLAS)
-#if defined(REFORMER_OPENBLAS)
-  return "BLAS (OpenBLAS, one thread per call)";
-#else
-  return "BLAS";
-#endif
-#else
-  return "Eigen";
-#endif
-}
+/// The GEMM backend of this build: "eigen" or "openblas" (reformer::gemm_backend_name).
+inline const char* product_backend() { return reformer::gemm_backend_name(); }
 
 /// Sets the library's thread count and records the run's context in the benchmark output.
 inline void apply_options(Options& o) {
@@ -188,7 +179,9 @@ inline void apply_options(Options& o) {
   if (o.threads <= 0) o.threads = static_cast<int>(std::thread::hardware_concurrency());
   if (o.threads <= 0) o.threads = 1;
   reformer::set_num_threads(o.threads);  // also keeps OpenBLAS's own threads off
+  benchmark::AddCustomContext("gemm_backend", reformer::gemm_backend_name());
 #if defined(REFORMER_OPENBLAS)
+  benchmark::AddCustomContext("openblas_core", reformer::gemm_backend_core());
   benchmark::AddCustomContext("openblas", openblas_get_config());
 #endif
   benchmark::AddCustomContext("reformer_version", REFORMER_VERSION_STRING);
@@ -200,7 +193,7 @@ inline void apply_options(Options& o) {
                                                    std::to_string(EIGEN_MAJOR_VERSION) + "." +
                                                    std::to_string(EIGEN_MINOR_VERSION));
   benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
-  benchmark::AddCustomContext("products", product_backend());
+  benchmark::AddCustomContext("products", product_backend());  // read by plot_benchmarks.py
   benchmark::AddCustomContext("ffn_chunk", std::to_string(o.ffn_chunk));
   benchmark::AddCustomContext("dropout", std::to_string(o.dropout));
   benchmark::AddCustomContext("malloc", o.tuned_malloc ? "tuned" : "system");

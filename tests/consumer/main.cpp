@@ -1,6 +1,8 @@
 // A user's program: built by the packaging tests against the installed package, through
-// add_subdirectory and through FetchContent. Uses a few core types and prints the version.
+// add_subdirectory and through FetchContent. Uses a few core types and prints the version (and
+// the GEMM backend: "openblas" when it links reformer::openblas).
 #include <reformer/core/error.hpp>
+#include <reformer/core/gemm_backend.hpp>
 #include <reformer/core/parameters.hpp>
 #include <reformer/core/rng.hpp>
 #include <reformer/core/threading.hpp>
@@ -39,7 +41,7 @@ int main() {
     if (std::strstr(e.what(), "missing.weight") == nullptr) return 1;
   }
 
-  std::printf("reformer %s: ok (%d threads)\n", reformer::version_string(),
-              reformer::num_threads());
+  std::printf("reformer %s: ok (%d threads, GEMM %s)\n", reformer::version_string(),
+              reformer::num_threads(), reformer::gemm_backend_name());
   return 0;
 }

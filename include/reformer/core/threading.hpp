@@ -5,7 +5,9 @@
 // thread count, each item is computed by the same code whichever thread runs it, and each item
 // writes its own output slice; partial results (e.g. per-item gradient buffers) are summed in item
 // order afterwards. No floating-point reduction clauses, no float atomics. Eigen's own GEMM
-// threading is switched off so a product never changes its blocking with the thread count.
+// threading is switched off so a product never changes its blocking with the thread count, and so
+// is OpenBLAS's when the products go to it (core/gemm_backend.hpp).
+#include "reformer/core/gemm_backend.hpp"
 #include "reformer/core/types.hpp"
 
 #include <Eigen/Core>
@@ -16,21 +18,13 @@
 #include <omp.h>
 #endif
 
-#if defined(REFORMER_OPENBLAS)
-// Built with OpenBLAS behind Eigen's products (CMake REFORMER_USE_BLAS): its own threads stay off.
-extern "C" int openblas_get_num_threads(void);
-extern "C" void openblas_set_num_threads(int num_threads);
-#endif
-
 namespace reformer {
 
 /// Keeps Eigen's internal GEMM threading off (our parallel loops own the threads), and
 /// OpenBLAS's when Eigen's products go to it (REFORMER_OPENBLAS).
 inline void ensure_eigen_single_threaded() {
   if (Eigen::nbThreads() != 1) Eigen::setNbThreads(1);
-#if defined(REFORMER_OPENBLAS)
-  if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
-#endif
+  keep_gemm_backend_single_threaded();
 }
 
 /// Sets the number of threads the library's parallel loops use (n >= 1). Without a call the

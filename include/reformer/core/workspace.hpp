@@ -40,6 +40,7 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <type_traits>
 #include <utility>
 
 #if defined(__linux__)
@@ -197,40 +198,40 @@ class Workspace {
   std::size_t step_peak_ = 0;  // largest in_use + cached since the last end_step()
 };
 
-/// A rows x cols column-major scratch matrix, uninitialised, drawn from a workspace (or from the
-/// heap when `ws` is null). Movable, not copyable; returns its memory on reset() or destruction.
-/// map() is an ordinary Eigen::Map, usable wherever a MatrixRef<S> is.
-template <class S>
-class Scratch {
+/// Raw scratch memory: `bytes` bytes, 64-byte aligned, uninitialised, from a workspace's cache
+/// (blocks of at least Workspace::kMinCachedBytes) or from the heap. Movable, not copyable;
+/// returns its memory on release() or destruction. The typed buffers below are built on it.
+class ScratchBlock {
  public:
-  using MapType = Eigen::Map<Matrix<S>, Eigen::Aligned64>;
-
-  Scratch() = default;
-  Scratch(Workspace* ws, Index rows, Index cols) { allocate(ws, rows, cols); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  Scratch(Scratch&& other) noexcept { take(other); }
-  Scratch& operator=(Scratch&& other) noexcept {
+  ScratchBlock() = default;
+  ScratchBlock(Workspace* ws, std::size_t bytes) { allocate(ws, bytes); }
+  ScratchBlock(const ScratchBlock&) = delete;
+  ScratchBlock& operator=(const ScratchBlock&) = delete;
+  ScratchBlock(ScratchBlock&& other) noexcept
+      : ws_(std::exchange(other.ws_, nullptr)),
+        data_(std::exchange(other.data_, nullptr)),
+        bytes_(std::exchange(other.bytes_, 0)) {}
+  ScratchBlock& operator=(ScratchBlock&& other) noexcept {
     if (this != &other) {
-      reset();
-      take(other);
+      release();
+      ws_ = std::exchange(other.ws_, nullptr);
+      data_ = std::exchange(other.data_, nullptr);
+      bytes_ = std::exchange(other.bytes_, 0);
     }
     return *this;
   }
-  ~Scratch() { reset(); }
+  ~ScratchBlock() { release(); }
 
-  /// Re-shapes to rows x cols (contents are lost unless the byte size is unchanged).
-  void resize(Workspace* ws, Index rows, Index cols) {
-    if (ws == ws_ && bytes_for(rows, cols) == bytes_ && data_ != nullptr) {
-      new (&map_) MapType(data_, rows, cols);
-      return;
-    }
-    reset();
-    allocate(ws, rows, cols);
+  /// Holds `bytes` bytes from `ws` afterwards; keeps the current memory (and contents) when it
+  /// has that size and source already.
+  void resize(Workspace* ws, std::size_t bytes) {
+    if (ws == ws_ && bytes == bytes_) return;
+    release();
+    allocate(ws, bytes);
   }
 
-  /// Returns the memory (to the workspace's cache or the heap); the matrix becomes 0 x 0.
-  void reset() noexcept {
+  /// Returns the memory (to the workspace's cache or the heap).
+  void release() noexcept {
     if (data_ != nullptr) {
       if (ws_ != nullptr && bytes_ >= Workspace::kMinCachedBytes) {
         ws_->release(data_, bytes_);
@@ -241,7 +242,74 @@ class Scratch {
     data_ = nullptr;
     bytes_ = 0;
     ws_ = nullptr;
-    new (&map_) MapType(nullptr, 0, 0);
+  }
+
+  void* data() const { return data_; }
+  std::size_t bytes() const { return bytes_; }
+
+ private:
+  void allocate(Workspace* ws, std::size_t bytes) {
+    ws_ = ws;
+    bytes_ = bytes;
+    if (bytes == 0) {
+      data_ = nullptr;
+    } else if (ws != nullptr && bytes >= Workspace::kMinCachedBytes) {
+      data_ = ws->acquire(bytes);
+    } else {
+      data_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+      if (data_ == nullptr) {
+        bytes_ = 0;
+        throw std::bad_alloc();
+      }
+    }
+  }
+
+  Workspace* ws_ = nullptr;
+  void* data_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+namespace detail {
+inline std::size_t scratch_bytes(Index count, std::size_t element_size) {
+  REFORMER_ASSERT(count >= 0);
+  return static_cast<std::size_t>(count) * element_size;
+}
+}  // namespace detail
+
+/// A rows x cols column-major scratch matrix, uninitialised, drawn from a workspace (or from the
+/// heap when `ws` is null). Movable, not copyable; returns its memory on reset() or destruction.
+/// map() is an ordinary Eigen::Map, usable wherever a MatrixRef<S> is.
+template <class S>
+class Scratch {
+ public:
+  using MapType = Eigen::Map<Matrix<S>, Eigen::Aligned64>;
+
+  Scratch() = default;
+  Scratch(Workspace* ws, Index rows, Index cols) { resize(ws, rows, cols); }
+  Scratch(Scratch&& other) noexcept
+      : block_(std::move(other.block_)), map_(data(), other.rows(), other.cols()) {
+    other.remap(0, 0);
+  }
+  Scratch& operator=(Scratch&& other) noexcept {
+    if (this != &other) {
+      block_ = std::move(other.block_);
+      remap(other.rows(), other.cols());
+      other.remap(0, 0);
+    }
+    return *this;
+  }
+
+  /// Re-shapes to rows x cols (contents are lost unless the byte size is unchanged).
+  void resize(Workspace* ws, Index rows, Index cols) {
+    REFORMER_ASSERT(rows >= 0 && cols >= 0);
+    block_.resize(ws, detail::scratch_bytes(rows * cols, sizeof(S)));
+    remap(rows, cols);
+  }
+
+  /// Returns the memory (to the workspace's cache or the heap); the matrix becomes 0 x 0.
+  void reset() noexcept {
+    block_.release();
+    remap(0, 0);
   }
 
   MapType& map() { return map_; }
@@ -250,40 +318,55 @@ class Scratch {
   Index cols() const { return map_.cols(); }
 
  private:
-  static std::size_t bytes_for(Index rows, Index cols) {
-    return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols) * sizeof(S);
-  }
+  S* data() const { return static_cast<S*>(block_.data()); }
+  void remap(Index rows, Index cols) { new (&map_) MapType(data(), rows, cols); }
 
-  void allocate(Workspace* ws, Index rows, Index cols) {
-    REFORMER_ASSERT(rows >= 0 && cols >= 0);
-    bytes_ = bytes_for(rows, cols);
-    ws_ = ws;
-    if (bytes_ == 0) {
-      data_ = nullptr;
-    } else if (ws != nullptr && bytes_ >= Workspace::kMinCachedBytes) {
-      data_ = static_cast<S*>(ws->acquire(bytes_));
-    } else {
-      data_ = static_cast<S*>(std::aligned_alloc(64, (bytes_ + 63) / 64 * 64));
-      if (data_ == nullptr) throw std::bad_alloc();
-    }
-    new (&map_) MapType(data_, rows, cols);
-  }
-
-  void take(Scratch& other) noexcept {
-    ws_ = other.ws_;
-    data_ = other.data_;
-    bytes_ = other.bytes_;
-    new (&map_) MapType(data_, other.rows(), other.cols());
-    other.ws_ = nullptr;
-    other.data_ = nullptr;
-    other.bytes_ = 0;
-    new (&other.map_) MapType(nullptr, 0, 0);
-  }
-
-  Workspace* ws_ = nullptr;
-  S* data_ = nullptr;
-  std::size_t bytes_ = 0;
+  ScratchBlock block_;
   MapType map_{nullptr, 0, 0};
+};
+
+/// `size` elements of a trivially copyable T (indices, positions, bucket ids), uninitialised,
+/// drawn from a workspace (or the heap when `ws` is null). Movable, not copyable.
+template <class T>
+class ScratchArray {
+  static_assert(std::is_trivially_copyable_v<T>, "ScratchArray holds trivially copyable values");
+
+ public:
+  ScratchArray() = default;
+  ScratchArray(Workspace* ws, Index size) { resize(ws, size); }
+  ScratchArray(ScratchArray&& other) noexcept
+      : block_(std::move(other.block_)), size_(std::exchange(other.size_, 0)) {}
+  ScratchArray& operator=(ScratchArray&& other) noexcept {
+    if (this != &other) {
+      block_ = std::move(other.block_);
+      size_ = std::exchange(other.size_, 0);
+    }
+    return *this;
+  }
+
+  /// Holds `size` elements afterwards (contents are lost unless the size is unchanged).
+  void resize(Workspace* ws, Index size) {
+    block_.resize(ws, detail::scratch_bytes(size, sizeof(T)));
+    size_ = size;
+  }
+  void reset() noexcept {
+    block_.release();
+    size_ = 0;
+  }
+
+  T* data() { return static_cast<T*>(block_.data()); }
+  const T* data() const { return static_cast<const T*>(block_.data()); }
+  Index size() const { return size_; }
+  T* begin() { return data(); }
+  T* end() { return data() + size_; }
+  const T* begin() const { return data(); }
+  const T* end() const { return data() + size_; }
+  T& operator[](Index i) { return data()[i]; }
+  const T& operator[](Index i) const { return data()[i]; }
+
+ private:
+  ScratchBlock block_;
+  Index size_ = 0;
 };
 
 }  // namespace reformer

@@ -248,15 +248,15 @@ class LshAttention {
   /// Per-(sequence, head) state of one call. Sorted places s in [0, R*Tp): slot (r, t) sits at
   /// place inverse[r*Tp + t]; place s holds position pos[s] (>= T: padding).
   struct HeadBuffers {
-    std::vector<Index> pos;      // sorted place -> position
-    std::vector<Index> inverse;  // slot r*Tp + t -> sorted place
-    Scratch<S> q;                // Dh x R*Tp queries (qk) by place, zero at padded places
-    Scratch<S> v;                // Dh x R*Tp values by place, zero at padded places
-    Vector<S> key_scale;         // R*Tp: the key of place s is q_s * key_scale_s (0 if padded)
-    Scratch<S> o;                // Dh x R*Tp per-place outputs; backward: their gradients, then
-                                 // (in place, chunk by chunk) the gradients of the queries
-    Vector<S> lse;               // R*Tp per-place logsumexps (backward: their gradients)
-    Scratch<S> dk, dv;           // backward: Dh x R*Tp gradients of the keys / values, by place
+    ScratchArray<Index> pos;      // sorted place -> position
+    ScratchArray<Index> inverse;  // slot r*Tp + t -> sorted place
+    Scratch<S> q;                 // Dh x R*Tp queries (qk) by place, zero at padded places
+    Scratch<S> v;                 // Dh x R*Tp values by place, zero at padded places
+    Scratch<S> key_scale;         // R*Tp x 1: the key of place s is q_s * key_scale_s (0 if padded)
+    Scratch<S> o;                 // Dh x R*Tp per-place outputs; backward: their gradients, then
+                                  // (in place, chunk by chunk) the gradients of the queries
+    Scratch<S> lse;               // R*Tp x 1 per-place logsumexps (backward: their gradients)
+    Scratch<S> dk, dv;            // backward: Dh x R*Tp gradients of the keys / values, by place
   };
 
   /// Sorted chunks per parallel work item.
@@ -427,21 +427,22 @@ class LshAttention {
                  Workspace* ws) const {
     const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded, rounds = pl.rounds;
     const auto nb = static_cast<std::int32_t>(pl.layout.num_buckets());
-    std::vector<std::int32_t> slot_buckets(at(pl.slots));
+    ScratchArray<std::int32_t> slot_buckets(ws, pl.slots);
     for (Index r = 0; r < rounds; ++r)
       for (Index t = 0; t < tp; ++t)
         slot_buckets[at(r * tp + t)] = t < len ? buckets[r * len + t] : nb;
-    std::vector<Index> order(at(pl.slots)), counts;
-    hb.inverse.resize(at(pl.slots));
+    ScratchArray<Index> order(ws, pl.slots);
+    std::vector<Index> counts;
+    hb.inverse.resize(ws, pl.slots);
     lsh_counting_sort(slot_buckets.data(), rounds, tp, Index{nb} + 1, order.data(),
                       hb.inverse.data(), counts);
-    hb.pos.resize(at(pl.slots));
+    hb.pos.resize(ws, pl.slots);
     for (Index s = 0; s < pl.slots; ++s) hb.pos[at(s)] = order[at(s)] - (s / tp) * tp;
     hb.q.resize(ws, dh, pl.slots);
     hb.v.resize(ws, dh, pl.slots);
-    hb.key_scale.resize(pl.slots);
+    hb.key_scale.resize(ws, pl.slots, 1);
     hb.o.resize(ws, dh, pl.slots);
-    hb.lse.resize(pl.slots);
+    hb.lse.resize(ws, pl.slots, 1);
   }
 
   /// Places [s0, s1) of head item hi: q_s = qk_pos(s), v_s = v_pos(s), key_scale_s =
@@ -464,11 +465,11 @@ class LshAttention {
       if (t < len) {
         hb.q.map().col(s) = x.col(t);
         hb.v.map().col(s) = xv.col(t);
-        hb.key_scale[s] = detail::lsh_key_scale<S>(x.col(t));
+        hb.key_scale.map()(s) = detail::lsh_key_scale<S>(x.col(t));
       } else {
         hb.q.map().col(s).setZero();
         hb.v.map().col(s).setZero();
-        hb.key_scale[s] = 0;
+        hb.key_scale.map()(s) = 0;
       }
     }
   }
@@ -485,8 +486,8 @@ class LshAttention {
     const Index cl = pl.chunk, wl = pl.window * cl, first = c - cfg_.chunks_before;
     w.keys.resize(cfg_.head_size, wl);
     if (first >= 0 && c + cfg_.chunks_after < pl.chunks) {
-      w.keys.noalias() =
-          hb.q.map().middleCols(first * cl, wl) * hb.key_scale.segment(first * cl, wl).asDiagonal();
+      w.keys.noalias() = hb.q.map().middleCols(first * cl, wl) *
+                         hb.key_scale.map().col(0).segment(first * cl, wl).asDiagonal();
       return true;
     }
     w.values.resize(cfg_.head_size, wl);
@@ -494,7 +495,7 @@ class LshAttention {
     for (Index k = 0; k < pl.window; ++k) {
       const Index src = detail::lsh_mod(first + k, pl.chunks) * cl;
       w.keys.middleCols(k * cl, cl).noalias() =
-          hb.q.map().middleCols(src, cl) * hb.key_scale.segment(src, cl).asDiagonal();
+          hb.q.map().middleCols(src, cl) * hb.key_scale.map().col(0).segment(src, cl).asDiagonal();
       w.values.middleCols(k * cl, cl) = hb.v.map().middleCols(src, cl);
       std::copy_n(hb.pos.begin() + src, cl, w.kpos.begin() + k * cl);
     }
@@ -516,13 +517,13 @@ class LshAttention {
       for (Index c = g * kChunksPerItem; c < c_end; ++c) {
         const Index first = (c - cfg_.chunks_before) * cl;
         const bool slices = gather_window(pl, hb, c, w);
-        chunk_attention_forward<S>(hb.q.map().middleCols(c * cl, cl), w.keys,
-                                   slices ? ConstMatrixRef<S>(hb.v.map().middleCols(first, wl))
-                                          : ConstMatrixRef<S>(w.values),
-                                   hb.pos.data() + c * cl,
-                                   slices ? hb.pos.data() + first : w.kpos.data(),
-                                   options(pl, ctx, b, pl.heads.global(j), c / chunks_per_round),
-                                   hb.o.map().middleCols(c * cl, cl), hb.lse.data() + c * cl, ws);
+        chunk_attention_forward<S>(
+            hb.q.map().middleCols(c * cl, cl), w.keys,
+            slices ? ConstMatrixRef<S>(hb.v.map().middleCols(first, wl))
+                   : ConstMatrixRef<S>(w.values),
+            hb.pos.data() + c * cl, slices ? hb.pos.data() + first : w.kpos.data(),
+            options(pl, ctx, b, pl.heads.global(j), c / chunks_per_round),
+            hb.o.map().middleCols(c * cl, cl), hb.lse.map().data() + c * cl, ws);
       }
     });
   }
@@ -547,14 +548,14 @@ class LshAttention {
       S mx = -std::numeric_limits<S>::infinity();
       for (Index r = 0; r < rounds; ++r) {
         place[r] = hb.inverse[at(r * tp + t)];
-        mx = std::max(mx, hb.lse[place[r]]);
+        mx = std::max(mx, hb.lse.map()(place[r]));
       }
       // w_r = exp(lse_r - mx) / sum_r' exp(lse_r' - mx): the same as exp(lse_r - L), but
       // without rounding L, whose magnitude reaches 1e5 when a slot sees only itself (then, in
       // float, exp(lse_r - L) would be off by ~0.4%).
       S sum = 0;
       for (Index r = 0; r < rounds; ++r) {
-        w[r] = std::exp(hb.lse[place[r]] - mx);
+        w[r] = std::exp(hb.lse.map()(place[r]) - mx);
         sum += w[r];
       }
       for (Index r = 0; r < rounds; ++r) w[r] /= sum;
@@ -566,7 +567,7 @@ class LshAttention {
         const S g_dot_o = g.dot(out);
         for (Index r = 0; r < rounds; ++r) {
           const S g_dot_or = g.dot(hb.o.map().col(place[r]));
-          hb.lse[place[r]] = w[r] * (g_dot_or - g_dot_o);
+          hb.lse.map()(place[r]) = w[r] * (g_dot_or - g_dot_o);
           hb.o.map().col(place[r]) = w[r] * g;
         }
       }
@@ -576,7 +577,7 @@ class LshAttention {
         for (Index t = std::max(t0, len); t < t1; ++t) {
           const Index s = hb.inverse[at(r * tp + t)];
           hb.o.map().col(s).setZero();
-          hb.lse[s] = 0;
+          hb.lse.map()(s) = 0;
         }
       }
     }
@@ -618,7 +619,7 @@ class LshAttention {
         chunk_attention_backward<S>(
             hb.q.map().middleCols(c * cl, cl), sc.w.keys, hb.v.map().middleCols(first * cl, wl),
             hb.pos.data() + c * cl, hb.pos.data() + first * cl, opts,
-            hb.o.map().middleCols(c * cl, cl), hb.lse.data() + c * cl,
+            hb.o.map().middleCols(c * cl, cl), hb.lse.map().data() + c * cl,
             hb.o.map().middleCols(c * cl, cl), hb.dk.map().middleCols(first * cl, wl),
             hb.dv.map().middleCols(first * cl, wl), sc.ws);
         return;
@@ -627,7 +628,7 @@ class LshAttention {
       sc.dv.setZero(dh, wl);
       chunk_attention_backward<S>(hb.q.map().middleCols(c * cl, cl), sc.w.keys, sc.w.values,
                                   hb.pos.data() + c * cl, sc.w.kpos.data(), opts,
-                                  hb.o.map().middleCols(c * cl, cl), hb.lse.data() + c * cl,
+                                  hb.o.map().middleCols(c * cl, cl), hb.lse.map().data() + c * cl,
                                   hb.o.map().middleCols(c * cl, cl), sc.dk, sc.dv, sc.ws);
       for (Index w = 0; w < pl.window; ++w) {
         const Index dst = detail::lsh_mod(first + w, pl.chunks);

@@ -107,9 +107,11 @@ void attention(benchmark::State& state, AttentionKind kind, Index rounds, bool b
   }
   reformer::BucketTape tape;
 
+  reformer::Workspace workspace;  // work buffers kept from call to call
   reformer::Context ctx;
   ctx.training = true;
   ctx.seed = 3;
+  ctx.workspace = &workspace;
   reformer::Context replay = ctx;
   replay.buckets = &tape;
   replay.replay_buckets = true;

@@ -17,6 +17,8 @@
 //                                    buckets T / 64, axial (64, T / 64), FF chunks T / 8)
 //   attention/hf_config              the same T: that model's LSH attention sublayer alone,
 //                                    forward + backward
+//   feed_forward/hf_config/fused     that model's feed-forward sublayer alone, forward + backward:
+//   feed_forward/hf_config/unfused   the fused kernel (default) and the chunked reference
 //   gemm/...                         the GEMM reference
 // Counters: tokens/s, GFLOP/s (model_step_flops: 4 x forward products + hashing), peak_bytes,
 // peak_extra_bytes (the step's memory above the model's parameters), param_bytes, tape_bytes;
@@ -63,9 +65,11 @@ void attention_alone(benchmark::State& state,
   const reformer::Matrix<float> dy = reformer::Matrix<float>::Random(shape.hidden, t);
   reformer::Matrix<float> y(shape.hidden, t), dx = reformer::Matrix<float>::Zero(shape.hidden, t);
   reformer::BucketTape tape;
+  reformer::Workspace workspace;
   reformer::Context ctx;
   ctx.training = true;
   ctx.buckets = &tape;
+  ctx.workspace = &workspace;
   reformer::Context replay = ctx;
   replay.replay_buckets = true;
   const reformer_bench::WallClock clock = reformer_bench::time_iterations(state, [&] {
@@ -91,6 +95,36 @@ void lsh_alone(benchmark::State& state, Index t) {
   cfg.core.num_hashes = shape.rounds;
   cfg.core.max_positions = t;
   attention_alone(state, cfg, shape, t);
+}
+
+// The feed-forward sublayer alone, forward + backward, in the hf_config shape (D = 256,
+// F = 1024, gelu, chunks of T/8): the fused kernel (the default) or the chunked reference.
+void feed_forward_alone(benchmark::State& state, Index t, bool fused) {
+  reformer::FeedForwardConfig cfg =
+      reformer::FeedForwardConfig::from(reformer_bench::hf_model_config(t));
+  cfg.fused = fused;
+  reformer_bench::PeakMeter peak;
+  reformer::Parameters<float> params;
+  const reformer::FeedForward<float> layer(cfg, params, "");
+  layer.init(params, reformer::Rng(1), 0.02);
+  std::srand(7);
+  const Index d = cfg.hidden_size;
+  const reformer::Matrix<float> x = reformer::Matrix<float>::Random(d, t);
+  const reformer::Matrix<float> dy = reformer::Matrix<float>::Random(d, t);
+  reformer::Matrix<float> y(d, t), dx = reformer::Matrix<float>::Zero(d, t);
+  reformer::Workspace workspace;
+  reformer::Context ctx;
+  ctx.training = true;
+  ctx.workspace = &workspace;
+  const reformer_bench::WallClock clock = reformer_bench::time_iterations(state, [&] {
+    layer.forward(params, x, y, ctx);
+    layer.backward(params, x, dy, dx, y, ctx);  // dx += J^T dy, y -= f(x)
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  });
+  // Forward: W1 and W2, 2 * 2 * D * F per token; forward + backward with its recomputation: 4x.
+  const double flops = 4.0 * 4.0 * double(d) * double(cfg.feed_forward_size) * double(t);
+  reformer_bench::report(state, clock, double(t), flops, peak);
 }
 
 // The hf_config families report tokens/s also under the peer's counter name.
@@ -128,6 +162,15 @@ void register_hf_config(const Options& o) {
       ->Range(lo, hi)
       ->UseRealTime()
       ->Unit(benchmark::kMillisecond);
+  for (const bool fused : {true, false}) {
+    const std::string name = std::string("feed_forward/hf_config/") + (fused ? "fused" : "unfused");
+    benchmark::RegisterBenchmark(
+        name.c_str(), [fused](benchmark::State& st) { feed_forward_alone(st, st.range(0), fused); })
+        ->RangeMultiplier(2)
+        ->Range(lo, hi)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
 }
 
 void register_all(const Options& o) {

@@ -75,9 +75,11 @@ int main() {
   const Matrix<double> input = Matrix<double>::Random(d, n), target = input.rowwise().reverse();
   Adam<double> adam(params, AdamOptions::adam(3e-3));
   double first = 0, loss = 0;
+  Workspace workspace;  // the layers' work buffers, reused from step to step
   for (std::uint64_t step = 0; step < 30; ++step) {
     Context ctx;
     ctx.training = true;
+    ctx.workspace = &workspace;
     ctx.step = step;  // new LSH rotations every step
     Matrix<double> x1 = input, x2 = input;
     BucketRecord buckets;

@@ -27,10 +27,12 @@ void lsh_example(Matrix<float>& y, Matrix<float>& dx, BucketTape& buckets) {
   const Index T = 2048;  // one sequence; activations are D x T, one token per column
   const Matrix<float> x = Matrix<float>::Random(256, T);
   y.resize(256, T);
+  Workspace workspace;  // keeps the work buffers for the next call (no page faults)
   Context ctx;
   ctx.training = true;
-  ctx.step = 0;            // new random rotations every training step
-  ctx.buckets = &buckets;  // forward records the buckets: [batch, H, R, T]
+  ctx.step = 0;                 // new random rotations every training step
+  ctx.buckets = &buckets;       // forward records the buckets: [batch, H, R, T]
+  ctx.workspace = &workspace;   // optional: without it buffers come from the heap
   attention.forward(params, x, y, ctx);
 
   // Backward recomputes everything from x and replays the recorded buckets (never re-hashes).

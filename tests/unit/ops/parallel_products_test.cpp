@@ -14,8 +14,8 @@
 
 #include <gtest/gtest.h>
 
-#include "unit/ops/helpers.hpp"
 #include "support/compare.hpp"
+#include "unit/ops/helpers.hpp"
 
 #include <cstring>
 #include <tuple>

@@ -116,14 +116,23 @@ Matrix<S> dense_grid() {
   return x;
 }
 
+// Relative bound in eps. GELU's exp(-u^2/2) takes the low part of u^2 from an FMA; without FMA
+// hardware that part is 0 and the tail's relative error grows like u^2/2 eps (72 at u = 12).
+#if defined(__FMA__)
+constexpr double kGeluTailBound = 8.0;
+#else
+constexpr double kGeluTailBound = 8.0 + 72.0;
+#endif
+
 template <class S>
 void expect_bounds(const char* type) {
   const Matrix<S> x = dense_grid<S>();
   for (Activation a : kSmooth) {
     const Errors e = measure<S>(a, x);
     const std::string what = std::string(type) + " " + activation_name(a);
-    EXPECT_LE(e.value_rel, 8.0) << what << " value, worst at x = " << e.worst_value_x;
-    EXPECT_LE(e.grad_rel, 8.0) << what << " derivative, worst at x = " << e.worst_grad_x;
+    const double bound = a == Activation::kGelu ? kGeluTailBound : 8.0;
+    EXPECT_LE(e.value_rel, bound) << what << " value, worst at x = " << e.worst_value_x;
+    EXPECT_LE(e.grad_rel, bound) << what << " derivative, worst at x = " << e.worst_grad_x;
     EXPECT_LE(e.value_abs, 8.0) << what << " value against the formula";
     EXPECT_LE(e.grad_abs, 8.0) << what << " derivative against the formula";
     // Measured maxima (units of eps), printed for the record.

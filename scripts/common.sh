@@ -4,9 +4,10 @@
 # (checkpoints), CLI11 (example programs), GoogleTest, Google Benchmark; OpenBLAS, the GEMM
 # backend that configure measures against Eigen's products and uses where it is faster
 # (REFORMER_GEMM), and which the gemm.other_backend test builds against; and matplotlib for the
-# plots of scripts/plot_metrics.py (scripts/train.sh draws one after training).
+# plots of scripts/plot_metrics.py (scripts/train.sh draws one after training); Open MPI for
+# data-parallel training (reformer::mpi, the examples under mpirun, the mpi.* tests).
 REFORMER_PACKAGES=(g++ make cmake libeigen3-dev nlohmann-json3-dev libcli11-dev libgtest-dev
-                   libbenchmark-dev libopenblas-dev python3-matplotlib)
+                   libbenchmark-dev libopenblas-dev python3-matplotlib openmpi-bin libopenmpi-dev)
 
 # ensure_packages <package>...: installs the missing ones when run as root; otherwise prints the
 # exact apt-get command and exits 1. On a system without dpkg it only warns (CMake reports

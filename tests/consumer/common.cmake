@@ -12,6 +12,16 @@ function(reformer_consumer_executable)
   target_compile_options(reformer_consumer PRIVATE -Wall -Wextra -Wpedantic -Werror)
 endfunction()
 
+# With the optional reformer::mpi: a second executable including reformer/distributed/mpi.hpp
+# (built, so its compile and link settings are checked; not run: that needs an MPI launcher).
+function(reformer_consumer_mpi_executable)
+  if(TARGET reformer::mpi)
+    add_executable(reformer_consumer_mpi "${_reformer_consumer_dir}/mpi_main.cpp")
+    target_link_libraries(reformer_consumer_mpi PRIVATE reformer::mpi)
+    target_compile_options(reformer_consumer_mpi PRIVATE -Wall -Wextra -Wpedantic -Werror)
+  endif()
+endfunction()
+
 # A project that pulls reformer in from source must get the library target and nothing else:
 # none of our tests, benchmarks, examples or install rules, and no -march=native.
 function(reformer_check_subproject reformer_source_dir)

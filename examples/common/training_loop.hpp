@@ -3,18 +3,22 @@
 //
 //   for step s = opt.step_count() .. total-1:
 //     batch_s = batch(s)                   a pure function of s: a resumed run sees the same data
-//     loss    = model.forward_loss(batch_s, tape, s)       LSH rotations / dropout keyed by s
-//     model.backward(tape);  norm = clip_grad_norm(clip);  opt.step(lr = schedule(s))
+//     shard   = this rank's B/N sequences of batch_s (common/ranks.hpp; all of them on one rank)
+//     loss    = model.forward_loss(shard, tape, s)         LSH rotations / dropout keyed by s
+//     model.backward(tape);  gradients summed over the ranks in rank order
+//     norm = clip_grad_norm(clip);  opt.step(lr = schedule(s))
 //     log {"event":"train", ...};  update the progress line
 //     every eval_every steps and at the end: evaluate() -> log, message, maybe stop early
 //     every checkpoint_every steps, at the end, and on Ctrl-C: save()
 //
 // Everything that decides the numbers is a function of the step, so an interrupted and resumed
-// run is bit-identical to an uninterrupted one.
+// run is bit-identical to an uninterrupted one (with the same number of ranks; with another, it
+// agrees to rounding). Every rank runs the loop and evaluates; rank 0 alone writes.
 #include "common/batch.hpp"
 #include "common/interrupt.hpp"
 #include "common/metrics_log.hpp"
 #include "common/progress.hpp"
+#include "common/ranks.hpp"
 #include "reformer/model/clip.hpp"
 #include "reformer/model/optimizer.hpp"
 #include "reformer/model/reformer_lm.hpp"
@@ -78,12 +82,11 @@ LoopResult train_loop(ReformerLM<S>& model, Adam<S>& opt, const LoopSettings& se
                             path.c_str()));
   };
 
+  StepExchange<S> exchange(ranks());
   while (s < settings.total_steps) {
     const TokenBatch b = batch(s);
     model.zero_grad();
-    const double loss = model.forward_loss(TokenSpan(b.tokens), b.batch, tape,
-                                           static_cast<std::uint64_t>(s), TokenSpan(b.targets));
-    model.backward(tape);
+    const double loss = exchange.forward_backward(model, tape, ranks().shard(b), s);
     const double norm = settings.clip > 0 ? clip_grad_norm(model.parameters(), settings.clip)
                                           : global_grad_norm(model.parameters());
     const double lr = settings.schedule.lr(s);
@@ -122,7 +125,7 @@ LoopResult train_loop(ReformerLM<S>& model, Adam<S>& opt, const LoopSettings& se
       loss_sum = 0.0;
       loss_count = 0;
     }
-    if (interrupt_requested()) {
+    if (ranks().any(interrupt_requested())) {  // Ctrl-C on any rank stops all after step s
       progress.end_line();
       result.interrupted = true;
       break;

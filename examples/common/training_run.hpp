@@ -2,12 +2,14 @@
 // What the training programs share: the settings every one of them has (TrainSettings, with
 // their option rows), resuming from a checkpoint, and a TrainingRun that owns the model, the
 // optimizer, the output directory and the metrics log and runs train_loop with checkpoints
-// (io::Checkpoint: parameters, Adam state, config, the run settings as user JSON).
+// (io::Checkpoint: parameters, Adam state, config, the run settings as user JSON). Under mpirun
+// every rank makes a TrainingRun; rank 0 alone owns the output directory (common/ranks.hpp).
 #include "common/cli.hpp"
 #include "common/interrupt.hpp"
 #include "common/metrics_log.hpp"
 #include "common/option_table.hpp"
 #include "common/progress.hpp"
+#include "common/ranks.hpp"
 #include "common/run_setup.hpp"
 #include "common/training_loop.hpp"
 #include "reformer/core/error.hpp"
@@ -197,13 +199,20 @@ class TrainingRun {
               const std::optional<io::Checkpoint>& resume, const std::string& out_prefix)
       : model(config),
         opt(model.parameters(), AdamOptions::adam(o.lr)),
-        resumed_(resume.has_value()) {
+        resumed_(resume.has_value()),
+        batch_(o.batch) {
+    ranks().begin_run();  // from here, an error on one rank ends them all
     if (resume) {
       resume->restore(model, opt);
       prior_elapsed_ = resume->user().value("elapsed_s", 0.0);
     }
-    out_dir = prepare_out_dir(o.out_dir, resume ? parent_dir(o.resume) : std::string(), out_prefix);
-    log = MetricsLog(out_dir + "/metrics.jsonl", resumed_);
+    if (ranks().is_root()) {
+      out_dir =
+          prepare_out_dir(o.out_dir, resume ? parent_dir(o.resume) : std::string(), out_prefix);
+      log = MetricsLog(out_dir + "/metrics.jsonl", resumed_);
+    } else {
+      out_dir = o.out_dir;
+    }
     checkpoint_path = out_dir + "/checkpoint.safetensors";
   }
 
@@ -213,6 +222,10 @@ class TrainingRun {
 
   /// Prints where the run writes (and the step it resumes at).
   void print_output() const {
+    if (ranks().size() > 1) {
+      std::printf("  data-parallel: %d ranks x %lld sequences per step\n", ranks().size(),
+                  static_cast<long long>(batch_ / ranks().size()));
+    }
     std::printf(
         "  output: %s/ (metrics.jsonl, checkpoint.safetensors)%s\n", out_dir.c_str(),
         resumed_
@@ -235,6 +248,7 @@ class TrainingRun {
                {"run", run},
                {"model", nlohmann::json(model.config())},
                {"threads", threads},
+               {"ranks", ranks().size()},
                {"step", opt.step_count()},
                {"resumed", resumed_}});
   }
@@ -245,6 +259,7 @@ class TrainingRun {
   LoopResult train(const TrainSettings& o, const nlohmann::json& run, BatchFn&& batch,
                    EvalFn&& evaluate) {
     install_interrupt_handler();
+    agree_across_ranks(o, run);
     progress_.emplace(opt.step_count(), o.steps, progress_mode(o.progress));
     LoopSettings loop;
     loop.total_steps = o.steps;
@@ -253,13 +268,18 @@ class TrainingRun {
     loop.eval_every = o.eval_every;
     loop.checkpoint_every = o.checkpoint_every;
     loop.prior_elapsed = prior_elapsed_;
-    return train_loop<S>(model, opt, loop, *progress_, log, std::forward<BatchFn>(batch),
-                         std::forward<EvalFn>(evaluate), [&](std::int64_t, double elapsed) {
-                           nlohmann::json user = run;
-                           user["elapsed_s"] = elapsed;
-                           io::Checkpoint::save(checkpoint_path, model, opt, user);
-                           return checkpoint_path;
-                         });
+    const LoopResult result =
+        train_loop<S>(model, opt, loop, *progress_, log, std::forward<BatchFn>(batch),
+                      std::forward<EvalFn>(evaluate), [&](std::int64_t, double elapsed) {
+                        if (!ranks().is_root())
+                          return checkpoint_path;  // every rank has the same state
+                        nlohmann::json user = run;
+                        user["elapsed_s"] = elapsed;
+                        io::Checkpoint::save(checkpoint_path, model, opt, user);
+                        return checkpoint_path;
+                      });
+    ranks().end_run();
+    return result;
   }
 
   /// Logs the "done" record (with `fields`); on an interrupted run prints how to resume and
@@ -285,7 +305,37 @@ class TrainingRun {
   MetricsLog log;
 
  private:
+  /// With several ranks: the same settings, model and step on every rank (RankMismatch on all
+  /// of them otherwise, after which they end normally), a batch they divide, and rank 0's
+  /// parameters everywhere.
+  void agree_across_ranks(const TrainSettings& o, const nlohmann::json& run) {
+#if defined(REFORMER_WITH_MPI)
+    if (ranks().size() == 1) return;
+    try {
+      const nlohmann::json agreed = {{"run", run},
+                                     {"model", nlohmann::json(model.config())},
+                                     {"step", opt.step_count()},
+                                     {"steps", o.steps}};
+      ranks().require_same("settings (run, model, step)", agreed.dump());
+      if (o.batch % ranks().size() != 0) {
+        raise<distributed::RankMismatch>("TrainingRun", "--batch ", o.batch,
+                                         " cannot be split evenly over ", ranks().size(),
+                                         " ranks (use a multiple of the rank count)");
+      }
+    } catch (const Error& e) {
+      std::fprintf(stderr, "rank %d: %s\n", ranks().rank(), e.what());
+      ranks().end_run();  // raised on every rank alike: no rank is left waiting
+      throw;
+    }
+    StepExchange<S>(ranks()).broadcast_parameters(model.parameters());
+#else
+    (void)o;
+    (void)run;
+#endif
+  }
+
   bool resumed_ = false;
+  Index batch_ = 0;
   double prior_elapsed_ = 0.0;
   std::optional<Progress> progress_;
 };

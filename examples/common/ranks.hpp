@@ -1,7 +1,8 @@
 #pragma once
 // The ranks of a training run. Built with REFORMER_WITH_MPI (examples/CMakeLists.txt: when MPI
-// is found), the programs are data-parallel under `mpirun -np N` (docs/DESIGN.md 6) and one
-// rank when started directly (an MPI singleton); built without it, always one rank.
+// is found), the programs are data-parallel under `mpirun -np N` (docs/DESIGN.md, "Data-parallel
+// training") and one rank when started directly (an MPI singleton); built without it, always one
+// rank.
 //
 //   - every rank trains on its B/N sequences of the step's global batch (a pure function of
 //     the step, so any rank count sees the same data) and the gradients are summed in rank order

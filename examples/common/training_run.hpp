@@ -322,8 +322,7 @@ class TrainingRun {
                                          " cannot be split evenly over ", ranks().size(),
                                          " ranks (use a multiple of the rank count)");
       }
-    } catch (const Error& e) {
-      std::fprintf(stderr, "rank %d: %s\n", ranks().rank(), e.what());
+    } catch (const distributed::RankMismatch&) {
       ranks().end_run();  // raised on every rank alike: no rank is left waiting
       throw;
     }

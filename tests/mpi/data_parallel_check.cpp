@@ -12,6 +12,8 @@
 //   --save P / --load P  write a checkpoint at the end / start from one (any rank count)
 //   --seed-offset-rank R rank R uses another seed (a configuration mismatch)
 //   --die-rank R --die-step K   rank R exits abruptly at step K (a rank that dies)
+//   --mpi-error          broadcast from a root that does not exist: the reformer::Error must
+//                        name MPI_Bcast (then exit 0)
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/distributed/mpi.hpp"
@@ -48,6 +50,7 @@ struct Options {
   int seed_offset_rank = -1;
   int die_rank = -1;
   std::int64_t die_step = -1;
+  bool mpi_error = false;
 };
 
 Options parse(int argc, char** argv) {
@@ -169,7 +172,22 @@ double train_alone(const Options& o, std::uint64_t seed) {
   return loss;
 }
 
+/// 0 when an MPI failure surfaces as a reformer::Error naming the call.
+int check_mpi_error(const dist::Communicator& comm) {
+  float value = 1.0f;
+  try {
+    comm.broadcast(&value, 1, comm.size());  // no such root
+  } catch (const reformer::Error& e) {
+    const bool named = std::strstr(e.what(), "MPI_Bcast") != nullptr;
+    std::printf("rank %d: caught: %s\n", comm.rank(), e.what());
+    return named ? 0 : 1;
+  }
+  std::printf("rank %d: no error from a broadcast from root %d\n", comm.rank(), comm.size());
+  return 1;
+}
+
 int run(const Options& o, const dist::Communicator& comm) {
+  if (o.mpi_error) return check_mpi_error(comm);
   const std::uint64_t seed = comm.rank() == o.seed_offset_rank ? 43 : 42;
   const reformer::ReformerConfig config = small_config(seed);
   nlohmann::json settings = {{"model", config}, {"batch", o.batch}, {"steps", o.steps}};

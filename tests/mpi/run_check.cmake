@@ -8,6 +8,7 @@
 #   config_mismatch      rank 1 has another seed: an error on every rank, no hang
 #   rank_count_mismatch  a batch of 3 over 2 ranks: an error on every rank, no hang
 #   rank_dies            rank 1 exits at step 3: the job ends with an error, no hang
+#   mpi_error            a failing MPI call raises a reformer::Error naming the call
 file(REMOVE_RECURSE "${WORK_DIR}")
 file(MAKE_DIRECTORY "${WORK_DIR}")
 
@@ -90,6 +91,13 @@ elseif(SCENARIO STREQUAL "rank_dies")
   endif()
   if(NOT _out MATCHES "rank 1: exiting abruptly at step 3")
     message(FATAL_ERROR "rank 1 did not die as planned")
+  endif()
+elseif(SCENARIO STREQUAL "mpi_error")
+  run(2 _out _rc --mpi-error)
+  require_success("${_rc}" "the MPI error check")
+  if(NOT _out MATCHES "rank 0: caught: MPI_Bcast: failed" OR
+     NOT _out MATCHES "rank 1: caught: MPI_Bcast: failed")
+    message(FATAL_ERROR "no reformer::Error naming MPI_Bcast on every rank")
   endif()
 else()
   message(FATAL_ERROR "unknown SCENARIO '${SCENARIO}'")

@@ -1,16 +1,17 @@
 #pragma once
-// Data-parallel training on MPI (docs/DESIGN.md 6). Optional: only code that includes this
-// header needs MPI (CMake: link reformer::mpi).
+// Data-parallel training on MPI (docs/DESIGN.md, "Data-parallel training"). Optional: only code
+// that includes this header needs MPI (CMake: link reformer::mpi).
 //
-//   Environment env(&argc, &argv);     MPI_Init / MPI_Finalize (RAII)
-//   Communicator comm;                 a duplicate of MPI_COMM_WORLD with MPI_ERRORS_RETURN
+//   Environment env(&argc, &argv);       MPI_Init / MPI_Finalize (RAII)
+//   Communicator comm;                   a duplicate of MPI_COMM_WORLD with MPI_ERRORS_RETURN
+//   require_same(comm, "config", text);  every rank compares a hash of its configuration
 //   DataParallel<float> dp(comm);
-//   dp.require_same("config", text);   every rank compares a hash of its configuration
-//   dp.broadcast_parameters(params);   rank 0's initial values everywhere
-//   per step: local loss on this rank's B/N sequences, backward with
-//             grad_scale = local_count / global_count, then
-//   dp.allreduce_gradients(params);    the sum over the ranks, in rank order, bitwise the same
-//                                      on every rank and in every run
+//   dp.broadcast_parameters(params);     rank 0's initial values everywhere
+//   per step, on this rank's sequences batch_shard(B, rank, N) of the global batch:
+//   dp.forward_backward(model, tape, tokens, B / N, step)
+//       = forward_loss; backward with grad_scale = local count / global count of the counted
+//         targets; allreduce_gradients: the sum over the ranks, in rank order, the same bits on
+//         every rank and in every run. Returns the loss and token totals over the ranks.
 //
 // Determinism: MPI's own reductions may add in any order (and differently for different
 // message sizes or process placements). Here MPI only moves data: the gradient is cut into

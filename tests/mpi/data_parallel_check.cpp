@@ -82,6 +82,8 @@ Options parse(int argc, char** argv) {
       o.die_rank = std::stoi(value());
     else if (a == "--die-step")
       o.die_step = std::stoll(value());
+    else if (a == "--mpi-error")
+      o.mpi_error = true;
     else
       reformer::raise("data_parallel_check", "unknown option '", a, "'");
   }

@@ -20,6 +20,12 @@
 // every summed segment (MPI_Allgatherv). Each rank sends and receives 2 (N-1)/N of the
 // gradient's bytes per step, as in a ring all-reduce.
 //
+// The sum runs after the backward pass, not overlapped with it: overlap would need a hook in the
+// reversible stack's backward and could save at most the sum's share of the step, measured small
+// by benchmarks/data_parallel.cpp (docs/DESIGN.md). Against one process training the same
+// global batch the result differs by rounding only (the weight gradients' block sums associate
+// differently); with dropout the ranks draw masks keyed by their own columns.
+//
 // Errors: every MPI call's return code is checked (the communicator returns errors instead of
 // aborting) and turned into a reformer::Error naming the call.
 #include "reformer/core/error.hpp"

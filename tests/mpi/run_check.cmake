@@ -2,7 +2,8 @@
 #       -P run_check.cmake
 # The scenarios of tests/mpi/CMakeLists.txt:
 #   reproducible         2 ranks twice: the same bits; and the one-process run of the same
-#                        global batch within 1e-6 (relative) of the final loss after 50 steps
+#                        global batch within 1e-6 (relative) of the final loss after 50 steps;
+#                        3 ranks (unequal segments) against one process likewise
 #   resume               2 ranks to step 10, then 1 rank resumes to 20: within 1e-6 of 2 ranks
 #                        straight to 20; 2 ranks resuming: the same bits
 #   config_mismatch      rank 1 has another seed: an error on every rank, no hang
@@ -61,6 +62,9 @@ if(SCENARIO STREQUAL "reproducible")
   if(NOT _a STREQUAL _b)
     message(FATAL_ERROR "two 2-rank runs differ:\n  ${_a}\n  ${_b}")
   endif()
+  # 3 ranks: segments of unequal length (the bucket is not a multiple of 3).
+  run(3 _out3 _rc3 --steps 20 --batch 6 --reference)
+  require_success("${_rc3}" "3 ranks against the one-process run")
 elseif(SCENARIO STREQUAL "resume")
   run(2 _straight _rc --steps 20 --batch 4)
   require_success("${_rc}" "2 ranks straight to step 20")

@@ -285,7 +285,8 @@ struct StepTotals {
   double mean_loss() const { return tokens > 0 ? loss_sum / static_cast<double>(tokens) : 0.0; }
 };
 
-/// Data parallelism over a model's flat parameter store (core/parameters.hpp).
+/// Data parallelism over a model's flat parameter store (core/parameters.hpp). Keeps a reference
+/// to `comm`, which must outlive it.
 template <class S>
 class DataParallel {
  public:

@@ -7,7 +7,8 @@
 // Model: model_step/L6 (common/model.hpp: 6 layers alternating LSH and local attention, D = 256,
 // F = 1024, R = 2), float. Each benchmark runs one training step of a global batch of
 // --global_batch sequences of T tokens (default 2; each rank trains global_batch / N of them):
-// forward, backward and the rank-ordered gradient sum; no optimizer update. Every rank runs the
+// forward, backward and the rank-ordered gradient sum; no optimizer update. --group=G times
+// forward_backward_grouped instead (the same bits for any rank count). Every rank runs the
 // same fixed number of iterations (--iterations, default 3; collectives need every rank in
 // step) after one untimed step, each timed from a barrier to a barrier, so the time is the
 // slowest rank's. Counters:
@@ -61,6 +62,7 @@ void data_parallel_step(benchmark::State& st, const Options& o, Index length) {
         rng.below(static_cast<std::uint64_t>(shard.begin * length) + i, 256));
   }
   reformer::Tape<float> tape;
+  const Index group = o.get("group");
   // One untimed step: the first exchange sets up MPI's shared-memory channels and the buffers'
   // pages.
   model.zero_grad();
@@ -71,7 +73,11 @@ void data_parallel_step(benchmark::State& st, const Options& o, Index length) {
     comm.barrier();
     const double start = MPI_Wtime();
     model.zero_grad();
-    dp.forward_backward(model, tape, tokens, shard.size(), step++);
+    if (group > 0) {
+      dp.forward_backward_grouped(model, tape, tokens, shard.size(), step++, group);
+    } else {
+      dp.forward_backward(model, tape, tokens, shard.size(), step++);
+    }
     comm.barrier();
     const double seconds = MPI_Wtime() - start;
     st.SetIterationTime(seconds);
@@ -103,9 +109,11 @@ int main(int argc, char** argv) {
     const dist::Communicator comm;
     g_comm = &comm;
     Options o = reformer_bench::parse_options(
-        argc, argv, {{"global_batch", 2}, {"iterations", 3}},
+        argc, argv, {{"global_batch", 2}, {"iterations", 3}, {"group", 0}},
         "  --global_batch=B  sequences per step over all ranks (default 2)\n"
-        "  --iterations=N    timed steps per benchmark (default 3)");
+        "  --iterations=N    timed steps per benchmark (default 3)\n"
+        "  --group=G         forward_backward_grouped with groups of G sequences (default 0: "
+        "off)");
     // Rank 0 alone writes the output file.
     std::vector<char*> args(argv, argv + argc);
     if (comm.rank() != 0) {

@@ -12,6 +12,8 @@
 //   --save P / --load P  write a checkpoint at the end / start from one (any rank count)
 //   --seed-offset-rank R rank R uses another seed (a configuration mismatch)
 //   --die-rank R --die-step K   rank R exits abruptly at step K (a rank that dies)
+//   --group G            forward_backward_grouped with groups of G sequences (the same bits for
+//                        any rank count)
 //   --mpi-error          broadcast from a root that does not exist: the reformer::Error must
 //                        name MPI_Bcast (then exit 0)
 #include "reformer/core/error.hpp"
@@ -51,6 +53,7 @@ struct Options {
   int die_rank = -1;
   std::int64_t die_step = -1;
   bool mpi_error = false;
+  Index group = 0;
 };
 
 Options parse(int argc, char** argv) {
@@ -84,6 +87,8 @@ Options parse(int argc, char** argv) {
       o.die_step = std::stoll(value());
     else if (a == "--mpi-error")
       o.mpi_error = true;
+    else if (a == "--group")
+      o.group = std::stoll(value());
     else
       reformer::raise("data_parallel_check", "unknown option '", a, "'");
   }
@@ -149,8 +154,11 @@ double train(const Options& o, dist::DataParallel<float>& dp, reformer::Reformer
     }
     const std::vector<reformer::Token> tokens = batch_tokens(s, shard.begin, shard.size());
     model.zero_grad();
-    loss = dp.forward_backward(model, tape, tokens, shard.size(), static_cast<std::uint64_t>(s))
-               .mean_loss();
+    const auto step = static_cast<std::uint64_t>(s);
+    loss =
+        (o.group > 0 ? dp.forward_backward_grouped(model, tape, tokens, shard.size(), step, o.group)
+                     : dp.forward_backward(model, tape, tokens, shard.size(), step))
+            .mean_loss();
     reformer::clip_grad_norm(model.parameters(), 1.0);
     opt.step(model.parameters(), 3e-3);
   }

@@ -10,6 +10,8 @@
 #   rank_count_mismatch  a batch of 3 over 2 ranks: an error on every rank, no hang
 #   rank_dies            rank 1 exits at step 3: the job ends with an error, no hang
 #   mpi_error            a failing MPI call raises a reformer::Error naming the call
+#   any_rank_count       groups of one sequence (forward_backward_grouped): 1, 2 and 4 ranks
+#                        give the same bits
 file(REMOVE_RECURSE "${WORK_DIR}")
 file(MAKE_DIRECTORY "${WORK_DIR}")
 
@@ -63,7 +65,7 @@ if(SCENARIO STREQUAL "reproducible")
     message(FATAL_ERROR "two 2-rank runs differ:\n  ${_a}\n  ${_b}")
   endif()
   # 3 ranks: segments of unequal length (the bucket is not a multiple of 3).
-  run(3 _out3 _rc3 --steps 20 --batch 6 --reference)
+  run(3 _out3 _rc3 --steps 10 --batch 6 --reference)
   require_success("${_rc3}" "3 ranks against the one-process run")
 elseif(SCENARIO STREQUAL "resume")
   run(2 _straight _rc --steps 20 --batch 4)
@@ -102,6 +104,15 @@ elseif(SCENARIO STREQUAL "mpi_error")
   if(NOT _out MATCHES "rank 0: caught: MPI_Bcast: failed" OR
      NOT _out MATCHES "rank 1: caught: MPI_Bcast: failed")
     message(FATAL_ERROR "no reformer::Error naming MPI_Bcast on every rank")
+  endif()
+elseif(SCENARIO STREQUAL "any_rank_count")
+  foreach(_ranks 1 2 4)
+    run(${_ranks} _out _rc --steps 10 --batch 4 --group 1)
+    require_success("${_rc}" "${_ranks} rank(s) with groups of one sequence")
+    result_of("${_out}" _r${_ranks})
+  endforeach()
+  if(NOT _r1 STREQUAL _r2 OR NOT _r1 STREQUAL _r4)
+    message(FATAL_ERROR "the rank count changed the result:\n  1: ${_r1}\n  2: ${_r2}\n  4: ${_r4}")
   endif()
 else()
   message(FATAL_ERROR "unknown SCENARIO '${SCENARIO}'")

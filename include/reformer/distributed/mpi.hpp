@@ -12,6 +12,8 @@
 //       = forward_loss; backward with grad_scale = local count / global count of the counted
 //         targets; allreduce_gradients: the sum over the ranks, in rank order, the same bits on
 //         every rank and in every run. Returns the loss and token totals over the ranks.
+//   dp.forward_backward_grouped(..., G): the same bits for ANY rank count (one included), at
+//       the cost of one gradient copy per group of G sequences (docs/DESIGN.md)
 //
 // Determinism: MPI's own reductions may add in any order (and differently for different
 // message sizes or process placements). Here MPI only moves data: the gradient is cut into
@@ -154,6 +156,17 @@ class Communicator {
     return all;
   }
 
+  /// Every rank's `values` (the same length on every rank), rank 0's first.
+  template <class T>
+  std::vector<T> allgather(const std::vector<T>& values) const {
+    static_assert(std::is_trivially_copyable_v<T>, "allgather: trivially copyable values only");
+    const int bytes = static_cast<int>(values.size() * sizeof(T));
+    std::vector<T> all(values.size() * static_cast<std::size_t>(size_));
+    check_mpi(MPI_Allgather(values.data(), bytes, MPI_BYTE, all.data(), bytes, MPI_BYTE, comm_),
+              "MPI_Allgather");
+    return all;
+  }
+
   /// The sum of every rank's `value`, added in rank order (the same bits on every rank).
   template <class T>
   T sum(const T& value) const {
@@ -262,6 +275,69 @@ void allreduce_sum_ordered(const Communicator& comm, S* data, Index n, Index buc
   }
 }
 
+/// Writes to `out` (n values) the sum of every rank's `k` vectors `groups` (k x n, vector j at
+/// j * n), added in global order: rank 0's vectors 0..k-1, then rank 1's, ... The same bits for
+/// any split of the same sequence of vectors over the ranks (one rank holding all of them
+/// included). Collective; `send` and `recv` are scratch space reused between calls.
+template <class S>
+void sum_groups_ordered(const Communicator& comm, const S* groups, Index k, Index n, Index bucket,
+                        S* out, std::vector<S>& send, std::vector<S>& recv) {
+  REFORMER_REQUIRE(k >= 1 && n >= 0 && bucket >= 1, InvalidArgument,
+                   "distributed::sum_groups_ordered", "k = ", k, ", n = ", n, ", bucket = ", bucket,
+                   " (need k >= 1, n >= 0, bucket >= 1)");
+  const int ranks = comm.size(), mine = comm.rank();
+  const Index step = std::max<Index>(1, std::min<Index>(bucket, Communicator::kMaxCount / k));
+  std::vector<int> send_counts(ranks), send_offsets(ranks), recv_counts(ranks), recv_offsets(ranks),
+      seg_counts(ranks), seg_offsets(ranks);
+  for (Index first = 0; first < n; first += step) {
+    const Index len = std::min(step, n - first);
+    auto seg_begin = [&](int i) { return len * i / ranks; };
+    // Pack: for each destination i, segment i of every one of my vectors.
+    send.resize(static_cast<std::size_t>(k * len));
+    Index pos = 0;
+    for (int i = 0; i < ranks; ++i) {
+      const Index b = seg_begin(i), e = seg_begin(i + 1);
+      send_offsets[i] = static_cast<int>(pos);
+      send_counts[i] = static_cast<int>(k * (e - b));
+      seg_offsets[i] = static_cast<int>(b);
+      seg_counts[i] = static_cast<int>(e - b);
+      for (Index j = 0; j < k; ++j) {
+        std::copy(groups + j * n + first + b, groups + j * n + first + e, send.data() + pos);
+        pos += e - b;
+      }
+    }
+    const Index my_len = seg_begin(mine + 1) - seg_begin(mine);
+    const S* parts = send.data();  // one rank: its own vectors, in order
+    if (ranks > 1) {
+      recv.resize(static_cast<std::size_t>(ranks * k * my_len));
+      for (int i = 0; i < ranks; ++i) {
+        recv_counts[i] = static_cast<int>(k * my_len);
+        recv_offsets[i] = static_cast<int>(i * k * my_len);
+      }
+      check_mpi(MPI_Alltoallv(send.data(), send_counts.data(), send_offsets.data(), mpi_type<S>(),
+                              recv.data(), recv_counts.data(), recv_offsets.data(), mpi_type<S>(),
+                              comm.get()),
+                "MPI_Alltoallv");
+      parts = recv.data();
+    }
+    // My segment: rank 0's vectors in order, then rank 1's, ...
+    S* o = out + first + seg_begin(mine);
+    for (Index idx = 0; idx < ranks * k; ++idx) {
+      const S* part = parts + idx * my_len;
+      if (idx == 0) {
+        std::copy(part, part + my_len, o);
+      } else {
+        for (Index j = 0; j < my_len; ++j) o[j] += part[j];
+      }
+    }
+    if (ranks > 1) {
+      check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, mpi_type<S>(), out + first, seg_counts.data(),
+                               seg_offsets.data(), mpi_type<S>(), comm.get()),
+                "MPI_Allgatherv");
+    }
+  }
+}
+
 /// What one step's data-parallel exchange moved and cost (per rank).
 struct ExchangeStats {
   std::int64_t bytes_sent = 0;  ///< gradient bytes this rank sent in the last allreduce
@@ -341,13 +417,81 @@ class DataParallel {
     return total;
   }
 
+  /// As forward_backward, bitwise identical for ANY number of ranks (one included) that splits
+  /// the same global batch: every group of `group` consecutive sequences gets its own forward
+  /// and backward pass and gradient copy, and the groups' gradients are added in global order
+  /// (sum_groups_ordered). Costs per rank k = batch / group gradient copies of memory and
+  /// (k + 1) / 2 times the traffic of forward_backward, and k passes of `group` sequences
+  /// instead of one of `batch`. Dropout masks are keyed by the column within the group, so they
+  /// too are the same for any rank count. The gradients need not be zero on entry.
+  StepTotals forward_backward_grouped(ReformerLM<S>& model, Tape<S>& tape, TokenSpan tokens,
+                                      Index batch, std::uint64_t step, Index group,
+                                      TokenSpan targets = {}) {
+    const char* where = "DataParallel::forward_backward_grouped";
+    REFORMER_REQUIRE(batch >= 1 && tokens.size() % batch == 0, InvalidArgument, where,
+                     "tokens.size() = ", tokens.size(), " is not a multiple of batch = ", batch);
+    REFORMER_REQUIRE(group >= 1 && batch % group == 0, RankMismatch, where, "group = ", group,
+                     " must divide this rank's batch of ", batch, " sequences");
+    REFORMER_REQUIRE(targets.empty() || targets.size() == tokens.size(), InvalidArgument, where,
+                     "targets.size() = ", targets.size(),
+                     " must equal tokens.size() = ", tokens.size());
+    const Index t = tokens.size() / batch, k = batch / group, span = group * t;
+    // The counted targets of each group, known before its forward pass.
+    std::vector<std::int64_t> counts(static_cast<std::size_t>(k), 0);
+    for (Index j = 0; j < k; ++j) {
+      if (targets.empty()) {
+        counts[static_cast<std::size_t>(j)] = group * (t - 1);
+      } else {
+        for (Index i = j * span; i < (j + 1) * span; ++i) {
+          counts[static_cast<std::size_t>(j)] += targets[i] >= 0 ? 1 : 0;
+        }
+      }
+    }
+    std::int64_t local_tokens = 0;
+    for (std::int64_t c : counts) local_tokens += c;
+    const std::int64_t total_tokens = comm_.sum(local_tokens);
+
+    Parameters<S>& params = model.parameters();
+    const Index n = params.size();
+    group_grads_.resize(static_cast<std::size_t>(k * n));
+    std::vector<double> loss_sums(static_cast<std::size_t>(k));
+    for (Index j = 0; j < k; ++j) {
+      const std::int64_t c = counts[static_cast<std::size_t>(j)];
+      params.zero_grad();
+      const TokenSpan group_targets =
+          targets.empty() ? TokenSpan() : TokenSpan(targets.data() + j * span, span);
+      const double mean = model.forward_loss(TokenSpan(tokens.data() + j * span, span), group, tape,
+                                             step, group_targets);
+      model.backward(tape, total_tokens > 0
+                               ? static_cast<double>(c) / static_cast<double>(total_tokens)
+                               : 0.0);
+      std::copy(params.grads().data(), params.grads().data() + n,
+                group_grads_.data() + static_cast<std::size_t>(j * n));
+      loss_sums[static_cast<std::size_t>(j)] = mean * static_cast<double>(c);
+    }
+    const double start_sum = MPI_Wtime();
+    sum_groups_ordered(comm_, group_grads_.data(), k, n, bucket_, params.grads().data(), buffer_,
+                       recv_);
+    const int ranks = comm_.size();
+    stats_.bytes_sent =
+        ranks > 1 ? static_cast<std::int64_t>(sizeof(S)) * (k + 1) * (n - n / ranks) : 0;
+    stats_.seconds = MPI_Wtime() - start_sum;
+
+    StepTotals total;
+    total.tokens = total_tokens;
+    const std::vector<double> all = comm_.allgather(loss_sums);  // global group order
+    for (double v : all) total.loss_sum += v;
+    return total;
+  }
+
   /// The last allreduce's bytes and time.
   const ExchangeStats& last_exchange() const { return stats_; }
 
  private:
   const Communicator& comm_;
   Index bucket_;
-  std::vector<S> buffer_;
+  std::vector<S> buffer_, recv_;
+  std::vector<S> group_grads_;  // forward_backward_grouped: one gradient copy per group
   ExchangeStats stats_;
 };
 

@@ -8,9 +8,9 @@ set(_small --length 32 --symbols 8 --batch 4 --eval-size 8 --eval-every 3 --thre
 
 function(run ranks)
   execute_process(
-    COMMAND "${MPIEXEC}" --oversubscribe --allow-run-as-root --timeout 60 -np ${ranks}
+    COMMAND "${MPIEXEC}" --oversubscribe --allow-run-as-root --timeout 240 -np ${ranks}
             "${PROGRAM}" ${ARGN}
-    OUTPUT_VARIABLE _out ERROR_VARIABLE _err RESULT_VARIABLE _rc TIMEOUT 90)
+    OUTPUT_VARIABLE _out ERROR_VARIABLE _err RESULT_VARIABLE _rc TIMEOUT 300)
   message(STATUS "-np ${ranks} ${ARGN}: exit ${_rc}\n${_out}${_err}")
   if(NOT _rc EQUAL 0)
     message(FATAL_ERROR "train_copy on ${ranks} rank(s) failed (exit ${_rc})")

@@ -42,6 +42,7 @@
 #include "reformer/model/attention_cache.hpp"
 #include "reformer/model/config.hpp"
 #include "reformer/model/reformer_lm.hpp"
+#include "reformer/model/sampling.hpp"
 #include "reformer/ops/layer_norm.hpp"
 #include "reformer/ops/tokens.hpp"
 
@@ -177,6 +178,26 @@ class Generator {
   Vector<S> logits_;
   Matrix<S> x1_, x2_, xn_, a_, y_;  // one column each
 };
+
+/// Generates up to `max_new_tokens` tokens after `prompt` with `sampler` (which sees the whole
+/// sequence for its repetition penalty): prefill, then choose and append one token at a time.
+/// Stops after a stop token or when the sequence reaches gen.max_length(). Returns the new
+/// tokens.
+template <class S>
+std::vector<Token> generate(Generator<S>& gen, TokenSpan prompt, Index max_new_tokens,
+                            Sampler& sampler) {
+  REFORMER_REQUIRE(max_new_tokens >= 0, InvalidArgument, "generate",
+                   "max_new_tokens = ", max_new_tokens, " must be >= 0");
+  gen.prefill(prompt);
+  std::vector<Token> out;
+  for (Index i = 0; i < max_new_tokens; ++i) {
+    const Token next = sampler.next(gen.next_logits(), TokenSpan(gen.tokens()));
+    out.push_back(next);
+    if (sampler.is_stop(next) || gen.length() == gen.max_length()) break;
+    if (i + 1 < max_new_tokens) gen.append(next);
+  }
+  return out;
+}
 
 // ---- member definitions -------------------------------------------------------------------------
 

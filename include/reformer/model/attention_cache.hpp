@@ -1,5 +1,5 @@
 #pragma once
-// Per-layer caches of incremental decoding (docs/DESIGN.md 8): what one attention core needs to
+// Per-layer caches of incremental decoding (docs/DESIGN.md 5): what one attention core needs to
 // compute the output of a new last token without recomputing the past, for a single sequence.
 //
 // Each cache holds, for the tokens appended so far (positions 0 .. T-1), the keys and values

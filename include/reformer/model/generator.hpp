@@ -1,5 +1,5 @@
 #pragma once
-// Generator: incremental decoding of one sequence with a trained ReformerLM (docs/DESIGN.md 8).
+// Generator: incremental decoding of one sequence with a trained ReformerLM (docs/DESIGN.md 5).
 //
 //   Generator<float> gen(model);              // copies the weights, fixes the bucket layout
 //   gen.prefill(prompt);                      // one batched forward pass over the prompt
@@ -181,8 +181,8 @@ class Generator {
 
 /// Generates up to `max_new_tokens` tokens after `prompt` with `sampler` (which sees the whole
 /// sequence for its repetition penalty): prefill, then choose and append one token at a time.
-/// Stops after a stop token or when the sequence reaches gen.max_length(). Returns the new
-/// tokens.
+/// Stops after a stop token or when prompt and new tokens reach gen.max_length(). Returns the
+/// new tokens (the last one is chosen but not appended).
 template <class S>
 std::vector<Token> generate(Generator<S>& gen, TokenSpan prompt, Index max_new_tokens,
                             Sampler& sampler) {
@@ -190,10 +190,10 @@ std::vector<Token> generate(Generator<S>& gen, TokenSpan prompt, Index max_new_t
                    "max_new_tokens = ", max_new_tokens, " must be >= 0");
   gen.prefill(prompt);
   std::vector<Token> out;
-  for (Index i = 0; i < max_new_tokens; ++i) {
+  for (Index i = 0; i < max_new_tokens && gen.length() < gen.max_length(); ++i) {
     const Token next = sampler.next(gen.next_logits(), TokenSpan(gen.tokens()));
     out.push_back(next);
-    if (sampler.is_stop(next) || gen.length() == gen.max_length()) break;
+    if (sampler.is_stop(next)) break;
     if (i + 1 < max_new_tokens) gen.append(next);
   }
   return out;

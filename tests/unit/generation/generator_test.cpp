@@ -55,10 +55,10 @@ double relative_error(const Vector<S>& got, const Vector<S>& want) {
 }
 
 /// Whether generation step s (0 = right after the prefill) is compared with the full forward:
-/// every step of the first 24 (the dense-to-hashed switch of the short prompt, the first chunk
-/// boundaries), then every 25th and the last, to keep the test fast; the caches are compared
-/// at every step on their own below.
-bool checked_step(Index s, Index steps) { return s < 24 || s % 25 == 0 || s == steps; }
+/// every step of the first 12 (the dense-to-hashed switch of the short prompt at T = C + 1, the
+/// first chunk boundary), then every 50th and the last, to keep the test fast; the caches are
+/// compared at every step on their own below.
+bool checked_step(Index s, Index steps) { return s < 12 || s % 50 == 0 || s == steps; }
 
 /// Generates `steps` tokens after a prompt of `prompt` tokens and checks the logits against the
 /// reference model's full forward on the prefix. With `replay`, the reference replays the
@@ -240,6 +240,32 @@ TEST(AttentionCache, FullMatchesTheCoreOnTheCachedInputs) {
   FullAttentionCache<double> cache(core);
   expect_cache_matches_core(core, params, cache, Context{}, 60,
                             [&](auto& c, const auto& x) { c.prefill(params, x); });
+}
+
+TEST(Generator, GenerateStopsAtAStopTokenOrTheMaximumLength) {
+  const ReformerConfig cfg = small_config({"local", "lsh"});
+  const ReformerLM<double> model(cfg);
+  Generator<double> gen(model, 40);
+  SamplingOptions greedy;
+  greedy.temperature = 0.0;
+  Sampler sampler(greedy, 1);
+  const std::vector<Token> prompt = {1, 2, 3};
+  const std::vector<Token> out = generate(gen, prompt, 100, sampler);
+  ASSERT_EQ(out.size(), 37u);  // prompt + new tokens = max_length = 40
+  // Greedy: each token is the argmax of the full forward on the prefix before it.
+  std::vector<Token> seq = prompt;
+  for (std::size_t i = 0; i < 5; ++i) {
+    const Matrix<double> l = gen.reference_model().logits(seq, 1);
+    Index best = 0;
+    l.col(l.cols() - 1).maxCoeff(&best);
+    EXPECT_EQ(out[i], best) << i;
+    seq.push_back(out[i]);
+  }
+  greedy.stop_tokens = {out[2]};
+  Sampler stopping(greedy, 1);
+  const std::vector<Token> short_out = generate(gen, prompt, 100, stopping);
+  EXPECT_LE(short_out.size(), 3u);
+  EXPECT_EQ(short_out.back(), out[2]);
 }
 
 TEST(Generator, BadInputIsAClearError) {

@@ -64,12 +64,13 @@ S attend_one(const Vector<S>& scores, ConstMatrixRef<S> v, VectorRef<S> o, Vecto
   return mx + std::log(sum);
 }
 
-/// Grows `m` (rows x cols) to hold at least `cols` columns, doubling, keeping its contents.
+/// Grows `m` (rows x cols) to hold at least `cols` columns, doubling up to `limit` columns
+/// (the longest sequence), keeping its contents.
 template <class S>
-void grow_columns(Matrix<S>& m, Index rows, Index cols) {
+void grow_columns(Matrix<S>& m, Index rows, Index cols, Index limit) {
   if (m.cols() >= cols && m.rows() == rows) return;
-  const Index cap = std::max<Index>(cols, std::max<Index>(16, 2 * m.cols()));
-  m.conservativeResize(rows, cap);
+  const Index doubled = std::min(limit, std::max<Index>(16, 2 * m.cols()));
+  m.conservativeResize(rows, std::max(cols, doubled));
 }
 
 }  // namespace detail
@@ -78,7 +79,9 @@ void grow_columns(Matrix<S>& m, Index rows, Index cols) {
 template <class S>
 class FullAttentionCache {
  public:
-  explicit FullAttentionCache(const FullAttention<S>& core) : core_(&core) {}
+  /// `max_length`: the longest sequence (bounds the growth of the buffers).
+  FullAttentionCache(const FullAttention<S>& core, Index max_length)
+      : core_(&core), max_length_(max_length) {}
 
   Index length() const { return n_; }
 
@@ -112,8 +115,8 @@ class FullAttentionCache {
   Index num_heads() const { return core_->config().num_heads; }
   void reserve(Index cols) {
     const Index rows = num_heads() * head_size();
-    detail::grow_columns(k_, rows, cols);
-    detail::grow_columns(v_, rows, cols);
+    detail::grow_columns(k_, rows, cols, max_length_);
+    detail::grow_columns(v_, rows, cols, max_length_);
   }
   // k = W_k xn / sqrt(Dh), v = W_v xn (as the core's projections)
   template <class K, class V>
@@ -124,6 +127,7 @@ class FullAttentionCache {
   }
 
   const FullAttention<S>* core_;
+  Index max_length_;
   Matrix<S> k_, v_;  // H*Dh x capacity
   Index n_ = 0;
   Vector<S> q_, scores_, p_;
@@ -245,9 +249,10 @@ template <class S>
 class LshAttentionCache {
  public:
   /// `layout`: the bucket layout every length uses; `ctx`: the layer's inference context (its
-  /// seed, step and layer index key the rotations).
-  LshAttentionCache(const LshAttention<S>& core, LshBucketLayout layout, const Context& ctx)
-      : core_(&core), layout_(std::move(layout)) {
+  /// seed, step and layer index key the rotations); `max_length`: the longest sequence.
+  LshAttentionCache(const LshAttention<S>& core, LshBucketLayout layout, const Context& ctx,
+                    Index max_length)
+      : core_(&core), layout_(std::move(layout)), max_length_(max_length) {
     const auto& c = core.config();
     for (Index h = 0; h < c.num_heads; ++h)
       for (Index r = 0; r < c.num_hashes; ++r)
@@ -353,8 +358,8 @@ class LshAttentionCache {
     n_ = 0;
   }
   void reserve(HeadCache& hc, Index cols) const {
-    detail::grow_columns(hc.k, head_size(), cols);
-    detail::grow_columns(hc.v, head_size(), cols);
+    detail::grow_columns(hc.k, head_size(), cols, max_length_);
+    detail::grow_columns(hc.v, head_size(), cols, max_length_);
   }
   static void insert(HeadCache& hc, Index r, Index t, std::int32_t b) {
     hc.bucket[at(r)].push_back(b);
@@ -432,6 +437,7 @@ class LshAttentionCache {
 
   const LshAttention<S>* core_;
   LshBucketLayout layout_;
+  Index max_length_;
   std::vector<Matrix<S>> rot_;  // entry h * R + r
   std::vector<HeadCache> heads_;
   Index n_ = 0;

@@ -152,11 +152,11 @@ class Generator {
       if (const auto* s = f.template get<typename Model::LocalSublayer>()) {
         layers_.push_back(layer_of(*s, Cache(LocalAttentionCache<S>(s->core()))));
       } else if (const auto* s = f.template get<typename Model::FullSublayer>()) {
-        layers_.push_back(layer_of(*s, Cache(FullAttentionCache<S>(s->core()))));
+        layers_.push_back(layer_of(*s, Cache(FullAttentionCache<S>(s->core(), max_length_))));
       } else if (const auto* s = f.template get<typename Model::LshSublayer>()) {
         layers_.push_back(
             layer_of(*s, Cache(LshAttentionCache<S>(s->core(), s->core().bucket_layout(max_length_),
-                                                    layer_context(l)))));
+                                                    layer_context(l), max_length_))));
       } else {
         raise<InvalidArgument>("Generator", "layer ", l, " has an unknown attention kind");
       }

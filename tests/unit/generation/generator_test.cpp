@@ -207,7 +207,7 @@ TEST(AttentionCache, LshMatchesTheCoreOnTheCachedInputs) {
     Context ctx;
     ctx.layer = 2;
     ctx.seed = 9;
-    LshAttentionCache<double> cache(core, core.bucket_layout(90), ctx);
+    LshAttentionCache<double> cache(core, core.bucket_layout(90), ctx, 90);
     expect_cache_matches_core(core, params, cache, ctx, 90,
                               [&](auto& c, const auto& x) { c.prefill(params, x, nullptr); });
   }
@@ -237,7 +237,7 @@ TEST(AttentionCache, FullMatchesTheCoreOnTheCachedInputs) {
   Parameters<double> params;
   const FullAttention<double> core(cfg, 12, params);
   core.init(params, Rng(3), 0.5);
-  FullAttentionCache<double> cache(core);
+  FullAttentionCache<double> cache(core, 60);
   expect_cache_matches_core(core, params, cache, Context{}, 60,
                             [&](auto& c, const auto& x) { c.prefill(params, x); });
 }

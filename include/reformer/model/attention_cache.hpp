@@ -88,7 +88,7 @@ class FullAttentionCache {
   void prefill(const Parameters<S>& params, ConstMatrixRef<S> xn) {
     n_ = 0;
     const Index t = xn.cols();
-    reserve(t);
+    reserve(std::min(max_length_, 2 * t));  // room to generate without copying soon
     project(params, xn, k_.leftCols(t), v_.leftCols(t));
     n_ = t;
   }
@@ -284,7 +284,7 @@ class LshAttentionCache {
     std::vector<std::int32_t> hashed(static_cast<std::size_t>(t));
     for (Index h = 0; h < num_heads(); ++h) {
       HeadCache& hc = head(h);
-      reserve(hc, t);
+      reserve(hc, std::min(max_length_, 2 * t));  // room to generate without copying soon
       const auto x = qk.middleRows(h * dh, dh);
       for (Index i = 0; i < t; ++i)
         hc.k.col(i) = x.col(i) * detail::lsh_key_scale<S>(x.col(i));  // as gather_places

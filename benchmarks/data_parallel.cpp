@@ -1,4 +1,4 @@
-// Data-parallel training steps on MPI (reformer/distributed/mpi.hpp, docs/DESIGN.md, "Data-parallel
+// Data-parallel training steps on MPI (reformer/distributed/mpi.hpp, docs/DESIGN.md 6, "Data-parallel
 // training").
 //
 //   mpirun -np 2 data_parallel --threads=1      2 ranks x 1 thread

@@ -1,6 +1,6 @@
 #pragma once
 // The ranks of a training run. Built with REFORMER_WITH_MPI (examples/CMakeLists.txt: when MPI
-// is found), the programs are data-parallel under `mpirun -np N` (docs/DESIGN.md, "Data-parallel
+// is found), the programs are data-parallel under `mpirun -np N` (docs/DESIGN.md 6, "Data-parallel
 // training") and one rank when started directly (an MPI singleton); built without it, always one
 // rank.
 //

@@ -41,10 +41,13 @@
 
 #include "reformer/model/clip.hpp"
 #include "reformer/model/config.hpp"
+#include "reformer/model/attention_cache.hpp"
 #include "reformer/model/embeddings.hpp"
+#include "reformer/model/generator.hpp"
 #include "reformer/model/lm_head.hpp"
 #include "reformer/model/optimizer.hpp"
 #include "reformer/model/reformer_lm.hpp"
+#include "reformer/model/sampling.hpp"
 #include "reformer/model/schedule.hpp"
 #include "reformer/model/tape.hpp"
 

@@ -2,12 +2,10 @@
 #include "common/cli.hpp"
 #include "common/copy_task.hpp"
 #include "common/progress.hpp"
-#include "common/sampling.hpp"
 #include "common/text_data.hpp"
 
 #include <gtest/gtest.h>
 
-#include <map>
 #include <set>
 
 namespace ex = reformer::examples;
@@ -83,56 +81,6 @@ TEST(CopyTask, ArgmaxAccuracyCountsCountedPositionsOnly) {
   EXPECT_EQ(acc.correct, 5);
   EXPECT_EQ(acc.sequences_correct, 1);
   EXPECT_DOUBLE_EQ(acc.token_accuracy(), 5.0 / 6.0);
-}
-
-TEST(Sampling, GreedyAndTopKOne) {
-  Eigen::VectorXd logits(4);
-  logits << 0.1, 2.0, 2.0, -1.0;
-  ex::SamplingOptions greedy;
-  greedy.temperature = 0.0;
-  EXPECT_EQ(ex::sample_token(logits, greedy, 0.99), 1);  // first maximum
-  ex::SamplingOptions k1;
-  k1.top_k = 1;
-  EXPECT_EQ(ex::sample_token(logits, k1, 0.99), 1);
-}
-
-TEST(Sampling, FrequenciesFollowTheTruncatedDistribution) {
-  Eigen::VectorXd logits(4);
-  logits << std::log(0.5), std::log(0.3), std::log(0.15), std::log(0.05);
-  auto freq = [&](const ex::SamplingOptions& o) {
-    std::map<Index, double> f;
-    const int n = 20000;
-    const reformer::Rng rng(11);
-    for (int i = 0; i < n; ++i) f[ex::sample_token(logits, o, rng.uniform(i))] += 1.0 / n;
-    return f;
-  };
-  auto f = freq(ex::SamplingOptions{});
-  EXPECT_NEAR(f[0], 0.5, 0.015);
-  EXPECT_NEAR(f[3], 0.05, 0.01);
-  ex::SamplingOptions k2;
-  k2.top_k = 2;  // 0.5 / 0.8, 0.3 / 0.8
-  f = freq(k2);
-  EXPECT_NEAR(f[0], 0.625, 0.015);
-  EXPECT_EQ(f.count(2) + f.count(3), 0u);
-  ex::SamplingOptions p;
-  p.top_p = 0.9;  // 0.5 + 0.3 + 0.15 reaches 0.9
-  f = freq(p);
-  EXPECT_EQ(f.count(3), 0u);
-  EXPECT_NEAR(f[2], 0.15 / 0.95, 0.01);
-  ex::SamplingOptions hot;
-  hot.temperature = 1e6;  // nearly uniform
-  f = freq(hot);
-  EXPECT_NEAR(f[3], 0.25, 0.015);
-}
-
-TEST(Sampling, RejectsBadOptions) {
-  Eigen::VectorXd logits = Eigen::VectorXd::Zero(3);
-  ex::SamplingOptions o;
-  o.top_p = 0.0;
-  EXPECT_THROW(ex::sample_token(logits, o, 0.5), reformer::InvalidArgument);
-  o = {};
-  o.temperature = -1.0;
-  EXPECT_THROW(ex::sample_token(logits, o, 0.5), reformer::InvalidArgument);
 }
 
 TEST(TextCorpus, SplitsAndWindows) {

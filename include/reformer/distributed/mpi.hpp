@@ -1,5 +1,5 @@
 #pragma once
-// Data-parallel training on MPI (docs/DESIGN.md, "Data-parallel training"). Optional: only code
+// Data-parallel training on MPI (docs/DESIGN.md 6, "Data-parallel training"). Optional: only code
 // that includes this header needs MPI (CMake: link reformer::mpi).
 //
 //   Environment env(&argc, &argv);       MPI_Init / MPI_Finalize (RAII)

@@ -87,7 +87,9 @@ int run_program(CLI::App& app, int argc, char** argv, Body&& body) {
   } catch (const reformer::Error& e) {
     print_error(program, e.what());
   } catch (const std::bad_alloc&) {
-    print_error(program, "out of memory (try a smaller --batch or --length)");
+    print_error(program,
+                "out of memory (the model, a batch of --batch x --length or the data does not "
+                "fit: try smaller values)");
   } catch (const std::exception& e) {
     print_error(program, e.what());
   } catch (...) {

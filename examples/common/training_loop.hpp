@@ -4,6 +4,7 @@
 //   for step s = opt.step_count() .. total-1:
 //     batch_s = batch(s)                   a pure function of s: a resumed run sees the same data
 //     loss    = model.forward_loss(batch_s, tape, s)       LSH rotations / dropout keyed by s
+//               (a non-finite loss stops the run here; one far above ln V is warned about)
 //     model.backward(tape);  norm = clip_grad_norm(clip);  opt.step(lr = schedule(s))
 //     log {"event":"train", ...};  update the progress line
 //     every eval_every steps and at the end: evaluate() -> log, message, maybe stop early
@@ -13,6 +14,7 @@
 // run is bit-identical to an uninterrupted one.
 #include "common/batch.hpp"
 #include "common/interrupt.hpp"
+#include "common/loss_checks.hpp"
 #include "common/metrics_log.hpp"
 #include "common/progress.hpp"
 #include "reformer/model/clip.hpp"
@@ -70,6 +72,7 @@ LoopResult train_loop(ReformerLM<S>& model, Adam<S>& opt, const LoopSettings& se
   double loss_sum = 0.0;  // train losses since the progress line was last drawn
   std::int64_t loss_count = 0;
   std::string eval_text;
+  DivergenceWatch watch(model.config().vocab_size);
   auto elapsed = [&] { return settings.prior_elapsed + progress.elapsed(); };
   auto checkpoint = [&](const char* why) {
     const std::string path = save(s, elapsed());
@@ -83,6 +86,9 @@ LoopResult train_loop(ReformerLM<S>& model, Adam<S>& opt, const LoopSettings& se
     model.zero_grad();
     const double loss = model.forward_loss(TokenSpan(b.tokens), b.batch, tape,
                                            static_cast<std::uint64_t>(s), TokenSpan(b.targets));
+    require_finite_loss(loss, s);  // before backward and the optimizer
+    const std::string divergence = watch.check(loss, s + 1);
+    if (!divergence.empty()) progress.message(divergence);
     model.backward(tape);
     const double norm = settings.clip > 0 ? clip_grad_norm(model.parameters(), settings.clip)
                                           : global_grad_norm(model.parameters());

@@ -105,7 +105,10 @@ inline CLI::Validator unsigned_integer() {
 inline bool flush_stdout(std::string& error) {
   errno = 0;
   const bool ok = std::fflush(stdout) == 0 && std::ferror(stdout) == 0;
-  if (!ok) error = std::string("writing to standard output failed: ") + std::strerror(errno);
+  if (!ok) {
+    error = std::string("writing to standard output failed") +
+            (errno != 0 ? std::string(": ") + std::strerror(errno) : std::string(" (disk full?)"));
+  }
   return ok;
 }
 

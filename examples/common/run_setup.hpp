@@ -108,7 +108,7 @@ inline int remove_stale_temporaries(const std::string& path) {
     if (name.rfind(prefix, 0) != 0) continue;
     const std::string rest = name.substr(prefix.size());  // "<pid>.<ticks>"
     const auto dot = rest.find('.');
-    if (dot == 0 || dot == std::string::npos ||
+    if (dot == 0 || dot == std::string::npos || dot > 18 ||
         rest.find_first_not_of("0123456789.") != std::string::npos)
       continue;
     if (process_alive(std::stoll(rest.substr(0, dot)))) continue;

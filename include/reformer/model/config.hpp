@@ -216,8 +216,9 @@ struct ReformerConfig {
           ConfigError, where, "num_buckets = ", detail::list_to_string(num_buckets), ": entry ", i,
           " = ", num_buckets[i], " must be even and in [2, ", L::kMaxBuckets, "]");
     }
-    size_product<ConfigError>(where, "num_buckets (the product of its factors)", num_buckets,
-                              L::kMaxBuckets);
+    REFORMER_REQUIRE(checked_product(num_buckets, L::kMaxBuckets).has_value(), ConfigError, where,
+                     "num_buckets = ", detail::list_to_string(num_buckets),
+                     " has more than 2^30 buckets");
 
     probability("hidden_dropout_prob", hidden_dropout_prob);
     probability("lsh_attention_probs_dropout_prob", lsh_attention_probs_dropout_prob);
@@ -236,8 +237,9 @@ struct ReformerConfig {
                        where, "axial_pos_embds_dim = ", detail::list_to_string(axial_pos_embds_dim),
                        " sums to ", axial_pos_embds_dim[0] + axial_pos_embds_dim[1],
                        ", must equal hidden_size = ", hidden_size);
-      size_product<ConfigError>(where, "axial_pos_shape (positions s1 x s2)", axial_pos_shape,
-                                L::kMaxPositions);
+      REFORMER_REQUIRE(checked_product(axial_pos_shape, L::kMaxPositions).has_value(), ConfigError,
+                       where, "axial_pos_shape = ", detail::list_to_string(axial_pos_shape),
+                       " covers more than 2^31 positions");
     }
     in_range("max_position_embeddings", max_position_embeddings, 1, L::kMaxPositions);
     if (!num_buckets.empty()) {

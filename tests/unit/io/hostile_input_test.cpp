@@ -22,6 +22,8 @@ namespace reformer::io {
 namespace hostile_input_test {
 
 using test::expect_throw_with;
+// Qualified: another file of this unity-built suite has a fixture named Checkpoint.
+using CheckpointFile = ::reformer::io::Checkpoint;
 
 /// `levels` nested arrays around 1: [[[...1...]]].
 std::string nested(int levels) {
@@ -74,7 +76,7 @@ TEST(HostileJson, DeepConfigIsAConfigError) {
   // Through a checkpoint's metadata: an IoError naming the file.
   expect_throw_with<IoError>(
       [] {
-        Checkpoint(SafetensorsFile::parse(
+        (void)CheckpointFile(SafetensorsFile::parse(
             config_only_file("{\"vocab_size\":" + nested(100000) + "}"), "ckpt"));
       },
       {"'ckpt'", "deeper than 64 levels"});
@@ -84,7 +86,7 @@ TEST(HostileJson, DeepUserSettingsAreAnIoError) {
   const std::string user = "{\"lr\":" + nested(100000) + "}";
   expect_throw_with<IoError>(
       [&] {
-        Checkpoint(SafetensorsFile::parse(
+        (void)CheckpointFile(SafetensorsFile::parse(
             file_with_header(nlohmann::json{{"__metadata__", {{"user", user}}}}.dump()), "u"));
       },
       {"'u'", "metadata 'user'", "deeper than 64 levels"});
@@ -177,7 +179,7 @@ TEST(HostileCheckpoint, HugeConfigWithoutTensorsFailsBeforeAnyAllocation) {
   c.validate();  // a valid config: only the file is too small for it
   const auto bytes = config_only_file(config_to_json_string(c));
   ASSERT_LT(bytes.size(), 4096u);
-  expect_throw_with<IoError>([&] { Checkpoint(SafetensorsFile::parse(bytes, "tiny")); },
+  expect_throw_with<IoError>([&] { (void)CheckpointFile(SafetensorsFile::parse(bytes, "tiny")); },
                              {"'tiny'", "parameters", "bytes of tensors"});
 }
 
@@ -190,8 +192,8 @@ TEST_F(HostileCheckpointFile, MissingOrMisshapenTensorIsNamed) {
   const ReformerConfig c = test::SmallConfig().lsh_local_model();
   ReformerLM<float> model(c);
   const std::string good = path("good.safetensors");
-  Checkpoint::save(good, model);
-  EXPECT_NO_THROW(Checkpoint::open(good));
+  CheckpointFile::save(good, model);
+  EXPECT_NO_THROW(CheckpointFile::open(good));
 
   // The same tensors, but a config with a wider feed-forward: the shapes do not match.
   const SafetensorsFile file = SafetensorsFile::load(good);
@@ -205,7 +207,7 @@ TEST_F(HostileCheckpointFile, MissingOrMisshapenTensorIsNamed) {
   w.set_metadata("config", config_to_json_string(wider));
   const std::string bad = path("bad.safetensors");
   w.write(bad);
-  expect_throw_with<IoError>([&] { Checkpoint::open(bad); },
+  expect_throw_with<IoError>([&] { CheckpointFile::open(bad); },
                              {"bad.safetensors", "feed_forward.dense.dense.weight", "shape"});
 
   // A config with one more layer: the file lacks its tensors.
@@ -213,7 +215,7 @@ TEST_F(HostileCheckpointFile, MissingOrMisshapenTensorIsNamed) {
   deeper.attn_layers.push_back("local");
   w.set_metadata("config", config_to_json_string(deeper));
   w.write(bad);
-  expect_throw_with<IoError>([&] { Checkpoint::open(bad); }, {"no tensor", "layers.2."});
+  expect_throw_with<IoError>([&] { CheckpointFile::open(bad); }, {"no tensor", "layers.2."});
 }
 
 TEST(ParameterLayout, ListsExactlyWhatTheModelRegisters) {

@@ -6,7 +6,8 @@
 # (REFORMER_GEMM), and which the gemm.other_backend test builds against; and matplotlib for the
 # plots of scripts/plot_metrics.py (scripts/train.sh draws one after training).
 REFORMER_PACKAGES=(g++ make cmake libeigen3-dev nlohmann-json3-dev libcli11-dev libgtest-dev
-                   libbenchmark-dev libopenblas-dev python3-matplotlib)
+                   libbenchmark-dev libopenblas-dev python3-matplotlib
+                   clang libclang-rt-dev)  # clang: the libFuzzer targets (tests/fuzz)
 
 # ensure_packages <package>...: installs the missing ones when run as root; otherwise prints the
 # exact apt-get command and exits 1. On a system without dpkg it only warns (CMake reports

@@ -166,6 +166,20 @@ TEST(HostileConfig, BucketCountsBeyondTheLengthAreRefused) {
   EXPECT_NO_THROW(config_with("num_buckets", "[64, 128]"));
 }
 
+TEST(HostileConfig, AttentionLayersRefuseOverflowingWindows) {
+  LshAttentionConfig lsh;
+  lsh.chunks_before = Index{1} << 62;
+  expect_throw_with<ConfigError>([&] { lsh.validate(); }, {"window", "4611686018427387904"});
+  lsh.chunks_before = 1;
+  lsh.chunks_after = kMaxIndex;
+  expect_throw_with<ConfigError>([&] { lsh.validate(); }, {"window"});
+  LocalAttentionConfig local;
+  local.chunks_after = Index{1} << 62;
+  Parameters<float> params;
+  expect_throw_with<InvalidArgument>([&] { LocalAttention<float>(local, 8, params); },
+                                     {"window", "4611686018427387904"});
+}
+
 // ---- checkpoints that promise more than they hold ------------------------------------------
 
 TEST(HostileCheckpoint, HugeConfigWithoutTensorsFailsBeforeAnyAllocation) {

@@ -45,9 +45,9 @@ class MetricsLog {
     REFORMER_REQUIRE(out_.good(), IoError, "MetricsLog::write", "writing '", path_, "' failed");
   }
 
-  /// Rewrites the log at `path` (atomically) without the records whose "step" exceeds `step`;
-  /// other lines are kept as they are. Returns how many records were dropped (0 when the file
-  /// does not exist).
+  /// Rewrites the log at `path` (atomically) without the records whose "step" exceeds `step`
+  /// and without lines that are not JSON (torn writes); other lines are kept as they are.
+  /// Returns how many lines were dropped (0 when the file does not exist).
   static int drop_records_after(const std::string& path, std::int64_t step) {
     std::ifstream in(path, std::ios::binary);
     if (!in) return 0;
@@ -58,7 +58,7 @@ class MetricsLog {
       const bool later = r.ok() && r.value.is_object() && r.value.contains("step") &&
                          r.value["step"].is_number_integer() &&
                          r.value["step"].get<std::int64_t>() > step;
-      if (later) {
+      if (later || !r.ok()) {  // !r.ok(): a record torn by a kill in the middle of its write
         ++dropped;
       } else {
         kept += line + '\n';

@@ -131,6 +131,7 @@ TEST(MetricsLog, ResumingDropsTheRecordsAfterTheCheckpoint) {
     for (int s = 1; s <= 6; ++s) log.write({{"event", "train"}, {"step", s}});
     log.write({{"event", "note"}});
   }
+  std::ofstream(path, std::ios::app) << "{\"event\":\"train\",\"st";  // torn by a kill
   {
     ex::MetricsLog log(path, /*append=*/true, /*keep_through_step=*/4);
     log.write({{"event", "train"}, {"step", 5}});

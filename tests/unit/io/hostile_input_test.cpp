@@ -34,11 +34,10 @@ std::string nested(int levels) {
 /// A safetensors file whose header is `header` (padded to 8 bytes) and no data.
 std::vector<char> file_with_header(std::string header) {
   while (header.size() % 8 != 0) header.push_back(' ');
-  std::vector<char> out(8);
-  for (int k = 0; k < 8; ++k)
-    out[static_cast<std::size_t>(k)] = static_cast<char>(header.size() >> (8 * k));
-  out.insert(out.end(), header.begin(), header.end());
-  return out;
+  std::string bytes;
+  for (int k = 0; k < 8; ++k) bytes.push_back(static_cast<char>(header.size() >> (8 * k)));
+  bytes += header;
+  return std::vector<char>(bytes.begin(), bytes.end());
 }
 
 /// A checkpoint header holding only `config` as metadata (no tensors).

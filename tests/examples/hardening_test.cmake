@@ -66,6 +66,15 @@ if(NOT second_out MATCHES "\\(3 windows per evaluation\\)")
   message(FATAL_ERROR "the resumed run does not keep --eval-windows 3:\n${second_out}")
 endif()
 
+# A run that diverges is told so.
+run_example(diverge "${TRAIN_TEXT}" "${text}" --length 32 --chunk 8 --layers 1 --attention local
+  --d-model 32 --d-ff 32 --heads 2 --batch 4 --lr 10 --clip 0 --warmup 0 --steps 10 --threads 1
+  --progress plain --out-dir "${WORK_DIR}/diverge")
+if(NOT diverge_out MATCHES "warning: step [0-9]+: loss .* is far above ln V = 5.545.*diverging")
+  message(FATAL_ERROR "a diverging run (--lr 10 --clip 0) is not warned about:\n${diverge_out}"
+                      "\n${diverge_err}")
+endif()
+
 # Output that cannot be written (a full disk) is an error.
 if(EXISTS /dev/full)
   execute_process(COMMAND sh -c "\"$0\" --checkpoint \"$1\" --generate 20 > /dev/full"
@@ -75,4 +84,5 @@ if(EXISTS /dev/full)
     message(FATAL_ERROR "generation to /dev/full exited with ${full_rc}:\n${full_err}")
   endif()
 endif()
-message(STATUS "hardening: NaN and bad seeds refused, resume keeps its settings, /dev/full fails")
+message(STATUS "hardening: NaN and bad seeds refused, resume keeps its settings, divergence "
+               "warned about, /dev/full fails")

@@ -8,8 +8,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   try {
-    const auto file = reformer::io::SafetensorsFile::parse(
-        std::vector<char>(data, data + size), "fuzz");
+    const auto file =
+        reformer::io::SafetensorsFile::parse(std::vector<char>(data, data + size), "fuzz");
     for (const auto& name : file.names()) {
       if (file.info(name).numel() <= (1 << 16)) (void)file.read<double>(name);
     }

@@ -167,7 +167,10 @@ struct ReformerConfig {
       }
     };
 
-    in_range("vocab_size", vocab_size, 1, L::kMaxVocab);
+    REFORMER_REQUIRE(vocab_size >= 1, ConfigError, where, "vocab_size = ", vocab_size,
+                     " must be >= 1");
+    REFORMER_REQUIRE(vocab_size <= L::kMaxVocab, ConfigError, where, "vocab_size = ", vocab_size,
+                     " must fit token ids in int32 (<= 2^31)");
     in_range("hidden_size", hidden_size, 1, L::kMaxWidth);
     in_range("num_attention_heads", num_attention_heads, 1, L::kMaxHeads);
     in_range("attention_head_size", attention_head_size, 0, L::kMaxWidth);

@@ -252,6 +252,7 @@ int run(const CLI::App& app, Settings o) {
   tr.log_config(o.title(), run_json(o), threads);
 
   // ---- training -----------------------------------------------------------------------------
+  o.may_stop_early = o.target > 0;  // the progress line's ETA is then an upper bound
   double reached_at = -1.0;
   std::int64_t reached_step = -1;
   const auto result = tr.train(

@@ -116,8 +116,8 @@ void declare_options(ex::OptionTable<Settings>& t) {
   ex::add_model_options(t);
   ex::add_training_options(t, "Training steps", "Windows per step");
   ex::add_run_options(t, "runs/text");
-  t.option("--eval-windows", &S::eval_windows, "Validation windows per evaluation", invocation,
-           CLI::Range(Index{1}, Index{1} << 30))
+  t.option("--eval-windows", &S::eval_windows, "Validation windows per evaluation",
+           ex::OptionScope::kExtend, CLI::Range(Index{1}, Index{1} << 30))
       .group("Generation")
       .option("--checkpoint", &S::checkpoint,
               "Generate from this checkpoint instead of training (with --generate)", invocation,
@@ -273,7 +273,7 @@ void run_generation(const Model& model, const Settings& s, Index context) {
 int generate_from_checkpoint(const CLI::App& app, const Settings& s) {
   option_table().refuse_given(app, {ex::OptionScope::kRun, ex::OptionScope::kExtend},
                               "does not apply with --checkpoint (the checkpoint defines the model)",
-                              {"--steps"});
+                              {"--steps", "--threads"});
   ex::require_option(s.generate > 0, "--checkpoint", "needs --generate N (N > 0)");
   ex::require_option(s.resume.empty(), "--checkpoint", "cannot be combined with --resume");
   const auto ckpt = reformer::io::Checkpoint::open(s.checkpoint);

@@ -7,7 +7,8 @@
 # plots of scripts/plot_metrics.py (scripts/train.sh draws one after training); Open MPI for
 # data-parallel training (reformer::mpi, the examples under mpirun, the mpi.* tests).
 REFORMER_PACKAGES=(g++ make cmake libeigen3-dev nlohmann-json3-dev libcli11-dev libgtest-dev
-                   libbenchmark-dev libopenblas-dev python3-matplotlib openmpi-bin libopenmpi-dev)
+                   libbenchmark-dev libopenblas-dev python3-matplotlib openmpi-bin libopenmpi-dev
+                   clang libclang-rt-dev)  # clang: the libFuzzer targets (tests/fuzz)
 
 # ensure_packages <package>...: installs the missing ones when run as root; otherwise prints the
 # exact apt-get command and exits 1. On a system without dpkg it only warns (CMake reports

@@ -17,6 +17,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -26,7 +27,7 @@ namespace reformer::examples {
 enum class OptionScope {
   kInvocation,  ///< this invocation only (threads, output, generation): not saved
   kRun,         ///< the run's identity: saved in checkpoints, fixed when resuming
-  kExtend       ///< saved in checkpoints; a value given with --resume replaces it (--steps)
+  kExtend  ///< saved in checkpoints; a value given with --resume replaces it (--steps, --threads)
 };
 
 template <class Settings>
@@ -56,6 +57,8 @@ class OptionTable {
     const std::string group = group_;
     return add_row(flags, scope, m, [=](CLI::App& app, Settings& s) {
       CLI::Option* o = app.add_option(flags, s.*m, help);
+      if constexpr (std::is_floating_point_v<T>) o->check(finite_number());
+      if constexpr (std::is_unsigned_v<T> && !std::is_same_v<T, bool>) o->check(unsigned_integer());
       if (check) o->check(*check);
       if (!group.empty()) o->group(group);
     });
@@ -89,11 +92,12 @@ class OptionTable {
   }
 
   /// Resuming: every saved setting from `ck`'s user JSON, except the kExtend options given on
-  /// the command line (those keep their value). IoError naming the file and a missing setting.
+  /// the command line (those keep their value) or absent from the file (a checkpoint written
+  /// before the option was saved). IoError naming the file and a missing run setting.
   void restore(const io::Checkpoint& ck, const CLI::App& app, Settings& s) const {
     for (const Row& r : rows_) {
       if (r.scope == OptionScope::kRun ||
-          (r.scope == OptionScope::kExtend && app.count(r.name) == 0))
+          (r.scope == OptionScope::kExtend && app.count(r.name) == 0 && ck.user().contains(r.key)))
         r.load(ck, s);
     }
   }

@@ -79,6 +79,10 @@ class Progress {
 
   bool live() const { return live_; }
 
+  /// The run may end before total_steps (at an accuracy target): the ETA shown is then an
+  /// upper bound, and says so.
+  void set_may_stop_early(bool may) { may_stop_early_ = may; }
+
   /// Seconds since construction.
   double elapsed() const { return seconds_since(start_); }
 
@@ -135,7 +139,9 @@ class Progress {
     if (!metrics.empty()) s += "  " + metrics;
     s += "  " + (t > 0 ? format_count(static_cast<double>(tokens) / t) : std::string("-")) +
          " tok/s";
-    s += "  elapsed " + format_duration(t) + "  ETA " + format_duration(eta);
+    s += "  elapsed " + format_duration(t) + "  ETA " +
+         (may_stop_early_ ? "at most " + format_duration(eta) + " (may stop early)"
+                          : format_duration(eta));
     return s;
   }
 
@@ -152,6 +158,7 @@ class Progress {
   Clock::time_point start_, last_draw_;
   bool drawn_ = false;
   bool line_open_ = false;
+  bool may_stop_early_ = false;
 };
 
 }  // namespace reformer::examples

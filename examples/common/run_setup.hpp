@@ -1,6 +1,7 @@
 #pragma once
-// Small pieces of run set-up shared by the example programs: threads, output directory, position
-// embeddings, learning-rate schedule, progress mode.
+// Small pieces of run set-up shared by the example programs: threads, output directory (and the
+// temporaries a killed checkpoint write left in it), position embeddings, learning-rate schedule,
+// progress mode.
 #include "common/progress.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/threading.hpp"
@@ -8,6 +9,7 @@
 #include "reformer/model/config.hpp"
 #include "reformer/model/schedule.hpp"
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <ctime>
@@ -15,6 +17,11 @@
 #include <string>
 #include <system_error>
 #include <thread>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <signal.h>
+#include <sys/types.h>
+#endif
 
 namespace reformer::examples {
 
@@ -73,6 +80,42 @@ inline Progress::Mode progress_mode(const std::string& name) {
 inline std::string parent_dir(const std::string& path) {
   const std::string p = std::filesystem::path(path).parent_path().string();
   return p.empty() ? std::string(".") : p;
+}
+
+/// Whether process `pid` is running (false when unknown or not a POSIX system).
+inline bool process_alive(long long pid) {
+#if defined(__unix__) || defined(__APPLE__)
+  if (pid <= 0) return false;
+  return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
+#else
+  (void)pid;
+  return false;
+#endif
+}
+
+/// Removes the temporaries "<path>.tmp.<pid>.<ticks>" that an atomic write of `path`
+/// (SafetensorsWriter::write) leaves when its process is killed, except those of a process
+/// still running (it may be writing them). Returns how many were removed; never throws.
+inline int remove_stale_temporaries(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  const std::string prefix = target.filename().string() + ".tmp.";
+  std::error_code ec;
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  int removed = 0;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind(prefix, 0) != 0) continue;
+    const std::string rest = name.substr(prefix.size());  // "<pid>.<ticks>"
+    const auto dot = rest.find('.');
+    if (dot == 0 || dot == std::string::npos || dot > 18 ||
+        rest.find_first_not_of("0123456789.") != std::string::npos)
+      continue;
+    if (process_alive(std::stoll(rest.substr(0, dot)))) continue;
+    std::error_code remove_ec;
+    if (fs::remove(it->path(), remove_ec)) ++removed;
+  }
+  return removed;
 }
 
 /// The output directory of a run, created if needed: `requested`, else `fallback` (a resumed

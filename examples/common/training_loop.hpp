@@ -6,6 +6,7 @@
 //     shard   = this rank's B/N sequences of batch_s (common/ranks.hpp; all of them on one rank)
 //     loss    = model.forward_loss(shard, tape, s)         LSH rotations / dropout keyed by s
 //     model.backward(tape);  gradients summed over the ranks in rank order
+//               (a non-finite loss stops the run here; one far above ln V is warned about)
 //     norm = clip_grad_norm(clip);  opt.step(lr = schedule(s))
 //     log {"event":"train", ...};  update the progress line
 //     every eval_every steps and at the end: evaluate() -> log, message, maybe stop early
@@ -16,6 +17,7 @@
 // agrees to rounding). Every rank runs the loop and evaluates; rank 0 alone writes.
 #include "common/batch.hpp"
 #include "common/interrupt.hpp"
+#include "common/loss_checks.hpp"
 #include "common/metrics_log.hpp"
 #include "common/progress.hpp"
 #include "common/ranks.hpp"
@@ -74,6 +76,7 @@ LoopResult train_loop(ReformerLM<S>& model, Adam<S>& opt, const LoopSettings& se
   double loss_sum = 0.0;  // train losses since the progress line was last drawn
   std::int64_t loss_count = 0;
   std::string eval_text;
+  DivergenceWatch watch(model.config().vocab_size);
   auto elapsed = [&] { return settings.prior_elapsed + progress.elapsed(); };
   auto checkpoint = [&](const char* why) {
     const std::string path = save(s, elapsed());
@@ -87,6 +90,9 @@ LoopResult train_loop(ReformerLM<S>& model, Adam<S>& opt, const LoopSettings& se
     const TokenBatch b = batch(s);
     model.zero_grad();
     const double loss = exchange.forward_backward(model, tape, ranks().shard(b), s);
+    require_finite_loss(loss, s);  // before the optimizer touches the parameters
+    const std::string divergence = watch.check(loss, s + 1);
+    if (!divergence.empty()) progress.message(divergence);
     const double norm = settings.clip > 0 ? clip_grad_norm(model.parameters(), settings.clip)
                                           : global_grad_norm(model.parameters());
     const double lr = settings.schedule.lr(s);

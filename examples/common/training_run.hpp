@@ -60,6 +60,7 @@ struct TrainSettings {
   std::string out_dir;
   std::string resume;
   std::string progress = "auto";
+  bool may_stop_early = false;  ///< the program may end before --steps (the ETA is a bound)
 };
 
 /// The model options after --attention (group "Model").
@@ -113,12 +114,13 @@ template <class Settings>
 void add_run_options(OptionTable<Settings>& t, const std::string& out_prefix) {
   using S = TrainSettings;
   const auto invocation = OptionScope::kInvocation;
+  const auto extend = OptionScope::kExtend;  // saved; a resumed run keeps them unless given
   t.group("Run")
-      .option("--threads", &S::threads, "Threads (0 = all cores)", invocation, CLI::Range(0, 1024))
-      .option("--eval-every", &S::eval_every, "Evaluate on the held-out data every N steps",
-              invocation, CLI::Range(std::int64_t{1}, std::int64_t{1} << 40))
+      .option("--threads", &S::threads, "Threads (0 = all cores)", extend, CLI::Range(0, 1024))
+      .option("--eval-every", &S::eval_every, "Evaluate on the held-out data every N steps", extend,
+              CLI::Range(std::int64_t{1}, std::int64_t{1} << 40))
       .option("--checkpoint-every", &S::checkpoint_every,
-              "Save a checkpoint every N steps (0 = only at the end and on Ctrl-C)", invocation,
+              "Save a checkpoint every N steps (0 = only at the end and on Ctrl-C)", extend,
               CLI::Range(std::int64_t{0}, std::int64_t{1} << 40))
       .option("--out-dir", &S::out_dir,
               "Directory for metrics.jsonl and checkpoint.safetensors (default " + out_prefix +
@@ -206,14 +208,16 @@ class TrainingRun {
       resume->restore(model, opt);
       prior_elapsed_ = resume->user().value("elapsed_s", 0.0);
     }
-    if (ranks().is_root()) {
+    if (ranks().is_root()) {  // rank 0 alone writes: the directory, checkpoints, metrics log
       out_dir =
           prepare_out_dir(o.out_dir, resume ? parent_dir(o.resume) : std::string(), out_prefix);
-      log = MetricsLog(out_dir + "/metrics.jsonl", resumed_);
+      checkpoint_path = out_dir + "/checkpoint.safetensors";
+      remove_stale_temporaries(checkpoint_path);
+      log = MetricsLog(out_dir + "/metrics.jsonl", resumed_, resumed_ ? opt.step_count() : -1);
     } else {
       out_dir = o.out_dir;
+      checkpoint_path = out_dir + "/checkpoint.safetensors";
     }
-    checkpoint_path = out_dir + "/checkpoint.safetensors";
   }
 
   bool resumed() const { return resumed_; }
@@ -261,6 +265,7 @@ class TrainingRun {
     install_interrupt_handler();
     agree_across_ranks(o, run);
     progress_.emplace(opt.step_count(), o.steps, progress_mode(o.progress));
+    progress_->set_may_stop_early(o.may_stop_early);
     LoopSettings loop;
     loop.total_steps = o.steps;
     loop.clip = o.clip;

@@ -6,6 +6,7 @@
 // Names and shapes follow the Hugging Face ReformerModelWithLMHead state dict (docs/DESIGN.md 2): a
 // weight of PyTorch shape [out, in] is a row-major out x in matrix view. A slot of rank >= 2 is
 // viewed as shape[0] x (product of the remaining extents); a rank-1 slot as an n x 1 matrix.
+#include "reformer/core/checked_size.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/types.hpp"
 
@@ -37,20 +38,26 @@ class Parameters {
  public:
   using Scalar = S;
 
-  /// Registers a zero-initialised tensor; returns its slot id. Names must be unique and every
-  /// extent positive. Adding invalidates previously created maps (the vectors may reallocate).
+  /// At most this many scalars in one store (2^40: 4 TiB of floats), so that element counts
+  /// and offsets never overflow.
+  static constexpr Index kMaxScalars = Index{1} << 40;
+
+  /// Registers a zero-initialised tensor; returns its slot id. Names must be unique, every
+  /// extent positive and the store's total size at most kMaxScalars (InvalidArgument naming the
+  /// tensor otherwise, checked before anything is allocated). Adding invalidates previously
+  /// created maps (the vectors may reallocate).
   SlotId add(const std::string& name, std::vector<Index> shape) {
     REFORMER_REQUIRE(!name.empty(), InvalidArgument, "Parameters::add", "name must not be empty");
     REFORMER_REQUIRE(by_name_.count(name) == 0, InvalidArgument, "Parameters::add", "name '", name,
                      "' is already registered");
     REFORMER_REQUIRE(!shape.empty(), InvalidArgument, "Parameters::add", "shape of '", name,
                      "' must have at least one extent");
-    Index size = 1;
     for (Index e : shape) {
       REFORMER_REQUIRE(e > 0, InvalidArgument, "Parameters::add", "shape of '", name,
                        "' has extent ", e, ", extents must be positive");
-      size *= e;
     }
+    const Index size =
+        size_product("Parameters::add", "shape of '" + name + "'", shape, kMaxScalars - total_);
     ParamSlot slot{name, std::move(shape), total_, size};
     total_ += size;
     values_.conservativeResize(total_);

@@ -13,6 +13,10 @@
 //   optimizer.type / .step / .lr / .beta1 / .beta2 / .eps / .weight_decay   with the optimizer
 //   user = {...}                       the caller's JSON object (Checkpoint::save), if given
 //
+// Opening a checkpoint (Checkpoint::open) with a config checks, before any model is built, that
+// the file holds every tensor that config needs with the right shape and a floating dtype
+// (check_tensors_for_config), so a small hostile file cannot make the program allocate a model
+// far larger than itself.
 // Loading validates everything — every slot present, shapes equal, floating dtypes, finite
 // values, no unknown tensors (unless allowed), a matching optimizer layout — into temporaries
 // and only then replaces the store's values (and the optimizer state): on any problem it throws
@@ -27,9 +31,11 @@
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/io/config_json.hpp"
+#include "reformer/io/json_reader.hpp"
 #include "reformer/io/safetensors.hpp"
 #include "reformer/model/config.hpp"
 #include "reformer/model/optimizer.hpp"
+#include "reformer/model/parameter_layout.hpp"
 #include "reformer/ops/check_finite.hpp"
 #include "reformer/version.hpp"
 
@@ -415,6 +421,56 @@ CheckpointInfo load_checkpoint(const std::string& path, Parameters<S>& params, A
 // ---- models ----------------------------------------------------------------------------------
 // For any model type with `parameters()` and `config()` (a ReformerConfig), e.g. ReformerLM<S>.
 
+/// Throws IoError (naming the file and the first missing or mismatched tensor) unless `file`
+/// holds every parameter of ReformerLM(config) (reformer_parameter_layout) with its shape and a
+/// floating dtype (or an alias of LoadOptions::aliases), and, with `with_optimizer`, both Adam
+/// moments of each. Checks sizes only: nothing is read or allocated beyond the layout itself.
+inline void check_tensors_for_config(const SafetensorsFile& file, const ReformerConfig& config,
+                                     bool with_optimizer = false, const LoadOptions& options = {}) {
+  const char* where = "check_tensors_for_config";
+  std::vector<ParameterSpec> layout;
+  try {
+    layout = reformer_parameter_layout(config);
+  } catch (const InvalidArgument& e) {
+    raise<IoError>(where, "'", file.source(), "': ", e.what());
+  }
+  // Every tensor is at least 2 bytes an element (F16), and all of them lie inside the file.
+  const auto count = checked_product({parameter_count(layout), with_optimizer ? 3 : 1});
+  if (!count || *count > static_cast<Index>(file.tensor_bytes() / 2)) {
+    raise<IoError>(where, "'", file.source(), "': its config needs ", parameter_count(layout),
+                   " parameters", with_optimizer ? " (and their Adam moments)" : "",
+                   ", more than its ", file.tensor_bytes(), " bytes of tensors can hold");
+  }
+  auto expect = [&](const std::string& tensor, const std::string& parameter,
+                    const std::vector<Index>& shape) {
+    std::string name = tensor;
+    if (!file.contains(name)) {
+      for (const auto& alias : options.aliases) {
+        if (alias.second == tensor && file.contains(alias.first)) name = alias.first;
+      }
+    }
+    if (!file.contains(name)) {
+      raise<IoError>(where, "'", file.source(), "': no tensor '", tensor, "' (shape ",
+                     detail::shape_string(detail::shape64(shape)), ") for parameter '", parameter,
+                     "' of its config");
+    }
+    const TensorInfo& ti = file.info(name);
+    if (ti.shape != detail::shape64(shape) || !dtype_is_floating(ti.dtype)) {
+      raise<IoError>(where, "'", file.source(), "': tensor '", name, "' has shape ",
+                     detail::shape_string(ti.shape), " and dtype ", dtype_name(ti.dtype),
+                     ", its config needs shape ", detail::shape_string(detail::shape64(shape)),
+                     " and a floating dtype");
+    }
+  };
+  for (const auto& p : layout) {
+    expect(p.name, p.name, p.shape);
+    if (with_optimizer) {
+      expect("optimizer.m." + p.name, p.name, p.shape);
+      expect("optimizer.v." + p.name, p.name, p.shape);
+    }
+  }
+}
+
 /// The config stored in a checkpoint (validated; IoError when the file has none).
 inline ReformerConfig load_config(const SafetensorsFile& file) {
   auto it = file.metadata().find("config");
@@ -487,15 +543,18 @@ class Checkpoint {
   /// Parses a file already in memory (`file.source()` names it in errors).
   explicit Checkpoint(SafetensorsFile file) : file_(std::move(file)) {
     const auto& meta = file_.metadata();
-    if (meta.count("config")) config_ = load_config(file_);
+    if (meta.count("config")) {
+      config_ = load_config(file_);
+      check_tensors_for_config(file_, *config_, has_optimizer());
+    }
     auto it = meta.find(kUserMetadataKey);
     if (it != meta.end()) {
-      try {
-        user_ = nlohmann::json::parse(it->second);
-      } catch (const nlohmann::json::exception&) {
+      JsonReadResult parsed = read_json(it->second);  // nesting at most kMaxJsonDepth levels
+      if (!parsed.ok()) {
         raise<IoError>("Checkpoint::open", "'", path(), "': metadata '", kUserMetadataKey,
-                       "' is not valid JSON");
+                       "': ", parsed.error);
       }
+      user_ = std::move(parsed.value);
       if (!user_.is_object()) {
         raise<IoError>("Checkpoint::open", "'", path(), "': metadata '", kUserMetadataKey,
                        "' is not a JSON object");
@@ -532,7 +591,7 @@ class Checkpoint {
       return user_.at(key).get<T>();
     } catch (const nlohmann::json::exception&) {
       raise<IoError>("Checkpoint::user_value", "'", path(), "': user setting '", key,
-                     "' has the wrong type (", user_.at(key).dump(), ")");
+                     "' has the wrong type (", json_excerpt(user_.at(key)), ")");
     }
   }
 
@@ -574,8 +633,8 @@ class Checkpoint {
 
  private:
   static void add_user(SafetensorsWriter& w, const nlohmann::json& user) {
-    REFORMER_REQUIRE(user.is_object(), InvalidArgument, "Checkpoint::save", "user = ", user.dump(),
-                     " must be a JSON object");
+    REFORMER_REQUIRE(user.is_object(), InvalidArgument, "Checkpoint::save",
+                     "user = ", json_excerpt(user), " must be a JSON object");
     if (!user.empty()) w.set_metadata(kUserMetadataKey, user.dump());
   }
 

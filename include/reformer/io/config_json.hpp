@@ -14,6 +14,7 @@
 // `num_buckets` is null (auto), an integer, or a list of factors, as in HF.
 #include "reformer/core/error.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/io/json_reader.hpp"
 #include "reformer/model/config.hpp"
 
 #include <nlohmann/json.hpp>
@@ -123,15 +124,7 @@ class ConfigJsonReader {
   }
 
   void read(const char* key, Index& out) const {
-    if (const auto* v = find(key)) {
-      if (!v->is_number_integer()) wrong_type(key, *v, "an integer");
-      if (v->is_number_unsigned() &&
-          v->get<std::uint64_t>() >
-              static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-        wrong_type(key, *v, "an integer below 2^63");
-      }
-      out = static_cast<Index>(v->get<std::int64_t>());
-    }
+    if (const auto* v = find(key)) out = as_index(key, *v, *v, "an integer");
   }
   void read(const char* key, std::uint64_t& out) const {
     if (const auto* v = find(key)) {
@@ -178,7 +171,7 @@ class ConfigJsonReader {
       if (v->is_null()) {
         out.clear();
       } else if (v->is_number_integer()) {
-        out = {static_cast<Index>(v->get<std::int64_t>())};
+        out = {as_index(key, *v, *v, "null, an integer or a list of integers")};
       } else if (v->is_array()) {
         out = as_integer_list(key, *v);
       } else {
@@ -197,15 +190,24 @@ class ConfigJsonReader {
   std::vector<Index> as_integer_list(const char* key, const nlohmann::json& v) const {
     if (!v.is_array()) wrong_type(key, v, "a list of integers");
     std::vector<Index> list;
-    for (const auto& e : v) {
-      if (!e.is_number_integer()) wrong_type(key, v, "a list of integers");
-      list.push_back(static_cast<Index>(e.get<std::int64_t>()));
-    }
+    for (const auto& e : v) list.push_back(as_index(key, e, v, "a list of integers"));
     return list;
+  }
+  /// `e` (part of the field's value `v`) as an Index: an integer below 2^63.
+  static Index as_index(const char* key, const nlohmann::json& e, const nlohmann::json& v,
+                        const char* expected) {
+    if (!e.is_number_integer()) wrong_type(key, v, expected);
+    if (e.is_number_unsigned() &&
+        e.get<std::uint64_t>() >
+            static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+      raise<ConfigError>(kWhere, "field '", key, "' = ", io::json_excerpt(v),
+                         " holds an integer above 2^63 - 1");
+    }
+    return static_cast<Index>(e.get<std::int64_t>());
   }
   [[noreturn]] static void wrong_type(const char* key, const nlohmann::json& v,
                                       const char* expected) {
-    raise<ConfigError>(kWhere, "field '", key, "' = ", v.dump(), " must be ", expected);
+    raise<ConfigError>(kWhere, "field '", key, "' = ", io::json_excerpt(v), " must be ", expected);
   }
 
   const nlohmann::json& j_;
@@ -231,15 +233,12 @@ inline std::string config_to_json_string(const ReformerConfig& c) {
   return nlohmann::json(c).dump();
 }
 
-/// Parses and validates (ConfigError naming the field; invalid JSON is a ConfigError too).
+/// Parses (io::read_json: bounded nesting) and validates (ConfigError naming the field; invalid
+/// JSON is a ConfigError too).
 inline ReformerConfig config_from_json_string(const std::string& text) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    raise<ConfigError>("config_from_json_string", "the config is not valid JSON: ", e.what());
-  }
-  ReformerConfig c = config_from_json(j);
+  io::JsonReadResult j = io::read_json(text);  // nesting at most io::kMaxJsonDepth levels
+  if (!j.ok()) raise<ConfigError>("config_from_json_string", "the config: ", j.error);
+  ReformerConfig c = config_from_json(j.value);
   c.validate();
   return c;
 }

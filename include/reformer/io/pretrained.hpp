@@ -18,6 +18,7 @@
 #include "reformer/core/error.hpp"
 #include "reformer/io/checkpoint.hpp"
 #include "reformer/io/config_json.hpp"
+#include "reformer/io/json_reader.hpp"
 #include "reformer/io/safetensors.hpp"
 #include "reformer/model/config.hpp"
 #include "reformer/model/reformer_lm.hpp"
@@ -26,6 +27,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 namespace reformer::io {
@@ -39,12 +41,10 @@ inline ReformerConfig pretrained_config(const std::string& dir) {
   const std::string path = (std::filesystem::path(dir) / kPretrainedConfigFile).string();
   std::ifstream in(path, std::ios::binary);
   if (!in) raise<IoError>(where, "cannot open '", path, "'");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    raise<IoError>(where, "'", path, "' is not valid JSON: ", e.what());
-  }
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  JsonReadResult parsed = read_json(text);  // nesting at most kMaxJsonDepth levels
+  if (!parsed.ok()) raise<IoError>(where, "'", path, "': ", parsed.error);
+  const nlohmann::json& j = parsed.value;
   if (!j.is_object() || j.value("model_type", std::string()) != "reformer") {
     raise<IoError>(where, "'", path, "' is not a Reformer config (\"model_type\" must be ",
                    "\"reformer\")");
@@ -61,9 +61,12 @@ inline ReformerConfig pretrained_config(const std::string& dir) {
 /// A ReformerLM<S> with the config and weights of the HF model folder `dir` (see above).
 template <class S>
 ReformerLM<S> from_pretrained(const std::string& dir, const LoadOptions& options = {}) {
-  ReformerLM<S> model(pretrained_config(dir));
+  const ReformerConfig config = pretrained_config(dir);
   const std::string weights = (std::filesystem::path(dir) / kPretrainedWeightsFile).string();
-  load_parameters(SafetensorsFile::load(weights), model.parameters(), options);
+  const SafetensorsFile file = SafetensorsFile::load(weights);
+  check_tensors_for_config(file, config, false, options);  // before the model is allocated
+  ReformerLM<S> model(config);
+  load_parameters(file, model.parameters(), options);
   return model;
 }
 

@@ -18,6 +18,7 @@
 // Needs nlohmann/json (Debian nlohmann-json3-dev); this header is therefore not part of the
 // umbrella reformer.hpp.
 #include "reformer/core/error.hpp"
+#include "reformer/io/json_reader.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -425,6 +426,8 @@ class SafetensorsFile {
   }
   std::size_t size() const { return tensors_.size(); }
   bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
+  /// Bytes of the data section (what all tensors together occupy).
+  std::uint64_t tensor_bytes() const { return bytes_.size() - data_offset_; }
 
   /// Dtype, shape and byte range of `name`; IoError naming the file and tensor when absent.
   const TensorInfo& info(const std::string& name) const {
@@ -500,30 +503,14 @@ class SafetensorsFile {
     data_offset_ = static_cast<std::size_t>(8 + header_size);
     const std::uint64_t data_size = file_size - 8 - header_size;
 
-    // Parse, rejecting duplicate keys in any object (nlohmann would silently keep the last).
-    std::vector<std::set<std::string>> open_objects;
-    std::string duplicate;
-    auto on_event = [&](int /*depth*/, nlohmann::json::parse_event_t event,
-                        nlohmann::json& parsed) {
-      using E = nlohmann::json::parse_event_t;
-      if (event == E::object_start) {
-        open_objects.emplace_back();
-      } else if (event == E::object_end) {
-        if (!open_objects.empty()) open_objects.pop_back();
-      } else if (event == E::key && !open_objects.empty() && parsed.is_string()) {
-        if (!open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty())
-          duplicate = parsed.get<std::string>();
-      }
-      return true;
-    };
-    nlohmann::json header;
-    try {
-      const char* h = bytes_.data() + 8;
-      header = nlohmann::json::parse(h, h + header_size, on_event);
-    } catch (const nlohmann::json::exception& e) {
-      fail("the header is not valid JSON: ", e.what());
-    }
-    if (!duplicate.empty()) fail("the header repeats the key '", duplicate, "'");
+    // Parse with bounded nesting, rejecting duplicate keys in any object (nlohmann would
+    // silently keep the last).
+    const char* h = bytes_.data() + 8;
+    JsonReadOptions options;
+    options.reject_duplicate_keys = true;
+    JsonReadResult parsed = read_json(h, h + header_size, options);
+    if (!parsed.ok()) fail("the header: ", parsed.error);
+    const nlohmann::json header = std::move(parsed.value);
     if (!header.is_object()) fail("the header is not a JSON object");
 
     for (auto it = header.begin(); it != header.end(); ++it) {
@@ -532,7 +519,8 @@ class SafetensorsFile {
       if (name == "__metadata__") {
         if (!entry.is_object()) fail("__metadata__ is not a JSON object");
         for (auto m = entry.begin(); m != entry.end(); ++m) {
-          if (!m.value().is_string()) fail("__metadata__ value of '", m.key(), "' is not a string");
+          if (!m.value().is_string())
+            fail("__metadata__ value of '", detail::truncated(m.key()), "' is not a string");
           metadata_.emplace(m.key(), m.value().get<std::string>());
         }
         continue;
@@ -551,12 +539,13 @@ class SafetensorsFile {
     const TensorInfo* previous = nullptr;
     for (const TensorInfo* t : order) {
       if (t->begin < covered) {
-        fail("tensor '", t->name, "' data_offsets [", t->begin, ", ", t->end, "] overlap tensor '",
-             previous->name, "' [", previous->begin, ", ", previous->end, "]");
+        fail("tensor '", detail::truncated(t->name), "' data_offsets [", t->begin, ", ", t->end,
+             "] overlap tensor '", detail::truncated(previous->name), "' [", previous->begin, ", ",
+             previous->end, "]");
       }
       if (t->begin > covered) {
-        fail("tensor '", t->name, "' starts at data offset ", t->begin, " leaving a gap after ",
-             covered);
+        fail("tensor '", detail::truncated(t->name), "' starts at data offset ", t->begin,
+             " leaving a gap after ", covered);
       }
       covered = t->end;
       previous = t;
@@ -567,10 +556,11 @@ class SafetensorsFile {
     }
   }
 
-  TensorInfo parse_entry(const std::string& name, const nlohmann::json& entry,
+  TensorInfo parse_entry(const std::string& full_name, const nlohmann::json& entry,
                          std::uint64_t data_size) const {
     TensorInfo ti;
-    ti.name = name;
+    ti.name = full_name;
+    const std::string name = detail::truncated(full_name, 4 * kJsonExcerptChars);  // for messages
     if (!entry.is_object()) fail("tensor '", name, "': entry is not a JSON object");
 
     auto dtype_it = entry.find("dtype");
@@ -578,7 +568,7 @@ class SafetensorsFile {
       fail("tensor '", name, "': missing or non-string 'dtype'");
     const std::string dtype_str = dtype_it->get<std::string>();
     const auto dtype = parse_dtype(dtype_str);
-    if (!dtype) fail("tensor '", name, "': unknown dtype '", dtype_str, "'");
+    if (!dtype) fail("tensor '", name, "': unknown dtype '", detail::truncated(dtype_str), "'");
     ti.dtype = *dtype;
 
     auto shape_it = entry.find("shape");
@@ -591,7 +581,8 @@ class SafetensorsFile {
     for (const auto& e : *shape_it) {
       const auto extent = as_uint(e);
       if (!extent)
-        fail("tensor '", name, "': shape entry ", e.dump(), " is not a non-negative integer");
+        fail("tensor '", name, "': shape entry ", json_excerpt(e),
+             " is not a non-negative integer");
       if (*extent > limit) fail("tensor '", name, "': shape extent ", *extent, " is too large");
       ti.shape.push_back(static_cast<std::int64_t>(*extent));
       if (*extent == 0) empty = true;
@@ -618,7 +609,8 @@ class SafetensorsFile {
     const std::uint64_t expected = numel * dtype_size(ti.dtype);
     if (*end - *begin != expected) {
       fail("tensor '", name, "': data_offsets [", *begin, ", ", *end, "] span ", *end - *begin,
-           " bytes, but dtype ", dtype_str, " and shape ", shape_it->dump(), " need ", expected);
+           " bytes, but dtype ", dtype_str, " and shape ", json_excerpt(*shape_it), " need ",
+           expected);
     }
     ti.begin = *begin;
     ti.end = *end;

@@ -32,6 +32,7 @@
 // (sequence, head) are then added in item order, so results are bitwise identical for any
 // thread count. Memory: O(N * H * Dh) for q, k, v and their gradients (drawn from ctx.workspace),
 // plus O(C^2) per item.
+#include "reformer/core/checked_size.hpp"
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/init.hpp"
@@ -179,6 +180,13 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
                      "chunks_before = ", cfg.chunks_before, " must be >= 0");
     REFORMER_REQUIRE(cfg.chunks_after >= 0, InvalidArgument, where,
                      "chunks_after = ", cfg.chunks_after, " must be >= 0");
+    const auto adjacent = checked_add(cfg.chunks_before, cfg.chunks_after, kMaxIndex - 1);
+    REFORMER_REQUIRE(adjacent && checked_mul(*adjacent + 1, cfg.chunk_length, Index{1} << 31),
+                     InvalidArgument, where,
+                     "the window (chunks_before + 1 + chunks_after) x "
+                     "chunk_length = (",
+                     cfg.chunks_before, " + 1 + ", cfg.chunks_after, ") x ", cfg.chunk_length,
+                     " exceeds 2^31 positions");
     REFORMER_REQUIRE(cfg.item_chunks >= 0, InvalidArgument, where,
                      "item_chunks = ", cfg.item_chunks, " must be >= 0");
     return cfg;

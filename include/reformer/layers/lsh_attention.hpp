@@ -37,6 +37,7 @@
 // long inputs). Per head the buffers are O(R*Tp*Dh): sorted queries and values, the per-place
 // outputs, and in backward the per-place gradients of queries, keys and values; per work item
 // O(C^2) scores. No T x T and no all-chunks (R*T x W*C) score buffer is ever formed.
+#include "reformer/core/checked_size.hpp"
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/init.hpp"
@@ -109,6 +110,12 @@ struct LshAttentionConfig {
     REFORMER_REQUIRE(chunks_before >= 0 && chunks_after >= 0, ConfigError, where,
                      "chunks_before = ", chunks_before, " and chunks_after = ", chunks_after,
                      " must be >= 0");
+    const auto adjacent = checked_add(chunks_before, chunks_after, kMaxIndex - 1);
+    REFORMER_REQUIRE(
+        adjacent && checked_mul(*adjacent + 1, chunk_length, Index{1} << 31), ConfigError, where,
+        "the window (chunks_before + 1 + chunks_after) x "
+        "chunk_length = (",
+        chunks_before, " + 1 + ", chunks_after, ") x ", chunk_length, " exceeds 2^31 positions");
     REFORMER_REQUIRE(dropout >= 0.0 && dropout < 1.0, ConfigError, where, "dropout = ", dropout,
                      " must be in [0, 1)");
     REFORMER_REQUIRE(max_positions >= 1, ConfigError, where, "max_positions = ", max_positions,

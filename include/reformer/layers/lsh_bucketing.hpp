@@ -15,8 +15,10 @@
 // nothing random needs to be stored.
 //
 // Sorting: all R*L slots of a head (round r, position t) are ordered by (r, bucket, t) with a
-// stable counting sort per round in O(R * (L + bins)); padded positions carry the pad bucket NB
-// (one past the real ones) so they sort after every real position of their round.
+// stable counting sort per round in O(R * (L + bins)) (a comparison sort when the bins outnumber
+// the positions); padded positions carry the pad bucket NB (one past the real ones) so they sort
+// after every real position of their round.
+#include "reformer/core/checked_size.hpp"
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
@@ -59,20 +61,31 @@ inline Index lsh_isqrt(Index n) {
 }
 }  // namespace detail
 
+/// Rotation columns (the sum of f/2 over the bucket factors: what hashing costs per token,
+/// head and round) allowed for any sequence length.
+inline constexpr Index kLshMaxRotationColumns = Index{1} << 13;
+
+/// The most rotation columns allowed for sequences of (padded) length `length` hashed for
+/// chunks of `chunk_length`: max(kLshMaxRotationColumns, length / chunk_length). Hugging Face's
+/// automatic rule never needs more than about 2 * length / chunk_length buckets, i.e. at most
+/// length / chunk_length columns.
+inline Index lsh_max_rotation_columns(Index length, Index chunk_length) {
+  const Index per_length = chunk_length > 0 ? length / chunk_length : 0;
+  return std::max(per_length, kLshMaxRotationColumns);
+}
+
 /// Throws ConfigError unless `num_buckets` is empty (automatic), one even count >= 2, or a list
 /// of even factors >= 2 (product <= 2^30).
 inline void validate_lsh_num_buckets(const char* where, const std::vector<Index>& num_buckets) {
-  Index product = 1;
   for (std::size_t i = 0; i < num_buckets.size(); ++i) {
     const Index f = num_buckets[i];
     REFORMER_REQUIRE(f >= 2 && f % 2 == 0, ConfigError, where,
                      "num_buckets = ", detail::list_to_string(num_buckets), ": entry ", i, " = ", f,
                      " must be even and >= 2");
-    product *= f;
-    REFORMER_REQUIRE(product <= (Index{1} << 30), ConfigError, where,
-                     "num_buckets = ", detail::list_to_string(num_buckets),
-                     " has more than 2^30 buckets");
   }
+  REFORMER_REQUIRE(checked_product(num_buckets, Index{1} << 30).has_value(), ConfigError, where,
+                   "num_buckets = ", detail::list_to_string(num_buckets),
+                   " has more than 2^30 buckets");
 }
 
 /// The bucket layout for a (padded) sequence of `length` tokens hashed for chunks of
@@ -85,9 +98,20 @@ inline LshBucketLayout lsh_bucket_layout(const std::vector<Index>& num_buckets, 
                                          Index chunk_length, Index max_positions) {
   const char* where = "lsh_bucket_layout";
   validate_lsh_num_buckets(where, num_buckets);
-  if (!num_buckets.empty()) return LshBucketLayout{num_buckets};
   REFORMER_REQUIRE(chunk_length >= 1, InvalidArgument, where, "chunk_length = ", chunk_length,
                    " must be >= 1");
+  if (!num_buckets.empty()) {
+    const LshBucketLayout layout{num_buckets};
+    REFORMER_REQUIRE(layout.rotation_columns() <= lsh_max_rotation_columns(length, chunk_length),
+                     ConfigError, where, "num_buckets = ", detail::list_to_string(num_buckets),
+                     " needs ", layout.rotation_columns(),
+                     " rotation columns per head and round; sequences of length ", length,
+                     " with chunk_length ", chunk_length, " allow at most ",
+                     lsh_max_rotation_columns(length, chunk_length),
+                     " (factorise the buckets: (f1, f2) hashes f1 * f2 buckets with (f1 + f2) / 2 "
+                     "columns)");
+    return layout;
+  }
   REFORMER_REQUIRE(length >= 1, InvalidArgument, where, "length = ", length, " must be >= 1");
   REFORMER_REQUIRE(max_positions >= 1, InvalidArgument, where, "max_positions = ", max_positions,
                    " must be >= 1");
@@ -185,8 +209,10 @@ void lsh_hash(ConstMatrixRef<S> vectors, ConstMatrixRef<S> rotations, const LshB
 ///   buckets: R x L row-major (slot r*L + t), values in [0, num_bins)
 ///   order[s]   = r*L + t of the slot at sorted place s (round r's slots stay in [r*L, (r+1)*L))
 ///   inverse[r*L + t] = s  (order[inverse[i]] == i)
-///   counts: scratch of num_bins + 1 entries (resized)
-/// O(R * (L + num_bins)); slots with equal buckets keep their position order.
+///   counts: scratch (resized: num_bins + 1 entries, or L when the bins outnumber positions)
+/// O(R * (L + num_bins)) by counting when num_bins <= 2 * L + 1, else O(R * L log L) by
+/// comparison, so the cost never grows with the bucket count; slots with equal buckets keep
+/// their position order.
 inline void lsh_counting_sort(const std::int32_t* buckets, Index rounds, Index length,
                               Index num_bins, Index* order, Index* inverse,
                               std::vector<Index>& counts) {
@@ -196,6 +222,26 @@ inline void lsh_counting_sort(const std::int32_t* buckets, Index rounds, Index l
   REFORMER_REQUIRE(num_bins >= 1, InvalidArgument, where, "num_bins = ", num_bins, " must be >= 1");
   REFORMER_REQUIRE(buckets != nullptr && order != nullptr && inverse != nullptr, InvalidArgument,
                    where, "buckets, order and inverse must not be null");
+  if (num_bins > 2 * length + 1) {
+    // More bins than positions: sort the positions by (bucket, position) instead of counting.
+    counts.resize(static_cast<std::size_t>(length));
+    for (Index r = 0; r < rounds; ++r) {
+      const std::int32_t* b = buckets + r * length;
+      for (Index t = 0; t < length; ++t) {
+        REFORMER_REQUIRE(b[t] >= 0 && b[t] < num_bins, InvalidArgument, where, "bucket of round ",
+                         r, ", position ", t, " = ", b[t], " is outside [0, ", num_bins, ")");
+        counts[static_cast<std::size_t>(t)] = t;
+      }
+      std::sort(counts.begin(), counts.end(),
+                [b](Index x, Index y) { return b[x] != b[y] ? b[x] < b[y] : x < y; });
+      for (Index k = 0; k < length; ++k) {
+        const Index s = r * length + k, slot = r * length + counts[static_cast<std::size_t>(k)];
+        order[s] = slot;
+        inverse[slot] = s;
+      }
+    }
+    return;
+  }
   counts.assign(static_cast<std::size_t>(num_bins + 1), 0);
   for (Index r = 0; r < rounds; ++r) {
     const std::int32_t* b = buckets + r * length;

@@ -8,9 +8,11 @@
 //
 // validate() checks every field and every combination and throws reformer::ConfigError naming
 // the field(s) and their values; a ReformerLM is only ever built from a validated config.
+#include "reformer/core/checked_size.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/types.hpp"
-#include "reformer/ops/activations.hpp"  // Activation
+#include "reformer/layers/lsh_bucketing.hpp"  // lsh_max_rotation_columns
+#include "reformer/ops/activations.hpp"       // Activation
 
 #include <cmath>
 #include <cstddef>
@@ -29,6 +31,23 @@ inline const char* to_string(LayerKind k) {
   const auto i = static_cast<std::size_t>(k);
   return i < std::size(kNames) ? kNames[i] : "?";
 }
+
+/// Upper bounds of ReformerConfig's fields: far above any real model, low enough that every
+/// size the library derives from a valid config (tensor shapes, windows, position and bucket
+/// counts) is computed without overflow.
+struct ConfigLimits {
+  static constexpr Index kMaxVocab = Index{1} << 31;           ///< token ids fit int32
+  static constexpr Index kMaxWidth = Index{1} << 16;           ///< hidden_size, head size
+  static constexpr Index kMaxHeads = Index{1} << 12;           ///< num_attention_heads
+  static constexpr Index kMaxFeedForward = Index{1} << 22;     ///< feed_forward_size
+  static constexpr Index kMaxLayers = Index{1} << 12;          ///< attn_layers entries
+  static constexpr Index kMaxPositions = Index{1} << 31;       ///< sequence length, chunk sizes
+  static constexpr Index kMaxAdjacentChunks = Index{1} << 10;  ///< *_num_chunks_before/after
+  static constexpr Index kMaxHashes = 16;                      ///< num_hashes (kLshMaxHashes)
+  static constexpr Index kMaxBuckets = Index{1} << 30;         ///< product of num_buckets
+  static constexpr double kMaxInitStd = 10.0;  ///< initializer_range, axial_norm_std
+  static constexpr double kMaxLayerNormEps = 1.0;
+};
 
 struct ReformerConfig {
   // --- sizes -------------------------------------------------------------------------------
@@ -108,75 +127,101 @@ struct ReformerConfig {
 
   /// Longest sequence the position embeddings cover: s1 * s2 (axial) or
   /// max_position_embeddings (learned).
+  /// (kMaxIndex when the product overflows, which validate() refuses.)
   Index max_length() const {
-    if (axial_pos_embds) {
-      Index n = 1;
-      for (Index s : axial_pos_shape) n *= s;
-      return n;
-    }
+    if (axial_pos_embds) return checked_product(axial_pos_shape).value_or(kMaxIndex);
     return max_position_embeddings;
   }
 
-  /// Product of the bucket factors (0 when auto).
+  /// Product of the bucket factors (0 when auto; kMaxIndex when it overflows, which validate()
+  /// refuses).
   Index total_buckets() const {
     if (num_buckets.empty()) return 0;
-    Index n = 1;
-    for (Index f : num_buckets) n *= f;
+    return checked_product(num_buckets).value_or(kMaxIndex);
+  }
+
+  /// Sum of f/2 over the bucket factors: the columns of one LSH rotation (0 when auto).
+  Index rotation_columns() const {
+    Index n = 0;
+    for (Index f : num_buckets) n = checked_add(n, f > 0 ? f / 2 : 0).value_or(kMaxIndex);
     return n;
   }
 
   /// Throws ConfigError naming the offending field(s) and values unless the config is usable.
   void validate() const {
+    using L = ConfigLimits;
     const char* where = "ReformerConfig::validate";
-    auto positive = [&](const char* field, Index v) {
-      REFORMER_REQUIRE(v >= 1, ConfigError, where, field, " = ", v, " must be >= 1");
-    };
-    auto non_negative = [&](const char* field, Index v) {
-      REFORMER_REQUIRE(v >= 0, ConfigError, where, field, " = ", v, " must be >= 0");
+    auto in_range = [&](const char* field, Index v, Index lo, Index hi) {
+      REFORMER_REQUIRE(v >= lo && v <= hi, ConfigError, where, field, " = ", v, " must be in [", lo,
+                       ", ", hi, "]");
     };
     auto probability = [&](const char* field, double p) {
       REFORMER_REQUIRE(std::isfinite(p) && p >= 0.0 && p < 1.0, ConfigError, where, field, " = ", p,
                        " must be in [0, 1)");
     };
+    auto list_entries = [&](const char* field, const std::vector<Index>& list, Index lo, Index hi) {
+      for (std::size_t i = 0; i < list.size(); ++i) {
+        REFORMER_REQUIRE(list[i] >= lo && list[i] <= hi, ConfigError, where, field, " = ",
+                         detail::list_to_string(list), ": entry ", i, " = ", list[i],
+                         " must be in [", lo, ", ", hi, "]");
+      }
+    };
 
-    positive("vocab_size", vocab_size);
-    REFORMER_REQUIRE(vocab_size <= Index{1} << 31, ConfigError, where, "vocab_size = ", vocab_size,
+    REFORMER_REQUIRE(vocab_size >= 1, ConfigError, where, "vocab_size = ", vocab_size,
+                     " must be >= 1");
+    REFORMER_REQUIRE(vocab_size <= L::kMaxVocab, ConfigError, where, "vocab_size = ", vocab_size,
                      " must fit token ids in int32 (<= 2^31)");
-    positive("hidden_size", hidden_size);
-    positive("num_attention_heads", num_attention_heads);
-    non_negative("attention_head_size", attention_head_size);
+    in_range("hidden_size", hidden_size, 1, L::kMaxWidth);
+    in_range("num_attention_heads", num_attention_heads, 1, L::kMaxHeads);
+    in_range("attention_head_size", attention_head_size, 0, L::kMaxWidth);
     if (attention_head_size == 0) {
       REFORMER_REQUIRE(hidden_size % num_attention_heads == 0, ConfigError, where,
                        "attention_head_size = 0 (auto) needs hidden_size = ", hidden_size,
                        " divisible by num_attention_heads = ", num_attention_heads);
     }
-    positive("feed_forward_size", feed_forward_size);
+    in_range("feed_forward_size", feed_forward_size, 1, L::kMaxFeedForward);
     REFORMER_REQUIRE(is_activation_name(hidden_act), ConfigError, where, "hidden_act = '",
                      hidden_act, "' is not one of ", kActivationNames);
 
     REFORMER_REQUIRE(!attn_layers.empty(), ConfigError, where,
                      "attn_layers is empty, need at least one layer");
+    REFORMER_REQUIRE(num_layers() <= L::kMaxLayers, ConfigError, where, "attn_layers has ",
+                     num_layers(), " entries, at most ", L::kMaxLayers);
     for (std::size_t i = 0; i < attn_layers.size(); ++i) {
       const std::string& k = attn_layers[i];
       REFORMER_REQUIRE(k == "lsh" || k == "local" || k == "full", ConfigError, where,
-                       "attn_layers[", i, "] = '", k, "' is not one of 'lsh', 'local', 'full'");
+                       "attn_layers[", i, "] = '", k.substr(0, 40), k.size() > 40 ? "..." : "",
+                       "' is not one of 'lsh', 'local', 'full'");
     }
 
-    positive("lsh_attn_chunk_length", lsh_attn_chunk_length);
-    positive("local_attn_chunk_length", local_attn_chunk_length);
-    non_negative("lsh_num_chunks_before", lsh_num_chunks_before);
-    non_negative("lsh_num_chunks_after", lsh_num_chunks_after);
-    non_negative("local_num_chunks_before", local_num_chunks_before);
-    non_negative("local_num_chunks_after", local_num_chunks_after);
-    positive("num_hashes", num_hashes);
+    in_range("lsh_attn_chunk_length", lsh_attn_chunk_length, 1, L::kMaxPositions);
+    in_range("local_attn_chunk_length", local_attn_chunk_length, 1, L::kMaxPositions);
+    in_range("lsh_num_chunks_before", lsh_num_chunks_before, 0, L::kMaxAdjacentChunks);
+    in_range("lsh_num_chunks_after", lsh_num_chunks_after, 0, L::kMaxAdjacentChunks);
+    in_range("local_num_chunks_before", local_num_chunks_before, 0, L::kMaxAdjacentChunks);
+    in_range("local_num_chunks_after", local_num_chunks_after, 0, L::kMaxAdjacentChunks);
+    // The attention window of a chunk: (before + 1 + after) chunks of keys.
+    size_product<ConfigError>(
+        where,
+        "LSH window (lsh_num_chunks_before + 1 + lsh_num_chunks_after) x lsh_attn_chunk_length",
+        {lsh_num_chunks_before + 1 + lsh_num_chunks_after, lsh_attn_chunk_length},
+        L::kMaxPositions);
+    size_product<ConfigError>(
+        where,
+        "local window (local_num_chunks_before + 1 + local_num_chunks_after) x "
+        "local_attn_chunk_length",
+        {local_num_chunks_before + 1 + local_num_chunks_after, local_attn_chunk_length},
+        L::kMaxPositions);
+    in_range("num_hashes", num_hashes, 1, L::kMaxHashes);
     for (std::size_t i = 0; i < num_buckets.size(); ++i) {
-      REFORMER_REQUIRE(num_buckets[i] >= 2 && num_buckets[i] % 2 == 0, ConfigError, where,
-                       "num_buckets = ", detail::list_to_string(num_buckets), ": entry ", i, " = ",
-                       num_buckets[i], " must be even and >= 2");
+      REFORMER_REQUIRE(
+          num_buckets[i] >= 2 && num_buckets[i] % 2 == 0 && num_buckets[i] <= L::kMaxBuckets,
+          ConfigError, where, "num_buckets = ", detail::list_to_string(num_buckets), ": entry ", i,
+          " = ", num_buckets[i], " must be even and in [2, ", L::kMaxBuckets, "]");
     }
-    REFORMER_REQUIRE(total_buckets() <= Index{1} << 30, ConfigError, where,
+    REFORMER_REQUIRE(checked_product(num_buckets, L::kMaxBuckets).has_value(), ConfigError, where,
                      "num_buckets = ", detail::list_to_string(num_buckets),
-                     " has too many buckets (> 2^30)");
+                     " has more than 2^30 buckets");
 
     probability("hidden_dropout_prob", hidden_dropout_prob);
     probability("lsh_attention_probs_dropout_prob", lsh_attention_probs_dropout_prob);
@@ -189,32 +234,44 @@ struct ReformerConfig {
       REFORMER_REQUIRE(axial_pos_embds_dim.size() == 2, ConfigError, where,
                        "axial_pos_embds_dim = ", detail::list_to_string(axial_pos_embds_dim),
                        " must have 2 entries (d1, d2)");
-      for (std::size_t i = 0; i < 2; ++i) {
-        REFORMER_REQUIRE(axial_pos_shape[i] >= 1, ConfigError, where,
-                         "axial_pos_shape = ", detail::list_to_string(axial_pos_shape), ": entry ",
-                         i, " = ", axial_pos_shape[i], " must be >= 1");
-        REFORMER_REQUIRE(axial_pos_embds_dim[i] >= 1, ConfigError, where,
-                         "axial_pos_embds_dim = ", detail::list_to_string(axial_pos_embds_dim),
-                         ": entry ", i, " = ", axial_pos_embds_dim[i], " must be >= 1");
-      }
+      list_entries("axial_pos_shape", axial_pos_shape, 1, L::kMaxPositions);
+      list_entries("axial_pos_embds_dim", axial_pos_embds_dim, 1, L::kMaxWidth);
       REFORMER_REQUIRE(axial_pos_embds_dim[0] + axial_pos_embds_dim[1] == hidden_size, ConfigError,
                        where, "axial_pos_embds_dim = ", detail::list_to_string(axial_pos_embds_dim),
                        " sums to ", axial_pos_embds_dim[0] + axial_pos_embds_dim[1],
                        ", must equal hidden_size = ", hidden_size);
-      REFORMER_REQUIRE(axial_pos_shape[0] <= (Index{1} << 31) / axial_pos_shape[1], ConfigError,
+      REFORMER_REQUIRE(checked_product(axial_pos_shape, L::kMaxPositions).has_value(), ConfigError,
                        where, "axial_pos_shape = ", detail::list_to_string(axial_pos_shape),
                        " covers more than 2^31 positions");
     }
-    positive("max_position_embeddings", max_position_embeddings);
+    in_range("max_position_embeddings", max_position_embeddings, 1, L::kMaxPositions);
+    if (!num_buckets.empty()) {
+      // Hashing costs rotation_columns() per token, head and round: bounded by the longest
+      // sequence the positions allow (lsh_max_rotation_columns).
+      const Index padded = max_length();
+      const Index allowed = lsh_max_rotation_columns(padded, lsh_attn_chunk_length);
+      REFORMER_REQUIRE(rotation_columns() <= allowed, ConfigError, where,
+                       "num_buckets = ", detail::list_to_string(num_buckets), " needs ",
+                       rotation_columns(), " rotation columns per head and round, more than ",
+                       allowed, " (max(", kLshMaxRotationColumns,
+                       ", longest sequence / lsh_attn_chunk_length)); factorise the buckets, "
+                       "e.g. (f1, f2) with f1 * f2 buckets and (f1 + f2) / 2 columns");
+    }
 
-    REFORMER_REQUIRE(std::isfinite(layer_norm_eps) && layer_norm_eps > 0.0, ConfigError, where,
-                     "layer_norm_eps = ", layer_norm_eps, " must be finite and > 0");
-    non_negative("chunk_size_feed_forward", chunk_size_feed_forward);
-    non_negative("chunk_size_lm_head", chunk_size_lm_head);
-    REFORMER_REQUIRE(std::isfinite(initializer_range) && initializer_range >= 0.0, ConfigError,
-                     where, "initializer_range = ", initializer_range, " must be finite and >= 0");
-    REFORMER_REQUIRE(std::isfinite(axial_norm_std) && axial_norm_std >= 0.0, ConfigError, where,
-                     "axial_norm_std = ", axial_norm_std, " must be finite and >= 0");
+    REFORMER_REQUIRE(std::isfinite(layer_norm_eps) && layer_norm_eps > 0.0 &&
+                         layer_norm_eps <= L::kMaxLayerNormEps,
+                     ConfigError, where, "layer_norm_eps = ", layer_norm_eps, " must be in (0, ",
+                     L::kMaxLayerNormEps, "]");
+    in_range("chunk_size_feed_forward", chunk_size_feed_forward, 0, L::kMaxPositions);
+    in_range("chunk_size_lm_head", chunk_size_lm_head, 0, L::kMaxPositions);
+    REFORMER_REQUIRE(std::isfinite(initializer_range) && initializer_range >= 0.0 &&
+                         initializer_range <= L::kMaxInitStd,
+                     ConfigError, where, "initializer_range = ", initializer_range,
+                     " must be in [0, ", L::kMaxInitStd, "]");
+    REFORMER_REQUIRE(
+        std::isfinite(axial_norm_std) && axial_norm_std >= 0.0 && axial_norm_std <= L::kMaxInitStd,
+        ConfigError, where, "axial_norm_std = ", axial_norm_std, " must be in [0, ", L::kMaxInitStd,
+        "]");
   }
 };
 

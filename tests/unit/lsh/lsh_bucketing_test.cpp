@@ -216,6 +216,42 @@ TEST(LshSort, CountingSortEqualsStableSort) {
   }
 }
 
+TEST(LshSort, ManyMoreBinsThanPositionsSortByComparison) {
+  // bins > 2 * length + 1 takes the comparison path; both paths must agree with the reference.
+  const Rng rng(7);
+  for (const Index bins : {Index{64}, Index{1000}, Index{1} << 20}) {
+    const Index rounds = 3, length = 17;
+    std::vector<std::int32_t> b(static_cast<std::size_t>(rounds * length));
+    for (std::size_t i = 0; i < b.size(); ++i)
+      b[i] = static_cast<std::int32_t>(rng.below(i, static_cast<std::uint64_t>(bins)));
+    b[3] = b[5];  // a tie: positions keep their order
+    expect_sort_matches_reference(b, rounds, length, bins);
+  }
+}
+
+TEST(LshSort, CostDoesNotGrowWithTheBucketCount) {
+  // 2^30 bins (the largest count a config accepts, plus the pad bin): no per-bin array.
+  const Index bins = (Index{1} << 30) + 1;
+  const std::vector<std::int32_t> b = {1 << 29, 5, (1 << 30) - 1, 5, 0, 1 << 30};
+  std::vector<Index> order(b.size()), inverse(b.size()), counts;
+  lsh_counting_sort(b.data(), 2, 3, bins, order.data(), inverse.data(), counts);
+  EXPECT_EQ(order, std::vector<Index>({1, 0, 2, 4, 3, 5}));
+  EXPECT_LE(counts.capacity(), 16u);
+}
+
+TEST(LshBucketLayout, RefusesRotationsBeyondTheLengthsNeed) {
+  // An unfactorised 2^24-bucket layout needs 2^23 rotation columns per head and round.
+  try {
+    lsh_bucket_layout({Index{1} << 24}, 256, 64, 256);
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("rotation columns"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(lsh_bucket_layout({4096, 4096}, 256, 64, 256).num_buckets(), Index{1} << 24);
+  EXPECT_EQ(lsh_max_rotation_columns(Index{1} << 30, 2), Index{1} << 29);  // grows with T
+  EXPECT_THROW(lsh_bucket_layout({Index{1} << 32, Index{1} << 32}, 256, 64, 256), ConfigError);
+}
+
 TEST(LshSort, AllEqualBucketsKeepPositionalOrder) {
   const std::vector<std::int32_t> b(3 * 10, 2);
   expect_sort_matches_reference(b, 3, 10, 4);

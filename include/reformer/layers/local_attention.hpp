@@ -244,7 +244,7 @@ void LocalAttention<S>::forward(const Parameters<S>& params, const ProjectionInp
   parallel_for(lay.items(), [&](Index item) {
     const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
     const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
-    ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
+    ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
     for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
       const Window w = window(lay, c);
       chunk_attention_forward<S>(cols(q, b, h, lay.t, w.q0, w.nq), cols(k, b, h, lay.t, w.k0, w.nk),
@@ -287,7 +287,7 @@ void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>
       const Index bh = i / per_pass, blk = p + (i % per_pass) * passes;
       const Index b = bh / lay.heads, h = bh % lay.heads;
       const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
-      ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
+      ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
       for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
         const Window w = window(lay, c);
         chunk_attention_forward_backward<S>(

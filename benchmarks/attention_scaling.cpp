@@ -98,16 +98,23 @@ void attention(benchmark::State& state, AttentionKind kind, Index rounds, bool b
   const reformer::AttentionSublayer<float, Core> layer(sublayer_config(core_config<Core>(shape)),
                                                        params, "");
   layer.init(params, reformer::Rng(1), 0.02);
+  // The work buffers are kept from call to call; the caller's D x T matrices come from the same
+  // workspace (huge pages), as a model's streams do (model/tape.hpp).
+  reformer::Workspace workspace;
   std::srand(7);
-  const reformer::Matrix<float> x = reformer::Matrix<float>::Random(kHidden, t);
-  reformer::Matrix<float> y(kHidden, t), dy, dx;
+  reformer::Scratch<float> x_buf(&workspace, kHidden, t), y_buf(&workspace, kHidden, t), dy_buf,
+      dx_buf;
+  x_buf.map() = reformer::Matrix<float>::Random(kHidden, t);
   if (backward) {
-    dy = reformer::Matrix<float>::Random(kHidden, t);
-    dx.setZero(kHidden, t);
+    dy_buf.resize(&workspace, kHidden, t);
+    dx_buf.resize(&workspace, kHidden, t);
+    dy_buf.map() = reformer::Matrix<float>::Random(kHidden, t);
+    dx_buf.map().setZero();
   }
+  const auto& x = x_buf.map();
+  auto &y = y_buf.map(), &dy = dy_buf.map(), &dx = dx_buf.map();
   reformer::BucketTape tape;
 
-  reformer::Workspace workspace;  // work buffers kept from call to call
   reformer::Context ctx;
   ctx.training = true;
   ctx.seed = 3;

@@ -107,6 +107,15 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (reformer_bench::has_flag(argc, argv, "--help")) {
+    std::printf(
+        "long_context [--length=1048576] [--layers=lsh,local] [--hashes=2] [--threads=N]\n"
+        "             [--ffn_chunk=1024] [--steps=1] [--stored] [--max_gib=G] [--json=FILE]\n"
+        "             [--malloc=system|tuned] [--huge_pages=off]\n"
+        "One training step of a 2-layer model on one long sequence; prints the times, the peak\n"
+        "resident memory and the workspace's footprint (see benchmarks/long_context.cpp).\n");
+    return 0;
+  }
   if (reformer_bench::has_flag(argc, argv, "--malloc=tuned") &&
       !reformer_bench::has_flag(argc, argv, "--huge_pages=off")) {
     reformer_bench::reexec_with_huge_pages(argv);
@@ -147,6 +156,7 @@ int main(int argc, char** argv) {
 
   double forward_s = 0, backward_s = 0, loss = 0;
   std::size_t peak = 0, extra = 0, param_bytes = 0, tape_bytes = 0;
+  reformer::Workspace::Stats workspace;
   bool reset_ok = false;
   double flops = 0;
   try {
@@ -169,6 +179,7 @@ int main(int argc, char** argv) {
       backward_s = seconds_since(t0);
     }
     tape_bytes = tape.bytes_held();
+    workspace = model.workspace().stats();
     peak = meter.peak();
     extra = meter.extra();
   } catch (const std::bad_alloc&) {
@@ -182,7 +193,7 @@ int main(int argc, char** argv) {
   }
 
   const double step_s = forward_s + backward_s;
-  std::printf("  loss          %.4f\n", loss);
+  std::printf("  loss          %.9g\n", loss);
   std::printf("  forward       %.2f s\n", forward_s);
   std::printf("  backward      %.2f s\n", backward_s);
   std::printf("  step          %.2f s  (%.0f tokens/s, %.1f GFLOP/s)\n", step_s,
@@ -192,6 +203,10 @@ int main(int argc, char** argv) {
               reset_ok ? "" : "; peak not resettable: process lifetime");
   std::printf("  parameters    %.1f MiB (values + gradients), tape %.2f GiB\n",
               reformer_bench::mib(param_bytes), reformer_bench::gib(tape_bytes));
+  std::printf(
+      "  workspace     %.2f GiB at most (in use + free, the tape's streams included), "
+      "%zu regions mapped\n",
+      reformer_bench::gib(workspace.peak_bytes), workspace.mappings);
 
   if (!args.json.empty()) {
     std::ofstream out(args.json);
@@ -207,7 +222,8 @@ int main(int argc, char** argv) {
         << ", \"forward_seconds\": " << forward_s << ", \"backward_seconds\": " << backward_s
         << ", \"step_seconds\": " << step_s << ", \"flops\": " << flops
         << ", \"peak_bytes\": " << peak << ", \"peak_extra_bytes\": " << extra
-        << ", \"param_bytes\": " << param_bytes << ", \"tape_bytes\": " << tape_bytes << "}\n}\n";
+        << ", \"param_bytes\": " << param_bytes << ", \"tape_bytes\": " << tape_bytes
+        << ", \"workspace_peak_bytes\": " << workspace.peak_bytes << "}\n}\n";
     if (!out) {
       std::fprintf(stderr, "long_context: cannot write %s\n", args.json.c_str());
       return 1;

@@ -13,20 +13,18 @@
 //   q.reset();                                  // back to the cache before the end of scope
 //
 // Without a workspace (ctx.workspace == nullptr) Scratch allocates from the heap, as a Matrix
-// would. Blocks of at least kMinCachedBytes come from the cache; smaller ones from the heap
-// (glibc reuses those from its arenas without faults). Large blocks are mapped with 2 MiB
-// alignment and madvise(MADV_HUGEPAGE) where the system has it.
+// would. Blocks of at least kMinCachedBytes come from the workspace; smaller ones from the heap.
 //
-// Memory policy. Blocks are cached by size class (4 KiB pages below 2 MiB, whole 2 MiB pages
-// above) and a request is served only from its own class. A cache that kept every size ever
-// released would raise the peak when the shapes change (a longer sequence, an evaluation batch):
-// the blocks of the old sizes would sit next to the new ones. So the owner marks the end of each
-// complete pass with end_step(); the largest footprint (in_use + cached) seen at any completed
-// step becomes the limit, and a request that misses the cache first gives cached blocks of
-// other sizes back to the system (largest first) until the new block fits under the limit. In a
-// steady state every request hits the cache and nothing is evicted; after a change of shapes the
-// footprint stays at the old peak unless the blocks in use alone need more. trim() empties the
-// cache at any time.
+// Memory policy. The workspace maps regions (2 MiB aligned, madvise(MADV_HUGEPAGE)) and carves
+// blocks out of them: a request takes the smallest free extent that holds it (best fit, lowest
+// address among equals), a released block merges with its free neighbours in the same region.
+// Any free memory serves any size, so the footprint (in_use + cached) follows the bytes in use
+// at once, not the sum over the sizes a step ever asks for. A request that fits nowhere gives
+// every wholly free region back to the system and maps one region as large as those together (or
+// the request, if larger): the first step settles into a few large regions, and the footprint
+// after a change of shapes stays at the old peak unless the blocks in use need more. With the
+// same requests every step (a steady state), every request fits and nothing is mapped. trim()
+// gives every wholly free region back at any time.
 //
 // Thread safety: acquire() and release() lock a mutex, so parallel loops may draw scratch.
 #include "reformer/core/error.hpp"
@@ -40,6 +38,7 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <set>
 #include <type_traits>
 #include <utility>
 
@@ -49,20 +48,19 @@
 
 namespace reformer {
 
-/// A cache of large, aligned memory blocks (see the file comment).
+/// Large, aligned memory blocks carved from reused regions (see the file comment).
 class Workspace {
  public:
-  /// Blocks below this size come from the heap, never from the cache.
+  /// Blocks below this size come from the heap, never from the workspace.
   static constexpr std::size_t kMinCachedBytes = std::size_t{64} << 10;
   static constexpr std::size_t kHugePage = std::size_t{2} << 20;
 
   struct Stats {
     std::size_t in_use_bytes = 0;  ///< handed out and not yet released
-    std::size_t cached_bytes = 0;  ///< released, kept for reuse
+    std::size_t cached_bytes = 0;  ///< free memory of the mapped regions, kept for reuse
     std::size_t peak_bytes = 0;    ///< maximum of in_use + cached
-    std::size_t mappings = 0;      ///< blocks obtained from the system so far
-    std::size_t evictions = 0;     ///< cached blocks given back to stay under limit_bytes
-    std::size_t limit_bytes = 0;   ///< largest in_use + cached of a completed step (0: none yet)
+    std::size_t mappings = 0;      ///< regions obtained from the system so far
+    std::size_t evictions = 0;     ///< wholly free regions given back (merged into a new one)
   };
 
   Workspace() = default;
@@ -70,70 +68,66 @@ class Workspace {
   Workspace& operator=(const Workspace&) = delete;
   Workspace(Workspace&&) = delete;
   Workspace& operator=(Workspace&&) = delete;
-  ~Workspace() { trim(); }
-
-  /// The size a request of `bytes` is served with (the cache's size classes: 4 KiB pages below
-  /// 2 MiB, whole 2 MiB pages above).
-  static std::size_t block_size(std::size_t bytes) {
-    const std::size_t unit = bytes >= kHugePage ? kHugePage : std::size_t{4096};
-    return (bytes + unit - 1) / unit * unit;
+  ~Workspace() {
+    for (const auto& [base, size] : regions_) unmap_region(base, size);
   }
 
-  /// A block of at least `bytes` bytes (64-byte aligned; 2 MiB aligned when that large). Reuses
-  /// a cached block of the same size class when there is one.
+  /// The bytes a request of `bytes` occupies (whole 4 KiB pages).
+  static std::size_t block_size(std::size_t bytes) {
+    constexpr std::size_t kPage = 4096;
+    return (bytes + kPage - 1) / kPage * kPage;
+  }
+
+  /// A block of at least `bytes` bytes, 4 KiB aligned, from the free memory of the regions (or
+  /// a new region, see the file comment).
   void* acquire(std::size_t bytes) {
     const std::size_t size = block_size(bytes);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_.find(size);
-      if (it != free_.end()) {
-        void* p = it->second;
-        free_.erase(it);
-        stats_.cached_bytes -= size;
-        stats_.in_use_bytes += size;
-        return p;
-      }
-      evict_for(size);
-      stats_.in_use_bytes += size;
-      stats_.mappings += 1;
-      note_peak();
-      step_peak_ = std::max(step_peak_, stats_.in_use_bytes + stats_.cached_bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto fit = by_size_.lower_bound({size, 0});
+    if (fit == by_size_.end()) {
+      map_region_for(size);  // throws std::bad_alloc
+      fit = by_size_.lower_bound({size, 0});
+      REFORMER_ASSERT(fit != by_size_.end());
     }
-    void* p = map_block(size);
-    if (p == nullptr) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stats_.in_use_bytes -= size;
-      stats_.mappings -= 1;
-      throw std::bad_alloc();
-    }
-    return p;
+    const auto [len, addr] = *fit;
+    remove_free(addr, len);
+    if (len > size) insert_free(addr + size, len - size);
+    stats_.cached_bytes -= size;
+    stats_.in_use_bytes += size;
+    return reinterpret_cast<void*>(addr);
   }
 
-  /// Returns a block from acquire(bytes) to the cache.
+  /// Returns a block from acquire(bytes); it merges with its free neighbours.
   void release(void* p, std::size_t bytes) noexcept {
     if (p == nullptr) return;
-    const std::size_t size = block_size(bytes);
+    std::size_t size = block_size(bytes);
+    auto addr = reinterpret_cast<std::uintptr_t>(p);
     std::lock_guard<std::mutex> lock(mutex_);
-    free_.emplace(size, p);
     stats_.in_use_bytes -= size;
     stats_.cached_bytes += size;
+    const auto region = region_of(addr);
+    const std::uintptr_t lo = region->first, hi = region->first + region->second;
+    auto next = by_addr_.lower_bound(addr);
+    if (next != by_addr_.end() && next->first == addr + size && next->first < hi) {
+      size += next->second;
+      remove_free(next->first, next->second);
+    }
+    auto prev = by_addr_.lower_bound(addr);
+    if (prev != by_addr_.begin()) {
+      --prev;
+      if (prev->first >= lo && prev->first + prev->second == addr) {
+        addr = prev->first;
+        size += prev->second;
+        remove_free(prev->first, prev->second);
+      }
+    }
+    insert_free(addr, size);
   }
 
-  /// Marks the end of a complete pass (a training step): the largest footprint seen since the
-  /// previous mark raises the limit the cache keeps under (see the file comment).
-  void end_step() noexcept {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stats_.limit_bytes = std::max(stats_.limit_bytes, step_peak_);
-    step_peak_ = stats_.in_use_bytes + stats_.cached_bytes;
-  }
-
-  /// Gives every cached block back to the system (blocks in use stay valid).
+  /// Gives every wholly free region back to the system (blocks in use stay valid).
   void trim() noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (const auto& [size, p] : free_) unmap_block(p, size);
-    free_.clear();
-    stats_.cached_bytes = 0;
-    step_peak_ = stats_.in_use_bytes;
+    release_free_regions();
   }
 
   Stats stats() const {
@@ -142,60 +136,89 @@ class Workspace {
   }
 
  private:
-  void note_peak() {
-    const std::size_t total = stats_.in_use_bytes + stats_.cached_bytes;
-    if (total > stats_.peak_bytes) stats_.peak_bytes = total;
+  void insert_free(std::uintptr_t addr, std::size_t len) {
+    by_addr_.emplace(addr, len);
+    by_size_.emplace(len, addr);
+  }
+  void remove_free(std::uintptr_t addr, std::size_t len) {
+    by_addr_.erase(addr);
+    by_size_.erase({len, addr});
   }
 
-  // A miss of `size` bytes: unmaps cached blocks, largest first, while in_use + cached + size
-  // would exceed the limit. Called with the mutex held.
-  void evict_for(std::size_t size) noexcept {
-    if (stats_.limit_bytes == 0) return;
-    while (!free_.empty() &&
-           stats_.in_use_bytes + stats_.cached_bytes + size > stats_.limit_bytes) {
-      auto largest = std::prev(free_.end());
-      unmap_block(largest->second, largest->first);
-      stats_.cached_bytes -= largest->first;
-      stats_.evictions += 1;
-      free_.erase(largest);
+  std::map<std::uintptr_t, std::size_t>::iterator region_of(std::uintptr_t addr) {
+    auto it = regions_.upper_bound(addr);
+    REFORMER_ASSERT(it != regions_.begin());
+    return std::prev(it);
+  }
+
+  // Unmaps every region that is one free extent; returns the bytes given back.
+  std::size_t release_free_regions() noexcept {
+    std::size_t freed = 0;
+    for (auto it = regions_.begin(); it != regions_.end();) {
+      const auto extent = by_addr_.find(it->first);
+      if (extent != by_addr_.end() && extent->second == it->second) {
+        remove_free(extent->first, extent->second);
+        unmap_region(it->first, it->second);
+        stats_.cached_bytes -= it->second;
+        stats_.evictions += 1;
+        freed += it->second;
+        it = regions_.erase(it);
+      } else {
+        ++it;
+      }
     }
+    return freed;
   }
 
-  static void* map_block(std::size_t size) {
+  // A request of `size` bytes fits in no free extent: the wholly free regions go back to the
+  // system and one region of max(size, their bytes) replaces them. Called with the mutex held.
+  void map_region_for(std::size_t size) {
+    const std::size_t freed = release_free_regions();
+    const std::size_t region = (std::max(size, freed) + kHugePage - 1) / kHugePage * kHugePage;
+    void* p = map_region(region);
+    if (p == nullptr) throw std::bad_alloc();
+    const auto base = reinterpret_cast<std::uintptr_t>(p);
+    regions_.emplace(base, region);
+    insert_free(base, region);
+    stats_.cached_bytes += region;
+    stats_.mappings += 1;
+    stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.in_use_bytes + stats_.cached_bytes);
+  }
+
+  static void* map_region(std::size_t size) {
 #if defined(__linux__)
-    // Over-map by one huge page and cut the ends so the block starts on a 2 MiB boundary.
-    const std::size_t align = size >= kHugePage ? kHugePage : std::size_t{4096};
-    const std::size_t span = size + (align > 4096 ? align : 0);
+    // Over-map by one huge page and cut the ends so the region starts on a 2 MiB boundary.
+    const std::size_t span = size + kHugePage;
     void* raw = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED) return nullptr;
-    auto base = reinterpret_cast<std::uintptr_t>(raw);
-    const std::uintptr_t start = (base + align - 1) / align * align;
+    const auto base = reinterpret_cast<std::uintptr_t>(raw);
+    const std::uintptr_t start = (base + kHugePage - 1) / kHugePage * kHugePage;
     if (start > base) ::munmap(raw, start - base);
     const std::uintptr_t end = start + size;
-    const std::uintptr_t span_end = base + span;
-    if (span_end > end) ::munmap(reinterpret_cast<void*>(end), span_end - end);
+    if (base + span > end) ::munmap(reinterpret_cast<void*>(end), base + span - end);
 #if defined(MADV_HUGEPAGE)
-    if (size >= kHugePage) ::madvise(reinterpret_cast<void*>(start), size, MADV_HUGEPAGE);
+    ::madvise(reinterpret_cast<void*>(start), size, MADV_HUGEPAGE);
 #endif
     return reinterpret_cast<void*>(start);
 #else
-    return std::aligned_alloc(64, size);
+    return std::aligned_alloc(kHugePage, size);
 #endif
   }
 
-  static void unmap_block(void* p, std::size_t size) noexcept {
+  static void unmap_region(std::uintptr_t base, std::size_t size) noexcept {
 #if defined(__linux__)
-    ::munmap(p, size);
+    ::munmap(reinterpret_cast<void*>(base), size);
 #else
     (void)size;
-    std::free(p);
+    std::free(reinterpret_cast<void*>(base));
 #endif
   }
 
   mutable std::mutex mutex_;
-  std::multimap<std::size_t, void*> free_;
+  std::map<std::uintptr_t, std::size_t> regions_;             // base -> bytes
+  std::map<std::uintptr_t, std::size_t> by_addr_;             // free extents: addr -> bytes
+  std::set<std::pair<std::size_t, std::uintptr_t>> by_size_;  // the same, by (bytes, addr)
   Stats stats_;
-  std::size_t step_peak_ = 0;  // largest in_use + cached since the last end_step()
 };
 
 /// Raw scratch memory: `bytes` bytes, 64-byte aligned, uninitialised, from a workspace's cache

@@ -82,6 +82,17 @@ class ChunkAttentionWorkspace {
   Matrix<S> grads_;  // dpd -> dp -> ds (backward only)
 };
 
+/// The calling thread's kernel scratch, grown to at least max_queries x max_keys. It lives as
+/// long as the thread, so the work items of parallel loops do not allocate it again (glibc would
+/// trim its heap after each item and fault the pages in again for the next). One per scalar type
+/// and thread: a caller must not hold two at once.
+template <class S>
+ChunkAttentionWorkspace<S>& thread_chunk_workspace(Index max_queries, Index max_keys) {
+  thread_local ChunkAttentionWorkspace<S> ws;
+  ws.reserve(max_queries, max_keys);
+  return ws;
+}
+
 namespace detail {
 
 /// Whether s_ij is masked; if so `value` receives the mask value that replaces it.

@@ -28,10 +28,10 @@
 // (no biases), the Hugging Face local-attention names.
 //
 // Parallelism: items (sequence, head, block of consecutive chunks), fixed by the shapes. In
-// backward each item accumulates dk / dv of its key window into its own buffer; the buffers of a
-// (sequence, head) are then added in item order, so results are bitwise identical for any
-// thread count. Memory: O(N * H * Dh) for q, k, v and their gradients (drawn from ctx.workspace),
-// plus O(C^2) per item.
+// backward the blocks run in passes whose key windows do not overlap, each accumulating dk / dv
+// in place, so every key's gradient is summed in the same order for any thread count.
+// Memory: O(N * H * Dh) for q, k, v and their gradients (drawn from ctx.workspace), plus O(C^2)
+// per item.
 #include "reformer/core/checked_size.hpp"
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
@@ -158,14 +158,6 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
     w.nk = k1 - w.k0;
     return w;
   }
-  // The keys any chunk of block blk touches: [key_span_begin, key_span_end).
-  static Index key_span_begin(const Layout& lay, Index blk) {
-    return window(lay, lay.first_chunk(blk)).k0;
-  }
-  static Index key_span_end(const Layout& lay, Index blk) {
-    const Window w = window(lay, lay.end_chunk(blk) - 1);
-    return w.k0 + w.nk;
-  }
   static Index max_queries(const Layout& lay) { return std::min(lay.chunk, lay.t); }
   static Index max_keys(const Layout& lay) {
     return std::min(lay.t, (lay.before + lay.after + 1) * lay.chunk);
@@ -260,7 +252,7 @@ void LocalAttention<S>::forward(const Parameters<S>& params, const ProjectionInp
   parallel_for(lay.items(), [&](Index item) {
     const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
     const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
-    ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
+    ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
     for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
       const Window w = window(lay, c);
       chunk_attention_forward<S>(cols(q, b, h, lay.t, w.q0, w.nq), cols(k, b, h, lay.t, w.k0, w.nk),
@@ -292,57 +284,30 @@ void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>
   dv.setZero();
 
   // Per chunk (layers/chunk_attention.hpp): o = v p~^T recomputed into a, dq of the chunk's
-  // queries overwritten, dk / dv of its key window accumulated. With one block per
-  // (sequence, head) the item owns its whole dk / dv block and accumulates there directly;
-  // otherwise into its own buffer spanning its keys, added in item order below.
-  const bool direct = lay.blocks == 1;
-  std::vector<Scratch<S>> dk_part(direct ? 0 : static_cast<std::size_t>(lay.items()));
-  std::vector<Scratch<S>> dv_part(dk_part.size());
-  parallel_for(lay.items(), [&](Index item) {
-    const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
-    const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
-    ChunkAttentionWorkspace<S> ws(max_queries(lay), max_keys(lay));
-    const Index span0 = key_span_begin(lay, blk);
-    typename Scratch<S>::MapType* dkp = nullptr;
-    typename Scratch<S>::MapType* dvp = nullptr;
-    if (!direct) {
-      const auto idx = static_cast<std::size_t>(item);
-      const Index span = key_span_end(lay, blk) - span0;
-      dk_part[idx].resize(ctx.workspace, dh, span);
-      dv_part[idx].resize(ctx.workspace, dh, span);
-      dkp = &dk_part[idx].map();
-      dvp = &dv_part[idx].map();
-      dkp->setZero();
-      dvp->setZero();
-    }
-    for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
-      const Window w = window(lay, c);
-      auto dk_win =
-          direct ? cols(dk, b, h, lay.t, w.k0, w.nk) : dkp->block(0, w.k0 - span0, dh, w.nk);
-      auto dv_win =
-          direct ? cols(dv, b, h, lay.t, w.k0, w.nk) : dvp->block(0, w.k0 - span0, dh, w.nk);
-      chunk_attention_forward_backward<S>(
-          cols(q, b, h, lay.t, w.q0, w.nq), cols(k, b, h, lay.t, w.k0, w.nk),
-          cols(v, b, h, lay.t, w.k0, w.nk), pos.data() + w.q0, pos.data() + w.k0, opts,
-          cols(da, b, h, lay.t, w.q0, w.nq), static_cast<const S*>(nullptr),
-          cols(a, b, h, lay.t, w.q0, w.nq), cols(dq, b, h, lay.t, w.q0, w.nq), dk_win, dv_win, ws);
-    }
-  });
-  if (!direct) {
-    // Sum the item buffers of each (sequence, head) in item order.
-    parallel_for(lay.batch * lay.heads, [&](Index bh) {
+  // queries overwritten, dk / dv of its key window accumulated in place. The key windows of
+  // neighbouring blocks overlap, so the blocks run in `passes` passes (pass p: the blocks
+  // p, p + passes, ...), whose windows are disjoint within a pass: every key receives its
+  // contributions in pass order, for any thread count, without per-item buffers.
+  const Index passes = 1 + (lay.before + lay.after + lay.per_block - 1) / lay.per_block;
+  for (Index p = 0; p < passes && p < lay.blocks; ++p) {
+    const Index per_pass = (lay.blocks - p + passes - 1) / passes;
+    parallel_for(lay.batch * lay.heads * per_pass, [&](Index i) {
+      const Index bh = i / per_pass, blk = p + (i % per_pass) * passes;
       const Index b = bh / lay.heads, h = bh % lay.heads;
-      for (Index blk = 0; blk < lay.blocks; ++blk) {
-        const auto idx = static_cast<std::size_t>(bh * lay.blocks + blk);
-        const Index span0 = key_span_begin(lay, blk);
-        const Index span = dk_part[idx].cols();
-        cols(dk, b, h, lay.t, span0, span) += dk_part[idx].map();
-        cols(dv, b, h, lay.t, span0, span) += dv_part[idx].map();
+      const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
+      ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
+      for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
+        const Window w = window(lay, c);
+        chunk_attention_forward_backward<S>(
+            cols(q, b, h, lay.t, w.q0, w.nq), cols(k, b, h, lay.t, w.k0, w.nk),
+            cols(v, b, h, lay.t, w.k0, w.nk), pos.data() + w.q0, pos.data() + w.k0, opts,
+            cols(da, b, h, lay.t, w.q0, w.nq), static_cast<const S*>(nullptr),
+            cols(a, b, h, lay.t, w.q0, w.nq), cols(dq, b, h, lay.t, w.q0, w.nq),
+            cols(dk, b, h, lay.t, w.k0, w.nk), cols(dv, b, h, lay.t, w.k0, w.nk), ws);
       }
     });
   }
-  dk_part.clear();  // the item buffers, q, k and v are no longer read
-  dv_part.clear();
+  // q, k and v are no longer read
   q_buf.reset();
   k_buf.reset();
   v_buf.reset();

@@ -518,8 +518,8 @@ class LshAttention {
       const Index i = item / groups, g = item % groups;
       const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
       HeadBuffers& hb = bufs[at(i)];
-      ChunkAttentionWorkspace<S> ws(cl, wl);
-      Window w;
+      ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(cl, wl);
+      thread_local Window w;  // kept by the thread: work items allocate nothing
       const Index c_end = std::min(pl.chunks, (g + 1) * kChunksPerItem);
       for (Index c = g * kChunksPerItem; c < c_end; ++c) {
         const Index first = (c - cfg_.chunks_before) * cl;
@@ -611,7 +611,7 @@ class LshAttention {
       hb.dk.map().setZero();
       hb.dv.map().setZero();
     });
-    struct Scratch {
+    struct Scratch {  // one per thread, kept (thread_local below): work items allocate nothing
       ChunkAttentionWorkspace<S> ws;
       Window w;
       Matrix<S> dk, dv;  // a wrapped window's gradients, before they are added to their places
@@ -648,14 +648,14 @@ class LshAttention {
     for (Index p = 0; p < pl.window && per_pass > 0; ++p) {
       parallel_for(nh * groups, [&](Index item) {
         const Index i = item / groups, g = item % groups;
-        Scratch sc;
+        thread_local Scratch sc;
         const Index k_end = std::min(per_pass, (g + 1) * kChunksPerItem);
         for (Index k = g * kChunksPerItem; k < k_end; ++k) chunk_backward(i, k * pl.window + p, sc);
       });
     }
     if (full < pl.chunks) {
       parallel_for(nh, [&](Index i) {
-        Scratch sc;
+        thread_local Scratch sc;
         for (Index c = full; c < pl.chunks; ++c) chunk_backward(i, c, sc);
       });
     }

@@ -255,7 +255,6 @@ void Generator<S>::prefill(TokenSpan prompt) {
         layer.cache);
   }
   logits_ = model_.head().logits(params, x1.rightCols(1), x2.rightCols(1), ctx);
-  model_.workspace().end_step();
   tokens_.assign(prompt.begin(), prompt.end());
 }
 

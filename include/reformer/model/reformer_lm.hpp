@@ -21,8 +21,8 @@
 //
 // Work buffers: the model owns a Workspace (core/workspace.hpp) that every pass draws its D x N
 // and larger temporaries from, so a training step with the shapes of the previous one maps no
-// new memory. Copies of a model get a workspace of their own; release_workspace() gives the
-// cached blocks back to the system.
+// new memory. Copies of a model get a workspace of their own; release_workspace() gives its
+// free regions back to the system.
 //
 // Parameters: one Parameters<S> store with the HF names, shapes and state-dict order
 // (docs/DESIGN.md 2); HF's `lm_head.decoder.bias` is an alias of `lm_head.bias`.
@@ -179,7 +179,8 @@ class ReformerLM {
   Tape<S> tape_;  // train_step's tape, reused across steps
 
   // The model's Workspace: movable with the model, a fresh one in a copy (a moved-from model
-  // gets a new one when used again).
+  // gets a new one when used again). Shared with the tapes whose streams it holds, so a tape
+  // may outlive the model.
   class OwnedWorkspace {
    public:
     OwnedWorkspace() = default;
@@ -187,13 +188,14 @@ class ReformerLM {
     OwnedWorkspace& operator=(const OwnedWorkspace&) { return *this; }
     OwnedWorkspace(OwnedWorkspace&&) noexcept = default;
     OwnedWorkspace& operator=(OwnedWorkspace&&) noexcept = default;
-    Workspace* get() const {
-      if (!p_) p_ = std::make_unique<Workspace>();
-      return p_.get();
+    Workspace* get() const { return shared().get(); }
+    const std::shared_ptr<Workspace>& shared() const {
+      if (!p_) p_ = std::make_shared<Workspace>();
+      return p_;
     }
 
    private:
-    mutable std::unique_ptr<Workspace> p_ = std::make_unique<Workspace>();
+    mutable std::shared_ptr<Workspace> p_ = std::make_shared<Workspace>();
   };
   OwnedWorkspace workspace_;
 };
@@ -302,7 +304,6 @@ Matrix<S> ReformerLM<S>::logits(TokenSpan tokens, Index batch, BucketRecord& buc
   Matrix<S> out = head_.logits(params_, x1.map(), x2.map(), ctx);
   x1.reset();
   x2.reset();
-  ctx.workspace->end_step();
   return out;
 }
 
@@ -339,11 +340,14 @@ double ReformerLM<S>::forward_loss(TokenSpan tokens, Index batch, Tape<S>& tape,
   const bool store = mode_ == BackpropMode::kStoredActivations;
   if (!store) tape.stored.clear();  // stored mode reuses the per-layer matrices of the last step
 
-  tape.x1.resize(cfg_.hidden_size, n);
-  embeddings_.forward(params_, tokens, tape.x1, ctx);  // x1 = x2 = e
-  tape.x2 = tape.x1;
-  stack_.forward(params_, tape.x1, tape.x2, ctx, tape.buckets, store ? &tape.stored : nullptr);
-  const CrossEntropyResult ce = head_.loss(params_, tape.x1, tape.x2, TokenSpan(tape.targets), ctx);
+  // The streams come from the workspace: huge pages, reused by the next step of this shape.
+  tape.x1.resize(workspace_.shared(), cfg_.hidden_size, n);
+  tape.x2.resize(workspace_.shared(), cfg_.hidden_size, n);
+  auto x1 = tape.x1.map(), x2 = tape.x2.map();
+  embeddings_.forward(params_, tokens, x1, ctx);  // x1 = x2 = e
+  x2 = x1;
+  stack_.forward(params_, x1, x2, ctx, tape.buckets, store ? &tape.stored : nullptr);
+  const CrossEntropyResult ce = head_.loss(params_, x1, x2, TokenSpan(tape.targets), ctx);
   tape.loss = ce.mean;
   tape.loss_count = ce.count;
   tape.ready = true;
@@ -367,13 +371,14 @@ void ReformerLM<S>::backward(Tape<S>& tape, double grad_scale) {
   // loss = mean over the counted targets  =>  d loss / d (sum) = grad_scale / count.
   const double scale = tape.loss_count > 0 ? grad_scale / static_cast<double>(tape.loss_count) : 0;
   Scratch<S> dcat(ctx.workspace, 2 * d, n);  // [dy1; dy2]: gradients of the last block's outputs
-  head_.backward(params_, tape.x1, tape.x2, TokenSpan(tape.targets), scale, ctx, dcat.map());
+  head_.backward(params_, tape.x1.map(), tape.x2.map(), TokenSpan(tape.targets), scale, ctx,
+                 dcat.map());
   auto dy1 = dcat.map().topRows(d);
   auto dy2 = dcat.map().bottomRows(d);
 
   // Blocks, from the top: (y1, y2, dy1, dy2) -> (x1, x2, dx1, dx2).
   if (tape.mode == BackpropMode::kReversible) {
-    stack_.backward(params_, tape.x1, tape.x2, dy1, dy2, ctx, tape.buckets);
+    stack_.backward(params_, tape.x1.map(), tape.x2.map(), dy1, dy2, ctx, tape.buckets);
   } else {
     stack_.backward_stored(params_, tape.stored, dy1, dy2, ctx, tape.buckets);
   }
@@ -382,7 +387,6 @@ void ReformerLM<S>::backward(Tape<S>& tape, double grad_scale) {
   dy1 += dy2;
   embeddings_.backward(params_, TokenSpan(tape.tokens), dy1, ctx);
   dcat.reset();
-  ctx.workspace->end_step();
 }
 
 }  // namespace reformer

@@ -17,14 +17,70 @@
 //
 // backward() consumes the tape: it walks (x1, x2) back down to the embeddings in place.
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 #include "reformer/layers/reversible_stack.hpp"
 #include "reformer/ops/tokens.hpp"
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <utility>
 #include <vector>
 
 namespace reformer {
+
+/// A matrix of the tape drawn from a model's workspace (core/workspace.hpp), so the streams sit
+/// on huge pages and a step of the same shape reuses them. It keeps the workspace alive; a copy
+/// draws its own block from the same workspace.
+template <class S>
+class TapeMatrix {
+ public:
+  using MapType = typename Scratch<S>::MapType;
+
+  TapeMatrix() = default;
+  TapeMatrix(const TapeMatrix& other) { *this = other; }
+  TapeMatrix& operator=(const TapeMatrix& other) {
+    if (this != &other) {
+      resize(other.workspace_, other.rows(), other.cols());
+      block_.map() = other.block_.map();
+    }
+    return *this;
+  }
+  TapeMatrix(TapeMatrix&& other) noexcept
+      : workspace_(std::move(other.workspace_)), block_(std::move(other.block_)) {}
+  TapeMatrix& operator=(TapeMatrix&& other) noexcept {
+    if (this != &other) {
+      block_ = std::move(other.block_);  // the old block goes back before its workspace may go
+      workspace_ = std::move(other.workspace_);
+    }
+    return *this;
+  }
+  ~TapeMatrix() { block_.reset(); }
+
+  /// rows x cols from `workspace` (or the heap when null); keeps the block (and its contents)
+  /// when the workspace and the bytes are unchanged.
+  void resize(std::shared_ptr<Workspace> workspace, Index rows, Index cols) {
+    if (workspace != workspace_) {
+      block_.reset();
+      workspace_ = std::move(workspace);
+    }
+    block_.resize(workspace_.get(), rows, cols);
+  }
+  void reset() noexcept {
+    block_.reset();
+    workspace_.reset();
+  }
+
+  MapType& map() { return block_.map(); }
+  const MapType& map() const { return block_.map(); }
+  Index rows() const { return block_.rows(); }
+  Index cols() const { return block_.cols(); }
+  Index size() const { return rows() * cols(); }
+
+ private:
+  std::shared_ptr<Workspace> workspace_;  // outlives block_
+  Scratch<S> block_;
+};
 
 /// How ReformerLM::backward obtains each block's inputs.
 enum class BackpropMode {
@@ -43,7 +99,7 @@ struct Tape {
   std::vector<Token> targets;  ///< B * T loss targets (negative = not counted)
   double loss = 0.0;           ///< mean loss over the counted targets
   Index loss_count = 0;        ///< number of counted targets
-  Matrix<S> x1, x2;            ///< outputs of the last block, D x (B*T)
+  TapeMatrix<S> x1, x2;        ///< outputs of the last block, D x (B*T)
   StoredInputs<S> stored;      ///< kStoredActivations only: every block's sublayer inputs
   bool ready = false;          ///< forward done, backward not yet run
 
@@ -74,8 +130,8 @@ struct Tape {
     step = 0;
     tokens.clear();
     targets.clear();
-    x1.resize(0, 0);
-    x2.resize(0, 0);
+    x1.reset();
+    x2.reset();
     buckets.layers.clear();
     stored.clear();
     ready = false;

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,26 @@ TEST(ModelTraining, TapeMemoryIsIndependentOfDepthExceptBuckets) {
   Tape<float> c;
   deep.forward_loss(tokens, batch, c, 0);
   EXPECT_EQ(c.activation_bytes(), (2 + 2 * 12) * 8 * 20 * sizeof(float));
+}
+
+TEST(ModelTraining, TapeStreamsComeFromTheWorkspaceAndKeepItAlive) {
+  auto ws = std::make_shared<Workspace>();
+  Workspace* raw = ws.get();
+  TapeMatrix<float> m;
+  m.resize(ws, 64, 1024);  // 256 KiB: drawn from the workspace
+  EXPECT_EQ(raw->stats().in_use_bytes, std::size_t{256} << 10);
+  m.map().setConstant(3.0f);
+  TapeMatrix<float> copy = m;  // a block of its own, from the same workspace
+  EXPECT_EQ(raw->stats().in_use_bytes, std::size_t{512} << 10);
+  EXPECT_NE(copy.map().data(), m.map().data());
+  EXPECT_EQ(copy.map()(63, 1023), 3.0f);
+  ws.reset();  // the matrices still hold the workspace
+  m = std::move(copy);
+  EXPECT_EQ(raw->stats().in_use_bytes, std::size_t{256} << 10);
+  EXPECT_EQ(m.map()(0, 0), 3.0f);
+  m.resize(nullptr, 2, 3);  // from the heap: the workspace goes with the last block
+  EXPECT_EQ(m.rows(), 2);
+  EXPECT_EQ(m.size(), 6);
 }
 
 // Five Adam steps with dropout on; returns the losses and leaves the parameters in `model`.

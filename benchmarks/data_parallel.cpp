@@ -1,5 +1,5 @@
-// Data-parallel training steps on MPI (reformer/distributed/mpi.hpp, docs/DESIGN.md 6, "Data-parallel
-// training").
+// Data-parallel training steps on MPI (reformer/distributed/mpi.hpp, docs/DESIGN.md 6,
+// "Data-parallel training").
 //
 //   mpirun -np 2 data_parallel --threads=1      2 ranks x 1 thread
 //   data_parallel --threads=2                   1 rank x 2 threads (the same global batch)

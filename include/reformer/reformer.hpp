@@ -39,9 +39,9 @@
 #include "reformer/layers/reversible_stack.hpp"
 #include "reformer/layers/sublayer.hpp"
 
+#include "reformer/model/attention_cache.hpp"
 #include "reformer/model/clip.hpp"
 #include "reformer/model/config.hpp"
-#include "reformer/model/attention_cache.hpp"
 #include "reformer/model/embeddings.hpp"
 #include "reformer/model/generator.hpp"
 #include "reformer/model/lm_head.hpp"

@@ -51,6 +51,10 @@ struct ChunkAttentionOptions {
 };
 
 /// Scratch for the kernel: two Ck x Cq buffers of the largest chunk. Reused across chunks.
+/// The views are always contiguous Ck x Cq matrices, whatever size the workspace grew to before:
+/// Eigen's vectorised column reductions (the softmax) start their packets at the first aligned
+/// element, so a leading dimension that depended on earlier calls would change the rounding with
+/// the history of the thread that runs a chunk.
 template <class S>
 class ChunkAttentionWorkspace {
  public:
@@ -59,27 +63,31 @@ class ChunkAttentionWorkspace {
 
   /// Grows the buffers to hold at least max_queries x max_keys (never shrinks).
   void reserve(Index max_queries, Index max_keys) {
-    if (max_keys > probs_.rows() || max_queries > probs_.cols()) {
-      const Index r = std::max(max_keys, probs_.rows());
-      const Index c = std::max(max_queries, probs_.cols());
-      probs_.resize(r, c);
-      grads_.resize(r, c);
+    if (max_keys > max_keys_ || max_queries > max_queries_) {
+      max_keys_ = std::max(max_keys, max_keys_);
+      max_queries_ = std::max(max_queries, max_queries_);
+      probs_.resize(max_keys_ * max_queries_);
+      grads_.resize(max_keys_ * max_queries_);
     }
   }
-  Index max_queries() const { return probs_.cols(); }
-  Index max_keys() const { return probs_.rows(); }
+  Index max_queries() const { return max_queries_; }
+  Index max_keys() const { return max_keys_; }
 
   /// Ck x Cq views (the kernels use them; exposed for tests and diagnostics).
-  Eigen::Block<Matrix<S>> probs(Index keys, Index queries) {
-    return probs_.topLeftCorner(keys, queries);
-  }
-  Eigen::Block<Matrix<S>> grads(Index keys, Index queries) {
-    return grads_.topLeftCorner(keys, queries);
-  }
+  Eigen::Map<Matrix<S>> probs(Index keys, Index queries) { return view(probs_, keys, queries); }
+  Eigen::Map<Matrix<S>> grads(Index keys, Index queries) { return view(grads_, keys, queries); }
 
  private:
-  Matrix<S> probs_;  // scores, then probabilities (dropped in forward)
-  Matrix<S> grads_;  // dpd -> dp -> ds (backward only)
+  Eigen::Map<Matrix<S>> view(Vector<S>& buffer, Index keys, Index queries) {
+    REFORMER_REQUIRE(keys <= max_keys_ && queries <= max_queries_, InvalidArgument,
+                     "ChunkAttentionWorkspace", "a ", keys, " x ", queries,
+                     " view exceeds the reserved ", max_keys_, " x ", max_queries_);
+    return Eigen::Map<Matrix<S>>(buffer.data(), keys, queries);
+  }
+
+  Index max_keys_ = 0, max_queries_ = 0;
+  Vector<S> probs_;  // scores, then probabilities (dropped in forward)
+  Vector<S> grads_;  // dpd -> dp -> ds (backward only)
 };
 
 /// The calling thread's kernel scratch, grown to at least max_queries x max_keys. It lives as
@@ -145,7 +153,7 @@ void chunk_check(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<S> k, Co
 /// probs(:, :) = softmax over keys of the masked scores k^T q; writes lse when non-null.
 template <class S, class P>
 void chunk_probabilities(ConstMatrixRef<S> q, ConstMatrixRef<S> k, const P* qpos, const P* kpos,
-                         const ChunkAttentionOptions& opts, Eigen::Block<Matrix<S>> st, S* lse) {
+                         const ChunkAttentionOptions& opts, Eigen::Map<Matrix<S>> st, S* lse) {
   const Index cq = q.cols(), ck = k.cols();
   // st: Ck x Cq, st(j, i) = k_j . q_i = s_ij
   st.noalias() = k.transpose() * q;

@@ -145,6 +145,10 @@ TEST(ChunkAttention, PositionsMayBeInt32AndWorkspaceIsReusable) {
   EXPECT_EQ(a, b);  // a larger workspace (strided blocks) gives bitwise the same result
   EXPECT_EQ(big.max_queries(), 16);
   EXPECT_EQ(fresh.max_keys(), 8);
+  // The views are contiguous whatever the workspace grew to: the softmax's vectorised column sums
+  // then round the same way for every history of the thread's workspace.
+  EXPECT_EQ(big.probs(8, 4).outerStride(), 8);
+  EXPECT_EQ(big.grads(5, 3).outerStride(), 5);
 }
 
 TEST(ChunkAttention, FullyMaskedQueryStaysFinite) {

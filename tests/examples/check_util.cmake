@@ -48,3 +48,13 @@ function(metrics_values out log event key)
   endforeach()
   set(${out} "${values}" PARENT_SCOPE)
 endfunction()
+
+# write_line_corpus(<path>): a small text file of 200 numbered lines, the corpus of the
+# train_text checks.
+function(write_line_corpus path)
+  set(content "")
+  foreach(i RANGE 1 200)
+    string(APPEND content "Line ${i}: the quick brown fox jumps over the lazy dog.\n")
+  endforeach()
+  file(WRITE "${path}" "${content}")
+endfunction()

@@ -6,11 +6,7 @@ include("${CMAKE_CURRENT_LIST_DIR}/check_util.cmake")
 file(REMOVE_RECURSE "${WORK_DIR}")
 file(MAKE_DIRECTORY "${WORK_DIR}")
 set(text "${WORK_DIR}/corpus.txt")
-set(content "")
-foreach(i RANGE 1 200)
-  string(APPEND content "Line ${i}: the quick brown fox jumps over the lazy dog.\n")
-endforeach()
-file(WRITE "${text}" "${content}")
+write_line_corpus("${text}")
 set(out --out-dir "${WORK_DIR}/bad")
 
 # expect_usage_error(<regex> <command> <args>...): exit code 2 and a one-line error.

@@ -8,11 +8,7 @@ file(REMOVE_RECURSE "${WORK_DIR}")
 file(MAKE_DIRECTORY "${WORK_DIR}")
 
 set(text "${WORK_DIR}/corpus.txt")
-set(content "")
-foreach(i RANGE 1 200)
-  string(APPEND content "Line ${i}: the quick brown fox jumps over the lazy dog.\n")
-endforeach()
-file(WRITE "${text}" "${content}")
+write_line_corpus("${text}")
 
 set(model --length 32 --chunk 8 --layers 2 --attention local,lsh --d-model 32 --d-ff 64 --heads 2
           --batch 4 --lr 3e-3 --warmup 2 --schedule constant --eval-every 4 --eval-windows 4

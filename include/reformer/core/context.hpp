@@ -1,6 +1,7 @@
 #pragma once
 // What a sublayer call needs besides parameters and activations (docs/DESIGN.md 3.2, 3.3): the
 // batch layout, training mode, the RNG coordinates, and the LSH bucket tape.
+#include "reformer/core/attention_mask.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
@@ -57,6 +58,18 @@ struct Context {
   /// Cache the layers draw their work buffers from (core/workspace.hpp); owned by the caller,
   /// may be null (then buffers come from the heap).
   Workspace* workspace = nullptr;
+
+  /// Key padding of the batch (core/attention_mask.hpp), owned by the caller; null or empty =
+  /// no padding. Attention layers replace the scores of padded keys; other layers ignore it.
+  const AttentionMask* mask = nullptr;
+
+  /// The mask's flags of sequence b (`length` entries, 1 = real), or null when nothing is
+  /// masked. Throws InvalidArgument when the mask does not match batch x length.
+  const std::uint8_t* key_flags(const char* where, Index b, Index length) const {
+    if (mask == nullptr || mask->empty()) return nullptr;
+    mask->check(where, batch, length);
+    return mask->sequence(b);
+  }
 
   /// The RNG key of one randomness stream of this call (see reformer::stream).
   Rng rng(std::uint64_t stream_tag) const {

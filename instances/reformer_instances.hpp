@@ -22,6 +22,7 @@
 #include "reformer/layers/reversible_stack.hpp"
 #include "reformer/model/embeddings.hpp"
 #include "reformer/model/lm_head.hpp"
+#include "reformer/model/reformer_backbone.hpp"
 #include "reformer/model/reformer_lm.hpp"
 
 // REFORMER_INSTANCES_LAYERS / _MODEL(extern, S) declare, (, S) define (instances/*.cpp) the
@@ -34,9 +35,10 @@
   EXTERN template class reformer::AttentionSublayer<S, reformer::FullAttention<S>>;  \
   EXTERN template class reformer::AttentionSublayer<S, reformer::LocalAttention<S>>; \
   EXTERN template class reformer::AttentionSublayer<S, reformer::LshAttention<S>>;
-#define REFORMER_INSTANCES_MODEL(EXTERN, S)      \
-  EXTERN template class reformer::Embeddings<S>; \
-  EXTERN template class reformer::LmHead<S>;     \
+#define REFORMER_INSTANCES_MODEL(EXTERN, S)            \
+  EXTERN template class reformer::Embeddings<S>;       \
+  EXTERN template class reformer::LmHead<S>;           \
+  EXTERN template class reformer::ReformerBackbone<S>; \
   EXTERN template class reformer::ReformerLM<S>;
 
 // The flavour of the instantiations: with or without REFORMER_ENABLE_ASSERTS.

@@ -10,7 +10,9 @@
 // and the value otherwise; an integer field does not accept 2.5 or "2"). A missing key keeps the
 // default: ReformerConfig's own defaults, or Hugging Face's ReformerConfig defaults when the
 // JSON says "model_type": "reformer" (HF writes only the fields that differ from its defaults).
-// HF keys this library has no use for (pad_token_id, use_cache, ...) are ignored.
+// HF keys this library has no use for (use_cache, ...) are ignored. `num_labels` is read from
+// "num_labels" or, as HF writes it, from the size of "id2label"; `classifier_dropout` may be
+// null (the hidden dropout).
 // `num_buckets` is null (auto), an integer, or a list of factors, as in HF.
 #include "reformer/core/error.hpp"
 #include "reformer/core/types.hpp"
@@ -21,6 +23,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -87,11 +90,18 @@ void for_each_config_field(Config& c, Visit&& visit) {
   visit("initializer_range", c.initializer_range);
   visit("axial_norm_std", c.axial_norm_std);
   visit("seed", c.seed);
+  visit("pad_token_id", c.pad_token_id);
+  visit("num_labels", c.num_labels);
+  visit("classifier_dropout", c.classifier_dropout);
 }
 
 template <class T>
 nlohmann::json json_value(const T& field) {
   return field;
+}
+inline nlohmann::json json_value(const std::optional<double>& field) {
+  if (!field) return nullptr;
+  return *field;
 }
 /// null (auto), an integer (one factor) or a list of factors.
 inline nlohmann::json json_value(BucketsField<const std::vector<Index>> buckets) {
@@ -124,7 +134,15 @@ class ConfigJsonReader {
   }
 
   void read(const char* key, Index& out) const {
-    if (const auto* v = find(key)) out = as_index(key, *v, *v, "an integer");
+    if (const auto* v = find(key)) {
+      out = as_index(key, *v, *v, "an integer");
+    } else if (std::string(key) == "num_labels") {
+      // HF writes the labels' names instead: {"0": "LABEL_0", ...}
+      if (const auto* names = find("id2label")) {
+        if (!names->is_object()) wrong_type("id2label", *names, "an object");
+        out = static_cast<Index>(names->size());
+      }
+    }
   }
   void read(const char* key, std::uint64_t& out) const {
     if (const auto* v = find(key)) {
@@ -135,6 +153,16 @@ class ConfigJsonReader {
   void read(const char* key, double& out) const {
     if (const auto* v = find(key)) {
       if (!v->is_number()) wrong_type(key, *v, "a number");
+      out = v->get<double>();
+    }
+  }
+  void read(const char* key, std::optional<double>& out) const {
+    if (const auto* v = find(key)) {
+      if (v->is_null()) {
+        out.reset();
+        return;
+      }
+      if (!v->is_number()) wrong_type(key, *v, "null or a number");
       out = v->get<double>();
     }
   }

@@ -300,13 +300,12 @@ Rng ReformerBackbone<S>::init_backbone(std::uint64_t seed) {
 template <class S>
 PaddedBatch ReformerBackbone<S>::padded_batch(const char* where, TokenSpan tokens, Index batch,
                                               const AttentionMask& mask) const {
-  REFORMER_REQUIRE(batch >= 1, InvalidArgument, where, "batch = ", batch, " must be >= 1");
-  const Index n = tokens.size();
-  REFORMER_REQUIRE(n > 0 && n % batch == 0, InvalidArgument, where, "tokens.size() = ", n,
-                   " is not a positive multiple of batch = ", batch);
+  Context ctx;
+  ctx.batch = batch;
+  embeddings_.check_tokens(where, tokens, ctx);  // ids, B x T, T within the positions
   PaddedBatch in;
   in.batch = batch;
-  in.length = n / batch;
+  in.length = tokens.size() / batch;
   in.padded_length = padded_length(in.length);
   mask.check(where, batch, in.length);  // shape, and a real position in every sequence
   const Index tp = in.padded_length;
@@ -327,9 +326,6 @@ PaddedBatch ReformerBackbone<S>::padded_batch(const char* where, TokenSpan token
     in.tokens.assign(tokens.begin(), tokens.end());
     if (mask.any_padding()) in.mask = mask;  // an all-real mask changes nothing
   }
-  Context ctx;
-  ctx.batch = batch;
-  embeddings_.check_tokens(where, TokenSpan(in.tokens), ctx);  // ids, and T within the positions
   return in;
 }
 

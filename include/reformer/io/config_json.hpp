@@ -56,11 +56,19 @@ struct BucketsField {
   List& factors;
 };
 
+/// classifier_dropout (`D` is double, const or not): JSON null (HF's None) when unset (negative).
+template <class D>
+struct OptionalProbability {
+  D& value;
+};
+
 /// Calls visit(key, field) for every ReformerConfig field under its HF key, `c` const or not;
-/// num_buckets comes as a BucketsField.
+/// num_buckets comes as a BucketsField, classifier_dropout as an OptionalProbability.
 template <class Config, class Visit>
 void for_each_config_field(Config& c, Visit&& visit) {
   using Buckets = BucketsField<std::remove_reference_t<decltype((c.num_buckets))>>;
+  using Probability =
+      OptionalProbability<std::remove_reference_t<decltype((c.classifier_dropout))>>;
   visit("vocab_size", c.vocab_size);
   visit("hidden_size", c.hidden_size);
   visit("num_attention_heads", c.num_attention_heads);
@@ -92,16 +100,16 @@ void for_each_config_field(Config& c, Visit&& visit) {
   visit("seed", c.seed);
   visit("pad_token_id", c.pad_token_id);
   visit("num_labels", c.num_labels);
-  visit("classifier_dropout", c.classifier_dropout);
+  visit("classifier_dropout", Probability{c.classifier_dropout});
 }
 
 template <class T>
 nlohmann::json json_value(const T& field) {
   return field;
 }
-inline nlohmann::json json_value(const std::optional<double>& field) {
-  if (!field) return nullptr;
-  return *field;
+inline nlohmann::json json_value(OptionalProbability<const double> p) {
+  if (p.value < 0.0) return nullptr;
+  return p.value;
 }
 /// null (auto), an integer (one factor) or a list of factors.
 inline nlohmann::json json_value(BucketsField<const std::vector<Index>> buckets) {
@@ -156,14 +164,14 @@ class ConfigJsonReader {
       out = v->get<double>();
     }
   }
-  void read(const char* key, std::optional<double>& out) const {
+  void read(const char* key, OptionalProbability<double> p) const {
     if (const auto* v = find(key)) {
       if (v->is_null()) {
-        out.reset();
+        p.value = -1.0;
         return;
       }
       if (!v->is_number()) wrong_type(key, *v, "null or a number");
-      out = v->get<double>();
+      p.value = v->get<double>();
     }
   }
   void read(const char* key, bool& out) const {

@@ -23,7 +23,6 @@
 #include <cstdint>
 #include <iterator>
 #include <numeric>
-#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -115,8 +114,9 @@ struct ReformerConfig {
   Index pad_token_id = 0;
   /// Outputs of the sequence-classification head (1 = regression); HF num_labels.
   Index num_labels = 2;
-  /// Dropout of the classification head; none = hidden_dropout_prob (HF classifier_dropout).
-  std::optional<double> classifier_dropout;
+  /// Dropout of the classification head (HF classifier_dropout); negative = unset (HF's None):
+  /// hidden_dropout_prob.
+  double classifier_dropout = -1.0;
 
   // --- derived -----------------------------------------------------------------------------
   Index num_layers() const { return static_cast<Index>(attn_layers.size()); }
@@ -339,7 +339,9 @@ struct ReformerConfig {
                      "pad_token_id = ", pad_token_id, " must be in [0, vocab_size = ", vocab_size,
                      ")");
     in_range("num_labels", num_labels, 1, L::kMaxLabels);
-    if (classifier_dropout) probability("classifier_dropout", *classifier_dropout);
+    REFORMER_REQUIRE(std::isfinite(classifier_dropout) && classifier_dropout < 1.0, ConfigError,
+                     where, "classifier_dropout = ", classifier_dropout,
+                     " must be in [0, 1), or negative for hidden_dropout_prob");
     REFORMER_REQUIRE(std::isfinite(initializer_range) && initializer_range >= 0.0 &&
                          initializer_range <= L::kMaxInitStd,
                      ConfigError, where, "initializer_range = ", initializer_range,

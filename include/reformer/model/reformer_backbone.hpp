@@ -72,6 +72,46 @@ struct PaddedBatch {
   const AttentionMask* mask_or_null() const { return mask.empty() ? nullptr : &mask; }
 };
 
+/// The head's view of a pass: the first T columns of every sequence of the last block's
+/// streams. Without padding these are the streams themselves; with padding, compact copies
+/// (D x B*T) from the workspace. scatter() spreads a head gradient (2D x B*T) back to the
+/// padded layout (2D x B*Tp, zero at padded columns).
+template <class S>
+class HeadStreams {
+ public:
+  HeadStreams(ConstMatrixRef<S> x1, ConstMatrixRef<S> x2, Index batch, Index length,
+              Index padded_length, Workspace* ws)
+      : batch_(batch), length_(length), padded_(padded_length), x1_(x1), x2_(x2) {
+    if (length_ == padded_) return;
+    c1_.resize(ws, x1.rows(), batch * length);
+    c2_.resize(ws, x2.rows(), batch * length);
+    for (Index b = 0; b < batch; ++b) {
+      c1_.map().middleCols(b * length, length) = x1.middleCols(b * padded_, length);
+      c2_.map().middleCols(b * length, length) = x2.middleCols(b * padded_, length);
+    }
+  }
+
+  ConstMatrixRef<S> x1() const { return length_ == padded_ ? x1_ : ConstMatrixRef<S>(c1_.map()); }
+  ConstMatrixRef<S> x2() const { return length_ == padded_ ? x2_ : ConstMatrixRef<S>(c2_.map()); }
+
+  /// dpadded = dcompact at the real columns, 0 at the padded ones.
+  void scatter(ConstMatrixRef<S> dcompact, MatrixRef<S> dpadded) const {
+    if (length_ == padded_) {
+      dpadded = dcompact;
+      return;
+    }
+    for (Index b = 0; b < batch_; ++b) {
+      dpadded.middleCols(b * padded_, length_) = dcompact.middleCols(b * length_, length_);
+      dpadded.middleCols(b * padded_ + length_, padded_ - length_).setZero();
+    }
+  }
+
+ private:
+  Index batch_, length_, padded_;
+  ConstMatrixRef<S> x1_, x2_;
+  Scratch<S> c1_, c2_;
+};
+
 template <class S>
 class ReformerBackbone {
  public:
@@ -162,6 +202,53 @@ class ReformerBackbone {
   /// to the embeddings' parameters.
   void backward_from_top(Tape<S>& tape, const Context& ctx, MatrixRef<S> dcat);
 
+  /// Inference: pads, encodes and returns head_logits(x1, x2, ctx) on the head's view.
+  template <class HeadLogits>
+  Matrix<S> infer(const char* where, TokenSpan tokens, Index batch, const AttentionMask& mask,
+                  BucketRecord& buckets, HeadLogits&& head_logits) const {
+    const PaddedBatch in = padded_batch(where, tokens, batch, mask);
+    const Context ctx = pass_context(batch, in.mask_or_null(), false, 0);
+    const Index n = static_cast<Index>(in.tokens.size()), d = cfg_.hidden_size;
+    Scratch<S> x1(ctx.workspace, d, n), x2(ctx.workspace, d, n);
+    encode(in, ctx, x1.map(), x2.map(), buckets, nullptr);
+    const HeadStreams<S> streams(x1.map(), x2.map(), batch, in.length, in.padded_length,
+                                 ctx.workspace);
+    return head_logits(streams.x1(), streams.x2(), ctx);
+  }
+
+  /// Training forward of a padded batch: fills the tape and returns head_loss(x1, x2, ctx) on
+  /// the head's view (the caller stores the loss in the tape and marks it ready).
+  template <class HeadLoss>
+  auto train_forward(PaddedBatch in, Tape<S>& tape, std::uint64_t step, HeadLoss&& head_loss) {
+    const Context ctx = encode_for_training(std::move(in), tape, step);
+    const HeadStreams<S> streams(tape.x1.map(), tape.x2.map(), tape.batch, tape.length,
+                                 tape.padded_length, ctx.workspace);
+    return head_loss(streams.x1(), streams.x2(), ctx);
+  }
+
+  /// Backward of the pass on `tape`: head_backward(x1, x2, ctx, dcat) writes the head's gradient
+  /// of its view (2D x B*T) and accumulates its parameters' gradients; then the stack and the
+  /// embeddings. Consumes the tape.
+  template <class HeadBackward>
+  void train_backward(const char* where, Tape<S>& tape, HeadBackward&& head_backward) {
+    const Context ctx = begin_backward(where, tape);
+    const Index d = cfg_.hidden_size;
+    Scratch<S> dcat(ctx.workspace, 2 * d, tape.batch * tape.padded_length);  // d [y1; y2]
+    {
+      const HeadStreams<S> streams(tape.x1.map(), tape.x2.map(), tape.batch, tape.length,
+                                   tape.padded_length, ctx.workspace);
+      if (tape.length == tape.padded_length) {
+        head_backward(streams.x1(), streams.x2(), ctx, dcat.map());
+      } else {
+        Scratch<S> dhead(ctx.workspace, 2 * d, tape.batch * tape.length);
+        head_backward(streams.x1(), streams.x2(), ctx, dhead.map());
+        streams.scatter(dhead.map(), dcat.map());
+      }
+    }
+    backward_from_top(tape, ctx, dcat.map());
+    dcat.reset();
+  }
+
   ReformerConfig cfg_;
   BackpropMode mode_;
   Parameters<S> params_;
@@ -193,46 +280,6 @@ class ReformerBackbone {
  private:
   static ReversibleStack<S> make_stack(const ReformerConfig& cfg, Parameters<S>& params);
   SlotId slot_of(const std::string& name) const;
-};
-
-/// The head's view of a pass: the first T columns of every sequence of the last block's
-/// streams. Without padding these are the streams themselves; with padding, compact copies
-/// (D x B*T) from the workspace. scatter() spreads a head gradient (2D x B*T) back to the
-/// padded layout (2D x B*Tp, zero at padded columns).
-template <class S>
-class HeadStreams {
- public:
-  HeadStreams(ConstMatrixRef<S> x1, ConstMatrixRef<S> x2, Index batch, Index length,
-              Index padded_length, Workspace* ws)
-      : batch_(batch), length_(length), padded_(padded_length), x1_(x1), x2_(x2) {
-    if (length_ == padded_) return;
-    c1_.resize(ws, x1.rows(), batch * length);
-    c2_.resize(ws, x2.rows(), batch * length);
-    for (Index b = 0; b < batch; ++b) {
-      c1_.map().middleCols(b * length, length) = x1.middleCols(b * padded_, length);
-      c2_.map().middleCols(b * length, length) = x2.middleCols(b * padded_, length);
-    }
-  }
-
-  ConstMatrixRef<S> x1() const { return length_ == padded_ ? x1_ : ConstMatrixRef<S>(c1_.map()); }
-  ConstMatrixRef<S> x2() const { return length_ == padded_ ? x2_ : ConstMatrixRef<S>(c2_.map()); }
-
-  /// dpadded = dcompact at the real columns, 0 at the padded ones.
-  void scatter(ConstMatrixRef<S> dcompact, MatrixRef<S> dpadded) const {
-    if (length_ == padded_) {
-      dpadded = dcompact;
-      return;
-    }
-    for (Index b = 0; b < batch_; ++b) {
-      dpadded.middleCols(b * padded_, length_) = dcompact.middleCols(b * length_, length_);
-      dpadded.middleCols(b * padded_ + length_, padded_ - length_).setZero();
-    }
-  }
-
- private:
-  Index batch_, length_, padded_;
-  ConstMatrixRef<S> x1_, x2_;
-  Scratch<S> c1_, c2_;
 };
 
 // ---- member definitions -------------------------------------------------------------------------

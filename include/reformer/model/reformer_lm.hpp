@@ -159,14 +159,10 @@ void ReformerLM<S>::init(std::uint64_t seed) {
 template <class S>
 Matrix<S> ReformerLM<S>::logits(TokenSpan tokens, Index batch, const AttentionMask& mask,
                                 BucketRecord& buckets) const {
-  const PaddedBatch in = this->padded_batch("ReformerLM::logits", tokens, batch, mask);
-  const Context ctx = this->pass_context(batch, in.mask_or_null(), false, 0);
-  const Index n = static_cast<Index>(in.tokens.size()), d = this->cfg_.hidden_size;
-  Scratch<S> x1(ctx.workspace, d, n), x2(ctx.workspace, d, n);
-  this->encode(in, ctx, x1.map(), x2.map(), buckets, nullptr);
-  const HeadStreams<S> streams(x1.map(), x2.map(), batch, in.length, in.padded_length,
-                               ctx.workspace);
-  return head_.logits(this->params_, streams.x1(), streams.x2(), ctx);
+  return this->infer("ReformerLM::logits", tokens, batch, mask, buckets,
+                     [&](ConstMatrixRef<S> x1, ConstMatrixRef<S> x2, const Context& ctx) {
+                       return head_.logits(this->params_, x1, x2, ctx);
+                     });
 }
 
 template <class S>
@@ -197,11 +193,11 @@ double ReformerLM<S>::forward_loss(TokenSpan tokens, Index batch, const Attentio
   } else {
     tape.targets.assign(targets.begin(), targets.end());
   }
-  const Context ctx = this->encode_for_training(std::move(in), tape, step);
-  const HeadStreams<S> streams(tape.x1.map(), tape.x2.map(), batch, t, tape.padded_length,
-                               ctx.workspace);
   const CrossEntropyResult ce =
-      head_.loss(this->params_, streams.x1(), streams.x2(), TokenSpan(tape.targets), ctx);
+      this->train_forward(std::move(in), tape, step,
+                          [&](ConstMatrixRef<S> x1, ConstMatrixRef<S> x2, const Context& ctx) {
+                            return head_.loss(this->params_, x1, x2, TokenSpan(tape.targets), ctx);
+                          });
   tape.loss = ce.mean;
   tape.loss_count = ce.count;
   tape.ready = true;
@@ -210,26 +206,13 @@ double ReformerLM<S>::forward_loss(TokenSpan tokens, Index batch, const Attentio
 
 template <class S>
 void ReformerLM<S>::backward(Tape<S>& tape, double grad_scale) {
-  const Context ctx = this->begin_backward("ReformerLM::backward", tape);
-  const Index d = this->cfg_.hidden_size;
   // loss = mean over the counted targets  =>  d loss / d (sum) = grad_scale / count.
   const double scale = tape.loss_count > 0 ? grad_scale / static_cast<double>(tape.loss_count) : 0;
-  Scratch<S> dcat(ctx.workspace, 2 * d, tape.batch * tape.padded_length);  // d [y1; y2]
-  {
-    const HeadStreams<S> streams(tape.x1.map(), tape.x2.map(), tape.batch, tape.length,
-                                 tape.padded_length, ctx.workspace);
-    if (tape.length == tape.padded_length) {
-      head_.backward(this->params_, streams.x1(), streams.x2(), TokenSpan(tape.targets), scale, ctx,
-                     dcat.map());
-    } else {
-      Scratch<S> dcompact(ctx.workspace, 2 * d, tape.batch * tape.length);
-      head_.backward(this->params_, streams.x1(), streams.x2(), TokenSpan(tape.targets), scale, ctx,
-                     dcompact.map());
-      streams.scatter(dcompact.map(), dcat.map());
-    }
-  }
-  this->backward_from_top(tape, ctx, dcat.map());
-  dcat.reset();
+  this->train_backward(
+      "ReformerLM::backward", tape,
+      [&](ConstMatrixRef<S> x1, ConstMatrixRef<S> x2, const Context& ctx, MatrixRef<S> dcat) {
+        head_.backward(this->params_, x1, x2, TokenSpan(tape.targets), scale, ctx, dcat);
+      });
 }
 
 }  // namespace reformer

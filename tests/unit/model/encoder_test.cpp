@@ -40,7 +40,7 @@ AttentionMask mask_of(const test::Fixture& fx) {
   return AttentionMask::from_flags(ints_of(fx, "attention_mask"), fx.batch(), fx.length());
 }
 
-BucketRecord buckets_of(const test::Fixture& fx, const ReformerConfig& cfg) {
+BucketRecord fixture_buckets(const test::Fixture& fx, const ReformerConfig& cfg) {
   BucketRecord b;
   b.replay = true;
   b.layers.resize(static_cast<std::size_t>(cfg.num_layers()));
@@ -90,7 +90,7 @@ TEST_P(EncoderParity, MaskedLm) {
   const AttentionMask mask = mask_of(fx);
   const Index batch = fx.batch();
 
-  BucketRecord buckets = buckets_of(fx, cfg);
+  BucketRecord buckets = fixture_buckets(fx, cfg);
   const Matrix<double> logits = model.logits(tokens, batch, mask, buckets);
   const Matrix<double> ref = fx.activations("logits");
   EXPECT_LT(logits_error(logits, ref, mask, true), 1e-9);
@@ -98,7 +98,7 @@ TEST_P(EncoderParity, MaskedLm) {
   EXPECT_LT(logits_error(logits, ref, mask, false), 1e-7);
 
   Tape<double> tape;
-  tape.buckets = buckets_of(fx, cfg);
+  tape.buckets = fixture_buckets(fx, cfg);
   expect_loss(model.forward_loss(tokens, batch, mask, labels, tape, 0), fx);
   model.zero_grad();
   model.backward(tape);
@@ -116,7 +116,7 @@ TEST_P(EncoderParity, SequenceClassification) {
   const AttentionMask mask = mask_of(fx);
   const Index batch = fx.batch();
 
-  BucketRecord buckets = buckets_of(fx, cfg);
+  BucketRecord buckets = fixture_buckets(fx, cfg);
   const Matrix<double> logits = model.logits(tokens, batch, mask, buckets);
   const std::vector<double> ref = fx.values("logits");  // [B, 3]
   ASSERT_EQ(logits.rows(), 3);
@@ -125,7 +125,7 @@ TEST_P(EncoderParity, SequenceClassification) {
             1e-9);
 
   Tape<double> tape;
-  tape.buckets = buckets_of(fx, cfg);
+  tape.buckets = fixture_buckets(fx, cfg);
   expect_loss(model.forward_loss(tokens, batch, mask, labels, tape, 0), fx);
   model.zero_grad();
   model.backward(tape);
@@ -142,7 +142,7 @@ TEST_P(EncoderParity, CausalLmPaddedToTheChunkLengthsLcm) {
   const std::vector<Token> tokens = ints_of(fx, "tokens");
   const Index batch = fx.batch();
 
-  BucketRecord buckets = buckets_of(fx, cfg);
+  BucketRecord buckets = fixture_buckets(fx, cfg);
   const Matrix<double> logits = model.logits(tokens, batch, buckets);
   EXPECT_EQ(logits.cols(), batch * fx.length());
   EXPECT_LT(test::relative_error(logits, fx.activations("logits")), 1e-9);
@@ -156,7 +156,7 @@ TEST_P(EncoderParity, CausalLmPaddedToTheChunkLengthsLcm) {
   EXPECT_EQ(*std::max_element(b0.data.begin(), b0.data.end()), used);  // the pad bucket
 
   Tape<double> tape;
-  tape.buckets = buckets_of(fx, cfg);
+  tape.buckets = fixture_buckets(fx, cfg);
   expect_loss(model.forward_loss(tokens, batch, tape, 0), fx);
   model.zero_grad();
   model.backward(tape);
@@ -179,16 +179,16 @@ ReformerConfig encoder_config() {
   return c;
 }
 
-const Index kBatch = 3, kLength = 12;
-AttentionMask batch_mask() { return AttentionMask::from_lengths({12, 9, 5}, kLength); }
+const Index kEncBatch = 3, kEncLength = 12;
+AttentionMask batch_mask() { return AttentionMask::from_lengths({12, 9, 5}, kEncLength); }
 
 // Masked-LM labels at a few real positions of each sequence.
 std::vector<Token> mlm_labels(const AttentionMask& m, Index vocab) {
-  std::vector<Token> l(static_cast<std::size_t>(kBatch * kLength), Token{-100});
-  for (Index b = 0; b < kBatch; ++b) {
-    for (Index t = 0; t < kLength; t += 2) {
+  std::vector<Token> l(static_cast<std::size_t>(kEncBatch * kEncLength), Token{-100});
+  for (Index b = 0; b < kEncBatch; ++b) {
+    for (Index t = 0; t < kEncLength; t += 2) {
       if (m.real(b, t))
-        l[static_cast<std::size_t>(b * kLength + t)] = static_cast<Token>((b + t) % vocab);
+        l[static_cast<std::size_t>(b * kEncLength + t)] = static_cast<Token>((b + t) % vocab);
     }
   }
   return l;
@@ -196,7 +196,7 @@ std::vector<Token> mlm_labels(const AttentionMask& m, Index vocab) {
 
 // Finite differences of `loss(step)` against `backward(scale)` for every parameter.
 template <class Model, class Loss, class Backward>
-void check_gradients(Model& model, Loss&& loss, Backward&& backward) {
+void check_encoder_gradients(Model& model, Loss&& loss, Backward&& backward) {
   test::ThreadCountGuard guard;
   set_num_threads(1);
   auto forward = [&] {
@@ -222,16 +222,16 @@ void check_gradients(Model& model, Loss&& loss, Backward&& backward) {
 TEST(EncoderGradients, MaskedLmWithAMaskMatchesFiniteDifferences) {
   ReformerForMaskedLM<double> model(encoder_config());
   const AttentionMask mask = batch_mask();
-  const std::vector<Token> tokens = test::random_tokens(kBatch, kLength, 11, 3);
+  const std::vector<Token> tokens = test::random_tokens(kEncBatch, kEncLength, 11, 3);
   const std::vector<Token> labels = mlm_labels(mask, 11);
   Tape<double> frozen;
-  model.forward_loss(tokens, kBatch, mask, labels, frozen, 2);
+  model.forward_loss(tokens, kEncBatch, mask, labels, frozen, 2);
   auto run = [&](Tape<double>& tape) {
     tape.buckets = frozen.buckets;
     tape.buckets.replay = true;
-    return model.forward_loss(tokens, kBatch, mask, labels, tape, 2);
+    return model.forward_loss(tokens, kEncBatch, mask, labels, tape, 2);
   };
-  check_gradients(
+  check_encoder_gradients(
       model,
       [&] {
         Tape<double> t;
@@ -250,17 +250,17 @@ TEST(EncoderGradients, ClassificationPaddedToTheLcmMatchesFiniteDifferences) {
   ReformerForSequenceClassification<double> model(cfg);
   const Index length = 10;  // padded to 12
   const AttentionMask mask = AttentionMask::from_lengths({10, 7, 4}, length);
-  const std::vector<Token> tokens = test::random_tokens(kBatch, length, 11, 4);
+  const std::vector<Token> tokens = test::random_tokens(kEncBatch, length, 11, 4);
   const std::vector<Token> labels = {2, 0, 1};
   Tape<double> frozen;
-  model.forward_loss(tokens, kBatch, mask, labels, frozen, 5);
+  model.forward_loss(tokens, kEncBatch, mask, labels, frozen, 5);
   EXPECT_EQ(frozen.padded_length, 12);
   auto run = [&](Tape<double>& tape) {
     tape.buckets = frozen.buckets;
     tape.buckets.replay = true;
-    return model.forward_loss(tokens, kBatch, mask, labels, tape, 5);
+    return model.forward_loss(tokens, kEncBatch, mask, labels, tape, 5);
   };
-  check_gradients(
+  check_encoder_gradients(
       model,
       [&] {
         Tape<double> t;
@@ -276,16 +276,16 @@ TEST(EncoderGradients, ClassificationPaddedToTheLcmMatchesFiniteDifferences) {
 TEST(EncoderGradients, QuestionAnsweringMatchesFiniteDifferences) {
   ReformerForQuestionAnswering<double> model(encoder_config());
   const AttentionMask mask = batch_mask();
-  const std::vector<Token> tokens = test::random_tokens(kBatch, kLength, 11, 6);
+  const std::vector<Token> tokens = test::random_tokens(kEncBatch, kEncLength, 11, 6);
   const std::vector<Token> starts = {1, 3, 0}, ends = {4, 8, 12};  // 12 = T: not counted
   Tape<double> frozen;
-  model.forward_loss(tokens, kBatch, mask, {starts, ends}, frozen, 1);
+  model.forward_loss(tokens, kEncBatch, mask, {starts, ends}, frozen, 1);
   auto run = [&](Tape<double>& tape) {
     tape.buckets = frozen.buckets;
     tape.buckets.replay = true;
-    return model.forward_loss(tokens, kBatch, mask, {starts, ends}, tape, 1);
+    return model.forward_loss(tokens, kEncBatch, mask, {starts, ends}, tape, 1);
   };
-  check_gradients(
+  check_encoder_gradients(
       model,
       [&] {
         Tape<double> t;
@@ -323,21 +323,21 @@ TEST(EncoderPadding, PaddedTokensChangeNothingInTheMaskedLm) {
   cfg.hidden_dropout_prob = 0.1;
   ReformerForMaskedLM<double> a(cfg), b(cfg);
   const AttentionMask mask = batch_mask();
-  const std::vector<Token> tokens = test::random_tokens(kBatch, kLength, 11, 8);
+  const std::vector<Token> tokens = test::random_tokens(kEncBatch, kEncLength, 11, 8);
   const std::vector<Token> labels = mlm_labels(mask, 11);
   expect_padding_never_leaks(a, b, [&](ReformerForMaskedLM<double>& m, bool change) {
-    return m.train_step(change ? repadded(tokens, mask, kLength, 11) : tokens, kBatch, mask, labels,
-                        4);
+    return m.train_step(change ? repadded(tokens, mask, kEncLength, 11) : tokens, kEncBatch, mask,
+                        labels, 4);
   });
 }
 
 TEST(EncoderPadding, PaddedTokensChangeNothingInTheClassifier) {
   ReformerForSequenceClassification<double> a(encoder_config()), b(encoder_config());
   const AttentionMask mask = AttentionMask::from_lengths({10, 7, 4}, 10);  // padded to 12 too
-  const std::vector<Token> tokens = test::random_tokens(kBatch, 10, 11, 9);
+  const std::vector<Token> tokens = test::random_tokens(kEncBatch, 10, 11, 9);
   const std::vector<Token> labels = {1, 2, 0};
   expect_padding_never_leaks(a, b, [&](ReformerForSequenceClassification<double>& m, bool c) {
-    return m.train_step(c ? repadded(tokens, mask, 10, 11) : tokens, kBatch, mask, labels, 3);
+    return m.train_step(c ? repadded(tokens, mask, 10, 11) : tokens, kEncBatch, mask, labels, 3);
   });
 }
 
@@ -346,11 +346,11 @@ TEST(EncoderPadding, PaddedTokensChangeNothingInTheCausalLm) {
   cfg.hidden_dropout_prob = 0.1;
   ReformerLM<double> a(cfg), b(cfg);
   const AttentionMask mask = batch_mask();
-  const std::vector<Token> tokens = test::random_tokens(kBatch, kLength, 11, 10);
+  const std::vector<Token> tokens = test::random_tokens(kEncBatch, kEncLength, 11, 10);
   expect_padding_never_leaks(a, b, [&](ReformerLM<double>& m, bool change) {
     Tape<double> tape;
-    const double loss = m.forward_loss(change ? repadded(tokens, mask, kLength, 11) : tokens,
-                                       kBatch, mask, tape, 6);
+    const double loss = m.forward_loss(change ? repadded(tokens, mask, kEncLength, 11) : tokens,
+                                       kEncBatch, mask, tape, 6);
     m.backward(tape);
     return loss;
   });
@@ -360,7 +360,7 @@ TEST(EncoderPadding, TheDefaultCausalTargetsSkipPadding) {
   ReformerLM<double> model(test::tiny_config());
   const AttentionMask mask = batch_mask();  // real lengths 12, 9, 5
   Tape<double> tape;
-  model.forward_loss(test::random_tokens(kBatch, kLength, 11, 1), kBatch, mask, tape, 0);
+  model.forward_loss(test::random_tokens(kEncBatch, kEncLength, 11, 1), kEncBatch, mask, tape, 0);
   EXPECT_EQ(tape.loss_count, 11 + 8 + 4);
 }
 
@@ -372,13 +372,13 @@ TEST(EncoderDeterminism, AStepIsBitwiseTheSameOnOneAndTwoThreads) {
   cfg.hidden_dropout_prob = 0.1;
   cfg.lsh_attention_probs_dropout_prob = 0.1;
   const AttentionMask mask = AttentionMask::from_lengths({10, 7, 4}, 10);
-  const std::vector<Token> tokens = test::random_tokens(kBatch, 10, 11, 12);
+  const std::vector<Token> tokens = test::random_tokens(kEncBatch, 10, 11, 12);
   const std::vector<Token> labels = {0, 1, 2};
   ReformerForSequenceClassification<float> one(cfg), two(cfg);
   set_num_threads(1);
-  const double l1 = one.train_step(tokens, kBatch, mask, labels, 7);
+  const double l1 = one.train_step(tokens, kEncBatch, mask, labels, 7);
   set_num_threads(2);
-  const double l2 = two.train_step(tokens, kBatch, mask, labels, 7);
+  const double l2 = two.train_step(tokens, kEncBatch, mask, labels, 7);
   EXPECT_EQ(l1, l2);
   EXPECT_TRUE(one.parameters().grads() == two.parameters().grads());
 }
@@ -413,33 +413,35 @@ TEST(EncoderModels, ConfigsAreCheckedAsHuggingFaceDoes) {
 TEST(EncoderModels, BadInputIsNamed) {
   ReformerForSequenceClassification<double> cls(encoder_config());
   ReformerForMaskedLM<double> mlm(encoder_config());
-  const std::vector<Token> tokens = test::random_tokens(kBatch, kLength, 11, 2);
+  const std::vector<Token> tokens = test::random_tokens(kEncBatch, kEncLength, 11, 2);
   Tape<double> tape;
   const std::vector<Token> labels = {0, 1, 2};
 
   std::string m = message_of([&] {
-    cls.forward_loss(tokens, kBatch, AttentionMask::from_lengths({12, 3}, 12), labels, tape, 0);
+    cls.forward_loss(tokens, kEncBatch, AttentionMask::from_lengths({12, 3}, 12), labels, tape, 0);
   });
   EXPECT_NE(m.find("attention mask is 2 x 12"), std::string::npos) << m;
   EXPECT_NE(m.find("input is 3 x 12"), std::string::npos) << m;
-  m = message_of([&] { cls.logits(tokens, kBatch, AttentionMask::from_lengths({12, 0, 4}, 12)); });
+  m = message_of([&] {
+    cls.logits(tokens, kEncBatch, AttentionMask::from_lengths({12, 0, 4}, 12));
+  });
   EXPECT_NE(m.find("sequence 1 of the attention mask is all padding"), std::string::npos) << m;
   m = message_of([&] {
-    cls.forward_loss(tokens, kBatch, batch_mask(), std::vector<Token>{0, 3, 1}, tape, 0);
+    cls.forward_loss(tokens, kEncBatch, batch_mask(), std::vector<Token>{0, 3, 1}, tape, 0);
   });
   EXPECT_NE(m.find("labels[1] = 3"), std::string::npos) << m;
   EXPECT_NE(m.find("num_labels = 3"), std::string::npos) << m;
   m = message_of([&] {
-    cls.forward_loss(tokens, kBatch, batch_mask(), std::vector<Token>{0, 1}, tape, 0);
+    cls.forward_loss(tokens, kEncBatch, batch_mask(), std::vector<Token>{0, 1}, tape, 0);
   });
   EXPECT_NE(m.find("labels.size() = 2"), std::string::npos) << m;
 
   std::vector<Token> mlm_bad = mlm_labels(batch_mask(), 11);
   mlm_bad[7] = 11;
-  m = message_of([&] { mlm.forward_loss(tokens, kBatch, batch_mask(), mlm_bad, tape, 0); });
+  m = message_of([&] { mlm.forward_loss(tokens, kEncBatch, batch_mask(), mlm_bad, tape, 0); });
   EXPECT_NE(m.find("labels[7] = 11"), std::string::npos) << m;
   mlm_bad.pop_back();
-  m = message_of([&] { mlm.forward_loss(tokens, kBatch, batch_mask(), mlm_bad, tape, 0); });
+  m = message_of([&] { mlm.forward_loss(tokens, kEncBatch, batch_mask(), mlm_bad, tape, 0); });
   EXPECT_NE(m.find("labels.size() = 35"), std::string::npos) << m;
   m = message_of([&] { mlm.backward(tape); });
   EXPECT_NE(m.find("no forward pass"), std::string::npos) << m;

@@ -35,19 +35,21 @@ TEST(ModelTraining, TapeMemoryIsIndependentOfDepthExceptBuckets) {
   Tape<float> a, b;
   shallow.forward_loss(tokens, batch, a, 0);
   deep.forward_loss(tokens, batch, b, 0);
-  // Buckets: [B, H, R, T] ints per LSH layer.
-  const std::size_t per_layer = static_cast<std::size_t>(batch * 2 * 2 * length) * 4;
+  // Buckets: [B, H, R, Tp] ints per LSH layer, Tp = 12 the padded length (the streams too).
+  const Index padded = shallow.padded_length(length);
+  ASSERT_EQ(padded, 12);
+  const std::size_t per_layer = static_cast<std::size_t>(batch * 2 * 2 * padded) * 4;
   EXPECT_EQ(a.bucket_bytes(), per_layer);
   EXPECT_EQ(b.bucket_bytes(), 12 * per_layer);
   EXPECT_EQ(a.bytes_held() - a.bucket_bytes(), b.bytes_held() - b.bucket_bytes());
   // The activations held: the last block's x1 and x2 only.
-  EXPECT_EQ(b.activation_bytes(), 2 * 8 * 20 * sizeof(float));
+  EXPECT_EQ(b.activation_bytes(), 2 * 8 * 24 * sizeof(float));
 
   // Ordinary backprop keeps two D x N inputs per layer: the accessor sees them.
   deep.set_backprop_mode(BackpropMode::kStoredActivations);
   Tape<float> c;
   deep.forward_loss(tokens, batch, c, 0);
-  EXPECT_EQ(c.activation_bytes(), (2 + 2 * 12) * 8 * 20 * sizeof(float));
+  EXPECT_EQ(c.activation_bytes(), (2 + 2 * 12) * 8 * 24 * sizeof(float));
 }
 
 TEST(ModelTraining, TapeStreamsComeFromTheWorkspaceAndKeepItAlive) {

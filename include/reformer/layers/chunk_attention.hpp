@@ -6,10 +6,15 @@
 //
 // Forward, for query i (column of q) and key j (column of k / v):
 //   s_ij   = q_i . k_j
-//   masks REPLACE s_ij, applied in this order (later masks win):
-//            causal   kpos(j) >  qpos(i)            -> -1e9   (when opts.causal)
-//            self     kpos(j) == qpos(i)            -> -1e5   (when opts.self_mask)
-//            padding  kpos(j) >= opts.valid_length  -> -1e9
+//   masks REPLACE s_ij, applied in this order (later masks win), Hugging Face's order:
+//            causal       kpos(j) >  qpos(i)                -> -1e9   (when opts.causal)
+//            key padding  opts.key_flags[kpos(j)] == 0      -> -1e9   (when key_flags is set)
+//            self         kpos(j) == qpos(i)                -> -1e5   (when opts.self_mask)
+//            length       kpos(j) >= opts.valid_length      -> -1e9
+//   so a query whose window holds no allowed key but itself attends to itself (LSH). The
+//   last one is LSH's own padding of T to a multiple of C (keys that do not exist).
+//   A query whose every key is masked gets equal weights over its window (all scores equal);
+//   the gradient never flows through a masked score (it is a constant).
 //   lse_i  = log sum_j exp(s_ij)                     (of the undropped scores)
 //   p_ij   = exp(s_ij - lse_i)
 //   pd_ij  = p_ij * m_ij                              (dropout: m_ij = keep_ij / (1 - rate))
@@ -44,6 +49,10 @@ struct ChunkAttentionOptions {
   bool self_mask = false;  ///< a key at the query's own position gets kSelfMaskValue (LSH)
   /// Keys at positions >= valid_length are padding (kPaddingMaskValue). Default: no padding.
   Index valid_length = std::numeric_limits<Index>::max();
+  /// Key padding of the sequence (core/attention_mask.hpp), indexed by key position (entries
+  /// below valid_length are read): 0 = padded key (kPaddingMaskValue). Null = no key padding,
+  /// and then nothing is looked up per key.
+  const std::uint8_t* key_flags = nullptr;
   /// Attention-probability dropout (inverted). Active when dropout_rate > 0; must be < 1.
   double dropout_rate = 0.0;
   Rng dropout_rng{};      ///< key of the dropout mask (already derived per batch/head/round)
@@ -101,6 +110,16 @@ ChunkAttentionWorkspace<S>& thread_chunk_workspace(Index max_queries, Index max_
   return ws;
 }
 
+/// The chunk at `offset` from chunk c in a window over `chunks` chunks, as Hugging Face's
+/// look-back / look-ahead (`_look_adjacent`): (c + offset) mod chunks when |offset| < chunks;
+/// an offset of at least the number of chunks in magnitude shifts nothing, i.e. gives chunk c
+/// itself (HF concatenates the slices [offset:] and [:offset], one of which is then empty).
+/// A window can therefore hold the same chunk more than once.
+inline Index adjacent_chunk(Index c, Index offset, Index chunks) {
+  if (offset >= chunks || -offset >= chunks) return c;
+  return ((c + offset) % chunks + chunks) % chunks;
+}
+
 namespace detail {
 
 /// Whether s_ij is masked; if so `value` receives the mask value that replaces it.
@@ -111,11 +130,16 @@ inline bool chunk_mask(P qpos, P kpos, const ChunkAttentionOptions& opts, double
     value = kCausalMaskValue;
     masked = true;
   }
+  const bool exists = static_cast<Index>(kpos) < opts.valid_length;
+  if (opts.key_flags != nullptr && exists && opts.key_flags[kpos] == 0) {
+    value = kPaddingMaskValue;
+    masked = true;
+  }
   if (opts.self_mask && kpos == qpos) {
     value = kSelfMaskValue;
     masked = true;
   }
-  if (static_cast<Index>(kpos) >= opts.valid_length) {
+  if (!exists) {
     value = kPaddingMaskValue;
     masked = true;
   }

@@ -6,6 +6,8 @@
 //   q = W_q xn,  k = W_k xn / sqrt(Dh),  v = W_v xn                 Dh x T each
 //   s(j, i) = k_j . q_i                     row = key j, column = query i
 //   causal: s(j, i) = -1e9 where j > i      (replaces the score)
+//   key padding (ctx.mask, core/attention_mask.hpp): s(j, i) = -1e9 where key j is padding
+//        (replaces the score, as Hugging Face; docs/DESIGN.md 7.1)
 //   p(:, i) = softmax(s(:, i))              per query column, over all keys
 //   p~ = Dropout(p)                         training only; key
 //        ctx.rng(stream::kAttentionProbsDropout).derive(b).derive(h), draw index i*T + j
@@ -17,7 +19,10 @@
 // The T x T matrix is never held whole: queries are processed in panels of kQueryBlock columns,
 // each an exact softmax over all (visible) keys, so a thread holds a few T x kQueryBlock
 // buffers that stay in cache. Causal panels stop at the last visible key (i0 + nq): the masked
-// upper part, whose probability is exactly 0, is never computed.
+// upper part, whose probability is exactly 0, is never computed. With a key mask the panels span
+// all T keys: a (padded) query whose every visible key is padding has all scores equal and,
+// as in Hugging Face, weights 1/T over every key; masked scores are constants, so their
+// gradient is zeroed explicitly (the softmax backward would not give 0 for such a query).
 //
 // Parameters: <prefix>self_attention.query.weight, .key.weight, .value.weight, each [H*Dh, D]
 // (no biases), the Hugging Face local-attention names.
@@ -32,6 +37,7 @@
 #include "reformer/core/workspace.hpp"
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
+#include "reformer/layers/detail/key_padding.hpp"
 #include "reformer/layers/detail/qkv_core.hpp"
 #include "reformer/layers/head_range.hpp"
 #include "reformer/layers/projection_input.hpp"
@@ -112,8 +118,11 @@ class FullAttention : public detail::QkvCore<S, FullAttentionConfig> {
   // Queries per panel (fixed: the blocking must not depend on the thread count).
   static constexpr Index kQueryBlock = tuning::kFullAttentionQueryBlock;
 
-  // Keys visible to the query panel [i0, i0 + nq): all, or up to the panel's last query.
-  Index visible_keys(Index t, Index i0, Index nq) const { return cfg_.causal ? i0 + nq : t; }
+  // Keys visible to the query panel [i0, i0 + nq): all, or up to the panel's last query
+  // (without a key mask: with one, a query may have no allowed key, see the header).
+  Index visible_keys(Index t, Index i0, Index nq, const std::uint8_t* flags) const {
+    return cfg_.causal && flags == nullptr ? i0 + nq : t;
+  }
 
   // Work of one forward panel (upper bound): two T x kQueryBlock x Dh products, softmax, dropout.
   double panel_flops(Index t) const {
@@ -128,17 +137,34 @@ class FullAttention : public detail::QkvCore<S, FullAttentionConfig> {
 
   // p = column-wise softmax of the masked scores s = k^T q of the query panel starting at
   // query i0 (p: nk x nq; column c is query i0 + c).
+  // flags: the sequence's key flags (1 = real) or null.
   template <class Q, class K>
-  void probabilities(const Q& q, const K& k, Index i0, Matrix<S>& p) const {
+  void probabilities(const Q& q, const K& k, Index i0, const std::uint8_t* flags,
+                     Matrix<S>& p) const {
     p.noalias() = k.transpose() * q;
     if (cfg_.causal) {
       // Keys j > i: rows i + 1 .. nk - 1 of column i - i0 (only the panel's diagonal block).
       for (Index c = 0; c < p.cols(); ++c) {
-        const Index first_masked = i0 + c + 1;
+        const Index first_masked = std::min(p.rows(), i0 + c + 1);
         p.col(c).tail(p.rows() - first_masked).setConstant(S(kMaskValue));
       }
     }
+    if (flags != nullptr) {
+      for (Index c = 0; c < p.cols(); ++c)
+        for (Index j = 0; j < p.rows(); ++j)
+          if (flags[j] == 0) p(j, c) = S(kMaskValue);
+    }
     softmax_cols<S>(p, p);
+  }
+
+  // ds = 0 at every masked score of the panel starting at query i0 (only with a key mask: the
+  // softmax backward already gives exactly 0 there when a query has an allowed key).
+  void zero_masked_gradients(Index i0, const std::uint8_t* flags, Matrix<S>& ds) const {
+    if (flags == nullptr) return;
+    for (Index c = 0; c < ds.cols(); ++c) {
+      for (Index j = 0; j < ds.rows(); ++j)
+        if (flags[j] == 0 || (cfg_.causal && j > i0 + c)) ds(j, c) = S(0);
+    }
   }
 
   // m = Dropout(m) for the panel starting at query i0, with the (b, h) probability-dropout key;
@@ -165,6 +191,7 @@ void FullAttention<S>::forward(const Parameters<S>& params, const ProjectionInpu
   heads = heads.resolve(cfg_.num_heads);
   const char* where = "FullAttention::forward";
   const Index t = check_io(where, input, ctx, heads);
+  const detail::KeyPadding padding(where, ctx, t);
   const Index n = input.cols(), rows = heads.count * cfg_.head_size;
   check_shape(where, "a", a.rows(), a.cols(), rows, n);
   Scratch<S> q_buf(ctx.workspace, rows, n), k_buf(ctx.workspace, rows, n),
@@ -177,9 +204,11 @@ void FullAttention<S>::forward(const Parameters<S>& params, const ProjectionInpu
   parallel_items(items, double(items) * panel_flops(t), [&](Index item) {
     const Index bh = item / panels, i0 = (item % panels) * kQueryBlock;
     const Index b = bh / heads.count, h = bh % heads.count;
-    const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq);
+    const std::uint8_t* flags = padding.flags(b);
+    const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq, flags);
     Matrix<S> p(nk, nq);
-    probabilities(block(q, b, h, t).middleCols(i0, nq), block(k, b, h, t).leftCols(nk), i0, p);
+    probabilities(block(q, b, h, t).middleCols(i0, nq), block(k, b, h, t).leftCols(nk), i0, flags,
+                  p);
     apply_dropout(p, ctx, b, heads.global(h), t, i0);
     // o = v p~
     block(a, b, h, t).middleCols(i0, nq).noalias() = block(v, b, h, t).leftCols(nk) * p;
@@ -193,6 +222,7 @@ void FullAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>&
   heads = heads.resolve(cfg_.num_heads);
   const char* where = "FullAttention::backward";
   const Index t = check_io(where, input, ctx, heads);
+  const detail::KeyPadding padding(where, ctx, t);
   const Index n = input.cols(), rows = heads.count * cfg_.head_size;
   dinput.check_matches(where, input);
   detail::check_core_backward_buffers<S>(where, da, dinput.dx(), a, rows, input.rows(), n);
@@ -214,15 +244,16 @@ void FullAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>&
     auto dkb = block(dk, b, h, t), dvb = block(dv, b, h, t);
     dkb.setZero();
     dvb.setZero();
+    const std::uint8_t* flags = padding.flags(b);
     Matrix<S> p, pd, dp;  // nk x nq panels
     for (Index i0 = 0; i0 < t; i0 += kQueryBlock) {
-      const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq);
+      const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq, flags);
       const auto q_i = qb.middleCols(i0, nq);
       const auto k_v = kb.leftCols(nk), v_v = vb.leftCols(nk);  // the visible keys / values
       const auto do_i = block(da, b, h, t).middleCols(i0, nq);
       // Forward (recomputed):  p = softmax(s),  p~ = Dropout(p),  o = v p~.
       p.resize(nk, nq);
-      probabilities(q_i, k_v, i0, p);
+      probabilities(q_i, k_v, i0, flags, p);
       if (dropout) {
         pd = p;
         apply_dropout(pd, ctx, b, hg, t, i0);
@@ -239,6 +270,7 @@ void FullAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>&
       // Masked scores are constants: p is exactly 0 there, so ds is too.
       Matrix<S>& ds = dp;
       softmax_cols_backward<S>(p, dp, ds);
+      zero_masked_gradients(i0, flags, ds);
       // s = k^T q         =>  dq = k ds,  dk += q ds^T  (w.r.t. the scaled k).
       block(dq, b, h, t).middleCols(i0, nq).noalias() = k_v * ds;
       dkb.leftCols(nk).noalias() += q_i * ds.transpose();

@@ -4,32 +4,38 @@
 //
 // Per sequence b (columns [b*T, (b+1)*T) of xn) and head h (rows [h*Dh, (h+1)*Dh)):
 //   q = W_q xn,  k = W_k xn / sqrt(Dh),  v = W_v xn                 Dh x T each
-//   positions are cut into chunks of C consecutive tokens (the last one may be shorter);
-//   the queries of chunk c attend to the keys of chunks c - chunks_before .. c + chunks_after
-//   that exist: the window is the contiguous column range
-//       [max(0, (c - before) C), min(T, (c + after + 1) C))
-//   and never wraps around the sequence ends;
-//   s_ij = q_i . k_j,  causal: s_ij = -1e9 where pos(j) > pos(i) (replaces the score; no self
-//   mask),  p = softmax_j(s),  p~ = Dropout(p),  o_i = sum_j p~_ij v_j   (layers/chunk_attention)
+//   T <= C: one chunk, dense attention over the sequence (Hugging Face's standard attention);
+//   otherwise positions are cut into n = ceil(T / C) chunks of C consecutive tokens (the last
+//   one shorter when C does not divide T) and the queries of chunk c attend to the keys of the
+//   chunks adjacent_chunk(c, i, n), i = -chunks_before .. chunks_after (chunk_attention.hpp):
+//   Hugging Face's circular window. Chunk 0 looks back at the last chunks; with a look-ahead the
+//   last chunk looks ahead at the first ones; an offset of at least n in magnitude gives chunk
+//   c itself, so a window can hold a chunk twice, and each copy's keys count in the softmax
+//   (docs/DESIGN.md 7.2). A window that does not wrap is the contiguous column range
+//       [(c - before) C, min(T, (c + after + 1) C));
+//   s_ij = q_i . k_j; masks replace s_ij (chunk_attention.hpp): causal -1e9 where
+//   pos(j) > pos(i) (when causal), key padding -1e9 where key j is padding (ctx.mask,
+//   docs/DESIGN.md 7.1); no self mask;  p = softmax_j(s),  p~ = Dropout(p),  o_i = sum_j p~_ij v_j
 //   dropout key ctx.rng(stream::kAttentionProbsDropout).derive(b).derive(h), draw index
 //   pos(i) * T + pos(j) — the same masks as FullAttention's for the same (query, key) pair.
-// T <= C is a single chunk: dense attention over the sequence with the same masks.
 //
-// Hugging Face wraps the look-back window circularly (chunk 0 looks back at the last chunk).
-// With the causal mask those wrapped keys lie in the query's future and get the score -1e9, so
-// exp(-1e9 - lse) is exactly 0 in floating point and the results are identical to ours, which
-// simply leaves them out. Without the causal mask the two differ at the sequence ends: here a
-// chunk only sees keys that exist (docs/DESIGN.md 1.3).
+// T not a multiple of C (the layer used on its own; a model pads T to a multiple of its chunk
+// lengths): the last chunk is shorter. This is what Hugging Face computes for the sequence padded
+// with masked keys to a multiple of C, for every query with at least one allowed key: a masked
+// key's weight exp(-1e9 - lse) is exactly 0 there.
 //
-// A sequence whose length is not a multiple of C is handled by a shorter last chunk rather than
-// padding, so padded positions do not exist and cannot affect real ones.
+// With the causal mask, wrapped keys that lie in the query's future weigh exactly 0, but keys of
+// a chunk that appears twice in the window (chunks_before >= n) count twice.
 //
 // Parameters: <prefix>self_attention.query.weight, .key.weight, .value.weight, each [H*Dh, D]
 // (no biases), the Hugging Face local-attention names.
 //
 // Parallelism: items (sequence, head, block of consecutive chunks), fixed by the shapes. In
 // backward the blocks run in passes whose key windows do not overlap, each accumulating dk / dv
-// in place, so every key's gradient is summed in the same order for any thread count.
+// in place for its chunks whose window does not wrap; the wrapping chunks (at most
+// before + after per sequence and head) then run in order, one item per (sequence, head),
+// adding their window's gradients chunk by chunk. Every key's gradient is summed in the same
+// order for any thread count.
 // Memory: O(N * H * Dh) for q, k, v and their gradients (drawn from ctx.workspace), plus O(C^2)
 // per item.
 #include "reformer/core/checked_size.hpp"
@@ -45,6 +51,7 @@
 #include "reformer/layers/attention_sublayer.hpp"
 #include "reformer/layers/chunk_attention.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
+#include "reformer/layers/detail/key_padding.hpp"
 #include "reformer/layers/detail/qkv_core.hpp"
 #include "reformer/layers/head_range.hpp"
 #include "reformer/layers/projection_input.hpp"
@@ -144,11 +151,16 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
     Index end_chunk(Index blk) const { return std::min(chunks, (blk + 1) * per_block); }
   };
 
-  // Query columns [q0, q0 + nq) and key window [k0, k0 + nk) of one chunk, within a sequence.
+  // Query columns [q0, q0 + nq) of one chunk and, when its window does not wrap, the key
+  // window [k0, k0 + nk), within a sequence.
   struct Window {
     Index q0, nq, k0, nk;
   };
 
+  // Whether the window of chunk c wraps around the sequence ends (then it is gathered).
+  static bool wraps(const Layout& lay, Index c) {
+    return lay.chunks > 1 && (c < lay.before || c + lay.after >= lay.chunks);
+  }
   static Window window(const Layout& lay, Index c) {
     Window w{};
     w.q0 = c * lay.chunk;
@@ -160,7 +172,40 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
   }
   static Index max_queries(const Layout& lay) { return std::min(lay.chunk, lay.t); }
   static Index max_keys(const Layout& lay) {
-    return std::min(lay.t, (lay.before + lay.after + 1) * lay.chunk);
+    return lay.chunks == 1 ? lay.t : (lay.before + lay.after + 1) * lay.chunk;
+  }
+
+  // A wrapped window, gathered: keys, values and positions of the chunks adjacent_chunk(c, i, n)
+  // for i = -before .. after, in that order; in backward also their gradients. One per thread,
+  // kept (thread_local), so work items allocate nothing once it has grown.
+  struct Gathered {
+    Matrix<S> k, v, dk, dv;
+    std::vector<Index> pos;
+    Index nk = 0;
+  };
+  // Columns [k0, k0 + nk) of the sequence for window slot i (offset i - before) of chunk c.
+  static void window_chunk(const Layout& lay, Index c, Index i, Index& k0, Index& nk) {
+    const Index m = adjacent_chunk(c, i - lay.before, lay.chunks);
+    k0 = m * lay.chunk;
+    nk = std::min(lay.chunk, lay.t - k0);
+  }
+  template <class K, class V>
+  void gather(const Layout& lay, Index c, const K& k, const V& v, Gathered& g) const {
+    const Index slots = lay.before + lay.after + 1, dh = cfg_.head_size;
+    g.k.resize(dh, max_keys(lay));
+    g.v.resize(dh, max_keys(lay));
+    g.dk.resize(dh, max_keys(lay));
+    g.dv.resize(dh, max_keys(lay));
+    g.pos.resize(static_cast<std::size_t>(max_keys(lay)));
+    g.nk = 0;
+    for (Index i = 0; i < slots; ++i) {
+      Index k0 = 0, nk = 0;
+      window_chunk(lay, c, i, k0, nk);
+      g.k.middleCols(g.nk, nk) = k.middleCols(k0, nk);
+      g.v.middleCols(g.nk, nk) = v.middleCols(k0, nk);
+      std::iota(g.pos.begin() + g.nk, g.pos.begin() + g.nk + nk, k0);
+      g.nk += nk;
+    }
   }
 
   // The fields of its own (QkvCore checks the shared ones).
@@ -195,7 +240,7 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
     lay.batch = ctx.batch;
     lay.heads = heads.count;
     lay.chunk = cfg_.chunk_length;
-    lay.chunks = (lay.t + lay.chunk - 1) / lay.chunk;
+    lay.chunks = (lay.t + lay.chunk - 1) / lay.chunk;  // 1 when T <= C: dense
     lay.per_block =
         cfg_.item_chunks > 0 ? cfg_.item_chunks : std::max<Index>(1, kItemTokens / lay.chunk);
     lay.blocks = (lay.chunks + lay.per_block - 1) / lay.per_block;
@@ -204,10 +249,12 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
     return lay;
   }
 
-  ChunkAttentionOptions options(const Context& ctx, Index b, Index h, Index t) const {
+  ChunkAttentionOptions options(const Context& ctx, const detail::KeyPadding& padding, Index b,
+                                Index h, Index t) const {
     ChunkAttentionOptions opts;
     opts.causal = cfg_.causal;
     opts.self_mask = false;
+    opts.key_flags = padding.flags(b);
     if (ctx.training && cfg_.dropout > 0) {
       opts.dropout_rate = cfg_.dropout;
       opts.dropout_rng = ctx.rng(stream::kAttentionProbsDropout)
@@ -242,6 +289,7 @@ void LocalAttention<S>::forward(const Parameters<S>& params, const ProjectionInp
   heads = heads.resolve(cfg_.num_heads);
   const char* where = "LocalAttention::forward";
   const Layout lay = layout(where, input, ctx, heads);
+  const detail::KeyPadding padding(where, ctx, lay.t);
   const Index n = input.cols(), rows = heads.count * cfg_.head_size;
   check_shape(where, "a", a.rows(), a.cols(), rows, n);
   Scratch<S> q_buf(ctx.workspace, rows, n), k_buf(ctx.workspace, rows, n),
@@ -251,10 +299,18 @@ void LocalAttention<S>::forward(const Parameters<S>& params, const ProjectionInp
   const std::vector<Index> pos = positions(lay.t);
   parallel_for(lay.items(), [&](Index item) {
     const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
-    const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
+    const ChunkAttentionOptions opts = options(ctx, padding, b, heads.global(h), lay.t);
     ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
+    thread_local Gathered g;
     for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
       const Window w = window(lay, c);
+      if (wraps(lay, c)) {
+        gather(lay, c, cols(k, b, h, lay.t, 0, lay.t), cols(v, b, h, lay.t, 0, lay.t), g);
+        chunk_attention_forward<S>(cols(q, b, h, lay.t, w.q0, w.nq), g.k.leftCols(g.nk),
+                                   g.v.leftCols(g.nk), pos.data() + w.q0, g.pos.data(), opts,
+                                   cols(a, b, h, lay.t, w.q0, w.nq), static_cast<S*>(nullptr), ws);
+        continue;
+      }
       chunk_attention_forward<S>(cols(q, b, h, lay.t, w.q0, w.nq), cols(k, b, h, lay.t, w.k0, w.nk),
                                  cols(v, b, h, lay.t, w.k0, w.nk), pos.data() + w.q0,
                                  pos.data() + w.k0, opts, cols(a, b, h, lay.t, w.q0, w.nq),
@@ -270,6 +326,7 @@ void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>
   heads = heads.resolve(cfg_.num_heads);
   const char* where = "LocalAttention::backward";
   const Layout lay = layout(where, input, ctx, heads);
+  const detail::KeyPadding padding(where, ctx, lay.t);
   const Index n = input.cols(), dh = cfg_.head_size, rows = heads.count * dh;
   dinput.check_matches(where, input);
   detail::check_core_backward_buffers<S>(where, da, dinput.dx(), a, rows, input.rows(), n);
@@ -287,16 +344,18 @@ void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>
   // queries overwritten, dk / dv of its key window accumulated in place. The key windows of
   // neighbouring blocks overlap, so the blocks run in `passes` passes (pass p: the blocks
   // p, p + passes, ...), whose windows are disjoint within a pass: every key receives its
-  // contributions in pass order, for any thread count, without per-item buffers.
+  // contributions in pass order, for any thread count, without per-item buffers. The chunks
+  // whose window wraps are left out of the passes and run afterwards (below).
   const Index passes = 1 + (lay.before + lay.after + lay.per_block - 1) / lay.per_block;
   for (Index p = 0; p < passes && p < lay.blocks; ++p) {
     const Index per_pass = (lay.blocks - p + passes - 1) / passes;
     parallel_for(lay.batch * lay.heads * per_pass, [&](Index i) {
       const Index bh = i / per_pass, blk = p + (i % per_pass) * passes;
       const Index b = bh / lay.heads, h = bh % lay.heads;
-      const ChunkAttentionOptions opts = options(ctx, b, heads.global(h), lay.t);
+      const ChunkAttentionOptions opts = options(ctx, padding, b, heads.global(h), lay.t);
       ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
       for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
+        if (wraps(lay, c)) continue;
         const Window w = window(lay, c);
         chunk_attention_forward_backward<S>(
             cols(q, b, h, lay.t, w.q0, w.nq), cols(k, b, h, lay.t, w.k0, w.nk),
@@ -304,6 +363,37 @@ void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>
             cols(da, b, h, lay.t, w.q0, w.nq), static_cast<const S*>(nullptr),
             cols(a, b, h, lay.t, w.q0, w.nq), cols(dq, b, h, lay.t, w.q0, w.nq),
             cols(dk, b, h, lay.t, w.k0, w.nk), cols(dv, b, h, lay.t, w.k0, w.nk), ws);
+      }
+    });
+  }
+  // The wrapping chunks, in order, one item per (sequence, head): each gathers its window,
+  // computes the window's key and value gradients apart and adds them chunk by chunk (a chunk
+  // that appears twice receives both parts, in window order).
+  if (lay.chunks > 1) {
+    parallel_for(lay.batch * lay.heads, [&](Index bh) {
+      const Index b = bh / lay.heads, h = bh % lay.heads;
+      const ChunkAttentionOptions opts = options(ctx, padding, b, heads.global(h), lay.t);
+      ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
+      thread_local Gathered g;
+      for (Index c = 0; c < lay.chunks; ++c) {
+        if (!wraps(lay, c)) continue;
+        const Window w = window(lay, c);
+        gather(lay, c, cols(k, b, h, lay.t, 0, lay.t), cols(v, b, h, lay.t, 0, lay.t), g);
+        g.dk.leftCols(g.nk).setZero();
+        g.dv.leftCols(g.nk).setZero();
+        chunk_attention_forward_backward<S>(
+            cols(q, b, h, lay.t, w.q0, w.nq), g.k.leftCols(g.nk), g.v.leftCols(g.nk),
+            pos.data() + w.q0, g.pos.data(), opts, cols(da, b, h, lay.t, w.q0, w.nq),
+            static_cast<const S*>(nullptr), cols(a, b, h, lay.t, w.q0, w.nq),
+            cols(dq, b, h, lay.t, w.q0, w.nq), g.dk.leftCols(g.nk), g.dv.leftCols(g.nk), ws);
+        Index off = 0;
+        for (Index i = 0; i < lay.before + lay.after + 1; ++i) {
+          Index k0 = 0, nk = 0;
+          window_chunk(lay, c, i, k0, nk);
+          cols(dk, b, h, lay.t, k0, nk) += g.dk.middleCols(off, nk);
+          cols(dv, b, h, lay.t, k0, nk) += g.dv.middleCols(off, nk);
+          off += nk;
+        }
       }
     });
   }

@@ -50,6 +50,7 @@
 #include "reformer/core/workspace.hpp"
 #include "reformer/layers/chunk_attention.hpp"
 #include "reformer/layers/detail/head_projection.hpp"
+#include "reformer/layers/detail/key_padding.hpp"
 #include "reformer/layers/head_range.hpp"
 #include "reformer/layers/lsh_bucketing.hpp"
 #include "reformer/layers/projection_input.hpp"
@@ -151,8 +152,6 @@ void lsh_normalize_key_backward(const Q& qk, const DK& dk, DQ&& dqk) {
   dqk += g * dk - g3_dot * qk;
 }
 
-inline Index lsh_mod(Index a, Index n) { return ((a % n) + n) % n; }
-
 }  // namespace detail
 
 template <class S>
@@ -247,6 +246,7 @@ class LshAttention {
     Index wave = 1;            // head items processed together
     LshBucketLayout layout;
     bool dense = false;
+    detail::KeyPadding padding;  // ctx.mask, checked; any(): the pad bucket NB is in use
 
     Index batch_of(Index hi) const { return hi / heads.count; }
     Index head_of(Index hi) const { return hi % heads.count; }  // local head j
@@ -299,6 +299,7 @@ class LshAttention {
     p.chunk = cfg_.chunk_length;
     p.heads = heads;
     p.num_head_items = p.batch * heads.count;
+    p.padding = detail::KeyPadding(where, ctx, p.length);
     p.dense = !hashes(p.length);
     if (p.dense) {
       p.padded = p.length;
@@ -364,8 +365,15 @@ class LshAttention {
       const Index r = item / blocks % pl.rounds, t0 = (item % blocks) * kPositionsPerItem;
       const Index nt = std::min(kPositionsPerItem, pl.length - t0);
       const Index b = pl.batch_of(hi), j = pl.head_of(hi);
+      std::int32_t* out = tape + bucket_offset(pl, b, j) + r * pl.length + t0;
       lsh_hash<S>(head_block(qk, pl, b, j).middleCols(t0, nt), rot[at(j * pl.rounds + r)],
-                  pl.layout, tape + bucket_offset(pl, b, j) + r * pl.length + t0);
+                  pl.layout, out);
+      // Key padding (as HF): every padded position gets the extra bucket NB.
+      if (const std::uint8_t* flags = pl.padding.flags(b)) {
+        const auto pad = static_cast<std::int32_t>(pl.layout.num_buckets());
+        for (Index t = 0; t < nt; ++t)
+          if (flags[t0 + t] == 0) out[t] = pad;
+      }
     });
   }
   /// The caller's tape, checked for shape and range.
@@ -383,11 +391,13 @@ class LshAttention {
         ", ", t.length, "] (", t.data.size(),
         " values), expected [batch, heads, rounds, length] = [", pl.batch, ", ", cfg_.num_heads,
         ", ", pl.rounds, ", ", pl.length, "]");
-    const Index nb = pl.layout.num_buckets();
+    // With key padding the pad bucket NB is a valid value too.
+    const Index nb = pl.layout.num_buckets(), bins = nb + (pl.padding.any() ? 1 : 0);
     for (std::size_t i = 0; i < t.data.size(); ++i) {
-      REFORMER_REQUIRE(t.data[i] >= 0 && t.data[i] < nb, InvalidArgument, where,
-                       "ctx.buckets value ", t.data[i], " at flat index ", i,
-                       " is outside [0, num_buckets = ", nb, ")");
+      REFORMER_REQUIRE(t.data[i] >= 0 && t.data[i] < bins, InvalidArgument, where,
+                       "ctx.buckets value ", t.data[i], " at flat index ", i, " is outside [0, ",
+                       bins, ") (num_buckets = ", nb,
+                       pl.padding.any() ? ", plus the pad bucket)" : ")");
     }
     return t.data.data();
   }
@@ -399,6 +409,7 @@ class LshAttention {
     o.causal = cfg_.causal;
     o.self_mask = true;
     o.valid_length = pl.length;
+    o.key_flags = pl.padding.flags(b);
     if (ctx.training && cfg_.dropout > 0.0) {
       o.dropout_rate = cfg_.dropout;
       o.dropout_rng = ctx.rng(stream::kAttentionProbsDropout)
@@ -500,7 +511,7 @@ class LshAttention {
     w.values.resize(cfg_.head_size, wl);
     w.kpos.resize(at(wl));
     for (Index k = 0; k < pl.window; ++k) {
-      const Index src = detail::lsh_mod(first + k, pl.chunks) * cl;
+      const Index src = adjacent_chunk(c, k - cfg_.chunks_before, pl.chunks) * cl;
       w.keys.middleCols(k * cl, cl).noalias() =
           hb.q.map().middleCols(src, cl) * hb.key_scale.map().col(0).segment(src, cl).asDiagonal();
       w.values.middleCols(k * cl, cl) = hb.v.map().middleCols(src, cl);
@@ -638,7 +649,7 @@ class LshAttention {
                                   hb.o.map().middleCols(c * cl, cl), hb.lse.map().data() + c * cl,
                                   hb.o.map().middleCols(c * cl, cl), sc.dk, sc.dv, sc.ws);
       for (Index w = 0; w < pl.window; ++w) {
-        const Index dst = detail::lsh_mod(first + w, pl.chunks);
+        const Index dst = adjacent_chunk(c, w - cfg_.chunks_before, pl.chunks);
         hb.dk.map().middleCols(dst * cl, cl) += sc.dk.middleCols(w * cl, cl);
         hb.dv.map().middleCols(dst * cl, cl) += sc.dv.middleCols(w * cl, cl);
       }

@@ -12,7 +12,8 @@
 // combination. The caches:
 //   FullAttentionCache   all keys and values:            O(T * H * Dh)
 //   LocalAttentionCache  the keys and values of the last window (chunks_before + 1 chunks):
-//                        O(C * H * Dh), independent of T
+//                        O(C * H * Dh), independent of T; when the core's circular window
+//                        holds the last chunk more than once, its keys are weighted as often
 //   LshAttentionCache    every token's normalised shared-QK key and value, its bucket in each
 //                        round, and per (head, round) the positions of each bucket in order
 //                        plus a Fenwick tree of the bucket counts: the new token's sorted place
@@ -173,11 +174,29 @@ class LocalAttentionCache {
     project(params, xn, k_.col(p - base_), v_.col(p - base_));
     n_ = p + 1;
     const Index dh = head_size(), first = k0 - base_, nk = p + 1 - k0;
+    // The core's circular window (layers/local_attention.hpp): an offset of at least the number
+    // of chunks in magnitude gives the query's own chunk again, so with chunks_before >= n
+    // (n = p / C + 1 chunks, more than one) the keys [c C, p] of its own chunk appear
+    // `copies` more times (before the window [k0, p], as in the core's window order).
+    const Index cl = core_->config().chunk_length, before = core_->config().chunks_before;
+    const Index chunks = p / cl + 1;
+    const Index copies = p + 1 > cl && before >= chunks ? before - chunks + 1 : 0;
+    const Index own = p + 1 - (p / cl) * cl;  // keys of the own chunk, the tail of the window
     q_.noalias() = params.value(core_->query_slot()) * xn;
     for (Index h = 0; h < num_heads(); ++h) {
       // keys [(c - before) C, p]: none lies after the query, so no mask applies
       scores_.noalias() = k_.block(h * dh, first, dh, nk).transpose() * q_.segment(h * dh, dh);
-      detail::attend_one<S>(scores_, v_.block(h * dh, first, dh, nk), a.segment(h * dh, dh), p_);
+      if (copies == 0) {
+        detail::attend_one<S>(scores_, v_.block(h * dh, first, dh, nk), a.segment(h * dh, dh), p_);
+        continue;
+      }
+      // softmax over [own x copies, window]; each copy's weight is added to its key's.
+      const S mx = scores_.maxCoeff();
+      p_ = (scores_.array() - mx).exp();
+      const S sum = p_.sum() + S(copies) * p_.tail(own).sum();
+      p_.tail(own) *= S(1 + copies);
+      p_ /= sum;
+      a.segment(h * dh, dh).noalias() = v_.block(h * dh, first, dh, nk) * p_;
     }
   }
 
@@ -406,7 +425,7 @@ class LshAttentionCache {
       const Index c = place / cl;
       keys_.clear();
       for (Index w = c - cfg.chunks_before; w <= c + cfg.chunks_after; ++w) {
-        const Index cc = detail::lsh_mod(w, chunks), rr = cc / per_round;
+        const Index cc = adjacent_chunk(c, w - c, chunks), rr = cc / per_round;
         const Index o0 = (cc % per_round) * cl;
         positions(hc, rr, o0, o0 + cl, len, keys_);
       }

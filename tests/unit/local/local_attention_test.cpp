@@ -59,10 +59,23 @@ struct OracleCase {
 
 TEST(LocalAttention, EqualsBandedDenseAttention) {
   const std::vector<OracleCase> cases = {
-      {true, 1, 0, 12, 0, 0.0},  {true, 1, 0, 10, 0, 0.0},  {false, 1, 1, 12, 0, 0.0},
-      {false, 1, 1, 10, 0, 0.0}, {false, 0, 1, 11, 0, 0.0}, {true, 2, 0, 13, 0, 0.0},
-      {false, 2, 1, 23, 2, 0.0}, {true, 1, 1, 9, 1, 0.0},   {true, 1, 0, 3, 0, 0.0},
-      {false, 1, 1, 4, 0, 0.0},  {true, 1, 0, 14, 3, 0.3},  {false, 1, 1, 10, 1, 0.25}};
+      {true, 1, 0, 12, 0, 0.0},
+      {true, 1, 0, 10, 0, 0.0},
+      {false, 1, 1, 12, 0, 0.0},
+      {false, 1, 1, 10, 0, 0.0},
+      {false, 0, 1, 11, 0, 0.0},
+      {true, 2, 0, 13, 0, 0.0},
+      {false, 2, 1, 23, 2, 0.0},
+      {true, 1, 1, 9, 1, 0.0},
+      {true, 1, 0, 3, 0, 0.0},
+      {false, 1, 1, 4, 0, 0.0},
+      {true, 1, 0, 14, 3, 0.3},
+      {false, 1, 1, 10, 1, 0.25},
+      // windows holding a chunk twice (chunks_before or chunks_after >= the number of chunks)
+      {true, 3, 0, 12, 0, 0.0},
+      {true, 2, 0, 8, 0, 0.0},
+      {false, 2, 2, 8, 1, 0.0},
+      {false, 1, 3, 10, 0, 0.2}};
   for (const auto& c : cases) {
     for (Index heads : {1, 3}) {
       auto cfg = config(heads, c.causal, c.before, c.after, c.item_chunks);
@@ -93,11 +106,12 @@ TEST(LocalAttention, DropoutChangesTheOutputOnlyInTraining) {
   EXPECT_EQ(run_forward(plain, xn, batch_ctx(2, true)), eval);
 }
 
-// With one chunk (T <= C), or a window covering the sequence, local attention is dense
-// attention; FullAttention (same parameter names, same dropout keys) must agree, dropout too.
+// With one chunk (T <= C), or a window covering the sequence once (chunks_before = n - 1),
+// local attention is dense attention; FullAttention (same parameter names, same dropout keys) must
+// agree, dropout too.
 TEST(LocalAttention, EqualsFullAttentionWhenTheWindowCoversTheSequence) {
   for (const auto& [t, before, chunk] :
-       std::vector<std::tuple<Index, Index, Index>>{{4, 1, 4}, {3, 1, 8}, {12, 3, 4}, {11, 2, 4}}) {
+       std::vector<std::tuple<Index, Index, Index>>{{4, 1, 4}, {3, 1, 8}, {12, 2, 4}, {11, 2, 4}}) {
     for (double dropout : {0.0, 0.2}) {
       auto cfg = config(2, true, before, 0);
       cfg.chunk_length = chunk;
@@ -138,16 +152,22 @@ TEST(LocalAttention, CausalOutputsIgnoreTheFuture) {
   }
 }
 
-TEST(LocalAttention, NonCausalLooksOneChunkAhead) {
-  // Non-causal with chunks_after = 1: position 0 sees chunk 1 but not chunk 2.
+TEST(LocalAttention, NonCausalLooksOneChunkAheadAndWrapsAround) {
+  // Non-causal with chunks_after = 1, four chunks of 4: position 0 (chunk 0) sees chunk 1 and,
+  // circularly, chunk 3, but not chunk 2; position 12 (chunk 3) looks ahead at chunk 0.
   const LocalCore lc(config(1, false, 1, 1), kHidden);
-  const Matrix<double> xn = random_matrix(kHidden, 12, Rng(2));
+  const Matrix<double> xn = random_matrix(kHidden, 16, Rng(2));
   const Matrix<double> a = run_forward(lc, xn, batch_ctx(1));
-  Matrix<double> far = xn, near = xn;
+  Matrix<double> far = xn, near = xn, wrapped = xn, first = xn;
   far.col(9) = random_matrix(kHidden, 1, Rng(3));
   near.col(6) = random_matrix(kHidden, 1, Rng(3));
+  wrapped.col(13) = random_matrix(kHidden, 1, Rng(3));
+  first.col(1) = random_matrix(kHidden, 1, Rng(3));
   EXPECT_EQ(run_forward(lc, far, batch_ctx(1)).col(0), a.col(0));
   EXPECT_NE(run_forward(lc, near, batch_ctx(1)).col(0), a.col(0));
+  EXPECT_NE(run_forward(lc, wrapped, batch_ctx(1)).col(0), a.col(0));
+  EXPECT_NE(run_forward(lc, first, batch_ctx(1)).col(12), a.col(12));
+  EXPECT_EQ(run_forward(lc, first, batch_ctx(1)).col(8), a.col(8));  // chunk 2: chunks 1 .. 3
 }
 
 // A partial last chunk behaves as if the sequence were padded to a multiple of C with any

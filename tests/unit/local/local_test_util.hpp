@@ -1,6 +1,6 @@
 #pragma once
 // Helpers private to the local-attention test suite: random matrices,
-// a LocalAttention core with its own parameters, the banded dense oracle, error expectations.
+// a LocalAttention core with its own parameters, the circular-window oracle, error expectations.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
@@ -35,21 +35,24 @@ struct LocalCore {
   }
 };
 
-/// The naive oracle of docs/DESIGN.md 1.3 with one T x T score matrix per (sequence, head):
-/// key j is visible to query i when chunk(j) lies in [chunk(i) - before, chunk(i) + after]
-/// (no wrap-around); causal scores of j > i are replaced by -1e9; softmax over the visible keys;
-/// dropout keeps (i, j) when uniform(i * T + j) >= p under the key (b, h) of the probs stream.
+/// The naive oracle of docs/DESIGN.md 1.3 / 7.2, one query at a time: the key list of query i
+/// is all T positions when T <= C, otherwise the positions of the chunks
+/// adjacent_chunk(chunk(i), o, n) for o = -before .. after (circular, a chunk listed twice counts
+/// twice); causal scores of j > i and scores of padded keys (ctx.mask) are replaced by -1e9;
+/// softmax over the list; dropout keeps (i, j) when uniform(i * T + j) >= p under the key
+/// (b, h) of the probs stream.
 inline Matrix<double> banded_reference(const LocalCore& lc, const Matrix<double>& xn,
                                        const Context& ctx) {
   const auto& cfg = lc.core.config();
   const Index dh = cfg.head_size, heads = cfg.num_heads, c = cfg.chunk_length;
-  const Index t = xn.cols() / ctx.batch;
+  const Index t = xn.cols() / ctx.batch, chunks = (t + c - 1) / c;
   const Matrix<double> q = lc.params.value(lc.core.query_slot()) * xn;
   const Matrix<double> k =
       lc.params.value(lc.core.key_slot()) * xn / std::sqrt(static_cast<double>(dh));
   const Matrix<double> v = lc.params.value(lc.core.value_slot()) * xn;
   Matrix<double> a = Matrix<double>::Zero(heads * dh, xn.cols());
   const double p = ctx.training ? cfg.dropout : 0.0;
+  const bool masked = ctx.mask != nullptr && !ctx.mask->empty();
   for (Index b = 0; b < ctx.batch; ++b) {
     for (Index h = 0; h < heads; ++h) {
       const Rng rng = ctx.rng(stream::kAttentionProbsDropout)
@@ -57,25 +60,29 @@ inline Matrix<double> banded_reference(const LocalCore& lc, const Matrix<double>
                           .derive(static_cast<std::uint64_t>(h));
       for (Index i = 0; i < t; ++i) {
         const Index qi = b * t + i;
-        std::vector<double> s(static_cast<std::size_t>(t), 0.0);
-        std::vector<bool> visible(static_cast<std::size_t>(t), false);
+        std::vector<Index> keys;
+        if (chunks == 1) {
+          for (Index j = 0; j < t; ++j) keys.push_back(j);
+        } else {
+          for (Index o = -cfg.chunks_before; o <= cfg.chunks_after; ++o) {
+            const Index m = adjacent_chunk(i / c, o, chunks);
+            for (Index j = m * c; j < std::min(t, (m + 1) * c); ++j) keys.push_back(j);
+          }
+        }
+        std::vector<double> s;
         double mx = -1e300;
-        for (Index j = 0; j < t; ++j) {
-          const Index ci = i / c, cj = j / c;
-          if (cj < ci - cfg.chunks_before || cj > ci + cfg.chunks_after) continue;
+        for (Index j : keys) {
           double sij = q.col(qi).segment(h * dh, dh).dot(k.col(b * t + j).segment(h * dh, dh));
           if (cfg.causal && j > i) sij = -1e9;
-          s[static_cast<std::size_t>(j)] = sij;
-          visible[static_cast<std::size_t>(j)] = true;
+          if (masked && !ctx.mask->real(b, j)) sij = -1e9;
+          s.push_back(sij);
           mx = std::max(mx, sij);
         }
         double sum = 0.0;
-        for (Index j = 0; j < t; ++j)
-          if (visible[static_cast<std::size_t>(j)])
-            sum += std::exp(s[static_cast<std::size_t>(j)] - mx);
-        for (Index j = 0; j < t; ++j) {
-          if (!visible[static_cast<std::size_t>(j)]) continue;
-          double pij = std::exp(s[static_cast<std::size_t>(j)] - mx) / sum;
+        for (double sij : s) sum += std::exp(sij - mx);
+        for (std::size_t n = 0; n < keys.size(); ++n) {
+          const Index j = keys[n];
+          double pij = std::exp(s[n] - mx) / sum;
           if (p > 0) {
             const auto idx = static_cast<std::uint64_t>(i * t + j);
             pij = rng.uniform(idx) >= p ? pij / (1.0 - p) : 0.0;

@@ -16,6 +16,7 @@ struct GradcheckCase {
   Index batch = 1, before = 1, after = 0;
   double dropout = 0.0;
   std::vector<Index> num_buckets = {4};
+  std::vector<int> flags = {};  // batch x len key flags (1 = real); empty = no mask
 };
 
 void run_gradcheck(const GradcheckCase& gc) {
@@ -41,6 +42,9 @@ void run_gradcheck(const GradcheckCase& gc) {
   ctx.training = gc.dropout > 0;
   ctx.step = 3;
   ctx.buckets = &tape;
+  const AttentionMask mask =
+      gc.flags.empty() ? AttentionMask() : AttentionMask::from_flags(gc.flags, gc.batch, gc.len);
+  ctx.mask = &mask;
   Matrix<double> a(s.out(), n);
   s.core.forward(s.params, xn, a, ctx);  // hashes and records
   ASSERT_EQ(tape.empty(), gc.len <= chunk);
@@ -108,6 +112,23 @@ TEST(LshGradcheckExtra, WithAttentionDropout) {
   GradcheckCase gc{2, 12, 2, true};
   gc.dropout = 0.3;
   run_gradcheck(gc);
+}
+
+// Key padding (docs/DESIGN.md 7.1, 7.3): valid lengths and a mask with holes, causal and not,
+// hashed and dense (T <= C).
+TEST(LshGradcheckExtra, KeyPadding) {
+  for (bool causal : {false, true}) {
+    GradcheckCase gc{2, 10, 2, causal};
+    gc.batch = 2;
+    gc.flags = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0};
+    run_gradcheck(gc);
+    gc.flags = {0, 1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 1};
+    run_gradcheck(gc);
+    GradcheckCase dense{1, 4, 2, causal};
+    dense.batch = 2;
+    dense.flags = {1, 1, 0, 0, 0, 1, 1, 0};
+    run_gradcheck(dense);
+  }
 }
 
 TEST(LshGradcheckExtra, ShortSequenceDenseFallback) {

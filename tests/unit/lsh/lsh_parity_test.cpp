@@ -53,6 +53,12 @@ TEST_P(LshParity, MatchesHuggingFace) {
   BucketTape tape;
   Context ctx;
   ctx.batch = batch;
+  AttentionMask mask;
+  if (fx.has("attention_mask")) {
+    mask = AttentionMask::from_flags(fx.ints("attention_mask"), batch, len);
+    ASSERT_TRUE(mask.any_padding());
+    ctx.mask = &mask;
+  }
   ctx.buckets = &tape;
   ctx.replay_buckets = true;
   const bool hashed = len > cfg.core.chunk_length;
@@ -79,7 +85,44 @@ TEST_P(LshParity, MatchesHuggingFace) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, LshParity,
                          ::testing::Values("lsh_attention_causal", "lsh_attention_causal_short",
-                                           "lsh_attention_noncausal", "lsh_attention_factorised"));
+                                           "lsh_attention_noncausal", "lsh_attention_factorised",
+                                           "lsh_attention_masked_noncausal",
+                                           "lsh_attention_causal_masked"));
+
+// With a mask, the fixtures hold the pad bucket NB at every padded position (HF hashes into
+// NB + 1 buckets when any position of the batch is padding) and real buckets elsewhere; the
+// layer's own hashing records the same pad bucket at the same positions.
+TEST(LshParity, MaskedFixturesHoldThePadBucketAtPaddedPositions) {
+  for (const char* name : {"lsh_attention_masked_noncausal", "lsh_attention_causal_masked"}) {
+    const Fixture fx(name);
+    const Sublayer::Config cfg = config_from(fx);
+    Parameters<double> params;
+    const LshAttention<double> core(cfg.core, cfg.hidden_size, params, "");
+    fx.load_params(params, "");
+    const Index nb = core.bucket_layout(fx.length()).num_buckets();
+    const Index batch = fx.batch(), len = fx.length();
+    const AttentionMask mask = AttentionMask::from_flags(fx.ints("attention_mask"), batch, len);
+    const BucketTape tape = fx.buckets();
+    BucketTape own;
+    Context ctx;
+    ctx.batch = batch;
+    ctx.mask = &mask;
+    core.compute_buckets(params, fx.activations("input"), ctx, own);
+    ASSERT_EQ(own.data.size(), tape.data.size());
+    Index padded = 0;
+    for (Index b = 0; b < batch; ++b)
+      for (Index h = 0; h < tape.heads; ++h)
+        for (Index r = 0; r < tape.rounds; ++r)
+          for (Index t = 0; t < len; ++t) {
+            const bool real = mask.real(b, t);
+            padded += real ? 0 : 1;
+            EXPECT_EQ(tape.at(b, h, r, t) == nb, !real) << name << " " << b << " " << t;
+            EXPECT_EQ(own.at(b, h, r, t) == nb, !real) << name << " " << b << " " << t;
+            EXPECT_LE(tape.at(b, h, r, t), nb);
+          }
+    EXPECT_GT(padded, 0);
+  }
+}
 
 // The fixtures' buckets are consistent with this library's bucket layout and pad rule: every
 // value lies in [0, NB) and each (sequence, head, round) uses several buckets.

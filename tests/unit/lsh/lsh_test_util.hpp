@@ -53,7 +53,8 @@ inline Matrix<double> reference_keys(const Matrix<double>& qk) {
 }
 
 /// One query attending to a list of (position, key column, value column) entries with the LSH
-/// masks (causal -1e9, then self -1e5, then padding -1e9, each replacing the score).
+/// masks (causal -1e9, then key padding -1e9 where flags[pos] == 0 (flags may be null), then
+/// self -1e5, then padding beyond the length -1e9, each replacing the score).
 /// Returns the logsumexp; writes the output column into `out`.
 struct RefKey {
   Index pos;     // position of the key (>= valid_length: padding)
@@ -61,7 +62,8 @@ struct RefKey {
 };
 inline double reference_query(const Matrix<double>& qk, const Matrix<double>& k,
                               const Matrix<double>& v, Index qpos, const std::vector<RefKey>& keys,
-                              bool causal, Index valid_length, double* out) {
+                              bool causal, Index valid_length, double* out,
+                              const std::uint8_t* flags = nullptr) {
   std::vector<double> s(keys.size());
   for (std::size_t j = 0; j < keys.size(); ++j) {
     double dot = 0;
@@ -70,6 +72,7 @@ inline double reference_query(const Matrix<double>& qk, const Matrix<double>& k,
       for (Index d = 0; d < qk.rows(); ++d)
         dot += (qpos < valid_length ? qk(d, qpos) : 0.0) * k(d, keys[j].column);
     if (causal && keys[j].pos > qpos) dot = -1e9;
+    if (flags != nullptr && !pad && flags[keys[j].pos] == 0) dot = -1e9;
     if (keys[j].pos == qpos) dot = -1e5;
     if (pad) dot = -1e9;
     s[j] = dot;
@@ -89,24 +92,26 @@ inline double reference_query(const Matrix<double>& qk, const Matrix<double>& k,
 
 /// Dense shared-QK attention of one head (qk, v: Dh x T) with the self mask.
 inline Matrix<double> reference_dense(const Matrix<double>& qk, const Matrix<double>& v,
-                                      bool causal) {
+                                      bool causal, const std::uint8_t* flags = nullptr) {
   const Index len = qk.cols();
   const Matrix<double> k = reference_keys(qk);
   std::vector<RefKey> keys;
   for (Index t = 0; t < len; ++t) keys.push_back({t, t});
   Matrix<double> o(v.rows(), len);
-  for (Index t = 0; t < len; ++t) reference_query(qk, k, v, t, keys, causal, len, o.col(t).data());
+  for (Index t = 0; t < len; ++t)
+    reference_query(qk, k, v, t, keys, causal, len, o.col(t).data(), flags);
   return o;
 }
 
 /// The LSH attention of one head given its buckets (R x T, row r = round r), straight from
 /// docs/DESIGN.md 1.2: pad to a multiple of C (pad bucket NB), std::stable_sort of R*Tp slots by
 /// (round, bucket), chunks of C sorted slots attending to chunks c - before .. c + after
-/// (circular), per-slot logsumexp, combination of the rounds.
+/// (circular as HF: adjacent_chunk), per-slot logsumexp, combination of the rounds. With key
+/// flags (may be null), padded keys are masked (the buckets must hold the pad bucket there).
 inline Matrix<double> reference_lsh(const Matrix<double>& qk, const Matrix<double>& v,
                                     const std::vector<std::int32_t>& buckets, Index rounds,
                                     Index num_buckets, Index chunk, Index before, Index after,
-                                    bool causal) {
+                                    bool causal, const std::uint8_t* flags = nullptr) {
   const Index len = qk.cols();
   const Index tp = (len + chunk - 1) / chunk * chunk;
   const Matrix<double> k = reference_keys(qk);
@@ -126,14 +131,15 @@ inline Matrix<double> reference_lsh(const Matrix<double>& qk, const Matrix<doubl
     const Index c = s / chunk;
     std::vector<RefKey> keys;
     for (Index w = -before; w <= after; ++w) {
-      const Index src = ((c + w) % chunks + chunks) % chunks;
+      const Index src = adjacent_chunk(c, w, chunks);
       for (Index j = 0; j < chunk; ++j) {
         const Index pos = slots[static_cast<std::size_t>(src * chunk + j)] % tp;
         keys.push_back({pos, std::min(pos, len - 1)});
       }
     }
-    slse[static_cast<std::size_t>(s)] = reference_query(
-        qk, k, v, slots[static_cast<std::size_t>(s)] % tp, keys, causal, len, so.col(s).data());
+    slse[static_cast<std::size_t>(s)] =
+        reference_query(qk, k, v, slots[static_cast<std::size_t>(s)] % tp, keys, causal, len,
+                        so.col(s).data(), flags);
   }
   std::vector<Index> where(static_cast<std::size_t>(n));
   for (Index s = 0; s < n; ++s)

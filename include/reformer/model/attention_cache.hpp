@@ -268,10 +268,15 @@ template <class S>
 class LshAttentionCache {
  public:
   /// `layout`: the bucket layout every length uses; `ctx`: the layer's inference context (its
-  /// seed, step and layer index key the rotations); `max_length`: the longest sequence.
+  /// seed, step and layer index key the rotations); `max_length`: the longest sequence;
+  /// `pad_multiple`: a hashed sequence is padded to a multiple of it, as the model pads its
+  /// input (ReformerConfig::chunk_length_lcm(); 0 = the chunk length).
   LshAttentionCache(const LshAttention<S>& core, LshBucketLayout layout, const Context& ctx,
-                    Index max_length)
-      : core_(&core), layout_(std::move(layout)), max_length_(max_length) {
+                    Index max_length, Index pad_multiple = 0)
+      : core_(&core),
+        layout_(std::move(layout)),
+        max_length_(max_length),
+        pad_multiple_(pad_multiple > 0 ? pad_multiple : core.config().chunk_length) {
     const auto& c = core.config();
     for (Index h = 0; h < c.num_heads; ++h)
       for (Index r = 0; r < c.num_hashes; ++r)
@@ -412,7 +417,9 @@ class LshAttentionCache {
       detail::attend_one<S>(scores_, hc.v.leftCols(len), out, p_);
       return;
     }
-    const Index rounds = num_rounds(), tp = (len + cl - 1) / cl * cl;
+    // The model pads a sequence longer than the chunk to a multiple of every chunk length in
+    // use (a multiple of cl): Tp.
+    const Index rounds = num_rounds(), m = pad_multiple_, tp = (len + m - 1) / m * m;
     const Index per_round = tp / cl, chunks = rounds * per_round;
     const auto& cfg = core_->config();
     o_.resize(head_size(), rounds);
@@ -457,6 +464,7 @@ class LshAttentionCache {
   const LshAttention<S>* core_;
   LshBucketLayout layout_;
   Index max_length_;
+  Index pad_multiple_;          // the model pads hashed sequences to a multiple of it
   std::vector<Matrix<S>> rot_;  // entry h * R + r
   std::vector<HeadCache> heads_;
   Index n_ = 0;

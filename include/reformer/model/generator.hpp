@@ -75,9 +75,10 @@ class Generator {
   static ReformerConfig fixed_layout_config(const ReformerConfig& cfg, Index max_length) {
     ReformerConfig c = cfg;
     if (c.num_buckets.empty()) {
+      // As HF: from the padded length, a multiple of every chunk length in use.
       const auto lsh = LshAttentionConfig::from(cfg);
-      const Index padded =
-          (max_length + lsh.chunk_length - 1) / lsh.chunk_length * lsh.chunk_length;
+      const Index m = cfg.chunk_length_lcm();
+      const Index padded = (max_length + m - 1) / m * m;
       c.num_buckets = lsh_bucket_layout({}, padded, lsh.chunk_length, lsh.max_positions).factors;
     }
     return c;
@@ -101,8 +102,9 @@ class Generator {
     return logits_;
   }
 
-  /// The buckets of every LSH layer's tokens so far ([1, H, R, T], empty for other layers), in
-  /// the layout of reference_model(): replaying them reproduces the generator's hashing.
+  /// The buckets of every LSH layer's tokens so far ([1, H, R, Tp] at the model's padded length,
+  /// the pad bucket after T; empty for other layers), in the layout of reference_model(): replaying
+  /// them reproduces the generator's hashing.
   BucketRecord buckets() const;
   /// Bytes held by the caches of layer l / of all layers.
   std::size_t cache_bytes(Index l) const;
@@ -156,7 +158,8 @@ class Generator {
       } else if (const auto* s = f.template get<typename Model::LshSublayer>()) {
         layers_.push_back(
             layer_of(*s, Cache(LshAttentionCache<S>(s->core(), s->core().bucket_layout(max_length_),
-                                                    layer_context(l), max_length_))));
+                                                    layer_context(l), max_length_,
+                                                    model_.config().chunk_length_lcm()))));
       } else {
         raise<InvalidArgument>("Generator", "layer ", l, " has an unknown attention kind");
       }
@@ -305,11 +308,15 @@ BucketRecord Generator<S>::buckets() const {
                           .template get<typename Model::LshSublayer>()
                           ->core()
                           .config();
+    // At the model's padded length: the positions the model appends hold the pad bucket NB.
     BucketTape& tape = record.layers[l];
-    tape.resize(1, cfg.num_heads, cfg.num_hashes, t);
+    const Index tp = model_.padded_length(t);
+    const auto pad_bucket = static_cast<std::int32_t>(cache->layout().num_buckets());
+    tape.resize(1, cfg.num_heads, cfg.num_hashes, tp);
     for (Index h = 0; h < cfg.num_heads; ++h)
       for (Index r = 0; r < cfg.num_hashes; ++r)
-        for (Index i = 0; i < t; ++i) tape.at(0, h, r, i) = cache->bucket(h, r, i);
+        for (Index i = 0; i < tp; ++i)
+          tape.at(0, h, r, i) = i < t ? cache->bucket(h, r, i) : pad_bucket;
   }
   return record;
 }

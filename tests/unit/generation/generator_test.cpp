@@ -293,3 +293,20 @@ TEST(Generator, BadInputIsAClearError) {
 
 }  // namespace
 }  // namespace reformer
+
+namespace reformer {
+namespace {
+
+TEST(Generator, ExactWhenTheModelPadsToTheChunkLengthsLcm) {
+  // LSH chunks of 8 and local chunks of 6: the model pads to multiples of 24, and so does the
+  // LSH cache (the look-back of a round's first chunk reaches the padding of the round before).
+  ReformerConfig cfg = small_config({"local", "lsh"});
+  cfg.local_attn_chunk_length = 6;
+  cfg.num_hashes = 2;
+  ASSERT_EQ(cfg.chunk_length_lcm(), 24);
+  expect_exact<double>(cfg, 13, 60, 1e-12, false);
+  expect_exact<float>(cfg, 30, 40, 1e-5, true);
+}
+
+}  // namespace
+}  // namespace reformer

@@ -23,7 +23,8 @@ TEST(ConfigJson, RoundTripKeepsEveryField) {
     "local_attention_probs_dropout_prob": 0.0, "axial_pos_embds": false,
     "axial_pos_shape": [8, 16], "axial_pos_embds_dim": [16, 32], "max_position_embeddings": 512,
     "layer_norm_eps": 1e-5, "chunk_size_feed_forward": 33, "chunk_size_lm_head": 17,
-    "initializer_range": 0.01, "axial_norm_std": 0.5, "seed": 18446744073709551615})");
+    "initializer_range": 0.01, "axial_norm_std": 0.5, "seed": 18446744073709551615,
+    "pad_token_id": 3, "num_labels": 5, "classifier_dropout": 0.375})");
   ReformerConfig c = config_from_json(every_field);
   const nlohmann::json written(c);
   for (const auto& [key, value] : every_field.items()) EXPECT_EQ(written.at(key), value) << key;
@@ -104,6 +105,26 @@ TEST(ConfigJson, WrongTypesAndInvalidConfigsAreConfigErrors) {
   expect_config_error("{\"axial_pos_embds_dim\": [10, 10]}", "axial_pos_embds_dim");
   expect_config_error("{\"num_buckets\": 3}", "num_buckets");
   expect_config_error("{\"attn_layers\": [\"lsh\", \"dense\"]}", "attn_layers[1] = 'dense'");
+}
+
+}  // namespace
+}  // namespace reformer
+
+namespace reformer {
+namespace {
+
+TEST(ConfigJson, LabelsAndClassifierDropoutReadAsHuggingFaceWritesThem) {
+  // HF writes the label names, not their number, and null for an unset classifier dropout.
+  const ReformerConfig c = config_from_json(nlohmann::json::parse(
+      R"({"model_type": "reformer", "id2label": {"0": "neg", "1": "neutral", "2": "pos"},
+          "classifier_dropout": null})"));
+  EXPECT_EQ(c.num_labels, 3);
+  EXPECT_LT(c.classifier_dropout, 0.0);
+  EXPECT_EQ(c.pad_token_id, 0);
+  EXPECT_TRUE(nlohmann::json(c).at("classifier_dropout").is_null());
+  EXPECT_EQ(config_from_json(nlohmann::json::parse(R"({"num_labels": 7})")).num_labels, 7);
+  EXPECT_THROW(config_from_json(nlohmann::json::parse(R"({"classifier_dropout": "x"})")),
+               ConfigError);
 }
 
 }  // namespace

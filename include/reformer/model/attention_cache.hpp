@@ -269,14 +269,16 @@ class LshAttentionCache {
  public:
   /// `layout`: the bucket layout every length uses; `ctx`: the layer's inference context (its
   /// seed, step and layer index key the rotations); `max_length`: the longest sequence;
-  /// `pad_multiple`: a hashed sequence is padded to a multiple of it, as the model pads its
-  /// input (ReformerConfig::chunk_length_lcm(); 0 = the chunk length).
+  /// `pad_multiple`, `pad_above`: a sequence longer than pad_above is padded to a multiple of
+  /// pad_multiple, as the model pads its input (ReformerConfig::padded_length: the chunk
+  /// lengths' lcm and the shortest chunk length in use; 0 = the chunk length).
   LshAttentionCache(const LshAttention<S>& core, LshBucketLayout layout, const Context& ctx,
-                    Index max_length, Index pad_multiple = 0)
+                    Index max_length, Index pad_multiple = 0, Index pad_above = 0)
       : core_(&core),
         layout_(std::move(layout)),
         max_length_(max_length),
-        pad_multiple_(pad_multiple > 0 ? pad_multiple : core.config().chunk_length) {
+        pad_multiple_(pad_multiple > 0 ? pad_multiple : core.config().chunk_length),
+        pad_above_(pad_above > 0 ? pad_above : core.config().chunk_length) {
     const auto& c = core.config();
     for (Index h = 0; h < c.num_heads; ++h)
       for (Index r = 0; r < c.num_hashes; ++r)
@@ -411,15 +413,16 @@ class LshAttentionCache {
   void attend(const HeadCache& hc, ConstVectorRef<S> q, VectorRef<S> out) {
     const Index len = n_, last = len - 1, cl = chunk();
     const auto self_score = static_cast<S>(kSelfMaskValue);
-    if (len <= cl) {  // dense: every position, one round
+    // The length the model runs at: padded to a multiple of every chunk length in use.
+    const Index m = pad_multiple_;
+    const Index tp = len <= pad_above_ || len % m == 0 ? len : (len / m + 1) * m;
+    if (tp <= cl) {  // dense: every position, one round
       scores_.noalias() = hc.k.leftCols(len).transpose() * q;
       scores_(last) = self_score;
       detail::attend_one<S>(scores_, hc.v.leftCols(len), out, p_);
       return;
     }
-    // The model pads a sequence longer than the chunk to a multiple of every chunk length in
-    // use (a multiple of cl): Tp.
-    const Index rounds = num_rounds(), m = pad_multiple_, tp = (len + m - 1) / m * m;
+    const Index rounds = num_rounds();
     const Index per_round = tp / cl, chunks = rounds * per_round;
     const auto& cfg = core_->config();
     o_.resize(head_size(), rounds);
@@ -464,8 +467,8 @@ class LshAttentionCache {
   const LshAttention<S>* core_;
   LshBucketLayout layout_;
   Index max_length_;
-  Index pad_multiple_;          // the model pads hashed sequences to a multiple of it
-  std::vector<Matrix<S>> rot_;  // entry h * R + r
+  Index pad_multiple_, pad_above_;  // how the model pads (see the constructor)
+  std::vector<Matrix<S>> rot_;      // entry h * R + r
   std::vector<HeadCache> heads_;
   Index n_ = 0;
   Vector<S> qk_, vv_, scores_, p_;

@@ -31,6 +31,7 @@
 //    decoder (and unlike Hugging Face's cached LSH decoding, the new token still sees exactly
 //    the window the full forward would give it, not only the past tokens of its own buckets).
 // Agreement is up to rounding (the single-column products sum in another order).
+#include "reformer/core/attention_mask.hpp"
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
@@ -130,6 +131,14 @@ class Generator {
     return max_length == 0 ? limit : max_length;
   }
 
+  // The shortest chunk length in use: the model pads no sequence up to it.
+  static Index shortest_chunk(const ReformerConfig& c) {
+    Index s = kMaxIndex;
+    if (c.uses(LayerKind::kLsh)) s = std::min(s, c.lsh_attn_chunk_length);
+    if (c.uses(LayerKind::kLocal)) s = std::min(s, c.local_attn_chunk_length);
+    return s;
+  }
+
   Context layer_context(Index l) const {
     Context ctx;
     ctx.batch = 1;
@@ -156,10 +165,10 @@ class Generator {
       } else if (const auto* s = f.template get<typename Model::FullSublayer>()) {
         layers_.push_back(layer_of(*s, Cache(FullAttentionCache<S>(s->core(), max_length_))));
       } else if (const auto* s = f.template get<typename Model::LshSublayer>()) {
-        layers_.push_back(
-            layer_of(*s, Cache(LshAttentionCache<S>(s->core(), s->core().bucket_layout(max_length_),
-                                                    layer_context(l), max_length_,
-                                                    model_.config().chunk_length_lcm()))));
+        layers_.push_back(layer_of(
+            *s, Cache(LshAttentionCache<S>(
+                    s->core(), s->core().bucket_layout(max_length_), layer_context(l), max_length_,
+                    model_.config().chunk_length_lcm(), shortest_chunk(model_.config())))));
       } else {
         raise<InvalidArgument>("Generator", "layer ", l, " has an unknown attention kind");
       }
@@ -231,10 +240,17 @@ void Generator<S>::prefill(TokenSpan prompt) {
   tokens_.clear();
   const auto& params = model_.parameters();
   const Index d = model_.config().hidden_size;
+  // The full forward pass of the model on the prompt: padded as the model pads (pad tokens after
+  // the prompt, masked), so every layer sees what the reference model's layers see.
+  const Index tp = model_.padded_length(t);
+  std::vector<Token> padded(prompt.begin(), prompt.end());
+  padded.resize(static_cast<std::size_t>(tp), static_cast<Token>(model_.config().pad_token_id));
+  const AttentionMask mask = tp != t ? AttentionMask::from_lengths({t}, tp) : AttentionMask();
   Context ctx = layer_context(model_.num_layers());
   ctx.workspace = &model_.workspace();
-  Matrix<S> x1(d, t), x2, xin, xn(d, t);
-  model_.embeddings().forward(params, prompt, x1, ctx);
+  ctx.mask = mask.empty() ? nullptr : &mask;
+  Matrix<S> x1(d, tp), x2, xin, xn(d, t);
+  model_.embeddings().forward(params, TokenSpan(padded), x1, ctx);
   x2 = x1;
   BucketRecord record;
   record.layers.resize(layers_.size());
@@ -244,20 +260,29 @@ void Generator<S>::prefill(TokenSpan prompt) {
     xin = x2;  // the block's attention input
     Context c = model_.stack().block_context(ctx, l, record, false);
     model_.stack().forward_block(l, params, x1, x2, c, ws);
-    layer_norm_forward<S>(xin, params.value_vector(layer.ln_weight),
+    layer_norm_forward<S>(xin.leftCols(t), params.value_vector(layer.ln_weight),
                           params.value_vector(layer.ln_bias), layer.eps, xn);
     std::visit(
         [&](auto& cache) {
           using C = std::decay_t<decltype(cache)>;
           if constexpr (std::is_same_v<C, LshAttentionCache<S>>) {
-            cache.prefill(params, xn, &record.layers[static_cast<std::size_t>(l)]);
+            // The prompt's buckets: the first t positions of the padded pass.
+            const BucketTape& all = record.layers[static_cast<std::size_t>(l)];
+            BucketTape prompt_buckets;
+            if (!all.empty()) {
+              prompt_buckets.resize(1, all.heads, all.rounds, t);
+              for (Index h = 0; h < all.heads; ++h)
+                for (Index r = 0; r < all.rounds; ++r)
+                  for (Index i = 0; i < t; ++i) prompt_buckets.at(0, h, r, i) = all.at(0, h, r, i);
+            }
+            cache.prefill(params, xn, all.empty() ? nullptr : &prompt_buckets);
           } else {
             cache.prefill(params, xn);
           }
         },
         layer.cache);
   }
-  logits_ = model_.head().logits(params, x1.rightCols(1), x2.rightCols(1), ctx);
+  logits_ = model_.head().logits(params, x1.middleCols(t - 1, 1), x2.middleCols(t - 1, 1), ctx);
   tokens_.assign(prompt.begin(), prompt.end());
 }
 

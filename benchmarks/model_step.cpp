@@ -6,6 +6,9 @@
 //
 // Families (argument T or number of layers):
 //   model_step/L6/reversible         T = 1024 .. 65536 (--tmin / --tmax), 6 layers
+//   model_step/L6/encoder            the same model bidirectional (is_decoder = false, one
+//                                    look-ahead chunk), as a masked LM (ReformerForMaskedLM):
+//                                    labels at every 7th position, the last eighth padding
 //   model_depth/reversible           layers = 1, 6, 12 at T = --depth_t (default 16384)
 //   model_depth/stored               the same with the stored-activation backward (ordinary
 //                                    backprop: every block's inputs kept from the forward pass)
@@ -132,6 +135,38 @@ void add_peer_counters(benchmark::State& state) {
   state.counters["tokens_per_second"] = state.counters["tokens/s"];
 }
 
+// A training step of the bidirectional masked LM of the same sizes as model_step/L6 at T = `t`:
+// one look-ahead chunk in both attention kinds, the last eighth of the sequence padding (masked),
+// a label at every 7th real position.
+void encoder_step(benchmark::State& state, const Options& o, Index t) {
+  ModelSpec m;
+  m.layers = alternating(6);
+  m.length = t;
+  reformer::ReformerConfig config = reformer_bench::model_config(m, o);
+  config.is_decoder = false;
+  config.lsh_num_chunks_after = config.local_num_chunks_after = 1;
+  reformer::ReformerForMaskedLM<float> model(config);
+  const std::vector<reformer::Token> tokens = reformer_bench::model_tokens(t, config.vocab_size);
+  const Index real = t - t / 8;
+  const reformer::AttentionMask mask = reformer::AttentionMask::from_lengths({real}, t);
+  std::vector<reformer::Token> labels(static_cast<std::size_t>(t), reformer::Token{-100});
+  for (Index i = 0; i < real; i += 7) labels[static_cast<std::size_t>(i)] = tokens[i];
+  reformer_bench::PeakMeter peak;
+  reformer::Tape<float> tape;
+  std::uint64_t step = 0;
+  double loss = 0;
+  const reformer_bench::WallClock clock = reformer_bench::time_iterations(state, [&] {
+    model.zero_grad();
+    loss = model.forward_loss(tokens, 1, mask, labels, tape, step++);
+    model.backward(tape);
+    benchmark::DoNotOptimize(model.parameters().grads().data());
+    benchmark::ClobberMemory();
+  });
+  reformer_bench::report(state, clock, double(t), reformer_bench::model_step_flops(config, t, 1),
+                         peak);
+  state.counters["loss"] = loss;
+}
+
 // Registers the hf_config families at T = powers of two in [lo, hi] (none when empty).
 void register_hf_config(const Options& o) {
   const Index lo = std::max<Index>(o.lo(1024), 128), hi = o.hi(Index{1} << 16, Index{1} << 16);
@@ -181,6 +216,17 @@ void register_all(const Options& o) {
                                  m.layers = alternating(6);
                                  m.length = st.range(0);
                                  reformer_bench::model_step(st, m, o);
+                                 st.SetComplexityN(st.range(0));
+                               })
+      ->RangeMultiplier(2)
+      ->Range(lo, hi)
+      ->Complexity()
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+
+  benchmark::RegisterBenchmark("model_step/L6/encoder",
+                               [o](benchmark::State& st) {
+                                 encoder_step(st, o, st.range(0));
                                  st.SetComplexityN(st.range(0));
                                })
       ->RangeMultiplier(2)

@@ -231,7 +231,7 @@ double ReformerForMaskedLM<S>::forward_loss(TokenSpan tokens, Index batch,
                                             const AttentionMask& mask, TokenSpan labels,
                                             Tape<S>& tape, std::uint64_t step) {
   const char* where = "ReformerForMaskedLM::forward_loss";
-  PaddedBatch in = this->padded_batch(where, tokens, batch, mask);
+  PaddedBatch in = this->padded_batch(where, tokens, batch, mask, &tape.tokens);
   REFORMER_REQUIRE(labels.size() == tokens.size(), InvalidArgument, where,
                    "labels.size() = ", labels.size(), " must equal tokens.size() = ", tokens.size(),
                    " (one label per position, negative = not counted)");
@@ -294,7 +294,7 @@ double ReformerForSequenceClassification<S>::forward_loss(TokenSpan tokens, Inde
                                                           const ClassificationTargets& labels,
                                                           Tape<S>& tape, std::uint64_t step) {
   const char* where = "ReformerForSequenceClassification::forward_loss";
-  PaddedBatch in = this->padded_batch(where, tokens, batch, mask);
+  PaddedBatch in = this->padded_batch(where, tokens, batch, mask, &tape.tokens);
   const Index l = this->cfg_.num_labels;
   REFORMER_REQUIRE(labels.size() == batch, InvalidArgument, where,
                    "labels.size() = ", labels.size(), " must equal batch = ", batch,
@@ -366,7 +366,7 @@ double ReformerForQuestionAnswering<S>::forward_loss(TokenSpan tokens, Index bat
                                                      const QuestionAnsweringTargets& spans,
                                                      Tape<S>& tape, std::uint64_t step) {
   const char* where = "ReformerForQuestionAnswering::forward_loss";
-  PaddedBatch in = this->padded_batch(where, tokens, batch, mask);
+  PaddedBatch in = this->padded_batch(where, tokens, batch, mask, &tape.tokens);
   REFORMER_REQUIRE(
       spans.start_positions.size() == batch && spans.end_positions.size() == batch, InvalidArgument,
       where, "start_positions.size() = ", spans.start_positions.size(),

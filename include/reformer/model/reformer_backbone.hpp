@@ -37,6 +37,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -170,9 +171,11 @@ class ReformerBackbone {
   /// Validates tokens (ids in [0, V), B sequences of equal length) and mask (empty, or B x T
   /// with a real position in every sequence), and pads them to padded_length(T). InvalidArgument
   /// naming the value otherwise, also when the position embeddings do not cover the padded
-  /// length.
+  /// length. `storage` (optional): a vector whose buffer the padded tokens take over unless
+  /// `tokens` points into it (a training step passes the tape's, so a step of the shape of the
+  /// previous one allocates no token buffer).
   PaddedBatch padded_batch(const char* where, TokenSpan tokens, Index batch,
-                           const AttentionMask& mask) const;
+                           const AttentionMask& mask, std::vector<Token>* storage = nullptr) const;
 
  protected:
   /// Registers the embeddings' and the stack's parameters; `config` must be valid.
@@ -346,11 +349,19 @@ Rng ReformerBackbone<S>::init_backbone(std::uint64_t seed) {
 
 template <class S>
 PaddedBatch ReformerBackbone<S>::padded_batch(const char* where, TokenSpan tokens, Index batch,
-                                              const AttentionMask& mask) const {
+                                              const AttentionMask& mask,
+                                              std::vector<Token>* storage) const {
   Context ctx;
   ctx.batch = batch;
   embeddings_.check_tokens(where, tokens, ctx);  // ids, B x T, T within the positions
   PaddedBatch in;
+  if (storage != nullptr) {
+    const std::less<const Token*> before;  // a total order on pointers
+    const bool aliased = !storage->empty() && tokens.size() > 0 &&
+                         !before(tokens.data(), storage->data()) &&
+                         before(tokens.data(), storage->data() + storage->size());
+    if (!aliased) in.tokens = std::move(*storage);  // (the input may be the tape's own tokens)
+  }
   in.batch = batch;
   in.length = tokens.size() / batch;
   in.padded_length = padded_length(in.length);

@@ -169,7 +169,7 @@ template <class S>
 double ReformerLM<S>::forward_loss(TokenSpan tokens, Index batch, const AttentionMask& mask,
                                    Tape<S>& tape, std::uint64_t step, TokenSpan targets) {
   const char* where = "ReformerLM::forward_loss";
-  PaddedBatch in = this->padded_batch(where, tokens, batch, mask);
+  PaddedBatch in = this->padded_batch(where, tokens, batch, mask, &tape.tokens);
   const Index n = tokens.size(), t = in.length;
   REFORMER_REQUIRE(!targets.empty() || t >= 2, InvalidArgument, where, "sequence length T = ", t,
                    " leaves no next-token target; need T >= 2 or explicit targets");

@@ -368,6 +368,14 @@ TEST(EncoderPadding, PaddedTokensChangeNothingInTheCausalLm) {
   });
 }
 
+TEST(EncoderPadding, ATapeMayBeFedItsOwnTokens) {
+  ReformerLM<double> model(test::tiny_config());
+  const std::vector<Token> tokens = test::random_tokens(2, 12, 11, 3);  // 12: no padding
+  Tape<double> tape;
+  const double first = model.forward_loss(tokens, 2, tape, 1);
+  EXPECT_EQ(model.forward_loss(tape.tokens, 2, tape, 1), first);  // the tape's storage is reused
+}
+
 TEST(EncoderPadding, TheDefaultCausalTargetsSkipPadding) {
   ReformerLM<double> model(test::tiny_config());
   const AttentionMask mask = batch_mask();  // real lengths 12, 9, 5

@@ -20,9 +20,11 @@
 // each an exact softmax over all (visible) keys, so a thread holds a few T x kQueryBlock
 // buffers that stay in cache. Causal panels stop at the last visible key (i0 + nq): the masked
 // upper part, whose probability is exactly 0, is never computed. With a key mask the panels span
-// all T keys: a (padded) query whose every visible key is padding has all scores equal and,
-// as in Hugging Face, weights 1/T over every key; masked scores are constants, so their
-// gradient is zeroed explicitly (the softmax backward would not give 0 for such a query).
+// the keys up to the sequence's last real position, causal or not (the padding after it weighs
+// exactly 0 for every query with an allowed key, so appending padding changes nothing): a padded
+// query with no allowed key has all these scores equal and averages their values; masked scores
+// are constants, so their gradient is zeroed explicitly (the softmax backward would not give 0
+// for such a query).
 //
 // Parameters: <prefix>self_attention.query.weight, .key.weight, .value.weight, each [H*Dh, D]
 // (no biases), the Hugging Face local-attention names.
@@ -118,10 +120,15 @@ class FullAttention : public detail::QkvCore<S, FullAttentionConfig> {
   // Queries per panel (fixed: the blocking must not depend on the thread count).
   static constexpr Index kQueryBlock = tuning::kFullAttentionQueryBlock;
 
-  // Keys visible to the query panel [i0, i0 + nq): all, or up to the panel's last query
-  // (without a key mask: with one, a query may have no allowed key, see the header).
+  // Keys visible to the query panel [i0, i0 + nq): all, or up to the panel's last query; with a
+  // key mask, the keys up to the sequence's last real one (flags: its key flags, or null).
   Index visible_keys(Index t, Index i0, Index nq, const std::uint8_t* flags) const {
-    return cfg_.causal && flags == nullptr ? i0 + nq : t;
+    if (flags != nullptr) {
+      Index end = t;
+      while (end > 0 && flags[end - 1] == 0) --end;
+      return end;
+    }
+    return cfg_.causal ? i0 + nq : t;
   }
 
   // Work of one forward panel (upper bound): two T x kQueryBlock x Dh products, softmax, dropout.

@@ -20,9 +20,12 @@
 // each an exact softmax over all (visible) keys, so a thread holds a few T x kQueryBlock
 // buffers that stay in cache. Causal panels stop at the last visible key (i0 + nq): the masked
 // upper part, whose probability is exactly 0, is never computed. With a key mask the panels span
-// all T keys: a (padded) query whose every visible key is padding has all scores equal and,
-// as in Hugging Face, weights 1/T over every key; masked scores are constants, so their
-// gradient is zeroed explicitly (the softmax backward would not give 0 for such a query).
+// the keys up to the sequence's last real position, causal or not (the padding after it weighs
+// exactly 0 for every query with an allowed key), and the query panels are cut from [0, last
+// real + 1) and then from the rest, so appending padding changes nothing for real positions; a
+// padded query with no allowed key has all these scores equal and averages their values; masked
+// scores are constants, so their gradient is zeroed explicitly (the softmax backward would not give
+// 0 for such a query).
 //
 // Parameters: <prefix>self_attention.query.weight, .key.weight, .value.weight, each [H*Dh, D]
 // (no biases), the Hugging Face local-attention names.
@@ -118,10 +121,34 @@ class FullAttention : public detail::QkvCore<S, FullAttentionConfig> {
   // Queries per panel (fixed: the blocking must not depend on the thread count).
   static constexpr Index kQueryBlock = tuning::kFullAttentionQueryBlock;
 
-  // Keys visible to the query panel [i0, i0 + nq): all, or up to the panel's last query
-  // (without a key mask: with one, a query may have no allowed key, see the header).
-  Index visible_keys(Index t, Index i0, Index nq, const std::uint8_t* flags) const {
-    return cfg_.causal && flags == nullptr ? i0 + nq : t;
+  // One past the sequence's last real key (flags: its key flags, or null = t).
+  static Index key_end(Index t, const std::uint8_t* flags) {
+    Index end = t;
+    while (flags != nullptr && end > 0 && flags[end - 1] == 0) --end;
+    return end;
+  }
+
+  // Keys visible to the query panel [i0, i0 + nq): all, or up to the panel's last query; with a
+  // key mask, the keys up to the sequence's last real one (`end`).
+  Index visible_keys(Index t, Index i0, Index nq, Index end, const std::uint8_t* flags) const {
+    if (flags != nullptr) return end;
+    return cfg_.causal ? i0 + nq : t;
+  }
+
+  // Query panel `panel` of a sequence: the blocks of kQueryBlock queries of [0, end), then those
+  // of [end, t) (end = key_end: t without a mask), so the panels that hold real queries do not
+  // depend on how much padding follows. False for an unused index; at most
+  // num_blocks(t, kQueryBlock) + 1 panels.
+  static bool query_panel(Index t, Index end, Index panel, Index& i0, Index& nq) {
+    const Index first = num_blocks(end, kQueryBlock);
+    if (panel < first) {
+      i0 = panel * kQueryBlock;
+      nq = std::min(kQueryBlock, end - i0);
+      return true;
+    }
+    i0 = end + (panel - first) * kQueryBlock;
+    nq = std::min(kQueryBlock, t - i0);
+    return i0 < t;
   }
 
   // Work of one forward panel (upper bound): two T x kQueryBlock x Dh products, softmax, dropout.
@@ -199,13 +226,16 @@ void FullAttention<S>::forward(const Parameters<S>& params, const ProjectionInpu
   auto &q = q_buf.map(), &k = k_buf.map(), &v = v_buf.map();
   detail::project_qkv<S>(params, qkv_, heads, cfg_.head_size, input, q, k, v, ctx.workspace);
   // Items: (sequence, local head, query panel); each writes its own block of a.
-  const Index panels = num_blocks(t, kQueryBlock);
+  const Index panels = num_blocks(t, kQueryBlock) + (padding.any() ? 1 : 0);
   const Index items = ctx.batch * heads.count * panels;
   parallel_items(items, double(items) * panel_flops(t), [&](Index item) {
-    const Index bh = item / panels, i0 = (item % panels) * kQueryBlock;
+    const Index bh = item / panels;
     const Index b = bh / heads.count, h = bh % heads.count;
     const std::uint8_t* flags = padding.flags(b);
-    const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq, flags);
+    const Index end = key_end(t, flags);
+    Index i0 = 0, nq = 0;
+    if (!query_panel(t, end, item % panels, i0, nq)) return;
+    const Index nk = visible_keys(t, i0, nq, end, flags);
     Matrix<S> p(nk, nq);
     probabilities(block(q, b, h, t).middleCols(i0, nq), block(k, b, h, t).leftCols(nk), i0, flags,
                   p);
@@ -237,7 +267,7 @@ void FullAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>&
   // Items: (sequence, local head); the query panels of an item run in order, accumulating dk
   // and dv of that (sequence, head) block in a fixed order.
   const Index items = ctx.batch * heads.count;
-  const Index panels = num_blocks(t, kQueryBlock);
+  const Index panels = num_blocks(t, kQueryBlock) + (padding.any() ? 1 : 0);
   parallel_items(items, 3.0 * double(items * panels) * panel_flops(t), [&](Index item) {
     const Index b = item / heads.count, h = item % heads.count, hg = heads.global(h);
     const auto qb = block(q, b, h, t), kb = block(k, b, h, t), vb = block(v, b, h, t);
@@ -245,9 +275,12 @@ void FullAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>&
     dkb.setZero();
     dvb.setZero();
     const std::uint8_t* flags = padding.flags(b);
+    const Index end = key_end(t, flags);
     Matrix<S> p, pd, dp;  // nk x nq panels
-    for (Index i0 = 0; i0 < t; i0 += kQueryBlock) {
-      const Index nq = std::min(kQueryBlock, t - i0), nk = visible_keys(t, i0, nq, flags);
+    for (Index panel = 0; panel < panels; ++panel) {
+      Index i0 = 0, nq = 0;
+      if (!query_panel(t, end, panel, i0, nq)) continue;
+      const Index nk = visible_keys(t, i0, nq, end, flags);
       const auto q_i = qb.middleCols(i0, nq);
       const auto k_v = kb.leftCols(nk), v_v = vb.leftCols(nk);  // the visible keys / values
       const auto do_i = block(da, b, h, t).middleCols(i0, nq);

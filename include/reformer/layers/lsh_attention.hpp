@@ -9,13 +9,20 @@
 //   sort the R*Tp slots (r, t) by (r, b_r(t), t)  ->  sorted place s, position pos(s)
 //   k_t  = qk_t / sqrt(mean(qk_t^2) + 1e-6) / sqrt(Dh)                queries are not scaled
 //   chunk c (C consecutive sorted places, over all R*Tp places) attends to chunks
-//   c - before .. c + after (circular over the R*Tp places, as HF/trax), with the chunk kernel
-//   (chunk_attention.hpp): s_ij = qk_i . k_j, masks replacing s_ij (causal -1e9, self -1e5,
-//   padding -1e9), lse_i = logsumexp_j s_ij, p = exp(s - lse) (dropped), o_i = sum_j p_ij v_j
+//   adjacent_chunk(c, i, R*Tp/C), i = -before .. after (circular over the R*Tp places, as
+//   HF/trax), with the chunk kernel (chunk_attention.hpp): s_ij = qk_i . k_j, masks replacing
+//   s_ij (causal -1e9, key padding -1e9, self -1e5, length padding -1e9), lse_i =
+//   logsumexp_j s_ij, p = exp(s - lse) (dropped), o_i = sum_j p_ij v_j
 //   unsort, combine the rounds per position:
 //     w_r(t) = exp(lse_r(t) - logsumexp_r' lse_r'(t)),   o(t) = sum_r w_r(t) o_r(t)
 //   a = [o_head0; o_head1; ...]                                        H*Dh x T
 // The output projection W_o belongs to the AttentionSublayer wrapper.
+//
+// Key padding (ctx.mask, docs/DESIGN.md 7.1, 7.3), as Hugging Face: when any position of the
+// batch is padding, every padded position hashes to the extra bucket NB (recorded as NB in the
+// tape; a replayed tape may hold NB only then), so it sorts after the real positions of its
+// round; as a key it is masked (-1e9, before the self mask); as a query it is computed like any
+// other, from its own query/key and value vectors. Without padding nothing changes.
 //
 // Buckets (docs/DESIGN.md 3.3): forward hashes (rotations from ctx.rng, see lsh_bucketing.hpp) and
 // records the buckets into *ctx.buckets ([B, H, R, T], no round offsets) when it is non-null, or
@@ -395,9 +402,10 @@ class LshAttention {
     const Index nb = pl.layout.num_buckets(), bins = nb + (pl.padding.any() ? 1 : 0);
     for (std::size_t i = 0; i < t.data.size(); ++i) {
       REFORMER_REQUIRE(t.data[i] >= 0 && t.data[i] < bins, InvalidArgument, where,
-                       "ctx.buckets value ", t.data[i], " at flat index ", i, " is outside [0, ",
-                       bins, ") (num_buckets = ", nb,
-                       pl.padding.any() ? ", plus the pad bucket)" : ")");
+                       "ctx.buckets value ", t.data[i], " at flat index ", i,
+                       " is outside [0, num_buckets = ", nb, ")",
+                       pl.padding.any() ? " plus the pad bucket " : "",
+                       pl.padding.any() ? std::to_string(nb) : std::string());
     }
     return t.data.data();
   }

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-namespace reformer {
+namespace reformer::full_mask_test {
 namespace {
 
 using test::finite_differences;
@@ -43,7 +43,7 @@ Context masked_ctx(Index batch, const AttentionMask* mask) {
 }
 
 // Plain masked attention: s_ij = q_i . k_j, -1e9 where j > i (causal) or key j is padding,
-// softmax over all T keys.
+// softmax over the keys up to the sequence's last real one (docs/DESIGN.md 7.1).
 Matrix<double> reference(const Core& c, const Matrix<double>& xn, Index batch,
                          const AttentionMask& mask) {
   const auto& cfg = c.core.config();
@@ -55,13 +55,15 @@ Matrix<double> reference(const Core& c, const Matrix<double>& xn, Index batch,
   for (Index b = 0; b < batch; ++b)
     for (Index h = 0; h < cfg.num_heads; ++h)
       for (Index i = 0; i < t; ++i) {
-        Vector<double> s(t);
-        for (Index j = 0; j < t; ++j) {
+        Index end = t;
+        while (!mask.real(b, end - 1)) --end;
+        Vector<double> s(end);
+        for (Index j = 0; j < end; ++j) {
           s(j) = q.col(b * t + i).segment(h * dh, dh).dot(k.col(b * t + j).segment(h * dh, dh));
           if ((cfg.causal && j > i) || !mask.real(b, j)) s(j) = -1e9;
         }
         const Vector<double> p = (s.array() - s.maxCoeff()).exp().matrix();
-        for (Index j = 0; j < t; ++j)
+        for (Index j = 0; j < end; ++j)
           a.col(b * t + i).segment(h * dh, dh) +=
               p(j) / p.sum() * v.col(b * t + j).segment(h * dh, dh);
       }
@@ -75,13 +77,14 @@ std::vector<AttentionMask> test_masks(Index t) {
   return {AttentionMask::from_lengths({t, t - 4}, t), AttentionMask::from_flags(holes, 2, t)};
 }
 
-struct Run {
+struct MaskedRun {
   Matrix<double> a, dx;
   Vector<double> grads;
 };
 
-Run run(const Core& c, const Matrix<double>& xn, const Matrix<double>& da, const Context& ctx) {
-  Run r;
+MaskedRun run(const Core& c, const Matrix<double>& xn, const Matrix<double>& da,
+              const Context& ctx) {
+  MaskedRun r;
   r.a.resize(c.core.out_features(), xn.cols());
   c.core.forward(c.params, xn, r.a, ctx);
   Parameters<double> p = c.params;
@@ -102,7 +105,15 @@ TEST(FullAttentionMask, EqualsThePlainMaskedReference) {
     for (const AttentionMask& mask : test_masks(t)) {
       Matrix<double> a(c.core.out_features(), xn.cols());
       c.core.forward(c.params, xn, a, masked_ctx(2, &mask));
-      EXPECT_LT(relative_error(a, reference(c, xn, 2, mask)), 1e-13) << causal;
+      const Matrix<double> ref = reference(c, xn, 2, mask);
+      // A padded query with no allowed key: the softmax (exp(s - logsumexp), as HF) gives
+      // 1/n only up to the rounding of -1e9 + log n.
+      EXPECT_LT(relative_error(a, ref), 1e-7) << causal;
+      for (Index i = 0; i < 2 * t; ++i) {
+        if (mask.real(i / t, i % t)) {
+          EXPECT_LT((a.col(i) - ref.col(i)).norm(), 1e-13 * ref.col(i).norm()) << causal << i;
+        }
+      }
     }
   }
 }
@@ -137,8 +148,9 @@ TEST(FullAttentionMask, MatchesFiniteDifferences) {
   }
 }
 
-// Whatever stands at padded positions, and however many padded positions follow, the real
-// positions' outputs and gradients are bitwise the same (upstream gradient zero at padding).
+// Whatever stands at padded positions, the real positions' outputs and gradients are bitwise
+// the same (upstream gradient zero at padding); appending padding leaves their outputs and input
+// gradients bitwise the same, and the weight gradients up to their summation order.
 TEST(FullAttentionMask, PaddingNeverLeaks) {
   for (bool causal : {true, false}) {
     const Core c(causal);
@@ -152,8 +164,8 @@ TEST(FullAttentionMask, PaddingNeverLeaks) {
           da.col(i).setZero();
           other.col(i) = random_matrix(kHidden, 1, Rng(50 + i), 30.0);
         }
-      const Run r1 = run(c, xn, da, masked_ctx(2, &mask)),
-                r2 = run(c, other, da, masked_ctx(2, &mask));
+      const MaskedRun r1 = run(c, xn, da, masked_ctx(2, &mask)),
+                      r2 = run(c, other, da, masked_ctx(2, &mask));
       for (Index i = 0; i < 2 * t; ++i) {
         if (!mask.real(i / t, i % t)) continue;
         EXPECT_EQ(r1.a.col(i), r2.a.col(i)) << causal << " column " << i;
@@ -170,14 +182,14 @@ TEST(FullAttentionMask, AppendingPaddingChangesNothing) {
     const Index real = 7;
     const Matrix<double> x = random_matrix(kHidden, real, Rng(9));
     const Matrix<double> g = random_matrix(c.core.out_features(), real, Rng(10));
-    Run first;
+    MaskedRun first;
     for (Index t : {8, 13, 40}) {
       const AttentionMask mask = AttentionMask::from_lengths({real}, t);
       Matrix<double> xn = random_matrix(kHidden, t, Rng(static_cast<std::uint64_t>(t)));
       xn.leftCols(real) = x;
       Matrix<double> da = Matrix<double>::Zero(g.rows(), t);
       da.leftCols(real) = g;
-      Run r = run(c, xn, da, masked_ctx(1, &mask));
+      MaskedRun r = run(c, xn, da, masked_ctx(1, &mask));
       r.a = r.a.leftCols(real).eval();
       r.dx = r.dx.leftCols(real).eval();
       if (t == 8) {
@@ -186,7 +198,9 @@ TEST(FullAttentionMask, AppendingPaddingChangesNothing) {
       }
       EXPECT_EQ(r.a, first.a) << causal << " T " << t;
       EXPECT_EQ(r.dx, first.dx) << causal << " T " << t;
-      EXPECT_EQ(r.grads, first.grads) << causal << " T " << t;
+      // The weight gradients sum over all N columns (the padded ones contribute exact zeros)
+      // in blocks that depend on N: equal up to that summation order.
+      EXPECT_LT(relative_error(r.grads, first.grads), 1e-14) << causal << " T " << t;
     }
   }
 }
@@ -197,7 +211,7 @@ TEST(FullAttentionMask, BitwiseIdenticalForAnyThreadCount) {
   const AttentionMask mask = test_masks(t)[1];
   const Matrix<double> xn = random_matrix(kHidden, 2 * t, Rng(1));
   const Matrix<double> da = random_matrix(c.core.out_features(), 2 * t, Rng(2));
-  Run r[2];
+  MaskedRun r[2];
   for (int threads : {1, 2}) {
     set_num_threads(threads);
     r[threads - 1] = run(c, xn, da, masked_ctx(2, &mask));
@@ -222,7 +236,7 @@ TEST(FullAttentionMask, WrongShapeOrAllPaddingThrows) {
     }
     return "no exception";
   };
-  const std::string shape = message(AttentionMask::from_lengths({5, 5}, 4));
+  const std::string shape = message(AttentionMask::from_lengths({4, 4}, 4));
   EXPECT_NE(shape.find("FullAttention::forward"), std::string::npos) << shape;
   EXPECT_NE(shape.find("2 x 4"), std::string::npos) << shape;
   const std::string empty = message(AttentionMask::from_lengths({0, 5}, 5));
@@ -231,4 +245,4 @@ TEST(FullAttentionMask, WrongShapeOrAllPaddingThrows) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::full_mask_test

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-namespace reformer {
+namespace reformer::local_mask_test {
 namespace {
 
 using test::banded_reference;
@@ -43,15 +43,15 @@ Context masked_ctx(Index batch, const AttentionMask* mask) {
   return ctx;
 }
 
-struct Run {
+struct MaskedRun {
   Matrix<double> a, dx;
   Vector<double> grads;
 };
 
 // Forward, then backward of L = sum(da .* a).
-Run run(const LocalCore& lc, const Matrix<double>& xn, const Matrix<double>& da,
-        const Context& ctx) {
-  Run r;
+MaskedRun run(const LocalCore& lc, const Matrix<double>& xn, const Matrix<double>& da,
+              const Context& ctx) {
+  MaskedRun r;
   r.a.resize(lc.core.out_features(), xn.cols());
   lc.core.forward(lc.params, xn, r.a, ctx);
   Parameters<double> p = lc.params;
@@ -80,8 +80,8 @@ std::vector<AttentionMask> test_masks(Index t) {
   std::vector<int> holes(static_cast<std::size_t>(2 * t), 1);
   for (Index i = 0; i < 2 * t; ++i)
     if (i % 3 == 1 || i % 7 == 0) holes[static_cast<std::size_t>(i)] = 0;
-  return {AttentionMask::from_lengths({t, t - 5}, t), AttentionMask::from_lengths({3, t - 1}, t),
-          AttentionMask::from_flags(holes, 2, t)};
+  return {AttentionMask::from_lengths({t, std::max<Index>(1, t - 5)}, t),
+          AttentionMask::from_lengths({3, t - 1}, t), AttentionMask::from_flags(holes, 2, t)};
 }
 
 TEST(LocalAttentionMask, EqualsTheCircularOracleWithPadding) {
@@ -119,7 +119,8 @@ TEST(LocalAttentionMask, AMaskOfOnlyRealPositionsChangesNothing) {
   const Matrix<double> xn = random_matrix(kHidden, 2 * 12, Rng(3));
   const Matrix<double> da = random_matrix(lc.core.out_features(), xn.cols(), Rng(4));
   const AttentionMask all = AttentionMask::from_lengths({12, 12}, 12);
-  const Run a = run(lc, xn, da, masked_ctx(2, nullptr)), b = run(lc, xn, da, masked_ctx(2, &all));
+  const MaskedRun a = run(lc, xn, da, masked_ctx(2, nullptr)),
+                  b = run(lc, xn, da, masked_ctx(2, &all));
   EXPECT_EQ(a.a, b.a);
   EXPECT_EQ(a.dx, b.dx);
   EXPECT_EQ(a.grads, b.grads);
@@ -145,7 +146,7 @@ TEST(LocalAttentionMask, PaddingNeverLeaks) {
               da.col(b * t + i).setZero();
               other.col(b * t + i) = random_matrix(kHidden, 1, Rng(100 + i), 50.0);
             }
-        const Run r1 = run(lc, xn, da, ctx), r2 = run(lc, other, da, ctx);
+        const MaskedRun r1 = run(lc, xn, da, ctx), r2 = run(lc, other, da, ctx);
         EXPECT_EQ(real_columns(r1.a, mask), real_columns(r2.a, mask)) << causal << after;
         EXPECT_EQ(real_columns(r1.dx, mask), real_columns(r2.dx, mask)) << causal << after;
         EXPECT_EQ(r1.grads, r2.grads) << causal << after;
@@ -156,21 +157,21 @@ TEST(LocalAttentionMask, PaddingNeverLeaks) {
 }
 
 // Causal, chunks_before smaller than the number of chunks: appending whole chunks of padding
-// leaves the real positions' outputs and gradients bitwise unchanged (wrapped chunks lie in the
-// future and weigh exactly 0).
+// leaves the real positions' outputs and input gradients bitwise unchanged (wrapped chunks lie in
+// the future and weigh exactly 0), and the weight gradients up to their summation order.
 TEST(LocalAttentionMask, CausalAppendingPaddingChangesNothing) {
   const LocalCore lc(masked_config(2, true, 1, 0), kHidden, 4);
   const Index real = 10;
   const Matrix<double> x = random_matrix(kHidden, real, Rng(7));
   const Matrix<double> g = random_matrix(lc.core.out_features(), real, Rng(8));
-  Run first;
+  MaskedRun first;
   for (Index t : {12, 16, 24}) {
     const AttentionMask mask = AttentionMask::from_lengths({real}, t);
     Matrix<double> xn = random_matrix(kHidden, t, Rng(static_cast<std::uint64_t>(t)));
     xn.leftCols(real) = x;
     Matrix<double> da = Matrix<double>::Zero(g.rows(), t);
     da.leftCols(real) = g;
-    Run r = run(lc, xn, da, masked_ctx(1, &mask));
+    MaskedRun r = run(lc, xn, da, masked_ctx(1, &mask));
     r.a = r.a.leftCols(real).eval();
     r.dx = r.dx.leftCols(real).eval();
     if (t == 12) {
@@ -179,7 +180,9 @@ TEST(LocalAttentionMask, CausalAppendingPaddingChangesNothing) {
     }
     EXPECT_EQ(r.a, first.a) << "T " << t;
     EXPECT_EQ(r.dx, first.dx) << "T " << t;
-    EXPECT_EQ(r.grads, first.grads) << "T " << t;
+    // The weight gradients sum over all N columns (the padded ones contribute exact zeros) in
+    // blocks that depend on N: equal up to that summation order.
+    EXPECT_LT(relative_error(r.grads, first.grads), 1e-14) << "T " << t;
   }
 }
 
@@ -221,11 +224,12 @@ TEST(LocalAttentionMask, TheAmountOfPaddingChangesOnlyWrappedWindows) {
       const Index chunk = i / 4;
       const bool changes = std::find(c.changed_chunks.begin(), c.changed_chunks.end(), chunk) !=
                            c.changed_chunks.end();
-      if (changes)
+      if (changes) {
         EXPECT_GT((out[0].col(i) - out[1].col(i)).norm(), 1e-6) << "position " << i;
-      else
+      } else {
         EXPECT_LE((out[0].col(i) - out[1].col(i)).norm(), 1e-14 * out[0].col(i).norm())
             << "position " << i;
+      }
     }
   }
 }
@@ -239,7 +243,7 @@ TEST(LocalAttentionMask, ResultsAreBitwiseIndependentOfThreadCount) {
     const AttentionMask mask = test_masks(t)[2];
     const Matrix<double> xn = random_matrix(kHidden, 2 * t, Rng(1));
     const Matrix<double> da = random_matrix(lc.core.out_features(), xn.cols(), Rng(2));
-    Run r[2];
+    MaskedRun r[2];
     for (int threads : {1, 2}) {
       set_num_threads(threads);
       r[threads - 1] = run(lc, xn, da, masked_ctx(2, &mask));
@@ -273,4 +277,4 @@ TEST(LocalAttentionMask, WrongShapeOrAllPaddingThrows) {
 }
 
 }  // namespace
-}  // namespace reformer
+}  // namespace reformer::local_mask_test

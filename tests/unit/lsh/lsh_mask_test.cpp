@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-namespace reformer::test {
+namespace reformer::test::lsh_mask {
 namespace {
 
 constexpr Index kHidden = 6;
@@ -37,16 +37,16 @@ std::vector<AttentionMask> test_masks(Index t) {
           AttentionMask::from_lengths({2, t}, t), AttentionMask::from_flags(holes, 2, t)};
 }
 
-struct Run {
+struct MaskedRun {
   Matrix<double> a, dx;
   Vector<double> grads;
   BucketTape tape;
 };
 
 // Forward (hashing and recording), then backward of L = sum(da .* a) replaying the tape.
-Run run(const LshSetup& s, const Matrix<double>& xn, const Matrix<double>& da, Index batch,
-        const AttentionMask* mask) {
-  Run r;
+MaskedRun run(const LshSetup& s, const Matrix<double>& xn, const Matrix<double>& da, Index batch,
+              const AttentionMask* mask) {
+  MaskedRun r;
   r.a.resize(s.out(), xn.cols());
   s.core.forward(s.params, xn, r.a, masked_ctx(batch, mask, &r.tape, false));
   Parameters<double> p = s.params;
@@ -138,7 +138,7 @@ TEST(LshMask, PaddingNeverLeaks) {
             da.col(i).setZero();
             other.col(i) = random_matrix(kHidden, 1, Rng(70 + i), 40.0);
           }
-        const Run r1 = run(s, xn, da, 2, &mask), r2 = run(s, other, da, 2, &mask);
+        const MaskedRun r1 = run(s, xn, da, 2, &mask), r2 = run(s, other, da, 2, &mask);
         EXPECT_EQ(r1.tape.data, r2.tape.data);
         for (Index i = 0; i < 2 * t; ++i) {
           if (!mask.real(i / t, i % t)) continue;
@@ -205,7 +205,9 @@ TEST(LshMask, TheAmountOfPaddingChangesOnlyTheFirstChunkOfEachRound) {
         ++changed;
       }
     }
-    if (!causal) EXPECT_GT(changed, 0);
+    if (!causal) {
+      EXPECT_GT(changed, 0);
+    }
   }
 }
 
@@ -218,7 +220,7 @@ TEST(LshMask, ResultsAreBitwiseIndependentOfThreadCount) {
     const AttentionMask mask = test_masks(t)[2];
     const Matrix<double> xn = random_matrix(kHidden, 2 * t, Rng(1));
     const Matrix<double> da = random_matrix(s.out(), 2 * t, Rng(2));
-    Run r[2];
+    MaskedRun r[2];
     for (int threads : {1, 2}) {
       set_num_threads(threads);
       r[threads - 1] = run(s, xn, da, 2, &mask);
@@ -267,10 +269,10 @@ TEST(LshMask, WrongShapeAllPaddingAndPadBucketsWithoutMaskThrow) {
   const AttentionMask mask = AttentionMask::from_lengths({8, 5}, t);
   s.core.forward(s.params, xn, a, masked_ctx(2, &mask, &tape, false));
   e = error_of([&] { s.core.forward(s.params, xn, a, masked_ctx(2, nullptr, &tape, true)); });
-  EXPECT_NE(e.find("outside [0, 4)"), std::string::npos) << e;
+  EXPECT_NE(e.find("outside [0, num_buckets = 4)"), std::string::npos) << e;
   EXPECT_EQ(error_of([&] { s.core.forward(s.params, xn, a, masked_ctx(2, &mask, &tape, true)); }),
             "no exception");
 }
 
 }  // namespace
-}  // namespace reformer::test
+}  // namespace reformer::test::lsh_mask

@@ -98,7 +98,7 @@ TEST(LshParity, MaskedFixturesHoldThePadBucketAtPaddedPositions) {
     const Sublayer::Config cfg = config_from(fx);
     Parameters<double> params;
     const LshAttention<double> core(cfg.core, cfg.hidden_size, params, "");
-    fx.load_params(params, "");
+    core.init(params, Rng(1), 0.5);
     const Index nb = core.bucket_layout(fx.length()).num_buckets();
     const Index batch = fx.batch(), len = fx.length();
     const AttentionMask mask = AttentionMask::from_flags(fx.ints("attention_mask"), batch, len);

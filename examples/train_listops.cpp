@@ -207,12 +207,12 @@ struct Settings : ex::TrainSettings {
     hashes = 2;
     chunk = 64;
     dropout = 0.1;
-    steps = 1500;
+    steps = 1000;
     batch = 16;
     lr = 1e-3;
     warmup = 100;
     schedule = "cosine";
-    eval_every = 250;
+    eval_every = 200;
   }
 
   std::string title() const {

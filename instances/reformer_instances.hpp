@@ -21,7 +21,9 @@
 #include "reformer/layers/lsh_attention.hpp"
 #include "reformer/layers/reversible_stack.hpp"
 #include "reformer/model/embeddings.hpp"
+#include "reformer/model/encoder_models.hpp"
 #include "reformer/model/lm_head.hpp"
+#include "reformer/model/reformer_backbone.hpp"
 #include "reformer/model/reformer_lm.hpp"
 
 // REFORMER_INSTANCES_LAYERS / _MODEL(extern, S) declare, (, S) define (instances/*.cpp) the
@@ -34,10 +36,14 @@
   EXTERN template class reformer::AttentionSublayer<S, reformer::FullAttention<S>>;  \
   EXTERN template class reformer::AttentionSublayer<S, reformer::LocalAttention<S>>; \
   EXTERN template class reformer::AttentionSublayer<S, reformer::LshAttention<S>>;
-#define REFORMER_INSTANCES_MODEL(EXTERN, S)      \
-  EXTERN template class reformer::Embeddings<S>; \
-  EXTERN template class reformer::LmHead<S>;     \
-  EXTERN template class reformer::ReformerLM<S>;
+#define REFORMER_INSTANCES_MODEL(EXTERN, S)                             \
+  EXTERN template class reformer::Embeddings<S>;                        \
+  EXTERN template class reformer::LmHead<S>;                            \
+  EXTERN template class reformer::ReformerBackbone<S>;                  \
+  EXTERN template class reformer::ReformerLM<S>;                        \
+  EXTERN template class reformer::ReformerForMaskedLM<S>;               \
+  EXTERN template class reformer::ReformerForSequenceClassification<S>; \
+  EXTERN template class reformer::ReformerForQuestionAnswering<S>;
 
 // The flavour of the instantiations: with or without REFORMER_ENABLE_ASSERTS.
 #if defined(REFORMER_ENABLE_ASSERTS)

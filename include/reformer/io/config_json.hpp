@@ -10,7 +10,9 @@
 // and the value otherwise; an integer field does not accept 2.5 or "2"). A missing key keeps the
 // default: ReformerConfig's own defaults, or Hugging Face's ReformerConfig defaults when the
 // JSON says "model_type": "reformer" (HF writes only the fields that differ from its defaults).
-// HF keys this library has no use for (pad_token_id, use_cache, ...) are ignored.
+// HF keys this library has no use for (use_cache, ...) are ignored. `num_labels` is read from
+// "num_labels" or, as HF writes it, from the size of "id2label"; `classifier_dropout` may be
+// null (the hidden dropout).
 // `num_buckets` is null (auto), an integer, or a list of factors, as in HF.
 #include "reformer/core/error.hpp"
 #include "reformer/core/types.hpp"
@@ -21,6 +23,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -53,11 +56,19 @@ struct BucketsField {
   List& factors;
 };
 
+/// classifier_dropout (`D` is double, const or not): JSON null (HF's None) when unset (negative).
+template <class D>
+struct OptionalProbability {
+  D& value;
+};
+
 /// Calls visit(key, field) for every ReformerConfig field under its HF key, `c` const or not;
-/// num_buckets comes as a BucketsField.
+/// num_buckets comes as a BucketsField, classifier_dropout as an OptionalProbability.
 template <class Config, class Visit>
 void for_each_config_field(Config& c, Visit&& visit) {
   using Buckets = BucketsField<std::remove_reference_t<decltype((c.num_buckets))>>;
+  using Probability =
+      OptionalProbability<std::remove_reference_t<decltype((c.classifier_dropout))>>;
   visit("vocab_size", c.vocab_size);
   visit("hidden_size", c.hidden_size);
   visit("num_attention_heads", c.num_attention_heads);
@@ -87,11 +98,18 @@ void for_each_config_field(Config& c, Visit&& visit) {
   visit("initializer_range", c.initializer_range);
   visit("axial_norm_std", c.axial_norm_std);
   visit("seed", c.seed);
+  visit("pad_token_id", c.pad_token_id);
+  visit("num_labels", c.num_labels);
+  visit("classifier_dropout", Probability{c.classifier_dropout});
 }
 
 template <class T>
 nlohmann::json json_value(const T& field) {
   return field;
+}
+inline nlohmann::json json_value(OptionalProbability<const double> p) {
+  if (p.value < 0.0) return nullptr;
+  return p.value;
 }
 /// null (auto), an integer (one factor) or a list of factors.
 inline nlohmann::json json_value(BucketsField<const std::vector<Index>> buckets) {
@@ -124,7 +142,15 @@ class ConfigJsonReader {
   }
 
   void read(const char* key, Index& out) const {
-    if (const auto* v = find(key)) out = as_index(key, *v, *v, "an integer");
+    if (const auto* v = find(key)) {
+      out = as_index(key, *v, *v, "an integer");
+    } else if (std::string(key) == "num_labels") {
+      // HF writes the labels' names instead: {"0": "LABEL_0", ...}
+      if (const auto* names = find("id2label")) {
+        if (!names->is_object()) wrong_type("id2label", *names, "an object");
+        out = static_cast<Index>(names->size());
+      }
+    }
   }
   void read(const char* key, std::uint64_t& out) const {
     if (const auto* v = find(key)) {
@@ -136,6 +162,16 @@ class ConfigJsonReader {
     if (const auto* v = find(key)) {
       if (!v->is_number()) wrong_type(key, *v, "a number");
       out = v->get<double>();
+    }
+  }
+  void read(const char* key, OptionalProbability<double> p) const {
+    if (const auto* v = find(key)) {
+      if (v->is_null()) {
+        p.value = -1.0;
+        return;
+      }
+      if (!v->is_number()) wrong_type(key, *v, "null or a number");
+      p.value = v->get<double>();
     }
   }
   void read(const char* key, bool& out) const {

@@ -1,5 +1,6 @@
 #pragma once
-// ReformerConfig: the hyper-parameters of a Reformer causal language model (docs/DESIGN.md 1).
+// ReformerConfig: the hyper-parameters of a Reformer model, the causal language model and the
+// encoder models alike (docs/DESIGN.md 1, 7.5).
 //
 // Field names follow Hugging Face's `ReformerConfig` so a config can be read from / written to
 // the JSON of an HF checkpoint (io/config_json.hpp). Extensions over HF: the "full" layer kind
@@ -7,18 +8,24 @@
 // num_attention_heads, and `seed` (one seed for initialisation, LSH rotations and dropout).
 //
 // validate() checks every field and every combination and throws reformer::ConfigError naming
-// the field(s) and their values; a ReformerLM is only ever built from a validated config.
+// the field(s) and their values; a model is only ever built from a validated config. As in HF,
+// is_decoder = true refuses look-ahead chunks, and padded_length() gives the length HF's model
+// pads a sequence to (a multiple of every chunk length in use).
 #include "reformer/core/checked_size.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/layers/lsh_bucketing.hpp"  // lsh_max_rotation_columns
 #include "reformer/ops/activations.hpp"       // Activation
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
+#include <numeric>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace reformer {
@@ -45,6 +52,7 @@ struct ConfigLimits {
   static constexpr Index kMaxAdjacentChunks = Index{1} << 10;  ///< *_num_chunks_before/after
   static constexpr Index kMaxHashes = 16;                      ///< num_hashes (kLshMaxHashes)
   static constexpr Index kMaxBuckets = Index{1} << 30;         ///< product of num_buckets
+  static constexpr Index kMaxLabels = Index{1} << 20;          ///< num_labels
   static constexpr double kMaxInitStd = 10.0;  ///< initializer_range, axial_norm_std
   static constexpr double kMaxLayerNormEps = 1.0;
 };
@@ -78,7 +86,10 @@ struct ReformerConfig {
   Index local_num_chunks_after = 0;
 
   // --- masking, dropout --------------------------------------------------------------------
-  bool is_decoder = true;  ///< causal attention (a causal LM needs true)
+  /// Causal attention. A causal LM needs true, and then no look-ahead chunks in the layer kinds
+  /// it uses (HF's ReformerModelWithLMHead refuses them); the encoder models
+  /// (model/encoder_models.hpp) take false.
+  bool is_decoder = true;
   double hidden_dropout_prob = 0.05;
   double lsh_attention_probs_dropout_prob = 0.0;
   double local_attention_probs_dropout_prob = 0.05;
@@ -96,6 +107,16 @@ struct ReformerConfig {
   double initializer_range = 0.02;      ///< std of normal-initialised weights
   double axial_norm_std = 1.0;          ///< std of the axial position tables
   std::uint64_t seed = 0;               ///< initialisation, LSH rotations, dropout
+
+  // --- padding, heads ----------------------------------------------------------------------
+  /// The token the models append when they pad a sequence to a multiple of the chunk lengths
+  /// (padded_length(), docs/DESIGN.md 7.4); HF pad_token_id.
+  Index pad_token_id = 0;
+  /// Outputs of the sequence-classification head (1 = regression); HF num_labels.
+  Index num_labels = 2;
+  /// Dropout of the classification head (HF classifier_dropout); negative = unset (HF's None):
+  /// hidden_dropout_prob.
+  double classifier_dropout = -1.0;
 
   // --- derived -----------------------------------------------------------------------------
   Index num_layers() const { return static_cast<Index>(attn_layers.size()); }
@@ -145,6 +166,37 @@ struct ReformerConfig {
     Index n = 0;
     for (Index f : num_buckets) n = checked_add(n, f > 0 ? f / 2 : 0).value_or(kMaxIndex);
     return n;
+  }
+
+  /// Whether layer kind `k` appears in attn_layers.
+  bool uses(LayerKind k) const {
+    for (Index i = 0; i < num_layers(); ++i) {
+      if (layer_kind(i) == k) return true;
+    }
+    return false;
+  }
+
+  /// The least common multiple of the chunk lengths of the layer kinds in use (LSH and local;
+  /// full attention has none), 1 when there is none (HF _get_least_common_mult_chunk_len).
+  Index chunk_length_lcm() const {
+    Index m = 1;
+    for (const auto& [kind, len] : {std::pair{LayerKind::kLsh, lsh_attn_chunk_length},
+                                    std::pair{LayerKind::kLocal, local_attn_chunk_length}}) {
+      if (uses(kind)) m = m / std::gcd(m, len) * len;  // bounded by validate()
+    }
+    return m;
+  }
+
+  /// The length a model runs a sequence of length t at, as HF's ReformerModel: t itself when it
+  /// is a multiple of chunk_length_lcm() or not longer than the shortest chunk length in use,
+  /// else the next multiple of chunk_length_lcm() (the model appends pad_token_id, masked).
+  Index padded_length(Index t) const {
+    const Index m = chunk_length_lcm();
+    Index shortest = kMaxIndex;
+    if (uses(LayerKind::kLsh)) shortest = std::min(shortest, lsh_attn_chunk_length);
+    if (uses(LayerKind::kLocal)) shortest = std::min(shortest, local_attn_chunk_length);
+    if (m <= 1 || t % m == 0 || t <= shortest) return t;
+    return (t / m + 1) * m;
   }
 
   /// Throws ConfigError naming the offending field(s) and values unless the config is usable.
@@ -213,6 +265,25 @@ struct ReformerConfig {
         {local_num_chunks_before + 1 + local_num_chunks_after, local_attn_chunk_length},
         L::kMaxPositions);
     in_range("num_hashes", num_hashes, 1, L::kMaxHashes);
+    // HF's causal LM refuses look-ahead chunks: with the causal mask they would only add
+    // masked keys, and the circular window would bring the first chunks into the last ones.
+    for (const auto& [kind, field, after] :
+         {std::tuple{LayerKind::kLsh, "lsh_num_chunks_after", lsh_num_chunks_after},
+          std::tuple{LayerKind::kLocal, "local_num_chunks_after", local_num_chunks_after}}) {
+      REFORMER_REQUIRE(!is_decoder || after == 0 || !uses(kind), ConfigError, where, field, " = ",
+                       after,
+                       " with is_decoder = true: a causal model takes no look-ahead chunks "
+                       "(set it to 0, or is_decoder = false for an encoder model)");
+    }
+    // Padding to a multiple of every chunk length in use must stay a valid length.
+    {
+      const Index a = uses(LayerKind::kLsh) ? lsh_attn_chunk_length : 1;
+      const Index b = uses(LayerKind::kLocal) ? local_attn_chunk_length : 1;
+      size_product<ConfigError>(where,
+                                "least common multiple of lsh_attn_chunk_length and "
+                                "local_attn_chunk_length",
+                                {a / std::gcd(a, b), b}, L::kMaxPositions);
+    }
     for (std::size_t i = 0; i < num_buckets.size(); ++i) {
       REFORMER_REQUIRE(
           num_buckets[i] >= 2 && num_buckets[i] % 2 == 0 && num_buckets[i] <= L::kMaxBuckets,
@@ -264,6 +335,13 @@ struct ReformerConfig {
                      L::kMaxLayerNormEps, "]");
     in_range("chunk_size_feed_forward", chunk_size_feed_forward, 0, L::kMaxPositions);
     in_range("chunk_size_lm_head", chunk_size_lm_head, 0, L::kMaxPositions);
+    REFORMER_REQUIRE(pad_token_id >= 0 && pad_token_id < vocab_size, ConfigError, where,
+                     "pad_token_id = ", pad_token_id, " must be in [0, vocab_size = ", vocab_size,
+                     ")");
+    in_range("num_labels", num_labels, 1, L::kMaxLabels);
+    REFORMER_REQUIRE(std::isfinite(classifier_dropout) && classifier_dropout < 1.0, ConfigError,
+                     where, "classifier_dropout = ", classifier_dropout,
+                     " must be in [0, 1), or negative for hidden_dropout_prob");
     REFORMER_REQUIRE(std::isfinite(initializer_range) && initializer_range >= 0.0 &&
                          initializer_range <= L::kMaxInitStd,
                      ConfigError, where, "initializer_range = ", initializer_range,

@@ -1,12 +1,13 @@
 #pragma once
-// The training tape of ReformerLM: what forward_loss() leaves for backward() (docs/DESIGN.md
+// The training tape of a Reformer model: what forward_loss() leaves for backward() (docs/DESIGN.md
 // 3.2).
 //
 // With the reversible path (the default) the tape holds
 //   - the outputs (x1, x2) of the LAST block only: 2 x D x N scalars,
 //   - the LSH buckets of every layer (a BucketRecord: [B, H, R, T] int32 per LSH layer; backward
 //     never re-hashes),
-//   - the token ids and loss targets (N ints each), the RNG step and the batch shape,
+//   - the token ids and loss targets (N ints each), the RNG step, the batch shape and the key
+//     padding mask of the pass (at the padded length, see model/reformer_backbone.hpp),
 // so its size does not depend on the number of layers except for the bucket ints. Every other
 // activation is reconstructed by the backward walk from the block outputs, and every dropout
 // mask is redrawn from the counter-based RNG key (seed, step, layer, stream).
@@ -16,6 +17,7 @@
 // ordinary backprop, the oracle of the reversible path and a choice for short sequences.
 //
 // backward() consumes the tape: it walks (x1, x2) back down to the embeddings in place.
+#include "reformer/core/attention_mask.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/core/workspace.hpp"
 #include "reformer/layers/reversible_stack.hpp"
@@ -82,7 +84,7 @@ class TapeMatrix {
   Scratch<S> block_;
 };
 
-/// How ReformerLM::backward obtains each block's inputs.
+/// How a model's backward obtains each block's inputs.
 enum class BackpropMode {
   kReversible,        ///< reconstruct them from the block outputs (memory independent of depth)
   kStoredActivations  ///< keep them from the forward pass (ordinary backprop)
@@ -90,16 +92,22 @@ enum class BackpropMode {
 
 template <class S>
 struct Tape {
-  // --- filled by ReformerLM::forward_loss ----------------------------------------------------
-  Index batch = 0;         ///< B
-  Index length = 0;        ///< T
+  // --- filled by a model's forward_loss -------------------------------------------------------
+  Index batch = 0;   ///< B
+  Index length = 0;  ///< T, the length the caller gave
+  Index padded_length =
+      0;                   ///< Tp >= T, the length the stack ran at (ReformerConfig::padded_length)
   std::uint64_t step = 0;  ///< RNG step of the forward pass (rotations, dropout masks)
   BackpropMode mode = BackpropMode::kReversible;
-  std::vector<Token> tokens;   ///< B * T input ids
-  std::vector<Token> targets;  ///< B * T loss targets (negative = not counted)
+  std::vector<Token> tokens;  ///< B * Tp input ids (pad tokens after each sequence's T)
+  AttentionMask mask;         ///< B x Tp key padding of the pass (empty: no padding)
+  /// The head's targets: next-token / masked-LM labels (B * T, negative = not counted), class
+  /// labels (B), answer spans (B starts, then B ends).
+  std::vector<Token> targets;
+  std::vector<double> values;  ///< regression targets (B) of a one-label classifier
   double loss = 0.0;           ///< mean loss over the counted targets
   Index loss_count = 0;        ///< number of counted targets
-  TapeMatrix<S> x1, x2;        ///< outputs of the last block, D x (B*T)
+  TapeMatrix<S> x1, x2;        ///< outputs of the last block, D x (B*Tp)
   StoredInputs<S> stored;      ///< kStoredActivations only: every block's sublayer inputs
   bool ready = false;          ///< forward done, backward not yet run
 
@@ -108,6 +116,9 @@ struct Tape {
   /// to make forward_loss() use them instead of hashing: replaying reference buckets, or freezing
   /// the hashing across several forward passes (finite-difference checks).
   BucketRecord buckets;
+
+  /// The mask to hand to the layers (null when nothing is padding).
+  const AttentionMask* mask_or_null() const { return mask.empty() ? nullptr : &mask; }
 
   /// Bytes of the LSH bucket ints.
   std::size_t bucket_bytes() const { return buckets.bytes_held(); }
@@ -126,10 +137,12 @@ struct Tape {
 
   /// Releases everything (keeps buckets.replay).
   void clear() {
-    batch = length = 0;
+    batch = length = padded_length = 0;
     step = 0;
     tokens.clear();
+    mask = AttentionMask();
     targets.clear();
+    values.clear();
     x1.reset();
     x2.reset();
     buckets.layers.clear();

@@ -108,7 +108,7 @@ std::vector<Case> cases() {
       {"local_lsh_r2", {"local", "lsh"}, 2, {8}, 1, 0},
       {"full_local_lsh_r4_factorised", {"full", "local", "lsh"}, 4, {2, 4}, 1, 0},
       {"lsh_r2_auto_buckets", {"lsh"}, 2, {}, 1, 0},
-      {"lsh_r2_look_ahead", {"local", "lsh"}, 2, {4}, 2, 1},
+      {"lsh_r2_two_chunks_back", {"local", "lsh"}, 2, {4}, 2, 0},
   };
 }
 

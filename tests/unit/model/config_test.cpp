@@ -137,6 +137,38 @@ std::vector<Rule> rules() {
       {"InitializerRangeFinite",
        [](ReformerConfig& c) { c.initializer_range = std::numeric_limits<double>::infinity(); },
        {"initializer_range = inf"}},
+      {"NumHashesWithinTheLshLimit",
+       [](ReformerConfig& c) { c.num_hashes = 17; },
+       {"num_hashes = 17", "[1, 16]"}},
+      {"CausalRefusesLshLookAhead",
+       [](ReformerConfig& c) { c.lsh_num_chunks_after = 1; },
+       {"lsh_num_chunks_after = 1", "is_decoder = true"}},
+      {"CausalRefusesLocalLookAhead",
+       [](ReformerConfig& c) { c.local_num_chunks_after = 2; },
+       {"local_num_chunks_after = 2", "is_decoder = true"}},
+      {"PadTokenInVocab",
+       [](ReformerConfig& c) { c.pad_token_id = 320; },
+       {"pad_token_id = 320", "vocab_size = 320"}},
+      {"PadTokenNonNegative",
+       [](ReformerConfig& c) { c.pad_token_id = -1; },
+       {"pad_token_id = -1"}},
+      {"NumLabelsPositive", [](ReformerConfig& c) { c.num_labels = 0; }, {"num_labels = 0"}},
+      {"NumLabelsBounded",
+       [](ReformerConfig& c) { c.num_labels = (Index{1} << 20) + 1; },
+       {"num_labels = 1048577"}},
+      {"ClassifierDropoutBelowOne",
+       [](ReformerConfig& c) { c.classifier_dropout = 1.0; },
+       {"classifier_dropout = 1"}},
+      {"ClassifierDropoutFinite",
+       [](ReformerConfig& c) { c.classifier_dropout = kNaN; },
+       {"classifier_dropout = nan"}},
+      {"ChunkLengthsLcmBounded",
+       [](ReformerConfig& c) {
+         c.lsh_attn_chunk_length = (Index{1} << 30) + 1;
+         c.local_attn_chunk_length = (Index{1} << 30) - 1;
+         c.lsh_num_chunks_before = c.local_num_chunks_before = 0;
+       },
+       {"least common multiple"}},
       {"AxialNormStdNonNegative",
        [](ReformerConfig& c) { c.axial_norm_std = -1.0; },
        {"axial_norm_std = -1"}},
@@ -211,6 +243,42 @@ TEST(Config, FactorisedAndAutoBucketsAreValid) {
 TEST(Config, LayerKindOutOfRangeThrows) {
   ReformerConfig cfg;
   EXPECT_THROW(cfg.layer_kind(4), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace reformer
+
+namespace reformer {
+namespace {
+
+TEST(Config, LookAheadIsRefusedOnlyForTheKindsACausalModelUses) {
+  ReformerConfig c;
+  c.attn_layers = {"local", "local"};
+  c.lsh_num_chunks_after = 1;  // no LSH layer: as HF, not refused
+  EXPECT_NO_THROW(c.validate());
+  c.is_decoder = false;
+  c.local_num_chunks_after = 1;
+  EXPECT_NO_THROW(c.validate());  // an encoder looks ahead
+}
+
+TEST(Config, PaddedLengthIsTheNextMultipleOfTheChunkLengthsLcm) {
+  ReformerConfig c;
+  c.attn_layers = {"lsh", "local"};
+  c.lsh_attn_chunk_length = 16;
+  c.local_attn_chunk_length = 12;
+  EXPECT_EQ(c.chunk_length_lcm(), 48);
+  EXPECT_EQ(c.padded_length(50), 96);
+  EXPECT_EQ(c.padded_length(48), 48);
+  EXPECT_EQ(c.padded_length(96), 96);
+  EXPECT_EQ(c.padded_length(13), 48);  // longer than the shortest chunk (12)
+  EXPECT_EQ(c.padded_length(12), 12);  // not longer: HF does not pad
+  EXPECT_EQ(c.padded_length(5), 5);
+  c.attn_layers = {"lsh", "full"};  // only the kinds in use count
+  EXPECT_EQ(c.chunk_length_lcm(), 16);
+  EXPECT_EQ(c.padded_length(50), 64);
+  c.attn_layers = {"full"};
+  EXPECT_EQ(c.chunk_length_lcm(), 1);
+  EXPECT_EQ(c.padded_length(50), 50);
 }
 
 }  // namespace

@@ -23,20 +23,13 @@
 #include "common/run_setup.hpp"
 #include "common/training_run.hpp"
 #include "reformer/core/attention_mask.hpp"
-#include "reformer/core/context.hpp"
 #include "reformer/core/gemm_backend.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/threading.hpp"
 #include "reformer/io/config_json.hpp"
-#include "reformer/layers/attention_sublayer.hpp"
-#include "reformer/layers/feed_forward.hpp"
-#include "reformer/layers/local_attention.hpp"
-#include "reformer/layers/lsh_attention.hpp"
-#include "reformer/layers/reversible_stack.hpp"
-#include "reformer/model/classification_head.hpp"
 #include "reformer/model/clip.hpp"
 #include "reformer/model/config.hpp"
-#include "reformer/model/embeddings.hpp"
+#include "reformer/model/encoder_models.hpp"
 #include "reformer/model/optimizer.hpp"
 #include "reformer/model/schedule.hpp"
 
@@ -66,127 +59,9 @@ constexpr const char* kDescription =
 
 // ---- the model ----------------------------------------------------------------------------------
 
-/// Embeddings -> non-causal ReversibleStack (local and LSH layers, padding masked through
-/// Context::mask) -> ClassificationHead on the first position; Hugging Face's
-/// ReformerForSequenceClassification with HF parameter names.
-template <class S>
-class Classifier {
- public:
-  Classifier(const reformer::ReformerConfig& cfg, Index num_labels)
-      : cfg_(validated(cfg)),
-        embeddings_(cfg_, params_),
-        stack_(make_stack(cfg_, params_)),
-        head_(head_config(cfg_, num_labels), params_) {
-    const reformer::Rng root = reformer::Rng(cfg_.seed).derive(reformer::stream::kInit);
-    embeddings_.init(params_, root.derive(0), cfg_.initializer_range, cfg_.axial_norm_std);
-    stack_.init(params_, root.derive(1), root.derive(2), cfg_.initializer_range);
-    head_.init(params_, root.derive(3), cfg_.initializer_range);
-    params_.zero_grad();
-  }
-
-  const reformer::ReformerConfig& config() const { return cfg_; }
-  reformer::Parameters<S>& parameters() { return params_; }
-
-  /// Logits (labels x B) of B sequences of equal (padded) length.
-  reformer::Matrix<S> logits(reformer::TokenSpan tokens, Index batch,
-                             const reformer::AttentionMask& mask) const {
-    const reformer::Context ctx = context(tokens, batch, mask, false, 0);
-    Streams s(cfg_.hidden_size, tokens.size(), ctx);
-    forward(tokens, s, ctx);
-    return head_.logits(params_, s.x1, s.x2, ctx);
-  }
-
-  /// Forward and backward at RNG step `step`: returns the mean cross-entropy over the batch and
-  /// adds its gradients to parameters().grads().
-  double train_step(reformer::TokenSpan tokens, Index batch, const reformer::AttentionMask& mask,
-                    const std::vector<Token>& labels, std::uint64_t step) {
-    const reformer::Context ctx = context(tokens, batch, mask, true, step);
-    Streams s(cfg_.hidden_size, tokens.size(), ctx);
-    forward(tokens, s, ctx);
-    const Index d = cfg_.hidden_size;
-    reformer::Matrix<S> dcat(2 * d, tokens.size());
-    const reformer::CrossEntropyResult r =
-        head_.backward(params_, s.x1, s.x2, labels, 1.0, ctx, dcat, reformer::Reduction::kMean);
-    auto dy1 = dcat.topRows(d);
-    auto dy2 = dcat.bottomRows(d);
-    stack_.backward(params_, s.x1, s.x2, dy1, dy2, ctx, s.buckets);
-    dy1 += dy2;  // x1 = x2 = e
-    embeddings_.backward(params_, tokens, dy1, ctx);
-    return r.mean;
-  }
-
- private:
-  struct Streams {
-    Streams(Index d, Index n, const reformer::Context&) : x1(d, n), x2(d, n) {}
-    reformer::Matrix<S> x1, x2;  // D x B*T: the two streams of the stack
-    reformer::BucketRecord buckets;
-  };
-
-  static const reformer::ReformerConfig& validated(const reformer::ReformerConfig& c) {
-    c.validate();
-    return c;
-  }
-
-  static reformer::ClassificationHeadConfig head_config(const reformer::ReformerConfig& c,
-                                                        Index num_labels) {
-    reformer::ClassificationHeadConfig h;
-    h.hidden_size = c.hidden_size;
-    h.num_labels = num_labels;
-    h.layer_norm_eps = c.layer_norm_eps;
-    h.dropout = c.hidden_dropout_prob;
-    h.classifier_dropout = c.hidden_dropout_prob;
-    return h;
-  }
-
-  static reformer::ReversibleStack<S> make_stack(const reformer::ReformerConfig& c,
-                                                 reformer::Parameters<S>& params) {
-    using Lsh = reformer::AttentionSublayer<S, reformer::LshAttention<S>>;
-    using Local = reformer::AttentionSublayer<S, reformer::LocalAttention<S>>;
-    reformer::ReversibleStack<S> stack;
-    for (Index l = 0; l < c.num_layers(); ++l) {
-      const std::string prefix = "reformer.encoder.layers." + std::to_string(l) + ".";
-      reformer::FeedForward<S> ff(reformer::FeedForwardConfig::from(c), params,
-                                  prefix + "feed_forward.");
-      if (c.layer_kind(l) == reformer::LayerKind::kLocal) {
-        stack.add(Local(Local::Config::from(c), params, prefix + "attention."), std::move(ff));
-      } else {
-        stack.add(Lsh(Lsh::Config::from(c), params, prefix + "attention."), std::move(ff));
-      }
-    }
-    return stack;
-  }
-
-  reformer::Context context(reformer::TokenSpan tokens, Index batch,
-                            const reformer::AttentionMask& mask, bool training,
-                            std::uint64_t step) const {
-    reformer::Context ctx;
-    ctx.batch = batch;
-    ctx.training = training;
-    ctx.seed = cfg_.seed;
-    ctx.step = step;
-    ctx.layer = static_cast<std::uint32_t>(stack_.size());
-    ctx.workspace = &workspace_;
-    ctx.mask = &mask;
-    embeddings_.check_tokens("Classifier", tokens, ctx);
-    mask.check("Classifier", batch, tokens.size() / batch);
-    return ctx;
-  }
-
-  void forward(reformer::TokenSpan tokens, Streams& s, const reformer::Context& ctx) const {
-    embeddings_.forward(params_, tokens, s.x1, ctx);
-    s.x2 = s.x1;
-    stack_.forward(params_, s.x1, s.x2, ctx, s.buckets);
-  }
-
-  reformer::ReformerConfig cfg_;
-  reformer::Parameters<S> params_;
-  reformer::Embeddings<S> embeddings_;
-  reformer::ReversibleStack<S> stack_;
-  reformer::ClassificationHead<S> head_;
-  mutable reformer::Workspace workspace_;
-};
-
-using Model = Classifier<Scalar>;
+/// Hugging Face's ReformerForSequenceClassification: embeddings -> bidirectional reversible stack
+/// (padding masked) -> ClassificationHead on the first position.
+using Model = reformer::ReformerForSequenceClassification<Scalar>;
 
 // ---- settings -----------------------------------------------------------------------------------
 
@@ -274,6 +149,8 @@ reformer::ReformerConfig model_config(const Settings& o, Index padded_max) {
   c.local_num_chunks_after = 1;
   c.lsh_num_chunks_after = 1;
   c.lsh_attention_probs_dropout_prob = o.dropout;
+  c.num_labels = lo::kNumClasses;
+  c.pad_token_id = lo::kPad;
   ex::set_positions(c, o.positions, padded_max);
   return c;
 }
@@ -418,7 +295,7 @@ int run(const CLI::App&, Settings o) {
   const int threads = ex::apply_threads(o.threads);
   const Index multiple = o.chunk;  // local and LSH chunks have the same length
   const reformer::ReformerConfig config = model_config(o, round_up(o.length, multiple));
-  Model model(config, lo::kNumClasses);
+  Model model(config);
   reformer::Adam<Scalar> opt(model.parameters(), reformer::AdamOptions::adam(o.lr));
   const reformer::LrSchedule schedule = ex::make_schedule(o.schedule, o.lr, o.warmup, o.steps);
 
@@ -479,7 +356,7 @@ int run(const CLI::App&, Settings o) {
   bool interrupted = false;
   while (step < o.steps) {
     const Batch b = batches.at(step);
-    model.parameters().zero_grad();
+    model.zero_grad();
     const double loss =
         model.train_step(b.tokens, b.batch, b.mask, b.labels, static_cast<std::uint64_t>(step));
     REFORMER_REQUIRE(std::isfinite(loss), reformer::Error, "train_listops", "the loss at step ",

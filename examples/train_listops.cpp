@@ -82,7 +82,7 @@ struct Settings : ex::TrainSettings {
     hashes = 2;
     chunk = 64;
     dropout = 0.1;
-    steps = 1000;
+    steps = 800;
     batch = 16;
     lr = 1e-3;
     warmup = 100;

@@ -29,6 +29,7 @@
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/ops/softmax.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -188,7 +189,10 @@ void chunk_probabilities(ConstMatrixRef<S> q, ConstMatrixRef<S> k, const P* qpos
       if (chunk_mask(qpos[i], kpos[j], opts, value)) col(j) = static_cast<S>(value);
     }
     const S mx = col.maxCoeff();
-    col = (col.array() - mx).exp();
+    // exp flushed to exactly 0 below the smallest normal: a masked key's weight is then 0 on
+    // every instruction set, so nothing at a padded key reaches a real query, not even a
+    // subnormal.
+    assign_exp(col.array(), col.array() - mx, exp_flush_limit<S>());
     const S sum = col.sum();
     col /= sum;
     if (lse != nullptr) lse[i] = mx + std::log(sum);

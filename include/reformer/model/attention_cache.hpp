@@ -39,6 +39,7 @@
 #include "reformer/layers/local_attention.hpp"
 #include "reformer/layers/lsh_attention.hpp"
 #include "reformer/layers/lsh_bucketing.hpp"
+#include "reformer/ops/softmax.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -58,7 +59,7 @@ namespace detail {
 template <class S>
 S attend_one(const Vector<S>& scores, ConstMatrixRef<S> v, VectorRef<S> o, Vector<S>& p) {
   const S mx = scores.maxCoeff();
-  p = (scores.array() - mx).exp();
+  assign_exp(p.array(), scores.array() - mx, exp_flush_limit<S>());  // as the chunk kernel
   const S sum = p.sum();
   p /= sum;
   o.noalias() = v * p;
@@ -192,7 +193,7 @@ class LocalAttentionCache {
       }
       // softmax over [own x copies, window]; each copy's weight is added to its key's.
       const S mx = scores_.maxCoeff();
-      p_ = (scores_.array() - mx).exp();
+      detail::assign_exp(p_.array(), scores_.array() - mx, detail::exp_flush_limit<S>());
       const S sum = p_.sum() + S(copies) * p_.tail(own).sum();
       p_.tail(own) *= S(1 + copies);
       p_ /= sum;

@@ -82,12 +82,12 @@ struct Settings : ex::TrainSettings {
     hashes = 2;
     chunk = 64;
     dropout = 0.1;
-    steps = 800;
+    steps = 2400;
     batch = 16;
     lr = 1e-3;
     warmup = 100;
     schedule = "cosine";
-    eval_every = 200;
+    eval_every = 400;
   }
 
   std::string title() const {

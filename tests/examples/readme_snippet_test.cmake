@@ -1,7 +1,7 @@
 # ctest: the README's code examples are the compiled ones, verbatim:
 #   - the usage snippet is examples/minimal.cpp (built with the examples),
-#   - the LSH example is the part of tests/unit/readme/lsh_usage_test.cpp between its
-#     [readme-lsh-begin] and [readme-lsh-end] markers (built and run by that test).
+#   - the LSH and encoder examples are the parts of tests/unit/readme/lsh_usage_test.cpp and
+#     encoder_usage_test.cpp between their readme markers (built and run by those tests).
 # Variables: SOURCE_DIR (the repository).
 file(READ "${SOURCE_DIR}/README.md" readme)
 
@@ -12,19 +12,26 @@ if(at EQUAL -1)
                       "block; copy the file into the README's Usage section")
 endif()
 
-file(READ "${SOURCE_DIR}/tests/unit/readme/lsh_usage_test.cpp" lsh_test)
-set(begin_marker "// [readme-lsh-begin]\n")
-string(FIND "${lsh_test}" "${begin_marker}" begin)
-string(FIND "${lsh_test}" "// [readme-lsh-end]" end)
-if(begin EQUAL -1 OR end EQUAL -1)
-  message(FATAL_ERROR "tests/unit/readme/lsh_usage_test.cpp lost its readme markers")
-endif()
-string(LENGTH "${begin_marker}" marker_length)
-math(EXPR begin "${begin} + ${marker_length}")
-math(EXPR length "${end} - ${begin}")
-string(SUBSTRING "${lsh_test}" ${begin} ${length} lsh_example)
-string(FIND "${readme}" "```cpp\n${lsh_example}```" at)
-if(at EQUAL -1)
-  message(FATAL_ERROR "README.md does not contain the LSH example of "
-                      "tests/unit/readme/lsh_usage_test.cpp verbatim in a ```cpp block")
-endif()
+# The part of a compiled test between its "// [readme-<name>-begin]" and "// [readme-<name>-end]"
+# markers must stand verbatim in a ```cpp block of the README.
+function(check_readme_example name file)
+  file(READ "${SOURCE_DIR}/${file}" test_source)
+  set(begin_marker "// [readme-${name}-begin]\n")
+  string(FIND "${test_source}" "${begin_marker}" begin)
+  string(FIND "${test_source}" "// [readme-${name}-end]" end)
+  if(begin EQUAL -1 OR end EQUAL -1)
+    message(FATAL_ERROR "${file} lost its readme markers")
+  endif()
+  string(LENGTH "${begin_marker}" marker_length)
+  math(EXPR begin "${begin} + ${marker_length}")
+  math(EXPR length "${end} - ${begin}")
+  string(SUBSTRING "${test_source}" ${begin} ${length} example)
+  string(FIND "${readme}" "```cpp\n${example}```" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "README.md does not contain the ${name} example of ${file} verbatim in a "
+                        "```cpp block")
+  endif()
+endfunction()
+
+check_readme_example(lsh tests/unit/readme/lsh_usage_test.cpp)
+check_readme_example(encoder tests/unit/readme/encoder_usage_test.cpp)

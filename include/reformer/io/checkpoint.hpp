@@ -46,6 +46,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -420,17 +421,69 @@ CheckpointInfo load_checkpoint(const std::string& path, Parameters<S>& params, A
 
 // ---- models ----------------------------------------------------------------------------------
 // For any model type with `parameters()` and `config()` (a ReformerConfig), e.g. ReformerLM<S>.
+// A model class's `kArchitecture` (model/parameter_layout.hpp) is written into the stored config's
+// "architectures" (as HF's config.json) and checked on restore; a type without one counts as the
+// language model.
+
+namespace detail {
+template <class Model, class = void>
+struct has_architecture : std::false_type {};
+template <class Model>
+struct has_architecture<Model, std::void_t<decltype(Model::kArchitecture)>> : std::true_type {};
+
+template <class Model>
+constexpr Architecture architecture_of() {
+  if constexpr (has_architecture<Model>::value) {
+    return Model::kArchitecture;
+  } else {
+    return Architecture::kLanguageModel;
+  }
+}
+
+template <class Model>
+std::string config_json_of(const Model& model) {
+  return config_to_json_string(model.config(), architecture_name(architecture_of<Model>()));
+}
+
+/// The architecture named by the stored config's "architectures" (the language model when the
+/// field is absent, as in files written before it existed); IoError when it names another class.
+inline Architecture stored_architecture(const SafetensorsFile& file) {
+  const char* where = "Checkpoint::open";
+  auto it = file.metadata().find("config");
+  if (it == file.metadata().end()) return Architecture::kLanguageModel;
+  const JsonReadResult parsed = read_json(it->second);
+  if (!parsed.ok() || !parsed.value.is_object() || !parsed.value.contains("architectures")) {
+    return Architecture::kLanguageModel;
+  }
+  const nlohmann::json& names = parsed.value.at("architectures");
+  if (names.is_null()) return Architecture::kLanguageModel;
+  if (!names.is_array() || names.size() != 1 || !names[0].is_string()) {
+    raise<IoError>(where, "'", file.source(), "': config 'architectures' = ", json_excerpt(names),
+                   " must list one class name");
+  }
+  const auto a = architecture_from_name(names[0].get<std::string>());
+  if (!a) {
+    raise<IoError>(where, "'", file.source(), "': config 'architectures' names ",
+                   json_excerpt(names[0]),
+                   ", not one of ReformerModelWithLMHead, ReformerForMaskedLM, "
+                   "ReformerForSequenceClassification, ReformerForQuestionAnswering");
+  }
+  return *a;
+}
+}  // namespace detail
 
 /// Throws IoError (naming the file and the first missing or mismatched tensor) unless `file`
-/// holds every parameter of ReformerLM(config) (reformer_parameter_layout) with its shape and a
-/// floating dtype (or an alias of LoadOptions::aliases), and, with `with_optimizer`, both Adam
-/// moments of each. Checks sizes only: nothing is read or allocated beyond the layout itself.
+/// holds every parameter of the `architecture` model of `config` (reformer_parameter_layout)
+/// with its shape and a floating dtype (or an alias of LoadOptions::aliases), and, with
+/// `with_optimizer`, both Adam moments of each. Checks sizes only: nothing is read or allocated
+/// beyond the layout itself.
 inline void check_tensors_for_config(const SafetensorsFile& file, const ReformerConfig& config,
-                                     bool with_optimizer = false, const LoadOptions& options = {}) {
+                                     bool with_optimizer = false, const LoadOptions& options = {},
+                                     Architecture architecture = Architecture::kLanguageModel) {
   const char* where = "check_tensors_for_config";
   std::vector<ParameterSpec> layout;
   try {
-    layout = reformer_parameter_layout(config);
+    layout = reformer_parameter_layout(config, architecture);
   } catch (const InvalidArgument& e) {
     raise<IoError>(where, "'", file.source(), "': ", e.what());
   }
@@ -452,7 +505,7 @@ inline void check_tensors_for_config(const SafetensorsFile& file, const Reformer
     if (!file.contains(name)) {
       raise<IoError>(where, "'", file.source(), "': no tensor '", tensor, "' (shape ",
                      detail::shape_string(detail::shape64(shape)), ") for parameter '", parameter,
-                     "' of its config");
+                     "' of its config (", architecture_name(architecture), ")");
     }
     const TensorInfo& ti = file.info(name);
     if (ti.shape != detail::shape64(shape) || !dtype_is_floating(ti.dtype)) {
@@ -491,7 +544,7 @@ inline ReformerConfig load_config(const std::string& path) {
 template <class Model>
 void save_model(const std::string& path, const Model& model,
                 DType dtype = dtype_of<typename Model::Scalar>()) {
-  save_parameters(path, model.parameters(), config_to_json_string(model.config()), dtype);
+  save_parameters(path, model.parameters(), detail::config_json_of(model), dtype);
 }
 
 /// Loads parameters into an existing model (built from a config with the same shapes, e.g.
@@ -505,8 +558,8 @@ CheckpointInfo load_model(const std::string& path, Model& model, const LoadOptio
 template <class Model, class S>
 void save_training_state(const std::string& path, const Model& model, const Adam<S>& opt,
                          const std::map<std::string, std::string>& extra_metadata = {}) {
-  save_checkpoint(path, model.parameters(), opt, config_to_json_string(model.config()),
-                  dtype_of<S>(), extra_metadata);
+  save_checkpoint(path, model.parameters(), opt, detail::config_json_of(model), dtype_of<S>(),
+                  extra_metadata);
 }
 
 /// Restores parameters and optimizer state (all or nothing).
@@ -545,7 +598,8 @@ class Checkpoint {
     const auto& meta = file_.metadata();
     if (meta.count("config")) {
       config_ = load_config(file_);
-      check_tensors_for_config(file_, *config_, has_optimizer());
+      architecture_ = detail::stored_architecture(file_);
+      check_tensors_for_config(file_, *config_, has_optimizer(), {}, architecture_);
     }
     auto it = meta.find(kUserMetadataKey);
     if (it != meta.end()) {
@@ -574,6 +628,10 @@ class Checkpoint {
     return *config_;
   }
 
+  /// The model class the file was saved from (config "architectures"; the language model when
+  /// the file names none).
+  Architecture architecture() const { return architecture_; }
+
   /// Whether the file holds an optimizer state (restore(model, optimizer) needs one).
   bool has_optimizer() const { return file_.metadata().count("optimizer.step") != 0; }
   /// The optimizer's update count when saved (0 without optimizer state).
@@ -597,13 +655,16 @@ class Checkpoint {
 
   /// Replaces the model's parameters (the model must have the stored shapes, e.g. be built
   /// from config()); on any mismatch an IoError and the model is unchanged.
+  /// IoError when the model is of another class than the file's architecture().
   template <class Model>
   CheckpointInfo restore(Model& model, const LoadOptions& options = {}) const {
+    check_architecture<Model>();
     return load_parameters(file_, model.parameters(), options);
   }
   /// Replaces parameters and optimizer state together: both or neither.
   template <class Model, class S>
   CheckpointInfo restore(Model& model, Adam<S>& optimizer, const LoadOptions& options = {}) const {
+    check_architecture<Model>();
     return load_checkpoint(file_, model.parameters(), optimizer, options);
   }
 
@@ -613,8 +674,7 @@ class Checkpoint {
   static void save(const std::string& path, const Model& model,
                    const nlohmann::json& user = nlohmann::json::object()) {
     SafetensorsWriter w;
-    detail::add_parameters(w, "Checkpoint::save", model.parameters(),
-                           config_to_json_string(model.config()),
+    detail::add_parameters(w, "Checkpoint::save", model.parameters(), detail::config_json_of(model),
                            dtype_of<typename Model::Scalar>());
     add_user(w, user);
     w.write(path);
@@ -624,14 +684,23 @@ class Checkpoint {
   static void save(const std::string& path, const Model& model, const Adam<S>& optimizer,
                    const nlohmann::json& user = nlohmann::json::object()) {
     SafetensorsWriter w;
-    detail::add_parameters(w, "Checkpoint::save", model.parameters(),
-                           config_to_json_string(model.config()), dtype_of<S>());
+    detail::add_parameters(w, "Checkpoint::save", model.parameters(), detail::config_json_of(model),
+                           dtype_of<S>());
     detail::add_optimizer(w, "Checkpoint::save", optimizer, model.parameters());
     add_user(w, user);
     w.write(path);
   }
 
  private:
+  template <class Model>
+  void check_architecture() const {
+    const Architecture model = detail::architecture_of<Model>();
+    if (has_config() && model != architecture_) {
+      raise<IoError>("Checkpoint::restore", "'", path(), "' holds a ",
+                     architecture_name(architecture_), ", not a ", architecture_name(model));
+    }
+  }
+
   static void add_user(SafetensorsWriter& w, const nlohmann::json& user) {
     REFORMER_REQUIRE(user.is_object(), InvalidArgument, "Checkpoint::save",
                      "user = ", json_excerpt(user), " must be a JSON object");
@@ -640,6 +709,7 @@ class Checkpoint {
 
   SafetensorsFile file_;
   std::optional<ReformerConfig> config_;
+  Architecture architecture_ = Architecture::kLanguageModel;
   nlohmann::json user_ = nlohmann::json::object();
   std::int64_t step_ = 0;
 };

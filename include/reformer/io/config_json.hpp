@@ -264,9 +264,13 @@ inline ReformerConfig config_from_json(const nlohmann::json& j) {
 /// ADL hook so that `j.get<ReformerConfig>()` works.
 inline void from_json(const nlohmann::json& j, ReformerConfig& c) { c = config_from_json(j); }
 
-/// The compact JSON text checkpoints store under "__metadata__" / "config".
-inline std::string config_to_json_string(const ReformerConfig& c) {
-  return nlohmann::json(c).dump();
+/// The compact JSON text checkpoints store under "__metadata__" / "config". `architecture` (HF's
+/// class name) goes into "architectures", as HF's config.json has it.
+inline std::string config_to_json_string(const ReformerConfig& c,
+                                         const char* architecture = "ReformerModelWithLMHead") {
+  nlohmann::json j(c);
+  j["architectures"] = {architecture};
+  return j.dump();
 }
 
 /// Parses (io::read_json: bounded nesting) and validates (ConfigError naming the field; invalid

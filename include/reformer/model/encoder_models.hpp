@@ -29,6 +29,7 @@
 #include "reformer/model/classification_head.hpp"
 #include "reformer/model/config.hpp"
 #include "reformer/model/lm_head.hpp"
+#include "reformer/model/parameter_layout.hpp"
 #include "reformer/model/question_answering_head.hpp"
 #include "reformer/model/reformer_backbone.hpp"
 #include "reformer/model/tape.hpp"
@@ -48,6 +49,7 @@ class ReformerForMaskedLM : public ReformerBackbone<S> {
 
  public:
   using Scalar = S;
+  static constexpr Architecture kArchitecture = Architecture::kMaskedLm;
 
   /// Validates `config` (ConfigError naming the field; is_decoder must be false, as HF), registers
   /// every parameter and initialises them as HF does from config.seed.
@@ -100,6 +102,7 @@ class ReformerForSequenceClassification : public ReformerBackbone<S> {
 
  public:
   using Scalar = S;
+  static constexpr Architecture kArchitecture = Architecture::kSequenceClassification;
 
   /// Validates `config` (ConfigError naming the field), registers every parameter and
   /// initialises them as HF does from config.seed. config.num_labels outputs.
@@ -154,6 +157,7 @@ class ReformerForQuestionAnswering : public ReformerBackbone<S> {
 
  public:
   using Scalar = S;
+  static constexpr Architecture kArchitecture = Architecture::kQuestionAnswering;
 
   explicit ReformerForQuestionAnswering(const ReformerConfig& config,
                                         BackpropMode mode = BackpropMode::kReversible);

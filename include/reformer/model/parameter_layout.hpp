@@ -1,13 +1,14 @@
 #pragma once
-// The parameters a ReformerLM built from a config registers (Hugging Face names and PyTorch
-// shapes, docs/DESIGN.md 2), computed from the config alone, without allocating the model.
-// Checkpoint loading uses it to check that a file holds every tensor its config needs, with the
-// right shapes, before a model of that config is built (io/checkpoint.hpp); a test checks that
-// it lists exactly what ReformerLM registers.
+// The parameters a model built from a config registers (Hugging Face names and PyTorch shapes,
+// docs/DESIGN.md 2), computed from the config and the model's architecture alone, without
+// allocating the model. Checkpoint loading uses it to check that a file holds every tensor its
+// config needs, with the right shapes, before a model of that config is built
+// (io/checkpoint.hpp); a test checks that it lists exactly what each model class registers.
 #include "reformer/core/checked_size.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/model/config.hpp"
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,9 +20,46 @@ struct ParameterSpec {
   std::vector<Index> shape;
 };
 
-/// Every parameter of ReformerLM(config), in registration order. Validates the config
-/// (ConfigError naming the field).
-inline std::vector<ParameterSpec> reformer_parameter_layout(const ReformerConfig& config) {
+/// The model classes, named as Hugging Face names them (config.json "architectures"). They
+/// share the backbone's parameters and differ in the head's.
+enum class Architecture {
+  kLanguageModel,           ///< ReformerLM (HF ReformerModelWithLMHead)
+  kMaskedLm,                ///< ReformerForMaskedLM
+  kSequenceClassification,  ///< ReformerForSequenceClassification
+  kQuestionAnswering,       ///< ReformerForQuestionAnswering
+};
+
+inline constexpr Architecture kArchitectures[] = {
+    Architecture::kLanguageModel, Architecture::kMaskedLm, Architecture::kSequenceClassification,
+    Architecture::kQuestionAnswering};
+
+/// Hugging Face's class name of an architecture.
+inline const char* architecture_name(Architecture a) {
+  switch (a) {
+    case Architecture::kLanguageModel:
+      return "ReformerModelWithLMHead";
+    case Architecture::kMaskedLm:
+      return "ReformerForMaskedLM";
+    case Architecture::kSequenceClassification:
+      return "ReformerForSequenceClassification";
+    case Architecture::kQuestionAnswering:
+      return "ReformerForQuestionAnswering";
+  }
+  return "?";
+}
+
+/// The architecture of a Hugging Face class name, or nullopt.
+inline std::optional<Architecture> architecture_from_name(const std::string& name) {
+  for (const Architecture a : kArchitectures) {
+    if (name == architecture_name(a)) return a;
+  }
+  return std::nullopt;
+}
+
+/// Every parameter of the `architecture` model built from `config`, in registration order.
+/// Validates the config (ConfigError naming the field).
+inline std::vector<ParameterSpec> reformer_parameter_layout(
+    const ReformerConfig& config, Architecture architecture = Architecture::kLanguageModel) {
   config.validate();
   const Index v = config.vocab_size, d = config.hidden_size, f = config.feed_forward_size;
   const Index heads = config.all_head_size();
@@ -59,8 +97,23 @@ inline std::vector<ParameterSpec> reformer_parameter_layout(const ReformerConfig
   }
   out.push_back({"reformer.encoder.layer_norm.weight", {2 * d}});
   out.push_back({"reformer.encoder.layer_norm.bias", {2 * d}});
-  out.push_back({"lm_head.bias", {v}});
-  out.push_back({"lm_head.decoder.weight", {v, 2 * d}});
+  switch (architecture) {
+    case Architecture::kLanguageModel:
+    case Architecture::kMaskedLm:
+      out.push_back({"lm_head.bias", {v}});
+      out.push_back({"lm_head.decoder.weight", {v, 2 * d}});
+      break;
+    case Architecture::kSequenceClassification:
+      out.push_back({"classifier.dense.weight", {d, 2 * d}});
+      out.push_back({"classifier.dense.bias", {d}});
+      out.push_back({"classifier.out_proj.weight", {config.num_labels, d}});
+      out.push_back({"classifier.out_proj.bias", {config.num_labels}});
+      break;
+    case Architecture::kQuestionAnswering:
+      out.push_back({"qa_outputs.weight", {2, 2 * d}});
+      out.push_back({"qa_outputs.bias", {2}});
+      break;
+  }
   return out;
 }
 

@@ -41,6 +41,7 @@
 #include "reformer/layers/reversible_stack.hpp"
 #include "reformer/model/config.hpp"
 #include "reformer/model/lm_head.hpp"
+#include "reformer/model/parameter_layout.hpp"
 #include "reformer/model/reformer_backbone.hpp"
 #include "reformer/model/tape.hpp"
 #include "reformer/ops/tokens.hpp"
@@ -56,6 +57,7 @@ class ReformerLM : public ReformerBackbone<S> {
 
  public:
   using Scalar = S;
+  static constexpr Architecture kArchitecture = Architecture::kLanguageModel;
 
   /// Validates `config` (ConfigError naming the field), registers every parameter and
   /// initialises them as HF does from config.seed.

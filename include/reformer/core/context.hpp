@@ -60,16 +60,9 @@ struct Context {
   Workspace* workspace = nullptr;
 
   /// Key padding of the batch (core/attention_mask.hpp), owned by the caller; null or empty =
-  /// no padding. Attention layers replace the scores of padded keys; other layers ignore it.
+  /// no padding. Attention layers read it once per call (layers/detail/key_padding.hpp) and replace
+  /// the scores of padded keys; other layers ignore it.
   const AttentionMask* mask = nullptr;
-
-  /// The mask's flags of sequence b (`length` entries, 1 = real), or null when nothing is
-  /// masked. Throws InvalidArgument when the mask does not match batch x length.
-  const std::uint8_t* key_flags(const char* where, Index b, Index length) const {
-    if (mask == nullptr || mask->empty()) return nullptr;
-    mask->check(where, batch, length);
-    return mask->sequence(b);
-  }
 
   /// The RNG key of one randomness stream of this call (see reformer::stream).
   Rng rng(std::uint64_t stream_tag) const {

@@ -34,16 +34,18 @@
 // index query position * Tp + key position, so backward sees the forward's mask.
 //
 // Work and memory: (sequence, head) pairs are processed in waves whose size depends only on the
-// shapes; inside a wave every phase is a parallel_for over fixed items (blocks of positions or
-// places of a head, or groups of chunks), each writing its own slice, so results are bitwise
+// shapes; inside a wave every phase is a parallel_for over fixed items (blocks of positions, or
+// blocks of sorted chunks of one round), each writing its own slice, so results are bitwise
 // identical for any thread count, and a single long head still keeps every thread busy.
-// Each head's queries (qk) and values are gathered once into sorted order (prefetching the
-// scattered columns ahead), so a chunk reads its queries, values and positions as contiguous
-// slices of those buffers and only copies its window's keys (k = qk * key scale), instead of
-// gathering W*C scattered columns per chunk from the Dh x T matrices (which leave the caches for
-// long inputs). Per head the buffers are O(R*Tp*Dh): sorted queries and values, the per-place
-// outputs, and in backward the per-place gradients of queries, keys and values; per work item
-// O(C^2) scores. No T x T and no all-chunks (R*T x W*C) score buffer is ever formed.
+// A block of chunks copies its queries, keys and values, and those of the chunks its windows
+// reach, from the Dh x T matrices once (prefetching the scattered columns ahead), so every chunk
+// of the block reads its window as a contiguous slice. Nothing of size Dh per sorted place is
+// kept: the rounds are combined into a as each round's blocks finish (a running softmax over
+// the rounds, attend_forward), and backward recomputes each chunk's output only to take its dot
+// product with da, then adds each block's gradients straight into the by-position gradients of
+// qk and v (attend_backward explains the fixed order). Per head the buffers are O(R*Tp) scalars
+// and indices; per thread one block's copy (O((block + window) * C * Dh)) and O(C^2) scores. No
+// T x T, no all-chunks (R*T x W*C) score buffer and no per-place (Dh x R*T) matrix is formed.
 #include "reformer/core/checked_size.hpp"
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
@@ -245,9 +247,12 @@ class LshAttention {
   /// Shapes of one call, derived from the inputs only (never from the thread count).
   struct Plan {
     Index batch = 1, length = 0, padded = 0, rounds = 1, chunk = 1;
-    Index slots = 0;           // R * Tp sorted places per head
-    Index chunks = 0;          // slots / C
-    Index window = 1;          // chunks attended per chunk: before + 1 + after
+    Index slots = 0;             // R * Tp sorted places per head
+    Index chunks = 0;            // slots / C
+    Index chunks_per_round = 0;  // Tp / C
+    Index window = 1;            // chunks attended per chunk: before + 1 + after
+    Index block = 1;             // chunks per block (the work item of the attention phases)
+    Index blocks_per_round = 0;
     HeadRange heads;           // the heads of this call
     Index num_head_items = 0;  // batch * heads.count; item hi = (b, local head j)
     Index wave = 1;            // head items processed together
@@ -264,24 +269,58 @@ class LshAttention {
   struct HeadBuffers {
     ScratchArray<Index> pos;      // sorted place -> position
     ScratchArray<Index> inverse;  // slot r*Tp + t -> sorted place
-    Scratch<S> q;                 // Dh x R*Tp queries (qk) by place, zero at padded places
-    Scratch<S> v;                 // Dh x R*Tp values by place, zero at padded places
-    Scratch<S> key_scale;         // R*Tp x 1: the key of place s is q_s * key_scale_s (0 if padded)
-    Scratch<S> o;                 // Dh x R*Tp per-place outputs; backward: their gradients, then
-                                  // (in place, chunk by chunk) the gradients of the queries
-    Scratch<S> lse;               // R*Tp x 1 per-place logsumexps (backward: their gradients)
-    Scratch<S> dk, dv;            // backward: Dh x R*Tp gradients of the keys / values, by place
+    Scratch<S> key_scale;         // Tp x 1: the key of position t is qk_t * key_scale_t (0 if
+                                  // padded)
+    Scratch<S> lse;               // R*Tp x 1: the logsumexp of each place's query
+    Scratch<S> top, total;        // Tp x 1: per position, the largest lse over the rounds so
+                                  // far and sum_r exp(lse_r - top) (the rounds' softmax)
+    Scratch<S> o_dot;             // backward, R*Tp x 1: da_t . o_r(t) at the place of (r, t)
+    Scratch<S> a_dot;             // backward, Tp x 1: da_t . a_t
   };
 
-  /// Sorted chunks per parallel work item.
-  static constexpr Index kChunksPerItem = tuning::kLshChunksPerItem;
+  /// A thread's copy of one block of sorted chunks with the chunks its windows reach (the
+  /// extended range: chunks_before chunks before the block, its own, chunks_after after it).
+  /// Kept by the thread: once grown to the largest block, work items allocate nothing.
+  struct BlockScratch {
+    std::vector<Index> chunks;   // the chunks of the extended range, in window order
+    std::vector<Index> pos;      // E*C positions of its places (>= T: padding)
+    Matrix<S> q, k, v;           // Dh x E*C queries (qk), keys (qk * key scale) and values
+    Matrix<S> dk, dv;            // Dh x E*C gradients of those keys and values (backward)
+    Matrix<S> o;                 // Dh x C one chunk's outputs; backward: d(o), then d(q)
+    Vector<S> dlse;              // C: d(lse) of one chunk's queries (backward)
+    Matrix<S> wk, wv, wdk, wdv;  // a window that is not a slice of the range (few chunks only)
+    std::vector<Index> wpos;
+
+    void reserve(Index dh, Index cols, Index chunk, Index window) {
+      grow(q, dh, cols);
+      grow(k, dh, cols);
+      grow(v, dh, cols);
+      grow(o, dh, chunk);
+      if (dlse.size() < chunk) dlse.resize(chunk);
+      chunks.reserve(static_cast<std::size_t>(cols / chunk));
+      pos.resize(static_cast<std::size_t>(std::max<Index>(cols, static_cast<Index>(pos.size()))));
+      (void)window;
+    }
+    void reserve_grads(Index dh, Index cols) {
+      grow(dk, dh, cols);
+      grow(dv, dh, cols);
+    }
+    static void grow(Matrix<S>& m, Index rows, Index cols) {
+      if (m.rows() != rows || m.cols() < cols) m.resize(rows, cols);
+    }
+  };
+  static BlockScratch& thread_block_scratch() {
+    thread_local BlockScratch sc;
+    return sc;
+  }
+
   /// Positions (or sorted places) per parallel work item of the per-head phases.
   static constexpr Index kPositionsPerItem = tuning::kLshPositionsPerItem;
   /// How many columns ahead the scattered gathers prefetch.
   static constexpr Index kPrefetchDistance = tuning::kLshPrefetchDistance;
   /// Scalars of per-head buffers a wave may hold (bounds the peak memory for long inputs).
   static constexpr Index kWaveScalars = tuning::kLshWaveScalars;
-  /// Chunk groups a wave aims for (more heads per wave only help short sequences).
+  /// Work items a wave aims for (more heads per wave only help short sequences).
   static constexpr Index kWaveItems = tuning::kLshWaveItems;
 
   static std::size_t at(Index i) { return static_cast<std::size_t>(i); }
@@ -316,14 +355,19 @@ class LshAttention {
     p.rounds = cfg_.num_hashes;
     p.slots = p.rounds * p.padded;
     p.chunks = p.slots / p.chunk;
+    p.chunks_per_round = p.padded / p.chunk;
     p.window = cfg_.chunks_before + 1 + cfg_.chunks_after;
+    // Every other block's extended ranges must be disjoint (attend_backward).
+    p.block = std::max<Index>(tuning::kLshChunksPerItem, cfg_.chunks_before + cfg_.chunks_after);
+    p.blocks_per_round = (p.chunks_per_round + p.block - 1) / p.block;
     p.layout = bucket_layout(p.length);
-    // Sorted q and v, o (later dq), dk and dv, per head, in scalars.
-    const Index per_head = 5 * cfg_.head_size * p.slots;
-    // Heads per wave: enough chunk groups to keep the threads busy (kWaveItems), within the
-    // memory budget (kWaveScalars). Depends on the shapes only.
-    const Index groups = (p.chunks + kChunksPerItem - 1) / kChunksPerItem;
-    const Index wanted = (kWaveItems + groups - 1) / groups;
+    // Per head: positions and inverse (Index), lse and o_dot per place; key scale, top, total
+    // and a_dot per position, in scalars.
+    const Index index_scalars = static_cast<Index>(sizeof(Index) / sizeof(S));
+    const Index per_head = (2 * index_scalars + 2) * p.slots + 4 * p.padded;
+    // Heads per wave: enough blocks to keep the threads busy (kWaveItems), within the memory
+    // budget (kWaveScalars). Depends on the shapes only.
+    const Index wanted = (kWaveItems + p.blocks_per_round - 1) / p.blocks_per_round;
     p.wave = std::max<Index>(1, std::min({p.num_head_items, wanted, kWaveScalars / per_head}));
     return p;
   }
@@ -430,20 +474,20 @@ class LshAttention {
   }
 
   /// Sorts the slots of every head item of a wave by bucket (the inverse permutation and the
-  /// positions of the sorted places), then gathers its queries and values into sorted order.
-  /// `tape` holds [B, H, R, T] buckets; padded positions get the pad bucket NB, so they sort last
-  /// in their round.
-  void sort_and_gather(const Plan& pl, ConstMatrixRef<S> qk, ConstMatrixRef<S> v,
-                       const std::int32_t* tape, Index h0, Index nh, std::vector<HeadBuffers>& bufs,
-                       Workspace* ws) const {
+  /// positions of the sorted places) and computes the key scale of every position. `tape` holds
+  /// [B, H, R, T] buckets; padded positions get the pad bucket NB, so they sort last in their
+  /// round.
+  void sort_heads(const Plan& pl, ConstMatrixRef<S> qk, const std::int32_t* tape, Index h0,
+                  Index nh, std::vector<HeadBuffers>& bufs, Workspace* ws) const {
     parallel_for(nh, [&](Index i) {
       const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
       sort_head(pl, tape + bucket_offset(pl, b, j), bufs[at(i)], ws);
     });
-    const Index blocks = (pl.slots + kPositionsPerItem - 1) / kPositionsPerItem;
-    parallel_for(nh * blocks, [&](Index item) {
-      const Index i = item / blocks, s0 = (item % blocks) * kPositionsPerItem;
-      gather_places(pl, qk, v, h0 + i, bufs[at(i)], s0, std::min(pl.slots, s0 + kPositionsPerItem));
+    for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
+      const auto x = head_block(qk, pl, pl.batch_of(h0 + i), pl.head_of(h0 + i));
+      S* scale = bufs[at(i)].key_scale.map().data();
+      for (Index t = t0; t < t1; ++t)
+        scale[t] = t < pl.length ? detail::lsh_key_scale<S>(x.col(t)) : S(0);
     });
   }
 
@@ -451,7 +495,7 @@ class LshAttention {
   /// from ws).
   void sort_head(const Plan& pl, const std::int32_t* buckets, HeadBuffers& hb,
                  Workspace* ws) const {
-    const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded, rounds = pl.rounds;
+    const Index len = pl.length, tp = pl.padded, rounds = pl.rounds;
     const auto nb = static_cast<std::int32_t>(pl.layout.num_buckets());
     ScratchArray<std::int32_t> slot_buckets(ws, pl.slots);
     for (Index r = 0; r < rounds; ++r)
@@ -464,254 +508,306 @@ class LshAttention {
                       hb.inverse.data(), counts);
     hb.pos.resize(ws, pl.slots);
     for (Index s = 0; s < pl.slots; ++s) hb.pos[at(s)] = order[at(s)] - (s / tp) * tp;
-    hb.q.resize(ws, dh, pl.slots);
-    hb.v.resize(ws, dh, pl.slots);
-    hb.key_scale.resize(ws, pl.slots, 1);
-    hb.o.resize(ws, dh, pl.slots);
+    hb.key_scale.resize(ws, tp, 1);
     hb.lse.resize(ws, pl.slots, 1);
+    hb.top.resize(ws, tp, 1);
+    hb.total.resize(ws, tp, 1);
   }
 
-  /// Places [s0, s1) of head item hi: q_s = qk_pos(s), v_s = v_pos(s), key_scale_s =
-  /// lsh_key_scale(qk_pos(s)); zero at padded places (their keys are masked, their queries'
+  /// Copies the extended range of the block of chunks [c0, c1) (one round's) of head item hi:
+  /// chunks_before chunks before it, its own, chunks_after after it, circular over all chunks
+  /// as the windows are (adjacent_chunk): the positions of its places, their queries, keys
+  /// (qk * key scale) and values, zero at padded places (their keys are masked, their queries'
   /// outputs discarded). The scattered columns are prefetched kPrefetchDistance places ahead.
-  void gather_places(const Plan& pl, const ConstMatrixRef<S>& qk, const ConstMatrixRef<S>& v,
-                     Index hi, HeadBuffers& hb, Index s0, Index s1) const {
-    const Index dh = cfg_.head_size, len = pl.length;
+  void gather_block(const Plan& pl, const ConstMatrixRef<S>& qk, const ConstMatrixRef<S>& v,
+                    Index hi, const HeadBuffers& hb, Index c0, Index c1, BlockScratch& sc) const {
+    const Index dh = cfg_.head_size, len = pl.length, cl = pl.chunk;
+    const Index before = cfg_.chunks_before, own = c1 - c0;
+    const Index ext = before + own + cfg_.chunks_after, cols = ext * cl;
+    sc.reserve(dh, cols, cl, pl.window * cl);
+    sc.chunks.resize(at(ext));
+    for (Index e = 0; e < ext; ++e) {
+      sc.chunks[at(e)] = e < before ? adjacent_chunk(c0, e - before, pl.chunks)
+                         : e < before + own
+                             ? c0 + e - before
+                             : adjacent_chunk(c1 - 1, e - before - own + 1, pl.chunks);
+    }
     const auto x = head_block(qk, pl, pl.batch_of(hi), pl.head_of(hi));
     const auto xv = head_block(v, pl, pl.batch_of(hi), pl.head_of(hi));
-    for (Index s = s0; s < s1; ++s) {
-      if (s + kPrefetchDistance < s1) {
-        const Index ahead = hb.pos[at(s + kPrefetchDistance)];
+    const S* scale = hb.key_scale.map().data();
+    auto place = [&](Index col) { return sc.chunks[at(col / cl)] * cl + col % cl; };
+    for (Index col = 0; col < cols; ++col) {
+      if (col + kPrefetchDistance < cols) {
+        const Index ahead = hb.pos[at(place(col + kPrefetchDistance))];
         if (ahead < len) {
           detail::prefetch_read(x.col(ahead).data(), dh);
           detail::prefetch_read(xv.col(ahead).data(), dh);
         }
       }
-      const Index t = hb.pos[at(s)];
+      const Index t = hb.pos[at(place(col))];
+      sc.pos[at(col)] = t;
       if (t < len) {
-        hb.q.map().col(s) = x.col(t);
-        hb.v.map().col(s) = xv.col(t);
-        hb.key_scale.map()(s) = detail::lsh_key_scale<S>(x.col(t));
+        sc.q.col(col) = x.col(t);
+        sc.k.col(col) = x.col(t) * scale[t];
+        sc.v.col(col) = xv.col(t);
       } else {
-        hb.q.map().col(s).setZero();
-        hb.v.map().col(s).setZero();
-        hb.key_scale.map()(s) = 0;
+        sc.q.col(col).setZero();
+        sc.k.col(col).setZero();
+        sc.v.col(col).setZero();
       }
     }
   }
 
-  /// The window of chunk c: chunks c - before .. c + after, circular over the R*Tp places.
-  /// `keys` receives its keys (Dh x W*C, k = q * key scale). When the window does not wrap
-  /// (returns true) its values and positions are the contiguous slices of hb.v and hb.pos from
-  /// place (c - before) * C; otherwise they are copied into `values` and `kpos`.
-  struct Window {
-    Matrix<S> keys, values;
-    std::vector<Index> kpos;
-  };
-  bool gather_window(const Plan& pl, const HeadBuffers& hb, Index c, Window& w) const {
-    const Index cl = pl.chunk, wl = pl.window * cl, first = c - cfg_.chunks_before;
-    w.keys.resize(cfg_.head_size, wl);
-    if (first >= 0 && c + cfg_.chunks_after < pl.chunks) {
-      w.keys.noalias() = hb.q.map().middleCols(first * cl, wl) *
-                         hb.key_scale.map().col(0).segment(first * cl, wl).asDiagonal();
-      return true;
+  /// Whether the window of chunk c (chunks c - before .. c + after, adjacent_chunk) is the
+  /// slice of the block's extended range that starts at c's own index in the block: always,
+  /// except when the sequence has so few chunks that adjacent_chunk stops wrapping around.
+  bool window_is_slice(const Plan& pl, const BlockScratch& sc, Index c0, Index c) const {
+    for (Index i = 0; i < pl.window; ++i) {
+      if (sc.chunks[at(c - c0 + i)] != adjacent_chunk(c, i - cfg_.chunks_before, pl.chunks))
+        return false;
     }
-    w.values.resize(cfg_.head_size, wl);
-    w.kpos.resize(at(wl));
-    for (Index k = 0; k < pl.window; ++k) {
-      const Index src = adjacent_chunk(c, k - cfg_.chunks_before, pl.chunks) * cl;
-      w.keys.middleCols(k * cl, cl).noalias() =
-          hb.q.map().middleCols(src, cl) * hb.key_scale.map().col(0).segment(src, cl).asDiagonal();
-      w.values.middleCols(k * cl, cl) = hb.v.map().middleCols(src, cl);
-      std::copy_n(hb.pos.begin() + src, cl, w.kpos.begin() + k * cl);
-    }
-    return false;
+    return true;
   }
 
-  /// Per-place outputs o and logsumexps lse of every chunk of the heads of a wave.
-  void attend_forward(const Plan& pl, const Context& ctx, Index h0, Index nh,
-                      std::vector<HeadBuffers>& bufs) const {
-    const Index groups = (pl.chunks + kChunksPerItem - 1) / kChunksPerItem;
-    const Index cl = pl.chunk, wl = pl.window * cl, chunks_per_round = pl.padded / cl;
-    parallel_for(nh * groups, [&](Index item) {
-      const Index i = item / groups, g = item % groups;
+  /// The window of chunk c gathered on its own (when it is not a slice of its block's range):
+  /// keys, values and positions into sc.wk, sc.wv and sc.wpos.
+  void gather_window(const Plan& pl, const ConstMatrixRef<S>& qk, const ConstMatrixRef<S>& v,
+                     Index hi, const HeadBuffers& hb, Index c, BlockScratch& sc) const {
+    const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
+    const auto x = head_block(qk, pl, pl.batch_of(hi), pl.head_of(hi));
+    const auto xv = head_block(v, pl, pl.batch_of(hi), pl.head_of(hi));
+    sc.wk.resize(dh, wl);
+    sc.wv.resize(dh, wl);
+    sc.wpos.resize(at(wl));
+    for (Index col = 0; col < wl; ++col) {
+      const Index src = adjacent_chunk(c, col / cl - cfg_.chunks_before, pl.chunks) * cl;
+      const Index t = hb.pos[at(src + col % cl)];
+      sc.wpos[at(col)] = t;
+      if (t < len) {
+        sc.wk.col(col) = x.col(t) * hb.key_scale.map()(t);
+        sc.wv.col(col) = xv.col(t);
+      } else {
+        sc.wk.col(col).setZero();
+        sc.wv.col(col).setZero();
+      }
+    }
+  }
+
+  /// Calls f(i, c0, c1) for the blocks [c0, c1) of round r of the head items i in [0, nh) that
+  /// `select(block index in the round)` accepts, in parallel.
+  template <class Select, class F>
+  void for_round_blocks(const Plan& pl, Index nh, Index r, Select&& select, F&& f) const {
+    std::vector<Index>& picked = thread_block_list();
+    picked.clear();
+    for (Index k = 0; k < pl.blocks_per_round; ++k)
+      if (select(k)) picked.push_back(k);
+    const Index nb = static_cast<Index>(picked.size());
+    const Index first = r * pl.chunks_per_round, end = first + pl.chunks_per_round;
+    parallel_for(nh * nb, [&](Index item) {
+      const Index c0 = first + picked[at(item % nb)] * pl.block;
+      f(item / nb, c0, std::min(end, c0 + pl.block));
+    });
+  }
+  static std::vector<Index>& thread_block_list() {
+    thread_local std::vector<Index> list;
+    return list;
+  }
+
+  /// Forward of the chunks of every round of the head items of a wave, and the combination of
+  /// the rounds into a, round by round (a round holds every position once, so its blocks write
+  /// disjoint columns and run in parallel):
+  ///   per place:     o_r(t), lse_r(t) of its chunk's attention (chunk_attention.hpp)
+  ///   per position:  w_r = exp(lse_r - logsumexp_r' lse_r')   (softmax over the rounds)
+  ///                  a = sum_r w_r o_r
+  /// computed as a running sum with top = max_r lse_r so far and total = sum_r exp(lse_r - top),
+  /// rescaled when top grows, then a /= total; never forming logsumexp_r' lse_r' itself, whose
+  /// magnitude reaches 1e5 when a slot sees only itself (in float its rounding would move the
+  /// weights by ~0.4%). The per-place outputs are never stored: only lse per place is kept.
+  /// With da (backward), also o_dot = da . o_r per place and a_dot = da . a per position.
+  void attend_forward(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
+                      const ConstMatrixRef<S>& v, const ConstMatrixRef<S>* da, MatrixRef<S> a,
+                      Index h0, Index nh, std::vector<HeadBuffers>& bufs) const {
+    for (Index r = 0; r < pl.rounds; ++r) {
+      for_round_blocks(
+          pl, nh, r, [](Index) { return true; },
+          [&](Index i, Index c0, Index c1) {
+            forward_block(pl, ctx, qk, v, da, a, h0 + i, bufs[at(i)], c0, c1);
+          });
+    }
+    const Index dh = cfg_.head_size, len = pl.length;
+    for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
       const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
       HeadBuffers& hb = bufs[at(i)];
-      ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(cl, wl);
-      thread_local Window w;  // kept by the thread: work items allocate nothing
-      const Index c_end = std::min(pl.chunks, (g + 1) * kChunksPerItem);
-      for (Index c = g * kChunksPerItem; c < c_end; ++c) {
-        const Index first = (c - cfg_.chunks_before) * cl;
-        const bool slices = gather_window(pl, hb, c, w);
-        chunk_attention_forward<S>(
-            hb.q.map().middleCols(c * cl, cl), w.keys,
-            slices ? ConstMatrixRef<S>(hb.v.map().middleCols(first, wl))
-                   : ConstMatrixRef<S>(w.values),
-            hb.pos.data() + c * cl, slices ? hb.pos.data() + first : w.kpos.data(),
-            options(pl, ctx, b, pl.heads.global(j), c / chunks_per_round),
-            hb.o.map().middleCols(c * cl, cl), hb.lse.map().data() + c * cl, ws);
+      for (Index t = t0; t < std::min(t1, len); ++t) {
+        auto out = a.col(b * len + t).segment(j * dh, dh);
+        out /= hb.total.map()(t);
+        if (da != nullptr) hb.a_dot.map()(t) = da->col(b * len + t).segment(j * dh, dh).dot(out);
       }
     });
   }
 
-  /// Unsorts and combines the rounds at positions [t0, t1) of head item hi into a; with da,
-  /// also turns hb.o / hb.lse of those positions' places into the gradients of the per-slot
-  /// outputs and logsumexps (in place). Padded positions (t >= T) only get zero gradients.
-  ///   forward:   w_r = exp(lse_r - logsumexp_r' lse_r') (softmax over rounds),  o = sum_r w_r o_r
-  ///   backward:  do_r = w_r do,   dlse_r = w_r (do . o_r - do . o)
-  void combine_positions(const Plan& pl, Index hi, HeadBuffers& hb, const ConstMatrixRef<S>* da,
-                         MatrixRef<S> a, Index t0, Index t1) const {
-    const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded, rounds = pl.rounds;
-    const Index b = pl.batch_of(hi), j = pl.head_of(hi);
-    Index place[kLshMaxHashes];
-    S w[kLshMaxHashes];
-    for (Index t = t0; t < std::min(t1, len); ++t) {
-      if (t + kPrefetchDistance < std::min(t1, len)) {
-        for (Index r = 0; r < rounds; ++r)
-          detail::prefetch_read(
-              hb.o.map().col(hb.inverse[at(r * tp + t + kPrefetchDistance)]).data(), dh);
+  /// attend_forward for the chunks [c0, c1) of one round of head item hi.
+  void forward_block(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
+                     const ConstMatrixRef<S>& v, const ConstMatrixRef<S>* da, MatrixRef<S>& a,
+                     Index hi, HeadBuffers& hb, Index c0, Index c1) const {
+    const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
+    const Index b = pl.batch_of(hi), j = pl.head_of(hi), r = c0 / pl.chunks_per_round;
+    const Index before = cfg_.chunks_before;
+    BlockScratch& sc = thread_block_scratch();
+    gather_block(pl, qk, v, hi, hb, c0, c1, sc);
+    ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(cl, wl);
+    const ChunkAttentionOptions opts = options(pl, ctx, b, pl.heads.global(j), r);
+    S* top = hb.top.map().data();
+    S* total = hb.total.map().data();
+    for (Index c = c0; c < c1; ++c) {
+      const Index k = c - c0;
+      const Index* qpos = sc.pos.data() + (before + k) * cl;
+      auto o = sc.o.leftCols(cl);
+      S* lse = hb.lse.map().data() + c * cl;
+      const auto q = sc.q.middleCols((before + k) * cl, cl);
+      if (window_is_slice(pl, sc, c0, c)) {
+        chunk_attention_forward<S>(q, sc.k.middleCols(k * cl, wl), sc.v.middleCols(k * cl, wl),
+                                   qpos, sc.pos.data() + k * cl, opts, o, lse, ws);
+      } else {
+        gather_window(pl, qk, v, hi, hb, c, sc);
+        chunk_attention_forward<S>(q, sc.wk, sc.wv, qpos, sc.wpos.data(), opts, o, lse, ws);
       }
-      S mx = -std::numeric_limits<S>::infinity();
-      for (Index r = 0; r < rounds; ++r) {
-        place[r] = hb.inverse[at(r * tp + t)];
-        mx = std::max(mx, hb.lse.map()(place[r]));
-      }
-      // w_r = exp(lse_r - mx) / sum_r' exp(lse_r' - mx): the same as exp(lse_r - L), but
-      // without rounding L, whose magnitude reaches 1e5 when a slot sees only itself (then, in
-      // float, exp(lse_r - L) would be off by ~0.4%).
-      S sum = 0;
-      for (Index r = 0; r < rounds; ++r) {
-        w[r] = std::exp(hb.lse.map()(place[r]) - mx);
-        sum += w[r];
-      }
-      for (Index r = 0; r < rounds; ++r) w[r] /= sum;
-      auto out = a.col(b * len + t).segment(j * dh, dh);
-      out = w[0] * hb.o.map().col(place[0]);
-      for (Index r = 1; r < rounds; ++r) out += w[r] * hb.o.map().col(place[r]);
-      if (da != nullptr) {
-        const auto g = da->col(b * len + t).segment(j * dh, dh);
-        const S g_dot_o = g.dot(out);
-        for (Index r = 0; r < rounds; ++r) {
-          const S g_dot_or = g.dot(hb.o.map().col(place[r]));
-          hb.lse.map()(place[r]) = w[r] * (g_dot_or - g_dot_o);
-          hb.o.map().col(place[r]) = w[r] * g;
+      for (Index i = 0; i < cl; ++i) {
+        const Index t = qpos[i];
+        if (t >= len) continue;  // a padded query's output is discarded
+        auto out = a.col(b * len + t).segment(j * dh, dh);
+        if (r == 0) {
+          out = o.col(i);
+          top[t] = lse[i];
+          total[t] = 1;
+        } else if (lse[i] > top[t]) {
+          const S rescale = std::exp(top[t] - lse[i]);
+          out = out * rescale + o.col(i);
+          total[t] = total[t] * rescale + 1;
+          top[t] = lse[i];
+        } else {
+          const S w = std::exp(lse[i] - top[t]);
+          out += w * o.col(i);
+          total[t] += w;
         }
-      }
-    }
-    if (da != nullptr) {  // padded queries receive no gradient
-      for (Index r = 0; r < rounds; ++r) {
-        for (Index t = std::max(t0, len); t < t1; ++t) {
-          const Index s = hb.inverse[at(r * tp + t)];
-          hb.o.map().col(s).setZero();
-          hb.lse.map()(s) = 0;
-        }
+        if (da != nullptr)
+          hb.o_dot.map()(c * cl + i) = da->col(b * len + t).segment(j * dh, dh).dot(o.col(i));
       }
     }
   }
 
-  /// Backward of every chunk of the heads of a wave, given hb.o = d(o) and hb.lse = d(lse):
-  /// the gradients of the queries replace d(o) in hb.o chunk by chunk (each chunk's own places;
-  /// the kernel reads d(o) before it writes dq), and hb.dk / hb.dv accumulate over the windows
-  /// that contain each place.
+  /// Backward of every chunk of the head items of a wave, after attend_forward with da: adds
+  /// the gradients of the queries and keys into dqk and of the values into dv, by position.
+  /// Per query place (r, t), with w_r = exp(lse_r - top) / total:
+  ///   do_r = w_r da,   dlse_r = w_r (da . o_r - da . a)     (the rounds' combination)
+  /// then the chunk kernel gives dq, dk and dv of its window, and k = qk * g(qk) gives
+  ///   dqk += dq + g dk - g^3 (dk . qk) qk                    (lsh_normalize_key_backward)
   ///
-  /// Determinism without per-window copies: the chunks c < full = (chunks / W) * W with
-  /// c % W == p form pass p; their windows are disjoint runs of W chunks, so one pass
-  /// accumulates into dk / dv in parallel without two chunks touching the same place. The
-  /// remaining chunks run one after another in a last pass. Every place therefore receives its
-  /// contributions in the same order for any thread count.
-  void attend_backward(const Plan& pl, const Context& ctx, Index h0, Index nh,
-                       std::vector<HeadBuffers>& bufs) const {
-    const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl;
-    const Index chunks_per_round = pl.padded / cl;
-    parallel_for(nh, [&](Index i) {
-      HeadBuffers& hb = bufs[at(i)];
-      hb.dk.resize(ctx.workspace, dh, pl.slots);
-      hb.dv.resize(ctx.workspace, dh, pl.slots);
-      hb.dk.map().setZero();
-      hb.dv.map().setZero();
-    });
-    struct Scratch {  // one per thread, kept (thread_local below): work items allocate nothing
-      ChunkAttentionWorkspace<S> ws;
-      Window w;
-      Matrix<S> dk, dv;  // a wrapped window's gradients, before they are added to their places
+  /// Determinism: a block accumulates its window gradients in its own copy of the extended
+  /// range, then adds them to the positions. Within one round every position has one place, so
+  /// blocks whose extended ranges are disjoint touch disjoint positions: the blocks of a round
+  /// whose range stays inside it run in two parallel passes (even, then odd block index: the
+  /// ranges of every other block are disjoint as blocks span at least before + after chunks),
+  /// then the blocks whose range leaves the round (the first, and the last when chunks_after > 0)
+  /// one after another. Every position therefore receives its contributions in the same order
+  /// for any thread count.
+  void attend_backward(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
+                       const ConstMatrixRef<S>& v, const ConstMatrixRef<S>& da, MatrixRef<S> dqk,
+                       MatrixRef<S> dv, Index h0, Index nh, std::vector<HeadBuffers>& bufs) const {
+    const Index before = cfg_.chunks_before, after = cfg_.chunks_after;
+    auto inside = [&](Index k) {
+      return k * pl.block - before >= 0 &&
+             std::min(pl.chunks_per_round, (k + 1) * pl.block) + after <= pl.chunks_per_round;
     };
-    auto chunk_backward = [&](Index i, Index c, Scratch& sc) {
-      const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
-      HeadBuffers& hb = bufs[at(i)];
-      const ChunkAttentionOptions opts =
-          options(pl, ctx, b, pl.heads.global(j), c / chunks_per_round);
-      const Index first = c - cfg_.chunks_before;
-      if (gather_window(pl, hb, c, sc.w)) {  // consecutive places: accumulate in place
-        chunk_attention_backward<S>(
-            hb.q.map().middleCols(c * cl, cl), sc.w.keys, hb.v.map().middleCols(first * cl, wl),
-            hb.pos.data() + c * cl, hb.pos.data() + first * cl, opts,
-            hb.o.map().middleCols(c * cl, cl), hb.lse.map().data() + c * cl,
-            hb.o.map().middleCols(c * cl, cl), hb.dk.map().middleCols(first * cl, wl),
-            hb.dv.map().middleCols(first * cl, wl), sc.ws);
-        return;
+    for (Index r = 0; r < pl.rounds; ++r) {
+      for (Index parity = 0; parity < 2; ++parity) {
+        for_round_blocks(
+            pl, nh, r, [&](Index k) { return k % 2 == parity && inside(k); },
+            [&](Index i, Index c0, Index c1) {
+              backward_block(pl, ctx, qk, v, da, dqk, dv, h0 + i, bufs[at(i)], c0, c1);
+            });
       }
-      sc.dk.setZero(dh, wl);
-      sc.dv.setZero(dh, wl);
-      chunk_attention_backward<S>(hb.q.map().middleCols(c * cl, cl), sc.w.keys, sc.w.values,
-                                  hb.pos.data() + c * cl, sc.w.kpos.data(), opts,
-                                  hb.o.map().middleCols(c * cl, cl), hb.lse.map().data() + c * cl,
-                                  hb.o.map().middleCols(c * cl, cl), sc.dk, sc.dv, sc.ws);
-      for (Index w = 0; w < pl.window; ++w) {
-        const Index dst = adjacent_chunk(c, w - cfg_.chunks_before, pl.chunks);
-        hb.dk.map().middleCols(dst * cl, cl) += sc.dk.middleCols(w * cl, cl);
-        hb.dv.map().middleCols(dst * cl, cl) += sc.dv.middleCols(w * cl, cl);
-      }
-    };
-    const Index full = pl.chunks / pl.window * pl.window, per_pass = full / pl.window;
-    const Index groups = (per_pass + kChunksPerItem - 1) / kChunksPerItem;
-    for (Index p = 0; p < pl.window && per_pass > 0; ++p) {
-      parallel_for(nh * groups, [&](Index item) {
-        const Index i = item / groups, g = item % groups;
-        thread_local Scratch sc;
-        const Index k_end = std::min(per_pass, (g + 1) * kChunksPerItem);
-        for (Index k = g * kChunksPerItem; k < k_end; ++k) chunk_backward(i, k * pl.window + p, sc);
-      });
-    }
-    if (full < pl.chunks) {
       parallel_for(nh, [&](Index i) {
-        thread_local Scratch sc;
-        for (Index c = full; c < pl.chunks; ++c) chunk_backward(i, c, sc);
+        const Index first = r * pl.chunks_per_round, end = first + pl.chunks_per_round;
+        for (Index k = 0; k < pl.blocks_per_round; ++k) {
+          if (inside(k)) continue;
+          const Index c0 = first + k * pl.block;
+          backward_block(pl, ctx, qk, v, da, dqk, dv, h0 + i, bufs[at(i)], c0,
+                         std::min(end, c0 + pl.block));
+        }
       });
     }
   }
 
-  /// Gathers the gradients at positions [t0, t1) of head item hi back from their places,
-  /// summing the rounds in order, and through the key normalisation: dqk = dq + (dk/dqk)^T dk,
-  /// and dv.
-  void reduce_positions(const Plan& pl, Index hi, const HeadBuffers& hb,
-                        const ConstMatrixRef<S>& qk, MatrixRef<S>& dqk, MatrixRef<S>& dv, Index t0,
-                        Index t1) const {
-    const Index dh = cfg_.head_size, len = pl.length, tp = pl.padded;
-    const Index b = pl.batch_of(hi), j = pl.head_of(hi), end = std::min(t1, len);
-    Vector<S> dk(dh);
-    for (Index t = t0; t < end; ++t) {
-      if (t + kPrefetchDistance < end) {
-        for (Index r = 0; r < pl.rounds; ++r) {
-          const Index ahead = hb.inverse[at(r * tp + t + kPrefetchDistance)];
-          detail::prefetch_read(hb.o.map().col(ahead).data(), dh);
-          detail::prefetch_read(hb.dk.map().col(ahead).data(), dh);
-          detail::prefetch_read(hb.dv.map().col(ahead).data(), dh);
+  /// attend_backward for the chunks [c0, c1) of one round of head item hi.
+  void backward_block(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
+                      const ConstMatrixRef<S>& v, const ConstMatrixRef<S>& da, MatrixRef<S>& dqk,
+                      MatrixRef<S>& dv, Index hi, HeadBuffers& hb, Index c0, Index c1) const {
+    const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
+    const Index b = pl.batch_of(hi), j = pl.head_of(hi), r = c0 / pl.chunks_per_round;
+    const Index before = cfg_.chunks_before;
+    BlockScratch& sc = thread_block_scratch();
+    gather_block(pl, qk, v, hi, hb, c0, c1, sc);
+    const Index cols = static_cast<Index>(sc.chunks.size()) * cl;
+    sc.reserve_grads(dh, cols);
+    sc.dk.leftCols(cols).setZero();
+    sc.dv.leftCols(cols).setZero();
+    ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(cl, wl);
+    const ChunkAttentionOptions opts = options(pl, ctx, b, pl.heads.global(j), r);
+    const auto x = head_block(qk, pl, b, j);
+    auto dx = head_block(dqk, pl, b, j);
+    auto dxv = head_block(dv, pl, b, j);
+    // dqk_t += g dk - g^3 (dk . qk_t) qk_t,  dv_t += dv  (t < T)
+    auto add_key_grads = [&](Index t, const auto& dk_col, const auto& dv_col) {
+      if (t >= len) return;
+      detail::lsh_normalize_key_backward<S>(x.col(t), dk_col, dx.col(t));
+      dxv.col(t) += dv_col;
+    };
+    for (Index c = c0; c < c1; ++c) {
+      const Index k = c - c0;
+      const Index* qpos = sc.pos.data() + (before + k) * cl;
+      auto d_o = sc.o.leftCols(cl);
+      S* dlse = sc.dlse.data();
+      for (Index i = 0; i < cl; ++i) {
+        const Index t = qpos[i], s = c * cl + i;
+        if (t >= len) {  // padded queries receive no gradient
+          d_o.col(i).setZero();
+          dlse[i] = 0;
+          continue;
+        }
+        const S w = std::exp(hb.lse.map()(s) - hb.top.map()(t)) / hb.total.map()(t);
+        d_o.col(i) = w * da.col(b * len + t).segment(j * dh, dh);
+        dlse[i] = w * (hb.o_dot.map()(s) - hb.a_dot.map()(t));
+      }
+      const auto q = sc.q.middleCols((before + k) * cl, cl);
+      if (window_is_slice(pl, sc, c0, c)) {
+        chunk_attention_backward<S>(q, sc.k.middleCols(k * cl, wl), sc.v.middleCols(k * cl, wl),
+                                    qpos, sc.pos.data() + k * cl, opts, d_o, dlse, d_o,
+                                    sc.dk.middleCols(k * cl, wl), sc.dv.middleCols(k * cl, wl), ws);
+      } else {  // only in blocks that run one after another (see attend_backward)
+        gather_window(pl, qk, v, hi, hb, c, sc);
+        sc.wdk.setZero(dh, wl);
+        sc.wdv.setZero(dh, wl);
+        chunk_attention_backward<S>(q, sc.wk, sc.wv, qpos, sc.wpos.data(), opts, d_o, dlse, d_o,
+                                    sc.wdk, sc.wdv, ws);
+        for (Index col = 0; col < wl; ++col)
+          add_key_grads(sc.wpos[at(col)], sc.wdk.col(col), sc.wdv.col(col));
+      }
+      for (Index i = 0; i < cl; ++i)  // d(o) -> d(q) in place
+        if (qpos[i] < len) dx.col(qpos[i]) += d_o.col(i);
+    }
+    for (Index col = 0; col < cols; ++col) {
+      if (col + kPrefetchDistance < cols) {
+        const Index ahead = sc.pos[at(col + kPrefetchDistance)];
+        if (ahead < len) {
+          detail::prefetch_read(dx.col(ahead).data(), dh);
+          detail::prefetch_read(dxv.col(ahead).data(), dh);
         }
       }
-      auto dq_t = dqk.col(b * len + t).segment(j * dh, dh);
-      auto dv_t = dv.col(b * len + t).segment(j * dh, dh);
-      dq_t.setZero();
-      dv_t.setZero();
-      dk.setZero();
-      for (Index r = 0; r < pl.rounds; ++r) {
-        const Index s = hb.inverse[at(r * tp + t)];
-        dq_t += hb.o.map().col(s);  // d(q) by now
-        dk += hb.dk.map().col(s);
-        dv_t += hb.dv.map().col(s);
-      }
-      detail::lsh_normalize_key_backward<S>(qk.col(b * len + t).segment(j * dh, dh), dk, dq_t);
+      add_key_grads(sc.pos[at(col)], sc.dk.col(col), sc.dv.col(col));
     }
   }
+
   /// What one head of the dense path (T <= C) needs: its normalised keys, the positions
   /// 0 .. T-1 and a workspace for the whole sequence.
   struct DenseHead {
@@ -828,11 +924,8 @@ void LshAttention<S>::forward(const Parameters<S>& params, const ProjectionInput
   for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
     const Index nh = std::min(pl.wave, pl.num_head_items - h0);
     if (record != nullptr) hash_heads(pl, qk, rot, h0, nh, record);
-    sort_and_gather(pl, qk, v, buckets, h0, nh, bufs, ctx.workspace);
-    attend_forward(pl, ctx, h0, nh, bufs);
-    for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
-      combine_positions(pl, h0 + i, bufs[at(i)], nullptr, a, t0, t1);
-    });
+    sort_heads(pl, qk, buckets, h0, nh, bufs, ctx.workspace);
+    attend_forward(pl, ctx, qk, v, nullptr, a, h0, nh, bufs);
   }
 }
 
@@ -851,40 +944,29 @@ void LshAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>& 
   auto &qk = qk_buf.map(), &v = v_buf.map();
   detail::project_heads<S>(params, heads, cfg_.head_size, input, {{qk_slot_, qk}, {v_slot_, v}},
                            ws);
-  Scratch<S> dqk_buf, dv_buf;
+  Scratch<S> dqk_buf(ws, rows, n), dv_buf(ws, rows, n);
   if (pl.dense) {
-    dqk_buf.resize(ws, rows, n);
-    dv_buf.resize(ws, rows, n);
     dense_backward(pl, qk, v, da, a, dqk_buf.map(), dv_buf.map(), ctx);
   } else {
     const std::int32_t* buckets = replayed_buckets(where, pl, ctx);
+    // dqk and dv gather every block's contributions by position.
+    const Index zero_blocks = (n + kPositionsPerItem - 1) / kPositionsPerItem;
+    parallel_for(zero_blocks, [&](Index z) {
+      const Index c0 = z * kPositionsPerItem, nc = std::min(kPositionsPerItem, n - c0);
+      dqk_buf.map().middleCols(c0, nc).setZero();
+      dv_buf.map().middleCols(c0, nc).setZero();
+    });
     std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
     for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
       const Index nh = std::min(pl.wave, pl.num_head_items - h0);
-      const bool last_wave = h0 + nh == pl.num_head_items;
-      sort_and_gather(pl, qk, v, buckets, h0, nh, bufs, ws);
-      // Peak memory of long inputs (one wave): v, by position, is no longer read.
-      if (last_wave) v_buf.reset();
-      attend_forward(pl, ctx, h0, nh, bufs);
-      // a, and in place: o -> d(o), lse -> d(lse) of every sorted place.
-      for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
-        combine_positions(pl, h0 + i, bufs[at(i)], &da, a, t0, t1);
-      });
-      attend_backward(pl, ctx, h0, nh, bufs);  // d(o) -> d(q) in place
-      if (last_wave) {                         // the sorted queries and values are no longer read
-        for (Index i = 0; i < nh; ++i) {
-          bufs[at(i)].q.reset();
-          bufs[at(i)].v.reset();
-        }
+      sort_heads(pl, qk, buckets, h0, nh, bufs, ws);
+      for (Index i = 0; i < nh; ++i) {
+        bufs[at(i)].o_dot.resize(ws, pl.slots, 1);
+        bufs[at(i)].a_dot.resize(ws, pl.padded, 1);
       }
-      if (dqk_buf.cols() == 0) {  // allocated once, at the first wave's reduction
-        dqk_buf.resize(ws, rows, n);
-        dv_buf.resize(ws, rows, n);
-      }
-      MatrixRef<S> dqk = dqk_buf.map(), dv = dv_buf.map();
-      for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
-        reduce_positions(pl, h0 + i, bufs[at(i)], qk, dqk, dv, t0, t1);
-      });
+      // The recomputed a, with da . o_r per place and da . a per position.
+      attend_forward(pl, ctx, qk, v, &da, a, h0, nh, bufs);
+      attend_backward(pl, ctx, qk, v, da, dqk_buf.map(), dv_buf.map(), h0, nh, bufs);
     }
   }
   qk_buf.reset();  // the projections and the per-head buffers are no longer read

@@ -108,6 +108,23 @@ TEST(LshGradcheckExtra, WindowWiderThanTheRingOfChunks) {
   run_gradcheck(gc);
 }
 
+// Long enough for several blocks of sorted chunks per round (attend_backward): blocks whose
+// windows stay inside their round (accumulated in parallel passes) and blocks whose windows
+// reach the neighbouring round or wrap around (accumulated one after another).
+TEST(LshGradcheckExtra, ManyBlocksPerRound) {
+  run_gradcheck({2, 150, 1, true});  // 38 chunks per round
+  GradcheckCase ahead{2, 131, 2, false};
+  ahead.before = 2;
+  ahead.after = 1;
+  run_gradcheck(ahead);
+  GradcheckCase padded{3, 97, 1, true};
+  padded.batch = 2;
+  padded.flags.assign(2 * 97, 1);
+  for (Index t = 80; t < 97; ++t) padded.flags[static_cast<std::size_t>(97 + t)] = 0;
+  padded.flags[5] = 0;
+  run_gradcheck(padded);
+}
+
 TEST(LshGradcheckExtra, WithAttentionDropout) {
   GradcheckCase gc{2, 12, 2, true};
   gc.dropout = 0.3;

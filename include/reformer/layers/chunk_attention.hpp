@@ -269,8 +269,8 @@ void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<
   }
   if (o != nullptr) o->noalias() = v * pt;  // o = v pd^T
   dv.noalias() += d_o * pt.transpose();     // Dv x Ck; the last read of d_o (dq may alias it)
+  dk.noalias() += q * gt.transpose();       // Dh x Ck; the last read of q (dq may alias it)
   dq.noalias() = k * gt;                    // Dh x Cq
-  dk.noalias() += q * gt.transpose();       // Dh x Ck
 }
 
 }  // namespace detail
@@ -286,7 +286,7 @@ void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<
 ///                                             the mask value being a constant)
 ///   dq    = k ds^T                           (Dh x Cq, overwritten)
 ///   dk   += q ds                             (Dh x Ck)
-/// dq may alias d_o (when Dv = Dh): d_o is read completely before dq is written.
+/// dq may alias d_o (when Dv = Dh) or q: both are read completely before dq is written.
 template <class S, class P>
 void chunk_attention_backward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatrixRef<S> v,
                               const P* qpos, const P* kpos, const ChunkAttentionOptions& opts,

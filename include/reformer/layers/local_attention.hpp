@@ -335,8 +335,10 @@ void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>
   auto &q = q_buf.map(), &k = k_buf.map(), &v = v_buf.map();
   detail::project_qkv<S>(params, qkv_, heads, cfg_.head_size, input, q, k, v, ws);
   const std::vector<Index> pos = positions(lay.t);
-  Scratch<S> dq_buf(ws, rows, n), dk_buf(ws, rows, n), dv_buf(ws, rows, n);
-  auto &dq = dq_buf.map(), &dk = dk_buf.map(), &dv = dv_buf.map();
+  // dq replaces q in place: a chunk's queries are read only by that chunk, and the kernel reads
+  // them completely before it writes their gradient.
+  Scratch<S> dk_buf(ws, rows, n), dv_buf(ws, rows, n);
+  auto &dq = q, &dk = dk_buf.map(), &dv = dv_buf.map();
   dk.setZero();
   dv.setZero();
 
@@ -397,8 +399,7 @@ void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>
       }
     });
   }
-  // q, k and v are no longer read
-  q_buf.reset();
+  // k and v are no longer read (q_buf holds dq now)
   k_buf.reset();
   v_buf.reset();
 

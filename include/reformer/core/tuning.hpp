@@ -91,24 +91,26 @@ inline constexpr Index kLocalAttentionItemTokens = 256;
 /// Tokens per block of the bucket hashing: the rotated buffer stays small (rotations x 256).
 inline constexpr Index kLshHashTokenBlock = 256;
 
-/// Sorted chunks per parallel work item: longer items amortise their start, shorter ones
-/// balance the threads.
+/// Sorted chunks per block, the work item of LSH's attention phases (at least chunks_before +
+/// chunks_after): a block copies its chunks and the neighbours its windows reach once, so longer
+/// blocks copy less per chunk; shorter ones balance the threads.
 inline constexpr Index kLshChunksPerItem = 4;
 
-/// Positions (or sorted places) per parallel work item of the per-head phases (hashing, the
-/// sorted copies, combining the rounds, reducing the gradients): fixed blocks of 4096 let a
-/// single long head keep every core busy.
+/// Positions per parallel work item of the per-head phases (hashing, the key scales, the
+/// rounds' final normalisation): fixed blocks of 4096 let a single long head keep every core
+/// busy.
 inline constexpr Index kLshPositionsPerItem = 4096;
 
-/// How many columns ahead the scattered gathers into sorted order prefetch: far enough to hide
-/// the memory latency of a cache miss, near enough that the lines are still cached when read.
+/// How many columns ahead the scattered gathers and scatters of sorted places prefetch: far enough
+/// to hide the memory latency of a cache miss, near enough that the lines are still cached when
+/// read.
 inline constexpr Index kLshPrefetchDistance = 8;
 
 /// Scalars of per-head buffers one wave of heads may hold: 2^24, 64 MiB in float. Bounds the
 /// peak memory of long inputs.
 inline constexpr Index kLshWaveScalars = Index{1} << 24;
 
-/// Chunk groups a wave aims for: enough items for the threads; more heads per wave only help
+/// Blocks of chunks a wave aims for: enough items for the threads; more heads per wave only help
 /// short sequences.
 inline constexpr Index kLshWaveItems = 64;
 

@@ -1,7 +1,8 @@
 # The GEMM backend of our own executables (tests, benchmarks, examples): Eigen's own product, or
 # Eigen's products handed to OpenBLAS (EIGEN_USE_BLAS + REFORMER_OPENBLAS). Included by the
-# top-level CMakeLists.txt of a standalone build, after the -march=native check, because the
-# probe must be compiled like our executables.
+# top-level CMakeLists.txt of a standalone build, after the -march check (REFORMER_NATIVE,
+# REFORMER_MARCH), because the probe must be compiled like our executables: with
+# -march=haswell it times the AVX2 + FMA kernels that build will run, not this host's AVX-512 ones.
 #
 #   REFORMER_GEMM = AUTO (default) | EIGEN | OPENBLAS
 #     AUTO      OpenBLAS when the probe (cmake/gemm_probe.cpp) measures it clearly faster than
@@ -13,9 +14,16 @@
 #     EIGEN     Eigen's products.
 #     OPENBLAS  OpenBLAS (Debian: libopenblas-dev); a configure error without it.
 #
+#   REFORMER_OPENBLAS_CORETYPE = "" (default: $ENV{OPENBLAS_CORETYPE} at the first configure)
+#     The OpenBLAS kernels the probe times (OPENBLAS_CORETYPE of a DYNAMIC_ARCH OpenBLAS such as
+#     Debian's, e.g. Haswell); empty: the ones OpenBLAS picks for this CPU. It only sets the
+#     probe's environment: run the programs with the same OPENBLAS_CORETYPE (the avx2 preset
+#     and scripts/run_benchmarks.sh --march haswell use Haswell).
+#
 # Sets REFORMER_GEMM_BACKEND (eigen | openblas) and REFORMER_GEMM_SUMMARY (for the configure
 # summary). Needs BLAS_FOUND / BLAS::BLAS from find_package(BLAS) with BLA_VENDOR OpenBLAS, and
-# REFORMER_HAS_MARCH_NATIVE when REFORMER_NATIVE is on.
+# REFORMER_MARCH_FLAG (-march=<REFORMER_MARCH>, unset without REFORMER_NATIVE or when the
+# compiler rejects -march=native).
 #
 # Why measured: which backend is faster depends on the host. On AVX2-only CPUs OpenBLAS's
 # hand-written kernels beat Eigen's products; with AVX-512 Eigen's are as fast or faster.
@@ -30,6 +38,8 @@ endif()
 unset(REFORMER_USE_BLAS CACHE)
 set_property(CACHE REFORMER_GEMM PROPERTY STRINGS AUTO EIGEN OPENBLAS)
 string(TOUPPER "${REFORMER_GEMM}" _reformer_gemm)
+set(REFORMER_OPENBLAS_CORETYPE "$ENV{OPENBLAS_CORETYPE}" CACHE STRING
+    "OpenBLAS kernels (OPENBLAS_CORETYPE) the GEMM probe times; empty: OpenBLAS's choice")
 
 # OpenBLAS is faster only if its summed time over the probe's shapes is at most this fraction of
 # Eigen's: a smaller gain is within the noise of the measurement and not worth the dependency.
@@ -38,11 +48,26 @@ set(_reformer_gemm_margin_percent 95)
 # _reformer_gemm_probe(): measures; sets REFORMER_GEMM_SELECTED and REFORMER_GEMM_PROBE (cache).
 function(_reformer_gemm_probe)
   set(_flags "${CMAKE_CXX_FLAGS_RELEASE}")
-  if(REFORMER_NATIVE AND REFORMER_HAS_MARCH_NATIVE)
-    string(APPEND _flags " -march=native")
+  if(REFORMER_MARCH_FLAG)
+    string(APPEND _flags " ${REFORMER_MARCH_FLAG}")
   endif()
   separate_arguments(_flags UNIX_COMMAND "${_flags}")
-  message(STATUS "GEMM probe: timing Eigen and OpenBLAS products (one thread)")
+  # The probe runs as a child of this process: it inherits the environment set here (a function
+  # scope does not confine ENV, so the previous value is put back below).
+  set(_coretype_before "$ENV{OPENBLAS_CORETYPE}")
+  if(REFORMER_OPENBLAS_CORETYPE)
+    set(ENV{OPENBLAS_CORETYPE} "${REFORMER_OPENBLAS_CORETYPE}")
+  else()
+    unset(ENV{OPENBLAS_CORETYPE})
+  endif()
+  set(_how "one thread")
+  if(REFORMER_MARCH_FLAG)
+    string(APPEND _how ", ${REFORMER_MARCH_FLAG}")
+  endif()
+  if(REFORMER_OPENBLAS_CORETYPE)
+    string(APPEND _how ", OPENBLAS_CORETYPE=${REFORMER_OPENBLAS_CORETYPE}")
+  endif()
+  message(STATUS "GEMM probe: timing Eigen and OpenBLAS products (${_how})")
   # Release flags (CMAKE_CXX_FLAGS_RELEASE) whatever the build type: the choice is about
   # optimised code.
   set(CMAKE_TRY_COMPILE_CONFIGURATION Release)
@@ -53,6 +78,11 @@ function(_reformer_gemm_probe)
     CXX_STANDARD 17
     COMPILE_OUTPUT_VARIABLE _compile_output
     RUN_OUTPUT_VARIABLE _run_output)
+  if(_coretype_before STREQUAL "")
+    unset(ENV{OPENBLAS_CORETYPE})
+  else()
+    set(ENV{OPENBLAS_CORETYPE} "${_coretype_before}")
+  endif()
   set(_choice eigen)
   if(NOT _compile_result)
     message(WARNING "GEMM probe did not compile; using Eigen's products.\n${_compile_output}")
@@ -73,7 +103,7 @@ function(_reformer_gemm_probe)
       set(_choice openblas)
     endif()
     set(_figures "Eigen ${_eigen_gflops} GFLOP/s, OpenBLAS (${_openblas_core}) \
-${_openblas_gflops} GFLOP/s, one thread")
+${_openblas_gflops} GFLOP/s, ${_how}")
   endif()
   set(REFORMER_GEMM_SELECTED ${_choice} CACHE STRING
       "GEMM backend that REFORMER_GEMM=AUTO measured on this host (delete to measure again)" FORCE)
@@ -102,6 +132,10 @@ elseif(_reformer_gemm STREQUAL "AUTO")
     # What the cached measurement was made with; another compiler, flags or library re-measure.
     set(_key "${CMAKE_CXX_COMPILER};${CMAKE_CXX_COMPILER_VERSION};${CMAKE_CXX_FLAGS};\
 ${CMAKE_CXX_FLAGS_RELEASE};${REFORMER_NATIVE};${BLAS_LIBRARIES};${Eigen3_VERSION}")
+    # (-march=native and OpenBLAS's own kernels keep the key of the builds that predate them.)
+    if(NOT REFORMER_MARCH_FLAG MATCHES "^(-march=native)?$" OR REFORMER_OPENBLAS_CORETYPE)
+      string(APPEND _key ";${REFORMER_MARCH_FLAG};${REFORMER_OPENBLAS_CORETYPE}")
+    endif()
     if(NOT REFORMER_GEMM_SELECTED OR NOT _key STREQUAL "${_REFORMER_GEMM_PROBE_KEY}")
       _reformer_gemm_probe()
       set(_REFORMER_GEMM_PROBE_KEY "${_key}" CACHE INTERNAL "")

@@ -240,10 +240,11 @@ int run(const CLI::App& app, Settings o) {
   std::printf("train_copy: %s\n", o.title().c_str());
   std::printf(
       "  %lld parameters, %s attention, chunk %lld, batch %lld, lr %g (%s, warmup %lld), "
-      "%d thread(s), GEMM %s\n",
+      "%d thread(s), GEMM %s, march %s\n",
       static_cast<long long>(model.parameters().size()), o.attention.c_str(),
       static_cast<long long>(config.lsh_attn_chunk_length), static_cast<long long>(o.batch), o.lr,
-      o.schedule.c_str(), static_cast<long long>(o.warmup), threads, reformer::gemm_backend_name());
+      o.schedule.c_str(), static_cast<long long>(o.warmup), threads, reformer::gemm_backend_name(),
+      reformer::examples::build_march());
   if (o.attention == "lsh" && o.length / o.chunk < 4) {
     std::printf("  note: T / chunk = %lld LSH chunks per round; the paper's task has >= 4\n",
                 static_cast<long long>(o.length / o.chunk));

@@ -322,11 +322,11 @@ int run(const CLI::App&, Settings o) {
   std::printf("train_listops: %s\n", o.title().c_str());
   std::printf(
       "  %lld parameters, chunk %lld, %lld hash round(s), batch %lld, lr %g (%s, warmup %lld), "
-      "%lld steps, %d thread(s), GEMM %s\n",
+      "%lld steps, %d thread(s), GEMM %s, march %s\n",
       static_cast<long long>(model.parameters().size()), static_cast<long long>(o.chunk),
       static_cast<long long>(o.hashes), static_cast<long long>(o.batch), o.lr, o.schedule.c_str(),
       static_cast<long long>(o.warmup), static_cast<long long>(o.steps), threads,
-      reformer::gemm_backend_name());
+      reformer::gemm_backend_name(), reformer::examples::build_march());
   std::printf("  validation: %lld examples, mean length %.0f tokens\n",
               static_cast<long long>(validation.size()), mean_length);
   std::printf(

@@ -315,10 +315,12 @@ int run(const CLI::App& app, Settings o) {
   std::printf("train_text: %s\n", title.c_str());
   std::printf("  %zu training bytes, %zu validation bytes (%zu windows per evaluation)\n",
               corpus.train().size(), corpus.valid().size(), windows.size());
-  std::printf("  %lld parameters, batch %lld, lr %g (%s, warmup %lld), %d thread(s), GEMM %s\n",
-              static_cast<long long>(model.parameters().size()), static_cast<long long>(o.batch),
-              o.lr, o.schedule.c_str(), static_cast<long long>(o.warmup), threads,
-              reformer::gemm_backend_name());
+  std::printf(
+      "  %lld parameters, batch %lld, lr %g (%s, warmup %lld), %d thread(s), GEMM %s, "
+      "march %s\n",
+      static_cast<long long>(model.parameters().size()), static_cast<long long>(o.batch), o.lr,
+      o.schedule.c_str(), static_cast<long long>(o.warmup), threads, reformer::gemm_backend_name(),
+      reformer::examples::build_march());
   tr.print_output();
   tr.log_config(title, run_json(o), threads);
 

@@ -173,6 +173,16 @@ inline std::string cpu_model() {
 /// The GEMM backend of this build: "eigen" or "openblas" (reformer::gemm_backend_name).
 inline const char* product_backend() { return reformer::gemm_backend_name(); }
 
+/// The -march value this program was compiled with (CMake REFORMER_MARCH, e.g. "native" or
+/// "haswell"), or "default" without one (REFORMER_NATIVE=OFF: the compiler's default target).
+inline const char* build_march() {
+#if defined(REFORMER_BUILD_MARCH)
+  return REFORMER_BUILD_MARCH;
+#else
+  return "default";
+#endif
+}
+
 /// Sets the library's thread count and records the run's context in the benchmark output.
 inline void apply_options(Options& o) {
   if (o.tuned_malloc) keep_freed_memory();
@@ -180,10 +190,16 @@ inline void apply_options(Options& o) {
   if (o.threads <= 0) o.threads = 1;
   reformer::set_num_threads(o.threads);  // also keeps OpenBLAS's own threads off
   benchmark::AddCustomContext("gemm_backend", reformer::gemm_backend_name());
+  benchmark::AddCustomContext("march", build_march());
 #if defined(REFORMER_OPENBLAS)
   benchmark::AddCustomContext("openblas_core", reformer::gemm_backend_core());
   benchmark::AddCustomContext("openblas", openblas_get_config());
 #endif
+  // Set when the run emulates an older CPU (benchmarks/peers/README.md).
+  const char* const emulation_env[] = {"OPENBLAS_CORETYPE", "GLIBC_TUNABLES"};
+  for (const char* name : emulation_env) {
+    if (const char* value = std::getenv(name)) benchmark::AddCustomContext(name, value);
+  }
   benchmark::AddCustomContext("reformer_version", REFORMER_VERSION_STRING);
   benchmark::AddCustomContext("reformer_threads", std::to_string(reformer::num_threads()));
   benchmark::AddCustomContext("cpu_model", cpu_model());

@@ -227,9 +227,31 @@ def blas_settings(torch):
     return settings, sorted(loaded), text
 
 
+def openblas_core(libraries):
+    """The kernels OpenBLAS chose (openblas_get_corename: "Haswell", "Cooperlake", ...) in the
+    first library of `libraries` that has it, or "?"."""
+    import ctypes
+
+    for path in libraries:
+        try:
+            get = ctypes.CDLL(path).openblas_get_corename
+        except (OSError, AttributeError):
+            continue
+        get.restype = ctypes.c_char_p
+        name = get()
+        return name.decode() if name else "?"
+    return "?"
+
+
+# The environment of an emulated CPU (benchmarks/peers/README.md, "Emulating an AVX2 host").
+EMULATION_ENV = ("ATEN_CPU_CAPABILITY", "OPENBLAS_CORETYPE", "ONEDNN_MAX_CPU_ISA",
+                 "GLIBC_TUNABLES")
+
+
 def context(torch, transformers, threads):
     flags, model = cpu_flags()
     settings, loaded, text = blas_settings(torch)
+    capability = re.search(r"CPU capability usage:\s*(\S+)", text)
     ctx = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host_name": socket.gethostname(),
@@ -246,8 +268,13 @@ def context(torch, transformers, threads):
         "torch_lapack_info": settings.get("LAPACK_INFO", "?"),
         "torch_use_mkldnn": settings.get("USE_MKLDNN", "?"),
         "torch_blas_libraries": " ".join(loaded) or "?",
+        # The ATen kernels in use (AVX2, AVX512, NO = default), as torch.__config__.show() says.
+        "torch_cpu_capability": capability.group(1) if capability else "?",
+        "openblas_core": openblas_core(loaded),
         "torch_config": text,
     }
+    for name in EMULATION_ENV:  # "" when not set
+        ctx[name] = os.environ.get(name, "")
     for name, present in flags.items():
         ctx[f"cpu_{name}"] = "yes" if present else "no"
     return ctx

@@ -1,7 +1,7 @@
 #pragma once
 // Small pieces of run set-up shared by the example programs: threads, output directory (and the
 // temporaries a killed checkpoint write left in it), position embeddings, learning-rate schedule,
-// progress mode.
+// progress mode, the -march of the build.
 #include "common/progress.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/threading.hpp"
@@ -24,6 +24,16 @@
 #endif
 
 namespace reformer::examples {
+
+/// The -march value the program was compiled with (CMake REFORMER_MARCH, e.g. "native" or
+/// "haswell"), or "default" without one (REFORMER_NATIVE=OFF: the compiler's default target).
+inline const char* build_march() {
+#if defined(REFORMER_BUILD_MARCH)
+  return REFORMER_BUILD_MARCH;
+#else
+  return "default";
+#endif
+}
 
 /// Sets the library's thread count (`requested` 0 = one per core) and returns it.
 inline int apply_threads(int requested) {

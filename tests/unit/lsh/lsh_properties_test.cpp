@@ -3,6 +3,7 @@
 // dropout keying, thread independence, float support and bad input.
 #include "lsh_test_util.hpp"
 #include "reformer/core/threading.hpp"
+#include "reformer/core/workspace.hpp"
 
 #include <gtest/gtest.h>
 
@@ -312,6 +313,34 @@ TEST(LshLongHead, PositionBlocksMatchReferenceAndAreThreadIndependent) {
   EXPECT_TRUE(one.dxn == two.dxn);
   EXPECT_TRUE(one.grads == two.grads);
   EXPECT_GT(one.dxn.cwiseAbs().maxCoeff(), 1e-3);
+}
+
+// Memory of a long call: nothing of size Dh is kept per sorted place (R * Tp of them). Backward
+// holds qk and v with their gradients (4 Dh x T matrices) plus O(R * Tp) scalars and indices
+// (measured: 4.5 in all; forward 2.5); sorted copies of q and v or per-place outputs and
+// gradients (5 Dh x R*Tp) would add 10 Dh x T matrices at R = 2.
+TEST(LshMemory, BackwardKeepsNoDhVectorPerSortedPlace) {
+  const Index dh = 64, len = 8192, hidden = 8, rounds = 2;
+  LshSetup s(lsh_config(1, dh, 64, rounds, true, {}), hidden);
+  const Matrix<double> xn = random_matrix(hidden, len, Rng(51));
+  const Matrix<double> g = random_matrix(s.out(), len, Rng(52));
+  BucketTape tape;
+  Workspace ws;
+  Context ctx = make_ctx(1, &tape, false);
+  ctx.workspace = &ws;
+  Matrix<double> a = forward(s, xn, ctx);
+  ctx.replay_buckets = true;
+  Workspace ws_backward;
+  ctx.workspace = &ws_backward;
+  Matrix<double> dxn = Matrix<double>::Zero(hidden, len), a2(s.out(), len);
+  s.core.backward(s.params, xn, g, dxn, a2, ctx);
+  EXPECT_TRUE(a2 == a);
+  const double matrix_bytes = static_cast<double>(dh * len) * sizeof(double);
+  const double peak = static_cast<double>(ws_backward.stats().peak_bytes);
+  EXPECT_GT(peak, 4 * matrix_bytes);  // qk, v, dqk, dv are drawn from the workspace
+  EXPECT_LT(peak, 5.5 * matrix_bytes) << "per-place buffers in the LSH backward";
+  EXPECT_LT(static_cast<double>(ws.stats().peak_bytes), 3.5 * matrix_bytes)
+      << "per-place buffers in the LSH forward";
 }
 
 // ---- dropout, threads, float --------------------------------------------------------------------

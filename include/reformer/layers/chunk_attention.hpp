@@ -192,7 +192,7 @@ void chunk_probabilities(ConstMatrixRef<S> q, ConstMatrixRef<S> k, const P* qpos
     // exp flushed to exactly 0 below the smallest normal: a masked key's weight is then 0 on
     // every instruction set, so nothing at a padded key reaches a real query, not even a
     // subnormal.
-    assign_exp(col.array(), col.array() - mx, exp_flush_limit<S>());
+    assign_exp(col.array(), col.array() - mx);
     const S sum = col.sum();
     col /= sum;
     if (lse != nullptr) lse[i] = mx + std::log(sum);

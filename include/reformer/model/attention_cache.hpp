@@ -59,7 +59,7 @@ namespace detail {
 template <class S>
 S attend_one(const Vector<S>& scores, ConstMatrixRef<S> v, VectorRef<S> o, Vector<S>& p) {
   const S mx = scores.maxCoeff();
-  assign_exp(p.array(), scores.array() - mx, exp_flush_limit<S>());  // as the chunk kernel
+  assign_exp(p.array(), scores.array() - mx);  // as the chunk kernel
   const S sum = p.sum();
   p /= sum;
   o.noalias() = v * p;
@@ -193,7 +193,7 @@ class LocalAttentionCache {
       }
       // softmax over [own x copies, window]; each copy's weight is added to its key's.
       const S mx = scores_.maxCoeff();
-      detail::assign_exp(p_.array(), scores_.array() - mx, detail::exp_flush_limit<S>());
+      detail::assign_exp(p_.array(), scores_.array() - mx);
       const S sum = p_.sum() + S(copies) * p_.tail(own).sum();
       p_.tail(own) *= S(1 + copies);
       p_ /= sum;

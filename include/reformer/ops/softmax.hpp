@@ -23,22 +23,26 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 namespace reformer {
 
 namespace detail {
-/// Exponent arguments below log(smallest normal) give exactly 0. Eigen's vectorised exp clamps
-/// very negative arguments and returns a tiny denormal on some instruction sets (SSE/AVX2), so
-/// without the flush masked entries such as -1e9 or -inf would not vanish exactly.
-template <class S>
-S exp_flush_limit() {
-  return std::log(std::numeric_limits<S>::min());
-}
-
-/// dst = exp(a), with arguments below `limit` flushed to exactly 0. `a` is an array expression.
-template <class S, class Dst, class Arg>
-void assign_exp(Dst&& dst, const Arg& a, S limit) {
-  dst = (a < limit).select(S(0), a.exp());
+/// dst = exp(a), with every result below the smallest normal number flushed to exactly 0 (the
+/// arguments below about log(smallest normal): -87 in float, -708 in double). Eigen's vectorised
+/// exp clamps very negative arguments and returns a tiny denormal on some instruction sets
+/// (SSE/AVX2), so without the flush masked entries such as -1e9 or -inf would not vanish
+/// exactly. The exponentials are Eigen's vectorised ones; the flush is a compare per entry
+/// (an Eigen select() of the exponential would make Eigen 3.4 evaluate exp one scalar at a time).
+/// `a` is an array expression and may read dst; dst is a vector or a contiguous array.
+template <class Dst, class Arg>
+void assign_exp(Dst&& dst, const Arg& a) {
+  using S = typename std::decay_t<Dst>::Scalar;
+  dst = a.exp();
+  const S smallest_normal = std::numeric_limits<S>::min();
+  for (Index i = 0; i < dst.size(); ++i) {
+    if (dst.coeff(i) < smallest_normal) dst.coeffRef(i) = S(0);
+  }
 }
 
 template <class S, class Slice>
@@ -97,12 +101,11 @@ template <class S>
 void logsumexp_cols_backward(ConstMatrixRef<S> x, ConstVectorRef<S> lse, ConstVectorRef<S> dlse,
                              MatrixRef<S> dx) {
   detail::check_logsumexp_backward<S>("logsumexp_cols_backward", x, lse, dlse, dx, x.cols());
-  const S limit = detail::exp_flush_limit<S>();
   for (Index n = 0; n < x.cols(); ++n) {
     if (lse(n) == -std::numeric_limits<S>::infinity()) {
       dx.col(n).setZero();
     } else {
-      detail::assign_exp<S>(dx.col(n).array(), x.col(n).array() - lse(n), limit);
+      detail::assign_exp(dx.col(n).array(), x.col(n).array() - lse(n));
       dx.col(n) *= dlse(n);
     }
   }
@@ -113,13 +116,12 @@ template <class S>
 void softmax_cols(ConstMatrixRef<S> x, MatrixRef<S> p) {
   detail::check_nonempty("softmax_cols", x.rows(), x.cols());
   detail::check_softmax_pair("softmax_cols", "p", p.rows(), p.cols(), "x", x.rows(), x.cols());
-  const S limit = detail::exp_flush_limit<S>();
   for (Index n = 0; n < x.cols(); ++n) {
     const S lse = detail::slice_logsumexp<S>(x.col(n));
     if (lse == -std::numeric_limits<S>::infinity()) {
       p.col(n).setZero();
     } else {
-      detail::assign_exp<S>(p.col(n).array(), x.col(n).array() - lse, limit);
+      detail::assign_exp(p.col(n).array(), x.col(n).array() - lse);
     }
   }
 }
@@ -158,9 +160,8 @@ void logsumexp_rows_backward(ConstMatrixRef<S> x, ConstVectorRef<S> lse, ConstVe
   constexpr S kNegInf = -std::numeric_limits<S>::infinity();
   // An empty row (lse = -inf) has x = -inf throughout: shifting by 0 gives exp(-inf) = 0.
   const Vector<S> shift = (lse.array() == kNegInf).select(S(0), lse.array()).matrix();
-  const S limit = detail::exp_flush_limit<S>();
   for (Index j = 0; j < x.cols(); ++j) {
-    detail::assign_exp<S>(dx.col(j).array(), (x.col(j) - shift).array(), limit);
+    detail::assign_exp(dx.col(j).array(), (x.col(j) - shift).array());
     dx.col(j).array() *= dlse.array();
   }
 }
@@ -174,9 +175,8 @@ void softmax_rows(ConstMatrixRef<S> x, MatrixRef<S> p) {
   logsumexp_rows<S>(x, lse);
   constexpr S kNegInf = -std::numeric_limits<S>::infinity();
   const Vector<S> shift = (lse.array() == kNegInf).select(S(0), lse.array()).matrix();
-  const S limit = detail::exp_flush_limit<S>();
   for (Index j = 0; j < x.cols(); ++j) {
-    detail::assign_exp<S>(p.col(j).array(), (x.col(j) - shift).array(), limit);
+    detail::assign_exp(p.col(j).array(), (x.col(j) - shift).array());
   }
 }
 

@@ -197,6 +197,40 @@ TEST(Softmax, InPlaceAndFloat) {
   EXPECT_LT(test::relative_error(prf.cast<double>(), Matrix<double>(p.transpose())), 1e-6);
 }
 
+// Probabilities below the smallest normal number are exactly 0 (never a subnormal, on any
+// instruction set), and the others are the exponentials to a few units in the last place.
+template <class S>
+void check_exp_flush() {
+  const Index n = 2001;
+  Matrix<S> x(n, 1);
+  for (Index i = 0; i < n; ++i) x(i, 0) = static_cast<S>(-0.1 * static_cast<double>(i));  // 0..-200
+  x(n - 1, 0) = static_cast<S>(-1e9);
+  Matrix<S> p(n, 1);
+  softmax_cols<S>(x, p);
+  Vector<S> lse(1);
+  logsumexp_cols<S>(x, lse);
+  const S tiny = std::numeric_limits<S>::min();
+  for (Index i = 0; i < n; ++i) {
+    const S v = p(i, 0);
+    EXPECT_TRUE(v == S(0) || v >= tiny) << "subnormal probability " << v << " at " << i;
+    const long double exact = std::exp(static_cast<long double>(x(i, 0)) - lse(0));
+    if (exact > 2 * static_cast<long double>(tiny)) {
+      // A few ulp of exp, plus the rounding of its argument x - lse (|x - lse| ulp at most).
+      const double arg = std::abs(static_cast<double>(x(i, 0) - lse(0)));
+      EXPECT_NEAR(static_cast<double>(v / static_cast<S>(exact)), 1.0,
+                  (4 + arg) * std::numeric_limits<S>::epsilon())
+          << i;
+    } else if (exact < static_cast<long double>(tiny) / 2) {
+      EXPECT_EQ(v, S(0)) << i;
+    }
+  }
+}
+
+TEST(Softmax, TinyProbabilitiesAreFlushedToZero) {
+  check_exp_flush<float>();
+  check_exp_flush<double>();
+}
+
 TEST(Softmax, RejectsWrongShapes) {
   const Matrix<double> x = random_matrix(3, 4, 5);
   Matrix<double> ok(3, 4), bad(4, 3);

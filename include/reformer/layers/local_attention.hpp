@@ -189,16 +189,19 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
     k0 = m * lay.chunk;
     nk = std::min(lay.chunk, lay.t - k0);
   }
-  // Sizes g for this layout (nothing happens when it has that size). Every work item calls it,
-  // wrapping or not, so the thread's buffers exist after the first steps whichever thread later
-  // draws a wrapping chunk (an allocation there would be a steady-state page fault).
+  // Sizes g for this layout and touches its memory (nothing happens when it has that size).
+  // Every work item calls it, wrapping or not, so the thread's buffers exist and are paged in
+  // after the first steps whichever thread later draws a wrapping chunk (an allocation or a
+  // first touch there would be a steady-state page fault).
   void size_gathered(const Layout& lay, Gathered& g) const {
-    const Index dh = cfg_.head_size;
-    g.k.resize(dh, max_keys(lay));
-    g.v.resize(dh, max_keys(lay));
-    g.dk.resize(dh, max_keys(lay));
-    g.dv.resize(dh, max_keys(lay));
-    g.pos.resize(static_cast<std::size_t>(max_keys(lay)));
+    const Index dh = cfg_.head_size, mk = max_keys(lay);
+    if (g.k.rows() != dh || g.k.cols() != mk) {
+      g.k.setZero(dh, mk);
+      g.v.setZero(dh, mk);
+      g.dk.setZero(dh, mk);
+      g.dv.setZero(dh, mk);
+    }
+    g.pos.resize(static_cast<std::size_t>(mk));  // new entries are zeroed: touched
   }
   template <class K, class V>
   void gather(const Layout& lay, Index c, const K& k, const V& v, Gathered& g) const {

@@ -13,7 +13,9 @@
 //   q.reset();                                  // back to the cache before the end of scope
 //
 // Without a workspace (ctx.workspace == nullptr) Scratch allocates from the heap, as a Matrix
-// would. Blocks of at least kMinCachedBytes come from the workspace; smaller ones from the heap.
+// would. With one, every block comes from the workspace, small ones too: a heap block of a few
+// KiB freed at the top of glibc's heap lets it trim the heap and fault the pages in again on the
+// next step, so a steady state that kept small scratch on the heap still paid page faults.
 //
 // Memory policy. The workspace maps regions (2 MiB aligned, madvise(MADV_HUGEPAGE)) and carves
 // blocks out of them: a request takes the smallest free extent that holds it (best fit, lowest
@@ -35,12 +37,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <iterator>
-#include <map>
 #include <mutex>
 #include <new>
-#include <set>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -51,8 +52,6 @@ namespace reformer {
 /// Large, aligned memory blocks carved from reused regions (see the file comment).
 class Workspace {
  public:
-  /// Blocks below this size come from the heap, never from the workspace.
-  static constexpr std::size_t kMinCachedBytes = std::size_t{64} << 10;
   static constexpr std::size_t kHugePage = std::size_t{2} << 20;
 
   struct Stats {
@@ -63,13 +62,16 @@ class Workspace {
     std::size_t evictions = 0;     ///< wholly free regions given back (merged into a new one)
   };
 
-  Workspace() = default;
+  Workspace() {
+    regions_.reserve(16);
+    free_.reserve(256);
+  }
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
   Workspace(Workspace&&) = delete;
   Workspace& operator=(Workspace&&) = delete;
   ~Workspace() {
-    for (const auto& [base, size] : regions_) unmap_region(base, size);
+    for (const Extent& r : regions_) unmap_region(r.addr, r.len);
   }
 
   /// The bytes a request of `bytes` occupies (whole 4 KiB pages).
@@ -83,15 +85,20 @@ class Workspace {
   void* acquire(std::size_t bytes) {
     const std::size_t size = block_size(bytes);
     std::lock_guard<std::mutex> lock(mutex_);
-    auto fit = by_size_.lower_bound({size, 0});
-    if (fit == by_size_.end()) {
+    std::size_t fit = best_fit(size);
+    if (fit == free_.size()) {
       map_region_for(size);  // throws std::bad_alloc
-      fit = by_size_.lower_bound({size, 0});
-      REFORMER_ASSERT(fit != by_size_.end());
+      fit = best_fit(size);
+      REFORMER_ASSERT(fit != free_.size());
     }
-    const auto [len, addr] = *fit;
-    remove_free(addr, len);
-    if (len > size) insert_free(addr + size, len - size);
+    Extent& extent = free_[fit];
+    const std::uintptr_t addr = extent.addr;
+    if (extent.len > size) {
+      extent.addr += size;  // stays below the next extent: the order by address holds
+      extent.len -= size;
+    } else {
+      free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(fit));
+    }
     stats_.cached_bytes -= size;
     stats_.in_use_bytes += size;
     return reinterpret_cast<void*>(addr);
@@ -105,23 +112,23 @@ class Workspace {
     std::lock_guard<std::mutex> lock(mutex_);
     stats_.in_use_bytes -= size;
     stats_.cached_bytes += size;
-    const auto region = region_of(addr);
-    const std::uintptr_t lo = region->first, hi = region->first + region->second;
-    auto next = by_addr_.lower_bound(addr);
-    if (next != by_addr_.end() && next->first == addr + size && next->first < hi) {
-      size += next->second;
-      remove_free(next->first, next->second);
+    const Extent region = region_of(addr);
+    const std::uintptr_t lo = region.addr, hi = region.addr + region.len;
+    auto next = std::lower_bound(free_.begin(), free_.end(), addr, by_address);
+    const bool merge_next = next != free_.end() && next->addr == addr + size && next->addr < hi;
+    const bool merge_prev = next != free_.begin() && std::prev(next)->addr >= lo &&
+                            std::prev(next)->addr + std::prev(next)->len == addr;
+    if (merge_prev && merge_next) {
+      std::prev(next)->len += size + next->len;
+      free_.erase(next);
+    } else if (merge_prev) {
+      std::prev(next)->len += size;
+    } else if (merge_next) {
+      next->addr = addr;
+      next->len += size;
+    } else {
+      free_.insert(next, Extent{addr, size});  // reuses the capacity of earlier steps
     }
-    auto prev = by_addr_.lower_bound(addr);
-    if (prev != by_addr_.begin()) {
-      --prev;
-      if (prev->first >= lo && prev->first + prev->second == addr) {
-        addr = prev->first;
-        size += prev->second;
-        remove_free(prev->first, prev->second);
-      }
-    }
-    insert_free(addr, size);
   }
 
   /// Gives every wholly free region back to the system (blocks in use stay valid).
@@ -136,32 +143,43 @@ class Workspace {
   }
 
  private:
-  void insert_free(std::uintptr_t addr, std::size_t len) {
-    by_addr_.emplace(addr, len);
-    by_size_.emplace(len, addr);
-  }
-  void remove_free(std::uintptr_t addr, std::size_t len) {
-    by_addr_.erase(addr);
-    by_size_.erase({len, addr});
+  // A free extent, or a region ([addr, addr + len)).
+  struct Extent {
+    std::uintptr_t addr;
+    std::size_t len;
+  };
+  static bool by_address(const Extent& e, std::uintptr_t addr) { return e.addr < addr; }
+
+  // The index in free_ of the smallest extent of at least `size` bytes (the lowest address
+  // among equals), or free_.size(). A linear scan: a workspace holds tens of free extents.
+  std::size_t best_fit(std::size_t size) const {
+    std::size_t best = free_.size();
+    for (std::size_t i = 0; i < free_.size(); ++i) {
+      if (free_[i].len >= size && (best == free_.size() || free_[i].len < free_[best].len)) {
+        best = i;
+      }
+    }
+    return best;
   }
 
-  std::map<std::uintptr_t, std::size_t>::iterator region_of(std::uintptr_t addr) {
-    auto it = regions_.upper_bound(addr);
+  Extent region_of(std::uintptr_t addr) const {
+    auto it = std::upper_bound(regions_.begin(), regions_.end(), addr,
+                               [](std::uintptr_t a, const Extent& r) { return a < r.addr; });
     REFORMER_ASSERT(it != regions_.begin());
-    return std::prev(it);
+    return *std::prev(it);
   }
 
   // Unmaps every region that is one free extent; returns the bytes given back.
   std::size_t release_free_regions() noexcept {
     std::size_t freed = 0;
     for (auto it = regions_.begin(); it != regions_.end();) {
-      const auto extent = by_addr_.find(it->first);
-      if (extent != by_addr_.end() && extent->second == it->second) {
-        remove_free(extent->first, extent->second);
-        unmap_region(it->first, it->second);
-        stats_.cached_bytes -= it->second;
+      const auto extent = std::lower_bound(free_.begin(), free_.end(), it->addr, by_address);
+      if (extent != free_.end() && extent->addr == it->addr && extent->len == it->len) {
+        free_.erase(extent);
+        unmap_region(it->addr, it->len);
+        stats_.cached_bytes -= it->len;
         stats_.evictions += 1;
-        freed += it->second;
+        freed += it->len;
         it = regions_.erase(it);
       } else {
         ++it;
@@ -178,8 +196,9 @@ class Workspace {
     void* p = map_region(region);
     if (p == nullptr) throw std::bad_alloc();
     const auto base = reinterpret_cast<std::uintptr_t>(p);
-    regions_.emplace(base, region);
-    insert_free(base, region);
+    const Extent fresh{base, region};
+    regions_.insert(std::lower_bound(regions_.begin(), regions_.end(), base, by_address), fresh);
+    free_.insert(std::lower_bound(free_.begin(), free_.end(), base, by_address), fresh);
     stats_.cached_bytes += region;
     stats_.mappings += 1;
     stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.in_use_bytes + stats_.cached_bytes);
@@ -214,15 +233,16 @@ class Workspace {
 #endif
   }
 
+  // Flat arrays sorted by address: acquire() and release() allocate nothing once their
+  // capacity covers the most extents a step has at once (reserved up front for the usual case).
   mutable std::mutex mutex_;
-  std::map<std::uintptr_t, std::size_t> regions_;             // base -> bytes
-  std::map<std::uintptr_t, std::size_t> by_addr_;             // free extents: addr -> bytes
-  std::set<std::pair<std::size_t, std::uintptr_t>> by_size_;  // the same, by (bytes, addr)
+  std::vector<Extent> regions_;
+  std::vector<Extent> free_;
   Stats stats_;
 };
 
 /// Raw scratch memory: `bytes` bytes, 64-byte aligned, uninitialised, from a workspace's cache
-/// (blocks of at least Workspace::kMinCachedBytes) or from the heap. Movable, not copyable;
+/// (when given one) or from the heap. Movable, not copyable;
 /// returns its memory on release() or destruction. The typed buffers below are built on it.
 class ScratchBlock {
  public:
@@ -256,7 +276,7 @@ class ScratchBlock {
   /// Returns the memory (to the workspace's cache or the heap).
   void release() noexcept {
     if (data_ != nullptr) {
-      if (ws_ != nullptr && bytes_ >= Workspace::kMinCachedBytes) {
+      if (ws_ != nullptr) {
         ws_->release(data_, bytes_);
       } else {
         std::free(data_);
@@ -276,7 +296,7 @@ class ScratchBlock {
     bytes_ = bytes;
     if (bytes == 0) {
       data_ = nullptr;
-    } else if (ws != nullptr && bytes >= Workspace::kMinCachedBytes) {
+    } else if (ws != nullptr) {
       data_ = ws->acquire(bytes);
     } else {
       data_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
@@ -391,5 +411,19 @@ class ScratchArray {
   ScratchBlock block_;
   Index size_ = 0;
 };
+
+/// The calling thread's buffer for `Tag`: at least `size` elements of T, aligned as Eigen's
+/// own vectors (EIGEN_MAX_ALIGN_BYTES), contents unspecified. It lives as long as the thread and
+/// only grows, so the per-call vectors of a steady state (a D-vector per layer norm, bucket
+/// counters) allocate nothing after the first call. A caller must not hold two of one Tag at
+/// once (a distinct Tag per call site keeps nested users apart).
+template <class T, class Tag>
+T* thread_buffer(Index size) {
+  static_assert(std::is_trivially_copyable_v<T>, "thread_buffer holds trivially copyable values");
+  REFORMER_ASSERT(size >= 0);
+  thread_local std::vector<T, Eigen::aligned_allocator<T>> buffer;
+  if (buffer.size() < static_cast<std::size_t>(size)) buffer.resize(static_cast<std::size_t>(size));
+  return buffer.data();
+}
 
 }  // namespace reformer

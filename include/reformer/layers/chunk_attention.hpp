@@ -71,13 +71,15 @@ class ChunkAttentionWorkspace {
   ChunkAttentionWorkspace() = default;
   ChunkAttentionWorkspace(Index max_queries, Index max_keys) { reserve(max_queries, max_keys); }
 
-  /// Grows the buffers to hold at least max_queries x max_keys (never shrinks).
+  /// Grows the buffers to hold at least max_queries x max_keys (never shrinks). Grown buffers
+  /// are written once (zeros), so their pages are in when a later call first uses them: a
+  /// thread that ran only forward chunks so far must not fault in grads_ in a steady step.
   void reserve(Index max_queries, Index max_keys) {
     if (max_keys > max_keys_ || max_queries > max_queries_) {
       max_keys_ = std::max(max_keys, max_keys_);
       max_queries_ = std::max(max_queries, max_queries_);
-      probs_.resize(max_keys_ * max_queries_);
-      grads_.resize(max_keys_ * max_queries_);
+      probs_.setZero(max_keys_ * max_queries_);
+      grads_.setZero(max_keys_ * max_queries_);
     }
   }
   Index max_queries() const { return max_queries_; }

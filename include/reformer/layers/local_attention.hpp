@@ -189,14 +189,24 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
     k0 = m * lay.chunk;
     nk = std::min(lay.chunk, lay.t - k0);
   }
+  // Sizes g for this layout and touches its memory (nothing happens when it has that size).
+  // Every work item calls it, wrapping or not, so the thread's buffers exist and are paged in
+  // after the first steps whichever thread later draws a wrapping chunk (an allocation or a
+  // first touch there would be a steady-state page fault).
+  void size_gathered(const Layout& lay, Gathered& g) const {
+    const Index dh = cfg_.head_size, mk = max_keys(lay);
+    if (g.k.rows() != dh || g.k.cols() != mk) {
+      g.k.setZero(dh, mk);
+      g.v.setZero(dh, mk);
+      g.dk.setZero(dh, mk);
+      g.dv.setZero(dh, mk);
+    }
+    g.pos.resize(static_cast<std::size_t>(mk));  // new entries are zeroed: touched
+  }
   template <class K, class V>
   void gather(const Layout& lay, Index c, const K& k, const V& v, Gathered& g) const {
-    const Index slots = lay.before + lay.after + 1, dh = cfg_.head_size;
-    g.k.resize(dh, max_keys(lay));
-    g.v.resize(dh, max_keys(lay));
-    g.dk.resize(dh, max_keys(lay));
-    g.dv.resize(dh, max_keys(lay));
-    g.pos.resize(static_cast<std::size_t>(max_keys(lay)));
+    const Index slots = lay.before + lay.after + 1;
+    size_gathered(lay, g);
     g.nk = 0;
     for (Index i = 0; i < slots; ++i) {
       Index k0 = 0, nk = 0;
@@ -265,8 +275,9 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
     return opts;
   }
 
-  static std::vector<Index> positions(Index t) {
-    std::vector<Index> pos(static_cast<std::size_t>(t));
+  // 0, 1, ..., t - 1, drawn from the workspace.
+  static ScratchArray<Index> positions(Workspace* ws, Index t) {
+    ScratchArray<Index> pos(ws, t);
     std::iota(pos.begin(), pos.end(), Index(0));
     return pos;
   }
@@ -296,12 +307,13 @@ void LocalAttention<S>::forward(const Parameters<S>& params, const ProjectionInp
       v_buf(ctx.workspace, rows, n);
   auto &q = q_buf.map(), &k = k_buf.map(), &v = v_buf.map();
   detail::project_qkv<S>(params, qkv_, heads, cfg_.head_size, input, q, k, v, ctx.workspace);
-  const std::vector<Index> pos = positions(lay.t);
+  const ScratchArray<Index> pos = positions(ctx.workspace, lay.t);
   parallel_for(lay.items(), [&](Index item) {
     const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
     const ChunkAttentionOptions opts = options(ctx, padding, b, heads.global(h), lay.t);
     ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
     thread_local Gathered g;
+    size_gathered(lay, g);
     for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
       const Window w = window(lay, c);
       if (wraps(lay, c)) {
@@ -334,7 +346,7 @@ void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>
   Scratch<S> q_buf(ws, rows, n), k_buf(ws, rows, n), v_buf(ws, rows, n);
   auto &q = q_buf.map(), &k = k_buf.map(), &v = v_buf.map();
   detail::project_qkv<S>(params, qkv_, heads, cfg_.head_size, input, q, k, v, ws);
-  const std::vector<Index> pos = positions(lay.t);
+  const ScratchArray<Index> pos = positions(ws, lay.t);
   // dq replaces q in place: a chunk's queries are read only by that chunk, and the kernel reads
   // them completely before it writes their gradient.
   Scratch<S> dk_buf(ws, rows, n), dv_buf(ws, rows, n);

@@ -291,24 +291,29 @@ class LshAttention {
     Matrix<S> wk, wv, wdk, wdv;  // a window that is not a slice of the range (few chunks only)
     std::vector<Index> wpos;
 
-    void reserve(Index dh, Index cols, Index chunk, Index window) {
+    void reserve(Index dh, Index cols, Index chunk) {
       grow(q, dh, cols);
       grow(k, dh, cols);
       grow(v, dh, cols);
       grow(o, dh, chunk);
-      if (dlse.size() < chunk) dlse.resize(chunk);
-      chunks.reserve(static_cast<std::size_t>(cols / chunk));
-      pos.resize(static_cast<std::size_t>(std::max<Index>(cols, static_cast<Index>(pos.size()))));
-      (void)window;
+      if (dlse.size() < chunk) dlse.setZero(chunk);
+      if (pos.size() < static_cast<std::size_t>(cols)) pos.resize(static_cast<std::size_t>(cols));
     }
     void reserve_grads(Index dh, Index cols) {
       grow(dk, dh, cols);
       grow(dv, dh, cols);
     }
+    // Grown buffers are written once (zeros), so their pages are in before a later step first
+    // uses them (threads take blocks in any order).
     static void grow(Matrix<S>& m, Index rows, Index cols) {
-      if (m.rows() != rows || m.cols() < cols) m.resize(rows, cols);
+      if (m.rows() != rows || m.cols() < cols) m.setZero(rows, cols);
     }
   };
+  /// Columns of the largest extended range: a thread's BlockScratch grows to it at its first
+  /// block, so later blocks (in any step) find their pages in.
+  Index block_columns(const Plan& pl) const {
+    return (pl.block + cfg_.chunks_before + cfg_.chunks_after) * pl.chunk;
+  }
   static BlockScratch& thread_block_scratch() {
     thread_local BlockScratch sc;
     return sc;
@@ -378,13 +383,15 @@ class LshAttention {
     return static_cast<std::size_t>(((b * cfg_.num_heads + h) * pl.rounds) * pl.length);
   }
 
-  /// The rotations of every (head of the range, round): entry j * R + r for local head j.
-  std::vector<Matrix<S>> rotations(const Plan& pl, const Context& ctx) const {
-    std::vector<Matrix<S>> rot(at(pl.heads.count * pl.rounds));
+  /// The rotations of every (head of the range, round), side by side (drawn from the
+  /// workspace): block j * R + r of rotation_columns() columns for local head j.
+  Scratch<S> rotations(const Plan& pl, const Context& ctx) const {
+    const Index cols = pl.layout.rotation_columns();
+    Scratch<S> rot(ctx.workspace, cfg_.head_size, pl.heads.count * pl.rounds * cols);
     parallel_for(pl.heads.count * pl.rounds, [&](Index i) {
       const Index h = pl.heads.global(i / pl.rounds);
-      rot[at(i)] =
-          lsh_rotations<S>(lsh_rotation_key(ctx, h, i % pl.rounds), cfg_.head_size, pl.layout);
+      lsh_draw_rotations<S>(lsh_rotation_key(ctx, h, i % pl.rounds), pl.layout,
+                            rot.map().middleCols(i * cols, cols));
     });
     return rot;
   }
@@ -408,8 +415,9 @@ class LshAttention {
 
   /// Buckets of the head items [h0, h0 + nh) for every round into their [B, H, R, T] rows of
   /// `tape`, in blocks of positions.
-  void hash_heads(const Plan& pl, ConstMatrixRef<S> qk, const std::vector<Matrix<S>>& rot, Index h0,
-                  Index nh, std::int32_t* tape) const {
+  void hash_heads(const Plan& pl, ConstMatrixRef<S> qk, const Scratch<S>& rot, Index h0, Index nh,
+                  std::int32_t* tape) const {
+    const Index cols = pl.layout.rotation_columns();
     const Index blocks = (pl.length + kPositionsPerItem - 1) / kPositionsPerItem;
     parallel_for(nh * pl.rounds * blocks, [&](Index item) {
       const Index hi = h0 + item / (pl.rounds * blocks);
@@ -417,8 +425,8 @@ class LshAttention {
       const Index nt = std::min(kPositionsPerItem, pl.length - t0);
       const Index b = pl.batch_of(hi), j = pl.head_of(hi);
       std::int32_t* out = tape + bucket_offset(pl, b, j) + r * pl.length + t0;
-      lsh_hash<S>(head_block(qk, pl, b, j).middleCols(t0, nt), rot[at(j * pl.rounds + r)],
-                  pl.layout, out);
+      lsh_hash<S>(head_block(qk, pl, b, j).middleCols(t0, nt),
+                  rot.map().middleCols((j * pl.rounds + r) * cols, cols), pl.layout, out);
       // Key padding (as HF): every padded position gets the extra bucket NB.
       if (const std::uint8_t* flags = pl.padding.flags(b)) {
         const auto pad = static_cast<std::int32_t>(pl.layout.num_buckets());
@@ -502,10 +510,10 @@ class LshAttention {
       for (Index t = 0; t < tp; ++t)
         slot_buckets[at(r * tp + t)] = t < len ? buckets[r * len + t] : nb;
     ScratchArray<Index> order(ws, pl.slots);
-    std::vector<Index> counts;
+    ScratchArray<Index> counts(ws, lsh_counting_sort_scratch(tp, Index{nb} + 1));
     hb.inverse.resize(ws, pl.slots);
     lsh_counting_sort(slot_buckets.data(), rounds, tp, Index{nb} + 1, order.data(),
-                      hb.inverse.data(), counts);
+                      hb.inverse.data(), counts.data());
     hb.pos.resize(ws, pl.slots);
     for (Index s = 0; s < pl.slots; ++s) hb.pos[at(s)] = order[at(s)] - (s / tp) * tp;
     hb.key_scale.resize(ws, tp, 1);
@@ -524,7 +532,7 @@ class LshAttention {
     const Index dh = cfg_.head_size, len = pl.length, cl = pl.chunk;
     const Index before = cfg_.chunks_before, own = c1 - c0;
     const Index ext = before + own + cfg_.chunks_after, cols = ext * cl;
-    sc.reserve(dh, cols, cl, pl.window * cl);
+    sc.reserve(dh, block_columns(pl), cl);
     sc.chunks.resize(at(ext));
     for (Index e = 0; e < ext; ++e) {
       sc.chunks[at(e)] = e < before ? adjacent_chunk(c0, e - before, pl.chunks)
@@ -576,8 +584,10 @@ class LshAttention {
     const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
     const auto x = head_block(qk, pl, pl.batch_of(hi), pl.head_of(hi));
     const auto xv = head_block(v, pl, pl.batch_of(hi), pl.head_of(hi));
-    sc.wk.resize(dh, wl);
-    sc.wv.resize(dh, wl);
+    if (sc.wk.rows() != dh || sc.wk.cols() != wl) {
+      sc.wk.setZero(dh, wl);
+      sc.wv.setZero(dh, wl);
+    }
     sc.wpos.resize(at(wl));
     for (Index col = 0; col < wl; ++col) {
       const Index src = adjacent_chunk(c, col / cl - cfg_.chunks_before, pl.chunks) * cl;
@@ -749,7 +759,7 @@ class LshAttention {
     BlockScratch& sc = thread_block_scratch();
     gather_block(pl, qk, v, hi, hb, c0, c1, sc);
     const Index cols = static_cast<Index>(sc.chunks.size()) * cl;
-    sc.reserve_grads(dh, cols);
+    sc.reserve_grads(dh, block_columns(pl));
     sc.dk.leftCols(cols).setZero();
     sc.dv.leftCols(cols).setZero();
     ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(cl, wl);
@@ -786,7 +796,7 @@ class LshAttention {
                                     sc.dk.middleCols(k * cl, wl), sc.dv.middleCols(k * cl, wl), ws);
       } else {  // only in blocks that run one after another (see attend_backward)
         gather_window(pl, qk, v, hi, hb, c, sc);
-        sc.wdk.setZero(dh, wl);
+        sc.wdk.setZero(dh, wl);  // sized once per thread; zeroed for every window
         sc.wdv.setZero(dh, wl);
         chunk_attention_backward<S>(q, sc.wk, sc.wv, qpos, sc.wpos.data(), opts, d_o, dlse, d_o,
                                     sc.wdk, sc.wdv, ws);
@@ -918,8 +928,7 @@ void LshAttention<S>::forward(const Parameters<S>& params, const ProjectionInput
     record = tape.data.data();
     buckets = record;
   }
-  const std::vector<Matrix<S>> rot =
-      record != nullptr ? rotations(pl, ctx) : std::vector<Matrix<S>>{};
+  const Scratch<S> rot = record != nullptr ? rotations(pl, ctx) : Scratch<S>{};
   std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
   for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
     const Index nh = std::min(pl.wave, pl.num_head_items - h0);

@@ -24,6 +24,7 @@
 #include "reformer/core/rng.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -172,7 +173,10 @@ void lsh_hash(ConstMatrixRef<S> vectors, ConstMatrixRef<S> rotations, const LshB
   const Index n = vectors.cols();
   // Block over tokens so the rotated buffer stays small (cols x block).
   constexpr Index kBlock = tuning::kLshHashTokenBlock;
-  Matrix<S> rotated(rotations.cols(), std::min(n, kBlock));
+  struct RotatedTag;
+  Eigen::Map<Matrix<S>, Eigen::AlignedMax> rotated(
+      thread_buffer<S, RotatedTag>(rotations.cols() * std::min(n, kBlock)), rotations.cols(),
+      std::min(n, kBlock));  // the calling thread's buffer: no allocation per call
   for (Index t0 = 0; t0 < n; t0 += kBlock) {
     const Index nt = std::min(kBlock, n - t0);
     // rotated: cols x nt = R^T x
@@ -209,53 +213,79 @@ void lsh_hash(ConstMatrixRef<S> vectors, ConstMatrixRef<S> rotations, const LshB
 ///   buckets: R x L row-major (slot r*L + t), values in [0, num_bins)
 ///   order[s]   = r*L + t of the slot at sorted place s (round r's slots stay in [r*L, (r+1)*L))
 ///   inverse[r*L + t] = s  (order[inverse[i]] == i)
-///   counts: scratch (resized: num_bins + 1 entries, or L when the bins outnumber positions)
+///   counts: scratch of lsh_counting_sort_scratch(length, num_bins) entries
 /// O(R * (L + num_bins)) by counting when num_bins <= 2 * L + 1, else O(R * L log L) by
 /// comparison, so the cost never grows with the bucket count; slots with equal buckets keep
 /// their position order.
 inline void lsh_counting_sort(const std::int32_t* buckets, Index rounds, Index length,
+                              Index num_bins, Index* order, Index* inverse, Index* counts);
+
+/// The scratch entries lsh_counting_sort needs: num_bins + 1, or L when the bins outnumber the
+/// positions.
+inline Index lsh_counting_sort_scratch(Index length, Index num_bins) {
+  return num_bins > 2 * length + 1 ? length : num_bins + 1;
+}
+
+/// lsh_counting_sort with its scratch in `counts` (resized).
+inline void lsh_counting_sort(const std::int32_t* buckets, Index rounds, Index length,
                               Index num_bins, Index* order, Index* inverse,
                               std::vector<Index>& counts) {
+  counts.resize(
+      static_cast<std::size_t>(std::max(lsh_counting_sort_scratch(length, num_bins), Index{0})));
+  lsh_counting_sort(buckets, rounds, length, num_bins, order, inverse, counts.data());
+}
+
+/// lsh_counting_sort with its scratch in the calling thread's buffer (core/workspace.hpp): no
+/// allocation once the thread has sorted a head of this size.
+inline void lsh_counting_sort(const std::int32_t* buckets, Index rounds, Index length,
+                              Index num_bins, Index* order, Index* inverse) {
+  struct CountsTag;
+  Index* counts = thread_buffer<Index, CountsTag>(
+      std::max(lsh_counting_sort_scratch(length, num_bins), Index{0}));
+  lsh_counting_sort(buckets, rounds, length, num_bins, order, inverse, counts);
+}
+
+inline void lsh_counting_sort(const std::int32_t* buckets, Index rounds, Index length,
+                              Index num_bins, Index* order, Index* inverse, Index* counts) {
   const char* where = "lsh_counting_sort";
   REFORMER_REQUIRE(rounds >= 1 && length >= 1, InvalidArgument, where, "rounds = ", rounds,
                    " and length = ", length, " must be >= 1");
   REFORMER_REQUIRE(num_bins >= 1, InvalidArgument, where, "num_bins = ", num_bins, " must be >= 1");
-  REFORMER_REQUIRE(buckets != nullptr && order != nullptr && inverse != nullptr, InvalidArgument,
-                   where, "buckets, order and inverse must not be null");
+  REFORMER_REQUIRE(
+      buckets != nullptr && order != nullptr && inverse != nullptr && counts != nullptr,
+      InvalidArgument, where, "buckets, order, inverse and counts must not be null");
   if (num_bins > 2 * length + 1) {
     // More bins than positions: sort the positions by (bucket, position) instead of counting.
-    counts.resize(static_cast<std::size_t>(length));
     for (Index r = 0; r < rounds; ++r) {
       const std::int32_t* b = buckets + r * length;
       for (Index t = 0; t < length; ++t) {
         REFORMER_REQUIRE(b[t] >= 0 && b[t] < num_bins, InvalidArgument, where, "bucket of round ",
                          r, ", position ", t, " = ", b[t], " is outside [0, ", num_bins, ")");
-        counts[static_cast<std::size_t>(t)] = t;
+        counts[t] = t;
       }
-      std::sort(counts.begin(), counts.end(),
+      std::sort(counts, counts + length,
                 [b](Index x, Index y) { return b[x] != b[y] ? b[x] < b[y] : x < y; });
       for (Index k = 0; k < length; ++k) {
-        const Index s = r * length + k, slot = r * length + counts[static_cast<std::size_t>(k)];
+        const Index s = r * length + k, slot = r * length + counts[k];
         order[s] = slot;
         inverse[slot] = s;
       }
     }
     return;
   }
-  counts.assign(static_cast<std::size_t>(num_bins + 1), 0);
   for (Index r = 0; r < rounds; ++r) {
     const std::int32_t* b = buckets + r * length;
-    std::fill(counts.begin(), counts.end(), Index{0});
+    std::fill(counts, counts + num_bins + 1, Index{0});
     for (Index t = 0; t < length; ++t) {
       REFORMER_REQUIRE(b[t] >= 0 && b[t] < num_bins, InvalidArgument, where, "bucket of round ", r,
                        ", position ", t, " = ", b[t], " is outside [0, ", num_bins, ")");
-      ++counts[static_cast<std::size_t>(b[t]) + 1];
+      ++counts[b[t] + 1];
     }
     // counts[k] = first sorted place of bin k (exclusive prefix sum), offset by the round.
     counts[0] = r * length;
     for (Index k = 1; k <= num_bins; ++k) counts[k] += counts[k - 1];
     for (Index t = 0; t < length; ++t) {
-      const Index s = counts[static_cast<std::size_t>(b[t])]++;
+      const Index s = counts[b[t]]++;
       order[s] = r * length + t;
       inverse[r * length + t] = s;
     }

@@ -183,7 +183,8 @@ void Embeddings<S>::forward(const Parameters<S>& params, TokenSpan tokens, Matri
 
   // e += Dropout_p(P(:, t))
   const S scale = static_cast<S>(1.0 / (1.0 - p));
-  Matrix<S> pcol(hidden_, 1);
+  Scratch<S> pcol_memory(ctx.workspace, hidden_, 1);  // D x 1
+  auto& pcol = pcol_memory.map();
   for_each_position(
       t, n, p, ctx,
       [&](Index c, Index i, Index j) {
@@ -211,7 +212,8 @@ void Embeddings<S>::backward(Parameters<S>& params, TokenSpan tokens, ConstMatri
   dword.reset();
 
   const S scale = static_cast<S>(1.0 / (1.0 - p));
-  Matrix<S> pcol(hidden_, 1);
+  Scratch<S> pcol_memory(ctx.workspace, hidden_, 1);  // D x 1
+  auto& pcol = pcol_memory.map();
   for_each_position(
       t, n, p, ctx,
       [&](Index c, Index i, Index j) {

@@ -60,7 +60,9 @@ void layer_norm_forward(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, ConstVecto
                                 gamma.cols(), beta.rows(), beta.cols(), eps);
   check_shape("layer_norm_forward", "y", y.rows(), y.cols(), x.rows(), x.cols());
   const S e = static_cast<S>(eps);
-  Vector<S> xhat(x.rows());  // D
+  struct XhatTag;
+  Eigen::Map<Vector<S>, Eigen::AlignedMax> xhat(thread_buffer<S, XhatTag>(x.rows()),
+                                                x.rows());  // D
   for (Index n = 0; n < x.cols(); ++n) {
     detail::layer_norm_normalise_column<S>(x.col(n), xhat, e);
     y.col(n) = xhat.cwiseProduct(gamma) + beta;
@@ -87,8 +89,12 @@ void layer_norm_backward(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, double ep
   check_shape(kWhere, "dbeta", dbeta.rows(), dbeta.cols(), x.rows(), 1);
   const S e = static_cast<S>(eps);
   const S inv_d = S(1) / static_cast<S>(x.rows());
-  Vector<S> xhat(x.rows());  // D
-  Vector<S> g(x.rows());     // D: dL/dxhat
+  struct XhatTag;
+  struct GradTag;
+  Eigen::Map<Vector<S>, Eigen::AlignedMax> xhat(thread_buffer<S, XhatTag>(x.rows()),
+                                                x.rows());  // D
+  Eigen::Map<Vector<S>, Eigen::AlignedMax> g(thread_buffer<S, GradTag>(x.rows()),
+                                             x.rows());  // D: dL/dxhat
   for (Index n = 0; n < x.cols(); ++n) {
     const S rstd = detail::layer_norm_normalise_column<S>(x.col(n), xhat, e);
     g = dy.col(n).cwiseProduct(gamma);
@@ -137,7 +143,9 @@ void layer_norm_backward_parallel(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, 
     block_backward(0, x.cols(), dgamma, dbeta);
     return;
   }
-  Matrix<S> partial = Matrix<S>::Zero(d, 2 * blocks);  // [dgamma_0, dbeta_0, dgamma_1, ...]
+  Scratch<S> partial_memory(ws, d, 2 * blocks);  // [dgamma_0, dbeta_0, dgamma_1, ...]
+  auto& partial = partial_memory.map();
+  partial.setZero();
   for_column_blocks(x.cols(), 16.0 * double(d), [&](Index c0, Index nc) {
     const Index blk = c0 / tuning::kColumnBlock;
     block_backward(c0, nc, partial.col(2 * blk), partial.col(2 * blk + 1));

@@ -28,9 +28,9 @@
 #include "reformer/ops/parallel.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <type_traits>
-#include <vector>
 
 namespace reformer {
 
@@ -193,20 +193,19 @@ void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
   }
   // out x in in dW's storage order, over scratch memory
   using Partial = Eigen::Map<typename std::decay_t<GW>::PlainObject, Eigen::Aligned64>;
-  std::vector<Scratch<S>> partial_memory;
-  partial_memory.reserve(static_cast<std::size_t>(std::min(blocks, kPartials)));
-  std::vector<Partial> partial;
-  partial.reserve(partial_memory.capacity());
-  for (std::size_t i = 0; i < partial_memory.capacity(); ++i) {
-    partial_memory.emplace_back(ws, out, in);
-    partial.emplace_back(partial_memory.back().map().data(), out, in);
+  std::array<Scratch<S>, static_cast<std::size_t>(kPartials)> partial_memory;  // no heap use
+  for (Index i = 0; i < std::min(blocks, kPartials); ++i) {
+    partial_memory[static_cast<std::size_t>(i)].resize(ws, out, in);
   }
+  const auto partial = [&](Index i) {
+    return Partial(partial_memory[static_cast<std::size_t>(i)].map().data(), out, in);
+  };
   for (Index w0 = 0; w0 < blocks; w0 += kPartials) {
     const Index wave = std::min(kPartials, blocks - w0);
     parallel_for(wave, [&](Index i) {
       const Index t0 = (w0 + i) * kTokenBlock;
       const Index nt = std::min(kTokenBlock, n - t0);
-      Partial& p = partial[static_cast<std::size_t>(i)];
+      Partial p = partial(i);
       p.noalias() = dy.middleCols(t0, nt) * x.middleCols(t0, nt).transpose();
     });
     // dW += partial_0 + partial_1 + ... (in block order, split over dW's rows)
@@ -215,7 +214,7 @@ void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
       const Index r0 = blk * rb;
       const Index nr = std::min(rb, out - r0);
       for (Index i = 0; i < wave; ++i) {
-        dW.middleRows(r0, nr) += partial[static_cast<std::size_t>(i)].middleRows(r0, nr);
+        dW.middleRows(r0, nr) += partial(i).middleRows(r0, nr);
       }
     });
   }

@@ -5,6 +5,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
+#include <map>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -123,6 +125,63 @@ TEST(Workspace, SteadyStepsMapNothingNew) {
   EXPECT_EQ(ws.stats().mappings, mappings_after_first);
 }
 
+TEST(Workspace, BestFitAndMergesMatchAPlainOracle) {
+  // Random draws and returns inside one region against a plain model of the policy: the
+  // smallest free extent that holds the request (the lowest address among equals), carved from
+  // its start; a returned block merges with free neighbours.
+  constexpr std::size_t kRegion = std::size_t{8} << 20;
+  Workspace ws;
+  const auto base = reinterpret_cast<std::uintptr_t>(ws.acquire(kRegion));
+  ws.release(reinterpret_cast<void*>(base), kRegion);
+  std::map<std::uintptr_t, std::size_t> oracle{{base, kRegion}};  // free extents
+  std::vector<std::pair<void*, std::size_t>> held;
+  std::uint64_t state = 12345;
+  const auto next = [&state] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return state >> 33;
+  };
+  for (int op = 0; op < 4000; ++op) {
+    if (held.empty() || (held.size() < 120 && next() % 3 != 0)) {
+      const std::size_t bytes = 1 + next() % (32 << 10);  // up to 8 pages
+      const std::size_t size = Workspace::block_size(bytes);
+      auto fit = oracle.end();
+      for (auto it = oracle.begin(); it != oracle.end(); ++it) {
+        if (it->second >= size && (fit == oracle.end() || it->second < fit->second)) fit = it;
+      }
+      ASSERT_NE(fit, oracle.end());
+      const std::uintptr_t expected = fit->first;
+      const std::size_t len = fit->second;
+      oracle.erase(fit);
+      if (len > size) oracle.emplace(expected + size, len - size);
+      void* p = ws.acquire(bytes);
+      ASSERT_EQ(reinterpret_cast<std::uintptr_t>(p), expected) << "draw " << op;
+      held.emplace_back(p, bytes);
+    } else {
+      const std::size_t k = next() % held.size();
+      auto addr = reinterpret_cast<std::uintptr_t>(held[k].first);
+      std::size_t size = Workspace::block_size(held[k].second);
+      ws.release(held[k].first, held[k].second);
+      held.erase(held.begin() + static_cast<std::ptrdiff_t>(k));
+      auto after = oracle.lower_bound(addr);
+      if (after != oracle.end() && after->first == addr + size) {
+        size += after->second;
+        after = oracle.erase(after);
+      }
+      if (after != oracle.begin() && std::prev(after)->first + std::prev(after)->second == addr) {
+        addr = std::prev(after)->first;
+        size += std::prev(after)->second;
+        oracle.erase(std::prev(after));
+      }
+      oracle.emplace(addr, size);
+    }
+  }
+  EXPECT_EQ(ws.stats().mappings, 1u);
+  for (const auto& [p, bytes] : held) ws.release(p, bytes);
+  EXPECT_EQ(ws.stats().in_use_bytes, 0u);
+  ws.trim();  // one free extent again: the region goes back
+  EXPECT_EQ(ws.stats().cached_bytes, 0u);
+}
+
 TEST(Workspace, ThreadsDrawAndReturnBlocksConcurrently) {
   Workspace ws;
   std::vector<std::thread> threads;
@@ -164,17 +223,40 @@ TEST(Scratch, DrawsLargeMatricesFromTheWorkspaceAndGivesThemBack) {
   EXPECT_EQ(ws.stats().in_use_bytes, 0u);
 }
 
-TEST(Scratch, SmallMatricesAndANullWorkspaceUseTheHeap) {
+TEST(Scratch, SmallMatricesComeFromTheWorkspaceAndANullWorkspaceUsesTheHeap) {
+  // A small heap block freed every step let glibc trim and regrow its heap (page faults in a
+  // steady state): with a workspace every block, however small, is one of its pages.
   Workspace ws;
   Scratch<double> small(&ws, 4, 4);
-  EXPECT_EQ(ws.stats().mappings, 0u);
+  EXPECT_EQ(ws.stats().mappings, 1u);
+  EXPECT_EQ(ws.stats().in_use_bytes, 4096u);
   small.map().setIdentity();
   EXPECT_EQ(small.map().trace(), 4.0);
+  ScratchArray<std::int64_t> counts(&ws, 3);
+  EXPECT_EQ(ws.stats().in_use_bytes, 2 * 4096u);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(counts.data()) % 4096, 0u);
+  counts.reset();
+  small.reset();
+  EXPECT_EQ(ws.stats().in_use_bytes, 0u);
   Scratch<double> heap(nullptr, 512, 512);  // 2 MiB, no workspace
   heap.map().setZero();
   EXPECT_EQ(heap.map().size(), 512 * 512);
   EXPECT_EQ(reinterpret_cast<std::uintptr_t>(heap.map().data()) % 64, 0u);
-  EXPECT_EQ(ws.stats().mappings, 0u);
+  EXPECT_EQ(ws.stats().mappings, 1u);
+}
+
+TEST(ThreadBuffer, GrowsKeepsItsMemoryAndIsAlignedForEigen) {
+  struct Tag;
+  float* a = thread_buffer<float, Tag>(100);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(a) % EIGEN_MAX_ALIGN_BYTES, 0u);
+  a[99] = 1.0f;
+  EXPECT_EQ((thread_buffer<float, Tag>(50)), a);  // smaller: the same memory
+  EXPECT_EQ((thread_buffer<float, Tag>(100)), a);
+  float* b = thread_buffer<float, Tag>(1 << 20);  // larger: grows
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(b) % EIGEN_MAX_ALIGN_BYTES, 0u);
+  EXPECT_EQ((thread_buffer<float, Tag>(100)), b);
+  struct Other;
+  EXPECT_NE((thread_buffer<float, Other>(100)), b);  // another tag: another buffer
 }
 
 TEST(Scratch, MovesHandOverTheBlock) {

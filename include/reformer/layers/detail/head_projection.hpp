@@ -19,6 +19,7 @@
 // The backward blocks run tuning::kGradPartials at a time; their partial dW, dgamma and dbeta
 // are added in block order, so the results are bitwise identical for any thread count. No
 // D x N normalised input or gradient is ever formed.
+#include "reformer/core/error.hpp"
 #include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
@@ -32,6 +33,7 @@
 #include "reformer/ops/parallel.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <initializer_list>
@@ -117,9 +119,15 @@ void project_heads_backward(Parameters<S>& params, HeadRange heads, Index head_s
   const Index per_wave = std::min(blocks, tuning::kGradPartials);
   // Per block of a wave: its partial dW of every projection (rows x D each, entry i * np + p),
   // and its partial dgamma, dbeta (columns 2i, 2i + 1).
-  std::vector<Scratch<S>> partial_dw(static_cast<std::size_t>(per_wave * np));
-  for (Scratch<S>& p : partial_dw) p.resize(ws, rows, d);
-  Matrix<S> partial_ln(d, 2 * per_wave);
+  constexpr Index kMaxProjections = 3;  // q, k, v
+  REFORMER_REQUIRE(np >= 1 && np <= kMaxProjections, InvalidArgument, "project_heads_backward",
+                   "grads.size() = ", np, " must be in [1, ", kMaxProjections, "]");
+  std::array<Scratch<S>, static_cast<std::size_t>(tuning::kGradPartials * kMaxProjections)>
+      partial_dw;  // fixed storage: no heap use per call
+  for (Index i = 0; i < per_wave * np; ++i)
+    partial_dw[static_cast<std::size_t>(i)].resize(ws, rows, d);
+  Scratch<S> partial_ln_memory(ws, d, 2 * per_wave);
+  auto& partial_ln = partial_ln_memory.map();
   const double block_flops =
       4.0 * double(rows) * double(d) * double(kFusedProjectionBlock) * double(np);
   const Index rb = row_block(rows), row_blocks = num_blocks(rows, rb);

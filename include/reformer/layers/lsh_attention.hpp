@@ -264,18 +264,17 @@ class LshAttention {
     Index head_of(Index hi) const { return hi % heads.count; }  // local head j
   };
 
-  /// Per-(sequence, head) state of one call. Sorted places s in [0, R*Tp): slot (r, t) sits at
-  /// place inverse[r*Tp + t]; place s holds position pos[s] (>= T: padding).
+  /// Per-(sequence, head) state of one call. Sorted places s in [0, R*Tp); place s holds
+  /// position pos[s] (>= T: padding).
   struct HeadBuffers {
-    ScratchArray<Index> pos;      // sorted place -> position
-    ScratchArray<Index> inverse;  // slot r*Tp + t -> sorted place
-    Scratch<S> key_scale;         // Tp x 1: the key of position t is qk_t * key_scale_t (0 if
-                                  // padded)
-    Scratch<S> lse;               // R*Tp x 1: the logsumexp of each place's query
-    Scratch<S> top, total;        // Tp x 1: per position, the largest lse over the rounds so
-                                  // far and sum_r exp(lse_r - top) (the rounds' softmax)
-    Scratch<S> o_dot;             // backward, R*Tp x 1: da_t . o_r(t) at the place of (r, t)
-    Scratch<S> a_dot;             // backward, Tp x 1: da_t . a_t
+    ScratchArray<Index> pos;  // sorted place -> position
+    Scratch<S> key_scale;     // Tp x 1: the key of position t is qk_t * key_scale_t (0 if
+                              // padded)
+    Scratch<S> lse;           // R*Tp x 1: the logsumexp of each place's query
+    Scratch<S> top, total;    // Tp x 1: per position, the largest lse over the rounds so
+                              // far and sum_r exp(lse_r - top) (the rounds' softmax)
+    Scratch<S> o_dot;         // backward, R*Tp x 1: da_t . o_r(t) at the place of (r, t)
+    Scratch<S> a_dot;         // backward, Tp x 1: da_t . a_t
   };
 
   /// A thread's copy of one block of sorted chunks with the chunks its windows reach (the
@@ -366,10 +365,10 @@ class LshAttention {
     p.block = std::max<Index>(tuning::kLshChunksPerItem, cfg_.chunks_before + cfg_.chunks_after);
     p.blocks_per_round = (p.chunks_per_round + p.block - 1) / p.block;
     p.layout = bucket_layout(p.length);
-    // Per head: positions and inverse (Index), lse and o_dot per place; key scale, top, total
-    // and a_dot per position, in scalars.
+    // Per head: positions (Index), lse and o_dot per place; key scale, top, total and a_dot
+    // per position, in scalars.
     const Index index_scalars = static_cast<Index>(sizeof(Index) / sizeof(S));
-    const Index per_head = (2 * index_scalars + 2) * p.slots + 4 * p.padded;
+    const Index per_head = (index_scalars + 2) * p.slots + 4 * p.padded;
     // Heads per wave: enough blocks to keep the threads busy (kWaveItems), within the memory
     // budget (kWaveScalars). Depends on the shapes only.
     const Index wanted = (kWaveItems + p.blocks_per_round - 1) / p.blocks_per_round;
@@ -481,8 +480,8 @@ class LshAttention {
     return o;
   }
 
-  /// Sorts the slots of every head item of a wave by bucket (the inverse permutation and the
-  /// positions of the sorted places) and computes the key scale of every position. `tape` holds
+  /// Sorts the slots of every head item of a wave by bucket (the positions of the sorted
+  /// places) and computes the key scale of every position. `tape` holds
   /// [B, H, R, T] buckets; padded positions get the pad bucket NB, so they sort last in their
   /// round.
   void sort_heads(const Plan& pl, ConstMatrixRef<S> qk, const std::int32_t* tape, Index h0,
@@ -510,10 +509,10 @@ class LshAttention {
       for (Index t = 0; t < tp; ++t)
         slot_buckets[at(r * tp + t)] = t < len ? buckets[r * len + t] : nb;
     ScratchArray<Index> order(ws, pl.slots);
+    ScratchArray<Index> inverse(ws, pl.slots);  // the sort's other output, not needed later
     ScratchArray<Index> counts(ws, lsh_counting_sort_scratch(tp, Index{nb} + 1));
-    hb.inverse.resize(ws, pl.slots);
-    lsh_counting_sort(slot_buckets.data(), rounds, tp, Index{nb} + 1, order.data(),
-                      hb.inverse.data(), counts.data());
+    lsh_counting_sort(slot_buckets.data(), rounds, tp, Index{nb} + 1, order.data(), inverse.data(),
+                      counts.data());
     hb.pos.resize(ws, pl.slots);
     for (Index s = 0; s < pl.slots; ++s) hb.pos[at(s)] = order[at(s)] - (s / tp) * tp;
     hb.key_scale.resize(ws, tp, 1);

@@ -29,6 +29,8 @@
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/core/workspace.hpp"
+#include "reformer/ops/detail/packets.hpp"
 #include "reformer/ops/softmax.hpp"
 
 #include <Eigen/Core>
@@ -177,27 +179,161 @@ void chunk_check(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<S> k, Co
                    "opts.draw_stride = ", opts.draw_stride, " must be > 0 with dropout");
 }
 
+/// The key-only part of the masks of one kernel call, laid out for packet code: each key's
+/// position as a scalar, and all-ones lanes where a key is padding (key_flags) or does not exist
+/// (position >= valid_length). `active` is false when no score of the call can be masked.
+/// `vector` is false when a position is not exact in S (from 2^24 in float): the masks are then
+/// applied per score by chunk_mask.
+template <class S>
+struct ChunkKeyMasks {
+  bool active = false;
+  bool vector = false;
+  const S* pos = nullptr;
+  const S* padded = nullptr;
+  const S* missing = nullptr;
+};
+
+struct ChunkKeyMasksBuffer;  // the tag of its per-thread storage
+
+template <class S, class P>
+ChunkKeyMasks<S> chunk_key_masks(const P* qpos, Index cq, const P* kpos, Index ck,
+                                 const ChunkAttentionOptions& opts) {
+  ChunkKeyMasks<S> km;
+  // positions below 2^digits are exact in S (a float holds every integer up to 2^24)
+  constexpr Index kExact = Index(1) << std::min(std::numeric_limits<S>::digits, 62);
+  auto is_exact = [](P p) { return p >= 0 && static_cast<Index>(p) < kExact; };
+  bool exact = true, any_key_mask = false;
+  for (Index j = 0; j < ck; ++j) {
+    const bool exists = static_cast<Index>(kpos[j]) < opts.valid_length;
+    any_key_mask =
+        any_key_mask || !exists || (opts.key_flags != nullptr && opts.key_flags[kpos[j]] == 0);
+    exact = exact && is_exact(kpos[j]);
+  }
+  for (Index i = 0; i < cq; ++i) exact = exact && is_exact(qpos[i]);
+  km.active = opts.causal || opts.self_mask || any_key_mask;
+  km.vector = exact;
+  if (!km.active || !exact) return km;
+  S* buf = thread_buffer<S, ChunkKeyMasksBuffer>(3 * ck);
+  S* pos = buf;
+  S* padded = buf + ck;
+  S* missing = buf + 2 * ck;
+  const S all_ones = Eigen::internal::ptrue(S(0));
+  for (Index j = 0; j < ck; ++j) {
+    const bool exists = static_cast<Index>(kpos[j]) < opts.valid_length;
+    pos[j] = static_cast<S>(kpos[j]);
+    padded[j] =
+        exists && opts.key_flags != nullptr && opts.key_flags[kpos[j]] == 0 ? all_ones : S(0);
+    missing[j] = exists ? S(0) : all_ones;
+  }
+  km.pos = pos;
+  km.padded = padded;
+  km.missing = missing;
+  return km;
+}
+
+/// The lanes of the scores s_ij, keys j .. j + lanes - 1 of query position qp, that chunk_mask
+/// replaces: by -1e9 (`far`: causal or key padding, and not the query itself under self_mask;
+/// or a key that does not exist) and by -1e5 (`self`, when the key exists).
+template <class S>
+struct ChunkMaskLanes {
+  Packet<S> far, self;
+};
+
+template <class S>
+ChunkMaskLanes<S> chunk_mask_lanes(const ChunkKeyMasks<S>& km, Index j, const Packet<S>& qp,
+                                   const ChunkAttentionOptions& opts) {
+  namespace ei = Eigen::internal;
+  using P = Packet<S>;
+  const P kp = ei::ploadu<P>(km.pos + j);
+  const P missing = ei::ploadu<P>(km.missing + j);
+  P far = ei::ploadu<P>(km.padded + j);
+  if (opts.causal) far = ei::por(far, ei::pcmp_lt(qp, kp));
+  P self = ei::pzero(qp);
+  if (opts.self_mask) {
+    self = ei::pandnot(ei::pcmp_eq(kp, qp), missing);
+    far = ei::pandnot(far, self);
+  }
+  return {ei::por(far, missing), self};
+}
+
+/// Replaces the masked scores of one query (position qp) over the keys 0 .. ck-1 (col: ck
+/// scores) by the mask values, as chunk_mask; returns the largest (masked) score.
+template <class S, class P>
+S mask_scores(S* col, Index ck, P qp, const P* kpos, const ChunkKeyMasks<S>& km,
+              const ChunkAttentionOptions& opts) {
+  namespace ei = Eigen::internal;
+  using Pk = Packet<S>;
+  constexpr Index k = kPacketSize<S>;
+  Index j = 0;
+  S mx = -std::numeric_limits<S>::infinity();
+  if (!km.active || km.vector) {
+    const Pk q = ei::pset1<Pk>(static_cast<S>(qp));
+    const Pk far_value = ei::pset1<Pk>(static_cast<S>(kCausalMaskValue));
+    const Pk self_value = ei::pset1<Pk>(static_cast<S>(kSelfMaskValue));
+    Pk top = ei::pset1<Pk>(mx);
+    for (; j + k <= ck; j += k) {
+      Pk x = ei::ploadu<Pk>(col + j);
+      if (km.active) {
+        const ChunkMaskLanes<S> m = chunk_mask_lanes<S>(km, j, q, opts);
+        x = ei::pselect(m.far, far_value, ei::pselect(m.self, self_value, x));
+        ei::pstoreu(col + j, x);
+      }
+      top = ei::pmax(top, x);
+    }
+    mx = ei::predux_max(top);
+  }
+  double value = 0.0;
+  for (; j < ck; ++j) {
+    if (km.active && chunk_mask(qp, kpos[j], opts, value)) col[j] = static_cast<S>(value);
+    mx = std::max(mx, col[j]);
+  }
+  return mx;
+}
+
 /// probs(:, :) = softmax over keys of the masked scores k^T q; writes lse when non-null.
 template <class S, class P>
 void chunk_probabilities(ConstMatrixRef<S> q, ConstMatrixRef<S> k, const P* qpos, const P* kpos,
-                         const ChunkAttentionOptions& opts, Eigen::Map<Matrix<S>> st, S* lse) {
+                         const ChunkAttentionOptions& opts, const ChunkKeyMasks<S>& km,
+                         Eigen::Map<Matrix<S>> st, S* lse) {
   const Index cq = q.cols(), ck = k.cols();
   // st: Ck x Cq, st(j, i) = k_j . q_i = s_ij
   st.noalias() = k.transpose() * q;
   for (Index i = 0; i < cq; ++i) {
-    auto col = st.col(i);
-    double value = 0.0;
-    for (Index j = 0; j < ck; ++j) {
-      if (chunk_mask(qpos[i], kpos[j], opts, value)) col(j) = static_cast<S>(value);
-    }
-    const S mx = col.maxCoeff();
+    S* col = st.col(i).data();
+    const S mx = mask_scores<S>(col, ck, qpos[i], kpos, km, opts);
     // exp flushed to exactly 0 below the smallest normal: a masked key's weight is then 0 on
     // every instruction set, so nothing at a padded key reaches a real query, not even a
     // subnormal.
-    assign_exp(col.array(), col.array() - mx);
-    const S sum = col.sum();
-    col /= sum;
+    const S sum = exp_shifted_flushed_sum<S>(col, ck, mx);
+    st.col(i) /= sum;
     if (lse != nullptr) lse[i] = mx + std::log(sum);
+  }
+}
+
+/// ds(:, i) = p(:, i) .* (dp(:, i) + shift), 0 where the score s_ij is masked (a constant).
+/// ds may be dp.  p, dp, ds: ck scores of the query at position qp.
+template <class S, class P>
+void masked_softmax_grad(const S* p, const S* dp, S* ds, Index ck, S shift, P qp, const P* kpos,
+                         const ChunkKeyMasks<S>& km, const ChunkAttentionOptions& opts) {
+  namespace ei = Eigen::internal;
+  using Pk = Packet<S>;
+  constexpr Index k = kPacketSize<S>;
+  const Pk sh = ei::pset1<Pk>(shift);
+  const Pk q = ei::pset1<Pk>(static_cast<S>(qp));
+  const bool lanes = !km.active || km.vector;
+  Index j = 0;
+  for (; lanes && j + k <= ck; j += k) {
+    Pk g = ei::pmul(ei::ploadu<Pk>(p + j), ei::padd(ei::ploadu<Pk>(dp + j), sh));
+    if (km.active) {
+      const ChunkMaskLanes<S> m = chunk_mask_lanes<S>(km, j, q, opts);
+      g = ei::pandnot(g, ei::por(m.far, m.self));
+    }
+    ei::pstoreu(ds + j, g);
+  }
+  double value = 0.0;
+  for (; j < ck; ++j) {
+    const bool masked = km.active && chunk_mask(qp, kpos[j], opts, value);
+    ds[j] = masked ? S(0) : p[j] * (dp[j] + shift);
   }
 }
 
@@ -218,7 +354,8 @@ void chunk_attention_forward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatr
   detail::chunk_check<S>(where, q, k, v, "o", o.rows(), o.cols(), qpos, kpos, opts);
   ws.reserve(cq, ck);
   auto pt = ws.probs(ck, cq);  // Ck x Cq
-  detail::chunk_probabilities<S>(q, k, qpos, kpos, opts, pt, lse);
+  const auto km = detail::chunk_key_masks<S>(qpos, cq, kpos, ck, opts);
+  detail::chunk_probabilities<S>(q, k, qpos, kpos, opts, km, pt, lse);
   if (opts.dropout_rate > 0.0) {
     for (Index i = 0; i < cq; ++i)
       for (Index j = 0; j < ck; ++j)
@@ -246,7 +383,8 @@ void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<
   ws.reserve(cq, ck);
   auto pt = ws.probs(ck, cq);  // p, later pd (Ck x Cq)
   auto gt = ws.grads(ck, cq);  // dpd -> dp -> ds (Ck x Cq)
-  chunk_probabilities<S>(q, k, qpos, kpos, opts, pt, static_cast<S*>(nullptr));
+  const auto km = chunk_key_masks<S>(qpos, cq, kpos, ck, opts);
+  chunk_probabilities<S>(q, k, qpos, kpos, opts, km, pt, static_cast<S*>(nullptr));
   // dpd^T: Ck x Cq = v^T (Ck x Dv) * do (Dv x Cq)
   gt.noalias() = v.transpose() * d_o;
   const bool dropout = opts.dropout_rate > 0.0;
@@ -262,11 +400,11 @@ void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<
       delta = pt.col(i).dot(gt.col(i));
     }
     const S shift = (dlse != nullptr ? dlse[i] : S(0)) - delta;
-    double value = 0.0;
-    for (Index j = 0; j < ck; ++j) {
-      const bool masked = chunk_mask(qpos[i], kpos[j], opts, value);
-      gt(j, i) = masked ? S(0) : pt(j, i) * (gt(j, i) + shift);                  // ds
-      if (dropout) pt(j, i) *= chunk_dropout_factor<S>(qpos[i], kpos[j], opts);  // pd
+    // ds
+    masked_softmax_grad<S>(&pt(0, i), &gt(0, i), &gt(0, i), ck, shift, qpos[i], kpos, km, opts);
+    if (dropout) {
+      for (Index j = 0; j < ck; ++j)
+        pt(j, i) *= chunk_dropout_factor<S>(qpos[i], kpos[j], opts);  // pd
     }
   }
   if (o != nullptr) o->noalias() = v * pt;  // o = v pd^T

@@ -20,7 +20,10 @@
 // All outputs are overwritten; p may alias x and dx may alias dy.
 #include "reformer/core/error.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/ops/detail/packets.hpp"
 
+#include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -28,21 +31,63 @@
 namespace reformer {
 
 namespace detail {
-/// dst = exp(a), with every result below the smallest normal number flushed to exactly 0 (the
-/// arguments below about log(smallest normal): -87 in float, -708 in double). Eigen's vectorised
-/// exp clamps very negative arguments and returns a tiny denormal on some instruction sets
-/// (SSE/AVX2), so without the flush masked entries such as -1e9 or -inf would not vanish
-/// exactly. The exponentials are Eigen's vectorised ones; the flush is a compare per entry
-/// (an Eigen select() of the exponential would make Eigen 3.4 evaluate exp one scalar at a time).
+
+/// x[i] = exp(x[i] - shift) for i < n, with every result below the smallest normal number
+/// flushed to exactly 0 (the arguments below log(smallest normal): about -87 in float, -708 in
+/// double); returns the sum of the results. Eigen's vectorised exp clamps very negative
+/// arguments and returns a tiny subnormal on some instruction sets (SSE/AVX2), so without the
+/// flush masked entries such as -1e9 or -inf would not vanish exactly. Those arguments are not
+/// passed to exp at all: computing a subnormal is microcoded on x86 (masked scores made the
+/// pass three times slower).
+/// One pass of Eigen's packet exp over every element (the tail too, through a padded packet),
+/// so an element's value does not depend on its index or on the alignment of x; the sum adds
+/// the packets in order, then their lanes, then the tail's elements in order: the same
+/// rounding for the same n wherever x lies.
+template <class S>
+S exp_shifted_flushed_sum(S* x, Index n, S shift) {
+  namespace ei = Eigen::internal;
+  using P = Packet<S>;
+  constexpr Index k = kPacketSize<S>;
+  const P sh = ei::pset1<P>(shift);
+  const P smallest_normal = ei::pset1<P>(std::numeric_limits<S>::min());
+  static const S log_smallest_normal = std::log(std::numeric_limits<S>::min());
+  const P underflow = ei::pset1<P>(log_smallest_normal);
+  auto flushed_exp = [&](const P& in) {
+    const P v = ei::psub(in, sh);
+    const P tiny = ei::pcmp_lt(v, underflow);    // exp(v) < smallest normal
+    const P e = ei::pexp(ei::pandnot(v, tiny));  // exp(+0) in those lanes
+    return ei::pandnot(e, ei::por(tiny, ei::pcmp_lt(e, smallest_normal)));  // -> +0
+  };
+  P acc = ei::pzero(sh);
+  Index i = 0;
+  for (; i + k <= n; i += k) {
+    const P e = flushed_exp(ei::ploadu<P>(x + i));
+    ei::pstoreu(x + i, e);
+    acc = ei::padd(acc, e);
+  }
+  S sum = ei::predux(acc);
+  if (i < n) {
+    S buf[k];
+    std::fill(buf, buf + k, shift);
+    std::copy(x + i, x + n, buf);
+    ei::pstoreu(buf, flushed_exp(ei::ploadu<P>(buf)));
+    for (Index l = 0; l < n - i; ++l) {
+      x[i + l] = buf[l];
+      sum += buf[l];
+    }
+  }
+  return sum;
+}
+
+/// dst = exp(a), flushed as exp_shifted_flushed_sum (which computes it, after dst = a).
 /// `a` is an array expression and may read dst; dst is a vector or a contiguous array.
 template <class Dst, class Arg>
 void assign_exp(Dst&& dst, const Arg& a) {
   using S = typename std::decay_t<Dst>::Scalar;
-  dst = a.exp();
-  const S smallest_normal = std::numeric_limits<S>::min();
-  for (Index i = 0; i < dst.size(); ++i) {
-    if (dst.coeff(i) < smallest_normal) dst.coeffRef(i) = S(0);
-  }
+  dst = a;
+  if (dst.size() == 0) return;
+  REFORMER_ASSERT(dst.innerStride() == 1);
+  exp_shifted_flushed_sum<S>(&dst.coeffRef(0), dst.size(), S(0));
 }
 
 template <class S, class Slice>

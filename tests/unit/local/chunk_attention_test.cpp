@@ -7,8 +7,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -168,6 +170,80 @@ TEST(ChunkAttention, FullyMaskedQueryStaysFinite) {
   const Vector<double> mean = v.rowwise().mean();
   EXPECT_LT(relative_error(o.col(0), mean), 1e-14);
   EXPECT_NEAR(lse(0), -1e9 + std::log(4.0), 1e-6);
+}
+
+// The packet masks of the kernel (detail::mask_scores, detail::masked_softmax_grad) against the
+// per-score definition (detail::chunk_mask), bitwise: every combination of the masks, windows
+// of any length (packets and tails), repeated positions, key padding, keys that do not exist,
+// and positions too large to be exact in float (the per-score path).
+template <class S>
+void check_vector_masks_match_scalar(Index position_offset) {
+  Rng rng(5);
+  std::vector<std::uint8_t> key_flags(64 + static_cast<std::size_t>(position_offset), 1);
+  for (Index t = 0; t < 64; ++t) {
+    if (rng.uniform(static_cast<std::uint64_t>(t)) < 0.2)
+      key_flags[static_cast<std::size_t>(position_offset + t)] = 0;
+  }
+  Index draw = 1000;
+  int masked_seen = 0;
+  for (const Index ck : {1, 5, 8, 16, 19, 128}) {
+    for (int combo = 0; combo < 16; ++combo) {
+      ChunkAttentionOptions opts;
+      opts.causal = (combo & 1) != 0;
+      opts.self_mask = (combo & 2) != 0;
+      opts.key_flags = (combo & 4) != 0 ? key_flags.data() : nullptr;
+      if ((combo & 8) != 0) opts.valid_length = position_offset + 40;
+      const Index cq = 3;
+      std::vector<Index> qpos(cq), kpos(static_cast<std::size_t>(ck));
+      for (auto& p : kpos) p = position_offset + static_cast<Index>(rng.uniform(draw++) * 48);
+      for (Index i = 0; i < cq; ++i)  // one query shares a key's position (self)
+        qpos[static_cast<std::size_t>(i)] =
+            i == 0 ? kpos[0] : position_offset + static_cast<Index>(rng.uniform(draw++) * 48);
+      const auto km = detail::chunk_key_masks<S>(qpos.data(), cq, kpos.data(), ck, opts);
+      EXPECT_EQ(km.vector, position_offset < (Index(1) << std::numeric_limits<S>::digits));
+      for (Index i = 0; i < cq; ++i) {
+        const Index qp = qpos[static_cast<std::size_t>(i)];
+        std::vector<S> col(static_cast<std::size_t>(ck)), want(col.size());
+        for (Index j = 0; j < ck; ++j)
+          col[static_cast<std::size_t>(j)] = static_cast<S>(rng.uniform(draw++) * 8 - 4);
+        want = col;
+        S want_max = -std::numeric_limits<S>::infinity();
+        std::vector<bool> masked(col.size());
+        for (Index j = 0; j < ck; ++j) {
+          const auto u = static_cast<std::size_t>(j);
+          double value = 0;
+          masked[u] = detail::chunk_mask(qp, kpos[u], opts, value);
+          if (masked[u]) want[u] = static_cast<S>(value);
+          want_max = std::max(want_max, want[u]);
+          masked_seen += masked[u] ? 1 : 0;
+        }
+        const S got_max = detail::mask_scores<S>(col.data(), ck, qp, kpos.data(), km, opts);
+        EXPECT_EQ(got_max, want_max) << ck << " " << combo;
+        EXPECT_EQ(col, want) << ck << " " << combo << " " << i;
+        // ds = p (dp + shift), 0 where masked
+        std::vector<S> p(col.size()), dp(col.size()), ds(col.size());
+        for (Index j = 0; j < ck; ++j) {
+          p[static_cast<std::size_t>(j)] = static_cast<S>(rng.uniform(draw++));
+          dp[static_cast<std::size_t>(j)] = static_cast<S>(rng.uniform(draw++) - 0.5);
+        }
+        const S shift = static_cast<S>(0.25);
+        detail::masked_softmax_grad<S>(p.data(), dp.data(), ds.data(), ck, shift, qp, kpos.data(),
+                                       km, opts);
+        for (Index j = 0; j < ck; ++j) {
+          const auto u = static_cast<std::size_t>(j);
+          EXPECT_EQ(ds[u], masked[u] ? S(0) : p[u] * (dp[u] + shift)) << ck << " " << combo;
+        }
+      }
+    }
+  }
+  EXPECT_GT(masked_seen, 1000);  // the combinations do mask
+}
+
+TEST(ChunkAttention, VectorMasksMatchPerScoreMasks) {
+  check_vector_masks_match_scalar<float>(0);
+  check_vector_masks_match_scalar<double>(0);
+  check_vector_masks_match_scalar<float>(Index(1) << 24);  // not exact in float: per score
+  check_vector_masks_match_scalar<double>(Index(1) << 24);
 }
 
 // Loss L = sum(W .* o) + sum(w .* lse): do = W, dlse = w.

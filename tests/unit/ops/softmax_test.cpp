@@ -6,8 +6,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace reformer::ops_test {
 namespace {
@@ -229,6 +231,53 @@ void check_exp_flush() {
 TEST(Softmax, TinyProbabilitiesAreFlushedToZero) {
   check_exp_flush<float>();
   check_exp_flush<double>();
+}
+
+// The fused pass of the chunk kernel: each result is the flushed exponential of its element
+// whatever its index (packets and the padded tail alike), the same wherever the data lies, and
+// the returned sum is the sum of the results.
+template <class S>
+void check_exp_shifted_flushed_sum() {
+  for (const Index n : {1, 3, 8, 13, 64, 131}) {
+    std::vector<S> x(static_cast<std::size_t>(n) + 1);
+    for (Index i = 0; i < n; ++i) {
+      // scores from 0 down to -200, a masked one (-1e9) every fifth
+      x[static_cast<std::size_t>(i)] =
+          i % 5 == 4 ? static_cast<S>(-1e9) : static_cast<S>(-200.0 * static_cast<double>(i) / n);
+    }
+    const S shift = static_cast<S>(0.5);
+    std::vector<S> shifted(x.size());  // the same values one element further on
+    std::copy(x.begin(), x.begin() + n, shifted.begin() + 1);
+    std::vector<S> original(x.begin(), x.begin() + n);
+    const S sum = detail::exp_shifted_flushed_sum<S>(x.data(), n, shift);
+    const S sum_shifted = detail::exp_shifted_flushed_sum<S>(shifted.data() + 1, n, shift);
+    EXPECT_EQ(sum, sum_shifted) << n;
+    long double total = 0;
+    const S tiny = std::numeric_limits<S>::min();
+    for (Index i = 0; i < n; ++i) {
+      const auto u = static_cast<std::size_t>(i);
+      EXPECT_EQ(x[u], shifted[u + 1]) << n << " " << i;
+      EXPECT_TRUE(x[u] == S(0) || x[u] >= tiny) << "subnormal " << x[u] << " at " << i;
+      const long double exact = std::exp(static_cast<long double>(original[u] - shift));
+      if (exact > 2 * static_cast<long double>(tiny)) {
+        EXPECT_NEAR(static_cast<double>(x[u] / static_cast<S>(exact)), 1.0,
+                    8 * std::numeric_limits<S>::epsilon())
+            << n << " " << i;
+      } else if (exact < static_cast<long double>(tiny) / 2) {
+        EXPECT_EQ(x[u], S(0)) << n << " " << i;
+      }
+      total += x[u];
+    }
+    EXPECT_NEAR(
+        static_cast<double>(sum), static_cast<double>(total),
+        4 * static_cast<double>(n) * std::numeric_limits<S>::epsilon() * static_cast<double>(total))
+        << n;
+  }
+}
+
+TEST(Softmax, FusedExpSumMatchesExpAndIgnoresAlignment) {
+  check_exp_shifted_flushed_sum<float>();
+  check_exp_shifted_flushed_sum<double>();
 }
 
 TEST(Softmax, RejectsWrongShapes) {

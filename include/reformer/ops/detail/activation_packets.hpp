@@ -27,17 +27,12 @@
 // Special values, all kernels: NaN -> NaN; +inf -> (inf, 1); -inf -> (-0, 0) for (value,
 // derivative); -0 -> -0.
 #include "reformer/core/types.hpp"
+#include "reformer/ops/detail/packets.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
 
 namespace reformer::detail {
-
-template <class S>
-using Packet = typename Eigen::internal::packet_traits<S>::type;
-
-template <class S>
-inline constexpr int kPacketSize = Eigen::internal::unpacket_traits<Packet<S>>::size;
 
 /// The Mills-ratio polynomial h(s) of the GELU kernel (coefficients of s^n, highest first).
 template <class S>

@@ -1,10 +1,12 @@
 # cmake -DSOURCE_DIR=<tree> -DBINARY_DIR=<dir> -DGEMM=<EIGEN|OPENBLAS|> -DSUITES=<a,b,...>
-#       [-DCXX_COMPILER=...] [-DCXX_FLAGS=...] [-DBUILD_TYPE=...] [-DNATIVE=ON|OFF] [-DJOBS=N]
+#       [-DCXX_COMPILER=...] [-DCXX_FLAGS=...] [-DBUILD_TYPE=...] [-DNATIVE=ON|OFF]
+#       [-DMARCH=<-march value>] [-DOPENBLAS_CORETYPE=...] [-DJOBS=N]
 #       -P other_backend.cmake
 # The ctest gemm.other_backend (tests/CMakeLists.txt): configures this source tree again in
-# BINARY_DIR with REFORMER_GEMM=GEMM (the backend the enclosing build did not choose), tests
-# only, builds the unit suites SUITES (reformer_test_<suite>) and runs their executables. An empty GEMM
-# means the other backend is not available here: the test reports itself skipped.
+# BINARY_DIR with REFORMER_GEMM=GEMM (the backend the enclosing build did not choose) and the
+# enclosing build's compiler, flags and -march (REFORMER_MARCH), tests only, builds the unit
+# suites SUITES (reformer_test_<suite>) and runs their executables. An empty GEMM means the other
+# backend is not available here: the test reports itself skipped.
 if(NOT GEMM)
   message("gemm.other_backend: skipped, OpenBLAS is not installed (apt-get install libopenblas-dev)")
   return()
@@ -22,7 +24,8 @@ string(REPLACE "," ";" _suites "${SUITES}")
 set(_configure -S "${SOURCE_DIR}" -B "${BINARY_DIR}" "-DREFORMER_GEMM=${GEMM}"
   -DREFORMER_BUILD_TESTS=ON -DREFORMER_BUILD_BENCHMARKS=OFF -DREFORMER_BUILD_EXAMPLES=OFF
   -DREFORMER_INSTALL=OFF)
-foreach(_pair CXX_COMPILER:CMAKE_CXX_COMPILER BUILD_TYPE:CMAKE_BUILD_TYPE NATIVE:REFORMER_NATIVE)
+foreach(_pair CXX_COMPILER:CMAKE_CXX_COMPILER BUILD_TYPE:CMAKE_BUILD_TYPE NATIVE:REFORMER_NATIVE
+              MARCH:REFORMER_MARCH OPENBLAS_CORETYPE:REFORMER_OPENBLAS_CORETYPE)
   string(REPLACE ":" ";" _pair "${_pair}")
   list(GET _pair 0 _in)
   list(GET _pair 1 _out)

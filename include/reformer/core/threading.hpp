@@ -85,4 +85,30 @@ void parallel_for(Index n, F&& f) {
 #endif
 }
 
+/// Runs f() once on every thread of the team that parallel_for uses (once on the calling thread
+/// without OpenMP, with one thread, or inside a parallel region): for per-thread state. If f
+/// throws on some thread, one of the exceptions is rethrown after the region.
+template <class F>
+void on_every_thread(F&& f) {
+#if defined(_OPENMP)
+  if (omp_get_max_threads() > 1 && !omp_in_parallel()) {
+    std::exception_ptr error;
+#pragma omp parallel
+    {
+      try {
+        f();
+      } catch (...) {
+#pragma omp critical(reformer_on_every_thread_error)
+        {
+          if (!error) error = std::current_exception();
+        }
+      }
+    }
+    if (error) std::rethrow_exception(error);
+    return;
+  }
+#endif
+  f();
+}
+
 }  // namespace reformer

@@ -30,6 +30,7 @@
 //
 // Thread safety: acquire() and release() lock a mutex, so parallel loops may draw scratch.
 #include "reformer/core/error.hpp"
+#include "reformer/core/thread_buffers.hpp"
 #include "reformer/core/types.hpp"
 
 #include <algorithm>
@@ -411,19 +412,5 @@ class ScratchArray {
   ScratchBlock block_;
   Index size_ = 0;
 };
-
-/// The calling thread's buffer for `Tag`: at least `size` elements of T, aligned as Eigen's
-/// own vectors (EIGEN_MAX_ALIGN_BYTES), contents unspecified. It lives as long as the thread and
-/// only grows, so the per-call vectors of a steady state (a D-vector per layer norm, bucket
-/// counters) allocate nothing after the first call. A caller must not hold two of one Tag at
-/// once (a distinct Tag per call site keeps nested users apart).
-template <class T, class Tag>
-T* thread_buffer(Index size) {
-  static_assert(std::is_trivially_copyable_v<T>, "thread_buffer holds trivially copyable values");
-  REFORMER_ASSERT(size >= 0);
-  thread_local std::vector<T, Eigen::aligned_allocator<T>> buffer;
-  if (buffer.size() < static_cast<std::size_t>(size)) buffer.resize(static_cast<std::size_t>(size));
-  return buffer.data();
-}
 
 }  // namespace reformer

@@ -28,13 +28,14 @@
 // largest chunk, so no allocation happens per chunk.
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
+#include "reformer/core/thread_buffers.hpp"
 #include "reformer/core/types.hpp"
-#include "reformer/core/workspace.hpp"
 #include "reformer/ops/detail/packets.hpp"
 #include "reformer/ops/softmax.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -108,10 +109,33 @@ class ChunkAttentionWorkspace {
 /// long as the thread, so the work items of parallel loops do not allocate it again (glibc would
 /// trim its heap after each item and fault the pages in again for the next). One per scalar type
 /// and thread: a caller must not hold two at once.
+namespace detail {
+/// The per-thread kernel scratch of thread_chunk_workspace, and the largest size any thread
+/// asked for (core/thread_buffers.hpp: grow_thread_buffers() grows every thread's to it).
+template <class S>
+struct ThreadChunkWorkspace {
+  inline static std::atomic<Index> queries{0}, keys{0};
+  static ChunkAttentionWorkspace<S>& mine() {
+    thread_local ChunkAttentionWorkspace<S> ws;
+    return ws;
+  }
+  static void grow_to_largest() {
+    mine().reserve(queries.load(std::memory_order_relaxed), keys.load(std::memory_order_relaxed));
+  }
+};
+}  // namespace detail
+
 template <class S>
 ChunkAttentionWorkspace<S>& thread_chunk_workspace(Index max_queries, Index max_keys) {
-  thread_local ChunkAttentionWorkspace<S> ws;
-  ws.reserve(max_queries, max_keys);
+  using Shared = detail::ThreadChunkWorkspace<S>;
+  ChunkAttentionWorkspace<S>& ws = Shared::mine();
+  if (max_queries > ws.max_queries() || max_keys > ws.max_keys()) {
+    static const bool registered = register_thread_buffer(&Shared::grow_to_largest);
+    (void)registered;
+    detail::atomic_max(Shared::queries, max_queries);
+    detail::atomic_max(Shared::keys, max_keys);
+    ws.reserve(max_queries, max_keys);
+  }
   return ws;
 }
 

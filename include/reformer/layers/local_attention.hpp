@@ -44,6 +44,7 @@
 #include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
+#include "reformer/core/thread_buffers.hpp"
 #include "reformer/core/threading.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
@@ -57,6 +58,7 @@
 #include "reformer/layers/projection_input.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <numeric>
@@ -182,6 +184,32 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
     Matrix<S> k, v, dk, dv;
     std::vector<Index> pos;
     Index nk = 0;
+
+    // Room for dh x mk windows (grows only; the columns in use are leftCols(nk)); grown
+    // buffers are written (zeros), so their pages are in.
+    void reserve(Index dh, Index mk) {
+      if (k.rows() != dh || k.cols() < mk) {
+        const Index cols = std::max(mk, k.cols());
+        k.setZero(dh, cols);
+        v.setZero(dh, cols);
+        dk.setZero(dh, cols);
+        dv.setZero(dh, cols);
+      }
+      if (pos.size() < static_cast<std::size_t>(mk)) pos.resize(static_cast<std::size_t>(mk));
+    }
+  };
+  static Gathered& thread_gathered() {
+    thread_local Gathered g;
+    return g;
+  }
+  // The largest window any thread's Gathered was sized for, so that grow_thread_buffers()
+  // (core/thread_buffers.hpp) sizes every thread's to it.
+  struct LargestGathered {
+    inline static std::atomic<Index> dh{0}, keys{0};
+    static void grow_to_largest() {
+      const Index rows = dh.load(std::memory_order_relaxed);
+      if (rows > 0) thread_gathered().reserve(rows, keys.load(std::memory_order_relaxed));
+    }
   };
   // Columns [k0, k0 + nk) of the sequence for window slot i (offset i - before) of chunk c.
   static void window_chunk(const Layout& lay, Index c, Index i, Index& k0, Index& nk) {
@@ -194,14 +222,11 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
   // after the first steps whichever thread later draws a wrapping chunk (an allocation or a
   // first touch there would be a steady-state page fault).
   void size_gathered(const Layout& lay, Gathered& g) const {
-    const Index dh = cfg_.head_size, mk = max_keys(lay);
-    if (g.k.rows() != dh || g.k.cols() != mk) {
-      g.k.setZero(dh, mk);
-      g.v.setZero(dh, mk);
-      g.dk.setZero(dh, mk);
-      g.dv.setZero(dh, mk);
-    }
-    g.pos.resize(static_cast<std::size_t>(mk));  // new entries are zeroed: touched
+    static const bool registered = register_thread_buffer(&LargestGathered::grow_to_largest);
+    (void)registered;
+    detail::atomic_max(LargestGathered::dh, cfg_.head_size);
+    detail::atomic_max(LargestGathered::keys, max_keys(lay));
+    g.reserve(cfg_.head_size, max_keys(lay));
   }
   template <class K, class V>
   void gather(const Layout& lay, Index c, const K& k, const V& v, Gathered& g) const {
@@ -312,7 +337,7 @@ void LocalAttention<S>::forward(const Parameters<S>& params, const ProjectionInp
     const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
     const ChunkAttentionOptions opts = options(ctx, padding, b, heads.global(h), lay.t);
     ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
-    thread_local Gathered g;
+    Gathered& g = thread_gathered();
     size_gathered(lay, g);
     for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
       const Window w = window(lay, c);
@@ -388,7 +413,7 @@ void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>
       const Index b = bh / lay.heads, h = bh % lay.heads;
       const ChunkAttentionOptions opts = options(ctx, padding, b, heads.global(h), lay.t);
       ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
-      thread_local Gathered g;
+      Gathered& g = thread_gathered();
       for (Index c = 0; c < lay.chunks; ++c) {
         if (!wraps(lay, c)) continue;
         const Window w = window(lay, c);

@@ -66,6 +66,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -317,6 +318,33 @@ class LshAttention {
     thread_local BlockScratch sc;
     return sc;
   }
+  /// The largest sizes any thread's BlockScratch was grown to, so that grow_thread_buffers()
+  /// (core/thread_buffers.hpp) grows every thread's to them.
+  struct LargestScratch {
+    inline static std::atomic<Index> dh{0}, cols{0}, chunk{0}, grad_dh{0}, grad_cols{0};
+    static void grow_to_largest() {
+      BlockScratch& sc = thread_block_scratch();
+      if (dh.load(std::memory_order_relaxed) > 0) {
+        sc.reserve(dh.load(std::memory_order_relaxed), cols.load(std::memory_order_relaxed),
+                   chunk.load(std::memory_order_relaxed));
+      }
+      if (grad_dh.load(std::memory_order_relaxed) > 0) {
+        sc.reserve_grads(grad_dh.load(std::memory_order_relaxed),
+                         grad_cols.load(std::memory_order_relaxed));
+      }
+    }
+  };
+  static void note_scratch(Index dh, Index cols, Index chunk) {
+    static const bool registered = register_thread_buffer(&LargestScratch::grow_to_largest);
+    (void)registered;
+    detail::atomic_max(LargestScratch::dh, dh);
+    detail::atomic_max(LargestScratch::cols, cols);
+    detail::atomic_max(LargestScratch::chunk, chunk);
+  }
+  static void note_grads(Index dh, Index cols) {
+    detail::atomic_max(LargestScratch::grad_dh, dh);
+    detail::atomic_max(LargestScratch::grad_cols, cols);
+  }
 
   /// Positions (or sorted places) per parallel work item of the per-head phases.
   static constexpr Index kPositionsPerItem = tuning::kLshPositionsPerItem;
@@ -531,6 +559,7 @@ class LshAttention {
     const Index dh = cfg_.head_size, len = pl.length, cl = pl.chunk;
     const Index before = cfg_.chunks_before, own = c1 - c0;
     const Index ext = before + own + cfg_.chunks_after, cols = ext * cl;
+    note_scratch(dh, block_columns(pl), cl);
     sc.reserve(dh, block_columns(pl), cl);
     sc.chunks.resize(at(ext));
     for (Index e = 0; e < ext; ++e) {
@@ -758,6 +787,7 @@ class LshAttention {
     BlockScratch& sc = thread_block_scratch();
     gather_block(pl, qk, v, hi, hb, c0, c1, sc);
     const Index cols = static_cast<Index>(sc.chunks.size()) * cl;
+    note_grads(dh, block_columns(pl));
     sc.reserve_grads(dh, block_columns(pl));
     sc.dk.leftCols(cols).setZero();
     sc.dv.leftCols(cols).setZero();

@@ -414,6 +414,9 @@ template <class S>
 Context ReformerBackbone<S>::encode_for_training(PaddedBatch in, Tape<S>& tape,
                                                  std::uint64_t step) {
   step_ = step + 1;
+  // Every thread's per-thread buffers at the sizes the last steps needed, whichever items each
+  // thread then took: later steps of the same shapes allocate nothing (core/thread_buffers.hpp).
+  grow_thread_buffers();
   tape.ready = false;
   tape.batch = in.batch;
   tape.length = in.length;

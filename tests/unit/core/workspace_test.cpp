@@ -1,8 +1,12 @@
 // Workspace (a cache of large blocks) and Scratch (matrices drawn from it).
 #include "reformer/core/workspace.hpp"
 
+#include "reformer/core/thread_buffers.hpp"
+#include "reformer/core/threading.hpp"
+
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
@@ -257,6 +261,47 @@ TEST(ThreadBuffer, GrowsKeepsItsMemoryAndIsAlignedForEigen) {
   EXPECT_EQ((thread_buffer<float, Tag>(100)), b);
   struct Other;
   EXPECT_NE((thread_buffer<float, Other>(100)), b);  // another tag: another buffer
+}
+
+// grow_thread_buffers() sizes every thread's buffers to the largest any thread asked for: a
+// buffer grown on the calling thread alone is then grown on the worker too, and a registered
+// scratch of another kind as well; without the call the worker's stays empty.
+struct GrowAllTag;
+struct RegisteredScratch {
+  inline static std::atomic<Index> largest{0};
+  static std::vector<double>& mine() {
+    thread_local std::vector<double> v;
+    return v;
+  }
+  static void grow_to_largest() {
+    const auto n = static_cast<std::size_t>(largest.load());
+    if (mine().size() < n) mine().resize(n);
+  }
+};
+
+TEST(ThreadBuffer, GrowThreadBuffersSizesEveryThread) {
+  const int before = num_threads();
+  set_num_threads(2);
+  if (num_threads() < 2) GTEST_SKIP() << "built without OpenMP";
+  std::vector<std::size_t> sizes(2), scratch(2);
+  auto record = [&] {
+    const auto i = static_cast<std::size_t>(thread_index());
+    sizes[i] = detail::ThreadBuffer<float, GrowAllTag>::mine().size();
+    scratch[i] = RegisteredScratch::mine().size();
+  };
+  thread_buffer<float, GrowAllTag>(1000);  // on this thread only
+  static const bool registered = register_thread_buffer(&RegisteredScratch::grow_to_largest);
+  EXPECT_TRUE(registered);
+  RegisteredScratch::largest = 300;
+  RegisteredScratch::mine().resize(300);
+  on_every_thread(record);
+  EXPECT_EQ(sizes, (std::vector<std::size_t>{1000, 0}));  // the worker has not grown its own
+  EXPECT_EQ(scratch, (std::vector<std::size_t>{300, 0}));
+  grow_thread_buffers();
+  on_every_thread(record);
+  EXPECT_EQ(sizes, (std::vector<std::size_t>{1000, 1000}));
+  EXPECT_EQ(scratch, (std::vector<std::size_t>{300, 300}));
+  set_num_threads(before);
 }
 
 TEST(Scratch, MovesHandOverTheBlock) {

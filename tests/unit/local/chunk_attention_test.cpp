@@ -2,6 +2,9 @@
 // against finite differences (double), including the lse gradient path and dropout.
 #include "reformer/layers/chunk_attention.hpp"
 
+#include "reformer/core/thread_buffers.hpp"
+#include "reformer/core/threading.hpp"
+
 #include "local_test_util.hpp"
 #include "support/compare.hpp"
 
@@ -244,6 +247,28 @@ TEST(ChunkAttention, VectorMasksMatchPerScoreMasks) {
   check_vector_masks_match_scalar<double>(0);
   check_vector_masks_match_scalar<float>(Index(1) << 24);  // not exact in float: per score
   check_vector_masks_match_scalar<double>(Index(1) << 24);
+}
+
+// The kernel scratch of a thread that has not run a chunk yet is grown by grow_thread_buffers()
+// to the largest any thread asked for, so its first chunk in a later step allocates nothing.
+TEST(ChunkAttention, ThreadWorkspacesGrowOnEveryThread) {
+  const int before = num_threads();
+  set_num_threads(2);
+  if (num_threads() < 2) GTEST_SKIP() << "built without OpenMP";
+  using Shared = detail::ThreadChunkWorkspace<float>;
+  std::vector<Index> keys(2);
+  auto record = [&] { keys[static_cast<std::size_t>(thread_index())] = Shared::mine().max_keys(); };
+  on_every_thread(record);
+  const Index worker_before = keys[1];
+  const Index wanted = std::max<Index>(worker_before, Shared::keys.load()) + 64;
+  thread_chunk_workspace<float>(8, wanted);  // this thread only
+  on_every_thread(record);
+  EXPECT_EQ(keys[0], wanted);
+  EXPECT_EQ(keys[1], worker_before);
+  grow_thread_buffers();
+  on_every_thread(record);
+  EXPECT_EQ(keys[1], wanted);
+  set_num_threads(before);
 }
 
 // Loss L = sum(W .* o) + sum(w .* lse): do = W, dlse = w.

@@ -105,10 +105,6 @@ class ChunkAttentionWorkspace {
   Vector<S> grads_;  // dpd -> dp -> ds (backward only)
 };
 
-/// The calling thread's kernel scratch, grown to at least max_queries x max_keys. It lives as
-/// long as the thread, so the work items of parallel loops do not allocate it again (glibc would
-/// trim its heap after each item and fault the pages in again for the next). One per scalar type
-/// and thread: a caller must not hold two at once.
 namespace detail {
 /// The per-thread kernel scratch of thread_chunk_workspace, and the largest size any thread
 /// asked for (core/thread_buffers.hpp: grow_thread_buffers() grows every thread's to it).
@@ -125,6 +121,10 @@ struct ThreadChunkWorkspace {
 };
 }  // namespace detail
 
+/// The calling thread's kernel scratch, grown to at least max_queries x max_keys. It lives as
+/// long as the thread, so the work items of parallel loops do not allocate it again (glibc would
+/// trim its heap after each item and fault the pages in again for the next). One per scalar type
+/// and thread: a caller must not hold two at once.
 template <class S>
 ChunkAttentionWorkspace<S>& thread_chunk_workspace(Index max_queries, Index max_keys) {
   using Shared = detail::ThreadChunkWorkspace<S>;

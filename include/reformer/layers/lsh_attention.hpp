@@ -53,6 +53,7 @@
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/prefetch.hpp"
 #include "reformer/core/rng.hpp"
+#include "reformer/core/thread_buffers.hpp"
 #include "reformer/core/threading.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"

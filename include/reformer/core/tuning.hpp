@@ -116,12 +116,18 @@ inline constexpr Index kLshWaveItems = 64;
 
 // ---- Fused feed-forward (layers/feed_forward.hpp) ---------------------------------------------
 
-/// Columns (tokens) per block of the fused feed-forward kernel: a block runs LayerNorm, both
-/// products, the activation and both dropouts on its own D x 256 and F x 256 buffers. Every
-/// block re-packs the weights for its products, one packed weight element per 2 x 256 flops,
-/// the width the product blocks above (kMinProductColumns) found wide enough; narrower blocks
-/// would balance short sequences better but pack more.
-inline constexpr Index kFeedForwardColumnBlock = 256;
+/// Column (token) blocks of the fused feed-forward kernel: a block runs LayerNorm, both
+/// products, the activation and both dropouts on its own D x w and F x w buffers, and re-packs
+/// the weights for each of its products (one packed weight element per 2 w flops); the
+/// backward's weight-gradient products also read and write the whole dW1 / dW2 once per block.
+/// The width w aims at kFeedForwardBlocks blocks (enough for the threads), the narrowest multiple
+/// of 64 that gives at most that many, within [kFeedForwardMinColumns, kFeedForwardMaxColumns]:
+/// w = 256 up to N = 2048 columns, 512 from N = 3585. Against a fixed 256, the hf_config
+/// feed-forward at T = 4096 was about 5% faster (interleaved A/B, docs/benchmarks.md); a maximum
+/// of 1024 measured the same as 512 at T = 16384 and doubles the F x w buffers of a thread.
+inline constexpr Index kFeedForwardBlocks = 8;
+inline constexpr Index kFeedForwardMinColumns = 256;
+inline constexpr Index kFeedForwardMaxColumns = 512;
 
 /// Groups of consecutive blocks the fused backward accumulates its parameter gradients in: every
 /// group but the first holds a partial dW1 and dW2 (2 F D scalars), summed in group order at the

@@ -16,16 +16,16 @@
 // Two kernels compute the same maths (Config::fused chooses; the default is fused):
 //
 // fused (default): the N = ctx.batch * T columns are cut into fixed blocks of
-//   tuning::kFeedForwardColumnBlock columns, and each block runs the whole chain
-//   LN -> W1 + b1 -> Dropout_1 -> act -> W2 + b2 -> Dropout_2 on its own D x block and
-//   F x block buffers (drawn from ctx.workspace), the blocks in parallel. The backward pass
-//   recomputes the chain per block. Its parameter gradients are summed in a fixed number of
-//   groups of consecutive blocks, G = min(blocks, tuning::kFeedForwardGradGroups): group 0
-//   accumulates straight into the gradients, groups 1..G-1 into partials (2 F D + F + 3 D
-//   scalars each, from ctx.workspace) added in group order at the end. A call with a single
-//   block splits its products over output blocks (ops/linear.hpp) instead, so a short sequence
-//   still uses every thread. The kernel ignores chunk_size: its blocks already bound the hidden
-//   buffers to F x block columns, whatever chunk_size says.
+//   column_block(N) columns (256 to 512, a function of N only), and each block runs the whole
+//   chain LN -> W1 + b1 -> Dropout_1 -> act -> W2 + b2 -> Dropout_2 on its own D x block and F x
+//   block buffers (drawn from ctx.workspace), the blocks in parallel. The backward pass recomputes
+//   the chain per block. Its parameter gradients are summed in a fixed number of groups of
+//   consecutive blocks, G = min(blocks, tuning::kFeedForwardGradGroups): group 0 accumulates
+//   straight into the gradients, groups 1..G-1 into partials (2 F D + F + 3 D scalars each, from
+//   ctx.workspace) added in group order at the end. A call with a single block splits its products
+//   over output blocks (ops/linear.hpp) instead, so a short sequence still uses every thread. The
+//   kernel ignores chunk_size: its blocks already bound the hidden buffers to F x block columns,
+//   whatever chunk_size says.
 // unfused (the reference): chunks of `chunk_size` consecutive columns (0 = all at once), one
 //   after another; inside a chunk every product is split over fixed blocks of its output
 //   (ops/linear.hpp). Buffers are D x chunk and F x chunk (from ctx.workspace).
@@ -113,6 +113,15 @@ class FeedForward {
   /// LayerNorm weight 1 and bias 0.
   void init(Parameters<S>& params, const Rng& rng, double std) const;
 
+  /// The column block of the fused kernel for N = ctx.batch * T columns (a function of N only):
+  /// about tuning::kFeedForwardBlocks blocks, a multiple of 64 in
+  /// [tuning::kFeedForwardMinColumns, tuning::kFeedForwardMaxColumns].
+  static Index column_block(Index n) {
+    const Index even_split = (n + tuning::kFeedForwardBlocks - 1) / tuning::kFeedForwardBlocks;
+    return std::clamp(round_up(even_split, 64), tuning::kFeedForwardMinColumns,
+                      tuning::kFeedForwardMaxColumns);
+  }
+
   /// y = f(x). x and y are D x (ctx.batch * T); y must not alias x.
   void forward(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
                const Context& ctx) const;
@@ -127,7 +136,6 @@ class FeedForward {
  private:
   // Rough cost of one activation (erf) in flops, for the parallel threshold.
   static constexpr double kActivationFlops = tuning::kActivationFlops;
-  static constexpr Index kBlock = tuning::kFeedForwardColumnBlock;
 
   // Where one group of the fused backward accumulates its parameter gradients. dW1 and dW2 are
   // held transposed (column-major D x F and F x D: the memory of the row-major [F, D] / [D, F]
@@ -266,12 +274,13 @@ template <class S>
 void FeedForward<S>::forward_fused(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
                                    const Context& ctx) const {
   const Index n = x.cols(), d = hidden_size(), f = feed_forward_size();
-  const Index blocks = num_blocks(n, kBlock);
-  const Index width = std::min(kBlock, n);  // every block's buffers have this many columns
+  const Index block = column_block(n);
+  const Index blocks = num_blocks(n, block);
+  const Index width = std::min(block, n);  // every block's buffers have this many columns
   const bool split = blocks == 1;
   parallel_items(blocks, 4.0 * double(d) * double(f) * double(n), [&](Index blk) {
-    const Index c0 = blk * kBlock;
-    const Index nc = std::min(kBlock, n - c0);
+    const Index c0 = blk * block;
+    const Index nc = std::min(block, n - c0);
     Scratch<S> xn_s(ctx.workspace, d, width), h_s(ctx.workspace, f, width);
     auto xn = xn_s.map().leftCols(nc);                            // D x nc
     auto h = h_s.map().leftCols(nc);                              // F x nc
@@ -328,8 +337,9 @@ void FeedForward<S>::backward_fused(Parameters<S>& params, ConstMatrixRef<S> x,
                                     ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> y,
                                     const Context& ctx) const {
   const Index n = x.cols(), d = hidden_size(), f = feed_forward_size();
-  const Index blocks = num_blocks(n, kBlock);
-  const Index width = std::min(kBlock, n);
+  const Index block = column_block(n);
+  const Index blocks = num_blocks(n, block);
+  const Index width = std::min(block, n);
   const Index groups = std::min(blocks, tuning::kFeedForwardGradGroups);
   const bool split = blocks == 1;
 
@@ -368,8 +378,8 @@ void FeedForward<S>::backward_fused(Parameters<S>& params, ConstMatrixRef<S> x,
           w1p, w2p, vp.head(f), vp.segment(f, d), vp.segment(f + d, d), vp.segment(f + 2 * d, d)};
     }();
     for (Index blk = first; blk < last; ++blk) {
-      const Index c0 = blk * kBlock;
-      const Index nc = std::min(kBlock, n - c0);
+      const Index c0 = blk * block;
+      const Index nc = std::min(block, n - c0);
       backward_block(values, x.middleCols(c0, nc), dy.middleCols(c0, nc), dx.middleCols(c0, nc),
                      y.middleCols(c0, nc), c0, xn.map(), z.map(), hd.map(), g.map(), sink, ctx,
                      split);

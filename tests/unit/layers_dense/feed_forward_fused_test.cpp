@@ -23,7 +23,8 @@ namespace {
 using test::FeedForwardSetup;
 using test::random_matrix;
 
-constexpr Index kBlock = tuning::kFeedForwardColumnBlock;
+// The block width of short inputs (column_block(N) for N <= 8 x 256).
+constexpr Index kBlock = tuning::kFeedForwardMinColumns;
 
 // A fused and an unfused layer over the same parameter values.
 struct FusedPair {
@@ -51,9 +52,10 @@ std::ostream& operator<<(std::ostream& os, const Shape& s) {
   return os << "batch " << s.batch << " x T " << s.length;
 }
 
-// The shapes: N below one block, N not a multiple of the block, an exact multiple, and more
-// blocks than gradient groups (uneven groups).
-const Shape kShapes[] = {{1, 100}, {3, 150}, {1, 2 * kBlock}, {3, 800}};
+// The shapes: N below one block, N not a multiple of the block, an exact multiple, more blocks
+// than gradient groups (uneven groups) with a block wider than the narrowest, and the widest
+// blocks with a partial last one.
+const Shape kShapes[] = {{1, 100}, {3, 150}, {1, 2 * kBlock}, {3, 800}, {1, 4100}};
 
 class FeedForwardFused
     : public ::testing::TestWithParam<std::tuple<Activation, double /*dropout*/, Index /*chunk*/>> {
@@ -108,6 +110,27 @@ INSTANTIATE_TEST_SUITE_P(ActivationsDropoutChunks, FeedForwardFused,
                                             ::testing::Values(0.0, 0.2),
                                             ::testing::Values(Index{0}, Index{5})));
 
+// The block width is a function of N alone: about tuning::kFeedForwardBlocks blocks, a multiple
+// of 64 within [kFeedForwardMinColumns, kFeedForwardMaxColumns].
+TEST(FeedForwardFusedKernel, ColumnBlockDependsOnTheLengthOnly) {
+  EXPECT_EQ(FeedForward<float>::column_block(1), tuning::kFeedForwardMinColumns);
+  EXPECT_EQ(FeedForward<float>::column_block(2048), 256);
+  EXPECT_EQ(FeedForward<float>::column_block(2049), 320);
+  EXPECT_EQ(FeedForward<float>::column_block(4096), 512);
+  EXPECT_EQ(FeedForward<float>::column_block(Index{1} << 20), tuning::kFeedForwardMaxColumns);
+  for (Index n = 1; n < 20000; n += 97) {
+    const Index w = FeedForward<double>::column_block(n);
+    EXPECT_EQ(w % 64, 0) << n;
+    EXPECT_GE(w, tuning::kFeedForwardMinColumns) << n;
+    EXPECT_LE(w, tuning::kFeedForwardMaxColumns) << n;
+    if (w > tuning::kFeedForwardMinColumns && w < tuning::kFeedForwardMaxColumns) {
+      // the narrowest multiple of 64 that gives at most kFeedForwardBlocks blocks
+      EXPECT_LE(num_blocks(n, w), tuning::kFeedForwardBlocks) << n;
+      EXPECT_GT(num_blocks(n, w - 64), tuning::kFeedForwardBlocks) << n;
+    }
+  }
+}
+
 // Dropout off in inference even when configured: fused and unfused agree there too.
 TEST(FeedForwardFusedKernel, InferenceIgnoresDropout) {
   FeedForwardSetup s;
@@ -134,8 +157,9 @@ TEST(FeedForwardFusedKernel, GradientsMatchFiniteDifferencesAcrossBlocks) {
 }
 
 TEST(FeedForwardFusedKernel, BitwiseIdenticalForOneAndTwoThreads) {
-  // One block (products split inside it), a few blocks, and more blocks than gradient groups.
-  for (const Index length : {Index{100}, Index{700}, Index{1300}}) {
+  // One block (products split inside it), a few blocks, wider blocks (N = 2600: 384 columns),
+  // and more blocks than gradient groups (N = 4200: 9 blocks of 512).
+  for (const Index length : {Index{100}, Index{700}, Index{1300}, Index{2100}}) {
     FeedForwardSetup s;
     s.hidden = 64;  // enough work that every loop runs in parallel
     s.ff = 200;

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -213,21 +214,16 @@ struct Allowance {
   long faults;
 };
 
-void expect_steady_state(const reformer::ReformerConfig& config, reformer::Index batch,
-                         reformer::Index length, Allowance allowed) {
+// Runs `step` twice (warm-up: the workspace, the tape and the per-thread buffers fill up), then
+// three recorded steps that must stay within `allowed`; `workspace` is the one the steps use.
+template <class Step>
+void expect_steady_steps(Step&& train_step, const reformer::Workspace& workspace,
+                         Allowance allowed) {
   {
     void* warm[2];
     ::backtrace(warm, 2);  // loads the unwinder now, not inside the first recorded allocation
   }
-  reformer::ReformerLM<float> model(config);
-  std::vector<reformer::Token> tokens(static_cast<std::size_t>(batch * length));
-  for (std::size_t i = 0; i < tokens.size(); ++i) {
-    tokens[i] = static_cast<reformer::Token>((i * 7 + i / 5) % 256);
-  }
-  for (int step = 0; step < 2; ++step) {  // warm-up: the workspace and the tape fill up
-    model.zero_grad();
-    model.train_step(tokens, batch);
-  }
+  for (int step = 0; step < 2; ++step) train_step();
 
   constexpr int kSteps = 3;
   const auto record_steps = [&](int steps, bool stacks) {
@@ -236,23 +232,20 @@ void expect_steady_state(const reformer::ReformerConfig& config, reformer::Index
     g_all.store(0);
     g_stacks.store(stacks);
     g_recording.store(true);
-    for (int step = 0; step < steps; ++step) {
-      model.zero_grad();
-      model.train_step(tokens, batch);
-    }
+    for (int step = 0; step < steps; ++step) train_step();
     g_recording.store(false);
   };
   // The record arrays are zero-initialised statics: touch their pages now, or the first note
   // on a new page would count as a fault of the step.
   std::memset(static_cast<void*>(g_records), 0, sizeof g_records);
   std::memset(static_cast<void*>(g_small_records), 0, sizeof g_small_records);
-  const std::size_t mappings_before = model.workspace().stats().mappings;
+  const std::size_t mappings_before = workspace.stats().mappings;
   const long faults_before = minor_faults();
   record_steps(kSteps, false);
   const long faults = minor_faults() - faults_before;
   const long allocations = g_all.load();
   const int large = g_count.load();
-  EXPECT_EQ(model.workspace().stats().mappings, mappings_before)
+  EXPECT_EQ(workspace.stats().mappings, mappings_before)
       << "the workspace mapped new blocks in steady state";
   std::printf("steps 3-5: %ld minor page faults, %ld heap allocations\n", faults, allocations);
   if (large == 0 && allocations <= kSteps * allowed.allocations_per_step &&
@@ -273,6 +266,21 @@ void expect_steady_state(const reformer::ReformerConfig& config, reformer::Index
       << "; call stacks on stderr)";
 }
 
+void expect_steady_state(const reformer::ReformerConfig& config, reformer::Index batch,
+                         reformer::Index length, Allowance allowed) {
+  reformer::ReformerLM<float> model(config);
+  std::vector<reformer::Token> tokens(static_cast<std::size_t>(batch * length));
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = static_cast<reformer::Token>((i * 7 + i / 5) % 256);
+  }
+  expect_steady_steps(
+      [&] {
+        model.zero_grad();
+        model.train_step(tokens, batch);
+      },
+      model.workspace(), allowed);
+}
+
 // No page fault at all in steady state, and a handful of small heap allocations per step, all
 // of them below glibc's per-thread cache sizes (the LSH core's std::vector of per-head buffer
 // handles and its bucket layout's factor list, per LSH layer and call: 4 a step in the first
@@ -284,6 +292,68 @@ TEST(SteadyState, TrainingStepsMakeNoLargeAllocationAndNoPageFault) {
 
 TEST(SteadyState, AllLshGeluModelOverTwoSequences) {
   expect_steady_state(lsh_gelu_config(), 2, 1024, {8, 0});
+}
+
+// A stack of the user's own composition whose attention layers differ in head size: LSH with
+// Dh = 64 then 32, local with 64 then 32. The cores' per-thread scratch keeps its memory
+// whichever head size a block uses (a matrix sized for one head size must not be reallocated
+// for the other), so the steady state is that of a single head size: the LSH cores' 4 small
+// allocations per layer and step, no page fault.
+TEST(SteadyState, StackWithMixedHeadSizes) {
+  using namespace reformer;
+  constexpr Index kHidden = 128, kTokens = 2048;
+  Parameters<float> params;
+  ReversibleStack<float> stack;
+  FeedForwardConfig ff;
+  ff.hidden_size = kHidden;
+  ff.feed_forward_size = 256;
+  ff.dropout = 0.05;
+  int layer = 0;
+  auto prefix = [&] { return "layers." + std::to_string(layer++) + "."; };
+  for (const Index dh : {Index{64}, Index{32}}) {
+    AttentionSublayer<float, LshAttention<float>>::Config lsh;
+    lsh.hidden_size = kHidden;
+    lsh.core.num_heads = 2;
+    lsh.core.head_size = dh;
+    lsh.core.num_hashes = 2;
+    lsh.core.dropout = 0.05;
+    const std::string p = prefix();
+    stack.add(AttentionSublayer<float, LshAttention<float>>(lsh, params, p + "attention."),
+              FeedForward<float>(ff, params, p + "feed_forward."));
+  }
+  for (const Index dh : {Index{64}, Index{32}}) {
+    AttentionSublayer<float, LocalAttention<float>>::Config local;
+    local.hidden_size = kHidden;
+    local.core.num_heads = 2;
+    local.core.head_size = dh;
+    const std::string p = prefix();
+    stack.add(AttentionSublayer<float, LocalAttention<float>>(local, params, p + "attention."),
+              FeedForward<float>(ff, params, p + "feed_forward."));
+  }
+  stack.init(params, Rng(1), Rng(2), 0.02);
+
+  Workspace workspace;
+  const Matrix<float> input = Matrix<float>::Random(kHidden, kTokens);
+  Matrix<float> x1(kHidden, kTokens), x2(kHidden, kTokens);
+  Matrix<float> dy1(kHidden, kTokens), dy2(kHidden, kTokens);
+  BucketRecord buckets;
+  std::uint64_t step = 0;
+  expect_steady_steps(
+      [&] {
+        grow_thread_buffers();  // as ReformerBackbone does at the start of a training step
+        Context ctx;
+        ctx.training = true;
+        ctx.workspace = &workspace;
+        ctx.step = step++;
+        x1 = input;
+        x2 = input;
+        stack.forward(params, x1, x2, ctx, buckets);
+        dy1 = x1 - input;
+        dy2 = x2 - input;
+        params.zero_grad();
+        stack.backward(params, x1, x2, dy1, dy2, ctx, buckets);
+      },
+      workspace, {8, 0});
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "reformer/core/types.hpp"
 
 #include <Eigen/Core>
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <mutex>
@@ -68,26 +69,69 @@ inline void atomic_max(std::atomic<Index>& a, Index v) {
   }
 }
 
-/// The storage of thread_buffer<T, Tag>.
-template <class T, class Tag>
-struct ThreadBuffer {
-  inline static std::atomic<Index> largest{0};  // the largest size any thread asked for
+}  // namespace detail
 
-  static std::vector<T, Eigen::aligned_allocator<T>>& mine() {
-    thread_local std::vector<T, Eigen::aligned_allocator<T>> buffer;
-    return buffer;
-  }
-  /// Grows the calling thread's buffer to `size` (written: value-initialised).
-  static void grow(Index size) {
-    static const bool registered = ThreadBufferRegistry::instance().add(&grow_to_largest);
+/// Registers a kind of per-thread buffer (ThreadLocalBuffer does it for its kinds): `grow` must
+/// grow the calling thread's instance to the largest size any thread has asked for. Returns true
+/// (to initialise a function-local static: register once).
+inline bool register_thread_buffer(void (*grow)()) {
+  return detail::ThreadBufferRegistry::instance().add(grow);
+}
+
+/// The calling thread's instance of a kind of per-thread buffer object, and the largest sizes
+/// any thread has reserved one for. `Kind` describes the object:
+///   using Buffer = ...;                      the per-thread object (thread_local, lives as long
+///                                            as its thread)
+///   static constexpr std::size_t kSizes;     how many sizes describe what it must hold
+///   static void grow(Buffer&, const std::array<Index, kSizes>&)
+///                                            grows it to hold those sizes (0: nothing asked);
+///                                            it never shrinks, and grown memory is written
+///                                            (its pages are in)
+/// reserve(sizes) records the sizes (each kept as the largest any thread asked for), registers
+/// the kind at its first call, and grows the calling thread's object; grow_thread_buffers() then
+/// grows every thread's object to the largest sizes.
+template <class Kind>
+class ThreadLocalBuffer {
+ public:
+  using Buffer = typename Kind::Buffer;
+  using Sizes = std::array<Index, Kind::kSizes>;
+
+  /// The calling thread's object, grown to hold `sizes`.
+  static Buffer& reserve(const Sizes& sizes) {
+    static const bool registered = register_thread_buffer(&grow_to_largest);
     (void)registered;
-    atomic_max(largest, size);
-    mine().resize(static_cast<std::size_t>(size));
+    for (std::size_t i = 0; i < sizes.size(); ++i) detail::atomic_max(largest_[i], sizes[i]);
+    Buffer& b = mine();
+    Kind::grow(b, sizes);
+    return b;
   }
-  static void grow_to_largest() {
-    const Index size = largest.load(std::memory_order_relaxed);
-    if (mine().size() < static_cast<std::size_t>(size))
-      mine().resize(static_cast<std::size_t>(size));
+  /// The calling thread's object as it is.
+  static Buffer& mine() {
+    thread_local Buffer b;
+    return b;
+  }
+  /// The largest sizes any thread has reserved so far.
+  static Sizes largest() {
+    Sizes s{};
+    for (std::size_t i = 0; i < s.size(); ++i) s[i] = largest_[i].load(std::memory_order_relaxed);
+    return s;
+  }
+
+ private:
+  static void grow_to_largest() { Kind::grow(mine(), largest()); }
+
+  inline static std::array<std::atomic<Index>, Kind::kSizes> largest_{};
+};
+
+namespace detail {
+
+/// The kind of thread_buffer<T, Tag>: an aligned vector of at least the size asked for.
+template <class T, class Tag>
+struct ThreadVector {
+  using Buffer = std::vector<T, Eigen::aligned_allocator<T>>;
+  static constexpr std::size_t kSizes = 1;
+  static void grow(Buffer& b, const std::array<Index, 1>& size) {
+    if (b.size() < static_cast<std::size_t>(size[0])) b.resize(static_cast<std::size_t>(size[0]));
   }
 };
 
@@ -103,16 +147,10 @@ template <class T, class Tag>
 T* thread_buffer(Index size) {
   static_assert(std::is_trivially_copyable_v<T>, "thread_buffer holds trivially copyable values");
   REFORMER_ASSERT(size >= 0);
-  auto& buffer = detail::ThreadBuffer<T, Tag>::mine();
-  if (buffer.size() < static_cast<std::size_t>(size)) detail::ThreadBuffer<T, Tag>::grow(size);
+  using Buffers = ThreadLocalBuffer<detail::ThreadVector<T, Tag>>;
+  auto& buffer = Buffers::mine();
+  if (buffer.size() < static_cast<std::size_t>(size)) return Buffers::reserve({size}).data();
   return buffer.data();
-}
-
-/// Registers a kind of per-thread buffer that is not a thread_buffer (a layer's thread_local
-/// scratch object): `grow` must grow the calling thread's instance to the largest size any
-/// thread has asked for. Returns true (to initialise a function-local static: register once).
-inline bool register_thread_buffer(void (*grow)()) {
-  return detail::ThreadBufferRegistry::instance().add(grow);
 }
 
 /// Grows every registered per-thread buffer of every thread of the team (parallel_for's

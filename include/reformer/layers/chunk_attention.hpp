@@ -35,8 +35,9 @@
 
 #include <Eigen/Core>
 #include <algorithm>
-#include <atomic>
+#include <array>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 
@@ -106,36 +107,27 @@ class ChunkAttentionWorkspace {
 };
 
 namespace detail {
-/// The per-thread kernel scratch of thread_chunk_workspace, and the largest size any thread
-/// asked for (core/thread_buffers.hpp: grow_thread_buffers() grows every thread's to it).
+/// The kind of per-thread kernel scratch behind thread_chunk_workspace (core/thread_buffers.hpp):
+/// sizes {queries, keys}.
 template <class S>
 struct ThreadChunkWorkspace {
-  inline static std::atomic<Index> queries{0}, keys{0};
-  static ChunkAttentionWorkspace<S>& mine() {
-    thread_local ChunkAttentionWorkspace<S> ws;
-    return ws;
-  }
-  static void grow_to_largest() {
-    mine().reserve(queries.load(std::memory_order_relaxed), keys.load(std::memory_order_relaxed));
-  }
+  using Buffer = ChunkAttentionWorkspace<S>;
+  static constexpr std::size_t kSizes = 2;
+  static void grow(Buffer& ws, const std::array<Index, kSizes>& n) { ws.reserve(n[0], n[1]); }
 };
 }  // namespace detail
 
 /// The calling thread's kernel scratch, grown to at least max_queries x max_keys. It lives as
 /// long as the thread, so the work items of parallel loops do not allocate it again (glibc would
-/// trim its heap after each item and fault the pages in again for the next). One per scalar type
-/// and thread: a caller must not hold two at once.
+/// trim its heap after each item and fault the pages in again for the next), and
+/// grow_thread_buffers() grows every thread's to the largest any thread asked for. One per
+/// scalar type and thread: a caller must not hold two at once.
 template <class S>
 ChunkAttentionWorkspace<S>& thread_chunk_workspace(Index max_queries, Index max_keys) {
-  using Shared = detail::ThreadChunkWorkspace<S>;
-  ChunkAttentionWorkspace<S>& ws = Shared::mine();
-  if (max_queries > ws.max_queries() || max_keys > ws.max_keys()) {
-    static const bool registered = register_thread_buffer(&Shared::grow_to_largest);
-    (void)registered;
-    detail::atomic_max(Shared::queries, max_queries);
-    detail::atomic_max(Shared::keys, max_keys);
-    ws.reserve(max_queries, max_keys);
-  }
+  using Buffers = ThreadLocalBuffer<detail::ThreadChunkWorkspace<S>>;
+  ChunkAttentionWorkspace<S>& ws = Buffers::mine();
+  if (max_queries > ws.max_queries() || max_keys > ws.max_keys())
+    return Buffers::reserve({max_queries, max_keys});
   return ws;
 }
 

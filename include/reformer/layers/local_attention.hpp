@@ -41,6 +41,7 @@
 #include "reformer/core/checked_size.hpp"
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
+#include "reformer/core/growing_matrix.hpp"
 #include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
@@ -58,8 +59,9 @@
 #include "reformer/layers/projection_input.hpp"
 
 #include <algorithm>
-#include <atomic>
+#include <array>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <numeric>
 #include <string>
@@ -178,66 +180,56 @@ class LocalAttention : public detail::QkvCore<S, LocalAttentionConfig> {
   }
 
   // A wrapped window, gathered: keys, values and positions of the chunks adjacent_chunk(c, i, n)
-  // for i = -before .. after, in that order; in backward also their gradients. One per thread,
-  // kept (thread_local), so work items allocate nothing once it has grown.
+  // for i = -before .. after, in that order; in backward also their gradients. One per thread
+  // (ThreadLocalBuffer, core/thread_buffers.hpp), so work items allocate nothing once it has
+  // grown, whatever the head sizes of the layers using it.
   struct Gathered {
-    Matrix<S> k, v, dk, dv;
+    GrowingMatrix<S> k, v, dk, dv;  // Dh x (largest window); the columns in use: leftCols(nk)
     std::vector<Index> pos;
     Index nk = 0;
-
-    // Room for dh x mk windows (grows only; the columns in use are leftCols(nk)); grown
-    // buffers are written (zeros), so their pages are in.
-    void reserve(Index dh, Index mk) {
-      if (k.rows() != dh || k.cols() < mk) {
-        const Index cols = std::max(mk, k.cols());
-        k.setZero(dh, cols);
-        v.setZero(dh, cols);
-        dk.setZero(dh, cols);
-        dv.setZero(dh, cols);
-      }
-      if (pos.size() < static_cast<std::size_t>(mk)) pos.resize(static_cast<std::size_t>(mk));
+  };
+  // The sizes a Gathered is reserved for: {Dh x keys (keys, values, their gradients), keys}.
+  struct GatheredKind {
+    using Buffer = Gathered;
+    static constexpr std::size_t kSizes = 2;
+    static void grow(Gathered& g, const std::array<Index, kSizes>& n) {
+      g.k.reserve(n[0]);
+      g.v.reserve(n[0]);
+      g.dk.reserve(n[0]);
+      g.dv.reserve(n[0]);
+      if (g.pos.size() < static_cast<std::size_t>(n[1]))
+        g.pos.resize(static_cast<std::size_t>(n[1]));
     }
   };
-  static Gathered& thread_gathered() {
-    thread_local Gathered g;
-    return g;
-  }
-  // The largest window any thread's Gathered was sized for, so that grow_thread_buffers()
-  // (core/thread_buffers.hpp) sizes every thread's to it.
-  struct LargestGathered {
-    inline static std::atomic<Index> dh{0}, keys{0};
-    static void grow_to_largest() {
-      const Index rows = dh.load(std::memory_order_relaxed);
-      if (rows > 0) thread_gathered().reserve(rows, keys.load(std::memory_order_relaxed));
-    }
-  };
+  using ThreadGathered = ThreadLocalBuffer<GatheredKind>;
   // Columns [k0, k0 + nk) of the sequence for window slot i (offset i - before) of chunk c.
   static void window_chunk(const Layout& lay, Index c, Index i, Index& k0, Index& nk) {
     const Index m = adjacent_chunk(c, i - lay.before, lay.chunks);
     k0 = m * lay.chunk;
     nk = std::min(lay.chunk, lay.t - k0);
   }
-  // Sizes g for this layout and touches its memory (nothing happens when it has that size).
-  // Every work item calls it, wrapping or not, so the thread's buffers exist and are paged in
-  // after the first steps whichever thread later draws a wrapping chunk (an allocation or a
-  // first touch there would be a steady-state page fault).
-  void size_gathered(const Layout& lay, Gathered& g) const {
-    static const bool registered = register_thread_buffer(&LargestGathered::grow_to_largest);
-    (void)registered;
-    detail::atomic_max(LargestGathered::dh, cfg_.head_size);
-    detail::atomic_max(LargestGathered::keys, max_keys(lay));
-    g.reserve(cfg_.head_size, max_keys(lay));
+  // The calling thread's Gathered, sized for this layout (Dh x its largest window; growing
+  // writes the memory, so its pages are in). Every work item calls it, wrapping or not, so the
+  // thread's buffers exist and are paged in after the first steps whichever thread later draws
+  // a wrapping chunk (an allocation or a first touch there would be a steady-state page fault).
+  Gathered& thread_gathered(const Layout& lay) const {
+    const Index dh = cfg_.head_size, mk = max_keys(lay);
+    Gathered& g = ThreadGathered::reserve({dh * mk, mk});
+    g.k.reshape(dh, mk);
+    g.v.reshape(dh, mk);
+    g.dk.reshape(dh, mk);
+    g.dv.reshape(dh, mk);
+    return g;
   }
   template <class K, class V>
   void gather(const Layout& lay, Index c, const K& k, const V& v, Gathered& g) const {
     const Index slots = lay.before + lay.after + 1;
-    size_gathered(lay, g);
     g.nk = 0;
     for (Index i = 0; i < slots; ++i) {
       Index k0 = 0, nk = 0;
       window_chunk(lay, c, i, k0, nk);
-      g.k.middleCols(g.nk, nk) = k.middleCols(k0, nk);
-      g.v.middleCols(g.nk, nk) = v.middleCols(k0, nk);
+      g.k.map().middleCols(g.nk, nk) = k.middleCols(k0, nk);
+      g.v.map().middleCols(g.nk, nk) = v.middleCols(k0, nk);
       std::iota(g.pos.begin() + g.nk, g.pos.begin() + g.nk + nk, k0);
       g.nk += nk;
     }
@@ -337,14 +329,13 @@ void LocalAttention<S>::forward(const Parameters<S>& params, const ProjectionInp
     const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
     const ChunkAttentionOptions opts = options(ctx, padding, b, heads.global(h), lay.t);
     ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
-    Gathered& g = thread_gathered();
-    size_gathered(lay, g);
+    Gathered& g = thread_gathered(lay);
     for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
       const Window w = window(lay, c);
       if (wraps(lay, c)) {
         gather(lay, c, cols(k, b, h, lay.t, 0, lay.t), cols(v, b, h, lay.t, 0, lay.t), g);
-        chunk_attention_forward<S>(cols(q, b, h, lay.t, w.q0, w.nq), g.k.leftCols(g.nk),
-                                   g.v.leftCols(g.nk), pos.data() + w.q0, g.pos.data(), opts,
+        chunk_attention_forward<S>(cols(q, b, h, lay.t, w.q0, w.nq), g.k.map().leftCols(g.nk),
+                                   g.v.map().leftCols(g.nk), pos.data() + w.q0, g.pos.data(), opts,
                                    cols(a, b, h, lay.t, w.q0, w.nq), static_cast<S*>(nullptr), ws);
         continue;
       }
@@ -413,24 +404,25 @@ void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>
       const Index b = bh / lay.heads, h = bh % lay.heads;
       const ChunkAttentionOptions opts = options(ctx, padding, b, heads.global(h), lay.t);
       ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
-      Gathered& g = thread_gathered();
+      Gathered& g = thread_gathered(lay);
       for (Index c = 0; c < lay.chunks; ++c) {
         if (!wraps(lay, c)) continue;
         const Window w = window(lay, c);
         gather(lay, c, cols(k, b, h, lay.t, 0, lay.t), cols(v, b, h, lay.t, 0, lay.t), g);
-        g.dk.leftCols(g.nk).setZero();
-        g.dv.leftCols(g.nk).setZero();
+        g.dk.map().leftCols(g.nk).setZero();
+        g.dv.map().leftCols(g.nk).setZero();
         chunk_attention_forward_backward<S>(
-            cols(q, b, h, lay.t, w.q0, w.nq), g.k.leftCols(g.nk), g.v.leftCols(g.nk),
+            cols(q, b, h, lay.t, w.q0, w.nq), g.k.map().leftCols(g.nk), g.v.map().leftCols(g.nk),
             pos.data() + w.q0, g.pos.data(), opts, cols(da, b, h, lay.t, w.q0, w.nq),
             static_cast<const S*>(nullptr), cols(a, b, h, lay.t, w.q0, w.nq),
-            cols(dq, b, h, lay.t, w.q0, w.nq), g.dk.leftCols(g.nk), g.dv.leftCols(g.nk), ws);
+            cols(dq, b, h, lay.t, w.q0, w.nq), g.dk.map().leftCols(g.nk), g.dv.map().leftCols(g.nk),
+            ws);
         Index off = 0;
         for (Index i = 0; i < lay.before + lay.after + 1; ++i) {
           Index k0 = 0, nk = 0;
           window_chunk(lay, c, i, k0, nk);
-          cols(dk, b, h, lay.t, k0, nk) += g.dk.middleCols(off, nk);
-          cols(dv, b, h, lay.t, k0, nk) += g.dv.middleCols(off, nk);
+          cols(dk, b, h, lay.t, k0, nk) += g.dk.map().middleCols(off, nk);
+          cols(dv, b, h, lay.t, k0, nk) += g.dv.map().middleCols(off, nk);
           off += nk;
         }
       }

@@ -49,6 +49,7 @@
 #include "reformer/core/checked_size.hpp"
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
+#include "reformer/core/growing_matrix.hpp"
 #include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/prefetch.hpp"
@@ -67,7 +68,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
-#include <atomic>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -281,70 +282,39 @@ class LshAttention {
 
   /// A thread's copy of one block of sorted chunks with the chunks its windows reach (the
   /// extended range: chunks_before chunks before the block, its own, chunks_after after it).
-  /// Kept by the thread: once grown to the largest block, work items allocate nothing.
+  /// Kept by the thread (ThreadLocalBuffer, core/thread_buffers.hpp): once grown to the largest
+  /// block, work items allocate nothing, whatever the head sizes of the layers using it.
   struct BlockScratch {
-    std::vector<Index> chunks;   // the chunks of the extended range, in window order
-    std::vector<Index> pos;      // E*C positions of its places (>= T: padding)
-    Matrix<S> q, k, v;           // Dh x E*C queries (qk), keys (qk * key scale) and values
-    Matrix<S> dk, dv;            // Dh x E*C gradients of those keys and values (backward)
-    Matrix<S> o;                 // Dh x C one chunk's outputs; backward: d(o), then d(q)
-    Vector<S> dlse;              // C: d(lse) of one chunk's queries (backward)
-    Matrix<S> wk, wv, wdk, wdv;  // a window that is not a slice of the range (few chunks only)
+    std::vector<Index> chunks;          // the chunks of the extended range, in window order
+    std::vector<Index> pos;             // E*C positions of its places (>= T: padding)
+    GrowingMatrix<S> q, k, v;           // Dh x E*C queries (qk), keys (qk * key scale), values
+    GrowingMatrix<S> dk, dv;            // Dh x E*C gradients of those keys and values
+    GrowingMatrix<S> o;                 // Dh x C one chunk's outputs; backward: d(o), then d(q)
+    Vector<S> dlse;                     // C: d(lse) of one chunk's queries (backward)
+    GrowingMatrix<S> wk, wv, wdk, wdv;  // a window that is not a slice of the range (few chunks)
     std::vector<Index> wpos;
-
-    void reserve(Index dh, Index cols, Index chunk) {
-      grow(q, dh, cols);
-      grow(k, dh, cols);
-      grow(v, dh, cols);
-      grow(o, dh, chunk);
-      if (dlse.size() < chunk) dlse.setZero(chunk);
-      if (pos.size() < static_cast<std::size_t>(cols)) pos.resize(static_cast<std::size_t>(cols));
-    }
-    void reserve_grads(Index dh, Index cols) {
-      grow(dk, dh, cols);
-      grow(dv, dh, cols);
-    }
-    // Grown buffers are written once (zeros), so their pages are in before a later step first
-    // uses them (threads take blocks in any order).
-    static void grow(Matrix<S>& m, Index rows, Index cols) {
-      if (m.rows() != rows || m.cols() < cols) m.setZero(rows, cols);
+  };
+  /// The sizes a BlockScratch is reserved for: {Dh x E*C (queries, keys, values), E*C (positions),
+  /// Dh x C (outputs), C (d(lse)), Dh x E*C (key and value gradients)}; 0 = not needed.
+  struct BlockScratchKind {
+    using Buffer = BlockScratch;
+    static constexpr std::size_t kSizes = 5;
+    static void grow(BlockScratch& sc, const std::array<Index, kSizes>& n) {
+      sc.q.reserve(n[0]);
+      sc.k.reserve(n[0]);
+      sc.v.reserve(n[0]);
+      if (sc.pos.size() < at(n[1])) sc.pos.resize(at(n[1]));
+      sc.o.reserve(n[2]);
+      if (sc.dlse.size() < n[3]) sc.dlse.setZero(n[3]);
+      sc.dk.reserve(n[4]);
+      sc.dv.reserve(n[4]);
     }
   };
+  using ThreadBlockScratch = ThreadLocalBuffer<BlockScratchKind>;
   /// Columns of the largest extended range: a thread's BlockScratch grows to it at its first
   /// block, so later blocks (in any step) find their pages in.
   Index block_columns(const Plan& pl) const {
     return (pl.block + cfg_.chunks_before + cfg_.chunks_after) * pl.chunk;
-  }
-  static BlockScratch& thread_block_scratch() {
-    thread_local BlockScratch sc;
-    return sc;
-  }
-  /// The largest sizes any thread's BlockScratch was grown to, so that grow_thread_buffers()
-  /// (core/thread_buffers.hpp) grows every thread's to them.
-  struct LargestScratch {
-    inline static std::atomic<Index> dh{0}, cols{0}, chunk{0}, grad_dh{0}, grad_cols{0};
-    static void grow_to_largest() {
-      BlockScratch& sc = thread_block_scratch();
-      if (dh.load(std::memory_order_relaxed) > 0) {
-        sc.reserve(dh.load(std::memory_order_relaxed), cols.load(std::memory_order_relaxed),
-                   chunk.load(std::memory_order_relaxed));
-      }
-      if (grad_dh.load(std::memory_order_relaxed) > 0) {
-        sc.reserve_grads(grad_dh.load(std::memory_order_relaxed),
-                         grad_cols.load(std::memory_order_relaxed));
-      }
-    }
-  };
-  static void note_scratch(Index dh, Index cols, Index chunk) {
-    static const bool registered = register_thread_buffer(&LargestScratch::grow_to_largest);
-    (void)registered;
-    detail::atomic_max(LargestScratch::dh, dh);
-    detail::atomic_max(LargestScratch::cols, cols);
-    detail::atomic_max(LargestScratch::chunk, chunk);
-  }
-  static void note_grads(Index dh, Index cols) {
-    detail::atomic_max(LargestScratch::grad_dh, dh);
-    detail::atomic_max(LargestScratch::grad_cols, cols);
   }
 
   /// Positions (or sorted places) per parallel work item of the per-head phases.
@@ -560,8 +530,12 @@ class LshAttention {
     const Index dh = cfg_.head_size, len = pl.length, cl = pl.chunk;
     const Index before = cfg_.chunks_before, own = c1 - c0;
     const Index ext = before + own + cfg_.chunks_after, cols = ext * cl;
-    note_scratch(dh, block_columns(pl), cl);
-    sc.reserve(dh, block_columns(pl), cl);
+    const Index largest = block_columns(pl);
+    ThreadBlockScratch::reserve({dh * largest, largest, dh * cl, cl, 0});
+    sc.o.reshape(dh, cl);
+    auto q_range = sc.q.reshape(dh, largest);  // Dh x E*C
+    auto k_range = sc.k.reshape(dh, largest);
+    auto v_range = sc.v.reshape(dh, largest);
     sc.chunks.resize(at(ext));
     for (Index e = 0; e < ext; ++e) {
       sc.chunks[at(e)] = e < before ? adjacent_chunk(c0, e - before, pl.chunks)
@@ -584,13 +558,13 @@ class LshAttention {
       const Index t = hb.pos[at(place(col))];
       sc.pos[at(col)] = t;
       if (t < len) {
-        sc.q.col(col) = x.col(t);
-        sc.k.col(col) = x.col(t) * scale[t];
-        sc.v.col(col) = xv.col(t);
+        q_range.col(col) = x.col(t);
+        k_range.col(col) = x.col(t) * scale[t];
+        v_range.col(col) = xv.col(t);
       } else {
-        sc.q.col(col).setZero();
-        sc.k.col(col).setZero();
-        sc.v.col(col).setZero();
+        q_range.col(col).setZero();
+        k_range.col(col).setZero();
+        v_range.col(col).setZero();
       }
     }
   }
@@ -613,21 +587,19 @@ class LshAttention {
     const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
     const auto x = head_block(qk, pl, pl.batch_of(hi), pl.head_of(hi));
     const auto xv = head_block(v, pl, pl.batch_of(hi), pl.head_of(hi));
-    if (sc.wk.rows() != dh || sc.wk.cols() != wl) {
-      sc.wk.setZero(dh, wl);
-      sc.wv.setZero(dh, wl);
-    }
+    auto wk = sc.wk.reshape(dh, wl);
+    auto wv = sc.wv.reshape(dh, wl);
     sc.wpos.resize(at(wl));
     for (Index col = 0; col < wl; ++col) {
       const Index src = adjacent_chunk(c, col / cl - cfg_.chunks_before, pl.chunks) * cl;
       const Index t = hb.pos[at(src + col % cl)];
       sc.wpos[at(col)] = t;
       if (t < len) {
-        sc.wk.col(col) = x.col(t) * hb.key_scale.map()(t);
-        sc.wv.col(col) = xv.col(t);
+        wk.col(col) = x.col(t) * hb.key_scale.map()(t);
+        wv.col(col) = xv.col(t);
       } else {
-        sc.wk.col(col).setZero();
-        sc.wv.col(col).setZero();
+        wk.col(col).setZero();
+        wv.col(col).setZero();
       }
     }
   }
@@ -692,7 +664,7 @@ class LshAttention {
     const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
     const Index b = pl.batch_of(hi), j = pl.head_of(hi), r = c0 / pl.chunks_per_round;
     const Index before = cfg_.chunks_before;
-    BlockScratch& sc = thread_block_scratch();
+    BlockScratch& sc = ThreadBlockScratch::mine();
     gather_block(pl, qk, v, hi, hb, c0, c1, sc);
     ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(cl, wl);
     const ChunkAttentionOptions opts = options(pl, ctx, b, pl.heads.global(j), r);
@@ -701,15 +673,17 @@ class LshAttention {
     for (Index c = c0; c < c1; ++c) {
       const Index k = c - c0;
       const Index* qpos = sc.pos.data() + (before + k) * cl;
-      auto o = sc.o.leftCols(cl);
+      auto o = sc.o.map();
       S* lse = hb.lse.map().data() + c * cl;
-      const auto q = sc.q.middleCols((before + k) * cl, cl);
+      const auto q = sc.q.map().middleCols((before + k) * cl, cl);
       if (window_is_slice(pl, sc, c0, c)) {
-        chunk_attention_forward<S>(q, sc.k.middleCols(k * cl, wl), sc.v.middleCols(k * cl, wl),
-                                   qpos, sc.pos.data() + k * cl, opts, o, lse, ws);
+        chunk_attention_forward<S>(q, sc.k.map().middleCols(k * cl, wl),
+                                   sc.v.map().middleCols(k * cl, wl), qpos, sc.pos.data() + k * cl,
+                                   opts, o, lse, ws);
       } else {
         gather_window(pl, qk, v, hi, hb, c, sc);
-        chunk_attention_forward<S>(q, sc.wk, sc.wv, qpos, sc.wpos.data(), opts, o, lse, ws);
+        chunk_attention_forward<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts, o, lse,
+                                   ws);
       }
       for (Index i = 0; i < cl; ++i) {
         const Index t = qpos[i];
@@ -785,13 +759,14 @@ class LshAttention {
     const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
     const Index b = pl.batch_of(hi), j = pl.head_of(hi), r = c0 / pl.chunks_per_round;
     const Index before = cfg_.chunks_before;
-    BlockScratch& sc = thread_block_scratch();
+    BlockScratch& sc = ThreadBlockScratch::mine();
     gather_block(pl, qk, v, hi, hb, c0, c1, sc);
     const Index cols = static_cast<Index>(sc.chunks.size()) * cl;
-    note_grads(dh, block_columns(pl));
-    sc.reserve_grads(dh, block_columns(pl));
-    sc.dk.leftCols(cols).setZero();
-    sc.dv.leftCols(cols).setZero();
+    ThreadBlockScratch::reserve({0, 0, 0, 0, dh * block_columns(pl)});
+    auto dk_range = sc.dk.reshape(dh, block_columns(pl));  // Dh x E*C
+    auto dv_range = sc.dv.reshape(dh, block_columns(pl));
+    dk_range.leftCols(cols).setZero();
+    dv_range.leftCols(cols).setZero();
     ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(cl, wl);
     const ChunkAttentionOptions opts = options(pl, ctx, b, pl.heads.global(j), r);
     const auto x = head_block(qk, pl, b, j);
@@ -806,7 +781,7 @@ class LshAttention {
     for (Index c = c0; c < c1; ++c) {
       const Index k = c - c0;
       const Index* qpos = sc.pos.data() + (before + k) * cl;
-      auto d_o = sc.o.leftCols(cl);
+      auto d_o = sc.o.map();
       S* dlse = sc.dlse.data();
       for (Index i = 0; i < cl; ++i) {
         const Index t = qpos[i], s = c * cl + i;
@@ -819,19 +794,22 @@ class LshAttention {
         d_o.col(i) = w * da.col(b * len + t).segment(j * dh, dh);
         dlse[i] = w * (hb.o_dot.map()(s) - hb.a_dot.map()(t));
       }
-      const auto q = sc.q.middleCols((before + k) * cl, cl);
+      const auto q = sc.q.map().middleCols((before + k) * cl, cl);
       if (window_is_slice(pl, sc, c0, c)) {
-        chunk_attention_backward<S>(q, sc.k.middleCols(k * cl, wl), sc.v.middleCols(k * cl, wl),
-                                    qpos, sc.pos.data() + k * cl, opts, d_o, dlse, d_o,
-                                    sc.dk.middleCols(k * cl, wl), sc.dv.middleCols(k * cl, wl), ws);
+        chunk_attention_backward<S>(q, sc.k.map().middleCols(k * cl, wl),
+                                    sc.v.map().middleCols(k * cl, wl), qpos, sc.pos.data() + k * cl,
+                                    opts, d_o, dlse, d_o, dk_range.middleCols(k * cl, wl),
+                                    dv_range.middleCols(k * cl, wl), ws);
       } else {  // only in blocks that run one after another (see attend_backward)
         gather_window(pl, qk, v, hi, hb, c, sc);
-        sc.wdk.setZero(dh, wl);  // sized once per thread; zeroed for every window
-        sc.wdv.setZero(dh, wl);
-        chunk_attention_backward<S>(q, sc.wk, sc.wv, qpos, sc.wpos.data(), opts, d_o, dlse, d_o,
-                                    sc.wdk, sc.wdv, ws);
+        auto wdk = sc.wdk.reshape(dh, wl);  // zeroed for every window
+        auto wdv = sc.wdv.reshape(dh, wl);
+        wdk.setZero();
+        wdv.setZero();
+        chunk_attention_backward<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts, d_o,
+                                    dlse, d_o, wdk, wdv, ws);
         for (Index col = 0; col < wl; ++col)
-          add_key_grads(sc.wpos[at(col)], sc.wdk.col(col), sc.wdv.col(col));
+          add_key_grads(sc.wpos[at(col)], wdk.col(col), wdv.col(col));
       }
       for (Index i = 0; i < cl; ++i)  // d(o) -> d(q) in place
         if (qpos[i] < len) dx.col(qpos[i]) += d_o.col(i);
@@ -844,7 +822,7 @@ class LshAttention {
           detail::prefetch_read(dxv.col(ahead).data(), dh);
         }
       }
-      add_key_grads(sc.pos[at(col)], sc.dk.col(col), sc.dv.col(col));
+      add_key_grads(sc.pos[at(col)], dk_range.col(col), dv_range.col(col));
     }
   }
 

@@ -286,7 +286,7 @@ TEST(ThreadBuffer, GrowThreadBuffersSizesEveryThread) {
   std::vector<std::size_t> sizes(2), scratch(2);
   auto record = [&] {
     const auto i = static_cast<std::size_t>(thread_index());
-    sizes[i] = detail::ThreadBuffer<float, GrowAllTag>::mine().size();
+    sizes[i] = ThreadLocalBuffer<detail::ThreadVector<float, GrowAllTag>>::mine().size();
     scratch[i] = RegisteredScratch::mine().size();
   };
   thread_buffer<float, GrowAllTag>(1000);  // on this thread only

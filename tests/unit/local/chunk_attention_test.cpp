@@ -255,12 +255,12 @@ TEST(ChunkAttention, ThreadWorkspacesGrowOnEveryThread) {
   const int before = num_threads();
   set_num_threads(2);
   if (num_threads() < 2) GTEST_SKIP() << "built without OpenMP";
-  using Shared = detail::ThreadChunkWorkspace<float>;
+  using Shared = ThreadLocalBuffer<detail::ThreadChunkWorkspace<float>>;
   std::vector<Index> keys(2);
   auto record = [&] { keys[static_cast<std::size_t>(thread_index())] = Shared::mine().max_keys(); };
   on_every_thread(record);
   const Index worker_before = keys[1];
-  const Index wanted = std::max<Index>(worker_before, Shared::keys.load()) + 64;
+  const Index wanted = std::max<Index>(worker_before, Shared::largest()[1]) + 64;
   thread_chunk_workspace<float>(8, wanted);  // this thread only
   on_every_thread(record);
   EXPECT_EQ(keys[0], wanted);

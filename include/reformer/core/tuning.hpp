@@ -117,9 +117,10 @@ inline constexpr Index kLshWaveItems = 64;
 // ---- Fused feed-forward (layers/feed_forward.hpp) ---------------------------------------------
 
 /// Column (token) blocks of the fused feed-forward kernel: a block runs LayerNorm, both
-/// products, the activation and both dropouts on its own D x w and F x w buffers, and re-packs
-/// the weights for each of its products (one packed weight element per 2 w flops); the
-/// backward's weight-gradient products also read and write the whole dW1 / dW2 once per block.
+/// products, the activation and both dropouts on its own D x w and F x w buffers. It re-packs a
+/// weight for every product by a weight (2 forward, 4 in the backward with its recomputation:
+/// one packed weight element per 2 w flops), and the backward's weight-gradient products read
+/// and write the whole dW1 / dW2 once per block.
 /// The width w aims at kFeedForwardBlocks blocks (enough for the threads), the narrowest multiple
 /// of 64 that gives at most that many, within [kFeedForwardMinColumns, kFeedForwardMaxColumns]:
 /// w = 256 up to N = 2048 columns, 512 from N = 3585. Against a fixed 256, the hf_config

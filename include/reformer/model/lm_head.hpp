@@ -88,16 +88,29 @@ class LmHead {
   }
 
   /// Sum and count of the cross-entropy over the counted targets (N ids, negative = skip).
+  /// The chunks run in parallel; their sums are added in chunk order (any thread count gives
+  /// the same result).
   CrossEntropyResult loss(const Parameters<S>& params, ConstMatrixRef<S> x1, ConstMatrixRef<S> x2,
                           TokenSpan targets, const Context& ctx) const {
-    CrossEntropyResult ce;
-    for_chunks(params, x1, x2, ctx, [&](Index c0, Index c, MatrixRef<S>, MatrixRef<S> h) {
-      const CrossEntropyResult part =
-          cross_entropy_forward<S>(h, params.value(weight_), params.value_vector(bias_),
+    check_streams(x1, x2);
+    REFORMER_REQUIRE(targets.size() == x1.cols(), InvalidArgument, "LmHead::loss",
+                     "targets.size() = ", targets.size(), " must equal the number of tokens ",
+                     x1.cols());
+    const Index d = cfg_.hidden_size, n = x1.cols(), len = chunk(n), chunks = num_blocks(n, len);
+    ScratchArray<CrossEntropyResult> parts(ctx.workspace, chunks);
+    parallel_for(chunks, [&](Index blk) {
+      const Index c0 = blk * len, c = std::min(len, n - c0);
+      Scratch<S> cat(ctx.workspace, 2 * d, c), h(ctx.workspace, 2 * d, c);
+      chunk_hidden(params, x1, x2, ctx, c0, cat.map(), h.map());
+      parts[blk] =
+          cross_entropy_forward<S>(h.map(), params.value(weight_), params.value_vector(bias_),
                                    targets.subspan(c0, c), c, ctx.workspace);
-      ce.sum += part.sum;
-      ce.count += part.count;
     });
+    CrossEntropyResult ce;
+    for (Index blk = 0; blk < chunks; ++blk) {
+      ce.sum += parts[blk].sum;
+      ce.count += parts[blk].count;
+    }
     ce.mean = ce.count > 0 ? ce.sum / static_cast<double>(ce.count) : 0.0;
     return ce;
   }

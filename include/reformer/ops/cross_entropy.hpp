@@ -17,11 +17,13 @@
 //   dh(:, n) = W^T dlogits(:, n)   (overwritten)
 //   dW += dlogits h^T,  db += sum_n dlogits(:, n)   (accumulated)
 // Losses are summed in double in column order, so the result does not depend on the chunk size
-// up to the rounding of the per-chunk products.
+// up to the rounding of the per-chunk products. Each chunk's products run in parallel over fixed
+// output blocks (parallel_product), so results are the same for any thread count.
 #include "reformer/core/error.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/core/workspace.hpp"
+#include "reformer/ops/linear.hpp"
 #include "reformer/ops/tokens.hpp"
 
 #include <algorithm>
@@ -97,7 +99,7 @@ void for_each_logits_chunk(ConstMatrixRef<S> h, ConstWeightRef<S> W, ConstVector
   for (Index c0 = 0; c0 < n_total; c0 += chunk) {
     const Index c = std::min(chunk, n_total - c0);
     auto logits = buffer.map().leftCols(c);
-    logits.noalias() = W * h.middleCols(c0, c);
+    parallel_product(logits, W, h.middleCols(c0, c), /*accumulate=*/false);
     logits.colwise() += b;
     f(c0, c, logits);
   }
@@ -162,8 +164,8 @@ CrossEntropyResult cross_entropy_forward_backward(
   detail::for_each_logits_chunk<S>(h, W, b, chunk, ws, [&](Index c0, Index c, MatrixRef<S> block) {
     detail::cross_entropy_chunk<S>(block, targets.subspan(c0, c), true, s, r);  // → dlogits
     const auto hc = h.middleCols(c0, c);                                        // K x c
-    dh.middleCols(c0, c).noalias() = W.transpose() * block;
-    dW.noalias() += block * hc.transpose();
+    parallel_product(dh.middleCols(c0, c), W.transpose(), block, /*accumulate=*/false);
+    parallel_product(dW, block, hc.transpose(), /*accumulate=*/true);
     db.noalias() += block.rowwise().sum();
   });
   r.mean = r.count > 0 ? r.sum / static_cast<double>(r.count) : 0.0;

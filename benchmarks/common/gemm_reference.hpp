@@ -12,6 +12,11 @@
 //     ffn_out  256 x 1024 x N    feed-forward W2
 //     wgrad    256 x  256, reduction over N tokens: dW += dy x^T (weight gradients)
 //     square  1024 x 1024 x 1024 the machine's square GEMM
+//     chunks   the attention chunk kernel's forward products (layers/chunk_attention.hpp), one
+//              pair per (head, round, chunk) of 64 queries against a 128-key window:
+//                st = k^T q   (128 x 64 x 64),   o = v st   (64 x 128 x 64)
+//              N / 64 chunks x 4 heads x 2 rounds pairs (the LSH sublayer's at N tokens) split
+//              over the threads, operands in cache; named by one pair's shape, 64x128x64.
 // N = 4096 tokens (all columns of one product, as in the unchunked layers).
 #include "counters.hpp"
 #include "memory.hpp"
@@ -19,8 +24,10 @@
 #include <benchmark/benchmark.h>
 #include <reformer/core/types.hpp>
 #include <reformer/ops/linear.hpp>
+#include <reformer/ops/parallel.hpp>
 
 #include <string>
+#include <vector>
 
 namespace reformer_bench {
 
@@ -52,6 +59,39 @@ inline void gemm_weight_grad(benchmark::State& state, Index m, Index k, Index n)
   report(state, clock, double(n), 2.0 * double(m) * double(k) * double(n), peak);
 }
 
+// The chunk kernel's two forward products for N tokens: N / 64 x 4 x 2 (chunk, head, round)
+// pairs of products, in kChunkBlocks blocks run in parallel. As in the LSH sublayer, where each
+// work item gathers its chunks into its own small workspace, a block keeps its operands in cache:
+// it repeats its products on one (q, k, v) set of its own.
+//   q: Dh x Cq,  k, v: Dh x Ck,  st = k^T q: Ck x Cq,  o = v st: Dh x Cq   (Dh = Cq = 64, Ck = 128)
+inline void gemm_chunk_pairs(benchmark::State& state, Index n) {
+  constexpr Index dh = 64, cq = 64, ck = 128, kChunkBlocks = 16;
+  const Index pairs_per_block = n / cq * 4 * 2 / kChunkBlocks;
+  PeakMeter peak;
+  std::vector<reformer::Matrix<float>> q, k, v, st, o;
+  for (Index b = 0; b < kChunkBlocks; ++b) {
+    q.push_back(reformer::Matrix<float>::Random(dh, cq));
+    k.push_back(reformer::Matrix<float>::Random(dh, ck));
+    v.push_back(reformer::Matrix<float>::Random(dh, ck));
+    st.emplace_back(ck, cq);
+    o.emplace_back(dh, cq);
+  }
+  const double flops_per_pair = 2.0 * double(ck * cq * dh) + 2.0 * double(dh * cq * ck);
+  const double flops = flops_per_pair * double(pairs_per_block * kChunkBlocks);
+  const WallClock clock = time_iterations(state, [&] {
+    reformer::parallel_items(kChunkBlocks, flops, [&](Index b) {
+      const auto u = static_cast<std::size_t>(b);
+      for (Index i = 0; i < pairs_per_block; ++i) {
+        st[u].noalias() = k[u].transpose() * q[u];
+        o[u].noalias() = v[u] * st[u];
+        benchmark::DoNotOptimize(o[u].data());
+      }
+    });
+    benchmark::ClobberMemory();
+  });
+  report(state, clock, double(n), flops, peak);
+}
+
 /// Registers the gemm/... family (see the header comment).
 inline void register_gemm_reference(Index n = 4096) {
   struct Shape {
@@ -78,6 +118,10 @@ inline void register_gemm_reference(Index n = 4096) {
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }
+  benchmark::RegisterBenchmark("gemm/chunks/64x128x64",
+                               [n](benchmark::State& st) { gemm_chunk_pairs(st, n); })
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
 }
 
 }  // namespace reformer_bench

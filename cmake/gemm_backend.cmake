@@ -45,6 +45,30 @@ set(REFORMER_OPENBLAS_CORETYPE "$ENV{OPENBLAS_CORETYPE}" CACHE STRING
 # Eigen's: a smaller gain is within the noise of the measurement and not worth the dependency.
 set(_reformer_gemm_margin_percent 95)
 
+# _reformer_openblas_core_advice(core isa): a warning when OpenBLAS runs kernels older than the
+# CPU (core: openblas_get_corename(); isa: avx512f, avx2 or older). A DYNAMIC_ARCH OpenBLAS that
+# does not recognise a CPU falls back to old kernels: Debian's 0.3.21 picks Prescott (SSE3) on
+# a Sapphire Rapids Xeon VM, a quarter of Eigen's speed there, and about Eigen's speed with
+# OPENBLAS_CORETYPE=SkylakeX. The probe then measured those old kernels; the user can choose.
+function(_reformer_openblas_core_advice core isa)
+  if(REFORMER_OPENBLAS_CORETYPE)
+    return()  # the user chose the kernels
+  endif()
+  if(isa STREQUAL "avx512f" AND NOT core MATCHES "^(SkylakeX|Cooperlake|SapphireRapids)$")
+    set(_suggested SkylakeX)
+  elseif(isa STREQUAL "avx2" AND NOT core MATCHES
+         "^(Haswell|Zen|SkylakeX|Cooperlake|SapphireRapids)$")
+    set(_suggested Haswell)
+  else()
+    return()
+  endif()
+  message(WARNING "GEMM probe: OpenBLAS runs its ${core} kernels on this CPU, which has ${isa}: "
+                  "it did not recognise the CPU, and the probe timed those older kernels. To time "
+                  "OpenBLAS's ${_suggested} kernels, configure with "
+                  "-DREFORMER_OPENBLAS_CORETYPE=${_suggested} (it measures again) and run "
+                  "the programs with OPENBLAS_CORETYPE=${_suggested} in their environment.")
+endfunction()
+
 # _reformer_gemm_probe(): measures; sets REFORMER_GEMM_SELECTED and REFORMER_GEMM_PROBE (cache).
 function(_reformer_gemm_probe)
   set(_flags "${CMAKE_CXX_FLAGS_RELEASE}")
@@ -91,7 +115,7 @@ function(_reformer_gemm_probe)
     message(WARNING "GEMM probe failed (${_run_result}); using Eigen's products.\n${_run_output}")
     set(_figures "probe failed")
   else()
-    foreach(_key eigen_us openblas_us eigen_gflops openblas_gflops openblas_core)
+    foreach(_key eigen_us openblas_us eigen_gflops openblas_gflops openblas_core cpu_isa)
       if(NOT _run_output MATCHES "(^|\n)${_key}=([^\n]*)")
         message(FATAL_ERROR "GEMM probe: no ${_key} in its output:\n${_run_output}")
       endif()
@@ -104,6 +128,7 @@ function(_reformer_gemm_probe)
     endif()
     set(_figures "Eigen ${_eigen_gflops} GFLOP/s, OpenBLAS (${_openblas_core}) \
 ${_openblas_gflops} GFLOP/s, ${_how}")
+    _reformer_openblas_core_advice("${_openblas_core}" "${_cpu_isa}")
   endif()
   set(REFORMER_GEMM_SELECTED ${_choice} CACHE STRING
       "GEMM backend that REFORMER_GEMM=AUTO measured on this host (delete to measure again)" FORCE)

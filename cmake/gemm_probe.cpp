@@ -15,8 +15,10 @@
 // BLAS call fails the probe instead of winning it.
 //
 // Output, one "key=value" per line: per shape "<name>_eigen_us", "<name>_openblas_us"; then
-// "eigen_us", "openblas_us" (sums of the best rounds), "eigen_gflops", "openblas_gflops" and
-// "openblas_core". Exit status 0 on success.
+// "eigen_us", "openblas_us" (sums of the best rounds), "eigen_gflops", "openblas_gflops",
+// "openblas_core" (the kernels OpenBLAS runs) and "cpu_isa" (the widest vector instructions this
+// CPU reports: avx512f, avx2 (with FMA) or older), so that CMake can tell when OpenBLAS did not
+// recognise the CPU and fell back to older kernels. Exit status 0 on success.
 #include <cblas.h>
 #include <Eigen/Core>
 
@@ -171,5 +173,10 @@ int main() {
   std::printf("eigen_gflops=%.1f\nopenblas_gflops=%.1f\n", 1e-9 * flops / eigen,
               1e-9 * flops / openblas);
   std::printf("openblas_core=%s\n", openblas_get_corename());
+  __builtin_cpu_init();
+  const char* isa = __builtin_cpu_supports("avx512f")                                 ? "avx512f"
+                    : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "avx2"
+                                                                                      : "older";
+  std::printf("cpu_isa=%s\n", isa);
   return 0;
 }

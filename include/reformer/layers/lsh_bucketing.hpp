@@ -154,6 +154,49 @@ Matrix<S> lsh_rotations(const Rng& key, Index head_size, const LshBucketLayout& 
   return r;
 }
 
+namespace detail {
+
+/// The bucket of one factor: argmax over [r_0 .. r_{h-1}, -r_0 .. -r_{h-1}], the first maximum
+/// winning (comparisons as `>`, so a NaN is never a new maximum).
+template <class S>
+Index lsh_argmax_reference(const S* r, Index h) {
+  Index best = 0;
+  S best_value = r[0];
+  for (Index j = 1; j < h; ++j) {
+    if (r[j] > best_value) {
+      best_value = r[j];
+      best = j;
+    }
+  }
+  for (Index j = 0; j < h; ++j) {
+    if (-r[j] > best_value) {
+      best_value = -r[j];
+      best = h + j;
+    }
+  }
+  return best;
+}
+
+/// lsh_argmax_reference, vectorised: hi = max_j r_j and lo = min_j r_j in two vector passes;
+/// the maximum of the whole list is hi when hi >= -lo (a tie goes to the first half, whose
+/// indices come first), else -lo; the answer is the first j with r_j equal to it. Exactly the
+/// reference's result for finite inputs (signed zeros included: -0 == 0 and neither is `>` the
+/// other); with a NaN in r the reference itself runs.
+template <class S>
+Index lsh_argmax(const S* r, Index h) {
+  const Eigen::Map<const Vector<S>> v(r, h);
+  const S hi = v.template maxCoeff<Eigen::PropagateNaN>();
+  const S lo = v.template minCoeff<Eigen::PropagateNaN>();
+  if (!(hi == hi) || !(lo == lo)) return lsh_argmax_reference(r, h);
+  const bool first_half = hi >= -lo;
+  const S target = first_half ? hi : lo;
+  Index j = 0;
+  while (r[j] != target) ++j;  // target is one of r's values
+  return first_half ? j : h + j;
+}
+
+}  // namespace detail
+
 /// Buckets of the columns of `vectors` (Dh x T) under `rotations` (Dh x rotation_columns):
 /// buckets[t] in [0, NB). `buckets` must hold vectors.cols() entries.
 template <class S>
@@ -185,21 +228,7 @@ void lsh_hash(ConstMatrixRef<S> vectors, ConstMatrixRef<S> rotations, const LshB
       Index bucket = 0, scale = 1, col0 = 0;
       for (Index f : layout.factors) {
         const Index half = f / 2;
-        // argmax over [r_0 .. r_{half-1}, -r_0 .. -r_{half-1}], first maximum wins.
-        Index best = 0;
-        S best_value = rotated(col0, t);
-        for (Index j = 1; j < half; ++j) {
-          if (rotated(col0 + j, t) > best_value) {
-            best_value = rotated(col0 + j, t);
-            best = j;
-          }
-        }
-        for (Index j = 0; j < half; ++j) {
-          if (-rotated(col0 + j, t) > best_value) {
-            best_value = -rotated(col0 + j, t);
-            best = half + j;
-          }
-        }
+        const Index best = detail::lsh_argmax<S>(&rotated(col0, t), half);
         bucket += scale * best;
         scale *= f;
         col0 += half;

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <numeric>
 #include <set>
 
@@ -93,6 +95,68 @@ TEST(LshHash, ArgmaxOverRotationAndNegationFirstMaximumWins) {
   std::int32_t b[5];
   lsh_hash<double>(x, rot, LshBucketLayout{{6}}, b);
   EXPECT_EQ(std::vector<std::int32_t>(b, b + 5), std::vector<std::int32_t>({2, 4, 0, 0, 5}));
+}
+
+// The vectorised argmax against the plain scan, on lists full of ties (small integers), signed
+// zeros, infinities and NaNs, for lengths around the packet sizes.
+template <class S>
+void expect_argmax_matches_reference() {
+  const Rng rng(41);
+  std::uint64_t draw = 0;
+  const S inf = std::numeric_limits<S>::infinity();
+  const S nan = std::numeric_limits<S>::quiet_NaN();
+  for (Index h : {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 100, 512, 513}) {
+    for (int trial = 0; trial < 200; ++trial) {
+      std::vector<S> r(static_cast<std::size_t>(h));
+      for (S& v : r) {
+        const double u = rng.uniform(draw++);
+        if (trial % 4 == 0) {
+          v = static_cast<S>(std::floor(7 * u) - 3);  // -3 .. 3: ties between r and -r
+        } else if (trial % 4 == 1) {
+          v = u < 0.5 ? S(0) : S(-0.0);  // signed zeros only
+        } else {
+          v = static_cast<S>(rng.normal(draw++));
+        }
+      }
+      if (trial % 10 == 3)
+        r[static_cast<std::size_t>(trial) % r.size()] = trial % 20 == 3 ? inf : -inf;
+      if (trial % 25 == 7) r[static_cast<std::size_t>(trial * 7) % r.size()] = nan;
+      EXPECT_EQ(detail::lsh_argmax<S>(r.data(), h), detail::lsh_argmax_reference<S>(r.data(), h))
+          << "h = " << h << ", trial " << trial;
+    }
+  }
+}
+
+TEST(LshHash, VectorisedArgmaxEqualsThePlainScan) {
+  expect_argmax_matches_reference<float>();
+  expect_argmax_matches_reference<double>();
+}
+
+// lsh_hash on integer-valued inputs (exact products, many ties) gives, factor by factor, the
+// plain scan's bucket.
+TEST(LshHash, BucketsEqualThePlainScanWithTies) {
+  const Rng rng(43);
+  for (const auto& factors : {std::vector<Index>{2}, std::vector<Index>{64},
+                              std::vector<Index>{1024}, std::vector<Index>{4, 32}}) {
+    const LshBucketLayout layout{factors};
+    const Index dh = 8, n = 300;
+    Matrix<float> x(dh, n), rot(dh, layout.rotation_columns());
+    std::uint64_t draw = 0;
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = std::floor(5 * rng.uniform(draw++)) - 2;
+    for (Index i = 0; i < rot.size(); ++i) rot.data()[i] = std::floor(5 * rng.uniform(draw++)) - 2;
+    std::vector<std::int32_t> b(static_cast<std::size_t>(n));
+    lsh_hash<float>(x, rot, layout, b.data());
+    const Matrix<float> rotated = rot.transpose() * x;  // small integers: exact
+    for (Index t = 0; t < n; ++t) {
+      Index bucket = 0, scale = 1, col0 = 0;
+      for (Index f : factors) {
+        bucket += scale * detail::lsh_argmax_reference<float>(&rotated(col0, t), f / 2);
+        scale *= f;
+        col0 += f / 2;
+      }
+      EXPECT_EQ(b[static_cast<std::size_t>(t)], bucket) << "t = " << t;
+    }
+  }
 }
 
 TEST(LshHash, FactorisedBucketsCombineFactorHashes) {

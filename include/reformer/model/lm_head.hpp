@@ -74,15 +74,9 @@ class LmHead {
   /// logits = W Dropout(LN([x1; x2])) + b: V x N. The chunks run in parallel (inference).
   Matrix<S> logits(const Parameters<S>& params, ConstMatrixRef<S> x1, ConstMatrixRef<S> x2,
                    const Context& ctx) const {
-    check_streams(x1, x2);
-    const Index d = cfg_.hidden_size, n = x1.cols(), len = chunk(n);
-    Matrix<S> out(cfg_.vocab_size, n);
-    parallel_for(num_blocks(n, len), [&](Index blk) {
-      const Index c0 = blk * len, c = std::min(len, n - c0);
-      Scratch<S> cat(ctx.workspace, 2 * d, c), h(ctx.workspace, 2 * d, c);
-      chunk_hidden(params, x1, x2, ctx, c0, cat.map(), h.map());
-      lm_logits<S>(h.map(), params.value(weight_), params.value_vector(bias_),
-                   out.middleCols(c0, c));
+    Matrix<S> out(cfg_.vocab_size, x1.cols());
+    for_chunks_parallel(params, x1, x2, ctx, [&](Index, Index c0, Index c, MatrixRef<S> h) {
+      lm_logits<S>(h, params.value(weight_), params.value_vector(bias_), out.middleCols(c0, c));
     });
     return out;
   }
@@ -92,19 +86,14 @@ class LmHead {
   /// the same result).
   CrossEntropyResult loss(const Parameters<S>& params, ConstMatrixRef<S> x1, ConstMatrixRef<S> x2,
                           TokenSpan targets, const Context& ctx) const {
-    check_streams(x1, x2);
     REFORMER_REQUIRE(targets.size() == x1.cols(), InvalidArgument, "LmHead::loss",
                      "targets.size() = ", targets.size(), " must equal the number of tokens ",
                      x1.cols());
-    const Index d = cfg_.hidden_size, n = x1.cols(), len = chunk(n), chunks = num_blocks(n, len);
+    const Index chunks = num_blocks(x1.cols(), chunk(x1.cols()));
     ScratchArray<CrossEntropyResult> parts(ctx.workspace, chunks);
-    parallel_for(chunks, [&](Index blk) {
-      const Index c0 = blk * len, c = std::min(len, n - c0);
-      Scratch<S> cat(ctx.workspace, 2 * d, c), h(ctx.workspace, 2 * d, c);
-      chunk_hidden(params, x1, x2, ctx, c0, cat.map(), h.map());
-      parts[blk] =
-          cross_entropy_forward<S>(h.map(), params.value(weight_), params.value_vector(bias_),
-                                   targets.subspan(c0, c), c, ctx.workspace);
+    for_chunks_parallel(params, x1, x2, ctx, [&](Index blk, Index c0, Index c, MatrixRef<S> h) {
+      parts[blk] = cross_entropy_forward<S>(h, params.value(weight_), params.value_vector(bias_),
+                                            targets.subspan(c0, c), c, ctx.workspace);
     });
     CrossEntropyResult ce;
     for (Index blk = 0; blk < chunks; ++blk) {
@@ -182,6 +171,21 @@ class LmHead {
       chunk_hidden(params, x1, x2, ctx, c0, cat_c, h_c);
       f(c0, c, MatrixRef<S>(cat_c), MatrixRef<S>(h_c));
     }
+  }
+
+  // Calls f(blk, c0, c, h) for the chunks blk = [c0, c0 + c) in parallel, each with its own
+  // h (2D x c, as chunk_hidden) drawn from the workspace by the thread that runs it.
+  template <class F>
+  void for_chunks_parallel(const Parameters<S>& params, ConstMatrixRef<S> x1, ConstMatrixRef<S> x2,
+                           const Context& ctx, F&& f) const {
+    check_streams(x1, x2);
+    const Index d = cfg_.hidden_size, n = x1.cols(), len = chunk(n);
+    parallel_for(num_blocks(n, len), [&](Index blk) {
+      const Index c0 = blk * len, c = std::min(len, n - c0);
+      Scratch<S> cat(ctx.workspace, 2 * d, c), h(ctx.workspace, 2 * d, c);
+      chunk_hidden(params, x1, x2, ctx, c0, cat.map(), h.map());
+      f(blk, c0, c, MatrixRef<S>(h.map()));
+    });
   }
 
   Config cfg_;

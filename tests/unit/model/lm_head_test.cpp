@@ -65,17 +65,22 @@ class LmHeadTest : public ::testing::Test {
     return ctx;
   }
 
-  // Loss and gradients of the head (chunk `chunk`) with `threads` threads; parameters drawn
-  // from a fixed seed, LayerNorm weights and biases included.
+  // Every parameter normal(0, 0.3) from a fixed seed, LayerNorm weights and biases included.
+  static void randomise(Parameters<double>& params) {
+    const Rng rng(21);
+    for (Index i = 0; i < params.size(); ++i) {
+      params.values()[i] = 0.3 * rng.normal(static_cast<std::uint64_t>(i));
+    }
+  }
+
+  // Loss and gradients of the head (chunk `chunk`) with `threads` threads (parameters as
+  // randomise).
   HeadRun run(Index chunk, int threads, Workspace* ws, double scale = 0.25) const {
     ThreadCountGuard guard;
     set_num_threads(threads);
     Parameters<double> params;
     const LmHead<double> head(config(chunk), params);
-    const Rng rng(21);
-    for (Index i = 0; i < params.size(); ++i) {
-      params.values()[i] = 0.3 * rng.normal(static_cast<std::uint64_t>(i));
-    }
+    randomise(params);
     const Context ctx = training_context(ws);
     const TokenSpan targets(targets_.data(), kTokens);
     HeadRun out;
@@ -93,10 +98,7 @@ class LmHeadTest : public ::testing::Test {
 TEST_F(LmHeadTest, LossIsTheCrossEntropyOfTheHeadsLogits) {
   Parameters<double> params;
   const LmHead<double> head(config(96), params);
-  const Rng rng(21);
-  for (Index i = 0; i < params.size(); ++i) {
-    params.values()[i] = 0.3 * rng.normal(static_cast<std::uint64_t>(i));
-  }
+  randomise(params);
   const Context ctx = training_context(nullptr);
   const Matrix<double> logits = head.logits(params, x1_, x2_, ctx);  // same dropout masks
   double sum = 0.0;

@@ -4,7 +4,7 @@
 //   xn = LN_f(x)              D x n
 //   h  = W1 xn + b1           F x n      W1: [F, D], b1: [F]
 //   hd = Dropout_1(h)                    key ctx.rng(stream::kFeedForwardActDropout)
-//   g  = act(hd)              F x n      relu | gelu (exact erf form)
+//   g  = act(hd)              F x n      relu, gelu, gelu_new or silu (ops/activations.hpp)
 //   z  = W2 g + b2            D x n      W2: [D, F], b2: [D]
 //   y  = Dropout_2(z)                    key ctx.rng(stream::kFeedForwardOutputDropout)
 //
@@ -25,7 +25,8 @@
 //   ctx.workspace) added in group order at the end. A call with a single block splits its products
 //   over output blocks (ops/linear.hpp) instead, so a short sequence still uses every thread. The
 //   kernel ignores chunk_size: its blocks already bound the hidden buffers to F x block columns,
-//   whatever chunk_size says.
+//   whatever chunk_size says. Its recompute evaluates a smooth activation once for both act(hd)
+//   and act'(hd) (ops/activations.hpp), where the unfused kernel evaluates act' separately.
 // unfused (the reference): chunks of `chunk_size` consecutive columns (0 = all at once), one
 //   after another; inside a chunk every product is split over fixed blocks of its output
 //   (ops/linear.hpp). Buffers are D x chunk and F x chunk (from ctx.workspace).
@@ -197,6 +198,19 @@ class FeedForward {
     });
   }
 
+  // Whether the fused backward keeps act'(hd) from its recompute (one evaluation of a smooth
+  // activation instead of two); relu keeps its exact [hd > 0] select.
+  bool keeps_derivative() const { return cfg_.activation != Activation::kRelu; }
+
+  // g = act(hd) and hd = act'(hd) (g is not hd).
+  template <class H, class G>
+  void activation_with_derivative(H& hd, G& g) const {
+    for_column_blocks(hd.cols(), kActivationFlops * double(hd.rows()), [&](Index b0, Index nb) {
+      activation_forward_with_derivative<S>(cfg_.activation, hd.middleCols(b0, nb),
+                                            g.middleCols(b0, nb), hd.middleCols(b0, nb));
+    });
+  }
+
   // out = Dropout_2(W2 g + b2) for the columns starting at global column c0.
   template <class G>
   void output(const Parameters<S>& params, const G& g, Index c0, MatrixRef<S> out,
@@ -303,9 +317,14 @@ void FeedForward<S>::backward_block(const Parameters<S>& params, ConstMatrixRef<
   auto g = g_buf.leftCols(nc);    // F x nc: g, then dg, then dh
   const double p = dropout_p(ctx);
 
-  // Forward, recomputed: xn, hd = Dropout_1(W1 xn + b1), g = act(hd), z = f(x).
+  // Forward, recomputed: xn, hd = Dropout_1(W1 xn + b1), g = act(hd), z = f(x). A smooth
+  // activation also leaves hd = act'(hd) for the backward below.
   hidden(params, x_b, c0, xn, hd, ctx, split);
-  activation(hd, g);
+  if (keeps_derivative()) {
+    activation_with_derivative(hd, g);
+  } else {
+    activation(hd, g);
+  }
   output(params, g, c0, z, ctx, split);
   y_b -= z;  // y -= f(x)
 
@@ -318,8 +337,12 @@ void FeedForward<S>::backward_block(const Parameters<S>& params, ConstMatrixRef<
   product(g, params.value(w2_).transpose(), z, false, split);
   // g = act(hd)  =>  dhd = act'(hd) .* dg;   hd = Dropout_1(h)  =>  dh = mask_1 .* dhd / (1 - p).
   for_column_blocks(nc, kActivationFlops * double(g.rows()), [&](Index b0, Index nb) {
-    activation_backward<S>(cfg_.activation, hd.middleCols(b0, nb), g.middleCols(b0, nb),
-                           g.middleCols(b0, nb));
+    if (keeps_derivative()) {
+      g.middleCols(b0, nb).array() *= hd.middleCols(b0, nb).array();  // hd: act'(hd)
+    } else {
+      activation_backward<S>(cfg_.activation, hd.middleCols(b0, nb), g.middleCols(b0, nb),
+                             g.middleCols(b0, nb));
+    }
   });
   dropout_parallel<S>(ctx.rng(stream::kFeedForwardActDropout), p, c0, g, g);
   // h = W1 xn + b1  =>  dW1 += dh xn^T (dW1^T += xn dh^T),  db1 += sum_n dh,  dxn = W1^T dh.

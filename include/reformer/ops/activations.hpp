@@ -12,6 +12,8 @@
 // Forward:  <act>_forward(x, y)         y = act(x)           x, y: any R x C (y may alias x)
 // Backward: <act>_backward(x, dy, dx)   dx = act'(x) .* dy   x is the PRE-activation input
 //                                                            (dx may alias dy)
+// Both:     activation_forward_with_derivative(a, x, y, d)   y = act(x), d = act'(x) in one
+//           evaluation, for a backward pass that recomputes the forward (layers/feed_forward.hpp)
 // gelu, gelu_new and silu run vectorised kernels (ops/detail/activation_packets.hpp): max error
 // against the exact functions a few ulp relative for float and double (tests/unit/ops/
 // activation_accuracy_test.cpp states and checks the bounds). Every element's result is a
@@ -158,6 +160,47 @@ void activation_forward(Activation a, ConstMatrixRef<S> x, MatrixRef<S> y) {
       return;
     case Activation::kSilu:
       silu_forward<S>(x, y);
+      return;
+  }
+}
+
+/// y = act(x) and d = act'(x) from one evaluation per element; either y or d (not both) may
+/// alias x. d .* dy is then activation_backward's dx up to rounding (the same formulas, each
+/// within its stated error), except for relu, whose d = [x > 0] times a non-finite dy gives NaN
+/// where relu_backward gives 0.
+template <class S>
+void activation_forward_with_derivative(Activation a, ConstMatrixRef<S> x, MatrixRef<S> y,
+                                        MatrixRef<S> d) {
+  const char* where = "activation_forward_with_derivative";
+  detail::check_same_shape(where, "y", y.rows(), y.cols(), "x", x.rows(), x.cols());
+  detail::check_same_shape(where, "d", d.rows(), d.cols(), "x", x.rows(), x.cols());
+  REFORMER_REQUIRE(y.data() != d.data() || y.size() == 0, InvalidArgument, where,
+                   "y and d must be different matrices");
+  switch (a) {
+    case Activation::kRelu:
+      // The output that aliases x (if any) is written last.
+      if (y.data() == x.data()) {
+        d.array() = (x.array() > S(0)).template cast<S>();
+        y = x.cwiseMax(S(0));
+      } else {
+        y = x.cwiseMax(S(0));
+        d.array() = (x.array() > S(0)).template cast<S>();
+      }
+      return;
+    case Activation::kGelu:
+      detail::map_elementwise_with_grad<S>(x, y, d, [](const auto& p, auto& v, auto& g) {
+        detail::packet::gelu_with_grad(p, v, g);
+      });
+      return;
+    case Activation::kGeluNew:
+      detail::map_elementwise_with_grad<S>(x, y, d, [](const auto& p, auto& v, auto& g) {
+        detail::packet::gelu_new_with_grad(p, v, g);
+      });
+      return;
+    case Activation::kSilu:
+      detail::map_elementwise_with_grad<S>(x, y, d, [](const auto& p, auto& v, auto& g) {
+        detail::packet::silu_with_grad(p, v, g);
+      });
       return;
   }
 }

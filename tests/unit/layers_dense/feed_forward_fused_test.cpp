@@ -106,7 +106,9 @@ TEST_P(FeedForwardFused, MatchesUnfused) {
 }
 
 INSTANTIATE_TEST_SUITE_P(ActivationsDropoutChunks, FeedForwardFused,
-                         ::testing::Combine(::testing::Values(Activation::kRelu, Activation::kGelu),
+                         ::testing::Combine(::testing::Values(Activation::kRelu, Activation::kGelu,
+                                                              Activation::kGeluNew,
+                                                              Activation::kSilu),
                                             ::testing::Values(0.0, 0.2),
                                             ::testing::Values(Index{0}, Index{5})));
 

@@ -9,9 +9,10 @@
 //     scaled by the sum of |its terms|     <= 8 eps (1 + |w|)   gelu_new
 //   absolute error against the formula     <= 8 eps max(1, |x|) all, value and derivative
 //
-// for every x whose exact result is a normal number. gelu_new's argument w = 1.6 (x + 0.045 x^3)
-// is rounded in the working precision, which the exact tail exp(-|w|) amplifies by |w|; the
-// formula oracle has the same error.
+// for every x whose exact result is a normal number, both for the separate forward and backward
+// and for activation_forward_with_derivative (value and derivative from one evaluation). gelu_new's
+// argument w = 1.6 (x + 0.045 x^3) is rounded in the working precision, which the exact tail
+// exp(-|w|) amplifies by |w|; the formula oracle has the same error.
 #include "reformer/ops/activations.hpp"
 #include "reformer/testing/activation_oracle.hpp"
 
@@ -77,13 +78,27 @@ struct Errors {
   double worst_value_x = 0, worst_grad_x = 0;
 };
 
+/// y = act(x) and d = act'(x): by activation_forward and activation_backward (dy = 1), or
+/// `together` by activation_forward_with_derivative.
 template <class S>
-Errors measure(Activation a, const Matrix<S>& x) {
+void evaluate(Activation a, const Matrix<S>& x, bool together, Matrix<S>& y, Matrix<S>& d) {
+  y.resize(x.rows(), x.cols());
+  d.resize(x.rows(), x.cols());
+  if (together) {
+    activation_forward_with_derivative<S>(a, x, y, d);
+  } else {
+    activation_forward<S>(a, x, y);
+    activation_backward<S>(a, x, Matrix<S>::Ones(x.rows(), x.cols()), d);
+  }
+}
+
+const char* mode_name(bool together) { return together ? "together" : "separate"; }
+
+template <class S>
+Errors measure(Activation a, const Matrix<S>& x, bool together) {
   const Index n = x.size();
-  Matrix<S> y(x.rows(), x.cols()), dx(x.rows(), x.cols());
-  const Matrix<S> ones = Matrix<S>::Ones(x.rows(), x.cols());
-  activation_forward<S>(a, x, y);
-  activation_backward<S>(a, x, ones, dx);
+  Matrix<S> y, dx;
+  evaluate<S>(a, x, together, y, dx);
   const Long eps = std::numeric_limits<S>::epsilon();
   const Long tiny = std::numeric_limits<S>::min();
   Errors e;
@@ -127,21 +142,23 @@ constexpr double kGeluTailBound = 8.0 + 72.0;
 template <class S>
 void expect_bounds(const char* type) {
   const Matrix<S> x = dense_grid<S>();
-  for (Activation a : kSmooth) {
-    const Errors e = measure<S>(a, x);
-    const std::string what = std::string(type) + " " + activation_name(a);
-    const double bound = a == Activation::kGelu ? kGeluTailBound : 8.0;
-    EXPECT_LE(e.value_rel, bound) << what << " value, worst at x = " << e.worst_value_x;
-    EXPECT_LE(e.grad_rel, bound) << what << " derivative, worst at x = " << e.worst_grad_x;
-    EXPECT_LE(e.value_abs, 8.0) << what << " value against the formula";
-    EXPECT_LE(e.grad_abs, 8.0) << what << " derivative against the formula";
-    // Measured maxima (units of eps), printed for the record.
-    std::printf(
-        "[ accuracy ] %-6s %-8s value rel %.2f (x = %g)  grad rel %.2f (x = %g)  "
-        "vs formula: value %.2f grad %.2f\n",
-        type, activation_name(a), e.value_rel, e.worst_value_x, e.grad_rel, e.worst_grad_x,
-        e.value_abs, e.grad_abs);
-  }
+  for (bool together : {false, true})
+    for (Activation a : kSmooth) {
+      const Errors e = measure<S>(a, x, together);
+      const std::string what =
+          std::string(type) + " " + activation_name(a) + " " + mode_name(together);
+      const double bound = a == Activation::kGelu ? kGeluTailBound : 8.0;
+      EXPECT_LE(e.value_rel, bound) << what << " value, worst at x = " << e.worst_value_x;
+      EXPECT_LE(e.grad_rel, bound) << what << " derivative, worst at x = " << e.worst_grad_x;
+      EXPECT_LE(e.value_abs, 8.0) << what << " value against the formula";
+      EXPECT_LE(e.grad_abs, 8.0) << what << " derivative against the formula";
+      // Measured maxima (units of eps), printed for the record.
+      std::printf(
+          "[ accuracy ] %-6s %-8s %-8s value rel %.2f (x = %g)  grad rel %.2f (x = %g)  "
+          "vs formula: value %.2f grad %.2f\n",
+          type, activation_name(a), mode_name(together), e.value_rel, e.worst_value_x, e.grad_rel,
+          e.worst_grad_x, e.value_abs, e.grad_abs);
+    }
 }
 
 TEST(ActivationAccuracy, FloatWithinBoundsOnDenseGrid) { expect_bounds<float>("float"); }
@@ -168,36 +185,35 @@ void expect_special_values() {
                              -L::min()};
   Matrix<S> x(Index(xs.size()), 1);
   for (Index i = 0; i < x.rows(); ++i) x(i) = xs[std::size_t(i)];
-  const Matrix<S> ones = Matrix<S>::Ones(x.rows(), 1);
-  for (Activation a : kSmooth) {
-    SCOPED_TRACE(activation_name(a));
-    Matrix<S> y(x.rows(), 1), d(x.rows(), 1);
-    activation_forward<S>(a, x, y);
-    activation_backward<S>(a, x, ones, d);
-    EXPECT_EQ(y(0), S(0));
-    EXPECT_FALSE(std::signbit(y(0)));
-    EXPECT_EQ(y(1), S(0));
-    EXPECT_TRUE(std::signbit(y(1)));
-    EXPECT_LE(std::fabs(d(0) - S(0.5)), L::epsilon());
-    EXPECT_LE(std::fabs(d(1) - S(0.5)), L::epsilon());
-    EXPECT_EQ(y(2), inf);
-    EXPECT_EQ(d(2), S(1));
-    EXPECT_EQ(y(3), S(0));  // the limit, not inf * 0
-    EXPECT_EQ(d(3), S(0));
-    EXPECT_TRUE(std::isnan(y(4)));
-    EXPECT_TRUE(std::isnan(d(4)));
-    for (Index i : {Index(5), Index(7)}) {
-      EXPECT_EQ(y(i), x(i));
-      EXPECT_EQ(d(i), S(1));
-      EXPECT_EQ(y(i + 1), S(0));
-      EXPECT_EQ(d(i + 1), S(0));
+  for (bool together : {false, true})
+    for (Activation a : kSmooth) {
+      SCOPED_TRACE(std::string(activation_name(a)) + " " + mode_name(together));
+      Matrix<S> y, d;
+      evaluate<S>(a, x, together, y, d);
+      EXPECT_EQ(y(0), S(0));
+      EXPECT_FALSE(std::signbit(y(0)));
+      EXPECT_EQ(y(1), S(0));
+      EXPECT_TRUE(std::signbit(y(1)));
+      EXPECT_LE(std::fabs(d(0) - S(0.5)), L::epsilon());
+      EXPECT_LE(std::fabs(d(1) - S(0.5)), L::epsilon());
+      EXPECT_EQ(y(2), inf);
+      EXPECT_EQ(d(2), S(1));
+      EXPECT_EQ(y(3), S(0));  // the limit, not inf * 0
+      EXPECT_EQ(d(3), S(0));
+      EXPECT_TRUE(std::isnan(y(4)));
+      EXPECT_TRUE(std::isnan(d(4)));
+      for (Index i : {Index(5), Index(7)}) {
+        EXPECT_EQ(y(i), x(i));
+        EXPECT_EQ(d(i), S(1));
+        EXPECT_EQ(y(i + 1), S(0));
+        EXPECT_EQ(d(i + 1), S(0));
+      }
+      // Subnormal and smallest normal inputs: act(x) = x / 2 and act'(x) = 1/2 to rounding.
+      for (Index i = 9; i < x.rows(); ++i) {
+        EXPECT_LE(std::fabs(y(i) - x(i) / 2), L::denorm_min()) << "x = " << x(i);
+        EXPECT_LE(std::fabs(d(i) - S(0.5)), L::epsilon()) << "x = " << x(i);
+      }
     }
-    // Subnormal and smallest normal inputs: act(x) = x / 2 and act'(x) = 1/2 to rounding.
-    for (Index i = 9; i < x.rows(); ++i) {
-      EXPECT_LE(std::fabs(y(i) - x(i) / 2), L::denorm_min()) << "x = " << x(i);
-      EXPECT_LE(std::fabs(d(i) - S(0.5)), L::epsilon()) << "x = " << x(i);
-    }
-  }
 }
 
 TEST(ActivationAccuracy, FloatSpecialValues) { expect_special_values<float>(); }
@@ -229,6 +245,46 @@ void expect_alias_and_position_independence() {
     EXPECT_EQ(dxb.block(5, 1, 30, 7), dx.block(5, 1, 30, 7));
     EXPECT_EQ(yb(0, 0), S(0));  // nothing outside the block is written
     EXPECT_EQ(yb(36, 8), S(0));
+  }
+  // activation_forward_with_derivative, relu included: the same values with y or d in place of
+  // x and on a strided block. Its value is the forward's, and d .* dy is the backward's dx up
+  // to rounding (exactly for relu).
+  for (Activation a :
+       {Activation::kRelu, Activation::kGelu, Activation::kGeluNew, Activation::kSilu}) {
+    SCOPED_TRACE(activation_name(a));
+    Matrix<S> y, d, forward_y(37, 9), dx(37, 9);
+    evaluate<S>(a, x, true, y, d);
+    activation_forward<S>(a, x, forward_y);
+    activation_backward<S>(a, x, dy, dx);
+    const Matrix<S> product = d.cwiseProduct(dy);
+    const S tol = 8 * std::numeric_limits<S>::epsilon();
+    for (Index i = 0; i < x.size(); ++i) {
+      EXPECT_LE(std::fabs(y(i) - forward_y(i)), tol * std::max(S(1), std::fabs(forward_y(i))));
+      EXPECT_LE(std::fabs(product(i) - dx(i)), tol * std::max(S(1), std::fabs(dx(i))));
+    }
+    if (a == Activation::kRelu) {
+      EXPECT_EQ(y, forward_y);
+      EXPECT_EQ(product, dx);
+    }
+    Matrix<S> y_in_x = x, d_other(37, 9);
+    activation_forward_with_derivative<S>(a, y_in_x, y_in_x, d_other);
+    EXPECT_EQ(y_in_x, y);
+    EXPECT_EQ(d_other, d);
+    Matrix<S> d_in_x = x, y_other(37, 9);
+    activation_forward_with_derivative<S>(a, d_in_x, y_other, d_in_x);
+    EXPECT_EQ(y_other, y);
+    EXPECT_EQ(d_in_x, d);
+    Matrix<S> yb = Matrix<S>::Zero(37, 9), db = Matrix<S>::Zero(37, 9);
+    activation_forward_with_derivative<S>(a, x.block(5, 1, 30, 7), yb.block(5, 1, 30, 7),
+                                          db.block(5, 1, 30, 7));
+    EXPECT_EQ(yb.block(5, 1, 30, 7), y.block(5, 1, 30, 7));
+    EXPECT_EQ(db.block(5, 1, 30, 7), d.block(5, 1, 30, 7));
+    EXPECT_EQ(db(0, 0), S(0));
+    EXPECT_EQ(db(36, 8), S(0));
+    Matrix<S> same(37, 9);
+    EXPECT_THROW(activation_forward_with_derivative<S>(a, x, same, same), InvalidArgument);
+    Matrix<S> wrong(36, 9);
+    EXPECT_THROW(activation_forward_with_derivative<S>(a, x, y_other, wrong), InvalidArgument);
   }
 }
 

@@ -143,6 +143,18 @@ P gelu_grad(const P& x) {
   return keep_nan(x, ei::pselect(neg, w, ei::psub(constant<P>(1.0), w)));
 }
 
+/// value = gelu(x) and grad = gelu'(x) from one normal_tail evaluation.
+template <class P>
+void gelu_with_grad(const P& x, P& value, P& grad) {
+  const NormalTail<P> t = normal_tail(x);
+  const P neg = ei::pcmp_lt(x, ei::pzero(x));
+  const P q = ei::pmul(t.phi, t.mills);  // Q(u)
+  value = keep_nan(x, ei::pselect(neg, ei::pnegate(ei::pmul(t.uc, q)),
+                                  ei::pmul(x, ei::psub(constant<P>(1.0), q))));
+  const P w = ei::pmul(t.phi, ei::psub(t.mills, t.uc));
+  grad = keep_nan(x, ei::pselect(neg, w, ei::psub(constant<P>(1.0), w)));
+}
+
 /// sigmoid(w) and 1 - sigmoid(w), each to a few ulp relative.
 template <class P>
 void sigmoid_pair(const P& w, P& s, P& sc) {
@@ -186,6 +198,17 @@ P silu_grad(const P& x) {
   return keep_nan(x, ei::pmadd(ei::pmul(s, xc), sc, s));
 }
 
+/// value = silu(x) and grad = silu'(x) from one sigmoid evaluation.
+template <class P>
+void silu_with_grad(const P& x, P& value, P& grad) {
+  using S = typename ei::unpacket_traits<P>::type;
+  const P xc = clamp(x, SigmoidClamp<S>::kSilu);
+  P s, sc;
+  sigmoid_pair(xc, s, sc);
+  value = keep_nan(x, ei::pmul(factor(x, xc), s));
+  grad = keep_nan(x, ei::pmadd(ei::pmul(s, xc), sc, s));
+}
+
 /// w = 2 sqrt(2/pi) (x + 0.044715 x^3), so gelu_new(x) = x sigmoid(w).
 template <class P>
 P gelu_new_arg(const P& xc) {
@@ -216,22 +239,84 @@ P gelu_new_grad(const P& x) {
   const P dw = ei::pmadd(ei::pmul(xc, xc), constant<P>(kTwoC * kA3), constant<P>(kTwoC));  // w'(x)
   return keep_nan(x, ei::pmadd(ei::pmul(ei::pmul(s, xc), sc), dw, s));
 }
+
+/// value = gelu_new(x) and grad = gelu_new'(x) from one sigmoid evaluation.
+template <class P>
+void gelu_new_with_grad(const P& x, P& value, P& grad) {
+  using S = typename ei::unpacket_traits<P>::type;
+  constexpr double kTwoC = 1.5957691216057307117597842397375;
+  constexpr double kA3 = 3 * 0.044715;
+  const P xc = clamp(x, SigmoidClamp<S>::kGeluNew);
+  P s, sc;
+  sigmoid_pair(gelu_new_arg(xc), s, sc);
+  value = keep_nan(x, ei::pmul(factor(x, xc), s));
+  const P dw = ei::pmadd(ei::pmul(xc, xc), constant<P>(kTwoC * kA3), constant<P>(kTwoC));  // w'(x)
+  grad = keep_nan(x, ei::pmadd(ei::pmul(ei::pmul(s, xc), sc), dw, s));
+}
 }  // namespace packet
 
-/// y[i] = f(x[i]) for i < n, one packet at a time; the last partial packet goes through a
-/// zero-padded copy so every element is computed by the same packet code. y may equal x.
+// Every packet goes through one compiled copy of the packet code. The loops over whole packets
+// (map_whole_packets*) are neither inlined nor cloned (REFORMER_SINGLE_COPY), and the last
+// partial packet is copied into a zero-padded buffer that runs through the same loop. Copies
+// of the packet code compiled separately (a loop body and a tail, or one inlined copy per
+// caller) need not agree bitwise: the compiler may contract a multiply and an add into an FMA
+// in one copy and not in another, which was seen to change the last bits of the tail's
+// elements. With one copy, an element's result depends on its input alone, whatever its
+// position, the matrix's stride or the caller.
+#if defined(__GNUC__) && !defined(__clang__)
+#define REFORMER_SINGLE_COPY __attribute__((noipa))
+#else
+#define REFORMER_SINGLE_COPY __attribute__((noinline))
+#endif
+
+/// y[j] = f(x[j]) for the `packets` whole packets at x and y. y may equal x.
 template <class S, class F>
-void map_packets(const S* x, S* y, Index n, F f) {
+REFORMER_SINGLE_COPY void map_whole_packets(const S* x, S* y, Index packets, F f) {
   namespace ei = Eigen::internal;
   using P = Packet<S>;
   constexpr Index k = kPacketSize<S>;
-  Index i = 0;
-  for (; i + k <= n; i += k) ei::pstoreu(y + i, f(ei::ploadu<P>(x + i)));
+  for (Index i = 0; i < packets * k; i += k) ei::pstoreu(y + i, f(ei::ploadu<P>(x + i)));
+}
+
+/// dx[j] = f'(x[j]) dy[j] for whole packets. dx may equal dy.
+template <class S, class F>
+REFORMER_SINGLE_COPY void map_whole_packets_grad(const S* x, const S* dy, S* dx, Index packets,
+                                                 F fprime) {
+  namespace ei = Eigen::internal;
+  using P = Packet<S>;
+  constexpr Index k = kPacketSize<S>;
+  for (Index i = 0; i < packets * k; i += k) {
+    ei::pstoreu(dx + i, ei::pmul(fprime(ei::ploadu<P>(x + i)), ei::ploadu<P>(dy + i)));
+  }
+}
+
+/// y[j] = f(x[j]), d[j] = f'(x[j]) for whole packets (f(p, value, grad) gives both). Either y
+/// or d (not both) may equal x.
+template <class S, class F>
+REFORMER_SINGLE_COPY void map_whole_packets_with_grad(const S* x, S* y, S* d, Index packets, F f) {
+  namespace ei = Eigen::internal;
+  using P = Packet<S>;
+  constexpr Index k = kPacketSize<S>;
+  P value, grad;
+  for (Index i = 0; i < packets * k; i += k) {
+    f(ei::ploadu<P>(x + i), value, grad);
+    ei::pstoreu(y + i, value);
+    ei::pstoreu(d + i, grad);
+  }
+}
+
+/// y[i] = f(x[i]) for i < n, one packet at a time (the last partial packet zero-padded). y may
+/// equal x.
+template <class S, class F>
+void map_packets(const S* x, S* y, Index n, F f) {
+  constexpr Index k = kPacketSize<S>;
+  const Index whole = n / k, i = whole * k;
+  map_whole_packets<S>(x, y, whole, f);
   if (i < n) {
     S xb[k] = {};
     S yb[k];
     std::copy(x + i, x + n, xb);
-    ei::pstoreu(yb, f(ei::ploadu<P>(xb)));
+    map_whole_packets<S>(xb, yb, 1, f);
     std::copy(yb, yb + (n - i), y + i);
   }
 }
@@ -239,21 +324,34 @@ void map_packets(const S* x, S* y, Index n, F f) {
 /// dx[i] = f'(x[i]) dy[i] for i < n, as map_packets. dx may equal dy.
 template <class S, class F>
 void map_packets_grad(const S* x, const S* dy, S* dx, Index n, F fprime) {
-  namespace ei = Eigen::internal;
-  using P = Packet<S>;
   constexpr Index k = kPacketSize<S>;
-  Index i = 0;
-  for (; i + k <= n; i += k) {
-    ei::pstoreu(dx + i, ei::pmul(fprime(ei::ploadu<P>(x + i)), ei::ploadu<P>(dy + i)));
-  }
+  const Index whole = n / k, i = whole * k;
+  map_whole_packets_grad<S>(x, dy, dx, whole, fprime);
   if (i < n) {
     S xb[k] = {};
     S dyb[k] = {};
     S dxb[k];
     std::copy(x + i, x + n, xb);
     std::copy(dy + i, dy + n, dyb);
-    ei::pstoreu(dxb, ei::pmul(fprime(ei::ploadu<P>(xb)), ei::ploadu<P>(dyb)));
+    map_whole_packets_grad<S>(xb, dyb, dxb, 1, fprime);
     std::copy(dxb, dxb + (n - i), dx + i);
+  }
+}
+
+/// y[i] = f(x[i]) and d[i] = f'(x[i]) for i < n, where f(p, value, grad) gives both for one
+/// packet; as map_packets. Either y or d (not both) may equal x.
+template <class S, class F>
+void map_packets_with_grad(const S* x, S* y, S* d, Index n, F f) {
+  constexpr Index k = kPacketSize<S>;
+  const Index whole = n / k, i = whole * k;
+  map_whole_packets_with_grad<S>(x, y, d, whole, f);
+  if (i < n) {
+    S xb[k] = {};
+    S yb[k], db[k];
+    std::copy(x + i, x + n, xb);
+    map_whole_packets_with_grad<S>(xb, yb, db, 1, f);
+    std::copy(yb, yb + (n - i), y + i);
+    std::copy(db, db + (n - i), d + i);
   }
 }
 
@@ -280,6 +378,18 @@ void map_elementwise_grad(ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S
   for (Index c = 0; c < x.cols(); ++c) {
     map_packets_grad<S>(&x.coeffRef(0, c), &dy.coeffRef(0, c), &dx.coeffRef(0, c), x.rows(),
                         fprime);
+  }
+}
+
+/// y = f(x) and d = f'(x) element-wise, as map_elementwise (f as in map_packets_with_grad).
+template <class S, class F>
+void map_elementwise_with_grad(ConstMatrixRef<S> x, MatrixRef<S> y, MatrixRef<S> d, F f) {
+  if (x.outerStride() == x.rows() && y.outerStride() == y.rows() && d.outerStride() == d.rows()) {
+    map_packets_with_grad<S>(x.data(), y.data(), d.data(), x.size(), f);
+    return;
+  }
+  for (Index c = 0; c < x.cols(); ++c) {
+    map_packets_with_grad<S>(&x.coeffRef(0, c), &y.coeffRef(0, c), &d.coeffRef(0, c), x.rows(), f);
   }
 }
 

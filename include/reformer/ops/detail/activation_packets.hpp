@@ -123,10 +123,9 @@ NormalTail<P> normal_tail(const P& x) {
   return t;
 }
 
-/// gelu(x) = x Phi(x).
+/// gelu(x) = x Phi(x), from the normal tail t of x.
 template <class P>
-P gelu(const P& x) {
-  const NormalTail<P> t = normal_tail(x);
+P gelu_value(const P& x, const NormalTail<P>& t) {
   const P q = ei::pmul(t.phi, t.mills);  // Q(u)
   const P neg = ei::pcmp_lt(x, ei::pzero(x));
   const P r =
@@ -134,25 +133,30 @@ P gelu(const P& x) {
   return keep_nan(x, r);
 }
 
-/// gelu'(x) = Phi(x) + x phi(x).
+/// gelu'(x) = Phi(x) + x phi(x), from the normal tail t of x.
 template <class P>
-P gelu_grad(const P& x) {
-  const NormalTail<P> t = normal_tail(x);
+P gelu_derivative(const P& x, const NormalTail<P>& t) {
   const P w = ei::pmul(t.phi, ei::psub(t.mills, t.uc));
   const P neg = ei::pcmp_lt(x, ei::pzero(x));
   return keep_nan(x, ei::pselect(neg, w, ei::psub(constant<P>(1.0), w)));
+}
+
+template <class P>
+P gelu(const P& x) {
+  return gelu_value(x, normal_tail(x));
+}
+
+template <class P>
+P gelu_grad(const P& x) {
+  return gelu_derivative(x, normal_tail(x));
 }
 
 /// value = gelu(x) and grad = gelu'(x) from one normal_tail evaluation.
 template <class P>
 void gelu_with_grad(const P& x, P& value, P& grad) {
   const NormalTail<P> t = normal_tail(x);
-  const P neg = ei::pcmp_lt(x, ei::pzero(x));
-  const P q = ei::pmul(t.phi, t.mills);  // Q(u)
-  value = keep_nan(x, ei::pselect(neg, ei::pnegate(ei::pmul(t.uc, q)),
-                                  ei::pmul(x, ei::psub(constant<P>(1.0), q))));
-  const P w = ei::pmul(t.phi, ei::psub(t.mills, t.uc));
-  grad = keep_nan(x, ei::pselect(neg, w, ei::psub(constant<P>(1.0), w)));
+  value = gelu_value(x, t);
+  grad = gelu_derivative(x, t);
 }
 
 /// sigmoid(w) and 1 - sigmoid(w), each to a few ulp relative.
@@ -178,80 +182,93 @@ P factor(const P& x, const P& xc) {
   return ei::pselect(ei::pcmp_lt(x, ei::pzero(x)), xc, x);
 }
 
-/// silu(x) = x sigmoid(x).
+/// x clamped to the kernel's bound (xc) and the sigmoid pair (s, sc) of its argument.
 template <class P>
-P silu(const P& x) {
+struct SigmoidOf {
+  P xc, s, sc;
+};
+
+/// x sigmoid(w): the value of silu and gelu_new.
+template <class P>
+P sigmoid_value(const P& x, const SigmoidOf<P>& g) {
+  return keep_nan(x, ei::pmul(factor(x, g.xc), g.s));
+}
+
+/// silu: w = x.
+template <class P>
+SigmoidOf<P> silu_sigmoid(const P& x) {
   using S = typename ei::unpacket_traits<P>::type;
-  const P xc = clamp(x, SigmoidClamp<S>::kSilu);
-  P s, sc;
-  sigmoid_pair(xc, s, sc);
-  return keep_nan(x, ei::pmul(factor(x, xc), s));
+  SigmoidOf<P> g;
+  g.xc = clamp(x, SigmoidClamp<S>::kSilu);
+  sigmoid_pair(g.xc, g.s, g.sc);
+  return g;
 }
 
 /// silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).
 template <class P>
+P silu_derivative(const P& x, const SigmoidOf<P>& g) {
+  return keep_nan(x, ei::pmadd(ei::pmul(g.s, g.xc), g.sc, g.s));
+}
+
+/// silu(x) = x sigmoid(x).
+template <class P>
+P silu(const P& x) {
+  return sigmoid_value(x, silu_sigmoid(x));
+}
+
+template <class P>
 P silu_grad(const P& x) {
-  using S = typename ei::unpacket_traits<P>::type;
-  const P xc = clamp(x, SigmoidClamp<S>::kSilu);
-  P s, sc;
-  sigmoid_pair(xc, s, sc);
-  return keep_nan(x, ei::pmadd(ei::pmul(s, xc), sc, s));
+  return silu_derivative(x, silu_sigmoid(x));
 }
 
 /// value = silu(x) and grad = silu'(x) from one sigmoid evaluation.
 template <class P>
 void silu_with_grad(const P& x, P& value, P& grad) {
-  using S = typename ei::unpacket_traits<P>::type;
-  const P xc = clamp(x, SigmoidClamp<S>::kSilu);
-  P s, sc;
-  sigmoid_pair(xc, s, sc);
-  value = keep_nan(x, ei::pmul(factor(x, xc), s));
-  grad = keep_nan(x, ei::pmadd(ei::pmul(s, xc), sc, s));
+  const SigmoidOf<P> g = silu_sigmoid(x);
+  value = sigmoid_value(x, g);
+  grad = silu_derivative(x, g);
 }
 
-/// w = 2 sqrt(2/pi) (x + 0.044715 x^3), so gelu_new(x) = x sigmoid(w).
+inline constexpr double kGeluNewTwoC = 1.5957691216057307117597842397375;  // 2 sqrt(2/pi)
+inline constexpr double kGeluNewA = 0.044715;
+
+/// gelu_new: w = 2 sqrt(2/pi) (x + 0.044715 x^3), so gelu_new(x) = x sigmoid(w).
 template <class P>
-P gelu_new_arg(const P& xc) {
-  constexpr double kTwoC = 1.5957691216057307117597842397375;  // 2 sqrt(2/pi)
-  constexpr double kA = 0.044715;
-  return ei::pmul(xc, ei::pmadd(ei::pmul(xc, xc), constant<P>(kTwoC * kA), constant<P>(kTwoC)));
+SigmoidOf<P> gelu_new_sigmoid(const P& x) {
+  using S = typename ei::unpacket_traits<P>::type;
+  SigmoidOf<P> g;
+  g.xc = clamp(x, SigmoidClamp<S>::kGeluNew);
+  const P w = ei::pmul(g.xc, ei::pmadd(ei::pmul(g.xc, g.xc), constant<P>(kGeluNewTwoC * kGeluNewA),
+                                       constant<P>(kGeluNewTwoC)));
+  sigmoid_pair(w, g.s, g.sc);
+  return g;
+}
+
+/// gelu_new'(x) = s (1 + x (1 - s) w'(x)),  w'(x) = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+template <class P>
+P gelu_new_derivative(const P& x, const SigmoidOf<P>& g) {
+  const P dw = ei::pmadd(ei::pmul(g.xc, g.xc), constant<P>(kGeluNewTwoC * (3 * kGeluNewA)),
+                         constant<P>(kGeluNewTwoC));  // w'(x)
+  return keep_nan(x, ei::pmadd(ei::pmul(ei::pmul(g.s, g.xc), g.sc), dw, g.s));
 }
 
 /// gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 template <class P>
 P gelu_new(const P& x) {
-  using S = typename ei::unpacket_traits<P>::type;
-  const P xc = clamp(x, SigmoidClamp<S>::kGeluNew);
-  P s, sc;
-  sigmoid_pair(gelu_new_arg(xc), s, sc);
-  return keep_nan(x, ei::pmul(factor(x, xc), s));
+  return sigmoid_value(x, gelu_new_sigmoid(x));
 }
 
-/// gelu_new'(x) = s (1 + x (1 - s) w'(x)),  w'(x) = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2).
 template <class P>
 P gelu_new_grad(const P& x) {
-  using S = typename ei::unpacket_traits<P>::type;
-  constexpr double kTwoC = 1.5957691216057307117597842397375;
-  constexpr double kA3 = 3 * 0.044715;
-  const P xc = clamp(x, SigmoidClamp<S>::kGeluNew);
-  P s, sc;
-  sigmoid_pair(gelu_new_arg(xc), s, sc);
-  const P dw = ei::pmadd(ei::pmul(xc, xc), constant<P>(kTwoC * kA3), constant<P>(kTwoC));  // w'(x)
-  return keep_nan(x, ei::pmadd(ei::pmul(ei::pmul(s, xc), sc), dw, s));
+  return gelu_new_derivative(x, gelu_new_sigmoid(x));
 }
 
 /// value = gelu_new(x) and grad = gelu_new'(x) from one sigmoid evaluation.
 template <class P>
 void gelu_new_with_grad(const P& x, P& value, P& grad) {
-  using S = typename ei::unpacket_traits<P>::type;
-  constexpr double kTwoC = 1.5957691216057307117597842397375;
-  constexpr double kA3 = 3 * 0.044715;
-  const P xc = clamp(x, SigmoidClamp<S>::kGeluNew);
-  P s, sc;
-  sigmoid_pair(gelu_new_arg(xc), s, sc);
-  value = keep_nan(x, ei::pmul(factor(x, xc), s));
-  const P dw = ei::pmadd(ei::pmul(xc, xc), constant<P>(kTwoC * kA3), constant<P>(kTwoC));  // w'(x)
-  grad = keep_nan(x, ei::pmadd(ei::pmul(ei::pmul(s, xc), sc), dw, s));
+  const SigmoidOf<P> g = gelu_new_sigmoid(x);
+  value = sigmoid_value(x, g);
+  grad = gelu_new_derivative(x, g);
 }
 }  // namespace packet
 

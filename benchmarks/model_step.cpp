@@ -18,14 +18,18 @@
 //                                    comparison with Hugging Face transformers
 //                                    (hf_model_config in common/model.hpp: 6 LSH layers, gelu,
 //                                    buckets T / 64, axial (64, T / 64), FF chunks T / 8)
+//   model_step/hf_config/kept        the same with a kept-activation budget of --kept_mib MiB
+//                                    (default 2048): the feed-forward sublayers that fit keep
+//                                    their activations and skip their recompute (kept_layers)
 //   attention/hf_config              the same T: that model's LSH attention sublayer alone,
 //                                    forward + backward
 //   feed_forward/hf_config/fused     that model's feed-forward sublayer alone, forward + backward:
 //   feed_forward/hf_config/unfused   the fused kernel (default) and the chunked reference
 //   gemm/...                         the GEMM reference
-// Counters: tokens/s, GFLOP/s (model_step_flops: 4 x forward products + hashing), peak_bytes,
-// peak_extra_bytes (the step's memory above the model's parameters), param_bytes, tape_bytes;
-// the hf_config families also tokens_per_second (= tokens/s, the name benchmarks/peers uses).
+// Counters: tokens/s, GFLOP/s (model_step_flops: 4 x forward products + hashing, less the kept
+// feed-forward recomputes), peak_bytes, peak_extra_bytes (the step's memory above the model's
+// parameters), param_bytes, tape_bytes, kept_layers; the hf_config families also
+// tokens_per_second (= tokens/s, the name benchmarks/peers uses).
 //
 // Run:  model_step --benchmark_out=model.json --benchmark_out_format=json [--threads=N]
 #include "common/counters.hpp"
@@ -171,18 +175,22 @@ void encoder_step(benchmark::State& state, const Options& o, Index t) {
 void register_hf_config(const Options& o) {
   const Index lo = std::max<Index>(o.lo(1024), 128), hi = o.hi(Index{1} << 16, Index{1} << 16);
   if (lo > hi) return;
-  benchmark::RegisterBenchmark("model_step/hf_config",
-                               [](benchmark::State& st) {
-                                 const Index t = st.range(0);
-                                 reformer_bench::model_step(st, reformer_bench::hf_model_config(t),
-                                                            t, 1,
-                                                            reformer::BackpropMode::kReversible);
-                                 add_peer_counters(st);
-                               })
-      ->RangeMultiplier(2)
-      ->Range(lo, hi)
-      ->UseRealTime()
-      ->Unit(benchmark::kMillisecond);
+  const std::size_t kept_budget = static_cast<std::size_t>(o.get("kept_mib")) << 20;
+  for (const bool keep : {false, true}) {
+    const std::string name = std::string("model_step/hf_config") + (keep ? "/kept" : "");
+    benchmark::RegisterBenchmark(name.c_str(),
+                                 [keep, kept_budget](benchmark::State& st) {
+                                   const Index t = st.range(0);
+                                   reformer_bench::model_step(
+                                       st, reformer_bench::hf_model_config(t), t, 1,
+                                       reformer::BackpropMode::kReversible, keep ? kept_budget : 0);
+                                   add_peer_counters(st);
+                                 })
+        ->RangeMultiplier(2)
+        ->Range(lo, hi)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
   benchmark::RegisterBenchmark(
       "attention/hf_config",
       [](benchmark::State& st) {
@@ -270,7 +278,10 @@ void register_all(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return reformer_bench::run_main(argc, argv, register_all, {{"depth_t", 16384}},
-                                  "  --depth_t=T    sequence length of the depth family "
-                                  "(default 16384)");
+  return reformer_bench::run_main(
+      argc, argv, register_all, {{"depth_t", 16384}, {"kept_mib", 2048}},
+      "  --depth_t=T    sequence length of the depth family "
+      "(default 16384)\n"
+      "  --kept_mib=M   kept-activation budget of model_step/hf_config/kept "
+      "in MiB (default 2048)");
 }

@@ -198,7 +198,7 @@ EOF
       "(load $(cut -d' ' -f1-3 /proc/loadavg))"
     env "${emul_env[@]}" "$build/benchmarks/model_step" --tmin="$t" --tmax="$t" --threads="$n" \
       --no_gemm \
-      --benchmark_filter='^(model_step|attention)/hf_config/' \
+      --benchmark_filter='^(model_step|attention)/hf_config/[0-9]' \
       --benchmark_repetitions="$reps" --benchmark_out_format=json \
       --benchmark_out="$parts/reformer_$t.json"
     wait_for_quiet

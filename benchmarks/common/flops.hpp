@@ -153,17 +153,21 @@ inline AttentionShape attention_shape(const reformer::ReformerConfig& c, Index l
 
 /// FLOPs of one training step (forward_loss + backward) of a ReformerLM on `batch` sequences
 /// of `t` tokens: 4 x the forward products + the hashing of the forward pass.
-inline double model_step_flops(const reformer::ReformerConfig& c, Index t, Index batch = 1) {
+/// kept_layers: feed-forward sublayers that keep their activations (their backward skips the
+/// recompute of W1 and W2, one forward's worth).
+inline double model_step_flops(const reformer::ReformerConfig& c, Index t, Index batch = 1,
+                               Index kept_layers = 0) {
   const double td = double(t), d = double(c.hidden_size);
+  const double ff_forward = 2.0 * 2.0 * d * double(c.feed_forward_size) * td;  // W1, W2
   double forward = 0, hashing = 0;
   for (Index l = 0; l < c.num_layers(); ++l) {
     const AttentionShape s = attention_shape(c, l);
     forward += attention_forward_flops(s, t);
     hashing += attention_hash_flops(s, t);
-    forward += 2.0 * 2.0 * d * double(c.feed_forward_size) * td;  // feed-forward W1, W2
+    forward += ff_forward;
   }
   forward += 2.0 * double(c.vocab_size) * 2.0 * d * td;  // LM head on [x1; x2]
-  return double(batch) * (4.0 * forward + hashing);
+  return double(batch) * (4.0 * forward + hashing - double(kept_layers) * ff_forward);
 }
 
 }  // namespace reformer_bench

@@ -19,6 +19,7 @@
 #include <benchmark/benchmark.h>
 #include <reformer/reformer.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -113,10 +114,13 @@ std::size_t parameter_bytes(const Model& model) {
 
 /// Benchmarks training steps of a model of configuration `config` on `batch` sequences of
 /// `length` tokens: counters of common/counters.hpp plus loss, param_bytes (values +
-/// gradients, allocated before the peak is reset) and tape_bytes.
+/// gradients, allocated before the peak is reset), tape_bytes and kept_layers (feed-forward
+/// sublayers whose activations fit `kept_budget`, ReformerBackbone::set_kept_activation_budget).
 inline void model_step(benchmark::State& state, const reformer::ReformerConfig& config,
-                       Index length, Index batch, reformer::BackpropMode mode) {
+                       Index length, Index batch, reformer::BackpropMode mode,
+                       std::size_t kept_budget = 0) {
   reformer::ReformerLM<float> model(config, mode);
+  model.set_kept_activation_budget(kept_budget);
   const std::vector<reformer::Token> tokens = model_tokens(length * batch, config.vocab_size);
   PeakMeter peak;  // the step's own memory: everything below, not the parameters
   reformer::Tape<float> tape;
@@ -129,11 +133,15 @@ inline void model_step(benchmark::State& state, const reformer::ReformerConfig& 
     benchmark::DoNotOptimize(model.parameters().grads().data());
     benchmark::ClobberMemory();
   });
-  report(state, clock, double(length * batch), model_step_flops(config, length, batch), peak);
+  Index kept_layers = 0;  // the feed-forward sublayers the last step kept
+  for (const bool kept : tape.kept.feed_forward_kept) kept_layers += kept ? 1 : 0;
+  report(state, clock, double(length * batch), model_step_flops(config, length, batch, kept_layers),
+         peak);
   state.counters["loss"] = loss;
   using C = benchmark::Counter;
   state.counters["param_bytes"] = C(double(parameter_bytes(model)), C::kDefaults, C::kIs1024);
   state.counters["tape_bytes"] = C(double(tape.bytes_held()), C::kDefaults, C::kIs1024);
+  state.counters["kept_layers"] = double(kept_layers);
 }
 
 /// Benchmarks training steps of the model `m` (model_config).

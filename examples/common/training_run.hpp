@@ -22,6 +22,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <optional>
@@ -55,6 +56,7 @@ struct TrainSettings {
   std::uint64_t seed = 1;
   // run
   int threads = 0;
+  std::int64_t kept_mib = 0;  ///< kept-activation budget of the backward, MiB (0: none)
   std::int64_t eval_every = 100;
   std::int64_t checkpoint_every = 0;
   std::string out_dir;
@@ -117,6 +119,10 @@ void add_run_options(OptionTable<Settings>& t, const std::string& out_prefix) {
   const auto extend = OptionScope::kExtend;  // saved; a resumed run keeps them unless given
   t.group("Run")
       .option("--threads", &S::threads, "Threads (0 = all cores)", extend, CLI::Range(0, 1024))
+      .option("--kept-mib", &S::kept_mib,
+              "Memory (MiB) the backward may spend keeping feed-forward activations, to skip "
+              "their recompute (0 = none: memory independent of depth)",
+              extend, CLI::Range(std::int64_t{0}, std::int64_t{1} << 30))
       .option("--eval-every", &S::eval_every, "Evaluate on the held-out data every N steps", extend,
               CLI::Range(std::int64_t{1}, std::int64_t{1} << 40))
       .option("--checkpoint-every", &S::checkpoint_every,
@@ -203,6 +209,7 @@ class TrainingRun {
         opt(model.parameters(), AdamOptions::adam(o.lr)),
         resumed_(resume.has_value()),
         batch_(o.batch) {
+    model.set_kept_activation_budget(static_cast<std::size_t>(o.kept_mib) << 20);
     ranks().begin_run();  // from here, an error on one rank ends them all
     if (resume) {
       resume->restore(model, opt);

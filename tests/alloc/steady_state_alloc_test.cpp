@@ -266,9 +266,11 @@ void expect_steady_steps(Step&& train_step, const reformer::Workspace& workspace
       << "; call stacks on stderr)";
 }
 
+// kept_budget: the model's kept-activation budget (bytes).
 void expect_steady_state(const reformer::ReformerConfig& config, reformer::Index batch,
-                         reformer::Index length, Allowance allowed) {
+                         reformer::Index length, Allowance allowed, std::size_t kept_budget = 0) {
   reformer::ReformerLM<float> model(config);
+  model.set_kept_activation_budget(kept_budget);
   std::vector<reformer::Token> tokens(static_cast<std::size_t>(batch * length));
   for (std::size_t i = 0; i < tokens.size(); ++i) {
     tokens[i] = static_cast<reformer::Token>((i * 7 + i / 5) % 256);
@@ -292,6 +294,12 @@ TEST(SteadyState, TrainingStepsMakeNoLargeAllocationAndNoPageFault) {
 
 TEST(SteadyState, AllLshGeluModelOverTwoSequences) {
   expect_steady_state(lsh_gelu_config(), 2, 1024, {8, 0});
+}
+
+// The same with every feed-forward keeping its activations: the kept matrices keep their memory
+// from step to step, so the steady state is unchanged.
+TEST(SteadyState, KeptActivationsKeepTheirMemory) {
+  expect_steady_state(lsh_gelu_config(), 2, 1024, {8, 0}, SIZE_MAX);
 }
 
 // A stack of the user's own composition whose attention layers differ in head size: LSH with

@@ -1,5 +1,6 @@
-# ctest: train_copy for a handful of steps on a tiny config (T = 16, 8 symbols, d_model 32).
-# Checks the exit code, that the loss went down (the first training loss is about ln 7 = 1.95,
+# ctest: train_copy for a handful of steps on a tiny config (T = 16, 8 symbols, d_model 32), its
+# feed-forward sublayers keeping their activations (--kept-mib). Checks the exit code, that the
+# loss went down (the first training loss is about ln 7 = 1.95,
 # chance over the 7 content symbols; the held-out loss after 30 steps must be below 1.0), the
 # metrics log, the checkpoint, and the Table-2 row.
 # Variables: PROGRAM (train_copy), WORK_DIR (scratch directory).
@@ -8,7 +9,7 @@ file(REMOVE_RECURSE "${WORK_DIR}")
 
 run_example(copy "${PROGRAM}" --length 16 --chunk 4 --symbols 8 --d-model 32 --d-ff 64 --heads 2
   --steps 30 --batch 16 --lr 1e-2 --warmup 5 --eval-every 10 --eval-size 32 --target 0
-  --threads 1 --progress plain --out-dir "${WORK_DIR}")
+  --threads 1 --kept-mib 16 --progress plain --out-dir "${WORK_DIR}")
 expect_success(copy "train_copy")
 expect_file("${WORK_DIR}/metrics.jsonl")
 expect_file("${WORK_DIR}/checkpoint.safetensors")

@@ -34,6 +34,15 @@
 // Every blocking is a function of the shapes only, so both kernels give bitwise identical
 // results for any thread count.
 //
+// Kept activations (the optional part of the sublayer contract, sublayer.hpp; fused kernel
+// only): forward_keeping() computes forward()'s chain, bitwise, and keeps, for every column,
+// xn (D), hd (F) and f(x) (D): kept_bytes(N) = (2 D + F) N scalars. backward_from_kept() then
+// skips LN, W1 and W2: it evaluates act and act' once from the kept hd, as the recompute does,
+// and runs the rest of the backward. At the same x its dx and parameter gradients are bitwise
+// those of backward(); its y -= f(x) subtracts forward()'s f(x) instead of the recompute's (the
+// two differ by the rounding of act, 4.3 of docs/DESIGN.md). The unfused kernel keeps nothing
+// (kept_bytes = 0).
+//
 // Parameters (HF names, state-dict order): <prefix>layer_norm.weight / .bias [D],
 // <prefix>dense.dense.weight [F, D], <prefix>dense.dense.bias [F],
 // <prefix>output.dense.weight [D, F], <prefix>output.dense.bias [D].
@@ -45,6 +54,7 @@
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/core/workspace.hpp"
+#include "reformer/layers/kept_activations.hpp"
 #include "reformer/layers/sublayer.hpp"
 #include "reformer/ops/activations.hpp"
 #include "reformer/ops/dropout.hpp"
@@ -53,6 +63,7 @@
 #include "reformer/ops/parallel.hpp"
 
 #include <algorithm>
+#include <cstddef>
 #include <string>
 
 namespace reformer {
@@ -134,9 +145,33 @@ class FeedForward {
   void backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
                 MatrixRef<S> y, const Context& ctx) const;
 
+  /// Bytes forward_keeping() keeps for n columns: (2 D + F) n scalars; 0 for the unfused
+  /// kernel, which keeps nothing.
+  std::size_t kept_bytes(Index n) const {
+    if (!cfg_.fused) return 0;
+    return static_cast<std::size_t>(2 * hidden_size() + feed_forward_size()) *
+           static_cast<std::size_t>(n) * sizeof(S);
+  }
+
+  /// y = f(x), bitwise forward()'s, keeping xn, hd and f(x) in `kept` (see the file comment).
+  /// InvalidArgument for the unfused kernel.
+  void forward_keeping(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
+                       const Context& ctx, KeptActivations<S>& kept) const;
+
+  /// backward() from what forward_keeping() kept instead of a recompute (same context): in place
+  ///   dx += (df/dx)^T dy,   y -= f(x),   parameter gradients +=.
+  /// x is the input as the caller has it now (its LayerNorm statistics are taken from it). The
+  /// kept matrices are overwritten.
+  void backward_from_kept(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
+                          MatrixRef<S> dx, MatrixRef<S> y, const Context& ctx,
+                          KeptActivations<S>& kept) const;
+
  private:
   // Rough cost of one activation (erf) in flops, for the parallel threshold.
   static constexpr double kActivationFlops = tuning::kActivationFlops;
+
+  // The kept matrices (forward_keeping).
+  enum KeptMatrix : std::size_t { kKeptXn, kKeptOutput, kKeptHidden };
 
   // Where one group of the fused backward accumulates its parameter gradients. dW1 and dW2 are
   // held transposed (column-major D x F and F x D: the memory of the row-major [F, D] / [D, F]
@@ -202,6 +237,16 @@ class FeedForward {
   // activation instead of two); relu keeps its exact [hd > 0] select.
   bool keeps_derivative() const { return cfg_.activation != Activation::kRelu; }
 
+  // What the fused backward needs of the activation: g = act(hd) and, for a smooth activation,
+  // hd = act'(hd); relu leaves hd (g is not hd).
+  void activation_for_backward(MatrixRef<S> hd, MatrixRef<S> g) const {
+    if (keeps_derivative()) {
+      activation_with_derivative(hd, g);
+    } else {
+      activation(hd, g);
+    }
+  }
+
   // g = act(hd) and hd = act'(hd) (g is not hd).
   template <class H, class G>
   void activation_with_derivative(H& hd, G& g) const {
@@ -222,16 +267,29 @@ class FeedForward {
     dropout_parallel<S>(ctx.rng(stream::kFeedForwardOutputDropout), dropout_p(ctx), c0, out, out);
   }
 
+  // The fused forward; with `kept`, the chain of the backward's recompute, kept there.
   void forward_fused(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
-                     const Context& ctx) const;
+                     const Context& ctx, KeptActivations<S>* kept) const;
+  // The fused backward; with `kept`, from the chain forward_fused kept there.
   void backward_fused(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
-                      MatrixRef<S> dx, MatrixRef<S> y, const Context& ctx) const;
-  // The fused backward of the block of columns [c0, c0 + x_b.cols()), gradients into `sink`.
-  // xn, z: D x >= nc, hd, g: F x >= nc (the group's buffers).
+                      MatrixRef<S> dx, MatrixRef<S> y, const Context& ctx,
+                      KeptActivations<S>* kept) const;
+  // The forward chain of the columns [c0, c0 + x_b.cols()) as the fused backward needs it:
+  // xn, hd = Dropout_1(W1 xn + b1), g = act(hd), z = f(x); a smooth activation leaves
+  // hd = act'(hd). xn, z: D x nc; hd, g: F x nc.
+  void chain_block(const Parameters<S>& params, ConstMatrixRef<S> x_b, Index c0, MatrixRef<S> xn,
+                   MatrixRef<S> hd, MatrixRef<S> g, MatrixRef<S> z, const Context& ctx,
+                   bool split) const;
+  // The fused backward of those columns from their chain (recomputed or kept), gradients into
+  // `sink`; z and g are overwritten.
   void backward_block(const Parameters<S>& params, ConstMatrixRef<S> x_b, ConstMatrixRef<S> dy_b,
-                      MatrixRef<S> dx_b, MatrixRef<S> y_b, Index c0, MatrixRef<S> xn_buf,
-                      MatrixRef<S> z_buf, MatrixRef<S> hd_buf, MatrixRef<S> g_buf, GradSink& sink,
+                      MatrixRef<S> dx_b, MatrixRef<S> y_b, Index c0, ConstMatrixRef<S> xn,
+                      MatrixRef<S> z, ConstMatrixRef<S> hd, MatrixRef<S> g, GradSink& sink,
                       const Context& ctx, bool split) const;
+  void check_kept_call(const char* where) const {
+    REFORMER_REQUIRE(cfg_.fused, InvalidArgument, where,
+                     "only the fused kernel keeps activations (fused = false: kept_bytes() is 0)");
+  }
   void forward_unfused(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
                        const Context& ctx) const;
   void backward_unfused(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
@@ -263,7 +321,7 @@ void FeedForward<S>::forward(const Parameters<S>& params, ConstMatrixRef<S> x, M
   check_sublayer_input<S>(where, x, hidden_size(), ctx);
   check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
   if (cfg_.fused) {
-    forward_fused(params, x, y, ctx);
+    forward_fused(params, x, y, ctx, nullptr);
   } else {
     forward_unfused(params, x, y, ctx);
   }
@@ -276,56 +334,93 @@ void FeedForward<S>::backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstM
   check_sublayer_input<S>(where, x, hidden_size(), ctx);
   check_backward_buffers<S>(where, x, dy, dx, y);
   if (cfg_.fused) {
-    backward_fused(params, x, dy, dx, y, ctx);
+    backward_fused(params, x, dy, dx, y, ctx, nullptr);
   } else {
     backward_unfused(params, x, dy, dx, y, ctx);
   }
+}
+
+template <class S>
+void FeedForward<S>::forward_keeping(const Parameters<S>& params, ConstMatrixRef<S> x,
+                                     MatrixRef<S> y, const Context& ctx,
+                                     KeptActivations<S>& kept) const {
+  const char* where = "FeedForward::forward_keeping";
+  check_kept_call(where);
+  check_sublayer_input<S>(where, x, hidden_size(), ctx);
+  check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
+  forward_fused(params, x, y, ctx, &kept);
+}
+
+template <class S>
+void FeedForward<S>::backward_from_kept(Parameters<S>& params, ConstMatrixRef<S> x,
+                                        ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> y,
+                                        const Context& ctx, KeptActivations<S>& kept) const {
+  const char* where = "FeedForward::backward_from_kept";
+  check_kept_call(where);
+  check_sublayer_input<S>(where, x, hidden_size(), ctx);
+  check_backward_buffers<S>(where, x, dy, dx, y);
+  backward_fused(params, x, dy, dx, y, ctx, &kept);
 }
 
 // ---- fused kernel -------------------------------------------------------------------------------
 
 template <class S>
 void FeedForward<S>::forward_fused(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
-                                   const Context& ctx) const {
+                                   const Context& ctx, KeptActivations<S>* kept) const {
   const Index n = x.cols(), d = hidden_size(), f = feed_forward_size();
   const Index block = column_block(n);
   const Index blocks = num_blocks(n, block);
   const Index width = std::min(block, n);  // every block's buffers have this many columns
   const bool split = blocks == 1;
+  // The kept matrices (empty when nothing is kept): xn, f(x): D x n; hd: F x n.
+  const auto kept_matrix = [&](KeptMatrix i, Index rows) {
+    return kept != nullptr ? kept->matrix(i, rows, n) : MatrixRef<S>(y.leftCols(0));
+  };
+  MatrixRef<S> kxn = kept_matrix(kKeptXn, d), kz = kept_matrix(kKeptOutput, d);
+  MatrixRef<S> khd = kept_matrix(kKeptHidden, f);
   parallel_items(blocks, 4.0 * double(d) * double(f) * double(n), [&](Index blk) {
     const Index c0 = blk * block;
     const Index nc = std::min(block, n - c0);
+    const auto x_b = x.middleCols(c0, nc);
+    if (kept != nullptr) {
+      // The same chain with xn, hd and f(x) in the kept matrices; g in a block buffer.
+      auto xn = kxn.middleCols(c0, nc), hd = khd.middleCols(c0, nc), z = kz.middleCols(c0, nc);
+      Scratch<S> g_s(ctx.workspace, f, width);
+      auto g = g_s.map().leftCols(nc);
+      hidden(params, x_b, c0, xn, hd, ctx, split);
+      activation(hd, g);
+      output(params, g, c0, z, ctx, split);
+      y.middleCols(c0, nc) = z;
+      return;
+    }
     Scratch<S> xn_s(ctx.workspace, d, width), h_s(ctx.workspace, f, width);
-    auto xn = xn_s.map().leftCols(nc);                            // D x nc
-    auto h = h_s.map().leftCols(nc);                              // F x nc
-    hidden(params, x.middleCols(c0, nc), c0, xn, h, ctx, split);  // h = hd
-    activation(h, h);                                             // h = g
+    auto xn = xn_s.map().leftCols(nc);           // D x nc
+    auto h = h_s.map().leftCols(nc);             // F x nc
+    hidden(params, x_b, c0, xn, h, ctx, split);  // h = hd
+    activation(h, h);                            // h = g
     output(params, h, c0, y.middleCols(c0, nc), ctx, split);
   });
 }
 
 template <class S>
+void FeedForward<S>::chain_block(const Parameters<S>& params, ConstMatrixRef<S> x_b, Index c0,
+                                 MatrixRef<S> xn, MatrixRef<S> hd, MatrixRef<S> g, MatrixRef<S> z,
+                                 const Context& ctx, bool split) const {
+  hidden(params, x_b, c0, xn, hd, ctx, split);
+  activation_for_backward(hd, g);
+  output(params, g, c0, z, ctx, split);
+}
+
+template <class S>
 void FeedForward<S>::backward_block(const Parameters<S>& params, ConstMatrixRef<S> x_b,
                                     ConstMatrixRef<S> dy_b, MatrixRef<S> dx_b, MatrixRef<S> y_b,
-                                    Index c0, MatrixRef<S> xn_buf, MatrixRef<S> z_buf,
-                                    MatrixRef<S> hd_buf, MatrixRef<S> g_buf, GradSink& sink,
+                                    Index c0, ConstMatrixRef<S> xn, MatrixRef<S> z,
+                                    ConstMatrixRef<S> hd, MatrixRef<S> g, GradSink& sink,
                                     const Context& ctx, bool split) const {
+  // xn: D x nc; z: D x nc, f(x), then dz, then dxn, then the LN input gradient;
+  // hd: F x nc, act'(hd) (hd for relu); g: F x nc, g, then dg, then dh.
   const Index nc = x_b.cols();
-  auto xn = xn_buf.leftCols(nc);  // D x nc
-  auto z = z_buf.leftCols(nc);    // D x nc: f(x), then dz, then dxn, then the LN input gradient
-  auto hd = hd_buf.leftCols(nc);  // F x nc
-  auto g = g_buf.leftCols(nc);    // F x nc: g, then dg, then dh
   const double p = dropout_p(ctx);
-
-  // Forward, recomputed: xn, hd = Dropout_1(W1 xn + b1), g = act(hd), z = f(x). A smooth
-  // activation also leaves hd = act'(hd) for the backward below.
-  hidden(params, x_b, c0, xn, hd, ctx, split);
-  if (keeps_derivative()) {
-    activation_with_derivative(hd, g);
-  } else {
-    activation(hd, g);
-  }
-  output(params, g, c0, z, ctx, split);
   y_b -= z;  // y -= f(x)
 
   // y = Dropout_2(W2 g + b2)  =>  dz = mask_2 .* dy / (1 - p);
@@ -358,13 +453,21 @@ void FeedForward<S>::backward_block(const Parameters<S>& params, ConstMatrixRef<
 template <class S>
 void FeedForward<S>::backward_fused(Parameters<S>& params, ConstMatrixRef<S> x,
                                     ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> y,
-                                    const Context& ctx) const {
+                                    const Context& ctx, KeptActivations<S>* kept) const {
   const Index n = x.cols(), d = hidden_size(), f = feed_forward_size();
   const Index block = column_block(n);
   const Index blocks = num_blocks(n, block);
   const Index width = std::min(block, n);
   const Index groups = std::min(blocks, tuning::kFeedForwardGradGroups);
   const bool split = blocks == 1;
+  // The kept chain (empty when it is recomputed): xn, f(x): D x n; hd: F x n. InvalidArgument
+  // when the forward kept them for another shape.
+  const auto kept_matrix = [&](KeptMatrix i, Index rows) {
+    return kept != nullptr ? kept->kept("FeedForward::backward_from_kept", i, rows, n)
+                           : MatrixRef<S>(dx.leftCols(0));
+  };
+  MatrixRef<S> kxn = kept_matrix(kKeptXn, d), kz = kept_matrix(kKeptOutput, d);
+  MatrixRef<S> khd = kept_matrix(kKeptHidden, f);
 
   // Partial gradients of groups 1..G-1: dW1^T (D x F) and dW2^T (F x D) side by side, and the
   // vectors [db1 (F); db2, dgamma, dbeta (D each)] one column per group.
@@ -380,8 +483,13 @@ void FeedForward<S>::backward_fused(Parameters<S>& params, ConstMatrixRef<S> x,
   parallel_items(groups, 12.0 * double(d) * double(f) * double(n), [&](Index grp) {
     // Group grp owns the blocks [blocks * grp / G, blocks * (grp + 1) / G).
     const Index first = blocks * grp / groups, last = blocks * (grp + 1) / groups;
-    Scratch<S> xn(ctx.workspace, d, width), z(ctx.workspace, d, width);
-    Scratch<S> hd(ctx.workspace, f, width), g(ctx.workspace, f, width);
+    // The chain of a block: recomputed into the group's buffers, or kept (but g).
+    Scratch<S> xn, z, hd, g(ctx.workspace, f, width);
+    if (kept == nullptr) {
+      xn.resize(ctx.workspace, d, width);
+      z.resize(ctx.workspace, d, width);
+      hd.resize(ctx.workspace, f, width);
+    }
     auto sink = [&]() -> GradSink {
       if (grp == 0) {
         return {dw1_t,
@@ -403,9 +511,22 @@ void FeedForward<S>::backward_fused(Parameters<S>& params, ConstMatrixRef<S> x,
     for (Index blk = first; blk < last; ++blk) {
       const Index c0 = blk * block;
       const Index nc = std::min(block, n - c0);
-      backward_block(values, x.middleCols(c0, nc), dy.middleCols(c0, nc), dx.middleCols(c0, nc),
-                     y.middleCols(c0, nc), c0, xn.map(), z.map(), hd.map(), g.map(), sink, ctx,
-                     split);
+      const auto x_b = x.middleCols(c0, nc);
+      auto g_b = g.map().leftCols(nc);
+      if (kept != nullptr) {
+        // xn, hd and f(x) as the forward left them; g = act(hd) (and hd = act'(hd)) from hd.
+        auto hd_b = khd.middleCols(c0, nc);
+        activation_for_backward(hd_b, g_b);
+        backward_block(values, x_b, dy.middleCols(c0, nc), dx.middleCols(c0, nc),
+                       y.middleCols(c0, nc), c0, kxn.middleCols(c0, nc), kz.middleCols(c0, nc),
+                       hd_b, g_b, sink, ctx, split);
+        continue;
+      }
+      auto xn_b = xn.map().leftCols(nc), z_b = z.map().leftCols(nc);
+      auto hd_b = hd.map().leftCols(nc);
+      chain_block(values, x_b, c0, xn_b, hd_b, g_b, z_b, ctx, split);
+      backward_block(values, x_b, dy.middleCols(c0, nc), dx.middleCols(c0, nc),
+                     y.middleCols(c0, nc), c0, xn_b, z_b, hd_b, g_b, sink, ctx, split);
     }
   });
   if (partials == 0) return;

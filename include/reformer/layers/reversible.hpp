@@ -21,11 +21,18 @@
 // Every function works in place on the caller's buffers (a stack keeps only two streams and
 // two gradient streams). Forward needs one D x N temporary for f(x) (ReversibleWorkspace);
 // the reversible backward needs none.
+//
+// Kept activations (optional): given a KeptActivations for F or G, a sublayer that can keep
+// (sublayer.hpp, is_keeping_sublayer_v) fills it in forward, and the reversible backward takes
+// f(x) and its intermediates from it instead of recomputing them. The inputs are still
+// reconstructed (x2 = y2 - G(y1) with the kept G(y1)), so the memory of the streams stays that of
+// one block; what is kept is the caller's choice (ReversibleStack keeps within a budget).
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/core/workspace.hpp"
+#include "reformer/layers/kept_activations.hpp"
 #include "reformer/layers/sublayer.hpp"
 #include "reformer/ops/parallel.hpp"
 
@@ -62,20 +69,56 @@ void check_block_streams(const char* where, const char* other_name, const ConstM
 }
 }  // namespace detail
 
-/// In place: (x1, x2) -> (y1, y2) = (x1 + F(x2), x2 + G(x1 + F(x2))).
+namespace detail {
+/// y = f(x); with `kept` (and a sublayer that can keep) also fills it.
+template <class S, class L>
+void sublayer_forward(const L& layer, const Parameters<S>& params, ConstMatrixRef<S> x,
+                      MatrixRef<S> y, const Context& ctx, KeptActivations<S>* kept) {
+  if constexpr (is_keeping_sublayer_v<L, S>) {
+    if (kept != nullptr) {
+      kept->filled = false;
+      layer.forward_keeping(params, x, y, ctx, *kept);
+      kept->filled = true;
+      return;
+    }
+  }
+  layer.forward(params, x, y, ctx);
+}
+
+/// The in-place backward of the sublayer contract; from `kept` when a forward filled it (it is
+/// consumed either way).
+template <class S, class L>
+void sublayer_backward(const L& layer, Parameters<S>& params, ConstMatrixRef<S> x,
+                       ConstMatrixRef<S> dy, MatrixRef<S> dx, MatrixRef<S> y, const Context& ctx,
+                       KeptActivations<S>* kept) {
+  if constexpr (is_keeping_sublayer_v<L, S>) {
+    if (kept != nullptr && kept->filled) {
+      kept->filled = false;
+      layer.backward_from_kept(params, x, dy, dx, y, ctx, *kept);
+      return;
+    }
+  }
+  layer.backward(params, x, dy, dx, y, ctx);
+}
+}  // namespace detail
+
+/// In place: (x1, x2) -> (y1, y2) = (x1 + F(x2), x2 + G(x1 + F(x2))). With keep_f / keep_g, a
+/// sublayer that can keep fills them (see the file comment).
 template <class S, class F, class G>
 void reversible_forward(const F& f, const G& g, const Parameters<S>& params, MatrixRef<S> x1,
-                        MatrixRef<S> x2, const Context& ctx, ReversibleWorkspace<S>& ws) {
+                        MatrixRef<S> x2, const Context& ctx, ReversibleWorkspace<S>& ws,
+                        KeptActivations<S>* keep_f = nullptr,
+                        KeptActivations<S>* keep_g = nullptr) {
   require_sublayer<F, S>();
   require_sublayer<G, S>();
   detail::check_stream_pair("reversible_forward", "x1", x1.rows(), x1.cols(), "x2", x2.rows(),
                             x2.cols());
   ws.resize(ctx.workspace, x1.rows(), x1.cols());
   auto fx = ws.fx.map();
-  f.forward(params, x2, fx, ctx);  // F(x2)
-  add_parallel<S>(x1, fx, S(1));   // y1 = x1 + F(x2)
-  g.forward(params, x1, fx, ctx);  // G(y1)
-  add_parallel<S>(x2, fx, S(1));   // y2 = x2 + G(y1)
+  detail::sublayer_forward<S>(f, params, x2, fx, ctx, keep_f);  // F(x2)
+  add_parallel<S>(x1, fx, S(1));                                // y1 = x1 + F(x2)
+  detail::sublayer_forward<S>(g, params, x1, fx, ctx, keep_g);  // G(y1)
+  add_parallel<S>(x2, fx, S(1));                                // y2 = x2 + G(y1)
 }
 
 /// The reversible backward of one block, in place:
@@ -85,14 +128,20 @@ void reversible_forward(const F& f, const G& g, const Parameters<S>& params, Mat
 ///   F at x2, recomputed:   dx2  = dy2 + F'(x2)^T dy1,                      x1 = y1 - F(x2)
 ///   dx1 = dy1
 /// Parameter gradients of F and G are accumulated into params.grads(). No scratch buffer.
+/// A sublayer whose keep_f / keep_g a forward filled takes G(y1) / F(x2) and its intermediates
+/// from there instead of recomputing them.
 template <class S, class F, class G>
 void reversible_backward(const F& f, const G& g, Parameters<S>& params, MatrixRef<S> y1,
-                         MatrixRef<S> y2, MatrixRef<S> dy1, MatrixRef<S> dy2, const Context& ctx) {
+                         MatrixRef<S> y2, MatrixRef<S> dy1, MatrixRef<S> dy2, const Context& ctx,
+                         KeptActivations<S>* keep_f = nullptr,
+                         KeptActivations<S>* keep_g = nullptr) {
   require_sublayer<F, S>();
   require_sublayer<G, S>();
   detail::check_block_streams<S>("reversible_backward", "y2", y2, y1, dy1, dy2);
-  g.backward(params, y1, dy2, dy1, y2, ctx);  // dy1 += G'^T dy2, x2 = y2 - G(y1)
-  f.backward(params, y2, dy1, dy2, y1, ctx);  // dx2 = dy2 + F'^T dy1, x1 = y1 - F(x2)
+  // dy1 += G'^T dy2, x2 = y2 - G(y1)
+  detail::sublayer_backward<S>(g, params, y1, dy2, dy1, y2, ctx, keep_g);
+  // dx2 = dy2 + F'^T dy1, x1 = y1 - F(x2)
+  detail::sublayer_backward<S>(f, params, y2, dy1, dy2, y1, ctx, keep_f);
   // dx1 = dy1: already in place.
 }
 

@@ -10,9 +10,12 @@
 //
 // Passes work in place on the caller's two streams. Block l runs with ctx.layer = l (its RNG
 // key) and its slot of a BucketRecord (the LSH buckets of a pass; layers that do not hash leave
-// theirs empty). Three backward modes:
+// theirs empty). Backward modes:
 //   backward():         reversible, reconstructs every block's inputs from its outputs
 //                       (memory independent of depth);
+//   backward() with a KeptRecord:  the same, but the sublayers that can keep their activations
+//                       (the feed-forward) keep them in forward within the record's byte budget,
+//                       and their backward skips the recompute;
 //   backward_stored():  ordinary backprop from inputs kept by forward(..., stored) (the oracle).
 // forward_block() / backward_block() run one block, for callers that walk the stack themselves.
 #include "reformer/core/context.hpp"
@@ -20,6 +23,7 @@
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/layers/kept_activations.hpp"
 #include "reformer/layers/reversible.hpp"
 #include "reformer/layers/sublayer.hpp"
 
@@ -68,6 +72,19 @@ class Sublayer {
     impl_->backward(params, x, dy, dx, y, ctx);
   }
 
+  // The optional members of the contract: a sublayer that cannot keep reports 0 bytes, and its
+  // handle never calls the other two.
+  std::size_t kept_bytes(Index n) const { return impl_->kept_bytes(n); }
+  void forward_keeping(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
+                       const Context& ctx, KeptActivations<S>& kept) const {
+    impl_->forward_keeping(params, x, y, ctx, kept);
+  }
+  void backward_from_kept(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
+                          MatrixRef<S> dx, MatrixRef<S> y, const Context& ctx,
+                          KeptActivations<S>& kept) const {
+    impl_->backward_from_kept(params, x, dy, dx, y, ctx, kept);
+  }
+
   /// The held sublayer if it is an L, else nullptr.
   template <class L>
   const L* get() const {
@@ -83,6 +100,12 @@ class Sublayer {
                          const Context&) const = 0;
     virtual void backward(Parameters<S>&, ConstMatrixRef<S>, ConstMatrixRef<S>, MatrixRef<S>,
                           MatrixRef<S>, const Context&) const = 0;
+    virtual std::size_t kept_bytes(Index) const = 0;
+    virtual void forward_keeping(const Parameters<S>&, ConstMatrixRef<S>, MatrixRef<S>,
+                                 const Context&, KeptActivations<S>&) const = 0;
+    virtual void backward_from_kept(Parameters<S>&, ConstMatrixRef<S>, ConstMatrixRef<S>,
+                                    MatrixRef<S>, MatrixRef<S>, const Context&,
+                                    KeptActivations<S>&) const = 0;
   };
   template <class L>
   struct Model final : Concept {
@@ -97,6 +120,33 @@ class Sublayer {
     void backward(Parameters<S>& p, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
                   MatrixRef<S> y, const Context& ctx) const override {
       layer.backward(p, x, dy, dx, y, ctx);
+    }
+    std::size_t kept_bytes(Index n) const override {
+      if constexpr (is_keeping_sublayer_v<L, S>) {
+        return layer.kept_bytes(n);
+      } else {
+        (void)n;
+        return 0;
+      }
+    }
+    void forward_keeping(const Parameters<S>& p, ConstMatrixRef<S> x, MatrixRef<S> y,
+                         const Context& ctx, KeptActivations<S>& kept) const override {
+      if constexpr (is_keeping_sublayer_v<L, S>) {
+        layer.forward_keeping(p, x, y, ctx, kept);
+      } else {
+        (void)kept;
+        layer.forward(p, x, y, ctx);
+      }
+    }
+    void backward_from_kept(Parameters<S>& p, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
+                            MatrixRef<S> dx, MatrixRef<S> y, const Context& ctx,
+                            KeptActivations<S>& kept) const override {
+      if constexpr (is_keeping_sublayer_v<L, S>) {
+        layer.backward_from_kept(p, x, dy, dx, y, ctx, kept);
+      } else {
+        (void)kept;
+        layer.backward(p, x, dy, dx, y, ctx);
+      }
     }
     L layer;
   };
@@ -118,6 +168,39 @@ struct StoredInputs {
   void clear() {
     attention.clear();
     feed_forward.clear();
+  }
+};
+
+/// The activations a stack's blocks keep for the reversible backward (kept_activations.hpp): one
+/// KeptActivations per sublayer, filled by forward() and consumed by backward(). forward() keeps
+/// a sublayer's activations when it can keep them and they fit in what is left of budget_bytes,
+/// in stack order (block 0's F, then its G, then block 1's ...); every other slot gives its
+/// memory back. budget_bytes = 0 keeps nothing: memory independent of depth.
+template <class S>
+struct KeptRecord {
+  std::size_t budget_bytes = 0;
+  std::vector<KeptActivations<S>> attention, feed_forward;  ///< one per block
+  /// The last forward's choice: which slots keep (attention_kept[l], feed_forward_kept[l]).
+  std::vector<bool> attention_kept, feed_forward_kept;
+
+  std::size_t bytes_held() const {
+    std::size_t n = 0;
+    for (const auto& k : attention) n += k.bytes_held();
+    for (const auto& k : feed_forward) n += k.bytes_held();
+    return n;
+  }
+  /// Sublayers whose kept activations await a backward (filled and not yet consumed).
+  std::size_t filled() const {
+    std::size_t n = 0;
+    for (const auto& k : attention) n += k.filled ? 1 : 0;
+    for (const auto& k : feed_forward) n += k.filled ? 1 : 0;
+    return n;
+  }
+  void release() {
+    attention.clear();
+    feed_forward.clear();
+    attention_kept.clear();
+    feed_forward_kept.clear();
   }
 };
 
@@ -161,30 +244,44 @@ class ReversibleStack {
   }
 
   /// In place: (x1, x2) -> outputs of the last block. Fills (or, with buckets.replay, replays)
-  /// the bucket record; with `stored`, keeps every block's sublayer inputs there.
+  /// the bucket record; with `stored`, keeps every block's sublayer inputs there; with `kept`,
+  /// the activations of the sublayers that fit its budget (see KeptRecord). `stored` and `kept`
+  /// exclude each other.
   void forward(const Parameters<S>& params, MatrixRef<S> x1, MatrixRef<S> x2, const Context& ctx,
-               BucketRecord& buckets, StoredInputs<S>* stored = nullptr) const {
+               BucketRecord& buckets, StoredInputs<S>* stored = nullptr,
+               KeptRecord<S>* kept = nullptr) const {
+    REFORMER_REQUIRE(stored == nullptr || kept == nullptr, InvalidArgument,
+                     "ReversibleStack::forward",
+                     "stored inputs and kept activations exclude each other (the stored "
+                     "backward recomputes every sublayer)");
     prepare(buckets);
     if (stored != nullptr) {
       stored->attention.resize(f_.size());
       stored->feed_forward.resize(f_.size());
     }
+    if (kept != nullptr) plan_kept(*kept, x1.cols());
     ReversibleWorkspace<S> ws;
     for (Index l = 0; l < size(); ++l) {
       if (stored != nullptr) stored->attention[at(l)] = x2;
-      forward_block(l, params, x1, x2, block_context(ctx, l, buckets, buckets.replay), ws);
+      forward_block(l, params, x1, x2, block_context(ctx, l, buckets, buckets.replay), ws,
+                    kept_slot(kept, false, l), kept_slot(kept, true, l));
       if (stored != nullptr) stored->feed_forward[at(l)] = x1;
     }
   }
 
   /// Reversible backward from the top, in place: (y1, y2, dy1, dy2) of the last block ->
   /// (x1, x2, dx1, dx2) of the first. Replays the buckets of the forward pass; accumulates every
-  /// parameter gradient.
+  /// parameter gradient. With `kept` (the record the forward pass filled), the sublayers that
+  /// kept their activations take them from there instead of recomputing.
   void backward(Parameters<S>& params, MatrixRef<S> y1, MatrixRef<S> y2, MatrixRef<S> dy1,
-                MatrixRef<S> dy2, const Context& ctx, BucketRecord& buckets) const {
-    check_record("ReversibleStack::backward", buckets);
+                MatrixRef<S> dy2, const Context& ctx, BucketRecord& buckets,
+                KeptRecord<S>* kept = nullptr) const {
+    const char* where = "ReversibleStack::backward";
+    check_record(where, buckets);
+    if (kept != nullptr) check_kept(where, *kept);
     for (Index l = size() - 1; l >= 0; --l) {
-      backward_block(l, params, y1, y2, dy1, dy2, block_context(ctx, l, buckets, true));
+      backward_block(l, params, y1, y2, dy1, dy2, block_context(ctx, l, buckets, true),
+                     kept_slot(kept, false, l), kept_slot(kept, true, l));
     }
   }
 
@@ -205,16 +302,23 @@ class ReversibleStack {
     }
   }
 
-  /// Block l alone, in place: (x1, x2) -> (y1, y2). `ctx` is the block's context.
+  /// Block l alone, in place: (x1, x2) -> (y1, y2). `ctx` is the block's context; keep_f /
+  /// keep_g (optional) receive F's / G's kept activations when the sublayer can keep.
   void forward_block(Index l, const Parameters<S>& params, MatrixRef<S> x1, MatrixRef<S> x2,
-                     const Context& ctx, ReversibleWorkspace<S>& ws) const {
-    reversible_forward<S>(f_.at(at(l)), g_.at(at(l)), params, x1, x2, ctx, ws);
+                     const Context& ctx, ReversibleWorkspace<S>& ws,
+                     KeptActivations<S>* keep_f = nullptr,
+                     KeptActivations<S>* keep_g = nullptr) const {
+    reversible_forward<S>(f_.at(at(l)), g_.at(at(l)), params, x1, x2, ctx, ws, keep_f, keep_g);
   }
 
-  /// Block l alone, in place: (y1, y2, dy1, dy2) -> (x1, x2, dx1, dx2).
+  /// Block l alone, in place: (y1, y2, dy1, dy2) -> (x1, x2, dx1, dx2), from keep_f / keep_g
+  /// where forward_block filled them.
   void backward_block(Index l, Parameters<S>& params, MatrixRef<S> y1, MatrixRef<S> y2,
-                      MatrixRef<S> dy1, MatrixRef<S> dy2, const Context& ctx) const {
-    reversible_backward<S>(f_.at(at(l)), g_.at(at(l)), params, y1, y2, dy1, dy2, ctx);
+                      MatrixRef<S> dy1, MatrixRef<S> dy2, const Context& ctx,
+                      KeptActivations<S>* keep_f = nullptr,
+                      KeptActivations<S>* keep_g = nullptr) const {
+    reversible_backward<S>(f_.at(at(l)), g_.at(at(l)), params, y1, y2, dy1, dy2, ctx, keep_f,
+                           keep_g);
   }
 
  private:
@@ -228,6 +332,45 @@ class ReversibleStack {
     } else {
       buckets.layers.resize(f_.size());
     }
+  }
+  // Chooses the kept sublayers of a pass over n columns: in stack order, each that can keep and
+  // fits what is left of the budget; the others give their memory back.
+  void plan_kept(KeptRecord<S>& kept, Index n) const {
+    const std::size_t blocks = f_.size();
+    kept.attention.resize(blocks);
+    kept.feed_forward.resize(blocks);
+    kept.attention_kept.assign(blocks, false);
+    kept.feed_forward_kept.assign(blocks, false);
+    std::size_t left = kept.budget_bytes;
+    const auto plan = [&](const Sublayer<S>& layer, KeptActivations<S>& slot) {
+      const std::size_t bytes = layer.kept_bytes(n);
+      slot.filled = false;
+      if (bytes > 0 && bytes <= left) {
+        left -= bytes;
+        return true;
+      }
+      slot.release();
+      return false;
+    };
+    for (std::size_t l = 0; l < blocks; ++l) {
+      kept.attention_kept[l] = plan(f_[l], kept.attention[l]);
+      kept.feed_forward_kept[l] = plan(g_[l], kept.feed_forward[l]);
+    }
+  }
+  // Block l's slot of F (feed_forward = false) or G, or null: no record, or a slot the plan left
+  // out.
+  static KeptActivations<S>* kept_slot(KeptRecord<S>* kept, bool feed_forward, Index l) {
+    if (kept == nullptr) return nullptr;
+    const std::vector<bool>& chosen = feed_forward ? kept->feed_forward_kept : kept->attention_kept;
+    if (!chosen.at(at(l))) return nullptr;
+    return feed_forward ? &kept->feed_forward[at(l)] : &kept->attention[at(l)];
+  }
+  void check_kept(const char* where, const KeptRecord<S>& kept) const {
+    REFORMER_REQUIRE(kept.attention.size() == f_.size() && kept.feed_forward.size() == f_.size() &&
+                         kept.attention_kept.size() == f_.size() &&
+                         kept.feed_forward_kept.size() == f_.size(),
+                     InvalidArgument, where, "kept activations of ", kept.feed_forward.size(),
+                     " blocks for a stack of ", size(), " (pass the record its forward filled)");
   }
   void check_record(const char* where, const BucketRecord& buckets) const {
     REFORMER_REQUIRE(buckets.layers.size() == f_.size(), InvalidArgument, where,

@@ -21,6 +21,24 @@
 // accumulates the gradients of the residual stream without any D x N scratch buffer. Code that
 // wants the ordinary form (tests, finite-difference checks) uses backward_out_of_place().
 //
+// Optionally, a sublayer may keep what its backward would recompute (kept_activations.hpp),
+// for stacks given a memory budget for it (ReversibleStack). It then also provides all of:
+//
+//   std::size_t kept_bytes(Index n) const;
+//       the bytes its forward keeps for n columns; 0 when this configuration keeps nothing;
+//   void forward_keeping(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
+//                        const Context& ctx, KeptActivations<S>& kept) const;
+//       forward(), and fills `kept`;
+//   void backward_from_kept(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
+//                           MatrixRef<S> dx, MatrixRef<S> y, const Context& ctx,
+//                           KeptActivations<S>& kept) const;
+//       backward() with the same context, taking f and its intermediates from `kept` instead
+//       of recomputing them (it may overwrite them: `kept` is consumed). x is the input as the
+//       caller has it (a reversible stack's reconstruction); the result may differ from
+//       backward() at x only by rounding.
+//
+// `is_keeping_sublayer_v<L, S>` tells whether L provides them.
+//
 // `static_assert(is_sublayer_v<L, S>)` (or require_sublayer<L, S>()) checks a type against
 // the contract when compiling: a wrong signature is a compile error naming the contract.
 #include "reformer/core/context.hpp"
@@ -28,7 +46,9 @@
 #include "reformer/core/parameters.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/layers/kept_activations.hpp"
 
+#include <cstddef>
 #include <type_traits>
 #include <utility>
 
@@ -69,12 +89,33 @@ struct has_sublayer_backward<L, S,
                                  std::declval<ConstMatrixRef<S>>(), std::declval<MatrixRef<S>>(),
                                  std::declval<MatrixRef<S>>(), std::declval<const Context&>()))>>
     : std::true_type {};
+
+template <class L, class S, class = void>
+struct has_sublayer_keeping : std::false_type {};
+template <class L, class S>
+struct has_sublayer_keeping<
+    L, S,
+    std::void_t<decltype(std::declval<const L&>().kept_bytes(Index{0})),
+                decltype(std::declval<const L&>().forward_keeping(
+                    std::declval<const Parameters<S>&>(), std::declval<ConstMatrixRef<S>>(),
+                    std::declval<MatrixRef<S>>(), std::declval<const Context&>(),
+                    std::declval<KeptActivations<S>&>())),
+                decltype(std::declval<const L&>().backward_from_kept(
+                    std::declval<Parameters<S>&>(), std::declval<ConstMatrixRef<S>>(),
+                    std::declval<ConstMatrixRef<S>>(), std::declval<MatrixRef<S>>(),
+                    std::declval<MatrixRef<S>>(), std::declval<const Context&>(),
+                    std::declval<KeptActivations<S>&>()))>>
+    : std::is_convertible<decltype(std::declval<const L&>().kept_bytes(Index{0})), std::size_t> {};
 }  // namespace detail
 
 /// True when L meets the sublayer contract for scalar S (see the top of this file).
 template <class L, class S>
 inline constexpr bool is_sublayer_v = detail::has_sublayer_init<L, S>::value&&
     detail::has_sublayer_forward<L, S>::value&& detail::has_sublayer_backward<L, S>::value;
+
+/// True when L also provides the optional members that keep activations (top of this file).
+template <class L, class S>
+inline constexpr bool is_keeping_sublayer_v = detail::has_sublayer_keeping<L, S>::value;
 
 /// Compile-time check with one message per missing member.
 template <class L, class S>

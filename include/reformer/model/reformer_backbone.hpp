@@ -126,6 +126,14 @@ class ReformerBackbone {
   BackpropMode backprop_mode() const { return mode_; }
   void set_backprop_mode(BackpropMode mode) { mode_ = mode; }
 
+  /// Memory the reversible backward may spend on kept activations (layers/kept_activations.hpp):
+  /// the training forward keeps the intermediates of as many feed-forward sublayers as fit in
+  /// `bytes` ((2 D + F) x B x T scalars each, the first layers first), and the backward skips
+  /// their recompute. 0 (the default) keeps nothing: memory independent of depth. Results differ
+  /// from the recomputing backward only by rounding. The stored-activation mode ignores it.
+  void set_kept_activation_budget(std::size_t bytes) { kept_budget_ = bytes; }
+  std::size_t kept_activation_budget() const { return kept_budget_; }
+
   const Embeddings<S>& embeddings() const { return embeddings_; }
   const ReversibleStack<S>& stack() const { return stack_; }
 
@@ -254,6 +262,7 @@ class ReformerBackbone {
 
   ReformerConfig cfg_;
   BackpropMode mode_;
+  std::size_t kept_budget_ = 0;
   Parameters<S> params_;
   Embeddings<S> embeddings_;
   ReversibleStack<S> stack_;
@@ -428,6 +437,9 @@ Context ReformerBackbone<S>::encode_for_training(PaddedBatch in, Tape<S>& tape,
   in.tokens.clear();
   const bool store = mode_ == BackpropMode::kStoredActivations;
   if (!store) tape.stored.clear();  // stored mode reuses the per-layer matrices of the last step
+  // The kept activations keep their memory for the next step of this shape and budget.
+  tape.kept.budget_bytes = store ? 0 : kept_budget_;
+  if (store) tape.kept.release();
 
   const Context ctx = pass_context(tape.batch, tape.mask_or_null(), true, step);
 
@@ -438,7 +450,8 @@ Context ReformerBackbone<S>::encode_for_training(PaddedBatch in, Tape<S>& tape,
   auto x1 = tape.x1.map(), x2 = tape.x2.map();
   embeddings_.forward(params_, TokenSpan(tape.tokens), x1, ctx);  // x1 = x2 = e
   x2 = x1;
-  stack_.forward(params_, x1, x2, ctx, tape.buckets, store ? &tape.stored : nullptr);
+  stack_.forward(params_, x1, x2, ctx, tape.buckets, store ? &tape.stored : nullptr,
+                 store ? nullptr : &tape.kept);
   return ctx;
 }
 
@@ -466,7 +479,7 @@ void ReformerBackbone<S>::backward_from_top(Tape<S>& tape, const Context& ctx, M
   auto dy2 = dcat.bottomRows(d);
   // Blocks, from the top: (y1, y2, dy1, dy2) -> (x1, x2, dx1, dx2).
   if (tape.mode == BackpropMode::kReversible) {
-    stack_.backward(params_, tape.x1.map(), tape.x2.map(), dy1, dy2, ctx, tape.buckets);
+    stack_.backward(params_, tape.x1.map(), tape.x2.map(), dy1, dy2, ctx, tape.buckets, &tape.kept);
   } else {
     stack_.backward_stored(params_, tape.stored, dy1, dy2, ctx, tape.buckets);
   }

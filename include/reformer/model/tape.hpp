@@ -12,6 +12,11 @@
 // activation is reconstructed by the backward walk from the block outputs, and every dropout
 // mask is redrawn from the counter-based RNG key (seed, step, layer, stream).
 //
+// With a kept-activation budget (ReformerBackbone::set_kept_activation_budget), the reversible
+// tape also holds the activations of the feed-forward sublayers that fit the budget, so their
+// backward skips the recompute (layers/kept_activations.hpp): (2 D + F) x N scalars per kept
+// sublayer, and never more than the budget.
+//
 // With BackpropMode::kStoredActivations the tape also keeps every block's sublayer inputs
 // (x2 for the attention, y1 for the feed-forward): 2 x D x N scalars per layer. That is
 // ordinary backprop, the oracle of the reversible path and a choice for short sequences.
@@ -109,6 +114,7 @@ struct Tape {
   Index loss_count = 0;        ///< number of counted targets
   TapeMatrix<S> x1, x2;        ///< outputs of the last block, D x (B*Tp)
   StoredInputs<S> stored;      ///< kStoredActivations only: every block's sublayer inputs
+  KeptRecord<S> kept;          ///< kReversible only: the kept activations (within a budget)
   bool ready = false;          ///< forward done, backward not yet run
 
   /// The LSH buckets of every layer. Recorded by forward_loss(), replayed by backward(). Set
@@ -123,10 +129,11 @@ struct Tape {
   /// Bytes of the LSH bucket ints.
   std::size_t bucket_bytes() const { return buckets.bytes_held(); }
 
-  /// Bytes of the stored activations (x1, x2 and, in kStoredActivations mode, the per-layer
-  /// sublayer inputs).
+  /// Bytes of the stored activations (x1, x2, in kStoredActivations mode the per-layer
+  /// sublayer inputs, and the kept activations).
   std::size_t activation_bytes() const {
-    return static_cast<std::size_t>(x1.size() + x2.size()) * sizeof(S) + stored.bytes_held();
+    return static_cast<std::size_t>(x1.size() + x2.size()) * sizeof(S) + stored.bytes_held() +
+           kept.bytes_held();
   }
 
   /// Everything the tape holds: activations, bucket ints, token ids and targets.
@@ -147,6 +154,7 @@ struct Tape {
     x2.reset();
     buckets.layers.clear();
     stored.clear();
+    kept.release();
     ready = false;
   }
 };

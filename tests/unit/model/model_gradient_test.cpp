@@ -1,5 +1,6 @@
 // Whole-model gradients: finite differences in double (buckets frozen), reversible vs
-// stored-activation backprop (double and float), reconstruction of the block inputs.
+// stored-activation backprop (double and float), with and without kept feed-forward activations,
+// reconstruction of the block inputs.
 #include "reformer/model/reformer_lm.hpp"
 #include "reformer/testing/gradcheck.hpp"
 
@@ -8,6 +9,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <vector>
 
 namespace reformer {
@@ -21,12 +24,14 @@ double frozen_loss(ReformerLM<double>& model, const std::vector<Token>& tokens, 
   return model.forward_loss(tokens, batch, tape, step);
 }
 
-void check_model_gradients(ReformerConfig cfg, BackpropMode mode) {
+// kept_budget: the model's kept-activation budget (bytes; 0 keeps nothing).
+void check_model_gradients(ReformerConfig cfg, BackpropMode mode, std::size_t kept_budget = 0) {
   // Thousands of tiny forward passes: one thread avoids the fork/join cost per layer (thread
   // counts are covered by the determinism tests).
   test::ThreadCountGuard guard;
   set_num_threads(1);
   ReformerLM<double> model(cfg, mode);
+  model.set_kept_activation_budget(kept_budget);
   const Index batch = 2, length = 10;  // padded to 12, the chunk lengths' lcm
   const std::vector<Token> tokens = test::random_tokens(batch, length, cfg.vocab_size, 5);
   const std::uint64_t step = 3;
@@ -51,6 +56,10 @@ void check_model_gradients(ReformerConfig cfg, BackpropMode mode) {
   auto backward = [&](const Matrix<double>& w) {
     Tape<double> tape;
     frozen_loss(model, tokens, batch, frozen, step, tape);
+    // With a budget that holds them all, every feed-forward backward runs from kept activations.
+    if (kept_budget == SIZE_MAX) {
+      EXPECT_EQ(tape.kept.filled(), static_cast<std::size_t>(cfg.num_layers()));
+    }
     model.zero_grad();
     model.backward(tape, w(0, 0));
   };
@@ -84,6 +93,14 @@ TEST(ModelGradients, ReversibleWithDropoutMatchesFiniteDifferences) {
   check_model_gradients(cfg, BackpropMode::kReversible);
 }
 
+TEST(ModelGradients, KeptActivationsMatchFiniteDifferences) {
+  ReformerConfig cfg = test::tiny_config();
+  cfg.hidden_dropout_prob = 0.2;
+  cfg.attn_layers = {"local", "lsh", "full"};
+  cfg.hidden_act = "gelu";
+  check_model_gradients(cfg, BackpropMode::kReversible, SIZE_MAX);
+}
+
 TEST(ModelGradients, LearnedPositionsMatchFiniteDifferences) {
   ReformerConfig cfg = test::tiny_config();
   cfg.axial_pos_embds = false;
@@ -91,14 +108,19 @@ TEST(ModelGradients, LearnedPositionsMatchFiniteDifferences) {
 }
 
 // Gradients of the reversible path minus those of ordinary backprop, relative to the latter.
+// kept_budget: the reversible model's kept-activation budget.
 template <class S>
-double reversible_vs_stored(const ReformerConfig& cfg, Index batch, Index length) {
+double reversible_vs_stored(const ReformerConfig& cfg, Index batch, Index length,
+                            std::size_t kept_budget = 0) {
   ReformerLM<S> rev(cfg, BackpropMode::kReversible), sto(cfg, BackpropMode::kStoredActivations);
+  rev.set_kept_activation_budget(kept_budget);
+  sto.set_kept_activation_budget(kept_budget);  // ignored in the stored mode
   const std::vector<Token> tokens = test::random_tokens(batch, length, cfg.vocab_size, 9);
   Tape<S> a, b;
   const double la = rev.forward_loss(tokens, batch, a, 7);
   const double lb = sto.forward_loss(tokens, batch, b, 7);
-  EXPECT_EQ(la, lb);  // the forward passes are the same computation
+  EXPECT_EQ(b.kept.bytes_held(), 0u);
+  EXPECT_EQ(la, lb);  // the forward passes are the same computation, kept activations or not
   EXPECT_EQ(a.buckets.layers[1].data, b.buckets.layers[1].data);
   rev.backward(a);
   sto.backward(b);
@@ -117,6 +139,39 @@ ReformerConfig six_layer_dropout_config() {
 
 TEST(ModelGradients, ReversibleEqualsStoredActivationsInDouble) {
   EXPECT_LT(reversible_vs_stored<double>(six_layer_dropout_config(), 2, 10), 1e-9);
+}
+
+// The feed-forward sublayers that fit the budget keep their activations: all of them, three of
+// the six (the first three), or none (a budget below one sublayer's bytes). The gradients are
+// those of ordinary backprop in every case.
+TEST(ModelGradients, KeptActivationsEqualStoredActivationsInDouble) {
+  ReformerConfig cfg = six_layer_dropout_config();
+  cfg.hidden_act = "gelu";
+  const Index batch = 2, length = 10, n = batch * cfg.padded_length(length);
+  const std::size_t one =
+      static_cast<std::size_t>((2 * cfg.hidden_size + cfg.feed_forward_size) * n) * sizeof(double);
+  for (const std::size_t budget : {SIZE_MAX, 3 * one + one / 2, one - 1}) {
+    SCOPED_TRACE(::testing::Message() << "budget " << budget);
+    EXPECT_LT(reversible_vs_stored<double>(cfg, batch, length, budget), 1e-9);
+    ReformerLM<double> model(cfg);
+    model.set_kept_activation_budget(budget);
+    EXPECT_EQ(model.kept_activation_budget(), budget);
+    Tape<double> tape;
+    model.forward_loss(test::random_tokens(batch, length, cfg.vocab_size, 9), batch, tape, 7);
+    const std::size_t kept = budget == SIZE_MAX ? 6 : budget > one ? 3 : 0;
+    EXPECT_EQ(tape.kept.filled(), kept);
+    EXPECT_EQ(tape.kept.bytes_held(), kept * one);
+    EXPECT_EQ(tape.activation_bytes(),
+              2 * static_cast<std::size_t>(cfg.hidden_size * n) * sizeof(double) + kept * one);
+    model.backward(tape);
+    EXPECT_EQ(tape.kept.filled(), 0u) << "the backward consumes them";
+  }
+}
+
+TEST(ModelGradients, KeptActivationsMatchStoredActivationsInFloat) {
+  ReformerConfig cfg = six_layer_dropout_config();
+  cfg.hidden_act = "gelu";
+  EXPECT_LT(reversible_vs_stored<float>(cfg, 2, 10, SIZE_MAX), 1e-3);
 }
 
 // In float the reconstructed inputs differ from the stored ones by rounding (x2 = y2 - G(y1)

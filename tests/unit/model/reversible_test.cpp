@@ -14,6 +14,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace reformer {
@@ -228,6 +231,85 @@ TEST(ReversibleStack, ForwardIsTheBlocksInOrderAndBackwardMatchesStoredActivatio
   EXPECT_LT(relative_error(g2, h2), 1e-12);
   EXPECT_LT(relative_error(rev.params.grads(), sto.params.grads()), 1e-12);
   EXPECT_GT(rev.params.grads().norm(), 0.0);
+}
+
+// Blocks of a toy F and a FeedForward G (which can keep its activations).
+struct KeepingStack {
+  explicit KeepingStack(Index d, Index blocks) {
+    FeedForwardConfig cfg;
+    cfg.hidden_size = d;
+    cfg.feed_forward_size = 7;
+    cfg.dropout = 0.2;
+    for (Index l = 0; l < blocks; ++l) {
+      const std::string p = "blocks." + std::to_string(l) + ".";
+      test::TanhSublayer<double> f(d, params, p + "f.");
+      stack.add(f, FeedForward<double>(cfg, params, p + "g."));
+    }
+    stack.init(params, Rng(7), Rng(8), 0.5);
+  }
+  Parameters<double> params;
+  ReversibleStack<double> stack;
+};
+
+static_assert(!is_keeping_sublayer_v<test::TanhSublayer<double>, double>);
+static_assert(is_keeping_sublayer_v<Sublayer<double>, double>, "the handle forwards them");
+
+// Kept activations within a budget: the feed-forward sublayers that fit (the first ones) keep,
+// the toy sublayers never do; the backward matches ordinary backprop either way and consumes
+// what was kept.
+TEST(ReversibleStack, KeptActivationsWithinABudgetMatchStoredActivations) {
+  const Index d = 5, n = 8, blocks = 3;
+  KeepingStack sto(d, blocks);
+  Context ctx;
+  ctx.training = true;
+  const Matrix<double> x1 = random_matrix<double>(d, n, 61), x2 = random_matrix<double>(d, n, 62);
+  const Matrix<double> dy1 = random_matrix<double>(d, n, 63), dy2 = random_matrix<double>(d, n, 64);
+  Matrix<double> s1 = x1, s2 = x2, h1 = dy1, h2 = dy2;
+  StoredInputs<double> stored;
+  BucketRecord sb;
+  sto.stack.forward(sto.params, s1, s2, ctx, sb, &stored);
+  sto.stack.backward_stored(sto.params, stored, h1, h2, ctx, sb);
+
+  const std::size_t one = sto.stack.feed_forward(0).kept_bytes(n);
+  ASSERT_EQ(one, static_cast<std::size_t>((2 * d + 7) * n) * sizeof(double));
+  EXPECT_EQ(sto.stack.attention(0).kept_bytes(n), 0u);
+  for (const std::size_t budget : {std::size_t{0}, one, 2 * one + 1, SIZE_MAX}) {
+    SCOPED_TRACE(::testing::Message() << "budget " << budget);
+    const std::size_t expected = std::min<std::size_t>(budget / one, blocks);
+    KeepingStack rev(d, blocks);
+    KeptRecord<double> kept;
+    kept.budget_bytes = budget;
+    Matrix<double> y1 = x1, y2 = x2, g1 = dy1, g2 = dy2;
+    BucketRecord buckets;
+    rev.stack.forward(rev.params, y1, y2, ctx, buckets, nullptr, &kept);
+    EXPECT_EQ(kept.filled(), expected);
+    EXPECT_EQ(kept.bytes_held(), expected * one);
+    for (Index l = 0; l < blocks; ++l) {
+      EXPECT_EQ(kept.feed_forward[static_cast<std::size_t>(l)].filled,
+                l < static_cast<Index>(expected));
+    }
+    EXPECT_LT(relative_error(y1, s1), 1e-13);
+    rev.stack.backward(rev.params, y1, y2, g1, g2, ctx, buckets, &kept);
+    EXPECT_EQ(kept.filled(), 0u);
+    EXPECT_LT(relative_error(y1, x1), 1e-13) << "inputs reconstructed";
+    EXPECT_LT(relative_error(y2, x2), 1e-13);
+    EXPECT_LT(relative_error(g1, h1), 1e-12);
+    EXPECT_LT(relative_error(g2, h2), 1e-12);
+    EXPECT_LT(relative_error(rev.params.grads(), sto.params.grads()), 1e-12);
+  }
+
+  // Misuse: stored inputs and kept activations together; a record of another depth.
+  KeepingStack rev(d, blocks);
+  KeptRecord<double> kept;
+  kept.budget_bytes = SIZE_MAX;
+  Matrix<double> y1 = x1, y2 = x2, g1 = dy1, g2 = dy2;
+  BucketRecord buckets;
+  EXPECT_THROW(rev.stack.forward(rev.params, y1, y2, ctx, buckets, &stored, &kept),
+               InvalidArgument);
+  rev.stack.forward(rev.params, y1, y2, ctx, buckets, nullptr, &kept);
+  KeptRecord<double> other;
+  EXPECT_THROW(rev.stack.backward(rev.params, y1, y2, g1, g2, ctx, buckets, &other),
+               InvalidArgument);
 }
 
 TEST(ReversibleStack, RejectsBucketRecordsOfAnotherDepth) {

@@ -147,6 +147,24 @@ TEST(ModelTraining, OneAndTwoThreadsGiveBitwiseIdenticalTraining) {
   EXPECT_TRUE(a.parameters().values() == b.parameters().values());
 }
 
+// The same with every feed-forward keeping its activations.
+TEST(ModelTraining, OneAndTwoThreadsGiveBitwiseIdenticalTrainingWithKeptActivations) {
+  ThreadCountGuard guard;
+  ReformerConfig cfg = dropout_config();
+  cfg.attn_layers = {"lsh", "local", "full", "lsh"};
+  cfg.hidden_act = "gelu";
+  set_num_threads(1);
+  ReformerLM<double> a(cfg);
+  a.set_kept_activation_budget(SIZE_MAX);
+  const std::vector<double> la = train_five_steps(a);
+  set_num_threads(2);
+  ReformerLM<double> b(cfg);
+  b.set_kept_activation_budget(SIZE_MAX);
+  const std::vector<double> lb = train_five_steps(b);
+  EXPECT_EQ(la, lb);
+  EXPECT_TRUE(a.parameters().values() == b.parameters().values());
+}
+
 TEST(ModelTraining, OverfitsOneBatch) {
   ReformerConfig cfg = test::tiny_config();
   cfg.vocab_size = 8;

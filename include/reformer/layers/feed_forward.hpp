@@ -267,7 +267,7 @@ class FeedForward {
     dropout_parallel<S>(ctx.rng(stream::kFeedForwardOutputDropout), dropout_p(ctx), c0, out, out);
   }
 
-  // The fused forward; with `kept`, the chain of the backward's recompute, kept there.
+  // The fused forward; with `kept`, the same chain with xn, hd and f(x) kept there.
   void forward_fused(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
                      const Context& ctx, KeptActivations<S>* kept) const;
   // The fused backward; with `kept`, from the chain forward_fused kept there.

@@ -120,8 +120,8 @@ void add_run_options(OptionTable<Settings>& t, const std::string& out_prefix) {
   t.group("Run")
       .option("--threads", &S::threads, "Threads (0 = all cores)", extend, CLI::Range(0, 1024))
       .option("--kept-mib", &S::kept_mib,
-              "Memory (MiB) the backward may spend keeping feed-forward activations, to skip "
-              "their recompute (0 = none: memory independent of depth)",
+              "Memory (MiB) the backward may spend keeping feed-forward and LSH attention "
+              "activations, to skip their recompute (0 = none: memory independent of depth)",
               extend, CLI::Range(std::int64_t{0}, std::int64_t{1} << 30))
       .option("--eval-every", &S::eval_every, "Evaluate on the held-out data every N steps", extend,
               CLI::Range(std::int64_t{1}, std::int64_t{1} << 40))

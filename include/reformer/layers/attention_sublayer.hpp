@@ -36,6 +36,22 @@
 // input or its gradient: for long inputs the group is a single head. The group size depends
 // only on the shapes (kHeadGroupScalars), never on threads. Every buffer of D x N or more is a
 // Scratch drawn from ctx.workspace (core/workspace.hpp).
+//
+// Kept activations (the optional part of the sublayer contract, sublayer.hpp): when the core
+// can keep its own activations, it provides
+//   static constexpr std::size_t kKeptMatrices;     // matrices it keeps per call
+//   std::size_t kept_bytes(Index n, const Context&, HeadRange) const;   // 0: keeps nothing
+//   void forward_keeping(const Parameters<S>&, const ProjectionInput<S>&, MatrixRef<S> a,
+//                        const Context&, HeadRange, KeptActivations<S>&, std::size_t first) const;
+//   void backward_from_kept(Parameters<S>&, const ProjectionInput<S>&, ConstMatrixRef<S> da,
+//                           const ProjectionInputGrad<S>& dinput, ConstMatrixRef<S> a,
+//                           const Context&, HeadRange, KeptActivations<S>&,
+//                           std::size_t first) const;
+// (LshAttention does), and this sublayer keeps f(x) (matrix 0) and, per head group g, a_g
+// (matrix 1 + g (1 + kKeptMatrices)) followed by the core's matrices. backward_from_kept()
+// then runs no forward at all: y -= f(x), and each group's gradient goes through the core from
+// what it kept. With any other core, or a configuration the core does not keep (kept_bytes 0),
+// kept_bytes() is 0 and forward_keeping() throws.
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
 #include "reformer/core/init.hpp"
@@ -45,6 +61,7 @@
 #include "reformer/core/types.hpp"
 #include "reformer/core/workspace.hpp"
 #include "reformer/layers/head_range.hpp"
+#include "reformer/layers/kept_activations.hpp"
 #include "reformer/layers/projection_input.hpp"
 #include "reformer/layers/sublayer.hpp"
 #include "reformer/ops/dropout.hpp"
@@ -52,10 +69,34 @@
 #include "reformer/ops/parallel.hpp"
 
 #include <algorithm>
-
+#include <cstddef>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 namespace reformer {
+
+namespace detail {
+/// Whether an attention core provides the keeping members (attention_sublayer.hpp).
+template <class Core, class S, class = void>
+struct is_keeping_core : std::false_type {};
+template <class Core, class S>
+struct is_keeping_core<
+    Core, S,
+    std::void_t<decltype(Core::kKeptMatrices),
+                decltype(std::declval<const Core&>().kept_bytes(
+                    Index{0}, std::declval<const Context&>(), HeadRange{})),
+                decltype(std::declval<const Core&>().forward_keeping(
+                    std::declval<const Parameters<S>&>(), std::declval<const ProjectionInput<S>&>(),
+                    std::declval<MatrixRef<S>>(), std::declval<const Context&>(), HeadRange{},
+                    std::declval<KeptActivations<S>&>(), std::size_t{0})),
+                decltype(std::declval<const Core&>().backward_from_kept(
+                    std::declval<Parameters<S>&>(), std::declval<const ProjectionInput<S>&>(),
+                    std::declval<ConstMatrixRef<S>>(),
+                    std::declval<const ProjectionInputGrad<S>&>(),
+                    std::declval<ConstMatrixRef<S>>(), std::declval<const Context&>(), HeadRange{},
+                    std::declval<KeptActivations<S>&>(), std::size_t{0}))>> : std::true_type {};
+}  // namespace detail
 
 /// Configuration of an AttentionSublayer: the core's configuration plus the wrapper's own.
 template <class CoreConfig>
@@ -133,7 +174,46 @@ class AttentionSublayer {
   void backward(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy, MatrixRef<S> dx,
                 MatrixRef<S> y, const Context& ctx) const;
 
+  /// Whether the core can keep its activations (see the file comment).
+  static constexpr bool kCoreKeeps = detail::is_keeping_core<Core, S>::value;
+
+  /// Bytes forward_keeping() keeps for n columns under ctx: f(x), each group's a_g and what the
+  /// core keeps; 0 when the core keeps nothing for this call.
+  std::size_t kept_bytes(Index n, const Context& ctx) const;
+
+  /// y = f(x), bitwise forward()'s, keeping f(x), a and the core's activations in `kept`.
+  /// InvalidArgument when kept_bytes() is 0.
+  void forward_keeping(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
+                       const Context& ctx, KeptActivations<S>& kept) const;
+
+  /// backward() from what forward_keeping() kept (same context), without a forward pass:
+  /// dx += (df/dx)^T dy and the parameter gradients, bitwise backward()'s at the same x;
+  /// y -= f(x) with the kept f(x).
+  void backward_from_kept(Parameters<S>& params, ConstMatrixRef<S> x, ConstMatrixRef<S> dy,
+                          MatrixRef<S> dx, MatrixRef<S> y, const Context& ctx,
+                          KeptActivations<S>& kept) const;
+
  private:
+  // Kept matrix numbers: f(x), then per head group a_g and the core's matrices.
+  static constexpr std::size_t kKeptOutput = 0;
+  static std::size_t kept_group_base(std::size_t group) {
+    if constexpr (kCoreKeeps) {
+      return 1 + group * (1 + Core::kKeptMatrices);
+    } else {
+      return 1 + group;
+    }
+  }
+
+  // dz = d(Dropout(z)) = mask .* dy / (1 - p) with the forward's mask, in `buffer`; without
+  // dropout, dy itself.
+  ConstMatrixRef<S> output_dropout_gradient(ConstMatrixRef<S> dy, Scratch<S>& buffer,
+                                            const Context& ctx) const {
+    if (!(ctx.training && cfg_.output_dropout > 0.0)) return dy;
+    buffer.resize(ctx.workspace, hidden_size(), dy.cols());
+    apply_output_dropout(dy, buffer.map(), ctx);
+    return buffer.map();
+  }
+
   static const Config& validated(const Config& cfg) {
     const char* where = "AttentionSublayer";
     detail::require_positive(where, "hidden_size", cfg.hidden_size);
@@ -232,11 +312,7 @@ void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<
   // f(x) = Dropout(z)  =>  dz = mask .* dy / (1 - p)   (the same mask as the forward pass).
   // Without dropout dz is dy itself and no D x N buffer is needed.
   Scratch<S> dz_buffer;
-  if (dropout) {
-    dz_buffer.resize(ctx.workspace, hidden_size(), n);
-    apply_output_dropout(dy, dz_buffer.map(), ctx);
-  }
-  const ConstMatrixRef<S> dz = dropout ? ConstMatrixRef<S>(dz_buffer.map()) : dy;
+  const ConstMatrixRef<S> dz = output_dropout_gradient(dy, dz_buffer, ctx);
 
   // z = sum_g W_o[:, g] a_g. Without dropout each group's term is subtracted from y directly;
   // with dropout the whole z is needed first, then y -= Dropout(z).
@@ -268,6 +344,88 @@ void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<
   if (dropout) {
     apply_output_dropout(z.map(), z.map(), ctx);
     add_parallel<S>(y, z.map(), S(-1));  // y -= Dropout(z)
+  }
+}
+
+template <class S, class Core>
+std::size_t AttentionSublayer<S, Core>::kept_bytes(Index n, const Context& ctx) const {
+  if constexpr (kCoreKeeps) {
+    const Index dh = core_.config().head_size;
+    std::size_t bytes = static_cast<std::size_t>(hidden_size() * n) * sizeof(S);  // f(x)
+    bool keeps = true;
+    for_head_groups(n, [&](HeadRange heads) {
+      const std::size_t core_bytes = core_.kept_bytes(n, ctx, heads);
+      keeps = keeps && core_bytes > 0;
+      bytes += core_bytes + static_cast<std::size_t>(heads.count * dh * n) * sizeof(S);  // a_g
+    });
+    return keeps ? bytes : 0;
+  } else {
+    (void)n;
+    (void)ctx;
+    return 0;
+  }
+}
+
+template <class S, class Core>
+void AttentionSublayer<S, Core>::forward_keeping(const Parameters<S>& params, ConstMatrixRef<S> x,
+                                                 MatrixRef<S> y, const Context& ctx,
+                                                 KeptActivations<S>& kept) const {
+  const char* where = "AttentionSublayer::forward_keeping";
+  check_sublayer_input<S>(where, x, hidden_size(), ctx);
+  check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
+  const Index n = x.cols();
+  REFORMER_REQUIRE(kept_bytes(n, ctx) > 0, InvalidArgument, where,
+                   "this attention keeps nothing for ", n, " columns of batch ", ctx.batch,
+                   " (kept_bytes() is 0: a core without keeping, or a sequence it does not hash)");
+  if constexpr (kCoreKeeps) {
+    // forward(), with each group's a_g in its kept matrix instead of a scratch of the same shape.
+    const ProjectionInput<S> input = layer_norm_input(params, x);
+    std::size_t group = 0;
+    for_head_groups(n, [&](HeadRange heads) {
+      const std::size_t base = kept_group_base(group++);
+      MatrixRef<S> a = kept.matrix(base, heads.count * core_.config().head_size, n);
+      core_.forward_keeping(params, input, a, ctx, heads, kept, base + 1);
+      parallel_product(y, output_columns(params, heads), a, heads.first > 0);
+    });
+    apply_output_dropout(y, y, ctx);
+    copy_parallel<S>(y, kept.matrix(kKeptOutput, hidden_size(), n));
+  }
+}
+
+template <class S, class Core>
+void AttentionSublayer<S, Core>::backward_from_kept(Parameters<S>& params, ConstMatrixRef<S> x,
+                                                    ConstMatrixRef<S> dy, MatrixRef<S> dx,
+                                                    MatrixRef<S> y, const Context& ctx,
+                                                    KeptActivations<S>& kept) const {
+  const char* where = "AttentionSublayer::backward_from_kept";
+  check_sublayer_input<S>(where, x, hidden_size(), ctx);
+  check_backward_buffers<S>(where, x, dy, dx, y);
+  const Index n = x.cols();
+  REFORMER_REQUIRE(kept_bytes(n, ctx) > 0, InvalidArgument, where,
+                   "this attention keeps nothing for ", n, " columns of batch ", ctx.batch,
+                   " (kept_bytes() is 0: a core without keeping, or a sequence it does not hash)");
+  if constexpr (kCoreKeeps) {
+    const Index dh = core_.config().head_size;
+    const ConstMatrixRef<S> fx = kept.kept(where, kKeptOutput, hidden_size(), n);
+    const ProjectionInput<S> input = layer_norm_input(params, x);
+    const ProjectionInputGrad<S> dinput(dx, params.grad_vector(ln_weight_),
+                                        params.grad_vector(ln_bias_));
+    Scratch<S> dz_buffer;
+    const ConstMatrixRef<S> dz = output_dropout_gradient(dy, dz_buffer, ctx);
+    Scratch<S> da;  // one head group's output gradient
+    std::size_t group = 0;
+    for_head_groups(n, [&](HeadRange heads) {
+      const std::size_t base = kept_group_base(group++);
+      const ConstMatrixRef<S> a = kept.kept(where, base, heads.count * dh, n);
+      // z = sum_g W_o[:, g] a_g  =>  da_g = W_o[:, g]^T dz,  dW_o[:, g] += dz a_g^T.
+      da.resize(ctx.workspace, heads.count * dh, n);
+      parallel_product(da.map(), output_columns(params, heads).transpose(), dz, false);
+      core_.backward_from_kept(params, input, da.map(), dinput, a, ctx, heads, kept, base + 1);
+      linear_weight_grads<S>(
+          dz, a, params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh), nullptr,
+          ctx.workspace);
+    });
+    add_parallel<S>(y, fx, S(-1));  // y -= f(x)
   }
 }
 

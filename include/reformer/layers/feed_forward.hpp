@@ -36,7 +36,7 @@
 //
 // Kept activations (the optional part of the sublayer contract, sublayer.hpp; fused kernel
 // only): forward_keeping() computes forward()'s chain, bitwise, and keeps, for every column,
-// xn (D), hd (F) and f(x) (D): kept_bytes(N) = (2 D + F) N scalars. backward_from_kept() then
+// xn (D), hd (F) and f(x) (D): kept_bytes(N, ctx) = (2 D + F) N scalars. backward_from_kept() then
 // skips LN, W1 and W2: it evaluates act and act' once from the kept hd, as the recompute does,
 // and runs the rest of the backward. At the same x its dx and parameter gradients are bitwise
 // those of backward(); its y -= f(x) subtracts forward()'s f(x) instead of the recompute's (the
@@ -147,7 +147,7 @@ class FeedForward {
 
   /// Bytes forward_keeping() keeps for n columns: (2 D + F) n scalars; 0 for the unfused
   /// kernel, which keeps nothing.
-  std::size_t kept_bytes(Index n) const {
+  std::size_t kept_bytes(Index n, const Context& /*ctx*/) const {
     if (!cfg_.fused) return 0;
     return static_cast<std::size_t>(2 * hidden_size() + feed_forward_size()) *
            static_cast<std::size_t>(n) * sizeof(S);

@@ -46,6 +46,14 @@
 // qk and v (attend_backward explains the fixed order). Per head the buffers are O(R*Tp) scalars
 // and indices; per thread one block's copy (O((block + window) * C * Dh)) and O(C^2) scores. No
 // T x T, no all-chunks (R*T x W*C) score buffer and no per-place (Dh x R*T) matrix is formed.
+//
+// Kept activations (the optional keeping members, layers/attention_sublayer.hpp): when a caller
+// gives memory for it, forward_keeping() also keeps qk, v, every place's output o_r and the
+// per-place lse with the per-position top and total of the rounds' softmax. backward_from_kept()
+// then skips the projections, the hashing and the whole chunk forward: it sorts the replayed
+// buckets again (cheap), takes o_dot = da . o_r and a_dot = da . a from the kept o_r and a, and
+// runs the same chunk backward. Per head and sequence that is (2 T + R*Tp) Dh + R*Tp + 2 Tp
+// scalars; short sequences (T <= C) keep nothing (kept_bytes 0).
 #include "reformer/core/checked_size.hpp"
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
@@ -63,6 +71,7 @@
 #include "reformer/layers/detail/head_projection.hpp"
 #include "reformer/layers/detail/key_padding.hpp"
 #include "reformer/layers/head_range.hpp"
+#include "reformer/layers/kept_activations.hpp"
 #include "reformer/layers/lsh_bucketing.hpp"
 #include "reformer/layers/projection_input.hpp"
 
@@ -246,6 +255,29 @@ class LshAttention {
     backward(params, ProjectionInput<S>(xn), da, ProjectionInputGrad<S>(dxn), a, ctx, heads);
   }
 
+  /// Matrices forward_keeping() keeps, numbered first .. first + kKeptMatrices - 1: qk, v
+  /// (heads.count*Dh x N), o (Dh x R*Tp per head item, side by side) and the softmax statistics
+  /// (R*Tp + 2 Tp per head item: lse, top, total).
+  static constexpr std::size_t kKeptMatrices = 4;
+
+  /// Bytes forward_keeping() keeps for `heads` and N = n columns under ctx (see the file
+  /// comment); 0 when the sequence is not hashed (T <= C), which keeps nothing.
+  std::size_t kept_bytes(Index n, const Context& ctx, HeadRange heads = HeadRange::all()) const;
+
+  /// forward(), bitwise, also keeping its activations in kept matrices first .. (above).
+  /// InvalidArgument for a sequence that is not hashed.
+  void forward_keeping(const Parameters<S>& params, const ProjectionInput<S>& input, MatrixRef<S> a,
+                       const Context& ctx, HeadRange heads, KeptActivations<S>& kept,
+                       std::size_t first) const;
+
+  /// backward() from what forward_keeping() kept (the same context, heads and `first`), with
+  /// a the output that forward wrote: the same gradients, bitwise, without recomputing the
+  /// forward pass. The kept matrices stay as they are.
+  void backward_from_kept(Parameters<S>& params, const ProjectionInput<S>& input,
+                          ConstMatrixRef<S> da, const ProjectionInputGrad<S>& dinput,
+                          ConstMatrixRef<S> a, const Context& ctx, HeadRange heads,
+                          KeptActivations<S>& kept, std::size_t first) const;
+
  private:
   /// Shapes of one call, derived from the inputs only (never from the thread count).
   struct Plan {
@@ -315,6 +347,32 @@ class LshAttention {
   /// block, so later blocks (in any step) find their pages in.
   Index block_columns(const Plan& pl) const {
     return (pl.block + cfg_.chunks_before + cfg_.chunks_after) * pl.chunk;
+  }
+
+  // The kept matrices, after `first` (forward_keeping).
+  enum KeptMatrix : std::size_t { kKeptQk, kKeptV, kKeptOutputs, kKeptStatistics };
+
+  // forward(); with `kept`, forward_keeping() (matrices from `first`).
+  void forward_pass(const char* where, const Parameters<S>& params, const ProjectionInput<S>& input,
+                    MatrixRef<S> a, const Context& ctx, HeadRange heads, KeptActivations<S>* kept,
+                    std::size_t first) const;
+
+  // dqk, dv = 0, in parallel blocks of positions (they gather every block's contributions).
+  static void zero_by_blocks(MatrixRef<S> dqk, MatrixRef<S> dv) {
+    const Index n = dqk.cols(), blocks = (n + kPositionsPerItem - 1) / kPositionsPerItem;
+    parallel_for(blocks, [&](Index z) {
+      const Index c0 = z * kPositionsPerItem, nc = std::min(kPositionsPerItem, n - c0);
+      dqk.middleCols(c0, nc).setZero();
+      dv.middleCols(c0, nc).setZero();
+    });
+  }
+
+  /// da_t . u over the rows of local head j, for column `col` of da (u: Dh contiguous
+  /// scalars). Every dot product of da with an output, kept or recomputed, goes through here,
+  /// so both backward paths round alike.
+  S head_dot(const ConstMatrixRef<S>& da, Index col, Index j, const S* u) const {
+    const Index dh = cfg_.head_size;
+    return da.col(col).segment(j * dh, dh).dot(Eigen::Map<const Vector<S>>(u, dh));
   }
 
   /// Positions (or sorted places) per parallel work item of the per-head phases.
@@ -640,14 +698,16 @@ class LshAttention {
   /// magnitude reaches 1e5 when a slot sees only itself (in float its rounding would move the
   /// weights by ~0.4%). The per-place outputs are never stored: only lse per place is kept.
   /// With da (backward), also o_dot = da . o_r per place and a_dot = da . a per position.
+  /// With keep_o (Dh x R*Tp per head item of the call), also every place's o_r there.
   void attend_forward(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
                       const ConstMatrixRef<S>& v, const ConstMatrixRef<S>* da, MatrixRef<S> a,
-                      Index h0, Index nh, std::vector<HeadBuffers>& bufs) const {
+                      Index h0, Index nh, std::vector<HeadBuffers>& bufs,
+                      S* keep_o = nullptr) const {
     for (Index r = 0; r < pl.rounds; ++r) {
       for_round_blocks(
           pl, nh, r, [](Index) { return true; },
           [&](Index i, Index c0, Index c1) {
-            forward_block(pl, ctx, qk, v, da, a, h0 + i, bufs[at(i)], c0, c1);
+            forward_block(pl, ctx, qk, v, da, a, h0 + i, bufs[at(i)], c0, c1, keep_o);
           });
     }
     const Index dh = cfg_.head_size, len = pl.length;
@@ -657,7 +717,7 @@ class LshAttention {
       for (Index t = t0; t < std::min(t1, len); ++t) {
         auto out = a.col(b * len + t).segment(j * dh, dh);
         out /= hb.total.map()(t);
-        if (da != nullptr) hb.a_dot.map()(t) = da->col(b * len + t).segment(j * dh, dh).dot(out);
+        if (da != nullptr) hb.a_dot.map()(t) = head_dot(*da, b * len + t, j, out.data());
       }
     });
   }
@@ -665,7 +725,7 @@ class LshAttention {
   /// attend_forward for the chunks [c0, c1) of one round of head item hi.
   void forward_block(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
                      const ConstMatrixRef<S>& v, const ConstMatrixRef<S>* da, MatrixRef<S>& a,
-                     Index hi, HeadBuffers& hb, Index c0, Index c1) const {
+                     Index hi, HeadBuffers& hb, Index c0, Index c1, S* keep_o) const {
     const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
     const Index b = pl.batch_of(hi), j = pl.head_of(hi), r = c0 / pl.chunks_per_round;
     const Index before = cfg_.chunks_before;
@@ -690,6 +750,8 @@ class LshAttention {
         chunk_attention_forward<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts, o, lse,
                                    ws);
       }
+      if (keep_o != nullptr)  // the outputs of places c*C .. c*C + C-1 of item hi
+        Eigen::Map<Matrix<S>>(keep_o + (hi * pl.slots + c * cl) * dh, dh, cl) = o.leftCols(cl);
       for (Index i = 0; i < cl; ++i) {
         const Index t = qpos[i];
         if (t >= len) continue;  // a padded query's output is discarded
@@ -709,7 +771,7 @@ class LshAttention {
           total[t] += w;
         }
         if (da != nullptr)
-          hb.o_dot.map()(c * cl + i) = da->col(b * len + t).segment(j * dh, dh).dot(o.col(i));
+          hb.o_dot.map()(c * cl + i) = head_dot(*da, b * len + t, j, o.col(i).data());
       }
     }
   }
@@ -912,16 +974,49 @@ void LshAttention<S>::compute_buckets(const Parameters<S>& params, const Project
 template <class S>
 void LshAttention<S>::forward(const Parameters<S>& params, const ProjectionInput<S>& input,
                               MatrixRef<S> a, const Context& ctx, HeadRange heads) const {
+  forward_pass("LshAttention::forward", params, input, a, ctx, heads, nullptr, 0);
+}
+
+template <class S>
+void LshAttention<S>::forward_keeping(const Parameters<S>& params, const ProjectionInput<S>& input,
+                                      MatrixRef<S> a, const Context& ctx, HeadRange heads,
+                                      KeptActivations<S>& kept, std::size_t first) const {
+  forward_pass("LshAttention::forward_keeping", params, input, a, ctx, heads, &kept, first);
+}
+
+template <class S>
+std::size_t LshAttention<S>::kept_bytes(Index n, const Context& ctx, HeadRange heads) const {
   heads = heads.resolve(cfg_.num_heads);
-  const char* where = "LshAttention::forward";
+  const Index len = ctx.length("LshAttention::kept_bytes", n);
+  if (!hashes(len)) return 0;
+  const Index tp = padded_length(len), slots = cfg_.num_hashes * tp;
+  const Index items = ctx.batch * heads.count, dh = cfg_.head_size;
+  // qk and v, the outputs of every place, and lse, top and total.
+  const Index scalars = 2 * heads.count * dh * n + items * (dh * slots + slots + 2 * tp);
+  return static_cast<std::size_t>(scalars) * sizeof(S);
+}
+
+template <class S>
+void LshAttention<S>::forward_pass(const char* where, const Parameters<S>& params,
+                                   const ProjectionInput<S>& input, MatrixRef<S> a,
+                                   const Context& ctx, HeadRange heads, KeptActivations<S>* kept,
+                                   std::size_t first) const {
+  heads = heads.resolve(cfg_.num_heads);
   const Plan pl = plan(where, input, ctx, heads);
-  const Index n = input.cols(), rows = pl.heads.count * cfg_.head_size;
+  const Index n = input.cols(), dh = cfg_.head_size, rows = pl.heads.count * dh;
   check_shape(where, "a", a.rows(), a.cols(), rows, n);
-  // qk = W_qk xn, v = W_v xn: this group's heads
-  Scratch<S> qk_buf(ctx.workspace, rows, n), v_buf(ctx.workspace, rows, n);
-  auto &qk = qk_buf.map(), &v = v_buf.map();
-  detail::project_heads<S>(params, heads, cfg_.head_size, input, {{qk_slot_, qk}, {v_slot_, v}},
-                           ctx.workspace);
+  REFORMER_REQUIRE(kept == nullptr || !pl.dense, InvalidArgument, where, "T = ", pl.length,
+                   " <= chunk_length = ", cfg_.chunk_length,
+                   ": a sequence that is not hashed keeps nothing (kept_bytes() is 0)");
+  // qk = W_qk xn, v = W_v xn: this group's heads (in the kept matrices when keeping)
+  Scratch<S> qk_buf, v_buf;
+  const auto projection = [&](Scratch<S>& buf, KeptMatrix i) -> MatrixRef<S> {
+    if (kept != nullptr) return kept->matrix(first + i, rows, n);
+    buf.resize(ctx.workspace, rows, n);
+    return buf.map();
+  };
+  MatrixRef<S> qk = projection(qk_buf, kKeptQk), v = projection(v_buf, kKeptV);
+  detail::project_heads<S>(params, heads, dh, input, {{qk_slot_, qk}, {v_slot_, v}}, ctx.workspace);
   if (pl.dense) {
     if (ctx.buckets != nullptr && !ctx.replay_buckets) ctx.buckets->clear();
     dense_forward(pl, qk, v, a, ctx);
@@ -942,12 +1037,26 @@ void LshAttention<S>::forward(const Parameters<S>& params, const ProjectionInput
     buckets = record;
   }
   const Scratch<S> rot = record != nullptr ? rotations(pl, ctx) : Scratch<S>{};
+  // Kept: o, Dh x R*Tp per head item; lse, top and total, R*Tp + 2 Tp per head item.
+  const Index stat_rows = pl.slots + 2 * pl.padded;
+  S *keep_o = nullptr, *keep_stats = nullptr;
+  if (kept != nullptr) {
+    keep_o = kept->matrix(first + kKeptOutputs, dh, pl.num_head_items * pl.slots).data();
+    keep_stats = kept->matrix(first + kKeptStatistics, stat_rows, pl.num_head_items).data();
+  }
   std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
   for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
     const Index nh = std::min(pl.wave, pl.num_head_items - h0);
     if (record != nullptr) hash_heads(pl, qk, rot, h0, nh, record);
     sort_heads(pl, qk, buckets, h0, nh, bufs, ctx.workspace);
-    attend_forward(pl, ctx, qk, v, nullptr, a, h0, nh, bufs);
+    attend_forward(pl, ctx, qk, v, nullptr, a, h0, nh, bufs, keep_o);
+    if (kept != nullptr) {
+      parallel_for(nh, [&](Index i) {
+        const HeadBuffers& hb = bufs[at(i)];
+        Eigen::Map<Vector<S>>(keep_stats + (h0 + i) * stat_rows, stat_rows) << hb.lse.map(),
+            hb.top.map(), hb.total.map();
+      });
+    }
   }
 }
 
@@ -971,13 +1080,7 @@ void LshAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>& 
     dense_backward(pl, qk, v, da, a, dqk_buf.map(), dv_buf.map(), ctx);
   } else {
     const std::int32_t* buckets = replayed_buckets(where, pl, ctx);
-    // dqk and dv gather every block's contributions by position.
-    const Index zero_blocks = (n + kPositionsPerItem - 1) / kPositionsPerItem;
-    parallel_for(zero_blocks, [&](Index z) {
-      const Index c0 = z * kPositionsPerItem, nc = std::min(kPositionsPerItem, n - c0);
-      dqk_buf.map().middleCols(c0, nc).setZero();
-      dv_buf.map().middleCols(c0, nc).setZero();
-    });
+    zero_by_blocks(dqk_buf.map(), dv_buf.map());
     std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
     for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
       const Index nh = std::min(pl.wave, pl.num_head_items - h0);
@@ -998,6 +1101,70 @@ void LshAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>& 
   detail::project_heads_backward<S>(params, heads, cfg_.head_size, input,
                                     {{qk_slot_, dqk_buf.map()}, {v_slot_, dv_buf.map()}}, dinput,
                                     ws);
+}
+
+template <class S>
+void LshAttention<S>::backward_from_kept(Parameters<S>& params, const ProjectionInput<S>& input,
+                                         ConstMatrixRef<S> da, const ProjectionInputGrad<S>& dinput,
+                                         ConstMatrixRef<S> a, const Context& ctx, HeadRange heads,
+                                         KeptActivations<S>& kept, std::size_t first) const {
+  heads = heads.resolve(cfg_.num_heads);
+  const char* where = "LshAttention::backward_from_kept";
+  const Plan pl = plan(where, input, ctx, heads);
+  const Index n = input.cols(), dh = cfg_.head_size, rows = pl.heads.count * dh;
+  const Index len = pl.length;
+  dinput.check_matches(where, input);
+  check_shape(where, "da", da.rows(), da.cols(), rows, n);
+  check_shape(where, "dxn", dinput.dx().rows(), dinput.dx().cols(), hidden_, n);
+  check_shape(where, "a", a.rows(), a.cols(), rows, n);
+  REFORMER_REQUIRE(!pl.dense, InvalidArgument, where, "T = ", len,
+                   " <= chunk_length = ", cfg_.chunk_length,
+                   ": a sequence that is not hashed keeps nothing (kept_bytes() is 0)");
+  const ConstMatrixRef<S> qk = kept.kept(where, first + kKeptQk, rows, n);
+  const ConstMatrixRef<S> v = kept.kept(where, first + kKeptV, rows, n);
+  const S* kept_o = kept.kept(where, first + kKeptOutputs, dh, pl.num_head_items * pl.slots).data();
+  const ConstMatrixRef<S> stats =
+      kept.kept(where, first + kKeptStatistics, pl.slots + 2 * pl.padded, pl.num_head_items);
+  Workspace* ws = ctx.workspace;
+  Scratch<S> dqk_buf(ws, rows, n), dv_buf(ws, rows, n);
+  zero_by_blocks(dqk_buf.map(), dv_buf.map());
+  const std::int32_t* buckets = replayed_buckets(where, pl, ctx);
+  std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
+  for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
+    const Index nh = std::min(pl.wave, pl.num_head_items - h0);
+    // The sorted order and key scales again (the forward's, from the same buckets and qk); the
+    // softmax statistics as the forward left them.
+    sort_heads(pl, qk, buckets, h0, nh, bufs, ws);
+    parallel_for(nh, [&](Index i) {
+      HeadBuffers& hb = bufs[at(i)];
+      const auto col = stats.col(h0 + i);
+      hb.lse.map() = col.head(pl.slots);
+      hb.top.map() = col.segment(pl.slots, pl.padded);
+      hb.total.map() = col.tail(pl.padded);
+      hb.o_dot.resize(ws, pl.slots, 1);
+      hb.a_dot.resize(ws, pl.padded, 1);
+    });
+    // o_dot = da_t . o_r(t) at the places of real positions, a_dot = da_t . a_t: the dot
+    // products the recompute takes in attend_forward, from the kept o_r and a.
+    for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
+      const Index hi = h0 + i, b = pl.batch_of(hi), j = pl.head_of(hi);
+      HeadBuffers& hb = bufs[at(i)];
+      for (Index r = 0; r < pl.rounds; ++r) {
+        for (Index s = r * pl.padded + t0; s < r * pl.padded + t1; ++s) {
+          const Index t = hb.pos[at(s)];
+          if (t < len)
+            hb.o_dot.map()(s) = head_dot(da, b * len + t, j, kept_o + (hi * pl.slots + s) * dh);
+        }
+      }
+      for (Index t = t0; t < std::min(t1, len); ++t)
+        hb.a_dot.map()(t) = head_dot(da, b * len + t, j, a.col(b * len + t).data() + j * dh);
+    });
+    attend_backward(pl, ctx, qk, v, da, dqk_buf.map(), dv_buf.map(), h0, nh, bufs);
+  }
+  // qk = W_qk x, v = W_v x  =>  dW_qk += dqk x^T, dW_v += dv x^T, dx += W_qk^T dqk + W_v^T dv
+  // (the rows of this group's heads).
+  detail::project_heads_backward<S>(
+      params, heads, dh, input, {{qk_slot_, dqk_buf.map()}, {v_slot_, dv_buf.map()}}, dinput, ws);
 }
 
 }  // namespace reformer

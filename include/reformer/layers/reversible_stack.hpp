@@ -74,7 +74,7 @@ class Sublayer {
 
   // The optional members of the contract: a sublayer that cannot keep reports 0 bytes, and its
   // handle never calls the other two.
-  std::size_t kept_bytes(Index n) const { return impl_->kept_bytes(n); }
+  std::size_t kept_bytes(Index n, const Context& ctx) const { return impl_->kept_bytes(n, ctx); }
   void forward_keeping(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
                        const Context& ctx, KeptActivations<S>& kept) const {
     impl_->forward_keeping(params, x, y, ctx, kept);
@@ -100,7 +100,7 @@ class Sublayer {
                          const Context&) const = 0;
     virtual void backward(Parameters<S>&, ConstMatrixRef<S>, ConstMatrixRef<S>, MatrixRef<S>,
                           MatrixRef<S>, const Context&) const = 0;
-    virtual std::size_t kept_bytes(Index) const = 0;
+    virtual std::size_t kept_bytes(Index, const Context&) const = 0;
     virtual void forward_keeping(const Parameters<S>&, ConstMatrixRef<S>, MatrixRef<S>,
                                  const Context&, KeptActivations<S>&) const = 0;
     virtual void backward_from_kept(Parameters<S>&, ConstMatrixRef<S>, ConstMatrixRef<S>,
@@ -121,11 +121,12 @@ class Sublayer {
                   MatrixRef<S> y, const Context& ctx) const override {
       layer.backward(p, x, dy, dx, y, ctx);
     }
-    std::size_t kept_bytes(Index n) const override {
+    std::size_t kept_bytes(Index n, const Context& ctx) const override {
       if constexpr (is_keeping_sublayer_v<L, S>) {
-        return layer.kept_bytes(n);
+        return layer.kept_bytes(n, ctx);
       } else {
         (void)n;
+        (void)ctx;
         return 0;
       }
     }
@@ -173,9 +174,11 @@ struct StoredInputs {
 
 /// The activations a stack's blocks keep for the reversible backward (kept_activations.hpp): one
 /// KeptActivations per sublayer, filled by forward() and consumed by backward(). forward() keeps
-/// a sublayer's activations when it can keep them and they fit in what is left of budget_bytes,
-/// in stack order (block 0's F, then its G, then block 1's ...); every other slot gives its
-/// memory back. budget_bytes = 0 keeps nothing: memory independent of depth.
+/// a sublayer's activations when it can keep them and they fit in what is left of budget_bytes:
+/// first the G sublayers (the feed-forwards) block by block, then the F sublayers (attention);
+/// every other slot gives its memory back. budget_bytes = 0 keeps nothing: memory independent
+/// of depth. (The feed-forwards go first because they skip the most work per byte kept: in the
+/// hf_config model about 1.7x an LSH attention's, for the same bytes, docs/benchmarks.md.)
 template <class S>
 struct KeptRecord {
   std::size_t budget_bytes = 0;
@@ -259,7 +262,7 @@ class ReversibleStack {
       stored->attention.resize(f_.size());
       stored->feed_forward.resize(f_.size());
     }
-    if (kept != nullptr) plan_kept(*kept, x1.cols());
+    if (kept != nullptr) plan_kept(*kept, x1.cols(), ctx);
     ReversibleWorkspace<S> ws;
     for (Index l = 0; l < size(); ++l) {
       if (stored != nullptr) stored->attention[at(l)] = x2;
@@ -333,9 +336,10 @@ class ReversibleStack {
       buckets.layers.resize(f_.size());
     }
   }
-  // Chooses the kept sublayers of a pass over n columns: in stack order, each that can keep and
-  // fits what is left of the budget; the others give their memory back.
-  void plan_kept(KeptRecord<S>& kept, Index n) const {
+  // Chooses the kept sublayers of a pass over n columns: the G sublayers block by block, then the
+  // F sublayers, each that can keep and fits what is left of the budget; the others give their
+  // memory back.
+  void plan_kept(KeptRecord<S>& kept, Index n, const Context& ctx) const {
     const std::size_t blocks = f_.size();
     kept.attention.resize(blocks);
     kept.feed_forward.resize(blocks);
@@ -343,7 +347,7 @@ class ReversibleStack {
     kept.feed_forward_kept.assign(blocks, false);
     std::size_t left = kept.budget_bytes;
     const auto plan = [&](const Sublayer<S>& layer, KeptActivations<S>& slot) {
-      const std::size_t bytes = layer.kept_bytes(n);
+      const std::size_t bytes = layer.kept_bytes(n, ctx);
       slot.filled = false;
       if (bytes > 0 && bytes <= left) {
         left -= bytes;
@@ -352,10 +356,10 @@ class ReversibleStack {
       slot.release();
       return false;
     };
-    for (std::size_t l = 0; l < blocks; ++l) {
-      kept.attention_kept[l] = plan(f_[l], kept.attention[l]);
+    for (std::size_t l = 0; l < blocks; ++l)
       kept.feed_forward_kept[l] = plan(g_[l], kept.feed_forward[l]);
-    }
+    for (std::size_t l = 0; l < blocks; ++l)
+      kept.attention_kept[l] = plan(f_[l], kept.attention[l]);
   }
   // Block l's slot of F (feed_forward = false) or G, or null: no record, or a slot the plan left
   // out.

@@ -24,8 +24,9 @@
 // Optionally, a sublayer may keep what its backward would recompute (kept_activations.hpp),
 // for stacks given a memory budget for it (ReversibleStack). It then also provides all of:
 //
-//   std::size_t kept_bytes(Index n) const;
-//       the bytes its forward keeps for n columns; 0 when this configuration keeps nothing;
+//   std::size_t kept_bytes(Index n, const Context& ctx) const;
+//       the bytes its forward keeps for n columns under ctx (batch, mask); 0 when this
+//       configuration keeps nothing;
 //   void forward_keeping(const Parameters<S>& params, ConstMatrixRef<S> x, MatrixRef<S> y,
 //                        const Context& ctx, KeptActivations<S>& kept) const;
 //       forward(), and fills `kept`;
@@ -95,7 +96,8 @@ struct has_sublayer_keeping : std::false_type {};
 template <class L, class S>
 struct has_sublayer_keeping<
     L, S,
-    std::void_t<decltype(std::declval<const L&>().kept_bytes(Index{0})),
+    std::void_t<decltype(std::declval<const L&>().kept_bytes(Index{0},
+                                                             std::declval<const Context&>())),
                 decltype(std::declval<const L&>().forward_keeping(
                     std::declval<const Parameters<S>&>(), std::declval<ConstMatrixRef<S>>(),
                     std::declval<MatrixRef<S>>(), std::declval<const Context&>(),
@@ -105,7 +107,9 @@ struct has_sublayer_keeping<
                     std::declval<ConstMatrixRef<S>>(), std::declval<MatrixRef<S>>(),
                     std::declval<MatrixRef<S>>(), std::declval<const Context&>(),
                     std::declval<KeptActivations<S>&>()))>>
-    : std::is_convertible<decltype(std::declval<const L&>().kept_bytes(Index{0})), std::size_t> {};
+    : std::is_convertible<decltype(std::declval<const L&>().kept_bytes(
+                              Index{0}, std::declval<const Context&>())),
+                          std::size_t> {};
 }  // namespace detail
 
 /// True when L meets the sublayer contract for scalar S (see the top of this file).

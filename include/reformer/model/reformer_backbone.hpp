@@ -127,10 +127,11 @@ class ReformerBackbone {
   void set_backprop_mode(BackpropMode mode) { mode_ = mode; }
 
   /// Memory the reversible backward may spend on kept activations (layers/kept_activations.hpp):
-  /// the training forward keeps the intermediates of as many feed-forward sublayers as fit in
-  /// `bytes` ((2 D + F) x B x T scalars each, the first layers first), and the backward skips
-  /// their recompute. 0 (the default) keeps nothing: memory independent of depth. Results differ
-  /// from the recomputing backward only by rounding. The stored-activation mode ignores it.
+  /// the training forward keeps the intermediates of as many feed-forward and LSH attention
+  /// sublayers as fit in `bytes` (about (2 D + F) x B x T and ((3 + R) H Dh + D) x B x T scalars
+  /// each; ReversibleStack::forward says which first), and the backward skips their recompute.
+  /// 0 (the default) keeps nothing: memory independent of depth. Results differ from the
+  /// recomputing backward only by rounding. The stored-activation mode ignores it.
   void set_kept_activation_budget(std::size_t bytes) { kept_budget_ = bytes; }
   std::size_t kept_activation_budget() const { return kept_budget_; }
 

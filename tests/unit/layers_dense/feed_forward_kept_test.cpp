@@ -85,8 +85,8 @@ TEST_P(FeedForwardKept, BackwardFromKeptIsTheRecomputingBackwardBitwise) {
     KeptActivations<double> kept;
     Matrix<double> fx(s.hidden, n);
     ff.forward_keeping(params, x, fx, ctx, kept);
-    EXPECT_EQ(kept.bytes_held(), ff.kept_bytes(n));
-    EXPECT_EQ(ff.kept_bytes(n),
+    EXPECT_EQ(kept.bytes_held(), ff.kept_bytes(n, ctx));
+    EXPECT_EQ(ff.kept_bytes(n, ctx),
               static_cast<std::size_t>((2 * s.hidden + s.ff) * n) * sizeof(double));
     EXPECT_EQ((fx - test::run_forward(ff, params, x, ctx)).cwiseAbs().maxCoeff(), 0.0)
         << "the keeping forward is forward()";
@@ -185,7 +185,7 @@ TEST(FeedForwardKeptPath, MisuseThrows) {
   unfused_cfg.fused = false;
   Parameters<double> pu;
   FeedForward<double> unfused(unfused_cfg, pu);
-  EXPECT_EQ(unfused.kept_bytes(100), 0u);
+  EXPECT_EQ(unfused.kept_bytes(100, ctx), 0u);
   KeptActivations<double> kept;
   EXPECT_THROW(unfused.forward_keeping(pu, x, y, ctx, kept), InvalidArgument);
 

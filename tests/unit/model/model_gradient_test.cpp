@@ -1,6 +1,7 @@
 // Whole-model gradients: finite differences in double (buckets frozen), reversible vs
-// stored-activation backprop (double and float), with and without kept feed-forward activations,
+// stored-activation backprop (double and float), with and without kept activations,
 // reconstruction of the block inputs.
+#include "reformer/core/context.hpp"
 #include "reformer/model/reformer_lm.hpp"
 #include "reformer/testing/gradcheck.hpp"
 
@@ -9,8 +10,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace reformer {
@@ -56,9 +59,12 @@ void check_model_gradients(ReformerConfig cfg, BackpropMode mode, std::size_t ke
   auto backward = [&](const Matrix<double>& w) {
     Tape<double> tape;
     frozen_loss(model, tokens, batch, frozen, step, tape);
-    // With a budget that holds them all, every feed-forward backward runs from kept activations.
+    // With a budget that holds them all, every feed-forward and LSH attention backward runs
+    // from kept activations.
     if (kept_budget == SIZE_MAX) {
-      EXPECT_EQ(tape.kept.filled(), static_cast<std::size_t>(cfg.num_layers()));
+      std::size_t keeping = static_cast<std::size_t>(cfg.num_layers());
+      for (Index l = 0; l < cfg.num_layers(); ++l) keeping += cfg.layer_kind(l) == LayerKind::kLsh;
+      EXPECT_EQ(tape.kept.filled(), keeping);
     }
     model.zero_grad();
     model.backward(tape, w(0, 0));
@@ -141,16 +147,49 @@ TEST(ModelGradients, ReversibleEqualsStoredActivationsInDouble) {
   EXPECT_LT(reversible_vs_stored<double>(six_layer_dropout_config(), 2, 10), 1e-9);
 }
 
-// The feed-forward sublayers that fit the budget keep their activations: all of them, three of
-// the six (the first three), or none (a budget below one sublayer's bytes). The gradients are
-// those of ordinary backprop in every case.
+// The sublayers that can keep (feed-forward, LSH attention) and fit what is left of the budget
+// keep their activations, the feed-forwards first: all of them, some, or none (a budget below the
+// smallest). The gradients are those of ordinary backprop in every case.
 TEST(ModelGradients, KeptActivationsEqualStoredActivationsInDouble) {
   ReformerConfig cfg = six_layer_dropout_config();
   cfg.hidden_act = "gelu";
   const Index batch = 2, length = 10, n = batch * cfg.padded_length(length);
-  const std::size_t one =
-      static_cast<std::size_t>((2 * cfg.hidden_size + cfg.feed_forward_size) * n) * sizeof(double);
-  for (const std::size_t budget : {SIZE_MAX, 3 * one + one / 2, one - 1}) {
+  Context ctx;
+  ctx.batch = batch;
+  // Each slot's bytes in the order the stack considers them (G0 .. G5, then F0 .. F5): 0 for
+  // local and full attention.
+  std::vector<std::size_t> slots;
+  {
+    const ReformerLM<double> probe(cfg);
+    const Index layers = probe.stack().size();
+    for (Index l = 0; l < layers; ++l) {
+      slots.push_back(probe.stack().feed_forward(l).kept_bytes(n, ctx));
+      EXPECT_EQ(slots.back(),
+                static_cast<std::size_t>((2 * cfg.hidden_size + cfg.feed_forward_size) * n) *
+                    sizeof(double));
+    }
+    for (Index l = 0; l < layers; ++l) {
+      slots.push_back(probe.stack().attention(l).kept_bytes(n, ctx));
+      EXPECT_EQ(slots.back() > 0, cfg.layer_kind(l) == LayerKind::kLsh) << l;
+    }
+  }
+  const std::size_t ff = slots[0], lsh = slots[7];  // layer 1 is LSH
+  // The rule: each slot in order that keeps and fits what is left.
+  const auto expected = [&](std::size_t budget) {
+    std::pair<std::size_t, std::size_t> kept{0, 0};  // slots, bytes
+    for (const std::size_t bytes : slots) {
+      if (bytes > 0 && bytes <= budget) {
+        budget -= bytes;
+        ++kept.first;
+        kept.second += bytes;
+      }
+    }
+    return kept;
+  };
+  EXPECT_EQ(expected(SIZE_MAX).first, 9u);  // six feed-forwards, three LSH attentions
+  // All; the six feed-forwards and one LSH attention; three feed-forwards; none.
+  const std::size_t six_and_one = 6 * ff + lsh + lsh / 2, three = 3 * ff + ff / 2;
+  for (const std::size_t budget : {SIZE_MAX, six_and_one, three, std::min(ff, lsh) - 1}) {
     SCOPED_TRACE(::testing::Message() << "budget " << budget);
     EXPECT_LT(reversible_vs_stored<double>(cfg, batch, length, budget), 1e-9);
     ReformerLM<double> model(cfg);
@@ -158,11 +197,21 @@ TEST(ModelGradients, KeptActivationsEqualStoredActivationsInDouble) {
     EXPECT_EQ(model.kept_activation_budget(), budget);
     Tape<double> tape;
     model.forward_loss(test::random_tokens(batch, length, cfg.vocab_size, 9), batch, tape, 7);
-    const std::size_t kept = budget == SIZE_MAX ? 6 : budget > one ? 3 : 0;
+    const auto [kept, bytes] = expected(budget);
+    if (budget == six_and_one) {
+      EXPECT_EQ(kept, 7u);
+      EXPECT_TRUE(tape.kept.attention_kept.at(1));
+      EXPECT_FALSE(tape.kept.attention_kept.at(3));
+    }
+    if (budget == three) {
+      EXPECT_EQ(kept, lsh <= ff / 2 ? 4u : 3u);
+      EXPECT_TRUE(tape.kept.feed_forward_kept.at(2));
+      EXPECT_FALSE(tape.kept.feed_forward_kept.at(3));
+    }
     EXPECT_EQ(tape.kept.filled(), kept);
-    EXPECT_EQ(tape.kept.bytes_held(), kept * one);
+    EXPECT_EQ(tape.kept.bytes_held(), bytes);
     EXPECT_EQ(tape.activation_bytes(),
-              2 * static_cast<std::size_t>(cfg.hidden_size * n) * sizeof(double) + kept * one);
+              2 * static_cast<std::size_t>(cfg.hidden_size * n) * sizeof(double) + bytes);
     model.backward(tape);
     EXPECT_EQ(tape.kept.filled(), 0u) << "the backward consumes them";
   }

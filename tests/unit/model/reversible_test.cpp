@@ -270,9 +270,9 @@ TEST(ReversibleStack, KeptActivationsWithinABudgetMatchStoredActivations) {
   sto.stack.forward(sto.params, s1, s2, ctx, sb, &stored);
   sto.stack.backward_stored(sto.params, stored, h1, h2, ctx, sb);
 
-  const std::size_t one = sto.stack.feed_forward(0).kept_bytes(n);
+  const std::size_t one = sto.stack.feed_forward(0).kept_bytes(n, ctx);
   ASSERT_EQ(one, static_cast<std::size_t>((2 * d + 7) * n) * sizeof(double));
-  EXPECT_EQ(sto.stack.attention(0).kept_bytes(n), 0u);
+  EXPECT_EQ(sto.stack.attention(0).kept_bytes(n, ctx), 0u);
   for (const std::size_t budget : {std::size_t{0}, one, 2 * one + 1, SIZE_MAX}) {
     SCOPED_TRACE(::testing::Message() << "budget " << budget);
     const std::size_t expected = std::min<std::size_t>(budget / one, blocks);

@@ -19,16 +19,18 @@
 //                                    (hf_model_config in common/model.hpp: 6 LSH layers, gelu,
 //                                    buckets T / 64, axial (64, T / 64), FF chunks T / 8)
 //   model_step/hf_config/kept        the same with a kept-activation budget of --kept_mib MiB
-//                                    (default 2048): the feed-forward sublayers that fit keep
-//                                    their activations and skip their recompute (kept_layers)
+//                                    (default 2048): the feed-forward and LSH attention
+//                                    sublayers that fit keep their activations and skip their
+//                                    recompute (kept_feed_forward, kept_attention)
 //   attention/hf_config              the same T: that model's LSH attention sublayer alone,
 //                                    forward + backward
 //   feed_forward/hf_config/fused     that model's feed-forward sublayer alone, forward + backward:
 //   feed_forward/hf_config/unfused   the fused kernel (default) and the chunked reference
 //   gemm/...                         the GEMM reference
 // Counters: tokens/s, GFLOP/s (model_step_flops: 4 x forward products + hashing, less the kept
-// feed-forward recomputes), peak_bytes, peak_extra_bytes (the step's memory above the model's
-// parameters), param_bytes, tape_bytes, kept_layers; the hf_config families also
+// sublayers' recomputes), peak_bytes, peak_extra_bytes (the step's memory above the model's
+// parameters), param_bytes, tape_bytes, kept_feed_forward, kept_attention; the hf_config
+// families also
 // tokens_per_second (= tokens/s, the name benchmarks/peers uses).
 //
 // Run:  model_step --benchmark_out=model.json --benchmark_out_format=json [--threads=N]

@@ -153,21 +153,25 @@ inline AttentionShape attention_shape(const reformer::ReformerConfig& c, Index l
 
 /// FLOPs of one training step (forward_loss + backward) of a ReformerLM on `batch` sequences
 /// of `t` tokens: 4 x the forward products + the hashing of the forward pass.
-/// kept_layers: feed-forward sublayers that keep their activations (their backward skips the
-/// recompute of W1 and W2, one forward's worth).
+/// kept_feed_forward, kept_attention: the layers whose feed-forward / attention sublayer keeps
+/// its activations (kept_attention: flags in layer order); their backward skips the recompute,
+/// one forward's worth of products.
 inline double model_step_flops(const reformer::ReformerConfig& c, Index t, Index batch = 1,
-                               Index kept_layers = 0) {
+                               Index kept_feed_forward = 0,
+                               const std::vector<bool>& kept_attention = {}) {
   const double td = double(t), d = double(c.hidden_size);
   const double ff_forward = 2.0 * 2.0 * d * double(c.feed_forward_size) * td;  // W1, W2
-  double forward = 0, hashing = 0;
+  double forward = 0, hashing = 0, skipped = double(kept_feed_forward) * ff_forward;
   for (Index l = 0; l < c.num_layers(); ++l) {
     const AttentionShape s = attention_shape(c, l);
     forward += attention_forward_flops(s, t);
     hashing += attention_hash_flops(s, t);
     forward += ff_forward;
+    const auto i = static_cast<std::size_t>(l);
+    if (i < kept_attention.size() && kept_attention[i]) skipped += attention_forward_flops(s, t);
   }
   forward += 2.0 * double(c.vocab_size) * 2.0 * d * td;  // LM head on [x1; x2]
-  return double(batch) * (4.0 * forward + hashing - double(kept_layers) * ff_forward);
+  return double(batch) * (4.0 * forward + hashing - skipped);
 }
 
 }  // namespace reformer_bench

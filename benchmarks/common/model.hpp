@@ -19,6 +19,7 @@
 #include <benchmark/benchmark.h>
 #include <reformer/reformer.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -114,8 +115,9 @@ std::size_t parameter_bytes(const Model& model) {
 
 /// Benchmarks training steps of a model of configuration `config` on `batch` sequences of
 /// `length` tokens: counters of common/counters.hpp plus loss, param_bytes (values +
-/// gradients, allocated before the peak is reset), tape_bytes and kept_layers (feed-forward
-/// sublayers whose activations fit `kept_budget`, ReformerBackbone::set_kept_activation_budget).
+/// gradients, allocated before the peak is reset), tape_bytes, kept_feed_forward and
+/// kept_attention (the sublayers whose activations fit `kept_budget`,
+/// ReformerBackbone::set_kept_activation_budget).
 inline void model_step(benchmark::State& state, const reformer::ReformerConfig& config,
                        Index length, Index batch, reformer::BackpropMode mode,
                        std::size_t kept_budget = 0) {
@@ -133,15 +135,21 @@ inline void model_step(benchmark::State& state, const reformer::ReformerConfig& 
     benchmark::DoNotOptimize(model.parameters().grads().data());
     benchmark::ClobberMemory();
   });
-  Index kept_layers = 0;  // the feed-forward sublayers the last step kept
-  for (const bool kept : tape.kept.feed_forward_kept) kept_layers += kept ? 1 : 0;
-  report(state, clock, double(length * batch), model_step_flops(config, length, batch, kept_layers),
+  // The sublayers the last step kept.
+  const auto count = [](const std::vector<bool>& kept) {
+    return static_cast<Index>(std::count(kept.begin(), kept.end(), true));
+  };
+  const Index kept_feed_forward = count(tape.kept.feed_forward_kept);
+  const Index kept_attention = count(tape.kept.attention_kept);
+  report(state, clock, double(length * batch),
+         model_step_flops(config, length, batch, kept_feed_forward, tape.kept.attention_kept),
          peak);
   state.counters["loss"] = loss;
   using C = benchmark::Counter;
   state.counters["param_bytes"] = C(double(parameter_bytes(model)), C::kDefaults, C::kIs1024);
   state.counters["tape_bytes"] = C(double(tape.bytes_held()), C::kDefaults, C::kIs1024);
-  state.counters["kept_layers"] = double(kept_layers);
+  state.counters["kept_feed_forward"] = double(kept_feed_forward);
+  state.counters["kept_attention"] = double(kept_attention);
 }
 
 /// Benchmarks training steps of the model `m` (model_config).

@@ -178,7 +178,7 @@ struct StoredInputs {
 /// first the G sublayers (the feed-forwards) block by block, then the F sublayers (attention);
 /// every other slot gives its memory back. budget_bytes = 0 keeps nothing: memory independent
 /// of depth. (The feed-forwards go first because they skip the most work per byte kept: in the
-/// hf_config model about 1.7x an LSH attention's, for the same bytes, docs/benchmarks.md.)
+/// hf_config model about twice an LSH attention's, for the same bytes, docs/benchmarks.md.)
 template <class S>
 struct KeptRecord {
   std::size_t budget_bytes = 0;

@@ -204,6 +204,14 @@ class AttentionSublayer {
     }
   }
 
+  // InvalidArgument naming `where` when this call keeps nothing (the keeping members).
+  void require_keeps(const char* where, Index n, const Context& ctx) const {
+    REFORMER_REQUIRE(
+        kept_bytes(n, ctx) > 0, InvalidArgument, where, "this attention keeps nothing for ", n,
+        " columns of batch ", ctx.batch,
+        " (kept_bytes() is 0: a core without keeping, or a sequence it does not hash)");
+  }
+
   // dz = d(Dropout(z)) = mask .* dy / (1 - p) with the forward's mask, in `buffer`; without
   // dropout, dy itself.
   ConstMatrixRef<S> output_dropout_gradient(ConstMatrixRef<S> dy, Scratch<S>& buffer,
@@ -374,9 +382,7 @@ void AttentionSublayer<S, Core>::forward_keeping(const Parameters<S>& params, Co
   check_sublayer_input<S>(where, x, hidden_size(), ctx);
   check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
   const Index n = x.cols();
-  REFORMER_REQUIRE(kept_bytes(n, ctx) > 0, InvalidArgument, where,
-                   "this attention keeps nothing for ", n, " columns of batch ", ctx.batch,
-                   " (kept_bytes() is 0: a core without keeping, or a sequence it does not hash)");
+  require_keeps(where, n, ctx);
   if constexpr (kCoreKeeps) {
     // forward(), with each group's a_g in its kept matrix instead of a scratch of the same shape.
     const ProjectionInput<S> input = layer_norm_input(params, x);
@@ -401,9 +407,7 @@ void AttentionSublayer<S, Core>::backward_from_kept(Parameters<S>& params, Const
   check_sublayer_input<S>(where, x, hidden_size(), ctx);
   check_backward_buffers<S>(where, x, dy, dx, y);
   const Index n = x.cols();
-  REFORMER_REQUIRE(kept_bytes(n, ctx) > 0, InvalidArgument, where,
-                   "this attention keeps nothing for ", n, " columns of batch ", ctx.batch,
-                   " (kept_bytes() is 0: a core without keeping, or a sequence it does not hash)");
+  require_keeps(where, n, ctx);
   if constexpr (kCoreKeeps) {
     const Index dh = core_.config().head_size;
     const ConstMatrixRef<S> fx = kept.kept(where, kKeptOutput, hidden_size(), n);

@@ -40,8 +40,8 @@ inline void check_head_range(const char* where, HeadRange heads, Index num_heads
 /// call's heads, dxn is hidden x N (InvalidArgument naming `where` and the buffer).
 template <class S>
 void check_core_backward_buffers(const char* where, const ConstMatrixRef<S>& da,
-                                 const MatrixRef<S>& dxn, const MatrixRef<S>& a, Index rows,
-                                 Index hidden, Index n) {
+                                 const ConstMatrixRef<S>& dxn, const ConstMatrixRef<S>& a,
+                                 Index rows, Index hidden, Index n) {
   check_shape(where, "da", da.rows(), da.cols(), rows, n);
   check_shape(where, "dxn", dxn.rows(), dxn.cols(), hidden, n);
   check_shape(where, "a", a.rows(), a.cols(), rows, n);

@@ -357,6 +357,13 @@ class LshAttention {
                     MatrixRef<S> a, const Context& ctx, HeadRange heads, KeptActivations<S>* kept,
                     std::size_t first) const;
 
+  // InvalidArgument naming `where` unless the call's sequences are hashed (the keeping members).
+  void require_hashed(const char* where, const Plan& pl) const {
+    REFORMER_REQUIRE(!pl.dense, InvalidArgument, where, "T = ", pl.length,
+                     " <= chunk_length = ", cfg_.chunk_length,
+                     ": a sequence that is not hashed keeps nothing (kept_bytes() is 0)");
+  }
+
   // dqk, dv = 0, in parallel blocks of positions (they gather every block's contributions).
   static void zero_by_blocks(MatrixRef<S> dqk, MatrixRef<S> dv) {
     const Index n = dqk.cols(), blocks = (n + kPositionsPerItem - 1) / kPositionsPerItem;
@@ -1005,9 +1012,7 @@ void LshAttention<S>::forward_pass(const char* where, const Parameters<S>& param
   const Plan pl = plan(where, input, ctx, heads);
   const Index n = input.cols(), dh = cfg_.head_size, rows = pl.heads.count * dh;
   check_shape(where, "a", a.rows(), a.cols(), rows, n);
-  REFORMER_REQUIRE(kept == nullptr || !pl.dense, InvalidArgument, where, "T = ", pl.length,
-                   " <= chunk_length = ", cfg_.chunk_length,
-                   ": a sequence that is not hashed keeps nothing (kept_bytes() is 0)");
+  if (kept != nullptr) require_hashed(where, pl);
   // qk = W_qk xn, v = W_v xn: this group's heads (in the kept matrices when keeping)
   Scratch<S> qk_buf, v_buf;
   const auto projection = [&](Scratch<S>& buf, KeptMatrix i) -> MatrixRef<S> {
@@ -1114,12 +1119,8 @@ void LshAttention<S>::backward_from_kept(Parameters<S>& params, const Projection
   const Index n = input.cols(), dh = cfg_.head_size, rows = pl.heads.count * dh;
   const Index len = pl.length;
   dinput.check_matches(where, input);
-  check_shape(where, "da", da.rows(), da.cols(), rows, n);
-  check_shape(where, "dxn", dinput.dx().rows(), dinput.dx().cols(), hidden_, n);
-  check_shape(where, "a", a.rows(), a.cols(), rows, n);
-  REFORMER_REQUIRE(!pl.dense, InvalidArgument, where, "T = ", len,
-                   " <= chunk_length = ", cfg_.chunk_length,
-                   ": a sequence that is not hashed keeps nothing (kept_bytes() is 0)");
+  detail::check_core_backward_buffers<S>(where, da, dinput.dx(), a, rows, hidden_, n);
+  require_hashed(where, pl);
   const ConstMatrixRef<S> qk = kept.kept(where, first + kKeptQk, rows, n);
   const ConstMatrixRef<S> v = kept.kept(where, first + kKeptV, rows, n);
   const S* kept_o = kept.kept(where, first + kKeptOutputs, dh, pl.num_head_items * pl.slots).data();

@@ -114,6 +114,14 @@ inline constexpr Index kLshWaveScalars = Index{1} << 24;
 /// short sequences.
 inline constexpr Index kLshWaveItems = 64;
 
+/// Scalars of chunk probabilities the backward of one wave may store: 2^24, 64 MiB in float.
+/// The backward's recomputing forward stores every chunk's probabilities (window x chunk scalars
+/// per chunk) and the chunk backward takes them instead of computing the scores and their
+/// softmax a third time. With R = 2 and chunks of 64 attending to 128 keys that covers one head
+/// up to 64K tokens; a wave whose store would be larger recomputes them. Transient: held during
+/// one attention sublayer's backward only.
+inline constexpr Index kLshStoredProbabilityScalars = Index{1} << 24;
+
 // ---- Fused feed-forward (layers/feed_forward.hpp) ---------------------------------------------
 
 /// Column (token) blocks of the fused feed-forward kernel: a block runs LayerNorm, both

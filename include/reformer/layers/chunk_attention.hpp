@@ -361,24 +361,31 @@ void masked_softmax_grad(const S* p, const S* dp, S* ds, Index ck, S shift, P qp
 ///   v:    Dv x Ck values
 ///   o:    Dv x Cq output (overwritten)
 ///   lse:  Cq log-sum-exps of the undropped scores (written when non-null)
+///   probs_out: when non-null, Ck x Cq contiguous scalars (aligned like the workspace's buffers,
+///         64 bytes) that receive the undropped probabilities p, for chunk_attention_backward to
+///         take instead of computing the scores and softmax again
 template <class S, class P>
 void chunk_attention_forward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatrixRef<S> v,
                              const P* qpos, const P* kpos, const ChunkAttentionOptions& opts,
-                             MatrixRef<S> o, S* lse, ChunkAttentionWorkspace<S>& ws) {
+                             MatrixRef<S> o, S* lse, ChunkAttentionWorkspace<S>& ws,
+                             S* probs_out = nullptr) {
   const char* where = "chunk_attention_forward";
   const Index cq = q.cols(), ck = k.cols();
   detail::chunk_check<S>(where, q, k, v, "o", o.rows(), o.cols(), qpos, kpos, opts);
   ws.reserve(cq, ck);
-  auto pt = ws.probs(ck, cq);  // Ck x Cq
+  // p: Ck x Cq, in probs_out when given, else in the workspace
+  auto pt = probs_out != nullptr ? Eigen::Map<Matrix<S>>(probs_out, ck, cq) : ws.probs(ck, cq);
   const auto km = detail::chunk_key_masks<S>(qpos, cq, kpos, ck, opts);
   detail::chunk_probabilities<S>(q, k, qpos, kpos, opts, km, pt, lse);
   if (opts.dropout_rate > 0.0) {
+    auto pd = ws.probs(ck, cq);  // pd = p * m (in place unless p is in probs_out)
     for (Index i = 0; i < cq; ++i)
       for (Index j = 0; j < ck; ++j)
-        pt(j, i) *= detail::chunk_dropout_factor<S>(qpos[i], kpos[j], opts);
+        pd(j, i) = pt(j, i) * detail::chunk_dropout_factor<S>(qpos[i], kpos[j], opts);
+    o.noalias() = v * pd;  // o: Dv x Cq = v (Dv x Ck) * pd^T (Ck x Cq)
+  } else {
+    o.noalias() = v * pt;
   }
-  // o: Dv x Cq = v (Dv x Ck) * pd^T (Ck x Cq)
-  o.noalias() = v * pt;
 }
 
 namespace detail {
@@ -389,7 +396,7 @@ void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<
                          ConstMatrixRef<S> v, const P* qpos, const P* kpos,
                          const ChunkAttentionOptions& opts, ConstMatrixRef<S> d_o, const S* dlse,
                          MatrixRef<S> dq, MatrixRef<S> dk, MatrixRef<S> dv,
-                         ChunkAttentionWorkspace<S>& ws, MatrixRef<S>* o) {
+                         ChunkAttentionWorkspace<S>& ws, MatrixRef<S>* o, S* probs) {
   const Index dh = q.rows(), cq = q.cols(), ck = k.cols();
   chunk_check<S>(where, q, k, v, "d_o", d_o.rows(), d_o.cols(), qpos, kpos, opts);
   check_shape(where, "dq", dq.rows(), dq.cols(), dh, cq);
@@ -397,10 +404,12 @@ void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<
   check_shape(where, "dv", dv.rows(), dv.cols(), v.rows(), ck);
   if (o != nullptr) check_shape(where, "o", o->rows(), o->cols(), v.rows(), cq);
   ws.reserve(cq, ck);
-  auto pt = ws.probs(ck, cq);  // p, later pd (Ck x Cq)
+  // p, later pd (Ck x Cq): the forward's when given, else recomputed into the workspace
+  auto pt = probs != nullptr ? Eigen::Map<Matrix<S>>(probs, ck, cq) : ws.probs(ck, cq);
   auto gt = ws.grads(ck, cq);  // dpd -> dp -> ds (Ck x Cq)
   const auto km = chunk_key_masks<S>(qpos, cq, kpos, ck, opts);
-  chunk_probabilities<S>(q, k, qpos, kpos, opts, km, pt, static_cast<S*>(nullptr));
+  if (probs == nullptr)
+    chunk_probabilities<S>(q, k, qpos, kpos, opts, km, pt, static_cast<S*>(nullptr));
   // dpd^T: Ck x Cq = v^T (Ck x Dv) * do (Dv x Cq)
   gt.noalias() = v.transpose() * d_o;
   const bool dropout = opts.dropout_rate > 0.0;
@@ -443,13 +452,17 @@ void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<
 ///   dq    = k ds^T                           (Dh x Cq, overwritten)
 ///   dk   += q ds                             (Dh x Ck)
 /// dq may alias d_o (when Dv = Dh) or q: both are read completely before dq is written.
+/// probs: null (the probabilities are recomputed), or the probabilities chunk_attention_forward
+/// wrote to its probs_out for this chunk with the same arguments; they are taken instead of the
+/// recompute (the same values, so the same results bit for bit) and overwritten.
 template <class S, class P>
 void chunk_attention_backward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatrixRef<S> v,
                               const P* qpos, const P* kpos, const ChunkAttentionOptions& opts,
                               ConstMatrixRef<S> d_o, const S* dlse, MatrixRef<S> dq,
-                              MatrixRef<S> dk, MatrixRef<S> dv, ChunkAttentionWorkspace<S>& ws) {
+                              MatrixRef<S> dk, MatrixRef<S> dv, ChunkAttentionWorkspace<S>& ws,
+                              S* probs = nullptr) {
   detail::chunk_backward_impl<S>("chunk_attention_backward", q, k, v, qpos, kpos, opts, d_o, dlse,
-                                 dq, dk, dv, ws, static_cast<MatrixRef<S>*>(nullptr));
+                                 dq, dk, dv, ws, static_cast<MatrixRef<S>*>(nullptr), probs);
 }
 
 /// chunk_attention_backward that also writes the recomputed forward output o (Dv x Cq,
@@ -463,7 +476,7 @@ void chunk_attention_forward_backward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, 
                                       MatrixRef<S> dk, MatrixRef<S> dv,
                                       ChunkAttentionWorkspace<S>& ws) {
   detail::chunk_backward_impl<S>("chunk_attention_forward_backward", q, k, v, qpos, kpos, opts, d_o,
-                                 dlse, dq, dk, dv, ws, &o);
+                                 dlse, dq, dk, dv, ws, &o, static_cast<S*>(nullptr));
 }
 
 }  // namespace reformer

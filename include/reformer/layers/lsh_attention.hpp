@@ -45,7 +45,10 @@
 // product with da, then adds each block's gradients straight into the by-position gradients of
 // qk and v (attend_backward explains the fixed order). Per head the buffers are O(R*Tp) scalars
 // and indices; per thread one block's copy (O((block + window) * C * Dh)) and O(C^2) scores. No
-// T x T, no all-chunks (R*T x W*C) score buffer and no per-place (Dh x R*T) matrix is formed.
+// T x T and no per-place (Dh x R*T) matrix is formed. The one all-chunks buffer is the
+// backward's store of every chunk's probabilities (R*Tp x W*C per head): the recomputing forward
+// writes them and the chunk backward takes them instead of recomputing the scores and softmax,
+// only while a wave's store fits tuning::kLshStoredProbabilityScalars (Plan::store_probs).
 //
 // Kept activations (the optional keeping members, layers/attention_sublayer.hpp): when a caller
 // gives memory for it, forward_keeping() also keeps qk, v, every place's output o_r and the
@@ -291,6 +294,11 @@ class LshAttention {
     HeadRange heads;           // the heads of this call
     Index num_head_items = 0;  // batch * heads.count; item hi = (b, local head j)
     Index wave = 1;            // head items processed together
+    // backward: each chunk's probabilities are stored by the recomputing forward for the chunk
+    // backward (when the wave's store fits tuning::kLshStoredProbabilityScalars), each chunk's
+    // Ck x C matrix probs_stride scalars after the previous one (64-byte aligned)
+    bool store_probs = false;
+    Index probs_stride = 0;
     LshBucketLayout layout;
     bool dense = false;
     detail::KeyPadding padding;  // ctx.mask, checked; any(): the pad bucket NB is in use
@@ -310,6 +318,8 @@ class LshAttention {
                               // far and sum_r exp(lse_r - top) (the rounds' softmax)
     Scratch<S> o_dot;         // backward, R*Tp x 1: da_t . o_r(t) at the place of (r, t)
     Scratch<S> a_dot;         // backward, Tp x 1: da_t . a_t
+    Scratch<S> probs;         // backward with pl.store_probs, probs_stride x chunks: column c
+                              // holds chunk c's probabilities (Ck x C) from attend_forward
   };
 
   /// A thread's copy of one block of sorted chunks with the chunks its windows reach (the
@@ -437,6 +447,9 @@ class LshAttention {
     // budget (kWaveScalars). Depends on the shapes only.
     const Index wanted = (kWaveItems + p.blocks_per_round - 1) / p.blocks_per_round;
     p.wave = std::max<Index>(1, std::min({p.num_head_items, wanted, kWaveScalars / per_head}));
+    const Index align = static_cast<Index>(64 / sizeof(S));
+    p.probs_stride = (p.window * p.chunk * p.chunk + align - 1) / align * align;
+    p.store_probs = p.wave * p.chunks * p.probs_stride <= tuning::kLshStoredProbabilityScalars;
     return p;
   }
 
@@ -729,6 +742,11 @@ class LshAttention {
     });
   }
 
+  /// Where chunk c's probabilities are stored (hb.probs), or null when they are not.
+  static S* stored_probs(HeadBuffers& hb, Index c) {
+    return hb.probs.map().size() > 0 ? hb.probs.map().col(c).data() : nullptr;
+  }
+
   /// attend_forward for the chunks [c0, c1) of one round of head item hi.
   void forward_block(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
                      const ConstMatrixRef<S>& v, const ConstMatrixRef<S>* da, MatrixRef<S>& a,
@@ -748,14 +766,15 @@ class LshAttention {
       auto o = sc.o.map();
       S* lse = hb.lse.map().data() + c * cl;
       const auto q = sc.q.map().middleCols((before + k) * cl, cl);
+      S* probs = stored_probs(hb, c);
       if (window_is_slice(pl, sc, c0, c)) {
         chunk_attention_forward<S>(q, sc.k.map().middleCols(k * cl, wl),
                                    sc.v.map().middleCols(k * cl, wl), qpos, sc.pos.data() + k * cl,
-                                   opts, o, lse, ws);
+                                   opts, o, lse, ws, probs);
       } else {
         gather_window(pl, qk, v, hi, hb, c, sc);
         chunk_attention_forward<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts, o, lse,
-                                   ws);
+                                   ws, probs);
       }
       if (keep_o != nullptr)  // the outputs of places c*C .. c*C + C-1 of item hi
         Eigen::Map<Matrix<S>>(keep_o + (hi * pl.slots + c * cl) * dh, dh, cl) = o.leftCols(cl);
@@ -873,7 +892,7 @@ class LshAttention {
         chunk_attention_backward<S>(q, sc.k.map().middleCols(k * cl, wl),
                                     sc.v.map().middleCols(k * cl, wl), qpos, sc.pos.data() + k * cl,
                                     opts, d_o, dlse, d_o, dk_range.middleCols(k * cl, wl),
-                                    dv_range.middleCols(k * cl, wl), ws);
+                                    dv_range.middleCols(k * cl, wl), ws, stored_probs(hb, c));
       } else {  // only in blocks that run one after another (see attend_backward)
         gather_window(pl, qk, v, hi, hb, c, sc);
         auto wdk = sc.wdk.reshape(dh, wl);  // zeroed for every window
@@ -881,7 +900,7 @@ class LshAttention {
         wdk.setZero();
         wdv.setZero();
         chunk_attention_backward<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts, d_o,
-                                    dlse, d_o, wdk, wdv, ws);
+                                    dlse, d_o, wdk, wdv, ws, stored_probs(hb, c));
         for (Index col = 0; col < wl; ++col)
           add_key_grads(sc.wpos[at(col)], wdk.col(col), wdv.col(col));
       }
@@ -1093,8 +1112,10 @@ void LshAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>& 
       for (Index i = 0; i < nh; ++i) {
         bufs[at(i)].o_dot.resize(ws, pl.slots, 1);
         bufs[at(i)].a_dot.resize(ws, pl.padded, 1);
+        if (pl.store_probs) bufs[at(i)].probs.resize(ws, pl.probs_stride, pl.chunks);
       }
-      // The recomputed a, with da . o_r per place and da . a per position.
+      // The recomputed a, with da . o_r per place and da . a per position (and, with
+      // pl.store_probs, every chunk's probabilities for attend_backward).
       attend_forward(pl, ctx, qk, v, &da, a, h0, nh, bufs);
       attend_backward(pl, ctx, qk, v, da, dqk_buf.map(), dv_buf.map(), h0, nh, bufs);
     }

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace reformer {
@@ -326,6 +327,53 @@ TEST(ChunkAttention, BackwardDqMayAliasDo) {
     EXPECT_TRUE(dv2 == dv) << c.name;
     EXPECT_FALSE(dq.isApprox(d_o)) << c.name;  // dq really replaced d_o
   }
+}
+
+// A backward that takes the probabilities its forward stored (probs_out) computes nothing
+// differently: the forward's o and lse, and the backward's dq, dk and dv, are bitwise those of
+// the recomputing calls; the stored matrix is the undropped softmax (columns sum to 1, and
+// v p^T is the output without dropout).
+template <class S>
+void check_stored_probabilities_match_recompute() {
+  const ChunkInputs in(51, 6);
+  const Matrix<S> q = in.q.cast<S>(), k = in.k.cast<S>(), v = in.v.cast<S>();
+  const Matrix<S> d_o = random_matrix(6, 5, Rng(54)).cast<S>();
+  const Matrix<S> dlse = random_matrix(5, 1, Rng(55)).cast<S>();
+  ChunkAttentionWorkspace<S> ws;
+  for (const Case& c : cases()) {
+    const auto opts = options_of(c);
+    Matrix<S> o(6, 5), o_stored(6, 5), probs = Matrix<S>::Constant(11, 5, S(7));
+    Vector<S> lse(5), lse_stored(5);
+    chunk_attention_forward<S>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, o, lse.data(), ws);
+    chunk_attention_forward<S>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, o_stored,
+                               lse_stored.data(), ws, probs.data());
+    EXPECT_TRUE(o_stored == o) << c.name;
+    EXPECT_TRUE(lse_stored == lse) << c.name;
+    const double tol = std::is_same_v<S, float> ? 1e-5 : 1e-13;
+    EXPECT_LT((probs.colwise().sum().array() - S(1)).abs().maxCoeff(), tol) << c.name;
+    ChunkAttentionOptions undropped = opts;
+    undropped.dropout_rate = 0.0;
+    Matrix<S> o_plain(6, 5);
+    chunk_attention_forward<S>(q, k, v, kQueryPos.data(), kKeyPos.data(), undropped, o_plain,
+                               nullptr, ws);
+    EXPECT_LT(relative_error(Matrix<S>(v * probs), o_plain), tol) << c.name;
+
+    Matrix<S> dq(6, 5), dk = Matrix<S>::Ones(6, 11), dv = Matrix<S>::Ones(6, 11);
+    chunk_attention_backward<S>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, d_o, dlse.data(),
+                                dq, dk, dv, ws);
+    Matrix<S> dq2(6, 5), dk2 = Matrix<S>::Ones(6, 11), dv2 = Matrix<S>::Ones(6, 11);
+    chunk_attention_backward<S>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, d_o, dlse.data(),
+                                dq2, dk2, dv2, ws, probs.data());
+    EXPECT_TRUE(dq2 == dq) << c.name;
+    EXPECT_TRUE(dk2 == dk) << c.name;
+    EXPECT_TRUE(dv2 == dv) << c.name;
+    EXPECT_GT(dq.norm(), 1e-3) << c.name;
+  }
+}
+
+TEST(ChunkAttention, StoredProbabilitiesGiveTheRecomputedResults) {
+  check_stored_probabilities_match_recompute<double>();
+  check_stored_probabilities_match_recompute<float>();
 }
 
 TEST(ChunkAttention, FloatAgreesWithDouble) {

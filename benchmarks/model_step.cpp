@@ -28,10 +28,10 @@
 //   feed_forward/hf_config/unfused   the fused kernel (default) and the chunked reference
 //   gemm/...                         the GEMM reference
 // Counters: tokens/s, GFLOP/s (model_step_flops: 4 x forward products + hashing, less the kept
-// sublayers' recomputes), peak_bytes, peak_extra_bytes (the step's memory above the model's
-// parameters), param_bytes, tape_bytes, kept_feed_forward, kept_attention; the hf_config
-// families also
-// tokens_per_second (= tokens/s, the name benchmarks/peers uses).
+// sublayers' recomputes and the LSH backward's stored score products), cpus_busy, peak_bytes,
+// peak_extra_bytes (the step's memory above the model's parameters), param_bytes, tape_bytes,
+// kept_feed_forward, kept_attention; the hf_config families also tokens_per_second (= tokens/s, the
+// name benchmarks/peers uses).
 //
 // Run:  model_step --benchmark_out=model.json --benchmark_out_format=json [--threads=N]
 #include "common/counters.hpp"

@@ -11,6 +11,10 @@
 //   faults_per_iter   minor page faults per timed iteration (getrusage ru_minflt: memory
 //                     freshly mapped and zeroed by the kernel; 0 in a steady state that reuses
 //                     its memory)
+//   cpus_busy         CPU time of the whole process (every thread) per second of wall time in
+//                     the timed sections: threads x the share of the time they had work. It
+//                     means that only when idle threads sleep (OMP_WAIT_POLICY=passive, as the
+//                     scripts run); spinning threads count as busy.
 #include "memory.hpp"
 
 #include <benchmark/benchmark.h>
@@ -19,6 +23,7 @@
 #include <sys/resource.h>
 
 #include <chrono>
+#include <ctime>
 
 namespace reformer_bench {
 
@@ -29,24 +34,35 @@ inline double minor_faults() {
   return double(u.ru_minflt);
 }
 
-/// Sums the wall time and the page faults of the timed sections of one benchmark run.
+/// CPU seconds of every thread of the process so far.
+inline double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+/// Sums the wall time, the process CPU time and the page faults of the timed sections of one
+/// benchmark run.
 class WallClock {
  public:
   void start() {
     faults0_ = minor_faults();
+    cpu0_ = process_cpu_seconds();
     t0_ = Clock::now();
   }
   void stop() {
     seconds_ += std::chrono::duration<double>(Clock::now() - t0_).count();
+    cpu_ += process_cpu_seconds() - cpu0_;
     faults_ += minor_faults() - faults0_;
   }
   double seconds() const { return seconds_; }
+  double cpu_seconds() const { return cpu_; }
   double faults() const { return faults_; }
 
  private:
   using Clock = std::chrono::steady_clock;
   Clock::time_point t0_{};
-  double seconds_ = 0, faults_ = 0, faults0_ = 0;
+  double seconds_ = 0, cpu_ = 0, cpu0_ = 0, faults_ = 0, faults0_ = 0;
 };
 
 /// Times `work()` once per benchmark iteration, after one untimed warm-up call (the first call
@@ -77,6 +93,7 @@ inline void report(benchmark::State& state, const WallClock& clock, double token
   state.counters["peak_reset"] = C(peak.reset_ok() ? 1 : 0);
   state.counters["threads"] = C(reformer::num_threads());
   state.counters["faults_per_iter"] = C(clock.faults() / (iters > 0 ? iters : 1));
+  state.counters["cpus_busy"] = C(clock.cpu_seconds() / secs);
 }
 
 /// Skips the benchmark (with a message naming the need) when it would need more than 90% of

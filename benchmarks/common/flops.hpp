@@ -21,11 +21,15 @@
 //                          sum of f / 2 over the bucket factors)
 // Backward of a sublayer (the library's recomputing backward) = 3 x the forward products:
 //   every forward product y = A x is recomputed (1x) and has two gradient products,
-//   dA += dy x^T and dx = A^T dy (2x). Hashing is not redone (buckets are replayed).
+//   dA += dy x^T and dx = A^T dy (2x). Hashing is not redone (buckets are replayed). Less, for
+//   LSH: when the backward stores the chunk probabilities of its recompute
+//   (tuning::kLshStoredProbabilityScalars), the chunk backward does not compute the scores
+//   s = k^T q again: per head 2 * Dh * pairs fewer (attention_stored_score_flops).
 // Feed-forward sublayer forward: 2 * 2 * D * F * T (W1, W2); backward 3x.
 // Language-model head (chunked cross-entropy) forward: 2 * V * 2D * T; in the training step's
 // backward it recomputes the logits and forms dh and dW: 3x.
 // Training step = forward_loss + backward = 4 x the forward products + hashing once.
+#include <reformer/core/tuning.hpp>
 #include <reformer/layers/lsh_bucketing.hpp>
 #include <reformer/model/config.hpp>
 
@@ -108,6 +112,18 @@ inline double attention_hash_flops(const AttentionShape& s, Index t) {
   return double(s.heads) * double(s.rounds) * double(t) * 2.0 * double(s.head_size) * double(cols);
 }
 
+/// Score products an LSH sublayer's backward skips by taking the probabilities its recompute
+/// stored: per head 2 * Dh * pairs when one head's store (R * Tp chunks' W C x C scalars) fits
+/// tuning::kLshStoredProbabilityScalars. The library decides per wave of heads; for chunks of 64
+/// or less and R * W <= 4 a wave's store fits whenever one head's does. 0 for other kinds and
+/// T <= C.
+inline double attention_stored_score_flops(const AttentionShape& s, Index t) {
+  if (s.kind != AttentionKind::kLsh || t <= s.chunk) return 0;
+  const double pairs = attention_pairs(s, t);  // R * Tp * W * C: one head's store in scalars
+  if (pairs > double(reformer::tuning::kLshStoredProbabilityScalars)) return 0;
+  return double(s.heads) * 2.0 * double(s.head_size) * pairs;
+}
+
 /// One forward() call of the sublayer.
 inline double attention_fwd_flops(const AttentionShape& s, Index t) {
   return attention_forward_flops(s, t) + attention_hash_flops(s, t);
@@ -115,7 +131,8 @@ inline double attention_fwd_flops(const AttentionShape& s, Index t) {
 
 /// forward() (hashing, recording buckets) + backward() (recompute + gradients, replayed buckets).
 inline double attention_fwd_bwd_flops(const AttentionShape& s, Index t) {
-  return 4.0 * attention_forward_flops(s, t) + attention_hash_flops(s, t);
+  return 4.0 * attention_forward_flops(s, t) + attention_hash_flops(s, t) -
+         attention_stored_score_flops(s, t);
 }
 
 /// The attention shape of layer `l` of a model config.
@@ -155,7 +172,7 @@ inline AttentionShape attention_shape(const reformer::ReformerConfig& c, Index l
 /// of `t` tokens: 4 x the forward products + the hashing of the forward pass.
 /// kept_feed_forward, kept_attention: the layers whose feed-forward / attention sublayer keeps
 /// its activations (kept_attention: flags in layer order); their backward skips the recompute,
-/// one forward's worth of products.
+/// one forward's worth of products. The other LSH layers skip their stored score products.
 inline double model_step_flops(const reformer::ReformerConfig& c, Index t, Index batch = 1,
                                Index kept_feed_forward = 0,
                                const std::vector<bool>& kept_attention = {}) {
@@ -168,7 +185,11 @@ inline double model_step_flops(const reformer::ReformerConfig& c, Index t, Index
     hashing += attention_hash_flops(s, t);
     forward += ff_forward;
     const auto i = static_cast<std::size_t>(l);
-    if (i < kept_attention.size() && kept_attention[i]) skipped += attention_forward_flops(s, t);
+    if (i < kept_attention.size() && kept_attention[i]) {
+      skipped += attention_forward_flops(s, t);  // no recompute, so nothing stored either
+    } else {
+      skipped += attention_stored_score_flops(s, t);
+    }
   }
   forward += 2.0 * double(c.vocab_size) * 2.0 * d * td;  // LM head on [x1; x2]
   return double(batch) * (4.0 * forward + hashing - skipped);

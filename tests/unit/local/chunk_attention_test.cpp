@@ -368,6 +368,21 @@ void check_stored_probabilities_match_recompute() {
     EXPECT_TRUE(dk2 == dk) << c.name;
     EXPECT_TRUE(dv2 == dv) << c.name;
     EXPECT_GT(dq.norm(), 1e-3) << c.name;
+
+    // The backward really takes the given probabilities: handed those of other queries q_other,
+    // its dv = d_o pd^T is the dv of the backward at q_other, not the one at q.
+    const Matrix<S> q_other = random_matrix(6, 5, Rng(56)).cast<S>();
+    Matrix<S> o_other(6, 5), probs_other(11, 5);
+    chunk_attention_forward<S>(q_other, k, v, kQueryPos.data(), kKeyPos.data(), opts, o_other,
+                               nullptr, ws, probs_other.data());
+    Matrix<S> dq3(6, 5), dk3 = Matrix<S>::Ones(6, 11), dv3 = Matrix<S>::Ones(6, 11);
+    chunk_attention_backward<S>(q_other, k, v, kQueryPos.data(), kKeyPos.data(), opts, d_o,
+                                dlse.data(), dq3, dk3, dv3, ws);
+    Matrix<S> dq4(6, 5), dk4 = Matrix<S>::Ones(6, 11), dv4 = Matrix<S>::Ones(6, 11);
+    chunk_attention_backward<S>(q, k, v, kQueryPos.data(), kKeyPos.data(), opts, d_o, dlse.data(),
+                                dq4, dk4, dv4, ws, probs_other.data());
+    EXPECT_TRUE(dv4 == dv3) << c.name;
+    EXPECT_FALSE(dv4 == dv) << c.name;
   }
 }
 

@@ -742,6 +742,23 @@ class LshAttention {
     });
   }
 
+  /// Hints the columns that chunk c of head item hi will read or write by position, in the
+  /// head block `m`: the positions of its C query places. For long inputs these columns are
+  /// scattered over a large matrix, so the hint is given a chunk kernel ahead of their use.
+  template <class M>
+  void prefetch_query_columns(const Plan& pl, const HeadBuffers& hb, Index c, const M& m,
+                              bool for_write) const {
+    const Index* qpos = hb.pos.data() + c * pl.chunk;
+    for (Index i = 0; i < pl.chunk; ++i) {
+      const Index t = qpos[i];
+      if (t >= pl.length) continue;
+      if (for_write)
+        detail::prefetch_write(m.col(t).data(), cfg_.head_size);
+      else
+        detail::prefetch_read(m.col(t).data(), cfg_.head_size);
+    }
+  }
+
   /// Where chunk c's probabilities are stored (hb.probs), or null when they are not.
   static S* stored_probs(HeadBuffers& hb, Index c) {
     return hb.probs.map().size() > 0 ? hb.probs.map().col(c).data() : nullptr;
@@ -763,6 +780,9 @@ class LshAttention {
     for (Index c = c0; c < c1; ++c) {
       const Index k = c - c0;
       const Index* qpos = sc.pos.data() + (before + k) * cl;
+      // The columns of a (and da) this chunk's outputs go to, used after its kernel.
+      prefetch_query_columns(pl, hb, c, head_block(a, pl, b, j), true);
+      if (da != nullptr) prefetch_query_columns(pl, hb, c, head_block(*da, pl, b, j), false);
       auto o = sc.o.map();
       S* lse = hb.lse.map().data() + c * cl;
       const auto q = sc.q.map().middleCols((before + k) * cl, cl);
@@ -853,6 +873,8 @@ class LshAttention {
     const Index b = pl.batch_of(hi), j = pl.head_of(hi), r = c0 / pl.chunks_per_round;
     const Index before = cfg_.chunks_before;
     BlockScratch& sc = ThreadBlockScratch::mine();
+    const auto da_head = head_block(da, pl, b, j);
+    prefetch_query_columns(pl, hb, c0, da_head, false);
     gather_block(pl, qk, v, hi, hb, c0, c1, sc);
     const Index cols = static_cast<Index>(sc.chunks.size()) * cl;
     ThreadBlockScratch::reserve({0, 0, 0, 0, dh * block_columns(pl)});
@@ -874,6 +896,9 @@ class LshAttention {
     for (Index c = c0; c < c1; ++c) {
       const Index k = c - c0;
       const Index* qpos = sc.pos.data() + (before + k) * cl;
+      // da of the next chunk's queries, read before its kernel; dqk of this chunk's, after.
+      if (c + 1 < c1) prefetch_query_columns(pl, hb, c + 1, da_head, false);
+      prefetch_query_columns(pl, hb, c, dx, true);
       auto d_o = sc.o.map();
       S* dlse = sc.dlse.data();
       for (Index i = 0; i < cl; ++i) {

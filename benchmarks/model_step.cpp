@@ -22,6 +22,11 @@
 //                                    (default 2048): the feed-forward and LSH attention
 //                                    sublayers that fit keep their activations and skip their
 //                                    recompute (kept_feed_forward, kept_attention)
+//   model_step/hf_config/vs_gemm     T <= 16384: the default step with the GEMM reference's
+//                                    proj, ffn_in and ffn_out products at T columns run between
+//                                    its iterations (AdjacentGemm): gemm_adjacent_GFLOP/s (the
+//                                    best shape) and of_gemm_adjacent (the step's GFLOP/s over
+//                                    it). Its peak_bytes include the products' operands.
 //   attention/hf_config              the same T: that model's LSH attention sublayer alone,
 //                                    forward + backward
 //   feed_forward/hf_config/fused     that model's feed-forward sublayer alone, forward + backward:
@@ -190,6 +195,23 @@ void register_hf_config(const Options& o) {
                                  })
         ->RangeMultiplier(2)
         ->Range(lo, hi)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  // The default step against the GEMM products run between its iterations (T <= 16384: the
+  // products add about 2% to each iteration's wall time, outside the timing).
+  if (const Index vs_hi = std::min<Index>(hi, Index{1} << 14); lo <= vs_hi) {
+    benchmark::RegisterBenchmark("model_step/hf_config/vs_gemm",
+                                 [](benchmark::State& st) {
+                                   const Index t = st.range(0);
+                                   reformer_bench::AdjacentGemm gemm(t);
+                                   reformer_bench::model_step(
+                                       st, reformer_bench::hf_model_config(t), t, 1,
+                                       reformer::BackpropMode::kReversible, 0, &gemm);
+                                   add_peer_counters(st);
+                                 })
+        ->RangeMultiplier(2)
+        ->Range(lo, vs_hi)
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }

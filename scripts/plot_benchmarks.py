@@ -395,6 +395,12 @@ def summary(runs, fits, contexts, long_runs):
         target("model step T=4096: GFLOP/s / GEMM reference",
                f"{r4k.counter('GFLOP/s'):.3g} GFLOP/s = {100 * frac:.3g}% (>= 65%)", frac >= 0.65,
                f"GEMM {r4k.gemm_ref:.3g} GFLOP/s in the same run")
+    vs = select(runs, "model_step", "hf_config", "vs_gemm").get(("4096",))
+    if vs:  # the GEMM products timed between the step's iterations (model_step.cpp)
+        frac = vs.counter("of_gemm_adjacent")
+        target("hf_config step T=4096: GFLOP/s / GEMM products between its iterations",
+               f"{vs.counter('GFLOP/s'):.3g} GFLOP/s = {100 * frac:.3g}% (>= 80%)", frac >= 0.80,
+               f"best shape {vs.counter('gemm_adjacent_GFLOP/s'):.3g} GFLOP/s")
     alone = select(runs, "attention", "lsh_r2", "fwd_bwd_alone").get(())
     if alone:
         frac = alone.counter("GFLOP/s") / alone.gemm_ref

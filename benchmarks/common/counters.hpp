@@ -13,8 +13,9 @@
 //                     its memory)
 //   cpus_busy         CPU time of the whole process (every thread) per second of wall time in
 //                     the timed sections: threads x the share of the time they had work. It
-//                     means that only when idle threads sleep (OMP_WAIT_POLICY=passive, as the
-//                     scripts run); spinning threads count as busy.
+//                     means that only when idle threads sleep (OMP_WAIT_POLICY=passive, as
+//                     scripts/test.sh sets); with OpenMP's default, threads that spin while
+//                     they wait count as busy.
 #include "memory.hpp"
 
 #include <benchmark/benchmark.h>
@@ -66,7 +67,23 @@ class WallClock {
 };
 
 /// Times `work()` once per benchmark iteration, after one untimed warm-up call (the first call
-/// touches fresh memory and is slower than the steady state a training run sees).
+/// touches fresh memory and is slower than the steady state a training run sees). `between()`
+/// runs before each timed call, outside the timing (its own measurements, e.g. AdjacentGemm).
+template <class Work, class Between>
+WallClock time_iterations(benchmark::State& state, Work&& work, Between&& between) {
+  work();
+  WallClock clock;
+  for (auto _ : state) {
+    state.PauseTiming();
+    between();
+    state.ResumeTiming();
+    clock.start();
+    work();
+    clock.stop();
+  }
+  return clock;
+}
+
 template <class Work>
 WallClock time_iterations(benchmark::State& state, Work&& work) {
   work();

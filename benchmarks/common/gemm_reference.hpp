@@ -26,7 +26,10 @@
 #include <reformer/ops/linear.hpp>
 #include <reformer/ops/parallel.hpp>
 
+#include <cmath>
+#include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace reformer_bench {
@@ -91,6 +94,66 @@ inline void gemm_chunk_pairs(benchmark::State& state, Index n) {
   });
   report(state, clock, double(n), flops, peak);
 }
+
+/// The GEMM reference measured between another benchmark's iterations: the products proj,
+/// ffn_in and ffn_out at N columns (as gemm/...), each timed in back-to-back calls. On a shared
+/// host the machine's speed drifts by 10-20% within minutes, so a step's GFLOP/s divided by the
+/// gemm/ family's, measured minutes apart, moves by as much; divided by these products', run
+/// next to every step, it does not.
+class AdjacentGemm {
+ public:
+  explicit AdjacentGemm(Index n) {
+    const Index dims[][2] = {{256, 256}, {1024, 256}, {256, 1024}};  // M x K
+    for (const auto& d : dims) {
+      Shape s;
+      s.w = reformer::RowMajorMatrix<float>::Random(d[0], d[1]);
+      s.x = reformer::Matrix<float>::Random(d[1], n);
+      s.out = reformer::Matrix<float>::Zero(d[0], n);
+      s.flops = 2.0 * double(d[0]) * double(d[1]) * double(n);
+      shapes_.push_back(std::move(s));
+    }
+    for (Shape& s : shapes_) reformer::parallel_product(s.out, s.w, s.x, false);  // warm-up
+  }
+
+  /// Times each product kTimedCalls times, after an untimed call (the step before it has
+  /// evicted the operands and the packing buffers from the caches).
+  void run() {
+    for (Shape& s : shapes_) {
+      reformer::parallel_product(s.out, s.w, s.x, false);
+      for (int call = 0; call < kTimedCalls; ++call) {
+        WallClock clock;
+        clock.start();
+        reformer::parallel_product(s.out, s.w, s.x, false);
+        benchmark::DoNotOptimize(s.out.data());
+        benchmark::ClobberMemory();
+        clock.stop();
+        s.seconds += clock.seconds();
+        s.calls += 1;
+      }
+    }
+  }
+
+  /// GFLOP/s of the fastest shape over every run so far (NaN before the first).
+  double best_gflops() const {
+    double best = std::numeric_limits<double>::quiet_NaN();
+    for (const Shape& s : shapes_) {
+      if (s.calls == 0 || s.seconds <= 0) continue;
+      const double rate = s.flops * double(s.calls) / s.seconds / 1e9;
+      if (std::isnan(best) || rate > best) best = rate;
+    }
+    return best;
+  }
+
+ private:
+  static constexpr int kTimedCalls = 3;
+  struct Shape {
+    reformer::RowMajorMatrix<float> w;
+    reformer::Matrix<float> x, out;
+    double flops = 0, seconds = 0;
+    int calls = 0;
+  };
+  std::vector<Shape> shapes_;
+};
 
 /// Registers the gemm/... family (see the header comment).
 inline void register_gemm_reference(Index n = 4096) {

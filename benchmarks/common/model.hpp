@@ -13,6 +13,7 @@
 // of T / 8 tokens, dropout 0.
 #include "counters.hpp"
 #include "flops.hpp"
+#include "gemm_reference.hpp"
 #include "memory.hpp"
 #include "options.hpp"
 
@@ -120,7 +121,7 @@ std::size_t parameter_bytes(const Model& model) {
 /// ReformerBackbone::set_kept_activation_budget).
 inline void model_step(benchmark::State& state, const reformer::ReformerConfig& config,
                        Index length, Index batch, reformer::BackpropMode mode,
-                       std::size_t kept_budget = 0) {
+                       std::size_t kept_budget = 0, AdjacentGemm* gemm = nullptr) {
   reformer::ReformerLM<float> model(config, mode);
   model.set_kept_activation_budget(kept_budget);
   const std::vector<reformer::Token> tokens = model_tokens(length * batch, config.vocab_size);
@@ -128,13 +129,16 @@ inline void model_step(benchmark::State& state, const reformer::ReformerConfig& 
   reformer::Tape<float> tape;
   std::uint64_t step = 0;
   double loss = 0;
-  const WallClock clock = time_iterations(state, [&] {
+  const auto train_step = [&] {
     model.zero_grad();
     loss = model.forward_loss(tokens, batch, tape, step++);
     model.backward(tape);
     benchmark::DoNotOptimize(model.parameters().grads().data());
     benchmark::ClobberMemory();
-  });
+  };
+  const WallClock clock = gemm != nullptr
+                              ? time_iterations(state, train_step, [gemm] { gemm->run(); })
+                              : time_iterations(state, train_step);
   // The sublayers the last step kept.
   const auto count = [](const std::vector<bool>& kept) {
     return static_cast<Index>(std::count(kept.begin(), kept.end(), true));
@@ -150,6 +154,10 @@ inline void model_step(benchmark::State& state, const reformer::ReformerConfig& 
   state.counters["tape_bytes"] = C(double(tape.bytes_held()), C::kDefaults, C::kIs1024);
   state.counters["kept_feed_forward"] = double(kept_feed_forward);
   state.counters["kept_attention"] = double(kept_attention);
+  if (gemm != nullptr) {  // the step against the products run between its iterations
+    state.counters["gemm_adjacent_GFLOP/s"] = gemm->best_gflops();
+    state.counters["of_gemm_adjacent"] = state.counters["GFLOP/s"].value / gemm->best_gflops();
+  }
 }
 
 /// Benchmarks training steps of the model `m` (model_config).

@@ -195,9 +195,12 @@ inline void apply_options(Options& o) {
   benchmark::AddCustomContext("openblas_core", reformer::gemm_backend_core());
   benchmark::AddCustomContext("openblas", openblas_get_config());
 #endif
-  // Set when the run emulates an older CPU (benchmarks/peers/README.md).
-  const char* const emulation_env[] = {"OPENBLAS_CORETYPE", "GLIBC_TUNABLES"};
-  for (const char* name : emulation_env) {
+  // Set when the run emulates an older CPU (benchmarks/peers/README.md), or when OpenMP's idle
+  // threads sleep (OMP_WAIT_POLICY=passive, as the test script sets): that makes a 2-core step
+  // a few percent slower than the default, which spins a while before sleeping.
+  const char* const timing_env[] = {"OPENBLAS_CORETYPE", "GLIBC_TUNABLES", "OMP_WAIT_POLICY",
+                                    "GOMP_SPINCOUNT"};
+  for (const char* name : timing_env) {
     if (const char* value = std::getenv(name)) benchmark::AddCustomContext(name, value);
   }
   benchmark::AddCustomContext("reformer_version", REFORMER_VERSION_STRING);

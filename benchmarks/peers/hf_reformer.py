@@ -243,9 +243,10 @@ def openblas_core(libraries):
     return "?"
 
 
-# The environment of an emulated CPU (benchmarks/peers/README.md, "Emulating an AVX2 host").
-EMULATION_ENV = ("ATEN_CPU_CAPABILITY", "OPENBLAS_CORETYPE", "ONEDNN_MAX_CPU_ISA",
-                 "GLIBC_TUNABLES")
+# The environment that changes the timings: an emulated CPU (benchmarks/peers/README.md,
+# "Emulating an AVX2 host") and OpenMP's waiting policy.
+TIMING_ENV = ("ATEN_CPU_CAPABILITY", "OPENBLAS_CORETYPE", "ONEDNN_MAX_CPU_ISA",
+              "GLIBC_TUNABLES", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def context(torch, transformers, threads):
@@ -273,7 +274,7 @@ def context(torch, transformers, threads):
         "openblas_core": openblas_core(loaded),
         "torch_config": text,
     }
-    for name in EMULATION_ENV:  # "" when not set
+    for name in TIMING_ENV:  # "" when not set
         ctx[name] = os.environ.get(name, "")
     for name, present in flags.items():
         ctx[f"cpu_{name}"] = "yes" if present else "no"

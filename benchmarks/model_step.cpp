@@ -199,7 +199,7 @@ void register_hf_config(const Options& o) {
         ->Unit(benchmark::kMillisecond);
   }
   // The default step against the GEMM products run between its iterations (T <= 16384: the
-  // products add about 2% to each iteration's wall time, outside the timing).
+  // products add about a tenth to each iteration's wall time, outside the timing).
   if (const Index vs_hi = std::min<Index>(hi, Index{1} << 14); lo <= vs_hi) {
     benchmark::RegisterBenchmark("model_step/hf_config/vs_gemm",
                                  [](benchmark::State& st) {

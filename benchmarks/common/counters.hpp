@@ -24,7 +24,9 @@
 #include <sys/resource.h>
 
 #include <chrono>
+#include <cstddef>
 #include <ctime>
+#include <type_traits>
 
 namespace reformer_bench {
 
@@ -67,28 +69,19 @@ class WallClock {
 };
 
 /// Times `work()` once per benchmark iteration, after one untimed warm-up call (the first call
-/// touches fresh memory and is slower than the steady state a training run sees). `between()`
-/// runs before each timed call, outside the timing (its own measurements, e.g. AdjacentGemm).
-template <class Work, class Between>
-WallClock time_iterations(benchmark::State& state, Work&& work, Between&& between) {
+/// touches fresh memory and is slower than the steady state a training run sees). `between()`,
+/// when given, runs before each timed call, outside the timing (its own measurements, e.g.
+/// AdjacentGemm).
+template <class Work, class Between = std::nullptr_t>
+WallClock time_iterations(benchmark::State& state, Work&& work, Between&& between = nullptr) {
   work();
   WallClock clock;
   for (auto _ : state) {
-    state.PauseTiming();
-    between();
-    state.ResumeTiming();
-    clock.start();
-    work();
-    clock.stop();
-  }
-  return clock;
-}
-
-template <class Work>
-WallClock time_iterations(benchmark::State& state, Work&& work) {
-  work();
-  WallClock clock;
-  for (auto _ : state) {
+    if constexpr (!std::is_same_v<std::decay_t<Between>, std::nullptr_t>) {
+      state.PauseTiming();
+      between();
+      state.ResumeTiming();
+    }
     clock.start();
     work();
     clock.stop();

@@ -20,6 +20,7 @@
 // All outputs are overwritten; p may alias x and dx may alias dy.
 #include "reformer/core/error.hpp"
 #include "reformer/core/types.hpp"
+#include "reformer/ops/detail/exp_packet.hpp"
 #include "reformer/ops/detail/packets.hpp"
 
 #include <Eigen/Core>
@@ -39,7 +40,9 @@ namespace detail {
 /// flush masked entries such as -1e9 or -inf would not vanish exactly. Those arguments are not
 /// passed to exp at all: computing a subnormal is microcoded on x86 (masked scores made the
 /// pass three times slower).
-/// One pass of Eigen's packet exp over every element (the tail too, through a padded packet),
+/// x[i] - shift must not exceed 88 (the callers shift by the maximum or the log-sum-exp): the
+/// exp is packet::exp_nonpositive (ops/detail/exp_packet.hpp), bitwise Eigen's packet exp there.
+/// One pass of that packet exp over every element (the tail too, through a padded packet),
 /// so an element's value does not depend on its index or on the alignment of x; the sum adds
 /// the packets in order, then their lanes, then the tail's elements in order: the same
 /// rounding for the same n wherever x lies.
@@ -54,8 +57,8 @@ S exp_shifted_flushed_sum(S* x, Index n, S shift) {
   const P underflow = ei::pset1<P>(log_smallest_normal);
   auto flushed_exp = [&](const P& in) {
     const P v = ei::psub(in, sh);
-    const P tiny = ei::pcmp_lt(v, underflow);    // exp(v) < smallest normal
-    const P e = ei::pexp(ei::pandnot(v, tiny));  // exp(+0) in those lanes
+    const P tiny = ei::pcmp_lt(v, underflow);                   // exp(v) < smallest normal
+    const P e = packet::exp_nonpositive(ei::pandnot(v, tiny));  // exp(+0) in those lanes
     return ei::pandnot(e, ei::por(tiny, ei::pcmp_lt(e, smallest_normal)));  // -> +0
   };
   P acc = ei::pzero(sh);

@@ -27,6 +27,7 @@
 // Special values, all kernels: NaN -> NaN; +inf -> (inf, 1); -inf -> (-0, 0) for (value,
 // derivative); -0 -> -0.
 #include "reformer/core/types.hpp"
+#include "reformer/ops/detail/exp_packet.hpp"
 #include "reformer/ops/detail/packets.hpp"
 
 #include <Eigen/Core>
@@ -109,7 +110,7 @@ NormalTail<P> normal_tail(const P& x) {
   // exp(-u^2/2) with u^2 = u2 + lo exactly (lo = 0 without FMA hardware).
   const P u2 = ei::pmul(t.uc, t.uc);
   const P lo = ei::pmadd(t.uc, t.uc, ei::pnegate(u2));
-  const P half = ei::pexp(ei::pmul(u2, constant<P>(-0.25)));
+  const P half = exp_nonpositive(ei::pmul(u2, constant<P>(-0.25)));
   P e = ei::pmul(half, half);
   e = ei::pmadd(ei::pmul(e, lo), constant<P>(-0.5), e);
   t.phi = ei::pmul(e, constant<P>(0.39894228040143267793994605993438));  // 1/sqrt(2 pi)
@@ -162,7 +163,7 @@ void gelu_with_grad(const P& x, P& value, P& grad) {
 /// sigmoid(w) and 1 - sigmoid(w), each to a few ulp relative.
 template <class P>
 void sigmoid_pair(const P& w, P& s, P& sc) {
-  const P half = ei::pexp(ei::pmul(ei::pabs(w), constant<P>(-0.5)));
+  const P half = exp_nonpositive(ei::pmul(ei::pabs(w), constant<P>(-0.5)));
   const P e = ei::pmul(half, half);  // exp(-|w|)
   const P r = ei::pdiv(constant<P>(1.0), ei::padd(constant<P>(1.0), e));
   const P er = ei::pmul(e, r);

@@ -390,12 +390,20 @@ void chunk_attention_forward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatr
 
 namespace detail {
 
+/// How the chunk backward gets the per-query term shift_i = dlse_i - delta_i of
+/// ds_ij = p_ij (dp_ij + shift_i).
+enum class SoftmaxShift {
+  kFromLse,  ///< the argument is dlse (null = 0); the kernel computes delta_i = sum_j p_ij dp_ij
+  kGiven,    ///< the argument is shift itself (the caller knows it in closed form); no delta
+};
+
 /// The backward pass of one chunk; also writes the recomputed output o when `o` is non-null.
+/// `term`: dlse or shift, as `mode` says.
 template <class S, class P>
 void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<S> k,
                          ConstMatrixRef<S> v, const P* qpos, const P* kpos,
-                         const ChunkAttentionOptions& opts, ConstMatrixRef<S> d_o, const S* dlse,
-                         MatrixRef<S> dq, MatrixRef<S> dk, MatrixRef<S> dv,
+                         const ChunkAttentionOptions& opts, ConstMatrixRef<S> d_o, const S* term,
+                         SoftmaxShift mode, MatrixRef<S> dq, MatrixRef<S> dk, MatrixRef<S> dv,
                          ChunkAttentionWorkspace<S>& ws, MatrixRef<S>* o, S* probs) {
   const Index dh = q.rows(), cq = q.cols(), ck = k.cols();
   chunk_check<S>(where, q, k, v, "d_o", d_o.rows(), d_o.cols(), qpos, kpos, opts);
@@ -403,6 +411,9 @@ void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<
   check_shape(where, "dk", dk.rows(), dk.cols(), dh, ck);
   check_shape(where, "dv", dv.rows(), dv.cols(), v.rows(), ck);
   if (o != nullptr) check_shape(where, "o", o->rows(), o->cols(), v.rows(), cq);
+  REFORMER_REQUIRE(mode == SoftmaxShift::kFromLse || term != nullptr, InvalidArgument, where,
+                   "the shift must not be null");
+  const bool given = mode == SoftmaxShift::kGiven;
   ws.reserve(cq, ck);
   // p, later pd (Ck x Cq): the forward's when given, else recomputed into the workspace
   auto pt = probs != nullptr ? Eigen::Map<Matrix<S>>(probs, ck, cq) : ws.probs(ck, cq);
@@ -419,12 +430,12 @@ void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<
       for (Index j = 0; j < ck; ++j) {
         const S m = chunk_dropout_factor<S>(qpos[i], kpos[j], opts);
         gt(j, i) *= m;  // dp
-        delta += pt(j, i) * gt(j, i);
+        if (!given) delta += pt(j, i) * gt(j, i);
       }
-    } else {
+    } else if (!given) {
       delta = pt.col(i).dot(gt.col(i));
     }
-    const S shift = (dlse != nullptr ? dlse[i] : S(0)) - delta;
+    const S shift = given ? term[i] : (term != nullptr ? term[i] : S(0)) - delta;
     // ds
     masked_softmax_grad<S>(&pt(0, i), &gt(0, i), &gt(0, i), ck, shift, qpos[i], kpos, km, opts);
     if (dropout) {
@@ -462,7 +473,25 @@ void chunk_attention_backward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMat
                               MatrixRef<S> dk, MatrixRef<S> dv, ChunkAttentionWorkspace<S>& ws,
                               S* probs = nullptr) {
   detail::chunk_backward_impl<S>("chunk_attention_backward", q, k, v, qpos, kpos, opts, d_o, dlse,
-                                 dq, dk, dv, ws, static_cast<MatrixRef<S>*>(nullptr), probs);
+                                 detail::SoftmaxShift::kFromLse, dq, dk, dv, ws,
+                                 static_cast<MatrixRef<S>*>(nullptr), probs);
+}
+
+/// chunk_attention_backward for a caller that knows the softmax term of each query in closed
+/// form: shift (Cq entries, not null) is dlse_i - delta_i itself, and
+///   ds_ij = p_ij (dp_ij + shift_i)   (0 where masked)
+/// with no delta computed here. LSH attention uses it: there dlse_i - delta_i = -w (da . a)
+/// (layers/lsh_attention.hpp, attend_backward). Everything else as chunk_attention_backward.
+template <class S, class P>
+void chunk_attention_backward_shifted(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatrixRef<S> v,
+                                      const P* qpos, const P* kpos,
+                                      const ChunkAttentionOptions& opts, ConstMatrixRef<S> d_o,
+                                      const S* shift, MatrixRef<S> dq, MatrixRef<S> dk,
+                                      MatrixRef<S> dv, ChunkAttentionWorkspace<S>& ws,
+                                      S* probs = nullptr) {
+  detail::chunk_backward_impl<S>("chunk_attention_backward_shifted", q, k, v, qpos, kpos, opts, d_o,
+                                 shift, detail::SoftmaxShift::kGiven, dq, dk, dv, ws,
+                                 static_cast<MatrixRef<S>*>(nullptr), probs);
 }
 
 /// chunk_attention_backward that also writes the recomputed forward output o (Dv x Cq,
@@ -476,7 +505,8 @@ void chunk_attention_forward_backward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, 
                                       MatrixRef<S> dk, MatrixRef<S> dv,
                                       ChunkAttentionWorkspace<S>& ws) {
   detail::chunk_backward_impl<S>("chunk_attention_forward_backward", q, k, v, qpos, kpos, opts, d_o,
-                                 dlse, dq, dk, dv, ws, &o, static_cast<S*>(nullptr));
+                                 dlse, detail::SoftmaxShift::kFromLse, dq, dk, dv, ws, &o,
+                                 static_cast<S*>(nullptr));
 }
 
 }  // namespace reformer

@@ -41,22 +41,21 @@
 // reach, from the Dh x T matrices once (prefetching the scattered columns ahead), so every chunk
 // of the block reads its window as a contiguous slice. Nothing of size Dh per sorted place is
 // kept: the rounds are combined into a as each round's blocks finish (a running softmax over
-// the rounds, attend_forward), and backward recomputes each chunk's output only to take its dot
-// product with da, then adds each block's gradients straight into the by-position gradients of
-// qk and v (attend_backward explains the fixed order). Per head the buffers are O(R*Tp) scalars
-// and indices; per thread one block's copy (O((block + window) * C * Dh)) and O(C^2) scores. No
-// T x T and no per-place (Dh x R*T) matrix is formed. The one all-chunks buffer is the
-// backward's store of every chunk's probabilities (R*Tp x W*C per head): the recomputing forward
-// writes them and the chunk backward takes them instead of recomputing the scores and softmax,
-// only while a wave's store fits tuning::kLshStoredProbabilityScalars (Plan::store_probs).
+// the rounds, attend_forward), and backward recomputes a (for da . a per position, and for the
+// output projection's gradient), then adds each block's gradients straight into the by-position
+// gradients of qk and v (attend_backward explains the fixed order). Per head the buffers are
+// O(R*Tp) scalars and indices; per thread one block's copy (O((block + window) * C * Dh)) and
+// O(C^2) scores. No T x T and no per-place (Dh x R*T) matrix is formed. The one all-chunks buffer
+// is the backward's store of every chunk's probabilities (R*Tp x W*C per head): the recomputing
+// forward writes them and the chunk backward takes them instead of recomputing the scores and
+// softmax, only while a wave's store fits tuning::kLshStoredProbabilityScalars (Plan::store_probs).
 //
 // Kept activations (the optional keeping members, layers/attention_sublayer.hpp): when a caller
-// gives memory for it, forward_keeping() also keeps qk, v, every place's output o_r and the
-// per-place lse with the per-position top and total of the rounds' softmax. backward_from_kept()
-// then skips the projections, the hashing and the whole chunk forward: it sorts the replayed
-// buckets again (cheap), takes o_dot = da . o_r and a_dot = da . a from the kept o_r and a, and
-// runs the same chunk backward. Per head and sequence that is (2 T + R*Tp) Dh + R*Tp + 2 Tp
-// scalars; short sequences (T <= C) keep nothing (kept_bytes 0).
+// gives memory for it, forward_keeping() also keeps qk, v and the per-place lse with the
+// per-position top and total of the rounds' softmax. backward_from_kept() then skips the
+// projections, the hashing and the whole chunk forward: it sorts the replayed buckets again
+// (cheap), takes a_dot = da . a from a, and runs the same chunk backward. Per head and sequence
+// that is 2 T Dh + R*Tp + 2 Tp scalars; short sequences (T <= C) keep nothing (kept_bytes 0).
 #include "reformer/core/checked_size.hpp"
 #include "reformer/core/context.hpp"
 #include "reformer/core/error.hpp"
@@ -259,9 +258,9 @@ class LshAttention {
   }
 
   /// Matrices forward_keeping() keeps, numbered first .. first + kKeptMatrices - 1: qk, v
-  /// (heads.count*Dh x N), o (Dh x R*Tp per head item, side by side) and the softmax statistics
-  /// (R*Tp + 2 Tp per head item: lse, top, total).
-  static constexpr std::size_t kKeptMatrices = 4;
+  /// (heads.count*Dh x N) and the softmax statistics (R*Tp + 2 Tp per head item: lse, top,
+  /// total).
+  static constexpr std::size_t kKeptMatrices = 3;
 
   /// Bytes forward_keeping() keeps for `heads` and N = n columns under ctx (see the file
   /// comment); 0 when the sequence is not hashed (T <= C), which keeps nothing.
@@ -316,7 +315,6 @@ class LshAttention {
     Scratch<S> lse;           // R*Tp x 1: the logsumexp of each place's query
     Scratch<S> top, total;    // Tp x 1: per position, the largest lse over the rounds so
                               // far and sum_r exp(lse_r - top) (the rounds' softmax)
-    Scratch<S> o_dot;         // backward, R*Tp x 1: da_t . o_r(t) at the place of (r, t)
     Scratch<S> a_dot;         // backward, Tp x 1: da_t . a_t
     Scratch<S> probs;         // backward with pl.store_probs, probs_stride x chunks: column c
                               // holds chunk c's probabilities (Ck x C) from attend_forward
@@ -332,12 +330,12 @@ class LshAttention {
     GrowingMatrix<S> q, k, v;           // Dh x E*C queries (qk), keys (qk * key scale), values
     GrowingMatrix<S> dk, dv;            // Dh x E*C gradients of those keys and values
     GrowingMatrix<S> o;                 // Dh x C one chunk's outputs; backward: d(o), then d(q)
-    Vector<S> dlse;                     // C: d(lse) of one chunk's queries (backward)
+    Vector<S> shift;                    // C: dlse - delta of one chunk's queries (backward)
     GrowingMatrix<S> wk, wv, wdk, wdv;  // a window that is not a slice of the range (few chunks)
     std::vector<Index> wpos;
   };
   /// The sizes a BlockScratch is reserved for: {Dh x E*C (queries, keys, values), E*C (positions),
-  /// Dh x C (outputs), C (d(lse)), Dh x E*C (key and value gradients)}; 0 = not needed.
+  /// Dh x C (outputs), C (softmax shifts), Dh x E*C (key and value gradients)}; 0 = not needed.
   struct BlockScratchKind {
     using Buffer = BlockScratch;
     static constexpr std::size_t kSizes = 5;
@@ -347,7 +345,7 @@ class LshAttention {
       sc.v.reserve(n[0]);
       if (sc.pos.size() < at(n[1])) sc.pos.resize(at(n[1]));
       sc.o.reserve(n[2]);
-      if (sc.dlse.size() < n[3]) sc.dlse.setZero(n[3]);
+      if (sc.shift.size() < n[3]) sc.shift.setZero(n[3]);
       sc.dk.reserve(n[4]);
       sc.dv.reserve(n[4]);
     }
@@ -360,7 +358,7 @@ class LshAttention {
   }
 
   // The kept matrices, after `first` (forward_keeping).
-  enum KeptMatrix : std::size_t { kKeptQk, kKeptV, kKeptOutputs, kKeptStatistics };
+  enum KeptMatrix : std::size_t { kKeptQk, kKeptV, kKeptStatistics };
 
   // forward(); with `kept`, forward_keeping() (matrices from `first`).
   void forward_pass(const char* where, const Parameters<S>& params, const ProjectionInput<S>& input,
@@ -439,10 +437,10 @@ class LshAttention {
     p.block = std::max<Index>(tuning::kLshChunksPerItem, cfg_.chunks_before + cfg_.chunks_after);
     p.blocks_per_round = (p.chunks_per_round + p.block - 1) / p.block;
     p.layout = bucket_layout(p.length);
-    // Per head: positions (Index), lse and o_dot per place; key scale, top, total and a_dot
-    // per position, in scalars.
+    // Per head: positions (Index) and lse per place; key scale, top, total and a_dot per
+    // position, in scalars.
     const Index index_scalars = static_cast<Index>(sizeof(Index) / sizeof(S));
-    const Index per_head = (index_scalars + 2) * p.slots + 4 * p.padded;
+    const Index per_head = (index_scalars + 1) * p.slots + 4 * p.padded;
     // Heads per wave: enough blocks to keep the threads busy (kWaveItems), within the memory
     // budget (kWaveScalars). Depends on the shapes only.
     const Index wanted = (kWaveItems + p.blocks_per_round - 1) / p.blocks_per_round;
@@ -717,17 +715,15 @@ class LshAttention {
   /// rescaled when top grows, then a /= total; never forming logsumexp_r' lse_r' itself, whose
   /// magnitude reaches 1e5 when a slot sees only itself (in float its rounding would move the
   /// weights by ~0.4%). The per-place outputs are never stored: only lse per place is kept.
-  /// With da (backward), also o_dot = da . o_r per place and a_dot = da . a per position.
-  /// With keep_o (Dh x R*Tp per head item of the call), also every place's o_r there.
+  /// With da (backward), also a_dot = da . a per position.
   void attend_forward(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
                       const ConstMatrixRef<S>& v, const ConstMatrixRef<S>* da, MatrixRef<S> a,
-                      Index h0, Index nh, std::vector<HeadBuffers>& bufs,
-                      S* keep_o = nullptr) const {
+                      Index h0, Index nh, std::vector<HeadBuffers>& bufs) const {
     for (Index r = 0; r < pl.rounds; ++r) {
       for_round_blocks(
           pl, nh, r, [](Index) { return true; },
           [&](Index i, Index c0, Index c1) {
-            forward_block(pl, ctx, qk, v, da, a, h0 + i, bufs[at(i)], c0, c1, keep_o);
+            forward_block(pl, ctx, qk, v, a, h0 + i, bufs[at(i)], c0, c1);
           });
     }
     const Index dh = cfg_.head_size, len = pl.length;
@@ -766,8 +762,8 @@ class LshAttention {
 
   /// attend_forward for the chunks [c0, c1) of one round of head item hi.
   void forward_block(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
-                     const ConstMatrixRef<S>& v, const ConstMatrixRef<S>* da, MatrixRef<S>& a,
-                     Index hi, HeadBuffers& hb, Index c0, Index c1, S* keep_o) const {
+                     const ConstMatrixRef<S>& v, MatrixRef<S>& a, Index hi, HeadBuffers& hb,
+                     Index c0, Index c1) const {
     const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
     const Index b = pl.batch_of(hi), j = pl.head_of(hi), r = c0 / pl.chunks_per_round;
     const Index before = cfg_.chunks_before;
@@ -780,9 +776,8 @@ class LshAttention {
     for (Index c = c0; c < c1; ++c) {
       const Index k = c - c0;
       const Index* qpos = sc.pos.data() + (before + k) * cl;
-      // The columns of a (and da) this chunk's outputs go to, used after its kernel.
+      // The columns of a this chunk's outputs go to, used after its kernel.
       prefetch_query_columns(pl, hb, c, head_block(a, pl, b, j), true);
-      if (da != nullptr) prefetch_query_columns(pl, hb, c, head_block(*da, pl, b, j), false);
       auto o = sc.o.map();
       S* lse = hb.lse.map().data() + c * cl;
       const auto q = sc.q.map().middleCols((before + k) * cl, cl);
@@ -796,8 +791,6 @@ class LshAttention {
         chunk_attention_forward<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts, o, lse,
                                    ws, probs);
       }
-      if (keep_o != nullptr)  // the outputs of places c*C .. c*C + C-1 of item hi
-        Eigen::Map<Matrix<S>>(keep_o + (hi * pl.slots + c * cl) * dh, dh, cl) = o.leftCols(cl);
       for (Index i = 0; i < cl; ++i) {
         const Index t = qpos[i];
         if (t >= len) continue;  // a padded query's output is discarded
@@ -816,17 +809,23 @@ class LshAttention {
           out += w * o.col(i);
           total[t] += w;
         }
-        if (da != nullptr)
-          hb.o_dot.map()(c * cl + i) = head_dot(*da, b * len + t, j, o.col(i).data());
       }
     }
   }
 
   /// Backward of every chunk of the head items of a wave, after attend_forward with da: adds
   /// the gradients of the queries and keys into dqk and of the values into dv, by position.
-  /// Per query place (r, t), with w_r = exp(lse_r - top) / total:
-  ///   do_r = w_r da,   dlse_r = w_r (da . o_r - da . a)     (the rounds' combination)
-  /// then the chunk kernel gives dq, dk and dv of its window, and k = qk * g(qk) gives
+  /// Per query place (r, t), with w_r = exp(lse_r - top) / total, the rounds' combination
+  /// a = sum_r w_r o_r gives
+  ///   do_r = w_r da,   dlse_r = w_r (da . o_r - da . a).
+  /// The chunk kernel's softmax backward needs dlse_r - delta_r, with delta_r = sum_j p_j dp_j
+  /// over the window and dp = m (v^T do_r) (m: the dropout factors), so
+  ///   delta_r = w_r sum_j p_j m_j (v_j . da) = w_r (da . o_r)       (o_r = sum_j p_j m_j v_j)
+  /// and the shift is exactly
+  ///   dlse_r - delta_r = -w_r (da . a),
+  /// which needs no dot product with o_r: the kernel gets it as given
+  /// (chunk_attention_backward_shifted). It then gives dq, dk and dv of its window, and
+  /// k = qk * g(qk) gives
   ///   dqk += dq + g dk - g^3 (dk . qk) qk                    (lsh_normalize_key_backward)
   ///
   /// Determinism: a block accumulates its window gradients in its own copy of the extended
@@ -900,32 +899,32 @@ class LshAttention {
       if (c + 1 < c1) prefetch_query_columns(pl, hb, c + 1, da_head, false);
       prefetch_query_columns(pl, hb, c, dx, true);
       auto d_o = sc.o.map();
-      S* dlse = sc.dlse.data();
+      S* shift = sc.shift.data();  // dlse - delta (see above)
       for (Index i = 0; i < cl; ++i) {
         const Index t = qpos[i], s = c * cl + i;
         if (t >= len) {  // padded queries receive no gradient
           d_o.col(i).setZero();
-          dlse[i] = 0;
+          shift[i] = 0;
           continue;
         }
         const S w = std::exp(hb.lse.map()(s) - hb.top.map()(t)) / hb.total.map()(t);
         d_o.col(i) = w * da.col(b * len + t).segment(j * dh, dh);
-        dlse[i] = w * (hb.o_dot.map()(s) - hb.a_dot.map()(t));
+        shift[i] = -w * hb.a_dot.map()(t);
       }
       const auto q = sc.q.map().middleCols((before + k) * cl, cl);
       if (window_is_slice(pl, sc, c0, c)) {
-        chunk_attention_backward<S>(q, sc.k.map().middleCols(k * cl, wl),
-                                    sc.v.map().middleCols(k * cl, wl), qpos, sc.pos.data() + k * cl,
-                                    opts, d_o, dlse, d_o, dk_range.middleCols(k * cl, wl),
-                                    dv_range.middleCols(k * cl, wl), ws, stored_probs(hb, c));
+        chunk_attention_backward_shifted<S>(
+            q, sc.k.map().middleCols(k * cl, wl), sc.v.map().middleCols(k * cl, wl), qpos,
+            sc.pos.data() + k * cl, opts, d_o, shift, d_o, dk_range.middleCols(k * cl, wl),
+            dv_range.middleCols(k * cl, wl), ws, stored_probs(hb, c));
       } else {  // only in blocks that run one after another (see attend_backward)
         gather_window(pl, qk, v, hi, hb, c, sc);
         auto wdk = sc.wdk.reshape(dh, wl);  // zeroed for every window
         auto wdv = sc.wdv.reshape(dh, wl);
         wdk.setZero();
         wdv.setZero();
-        chunk_attention_backward<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts, d_o,
-                                    dlse, d_o, wdk, wdv, ws, stored_probs(hb, c));
+        chunk_attention_backward_shifted<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts,
+                                            d_o, shift, d_o, wdk, wdv, ws, stored_probs(hb, c));
         for (Index col = 0; col < wl; ++col)
           add_key_grads(sc.wpos[at(col)], wdk.col(col), wdv.col(col));
       }
@@ -1042,8 +1041,8 @@ std::size_t LshAttention<S>::kept_bytes(Index n, const Context& ctx, HeadRange h
   if (!hashes(len)) return 0;
   const Index tp = padded_length(len), slots = cfg_.num_hashes * tp;
   const Index items = ctx.batch * heads.count, dh = cfg_.head_size;
-  // qk and v, the outputs of every place, and lse, top and total.
-  const Index scalars = 2 * heads.count * dh * n + items * (dh * slots + slots + 2 * tp);
+  // qk and v, and lse, top and total.
+  const Index scalars = 2 * heads.count * dh * n + items * (slots + 2 * tp);
   return static_cast<std::size_t>(scalars) * sizeof(S);
 }
 
@@ -1086,19 +1085,17 @@ void LshAttention<S>::forward_pass(const char* where, const Parameters<S>& param
     buckets = record;
   }
   const Scratch<S> rot = record != nullptr ? rotations(pl, ctx) : Scratch<S>{};
-  // Kept: o, Dh x R*Tp per head item; lse, top and total, R*Tp + 2 Tp per head item.
+  // Kept: lse, top and total, R*Tp + 2 Tp per head item.
   const Index stat_rows = pl.slots + 2 * pl.padded;
-  S *keep_o = nullptr, *keep_stats = nullptr;
-  if (kept != nullptr) {
-    keep_o = kept->matrix(first + kKeptOutputs, dh, pl.num_head_items * pl.slots).data();
+  S* keep_stats = nullptr;
+  if (kept != nullptr)
     keep_stats = kept->matrix(first + kKeptStatistics, stat_rows, pl.num_head_items).data();
-  }
   std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
   for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
     const Index nh = std::min(pl.wave, pl.num_head_items - h0);
     if (record != nullptr) hash_heads(pl, qk, rot, h0, nh, record);
     sort_heads(pl, qk, buckets, h0, nh, bufs, ctx.workspace);
-    attend_forward(pl, ctx, qk, v, nullptr, a, h0, nh, bufs, keep_o);
+    attend_forward(pl, ctx, qk, v, nullptr, a, h0, nh, bufs);
     if (kept != nullptr) {
       parallel_for(nh, [&](Index i) {
         const HeadBuffers& hb = bufs[at(i)];
@@ -1135,12 +1132,11 @@ void LshAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>& 
       const Index nh = std::min(pl.wave, pl.num_head_items - h0);
       sort_heads(pl, qk, buckets, h0, nh, bufs, ws);
       for (Index i = 0; i < nh; ++i) {
-        bufs[at(i)].o_dot.resize(ws, pl.slots, 1);
         bufs[at(i)].a_dot.resize(ws, pl.padded, 1);
         if (pl.store_probs) bufs[at(i)].probs.resize(ws, pl.probs_stride, pl.chunks);
       }
-      // The recomputed a, with da . o_r per place and da . a per position (and, with
-      // pl.store_probs, every chunk's probabilities for attend_backward).
+      // The recomputed a, with da . a per position (and, with pl.store_probs, every chunk's
+      // probabilities for attend_backward).
       attend_forward(pl, ctx, qk, v, &da, a, h0, nh, bufs);
       attend_backward(pl, ctx, qk, v, da, dqk_buf.map(), dv_buf.map(), h0, nh, bufs);
     }
@@ -1169,7 +1165,6 @@ void LshAttention<S>::backward_from_kept(Parameters<S>& params, const Projection
   require_hashed(where, pl);
   const ConstMatrixRef<S> qk = kept.kept(where, first + kKeptQk, rows, n);
   const ConstMatrixRef<S> v = kept.kept(where, first + kKeptV, rows, n);
-  const S* kept_o = kept.kept(where, first + kKeptOutputs, dh, pl.num_head_items * pl.slots).data();
   const ConstMatrixRef<S> stats =
       kept.kept(where, first + kKeptStatistics, pl.slots + 2 * pl.padded, pl.num_head_items);
   Workspace* ws = ctx.workspace;
@@ -1188,21 +1183,12 @@ void LshAttention<S>::backward_from_kept(Parameters<S>& params, const Projection
       hb.lse.map() = col.head(pl.slots);
       hb.top.map() = col.segment(pl.slots, pl.padded);
       hb.total.map() = col.tail(pl.padded);
-      hb.o_dot.resize(ws, pl.slots, 1);
       hb.a_dot.resize(ws, pl.padded, 1);
     });
-    // o_dot = da_t . o_r(t) at the places of real positions, a_dot = da_t . a_t: the dot
-    // products the recompute takes in attend_forward, from the kept o_r and a.
+    // a_dot = da_t . a_t, the dot product the recompute takes in attend_forward, from a.
     for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
       const Index hi = h0 + i, b = pl.batch_of(hi), j = pl.head_of(hi);
       HeadBuffers& hb = bufs[at(i)];
-      for (Index r = 0; r < pl.rounds; ++r) {
-        for (Index s = r * pl.padded + t0; s < r * pl.padded + t1; ++s) {
-          const Index t = hb.pos[at(s)];
-          if (t < len)
-            hb.o_dot.map()(s) = head_dot(da, b * len + t, j, kept_o + (hi * pl.slots + s) * dh);
-        }
-      }
       for (Index t = t0; t < std::min(t1, len); ++t)
         hb.a_dot.map()(t) = head_dot(da, b * len + t, j, a.col(b * len + t).data() + j * dh);
     });

@@ -391,6 +391,46 @@ TEST(ChunkAttention, StoredProbabilitiesGiveTheRecomputedResults) {
   check_stored_probabilities_match_recompute<float>();
 }
 
+// The shifted backward takes shift_i = dlse_i - delta_i from its caller instead of computing
+// delta_i = sum_j p_ij dp_ij: handed the shift computed here from the forward's probabilities
+// (dp = m .* (v^T d_o), m the dropout factors), it gives the gradients of the dlse backward.
+TEST(ChunkAttention, ShiftedBackwardTakesTheGivenShift) {
+  const ChunkInputs in(61, 6);
+  const Matrix<double> d_o = random_matrix(6, 5, Rng(64));
+  const Matrix<double> dlse = random_matrix(5, 1, Rng(65));
+  ChunkAttentionWorkspace<double> ws;
+  for (const Case& c : cases()) {
+    const auto opts = options_of(c);
+    Matrix<double> o(6, 5), p(11, 5);  // p: the undropped probabilities, Ck x Cq
+    chunk_attention_forward<double>(in.q, in.k, in.v, kQueryPos.data(), kKeyPos.data(), opts, o,
+                                    nullptr, ws, p.data());
+    Matrix<double> dp = in.v.transpose() * d_o;  // Ck x Cq
+    for (Index i = 0; i < 5; ++i)
+      for (Index j = 0; j < 11; ++j)
+        dp(j, i) *= detail::chunk_dropout_factor<double>(
+            kQueryPos[static_cast<std::size_t>(i)], kKeyPos[static_cast<std::size_t>(j)], opts);
+    const Vector<double> shift =
+        dlse.col(0) - (p.array() * dp.array()).colwise().sum().transpose().matrix();
+
+    Matrix<double> dq(6, 5), dk = Matrix<double>::Ones(6, 11), dv = Matrix<double>::Ones(6, 11);
+    chunk_attention_backward<double>(in.q, in.k, in.v, kQueryPos.data(), kKeyPos.data(), opts, d_o,
+                                     dlse.data(), dq, dk, dv, ws);
+    Matrix<double> dq2(6, 5), dk2 = Matrix<double>::Ones(6, 11), dv2 = Matrix<double>::Ones(6, 11);
+    chunk_attention_backward_shifted<double>(in.q, in.k, in.v, kQueryPos.data(), kKeyPos.data(),
+                                             opts, d_o, shift.data(), dq2, dk2, dv2, ws);
+    EXPECT_LT(relative_error(dq2, dq), 1e-13) << c.name;
+    EXPECT_LT(relative_error(dk2, dk), 1e-13) << c.name;
+    EXPECT_TRUE(dv2 == dv) << c.name;  // dv = d_o pd^T does not involve the shift
+
+    // The shift is really used: another one moves dq and dk.
+    const Vector<double> other = shift.array() + 0.5;
+    Matrix<double> dq3(6, 5), dk3 = Matrix<double>::Ones(6, 11), dv3 = Matrix<double>::Ones(6, 11);
+    chunk_attention_backward_shifted<double>(in.q, in.k, in.v, kQueryPos.data(), kKeyPos.data(),
+                                             opts, d_o, other.data(), dq3, dk3, dv3, ws);
+    EXPECT_GT(relative_error(dq3, dq), 1e-3) << c.name;
+  }
+}
+
 TEST(ChunkAttention, FloatAgreesWithDouble) {
   const Matrix<double> q = random_matrix(8, 4, Rng(31));
   const Matrix<double> k = random_matrix(8, 8, Rng(32));
@@ -465,6 +505,13 @@ TEST(ChunkAttention, BadInputThrows) {
                                          dv, ws);
       },
       "dk has shape");
+  Matrix<double> dq_ok(3, 2), dk_ok(3, 4), dv_ok(2, 4);
+  expect_invalid(
+      [&] {
+        chunk_attention_backward_shifted<double>(q, k, v, qp.data(), kp.data(), opts, o, nullptr,
+                                                 dq_ok, dk_ok, dv_ok, ws);
+      },
+      "shift must not be null");
 }
 
 }  // namespace

@@ -60,7 +60,7 @@ inline reformer::ReformerConfig model_config(const ModelSpec& m, const Options& 
   c.axial_pos_embds_dim = {128, 128};
   c.max_position_embeddings = m.length;
   c.chunk_size_feed_forward = o.ffn_chunk;
-  c.chunk_size_lm_head = 128;
+  c.chunk_size_lm_head = 0;  // automatic
   c.seed = 11;
   return c;
 }
@@ -92,7 +92,7 @@ inline reformer::ReformerConfig hf_model_config(Index t) {
   c.axial_pos_embds_dim = {64, 192};
   c.max_position_embeddings = t;
   c.chunk_size_feed_forward = t / 8;
-  c.chunk_size_lm_head = 128;
+  c.chunk_size_lm_head = 0;  // HF's default; here the library's automatic chunk
   c.seed = 11;
   return c;
 }

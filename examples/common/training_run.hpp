@@ -159,7 +159,7 @@ inline ReformerConfig base_config(const TrainSettings& o, Index vocab) {
   c.local_attention_probs_dropout_prob = o.dropout;
   set_positions(c, o.positions, o.length);
   c.chunk_size_feed_forward = 128;
-  c.chunk_size_lm_head = 128;
+  c.chunk_size_lm_head = 0;  // automatic (head_chunk_tokens)
   c.seed = o.seed;
   return c;
 }

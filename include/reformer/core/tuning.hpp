@@ -60,9 +60,17 @@ inline constexpr Index kGradPartials = 8;
 
 // ---- Cross-entropy (ops/cross_entropy.hpp) -----------------------------------------------------
 
-/// Default tokens per chunk of the LM head's cross-entropy: the logits buffer is V x chunk.
+/// Default tokens per chunk of the cross-entropy op: the logits buffer is V x chunk.
 /// Trades the buffer size against the per-chunk overhead (two products and a softmax per chunk).
+/// Also the smallest chunk the heads choose on their own (kHeadChunkScalars).
 inline constexpr Index kCrossEntropyDefaultChunk = 128;
+
+/// Scalars of the per-chunk buffers (logits, the normalised input and its gradient) a head
+/// aims for when its chunk size is 0 (automatic, model/lm_head.hpp): 2^21, 8 MiB in float,
+/// i.e. 1152 tokens of the 256-token vocabulary, 2D = 512 model of the benchmarks. Small chunks
+/// cost speed: every chunk's products re-pack the V x 2D weight, per thread, and open their own
+/// parallel regions (at 128 tokens the 4K step of that model ran about 3.5% slower).
+inline constexpr Index kHeadChunkScalars = Index{1} << 21;
 
 // ---- Attention sublayer and feed-forward (layers/) --------------------------------------------
 

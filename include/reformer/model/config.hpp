@@ -103,10 +103,12 @@ struct ReformerConfig {
   // --- numerics, chunking, initialisation --------------------------------------------------
   double layer_norm_eps = 1e-12;
   Index chunk_size_feed_forward = 128;  ///< tokens per feed-forward chunk; 0 = all at once
-  Index chunk_size_lm_head = 128;       ///< tokens per LM-head / loss chunk; 0 = default 128
-  double initializer_range = 0.02;      ///< std of normal-initialised weights
-  double axial_norm_std = 1.0;          ///< std of the axial position tables
-  std::uint64_t seed = 0;               ///< initialisation, LSH rotations, dropout
+  /// Tokens per head / loss chunk; 0 (HF's default) = automatic: the heads' per-chunk buffers
+  /// within tuning::kHeadChunkScalars (1152 tokens for V = 256, D = 256).
+  Index chunk_size_lm_head = 0;
+  double initializer_range = 0.02;  ///< std of normal-initialised weights
+  double axial_norm_std = 1.0;      ///< std of the axial position tables
+  std::uint64_t seed = 0;           ///< initialisation, LSH rotations, dropout
 
   // --- padding, heads ----------------------------------------------------------------------
   /// The token the models append when they pad a sequence to a multiple of the chunk lengths

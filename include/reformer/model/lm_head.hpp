@@ -38,7 +38,7 @@ struct LmHeadConfig {
   Index vocab_size = 0;                          ///< V
   double layer_norm_eps = kLayerNormDefaultEps;  ///< HF layer_norm_eps
   double dropout = 0.0;                          ///< HF hidden_dropout_prob
-  Index chunk_size = 0;  ///< tokens per chunk (HF chunk_size_lm_head); 0 = the op's default
+  Index chunk_size = 0;  ///< tokens per chunk (HF chunk_size_lm_head); 0 = automatic
 
   /// The head of a model configuration (a ReformerConfig, model/config.hpp).
   template <class ModelConfig>
@@ -129,10 +129,10 @@ class LmHead {
     });
   }
 
-  /// Tokens per chunk for N tokens.
+  /// Tokens per chunk for N tokens: chunk_size, or with 0 as many as keep the chunk's V logits
+  /// and its three 2D buffers (cat, h, dh) within tuning::kHeadChunkScalars (head_chunk_tokens).
   Index chunk(Index n) const {
-    const Index c = cfg_.chunk_size > 0 ? cfg_.chunk_size : kCrossEntropyDefaultChunk;
-    return std::max<Index>(1, std::min(c, n));
+    return head_chunk_tokens(n, cfg_.chunk_size, cfg_.vocab_size + 6 * cfg_.hidden_size);
   }
 
  private:

@@ -42,7 +42,7 @@ struct QuestionAnsweringHeadConfig {
   Index hidden_size = 0;                         ///< D (the head reads 2D features)
   double layer_norm_eps = kLayerNormDefaultEps;  ///< HF layer_norm_eps
   double dropout = 0.0;                          ///< HF hidden_dropout_prob
-  Index chunk_size = 0;  ///< columns per chunk; 0 = kCrossEntropyDefaultChunk
+  Index chunk_size = 0;  ///< columns per chunk; 0 = automatic (head_chunk_tokens)
 
   /// The head of a model configuration (a ReformerConfig).
   template <class ModelConfig>
@@ -157,10 +157,10 @@ class QuestionAnsweringHead {
     return result;
   }
 
-  /// Columns per chunk for N columns.
+  /// Columns per chunk for N columns: chunk_size, or with 0 as many as keep the chunk's two
+  /// logits and its three 2D buffers (cat, h, dh) within tuning::kHeadChunkScalars.
   Index chunk(Index n) const {
-    const Index c = cfg_.chunk_size > 0 ? cfg_.chunk_size : kCrossEntropyDefaultChunk;
-    return std::max<Index>(1, std::min(c, n));
+    return head_chunk_tokens(n, cfg_.chunk_size, 2 + 6 * cfg_.hidden_size);
   }
 
  private:

@@ -47,6 +47,20 @@ enum class Reduction {
 /// Default number of tokens per chunk (logits buffer = V x chunk).
 inline constexpr Index kCrossEntropyDefaultChunk = tuning::kCrossEntropyDefaultChunk;
 
+/// Tokens per chunk of a head over n tokens: `requested` when positive, else as many as keep
+/// `scalars_per_token` (the head's per-token buffer scalars, e.g. V logits + 3 x 2D) within
+/// tuning::kHeadChunkScalars, a multiple of kCrossEntropyDefaultChunk and at least that; never
+/// more than n (and at least 1). Depends on the shapes only, never on the thread count.
+inline Index head_chunk_tokens(Index n, Index requested, Index scalars_per_token) {
+  Index c = requested;
+  if (c <= 0) {
+    constexpr Index kStep = kCrossEntropyDefaultChunk;
+    const Index fit = tuning::kHeadChunkScalars / std::max<Index>(1, scalars_per_token);
+    c = std::max(kStep, fit / kStep * kStep);
+  }
+  return std::max<Index>(1, std::min(c, n));
+}
+
 namespace detail {
 inline void check_cross_entropy_args(const char* where, Index h_rows, Index h_cols, Index w_rows,
                                      Index w_cols, Index b_rows, Index b_cols, TokenSpan targets,

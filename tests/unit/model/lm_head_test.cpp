@@ -10,6 +10,7 @@
 #include "reformer/core/threading.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/core/workspace.hpp"
+#include "reformer/ops/cross_entropy.hpp"
 #include "reformer/ops/tokens.hpp"
 
 #include "model_test_util.hpp"
@@ -129,7 +130,7 @@ TEST_F(LmHeadTest, ChunkSizeChangesOnlyRounding) {
 
 TEST_F(LmHeadTest, OneAndTwoThreadsGiveBitwiseIdenticalLossAndGradients) {
   Workspace ws;
-  for (Index chunk : {Index{96}, Index{kTokens}}) {
+  for (Index chunk : {Index{96}, Index{kTokens}, Index{0}}) {
     for (Workspace* w : {static_cast<Workspace*>(nullptr), &ws}) {
       const HeadRun one = run(chunk, 1, w), two = run(chunk, 2, w);
       EXPECT_EQ(one.loss.sum, two.loss.sum) << "chunk " << chunk;
@@ -138,6 +139,34 @@ TEST_F(LmHeadTest, OneAndTwoThreadsGiveBitwiseIdenticalLossAndGradients) {
       EXPECT_TRUE(one.grads == two.grads) << "chunk " << chunk;
     }
   }
+}
+
+// chunk_size 0: the head picks its chunk from the shapes alone (head_chunk_tokens).
+TEST(HeadChunkTokens, FollowsTheBufferBudget) {
+  // The benchmarks' model: V = 256, 2D = 512: 256 + 3 x 512 scalars per token.
+  EXPECT_EQ(head_chunk_tokens(4096, 0, 256 + 6 * 256), 1152);
+  EXPECT_EQ(head_chunk_tokens(1000, 0, 256 + 6 * 256), 1000);  // never more than n
+  // A 32K vocabulary with D = 1024 gets the smallest automatic chunk.
+  EXPECT_EQ(head_chunk_tokens(Index{1} << 20, 0, 32768 + 6 * 1024), 128);
+  // A chunk size the caller asked for is kept (capped at n, at least 1).
+  EXPECT_EQ(head_chunk_tokens(4096, 96, 256 + 6 * 256), 96);
+  EXPECT_EQ(head_chunk_tokens(50, 96, 256 + 6 * 256), 50);
+  EXPECT_EQ(head_chunk_tokens(0, 0, 256 + 6 * 256), 1);
+  // Always a multiple of 128 when automatic and not capped by n.
+  for (Index per_token : {Index{1}, Index{7}, Index{290}, Index{1792}, Index{40000}})
+    EXPECT_EQ(head_chunk_tokens(Index{1} << 30, 0, per_token) % 128, 0) << per_token;
+}
+
+TEST_F(LmHeadTest, AutomaticChunkIsTheBudgetsChunk) {
+  Parameters<double> params;
+  const LmHead<double> head(config(0), params);
+  // 320 logits + 3 x 96 per token: 2^21 / 608 = 3449 -> 3328, capped at N.
+  EXPECT_EQ(head.chunk(100000), 3328);
+  EXPECT_EQ(head.chunk(kTokens), kTokens);
+  const HeadRun automatic = run(0, 1, nullptr), whole = run(kTokens, 1, nullptr);
+  EXPECT_EQ(automatic.loss.sum, whole.loss.sum);
+  EXPECT_TRUE(automatic.dcat == whole.dcat);
+  EXPECT_TRUE(automatic.grads == whole.grads);
 }
 
 TEST_F(LmHeadTest, LossRejectsTargetsOfTheWrongLength) {

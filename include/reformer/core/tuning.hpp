@@ -123,11 +123,12 @@ inline constexpr Index kLshWaveScalars = Index{1} << 24;
 inline constexpr Index kLshWaveItems = 64;
 
 /// Scalars of chunk probabilities the backward of one wave may store: 2^24, 64 MiB in float.
-/// The backward's recomputing forward stores every chunk's probabilities (window x chunk scalars
-/// per chunk) and the chunk backward takes them instead of computing the scores and their
-/// softmax a third time. With R = 2 and chunks of 64 attending to 128 keys that covers one head
-/// up to 64K tokens; a wave whose store would be larger recomputes them. Transient: held during
-/// one attention sublayer's backward only.
+/// The backward's recomputing forward stores the probabilities of every chunk of the rounds
+/// before the last (window x chunk scalars per chunk; the last round's chunks run their backward
+/// straight after their forward) and the chunk backward takes them instead of computing the
+/// scores and their softmax a third time. With R = 2 and chunks of 64 attending to 128 keys that
+/// covers one head up to 128K tokens; a wave whose store would be larger recomputes them.
+/// Transient: held during one attention sublayer's backward only.
 inline constexpr Index kLshStoredProbabilityScalars = Index{1} << 24;
 
 // ---- Fused feed-forward (layers/feed_forward.hpp) ---------------------------------------------

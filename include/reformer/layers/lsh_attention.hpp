@@ -41,20 +41,23 @@
 // reach, from the Dh x T matrices once (prefetching the scattered columns ahead), so every chunk
 // of the block reads its window as a contiguous slice. Nothing of size Dh per sorted place is
 // kept: the rounds are combined into a as each round's blocks finish (a running softmax over
-// the rounds, attend_forward), and backward recomputes a (for da . a per position, and for the
+// the rounds, attend_rounds), and backward recomputes a (for da . a per position, and for the
 // output projection's gradient), then adds each block's gradients straight into the by-position
-// gradients of qk and v (attend_backward explains the fixed order). Per head the buffers are
-// O(R*Tp) scalars and indices; per thread one block's copy (O((block + window) * C * Dh)) and
-// O(C^2) scores. No T x T and no per-place (Dh x R*T) matrix is formed. The one all-chunks buffer
-// is the backward's store of every chunk's probabilities (R*Tp x W*C per head): the recomputing
-// forward writes them and the chunk backward takes them instead of recomputing the scores and
-// softmax, only while a wave's store fits tuning::kLshStoredProbabilityScalars (Plan::store_probs).
+// gradients of qk and v (attend_forward_backward explains the order). The last round's blocks
+// run their backward right after their forward, from the probabilities they have just computed.
+// Per head the buffers are O(R*Tp) scalars and indices; per thread one block's copy
+// (O((block + window) * C * Dh)) and O(C^2) scores. No T x T and no per-place (Dh x R*T) matrix
+// is formed. The one all-chunks buffer is the backward's store of the probabilities of every chunk
+// of the rounds before the last ((R-1)*Tp x W*C per head): the recomputing forward writes them
+// and the chunk backward takes them instead of recomputing the scores and softmax, only while a
+// wave's store fits tuning::kLshStoredProbabilityScalars (Plan::store_probs).
 //
 // Kept activations (the optional keeping members, layers/attention_sublayer.hpp): when a caller
 // gives memory for it, forward_keeping() also keeps qk, v and the per-place lse with the
 // per-position top and total of the rounds' softmax. backward_from_kept() then skips the
 // projections, the hashing and the whole chunk forward: it sorts the replayed buckets again
-// (cheap), takes a_dot = da . a from a, and runs the same chunk backward. Per head and sequence
+// (cheap), takes a_dot = da . a from a, and runs the same chunk backward (in the same round
+// order, so both paths give the same bits). Per head and sequence
 // that is 2 T Dh + R*Tp + 2 Tp scalars; short sequences (T <= C) keep nothing (kept_bytes 0).
 #include "reformer/core/checked_size.hpp"
 #include "reformer/core/context.hpp"
@@ -293,10 +296,13 @@ class LshAttention {
     HeadRange heads;           // the heads of this call
     Index num_head_items = 0;  // batch * heads.count; item hi = (b, local head j)
     Index wave = 1;            // head items processed together
-    // backward: each chunk's probabilities are stored by the recomputing forward for the chunk
-    // backward (when the wave's store fits tuning::kLshStoredProbabilityScalars), each chunk's
-    // Ck x C matrix probs_stride scalars after the previous one (64-byte aligned)
+    // backward: the recomputing forward stores the probabilities of every chunk of the rounds
+    // before the last for the chunk backward (when the wave's store fits
+    // tuning::kLshStoredProbabilityScalars), each chunk's Ck x C matrix probs_stride scalars
+    // after the previous one (64-byte aligned); the last round's chunks run their backward
+    // straight after their forward (attend_forward_backward) and need no store
     bool store_probs = false;
+    Index stored_chunks = 0;  // (R - 1) * Tp / C
     Index probs_stride = 0;
     LshBucketLayout layout;
     bool dense = false;
@@ -316,8 +322,9 @@ class LshAttention {
     Scratch<S> top, total;    // Tp x 1: per position, the largest lse over the rounds so
                               // far and sum_r exp(lse_r - top) (the rounds' softmax)
     Scratch<S> a_dot;         // backward, Tp x 1: da_t . a_t
-    Scratch<S> probs;         // backward with pl.store_probs, probs_stride x chunks: column c
-                              // holds chunk c's probabilities (Ck x C) from attend_forward
+    Scratch<S> probs;         // backward with pl.store_probs, probs_stride x stored_chunks:
+                              // column c holds chunk c's probabilities (Ck x C) from
+                              // attend_rounds
   };
 
   /// A thread's copy of one block of sorted chunks with the chunks its windows reach (the
@@ -331,14 +338,16 @@ class LshAttention {
     GrowingMatrix<S> dk, dv;            // Dh x E*C gradients of those keys and values
     GrowingMatrix<S> o;                 // Dh x C one chunk's outputs; backward: d(o), then d(q)
     Vector<S> shift;                    // C: dlse - delta of one chunk's queries (backward)
+    GrowingMatrix<S> p;                 // W*C x C one chunk's probabilities (last round, backward)
     GrowingMatrix<S> wk, wv, wdk, wdv;  // a window that is not a slice of the range (few chunks)
     std::vector<Index> wpos;
   };
   /// The sizes a BlockScratch is reserved for: {Dh x E*C (queries, keys, values), E*C (positions),
-  /// Dh x C (outputs), C (softmax shifts), Dh x E*C (key and value gradients)}; 0 = not needed.
+  /// Dh x C (outputs), C (softmax shifts), Dh x E*C (key and value gradients), W*C x C (one
+  /// chunk's probabilities)}; 0 = not needed.
   struct BlockScratchKind {
     using Buffer = BlockScratch;
-    static constexpr std::size_t kSizes = 5;
+    static constexpr std::size_t kSizes = 6;
     static void grow(BlockScratch& sc, const std::array<Index, kSizes>& n) {
       sc.q.reserve(n[0]);
       sc.k.reserve(n[0]);
@@ -348,6 +357,7 @@ class LshAttention {
       if (sc.shift.size() < n[3]) sc.shift.setZero(n[3]);
       sc.dk.reserve(n[4]);
       sc.dv.reserve(n[4]);
+      sc.p.reserve(n[5]);
     }
   };
   using ThreadBlockScratch = ThreadLocalBuffer<BlockScratchKind>;
@@ -433,7 +443,7 @@ class LshAttention {
     p.chunks = p.slots / p.chunk;
     p.chunks_per_round = p.padded / p.chunk;
     p.window = cfg_.chunks_before + 1 + cfg_.chunks_after;
-    // Every other block's extended ranges must be disjoint (attend_backward).
+    // Every other block's extended ranges must be disjoint (for_backward_blocks).
     p.block = std::max<Index>(tuning::kLshChunksPerItem, cfg_.chunks_before + cfg_.chunks_after);
     p.blocks_per_round = (p.chunks_per_round + p.block - 1) / p.block;
     p.layout = bucket_layout(p.length);
@@ -447,7 +457,9 @@ class LshAttention {
     p.wave = std::max<Index>(1, std::min({p.num_head_items, wanted, kWaveScalars / per_head}));
     const Index align = static_cast<Index>(64 / sizeof(S));
     p.probs_stride = (p.window * p.chunk * p.chunk + align - 1) / align * align;
-    p.store_probs = p.wave * p.chunks * p.probs_stride <= tuning::kLshStoredProbabilityScalars;
+    p.stored_chunks = (p.rounds - 1) * p.chunks_per_round;
+    p.store_probs = p.stored_chunks > 0 && p.wave * p.stored_chunks * p.probs_stride <=
+                                               tuning::kLshStoredProbabilityScalars;
     return p;
   }
 
@@ -612,7 +624,7 @@ class LshAttention {
     const Index before = cfg_.chunks_before, own = c1 - c0;
     const Index ext = before + own + cfg_.chunks_after, cols = ext * cl;
     const Index largest = block_columns(pl);
-    ThreadBlockScratch::reserve({dh * largest, largest, dh * cl, cl, 0});
+    ThreadBlockScratch::reserve({dh * largest, largest, dh * cl, cl, 0, 0});
     sc.o.reshape(dh, cl);
     auto q_range = sc.q.reshape(dh, largest);  // Dh x E*C
     auto k_range = sc.k.reshape(dh, largest);
@@ -705,37 +717,50 @@ class LshAttention {
     return list;
   }
 
-  /// Forward of the chunks of every round of the head items of a wave, and the combination of
-  /// the rounds into a, round by round (a round holds every position once, so its blocks write
+  /// Forward of the chunks of rounds [0, rounds) of the head items of a wave, and their
+  /// combination into a, round by round (a round holds every position once, so its blocks write
   /// disjoint columns and run in parallel):
   ///   per place:     o_r(t), lse_r(t) of its chunk's attention (chunk_attention.hpp)
   ///   per position:  w_r = exp(lse_r - logsumexp_r' lse_r')   (softmax over the rounds)
   ///                  a = sum_r w_r o_r
   /// computed as a running sum with top = max_r lse_r so far and total = sum_r exp(lse_r - top),
-  /// rescaled when top grows, then a /= total; never forming logsumexp_r' lse_r' itself, whose
-  /// magnitude reaches 1e5 when a slot sees only itself (in float its rounding would move the
-  /// weights by ~0.4%). The per-place outputs are never stored: only lse per place is kept.
-  /// With da (backward), also a_dot = da . a per position.
-  void attend_forward(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
-                      const ConstMatrixRef<S>& v, const ConstMatrixRef<S>* da, MatrixRef<S> a,
-                      Index h0, Index nh, std::vector<HeadBuffers>& bufs) const {
-    for (Index r = 0; r < pl.rounds; ++r) {
+  /// rescaled when top grows, and a /= total once every round is in (finish_output); never
+  /// forming logsumexp_r' lse_r' itself, whose magnitude reaches 1e5 when a slot sees only itself
+  /// (in float its rounding would move the weights by ~0.4%). The per-place outputs are never
+  /// stored: only lse per place is kept (and, in the backward with pl.store_probs, every chunk's
+  /// probabilities).
+  void attend_rounds(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
+                     const ConstMatrixRef<S>& v, MatrixRef<S> a, Index h0, Index nh,
+                     std::vector<HeadBuffers>& bufs, Index rounds) const {
+    for (Index r = 0; r < rounds; ++r) {
       for_round_blocks(
           pl, nh, r, [](Index) { return true; },
           [&](Index i, Index c0, Index c1) {
             forward_block(pl, ctx, qk, v, a, h0 + i, bufs[at(i)], c0, c1);
           });
     }
-    const Index dh = cfg_.head_size, len = pl.length;
+  }
+
+  /// The forward of a wave: every round (attend_rounds), then a /= total per position.
+  void attend_forward(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
+                      const ConstMatrixRef<S>& v, MatrixRef<S> a, Index h0, Index nh,
+                      std::vector<HeadBuffers>& bufs) const {
+    attend_rounds(pl, ctx, qk, v, a, h0, nh, bufs, pl.rounds);
     for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
       const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
-      HeadBuffers& hb = bufs[at(i)];
-      for (Index t = t0; t < std::min(t1, len); ++t) {
-        auto out = a.col(b * len + t).segment(j * dh, dh);
-        out /= hb.total.map()(t);
-        if (da != nullptr) hb.a_dot.map()(t) = head_dot(*da, b * len + t, j, out.data());
-      }
+      for (Index t = t0; t < std::min(t1, pl.length); ++t)
+        finish_output(pl, a, nullptr, bufs[at(i)], b, j, t);
     });
+  }
+
+  /// a_t /= total_t once every round is in, the output of position t (< T) of local head j of
+  /// sequence b; with da (backward), also a_dot_t = da_t . a_t.
+  void finish_output(const Plan& pl, MatrixRef<S>& a, const ConstMatrixRef<S>* da, HeadBuffers& hb,
+                     Index b, Index j, Index t) const {
+    const Index dh = cfg_.head_size, col = b * pl.length + t;
+    auto out = a.col(col).segment(j * dh, dh);
+    out /= hb.total.map()(t);
+    if (da != nullptr) hb.a_dot.map()(t) = head_dot(*da, col, j, out.data());
   }
 
   /// Hints the columns that chunk c of head item hi will read or write by position, in the
@@ -757,64 +782,77 @@ class LshAttention {
 
   /// Where chunk c's probabilities are stored (hb.probs), or null when they are not.
   static S* stored_probs(HeadBuffers& hb, Index c) {
-    return hb.probs.map().size() > 0 ? hb.probs.map().col(c).data() : nullptr;
+    return c < hb.probs.map().cols() ? hb.probs.map().col(c).data() : nullptr;
   }
 
-  /// attend_forward for the chunks [c0, c1) of one round of head item hi.
+  /// attend_rounds for the chunks [c0, c1) of one round of head item hi.
   void forward_block(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
                      const ConstMatrixRef<S>& v, MatrixRef<S>& a, Index hi, HeadBuffers& hb,
                      Index c0, Index c1) const {
-    const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
-    const Index b = pl.batch_of(hi), j = pl.head_of(hi), r = c0 / pl.chunks_per_round;
-    const Index before = cfg_.chunks_before;
     BlockScratch& sc = ThreadBlockScratch::mine();
     gather_block(pl, qk, v, hi, hb, c0, c1, sc);
-    ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(cl, wl);
-    const ChunkAttentionOptions opts = options(pl, ctx, b, pl.heads.global(j), r);
+    ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(pl.chunk, pl.window * pl.chunk);
+    const ChunkAttentionOptions opts = chunk_options(pl, ctx, hi, c0);
+    for (Index c = c0; c < c1; ++c)
+      forward_chunk(pl, qk, v, a, hi, hb, sc, ws, opts, c0, c, stored_probs(hb, c));
+  }
+
+  /// The chunk options of head item hi in the round of chunk c0.
+  ChunkAttentionOptions chunk_options(const Plan& pl, const Context& ctx, Index hi,
+                                      Index c0) const {
+    return options(pl, ctx, pl.batch_of(hi), pl.heads.global(pl.head_of(hi)),
+                   c0 / pl.chunks_per_round);
+  }
+
+  /// The forward of chunk c of a gathered block (first chunk c0) and its outputs' part of the
+  /// rounds' combination into a; its probabilities go to `probs` when it is non-null.
+  void forward_chunk(const Plan& pl, const ConstMatrixRef<S>& qk, const ConstMatrixRef<S>& v,
+                     MatrixRef<S>& a, Index hi, HeadBuffers& hb, BlockScratch& sc,
+                     ChunkAttentionWorkspace<S>& ws, const ChunkAttentionOptions& opts, Index c0,
+                     Index c, S* probs) const {
+    const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
+    const Index b = pl.batch_of(hi), j = pl.head_of(hi), r = c0 / pl.chunks_per_round;
+    const Index k = c - c0;
+    const Index* qpos = sc.pos.data() + (cfg_.chunks_before + k) * cl;
     S* top = hb.top.map().data();
     S* total = hb.total.map().data();
-    for (Index c = c0; c < c1; ++c) {
-      const Index k = c - c0;
-      const Index* qpos = sc.pos.data() + (before + k) * cl;
-      // The columns of a this chunk's outputs go to, used after its kernel.
-      prefetch_query_columns(pl, hb, c, head_block(a, pl, b, j), true);
-      auto o = sc.o.map();
-      S* lse = hb.lse.map().data() + c * cl;
-      const auto q = sc.q.map().middleCols((before + k) * cl, cl);
-      S* probs = stored_probs(hb, c);
-      if (window_is_slice(pl, sc, c0, c)) {
-        chunk_attention_forward<S>(q, sc.k.map().middleCols(k * cl, wl),
-                                   sc.v.map().middleCols(k * cl, wl), qpos, sc.pos.data() + k * cl,
-                                   opts, o, lse, ws, probs);
+    // The columns of a this chunk's outputs go to, used after its kernel.
+    prefetch_query_columns(pl, hb, c, head_block(a, pl, b, j), true);
+    auto o = sc.o.map();
+    S* lse = hb.lse.map().data() + c * cl;
+    const auto q = sc.q.map().middleCols((cfg_.chunks_before + k) * cl, cl);
+    if (window_is_slice(pl, sc, c0, c)) {
+      chunk_attention_forward<S>(q, sc.k.map().middleCols(k * cl, wl),
+                                 sc.v.map().middleCols(k * cl, wl), qpos, sc.pos.data() + k * cl,
+                                 opts, o, lse, ws, probs);
+    } else {
+      gather_window(pl, qk, v, hi, hb, c, sc);
+      chunk_attention_forward<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts, o, lse,
+                                 ws, probs);
+    }
+    for (Index i = 0; i < cl; ++i) {
+      const Index t = qpos[i];
+      if (t >= len) continue;  // a padded query's output is discarded
+      auto out = a.col(b * len + t).segment(j * dh, dh);
+      if (r == 0) {
+        out = o.col(i);
+        top[t] = lse[i];
+        total[t] = 1;
+      } else if (lse[i] > top[t]) {
+        const S rescale = std::exp(top[t] - lse[i]);
+        out = out * rescale + o.col(i);
+        total[t] = total[t] * rescale + 1;
+        top[t] = lse[i];
       } else {
-        gather_window(pl, qk, v, hi, hb, c, sc);
-        chunk_attention_forward<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts, o, lse,
-                                   ws, probs);
-      }
-      for (Index i = 0; i < cl; ++i) {
-        const Index t = qpos[i];
-        if (t >= len) continue;  // a padded query's output is discarded
-        auto out = a.col(b * len + t).segment(j * dh, dh);
-        if (r == 0) {
-          out = o.col(i);
-          top[t] = lse[i];
-          total[t] = 1;
-        } else if (lse[i] > top[t]) {
-          const S rescale = std::exp(top[t] - lse[i]);
-          out = out * rescale + o.col(i);
-          total[t] = total[t] * rescale + 1;
-          top[t] = lse[i];
-        } else {
-          const S w = std::exp(lse[i] - top[t]);
-          out += w * o.col(i);
-          total[t] += w;
-        }
+        const S w = std::exp(lse[i] - top[t]);
+        out += w * o.col(i);
+        total[t] += w;
       }
     }
   }
 
-  /// Backward of every chunk of the head items of a wave, after attend_forward with da: adds
-  /// the gradients of the queries and keys into dqk and of the values into dv, by position.
+  /// The recomputing backward of a wave: adds the gradients of the queries and keys into dqk
+  /// and of the values into dv, by position, and leaves the recomputed a.
   /// Per query place (r, t), with w_r = exp(lse_r - top) / total, the rounds' combination
   /// a = sum_r w_r o_r gives
   ///   do_r = w_r da,   dlse_r = w_r (da . o_r - da . a).
@@ -828,7 +866,34 @@ class LshAttention {
   /// k = qk * g(qk) gives
   ///   dqk += dq + g dk - g^3 (dk . qk) qk                    (lsh_normalize_key_backward)
   ///
-  /// Determinism: a block accumulates its window gradients in its own copy of the extended
+  /// Order: a place's backward needs the final w_r and da . a of its position, known once
+  /// every round's forward is in. The rounds before the last run their forward first
+  /// (attend_rounds, storing their probabilities with pl.store_probs). Then each block of the
+  /// last round runs its forward, which completes a for its queries (finish_output), and right
+  /// away its backward from the probabilities it has just computed: that round's scores and
+  /// softmax are computed once and its chunks gathered once. Then the backward of the other
+  /// rounds (attend_backward_round). backward_from_kept takes the rounds in the same order
+  /// (backward_round), so both paths add the gradients alike.
+  void attend_forward_backward(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
+                               const ConstMatrixRef<S>& v, const ConstMatrixRef<S>& da,
+                               MatrixRef<S> a, MatrixRef<S> dqk, MatrixRef<S> dv, Index h0,
+                               Index nh, std::vector<HeadBuffers>& bufs) const {
+    const Index last = pl.rounds - 1;
+    attend_rounds(pl, ctx, qk, v, a, h0, nh, bufs, last);
+    for_backward_blocks(pl, nh, last, [&](Index i, Index c0, Index c1) {
+      last_round_block(pl, ctx, qk, v, da, a, dqk, dv, h0 + i, bufs[at(i)], c0, c1);
+    });
+    for (Index r = 0; r < last; ++r)
+      attend_backward_round(pl, ctx, qk, v, da, dqk, dv, h0, nh, bufs, r);
+  }
+
+  /// The k-th round (k in [0, R)) in the order in which the rounds' backward adds its
+  /// gradients: the last round, then the others from the first (see attend_forward_backward).
+  static Index backward_round(const Plan& pl, Index k) { return k == 0 ? pl.rounds - 1 : k - 1; }
+
+  /// Calls f(i, c0, c1) for every block [c0, c1) of round r of the head items i in [0, nh), in
+  /// an order that lets blocks add gradients into the positions of their extended ranges
+  /// deterministically. A block accumulates its window gradients in its own copy of the extended
   /// range, then adds them to the positions. Within one round every position has one place, so
   /// blocks whose extended ranges are disjoint touch disjoint positions: the blocks of a round
   /// whose range stays inside it run in two parallel passes (even, then odd block index: the
@@ -836,101 +901,166 @@ class LshAttention {
   /// then the blocks whose range leaves the round (the first, and the last when chunks_after > 0)
   /// one after another. Every position therefore receives its contributions in the same order
   /// for any thread count.
-  void attend_backward(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
-                       const ConstMatrixRef<S>& v, const ConstMatrixRef<S>& da, MatrixRef<S> dqk,
-                       MatrixRef<S> dv, Index h0, Index nh, std::vector<HeadBuffers>& bufs) const {
+  template <class F>
+  void for_backward_blocks(const Plan& pl, Index nh, Index r, F&& f) const {
     const Index before = cfg_.chunks_before, after = cfg_.chunks_after;
     auto inside = [&](Index k) {
       return k * pl.block - before >= 0 &&
              std::min(pl.chunks_per_round, (k + 1) * pl.block) + after <= pl.chunks_per_round;
     };
-    for (Index r = 0; r < pl.rounds; ++r) {
-      for (Index parity = 0; parity < 2; ++parity) {
-        for_round_blocks(
-            pl, nh, r, [&](Index k) { return k % 2 == parity && inside(k); },
-            [&](Index i, Index c0, Index c1) {
-              backward_block(pl, ctx, qk, v, da, dqk, dv, h0 + i, bufs[at(i)], c0, c1);
-            });
+    for (Index parity = 0; parity < 2; ++parity)
+      for_round_blocks(
+          pl, nh, r, [&](Index k) { return k % 2 == parity && inside(k); }, f);
+    parallel_for(nh, [&](Index i) {
+      const Index first = r * pl.chunks_per_round, end = first + pl.chunks_per_round;
+      for (Index k = 0; k < pl.blocks_per_round; ++k) {
+        if (inside(k)) continue;
+        const Index c0 = first + k * pl.block;
+        f(i, c0, std::min(end, c0 + pl.block));
       }
-      parallel_for(nh, [&](Index i) {
-        const Index first = r * pl.chunks_per_round, end = first + pl.chunks_per_round;
-        for (Index k = 0; k < pl.blocks_per_round; ++k) {
-          if (inside(k)) continue;
-          const Index c0 = first + k * pl.block;
-          backward_block(pl, ctx, qk, v, da, dqk, dv, h0 + i, bufs[at(i)], c0,
-                         std::min(end, c0 + pl.block));
-        }
-      });
-    }
+    });
   }
 
-  /// attend_backward for the chunks [c0, c1) of one round of head item hi.
+  /// The backward of every chunk of round r of the head items of a wave, after the forward of
+  /// every round (a_dot known): see attend_forward_backward.
+  void attend_backward_round(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
+                             const ConstMatrixRef<S>& v, const ConstMatrixRef<S>& da,
+                             MatrixRef<S> dqk, MatrixRef<S> dv, Index h0, Index nh,
+                             std::vector<HeadBuffers>& bufs, Index r) const {
+    for_backward_blocks(pl, nh, r, [&](Index i, Index c0, Index c1) {
+      backward_block(pl, ctx, qk, v, da, dqk, dv, h0 + i, bufs[at(i)], c0, c1);
+    });
+  }
+
+  /// The key and value gradients of a block, gathered in the thread's copy of its extended
+  /// range: Dh x E*C each, zeroed.
+  struct RangeGrads {
+    typename GrowingMatrix<S>::MapType& dk;
+    typename GrowingMatrix<S>::MapType& dv;
+  };
+  RangeGrads zeroed_range_grads(const Plan& pl, BlockScratch& sc) const {
+    const Index dh = cfg_.head_size, cols = static_cast<Index>(sc.chunks.size()) * pl.chunk;
+    ThreadBlockScratch::reserve({0, 0, 0, 0, dh * block_columns(pl), 0});
+    auto& dk_range = sc.dk.reshape(dh, block_columns(pl));
+    auto& dv_range = sc.dv.reshape(dh, block_columns(pl));
+    dk_range.leftCols(cols).setZero();
+    dv_range.leftCols(cols).setZero();
+    return {dk_range, dv_range};
+  }
+
+  /// attend_backward_round for the chunks [c0, c1) of one round of head item hi.
   void backward_block(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
                       const ConstMatrixRef<S>& v, const ConstMatrixRef<S>& da, MatrixRef<S>& dqk,
                       MatrixRef<S>& dv, Index hi, HeadBuffers& hb, Index c0, Index c1) const {
-    const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
-    const Index b = pl.batch_of(hi), j = pl.head_of(hi), r = c0 / pl.chunks_per_round;
-    const Index before = cfg_.chunks_before;
     BlockScratch& sc = ThreadBlockScratch::mine();
-    const auto da_head = head_block(da, pl, b, j);
-    prefetch_query_columns(pl, hb, c0, da_head, false);
+    prefetch_query_columns(pl, hb, c0, head_block(da, pl, pl.batch_of(hi), pl.head_of(hi)), false);
     gather_block(pl, qk, v, hi, hb, c0, c1, sc);
-    const Index cols = static_cast<Index>(sc.chunks.size()) * cl;
-    ThreadBlockScratch::reserve({0, 0, 0, 0, dh * block_columns(pl)});
-    auto dk_range = sc.dk.reshape(dh, block_columns(pl));  // Dh x E*C
-    auto dv_range = sc.dv.reshape(dh, block_columns(pl));
-    dk_range.leftCols(cols).setZero();
-    dv_range.leftCols(cols).setZero();
+    const RangeGrads grads = zeroed_range_grads(pl, sc);
+    ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(pl.chunk, pl.window * pl.chunk);
+    const ChunkAttentionOptions opts = chunk_options(pl, ctx, hi, c0);
+    for (Index c = c0; c < c1; ++c)
+      backward_chunk(pl, qk, v, da, dqk, dv, hi, hb, sc, grads, ws, opts, c0, c1, c,
+                     stored_probs(hb, c));
+    add_range_key_grads(pl, qk, dqk, dv, hi, sc, grads);
+  }
+
+  /// The blocks [c0, c1) of the last round of head item hi in the recomputing backward: per
+  /// chunk the forward (its probabilities into the thread's buffer), which completes the output
+  /// of its queries, and then its backward from those probabilities (attend_forward_backward).
+  void last_round_block(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
+                        const ConstMatrixRef<S>& v, const ConstMatrixRef<S>& da, MatrixRef<S>& a,
+                        MatrixRef<S>& dqk, MatrixRef<S>& dv, Index hi, HeadBuffers& hb, Index c0,
+                        Index c1) const {
+    const Index cl = pl.chunk, wl = pl.window * cl, len = pl.length;
+    const Index b = pl.batch_of(hi), j = pl.head_of(hi);
+    BlockScratch& sc = ThreadBlockScratch::mine();
+    gather_block(pl, qk, v, hi, hb, c0, c1, sc);
+    const RangeGrads grads = zeroed_range_grads(pl, sc);
+    ThreadBlockScratch::reserve({0, 0, 0, 0, 0, wl * cl});
+    S* probs = sc.p.reshape(wl, cl).data();  // Ck x C
     ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(cl, wl);
-    const ChunkAttentionOptions opts = options(pl, ctx, b, pl.heads.global(j), r);
-    const auto x = head_block(qk, pl, b, j);
+    const ChunkAttentionOptions opts = chunk_options(pl, ctx, hi, c0);
+    for (Index c = c0; c < c1; ++c) {
+      forward_chunk(pl, qk, v, a, hi, hb, sc, ws, opts, c0, c, probs);
+      const Index* qpos = sc.pos.data() + (cfg_.chunks_before + c - c0) * cl;
+      for (Index i = 0; i < cl; ++i)
+        if (qpos[i] < len) finish_output(pl, a, &da, hb, b, j, qpos[i]);
+      backward_chunk(pl, qk, v, da, dqk, dv, hi, hb, sc, grads, ws, opts, c0, c1, c, probs);
+    }
+    add_range_key_grads(pl, qk, dqk, dv, hi, sc, grads);
+  }
+
+  /// The backward of chunk c of a gathered block [c0, c1): dq added to dqk by position, dk and
+  /// dv into the block's range gradients (or, for a window that is not a slice of the range,
+  /// straight to the positions). probs: the chunk's probabilities, or null to recompute them.
+  void backward_chunk(const Plan& pl, const ConstMatrixRef<S>& qk, const ConstMatrixRef<S>& v,
+                      const ConstMatrixRef<S>& da, MatrixRef<S>& dqk, MatrixRef<S>& dv, Index hi,
+                      HeadBuffers& hb, BlockScratch& sc, const RangeGrads& grads,
+                      ChunkAttentionWorkspace<S>& ws, const ChunkAttentionOptions& opts, Index c0,
+                      Index c1, Index c, S* probs) const {
+    const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
+    const Index b = pl.batch_of(hi), j = pl.head_of(hi), k = c - c0;
+    const Index* qpos = sc.pos.data() + (cfg_.chunks_before + k) * cl;
+    auto dx = head_block(dqk, pl, b, j);
+    // da of the next chunk's queries, read before its kernel; dqk of this chunk's, after.
+    if (c + 1 < c1) prefetch_query_columns(pl, hb, c + 1, head_block(da, pl, b, j), false);
+    prefetch_query_columns(pl, hb, c, dx, true);
+    auto d_o = sc.o.map();
+    S* shift = sc.shift.data();  // dlse - delta (attend_forward_backward)
+    for (Index i = 0; i < cl; ++i) {
+      const Index t = qpos[i], s = c * cl + i;
+      if (t >= len) {  // padded queries receive no gradient
+        d_o.col(i).setZero();
+        shift[i] = 0;
+        continue;
+      }
+      const S w = std::exp(hb.lse.map()(s) - hb.top.map()(t)) / hb.total.map()(t);
+      d_o.col(i) = w * da.col(b * len + t).segment(j * dh, dh);
+      shift[i] = -w * hb.a_dot.map()(t);
+    }
+    const auto q = sc.q.map().middleCols((cfg_.chunks_before + k) * cl, cl);
+    if (window_is_slice(pl, sc, c0, c)) {
+      chunk_attention_backward_shifted<S>(
+          q, sc.k.map().middleCols(k * cl, wl), sc.v.map().middleCols(k * cl, wl), qpos,
+          sc.pos.data() + k * cl, opts, d_o, shift, d_o, grads.dk.middleCols(k * cl, wl),
+          grads.dv.middleCols(k * cl, wl), ws, probs);
+    } else {  // only in blocks that run one after another (see for_backward_blocks)
+      gather_window(pl, qk, v, hi, hb, c, sc);
+      auto wdk = sc.wdk.reshape(dh, wl);  // zeroed for every window
+      auto wdv = sc.wdv.reshape(dh, wl);
+      wdk.setZero();
+      wdv.setZero();
+      chunk_attention_backward_shifted<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts,
+                                          d_o, shift, d_o, wdk, wdv, ws, probs);
+      for (Index col = 0; col < wl; ++col)
+        add_key_grads(pl, qk, dqk, dv, hi, sc.wpos[at(col)], wdk.col(col), wdv.col(col));
+    }
+    for (Index i = 0; i < cl; ++i)  // d(o) -> d(q) in place
+      if (qpos[i] < len) dx.col(qpos[i]) += d_o.col(i);
+  }
+
+  /// The key and value gradients of place position t (< T; none for padding) of head item hi:
+  ///   dqk_t += g dk - g^3 (dk . qk_t) qk_t,  dv_t += dv.
+  template <class Dk, class Dv>
+  void add_key_grads(const Plan& pl, const ConstMatrixRef<S>& qk, MatrixRef<S>& dqk,
+                     MatrixRef<S>& dv, Index hi, Index t, const Dk& dk_col,
+                     const Dv& dv_col) const {
+    if (t >= pl.length) return;
+    const Index b = pl.batch_of(hi), j = pl.head_of(hi);
     auto dx = head_block(dqk, pl, b, j);
     auto dxv = head_block(dv, pl, b, j);
-    // dqk_t += g dk - g^3 (dk . qk_t) qk_t,  dv_t += dv  (t < T)
-    auto add_key_grads = [&](Index t, const auto& dk_col, const auto& dv_col) {
-      if (t >= len) return;
-      detail::lsh_normalize_key_backward<S>(x.col(t), dk_col, dx.col(t));
-      dxv.col(t) += dv_col;
-    };
-    for (Index c = c0; c < c1; ++c) {
-      const Index k = c - c0;
-      const Index* qpos = sc.pos.data() + (before + k) * cl;
-      // da of the next chunk's queries, read before its kernel; dqk of this chunk's, after.
-      if (c + 1 < c1) prefetch_query_columns(pl, hb, c + 1, da_head, false);
-      prefetch_query_columns(pl, hb, c, dx, true);
-      auto d_o = sc.o.map();
-      S* shift = sc.shift.data();  // dlse - delta (see above)
-      for (Index i = 0; i < cl; ++i) {
-        const Index t = qpos[i], s = c * cl + i;
-        if (t >= len) {  // padded queries receive no gradient
-          d_o.col(i).setZero();
-          shift[i] = 0;
-          continue;
-        }
-        const S w = std::exp(hb.lse.map()(s) - hb.top.map()(t)) / hb.total.map()(t);
-        d_o.col(i) = w * da.col(b * len + t).segment(j * dh, dh);
-        shift[i] = -w * hb.a_dot.map()(t);
-      }
-      const auto q = sc.q.map().middleCols((before + k) * cl, cl);
-      if (window_is_slice(pl, sc, c0, c)) {
-        chunk_attention_backward_shifted<S>(
-            q, sc.k.map().middleCols(k * cl, wl), sc.v.map().middleCols(k * cl, wl), qpos,
-            sc.pos.data() + k * cl, opts, d_o, shift, d_o, dk_range.middleCols(k * cl, wl),
-            dv_range.middleCols(k * cl, wl), ws, stored_probs(hb, c));
-      } else {  // only in blocks that run one after another (see attend_backward)
-        gather_window(pl, qk, v, hi, hb, c, sc);
-        auto wdk = sc.wdk.reshape(dh, wl);  // zeroed for every window
-        auto wdv = sc.wdv.reshape(dh, wl);
-        wdk.setZero();
-        wdv.setZero();
-        chunk_attention_backward_shifted<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts,
-                                            d_o, shift, d_o, wdk, wdv, ws, stored_probs(hb, c));
-        for (Index col = 0; col < wl; ++col)
-          add_key_grads(sc.wpos[at(col)], wdk.col(col), wdv.col(col));
-      }
-      for (Index i = 0; i < cl; ++i)  // d(o) -> d(q) in place
-        if (qpos[i] < len) dx.col(qpos[i]) += d_o.col(i);
-    }
+    detail::lsh_normalize_key_backward<S>(head_block(qk, pl, b, j).col(t), dk_col, dx.col(t));
+    dxv.col(t) += dv_col;
+  }
+
+  /// Adds a block's range gradients to the positions of its places (prefetching ahead).
+  void add_range_key_grads(const Plan& pl, const ConstMatrixRef<S>& qk, MatrixRef<S>& dqk,
+                           MatrixRef<S>& dv, Index hi, const BlockScratch& sc,
+                           const RangeGrads& grads) const {
+    const Index dh = cfg_.head_size, len = pl.length;
+    const Index cols = static_cast<Index>(sc.chunks.size()) * pl.chunk;
+    const auto dx = head_block(dqk, pl, pl.batch_of(hi), pl.head_of(hi));
+    const auto dxv = head_block(dv, pl, pl.batch_of(hi), pl.head_of(hi));
     for (Index col = 0; col < cols; ++col) {
       if (col + kPrefetchDistance < cols) {
         const Index ahead = sc.pos[at(col + kPrefetchDistance)];
@@ -939,7 +1069,7 @@ class LshAttention {
           detail::prefetch_read(dxv.col(ahead).data(), dh);
         }
       }
-      add_key_grads(sc.pos[at(col)], dk_range.col(col), dv_range.col(col));
+      add_key_grads(pl, qk, dqk, dv, hi, sc.pos[at(col)], grads.dk.col(col), grads.dv.col(col));
     }
   }
 
@@ -1095,7 +1225,7 @@ void LshAttention<S>::forward_pass(const char* where, const Parameters<S>& param
     const Index nh = std::min(pl.wave, pl.num_head_items - h0);
     if (record != nullptr) hash_heads(pl, qk, rot, h0, nh, record);
     sort_heads(pl, qk, buckets, h0, nh, bufs, ctx.workspace);
-    attend_forward(pl, ctx, qk, v, nullptr, a, h0, nh, bufs);
+    attend_forward(pl, ctx, qk, v, a, h0, nh, bufs);
     if (kept != nullptr) {
       parallel_for(nh, [&](Index i) {
         const HeadBuffers& hb = bufs[at(i)];
@@ -1133,12 +1263,9 @@ void LshAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>& 
       sort_heads(pl, qk, buckets, h0, nh, bufs, ws);
       for (Index i = 0; i < nh; ++i) {
         bufs[at(i)].a_dot.resize(ws, pl.padded, 1);
-        if (pl.store_probs) bufs[at(i)].probs.resize(ws, pl.probs_stride, pl.chunks);
+        if (pl.store_probs) bufs[at(i)].probs.resize(ws, pl.probs_stride, pl.stored_chunks);
       }
-      // The recomputed a, with da . a per position (and, with pl.store_probs, every chunk's
-      // probabilities for attend_backward).
-      attend_forward(pl, ctx, qk, v, &da, a, h0, nh, bufs);
-      attend_backward(pl, ctx, qk, v, da, dqk_buf.map(), dv_buf.map(), h0, nh, bufs);
+      attend_forward_backward(pl, ctx, qk, v, da, a, dqk_buf.map(), dv_buf.map(), h0, nh, bufs);
     }
   }
   qk_buf.reset();  // the projections and the per-head buffers are no longer read
@@ -1185,14 +1312,17 @@ void LshAttention<S>::backward_from_kept(Parameters<S>& params, const Projection
       hb.total.map() = col.tail(pl.padded);
       hb.a_dot.resize(ws, pl.padded, 1);
     });
-    // a_dot = da_t . a_t, the dot product the recompute takes in attend_forward, from a.
+    // a_dot = da_t . a_t, the dot product the recompute takes in finish_output, from a.
     for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
       const Index hi = h0 + i, b = pl.batch_of(hi), j = pl.head_of(hi);
       HeadBuffers& hb = bufs[at(i)];
       for (Index t = t0; t < std::min(t1, len); ++t)
         hb.a_dot.map()(t) = head_dot(da, b * len + t, j, a.col(b * len + t).data() + j * dh);
     });
-    attend_backward(pl, ctx, qk, v, da, dqk_buf.map(), dv_buf.map(), h0, nh, bufs);
+    for (Index k = 0; k < pl.rounds; ++k) {
+      attend_backward_round(pl, ctx, qk, v, da, dqk_buf.map(), dv_buf.map(), h0, nh, bufs,
+                            backward_round(pl, k));
+    }
   }
   // qk = W_qk x, v = W_v x  =>  dW_qk += dqk x^T, dW_v += dv x^T, dx += W_qk^T dqk + W_v^T dv
   // (the rows of this group's heads).

@@ -108,10 +108,14 @@ std::vector<KeptCase> short_cases() {
   return cases;
 }
 
-// The short cases and one with many blocks per round.
+// The short cases and some with many blocks per round: the recomputing backward runs the last
+// round's backward with its forward, block by block, so one round (R = 1) is all of it, and a
+// look-ahead window adds blocks whose ranges leave the round.
 std::vector<KeptCase> all_cases() {
   std::vector<KeptCase> cases = short_cases();
   cases.push_back({1, 200, 2, 2, true, 1, 0, 0.1, 0.0});
+  cases.push_back({2, 150, 2, 1, false, 1, 1, 0.1, 0.0});
+  cases.push_back({1, 180, 1, 3, false, 2, 1});
   return cases;
 }
 

@@ -974,6 +974,8 @@ class LshAttention {
     const Index cl = pl.chunk, wl = pl.window * cl, len = pl.length;
     const Index b = pl.batch_of(hi), j = pl.head_of(hi);
     BlockScratch& sc = ThreadBlockScratch::mine();
+    // da of the first chunk's queries (finish_output reads it; backward_chunk hints the next).
+    prefetch_query_columns(pl, hb, c0, head_block(da, pl, b, j), false);
     gather_block(pl, qk, v, hi, hb, c0, c1, sc);
     const RangeGrads grads = zeroed_range_grads(pl, sc);
     ThreadBlockScratch::reserve({0, 0, 0, 0, 0, wl * cl});
@@ -1032,24 +1034,23 @@ class LshAttention {
       wdv.setZero();
       chunk_attention_backward_shifted<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts,
                                           d_o, shift, d_o, wdk, wdv, ws, probs);
+      const auto x = head_block(qk, pl, b, j);
+      auto dxv = head_block(dv, pl, b, j);
       for (Index col = 0; col < wl; ++col)
-        add_key_grads(pl, qk, dqk, dv, hi, sc.wpos[at(col)], wdk.col(col), wdv.col(col));
+        add_key_grads(sc.wpos[at(col)], len, x, dx, dxv, wdk.col(col), wdv.col(col));
     }
     for (Index i = 0; i < cl; ++i)  // d(o) -> d(q) in place
       if (qpos[i] < len) dx.col(qpos[i]) += d_o.col(i);
   }
 
-  /// The key and value gradients of place position t (< T; none for padding) of head item hi:
+  /// The key and value gradients of a place at position t (none for padding, t >= len), into
+  /// one head item's blocks (head_block) of dqk and dv; x is its block of qk:
   ///   dqk_t += g dk - g^3 (dk . qk_t) qk_t,  dv_t += dv.
-  template <class Dk, class Dv>
-  void add_key_grads(const Plan& pl, const ConstMatrixRef<S>& qk, MatrixRef<S>& dqk,
-                     MatrixRef<S>& dv, Index hi, Index t, const Dk& dk_col,
-                     const Dv& dv_col) const {
-    if (t >= pl.length) return;
-    const Index b = pl.batch_of(hi), j = pl.head_of(hi);
-    auto dx = head_block(dqk, pl, b, j);
-    auto dxv = head_block(dv, pl, b, j);
-    detail::lsh_normalize_key_backward<S>(head_block(qk, pl, b, j).col(t), dk_col, dx.col(t));
+  template <class X, class D, class Dk, class Dv>
+  static void add_key_grads(Index t, Index len, const X& x, D& dx, D& dxv, const Dk& dk_col,
+                            const Dv& dv_col) {
+    if (t >= len) return;
+    detail::lsh_normalize_key_backward<S>(x.col(t), dk_col, dx.col(t));
     dxv.col(t) += dv_col;
   }
 
@@ -1059,8 +1060,9 @@ class LshAttention {
                            const RangeGrads& grads) const {
     const Index dh = cfg_.head_size, len = pl.length;
     const Index cols = static_cast<Index>(sc.chunks.size()) * pl.chunk;
-    const auto dx = head_block(dqk, pl, pl.batch_of(hi), pl.head_of(hi));
-    const auto dxv = head_block(dv, pl, pl.batch_of(hi), pl.head_of(hi));
+    const auto x = head_block(qk, pl, pl.batch_of(hi), pl.head_of(hi));
+    auto dx = head_block(dqk, pl, pl.batch_of(hi), pl.head_of(hi));
+    auto dxv = head_block(dv, pl, pl.batch_of(hi), pl.head_of(hi));
     for (Index col = 0; col < cols; ++col) {
       if (col + kPrefetchDistance < cols) {
         const Index ahead = sc.pos[at(col + kPrefetchDistance)];
@@ -1069,7 +1071,7 @@ class LshAttention {
           detail::prefetch_read(dxv.col(ahead).data(), dh);
         }
       }
-      add_key_grads(pl, qk, dqk, dv, hi, sc.pos[at(col)], grads.dk.col(col), grads.dv.col(col));
+      add_key_grads(sc.pos[at(col)], len, x, dx, dxv, grads.dk.col(col), grads.dv.col(col));
     }
   }
 

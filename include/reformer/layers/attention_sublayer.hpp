@@ -65,6 +65,7 @@
 #include "reformer/layers/projection_input.hpp"
 #include "reformer/layers/sublayer.hpp"
 #include "reformer/ops/dropout.hpp"
+#include "reformer/ops/layer_norm.hpp"
 #include "reformer/ops/linear.hpp"
 #include "reformer/ops/parallel.hpp"
 
@@ -251,11 +252,22 @@ class AttentionSublayer {
     return params.value(out_weight_).middleCols(heads.first * dh, heads.count * dh);
   }
 
-  // The input of the core's projections: x with this sublayer's LayerNorm.
-  ProjectionInput<S> layer_norm_input(const Parameters<S>& params, ConstMatrixRef<S> x) const {
-    return ProjectionInput<S>(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
-                              cfg_.layer_norm_eps);
+  // The input of the core's projections: x with this sublayer's LayerNorm. With `stats`, a call
+  // that normalises x more than once (several head groups, or a backward), x's statistics are
+  // computed here into it (2 x N) and every normalisation takes one pass (bitwise the same).
+  ProjectionInput<S> layer_norm_input(const Parameters<S>& params, ConstMatrixRef<S> x,
+                                      Scratch<S>* stats, const Context& ctx) const {
+    ProjectionInput<S> input(x, params.value_vector(ln_weight_), params.value_vector(ln_bias_),
+                             cfg_.layer_norm_eps);
+    if (stats != nullptr) {
+      stats->resize(ctx.workspace, 2, x.cols());
+      layer_norm_statistics_parallel<S>(x, cfg_.layer_norm_eps, stats->map());
+      input.use_statistics(stats->map());
+    }
+    return input;
   }
+  // Whether a forward over n tokens normalises x more than once (more than one head group).
+  bool several_groups(Index n) const { return heads_per_group(n) < core_.config().num_heads; }
 
   // out = Dropout(in) with this sublayer's output-dropout key (out may alias in).
   void apply_output_dropout(ConstMatrixRef<S> in, MatrixRef<S> out, const Context& ctx) const {
@@ -290,7 +302,9 @@ void AttentionSublayer<S, Core>::forward(const Parameters<S>& params, ConstMatri
   check_sublayer_input<S>(where, x, hidden_size(), ctx);
   check_shape(where, "y", y.rows(), y.cols(), x.rows(), x.cols());
   const Index n = x.cols();
-  const ProjectionInput<S> input = layer_norm_input(params, x);  // xn = LN(x), block by block
+  Scratch<S> stats;
+  const ProjectionInput<S> input =  // xn = LN(x), block by block
+      layer_norm_input(params, x, several_groups(n) ? &stats : nullptr, ctx);
   Scratch<S> a;  // a_g: the outputs of one head group
   for_head_groups(n, [&](HeadRange heads) {
     a.resize(ctx.workspace, heads.count * core_.config().head_size, n);
@@ -311,8 +325,10 @@ void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<
   const Index n = x.cols(), dh = core_.config().head_size;
   const bool dropout = ctx.training && cfg_.output_dropout > 0.0;
 
-  // Forward, recomputed: xn = LN(x), block by block inside the core's projections.
-  const ProjectionInput<S> input = layer_norm_input(params, x);
+  // Forward, recomputed: xn = LN(x), block by block inside the core's projections (normalised
+  // by the recomputed projections and again by their backward: with x's statistics).
+  Scratch<S> stats;
+  const ProjectionInput<S> input = layer_norm_input(params, x, &stats, ctx);
   // xn = LN(x)  =>  dx += LN'(x)^T dxn, dgamma and dbeta += (each head group's share of dxn).
   const ProjectionInputGrad<S> dinput(dx, params.grad_vector(ln_weight_),
                                       params.grad_vector(ln_bias_));
@@ -385,7 +401,9 @@ void AttentionSublayer<S, Core>::forward_keeping(const Parameters<S>& params, Co
   require_keeps(where, n, ctx);
   if constexpr (kCoreKeeps) {
     // forward(), with each group's a_g in its kept matrix instead of a scratch of the same shape.
-    const ProjectionInput<S> input = layer_norm_input(params, x);
+    Scratch<S> stats;
+    const ProjectionInput<S> input =
+        layer_norm_input(params, x, several_groups(n) ? &stats : nullptr, ctx);
     std::size_t group = 0;
     for_head_groups(n, [&](HeadRange heads) {
       const std::size_t base = kept_group_base(group++);
@@ -411,7 +429,8 @@ void AttentionSublayer<S, Core>::backward_from_kept(Parameters<S>& params, Const
   if constexpr (kCoreKeeps) {
     const Index dh = core_.config().head_size;
     const ConstMatrixRef<S> fx = kept.kept(where, kKeptOutput, hidden_size(), n);
-    const ProjectionInput<S> input = layer_norm_input(params, x);
+    Scratch<S> stats;  // x is normalised by each projection's backward and its gradient
+    const ProjectionInput<S> input = layer_norm_input(params, x, &stats, ctx);
     const ProjectionInputGrad<S> dinput(dx, params.grad_vector(ln_weight_),
                                         params.grad_vector(ln_bias_));
     Scratch<S> dz_buffer;

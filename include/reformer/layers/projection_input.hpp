@@ -11,6 +11,10 @@
 // LN backward is linear in dxn, so the second form is the first followed by layer_norm_backward,
 // up to rounding. The attention sublayer uses the LayerNorm form, so a call holds no D x N
 // normalised input or its gradient.
+// A LayerNorm input normalised several times (by the projections of several head groups, and in
+// the backward by the recomputed projections and their gradient) can carry the per-column
+// statistics of x (use_statistics, 2 x N): every normalisation then takes one pass over a column
+// instead of three, with bitwise the same results.
 #include "reformer/core/error.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/ops/layer_norm.hpp"
@@ -46,21 +50,53 @@ class ProjectionInput {
   const ConstVectorMap<S>& beta() const { return beta_; }
   double eps() const { return eps_; }
 
+  /// Normalises with the statistics `stats` of x (2 x N: mean and rstd per column, from
+  /// layer_norm_statistics of x() with eps()), which must outlive this input's use. Throws
+  /// InvalidArgument without a LayerNorm or on a shape mismatch.
+  void use_statistics(ConstMatrixRef<S> stats) {
+    REFORMER_REQUIRE(layer_norm_, InvalidArgument, "ProjectionInput::use_statistics",
+                     "the input has no LayerNorm to take statistics");
+    detail::check_layer_norm_statistics("ProjectionInput::use_statistics", stats.rows(),
+                                        stats.cols(), x_.cols());
+    stats_ = stats.data();
+  }
+
   /// xn of the columns [c0, c0 + nc) into out (D x nc): LN of those columns, or a copy.
   template <class Out>
   void normalised_columns(Index c0, Index nc, Out&& out) const {
-    if (layer_norm_) {
-      layer_norm_forward<S>(x_.middleCols(c0, nc), gamma_, beta_, eps_, out);
-    } else {
+    if (!layer_norm_) {
       out = x_.middleCols(c0, nc);
+    } else if (stats_ != nullptr) {
+      layer_norm_forward_from_statistics<S>(x_.middleCols(c0, nc), statistics(c0, nc), gamma_,
+                                            beta_, out);
+    } else {
+      layer_norm_forward<S>(x_.middleCols(c0, nc), gamma_, beta_, eps_, out);
+    }
+  }
+
+  /// The LayerNorm's backward for the columns [c0, c0 + nc): dx = LN'(x)^T dxn (dx may alias
+  /// dxn), dgamma and dbeta +=. Only for an input with a LayerNorm.
+  template <class Dxn, class Dx, class Dg, class Db>
+  void layer_norm_backward_columns(Index c0, Index nc, const Dxn& dxn, Dx&& dx, Dg&& dgamma,
+                                   Db&& dbeta) const {
+    if (stats_ != nullptr) {
+      layer_norm_backward_from_statistics<S>(x_.middleCols(c0, nc), statistics(c0, nc), gamma_, dxn,
+                                             dx, dgamma, dbeta);
+    } else {
+      layer_norm_backward<S>(x_.middleCols(c0, nc), gamma_, eps_, dxn, dx, dgamma, dbeta);
     }
   }
 
  private:
+  Eigen::Map<const Matrix<S>> statistics(Index c0, Index nc) const {
+    return Eigen::Map<const Matrix<S>>(stats_ + 2 * c0, 2, nc);
+  }
+
   ConstMatrixRef<S> x_;
   ConstVectorMap<S> gamma_, beta_;
   double eps_ = 0.0;
   bool layer_norm_ = false;
+  const S* stats_ = nullptr;  // 2 x N, column-major (use_statistics)
 };
 
 /// Where the gradient of a ProjectionInput goes: dxn += (plain input), or through the LayerNorm

@@ -9,7 +9,10 @@
 //
 // Shapes: x, y, dy, dx: D x N;  gamma, beta, dgamma, dbeta: D.
 // The statistics are computed in two passes (mean, then centred variance). The backward pass
-// recomputes them from x; nothing is stored between forward and backward.
+// recomputes them from x; nothing is stored between forward and backward. A caller that
+// normalises the same x several times can compute them once (layer_norm_statistics: 2 x N,
+// mean and rstd per column) and pass them to the _from_statistics versions, which give bitwise
+// the same results in one pass over x.
 //
 // layer_norm_forward / layer_norm_backward check their arguments and run serially; the
 // _parallel versions run them over fixed blocks of tuning::kColumnBlock columns (ops/parallel.hpp)
@@ -40,17 +43,97 @@ inline void check_layer_norm_args(const char* where, Index x_rows, Index x_cols,
   (void)x_cols;
 }
 
+/// The statistics of one column: sets mean, writes xhat = x - mean and returns
+/// rstd = 1 / sqrt(var + eps).
+template <class S, class In, class Out>
+S layer_norm_centre_column(const In& x, Out& xhat, S eps, S& mean) {
+  mean = x.mean();
+  xhat = x.array() - mean;
+  const S var = xhat.squaredNorm() / static_cast<S>(x.size());
+  return S(1) / std::sqrt(var + eps);
+}
+
 /// Writes xhat = (x - mean) / sqrt(var + eps) of one column and returns rstd.
 template <class S, class In, class Out>
 S layer_norm_normalise_column(const In& x, Out& xhat, S eps) {
-  const S mean = x.mean();
-  xhat = x.array() - mean;
-  const S var = xhat.squaredNorm() / static_cast<S>(x.size());
-  const S rstd = S(1) / std::sqrt(var + eps);
+  S mean;
+  const S rstd = layer_norm_centre_column<S>(x, xhat, eps, mean);
   xhat *= rstd;
   return rstd;
 }
+
+/// xhat of one column from its statistics: the same two roundings as
+/// layer_norm_normalise_column (x - mean, then * rstd), so bitwise its result.
+template <class S, class In, class Out>
+void layer_norm_apply_statistics(const In& x, S mean, S rstd, Out& xhat) {
+  xhat = (x.array() - mean) * rstd;
+}
+
+/// Throws InvalidArgument unless stats is 2 x cols.
+inline void check_layer_norm_statistics(const char* where, Index rows, Index cols, Index x_cols) {
+  check_shape(where, "stats", rows, cols, 2, x_cols);
+}
+
+/// y = xhat .* gamma + beta column by column, xhat of column n from normalise(n, xhat).
+template <class S, class Normalise>
+void layer_norm_forward_columns(Index d, Index n_cols, ConstVectorRef<S> gamma,
+                                ConstVectorRef<S> beta, MatrixRef<S> y, Normalise&& normalise) {
+  struct XhatTag;
+  Eigen::Map<Vector<S>, Eigen::AlignedMax> xhat(thread_buffer<S, XhatTag>(d), d);  // D
+  for (Index n = 0; n < n_cols; ++n) {
+    normalise(n, xhat);
+    y.col(n) = xhat.cwiseProduct(gamma) + beta;
+  }
+}
+
+/// The backward of layer_norm_forward_columns (see layer_norm_backward), xhat of column n and
+/// its rstd from normalise(n, xhat).
+template <class S, class Normalise>
+void layer_norm_backward_columns(Index d, Index n_cols, ConstVectorRef<S> gamma,
+                                 ConstMatrixRef<S> dy, MatrixRef<S> dx, VectorRef<S> dgamma,
+                                 VectorRef<S> dbeta, Normalise&& normalise) {
+  const S inv_d = S(1) / static_cast<S>(d);
+  struct XhatTag;
+  struct GradTag;
+  Eigen::Map<Vector<S>, Eigen::AlignedMax> xhat(thread_buffer<S, XhatTag>(d), d);  // D
+  Eigen::Map<Vector<S>, Eigen::AlignedMax> g(thread_buffer<S, GradTag>(d), d);     // D: dL/dxhat
+  for (Index n = 0; n < n_cols; ++n) {
+    const S rstd = normalise(n, xhat);
+    g = dy.col(n).cwiseProduct(gamma);
+    dgamma += dy.col(n).cwiseProduct(xhat);
+    dbeta += dy.col(n);
+    const S mean_g = g.sum() * inv_d;
+    const S mean_gx = g.dot(xhat) * inv_d;
+    dx.col(n) = rstd * (g.array() - mean_g - xhat.array() * mean_gx).matrix();
+  }
+}
 }  // namespace detail
+
+/// The statistics of every column of x (D x N) into stats (2 x N): stats(0, n) = mu_n,
+/// stats(1, n) = rstd_n, exactly as layer_norm_forward computes them.
+template <class S>
+void layer_norm_statistics(ConstMatrixRef<S> x, double eps, MatrixRef<S> stats) {
+  detail::check_layer_norm_args("layer_norm_statistics", x.rows(), x.cols(), x.rows(), 1, x.rows(),
+                                1, eps);
+  detail::check_layer_norm_statistics("layer_norm_statistics", stats.rows(), stats.cols(),
+                                      x.cols());
+  const S e = static_cast<S>(eps);
+  struct CentredTag;
+  Eigen::Map<Vector<S>, Eigen::AlignedMax> centred(thread_buffer<S, CentredTag>(x.rows()),
+                                                   x.rows());  // D
+  for (Index n = 0; n < x.cols(); ++n)
+    stats(1, n) = detail::layer_norm_centre_column<S>(x.col(n), centred, e, stats(0, n));
+}
+
+/// layer_norm_statistics in parallel over column blocks (the same results).
+template <class S>
+void layer_norm_statistics_parallel(ConstMatrixRef<S> x, double eps, MatrixRef<S> stats) {
+  detail::check_layer_norm_statistics("layer_norm_statistics_parallel", stats.rows(), stats.cols(),
+                                      x.cols());
+  for_column_blocks(x.cols(), 4.0 * double(x.rows()), [&](Index c0, Index nc) {
+    layer_norm_statistics<S>(x.middleCols(c0, nc), eps, stats.middleCols(c0, nc));
+  });
+}
 
 /// y = LayerNorm(x) * gamma + beta (see the header comment). `y` may alias `x`.
 template <class S>
@@ -60,13 +143,26 @@ void layer_norm_forward(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, ConstVecto
                                 gamma.cols(), beta.rows(), beta.cols(), eps);
   check_shape("layer_norm_forward", "y", y.rows(), y.cols(), x.rows(), x.cols());
   const S e = static_cast<S>(eps);
-  struct XhatTag;
-  Eigen::Map<Vector<S>, Eigen::AlignedMax> xhat(thread_buffer<S, XhatTag>(x.rows()),
-                                                x.rows());  // D
-  for (Index n = 0; n < x.cols(); ++n) {
-    detail::layer_norm_normalise_column<S>(x.col(n), xhat, e);
-    y.col(n) = xhat.cwiseProduct(gamma) + beta;
-  }
+  detail::layer_norm_forward_columns<S>(
+      x.rows(), x.cols(), gamma, beta, y,
+      [&](Index n, auto& xhat) { detail::layer_norm_normalise_column<S>(x.col(n), xhat, e); });
+}
+
+/// layer_norm_forward with the statistics of x given (stats: 2 x N, layer_norm_statistics with
+/// the same eps): bitwise the same y, in one pass over each column.
+template <class S>
+void layer_norm_forward_from_statistics(ConstMatrixRef<S> x, ConstMatrixRef<S> stats,
+                                        ConstVectorRef<S> gamma, ConstVectorRef<S> beta,
+                                        MatrixRef<S> y) {
+  constexpr const char* kWhere = "layer_norm_forward_from_statistics";
+  detail::check_layer_norm_args(kWhere, x.rows(), x.cols(), gamma.rows(), gamma.cols(), beta.rows(),
+                                beta.cols(), 0.0);
+  detail::check_layer_norm_statistics(kWhere, stats.rows(), stats.cols(), x.cols());
+  check_shape(kWhere, "y", y.rows(), y.cols(), x.rows(), x.cols());
+  detail::layer_norm_forward_columns<S>(
+      x.rows(), x.cols(), gamma, beta, y, [&](Index n, auto& xhat) {
+        detail::layer_norm_apply_statistics<S>(x.col(n), stats(0, n), stats(1, n), xhat);
+      });
 }
 
 /// Backward of layer_norm_forward, recomputing the statistics from x:
@@ -88,22 +184,32 @@ void layer_norm_backward(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, double ep
   check_shape(kWhere, "dgamma", dgamma.rows(), dgamma.cols(), x.rows(), 1);
   check_shape(kWhere, "dbeta", dbeta.rows(), dbeta.cols(), x.rows(), 1);
   const S e = static_cast<S>(eps);
-  const S inv_d = S(1) / static_cast<S>(x.rows());
-  struct XhatTag;
-  struct GradTag;
-  Eigen::Map<Vector<S>, Eigen::AlignedMax> xhat(thread_buffer<S, XhatTag>(x.rows()),
-                                                x.rows());  // D
-  Eigen::Map<Vector<S>, Eigen::AlignedMax> g(thread_buffer<S, GradTag>(x.rows()),
-                                             x.rows());  // D: dL/dxhat
-  for (Index n = 0; n < x.cols(); ++n) {
-    const S rstd = detail::layer_norm_normalise_column<S>(x.col(n), xhat, e);
-    g = dy.col(n).cwiseProduct(gamma);
-    dgamma += dy.col(n).cwiseProduct(xhat);
-    dbeta += dy.col(n);
-    const S mean_g = g.sum() * inv_d;
-    const S mean_gx = g.dot(xhat) * inv_d;
-    dx.col(n) = rstd * (g.array() - mean_g - xhat.array() * mean_gx).matrix();
-  }
+  detail::layer_norm_backward_columns<S>(
+      x.rows(), x.cols(), gamma, dy, dx, dgamma, dbeta, [&](Index n, auto& xhat) {
+        return detail::layer_norm_normalise_column<S>(x.col(n), xhat, e);
+      });
+}
+
+/// layer_norm_backward with the statistics of x given (stats: 2 x N, layer_norm_statistics with
+/// the same eps): bitwise the same results, in one pass over each column of x.
+template <class S>
+void layer_norm_backward_from_statistics(ConstMatrixRef<S> x, ConstMatrixRef<S> stats,
+                                         ConstVectorRef<S> gamma, ConstMatrixRef<S> dy,
+                                         MatrixRef<S> dx, VectorRef<S> dgamma, VectorRef<S> dbeta) {
+  constexpr const char* kWhere = "layer_norm_backward_from_statistics";
+  detail::check_layer_norm_args(kWhere, x.rows(), x.cols(), gamma.rows(), gamma.cols(),
+                                gamma.rows(), gamma.cols(), 0.0);
+  detail::check_layer_norm_statistics(kWhere, stats.rows(), stats.cols(), x.cols());
+  check_shape(kWhere, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
+  check_shape(kWhere, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
+  check_shape(kWhere, "dgamma", dgamma.rows(), dgamma.cols(), x.rows(), 1);
+  check_shape(kWhere, "dbeta", dbeta.rows(), dbeta.cols(), x.rows(), 1);
+  detail::layer_norm_backward_columns<S>(
+      x.rows(), x.cols(), gamma, dy, dx, dgamma, dbeta, [&](Index n, auto& xhat) {
+        const S rstd = stats(1, n);
+        detail::layer_norm_apply_statistics<S>(x.col(n), stats(0, n), rstd, xhat);
+        return rstd;
+      });
 }
 
 /// y = LayerNorm(x) * gamma + beta as layer_norm_forward, in parallel over column blocks.

@@ -321,9 +321,10 @@ TYPED_TEST(AttentionFusion, ThreadIndependentAndSteadyState) {
 }
 
 // The cores on their own: a LayerNorm input gives the plain input's results (forward, the
-// buckets compute_buckets draws, and the gradients through the LayerNorm); a gradient of the
-// wrong form is rejected.
-TYPED_TEST(AttentionFusion, CoresAcceptBothInputForms) {
+// buckets compute_buckets draws, and the gradients through the LayerNorm), and one carrying x's
+// statistics (as the sublayer passes it) bitwise the LayerNorm input's; a gradient of the wrong
+// form, and statistics on a plain input or of the wrong width, are rejected.
+TYPED_TEST(AttentionFusion, CoresAcceptEveryInputForm) {
   Case c;
   c.batch = 2;
   c.length = 150;
@@ -372,9 +373,31 @@ TYPED_TEST(AttentionFusion, CoresAcceptBothInputForms) {
   EXPECT_LT(relative_error(dbeta_fused, dbeta_plain), 1e-12);
   EXPECT_LT(relative_error(s.params.grads(), core_grads_plain), 1e-12);
 
+  Matrix<double> stats(2, n);
+  layer_norm_statistics<double>(x, eps, stats);
+  ProjectionInput<double> with_stats(x, gamma, beta, eps);
+  with_stats.use_statistics(stats);
+  Matrix<double> a_stats(rows, n), dx_stats = Matrix<double>::Zero(kHidden, n);
+  Vector<double> dgamma_stats = Vector<double>::Zero(kHidden), dbeta_stats = dgamma_stats;
+  core.forward(s.params, with_stats, a_stats, ctx);
+  EXPECT_EQ(a_stats, a_fused);
+  const Vector<double> core_grads_fused = s.params.grads();
+  s.params.zero_grad();
+  core.backward(s.params, with_stats, da,
+                ProjectionInputGrad<double>(dx_stats, dgamma_stats, dbeta_stats), a_stats, ctx);
+  EXPECT_EQ(a_stats, a_fused);
+  EXPECT_EQ(dx_stats, dx_fused);
+  EXPECT_EQ(dgamma_stats, dgamma_fused);
+  EXPECT_EQ(dbeta_stats, dbeta_fused);
+  EXPECT_EQ(s.params.grads(), core_grads_fused);
+
   EXPECT_THROW(
       core.backward(s.params, fused, da, ProjectionInputGrad<double>(dx_fused), a_fused, ctx),
       InvalidArgument);
+  ProjectionInput<double> plain(xn);
+  EXPECT_THROW(plain.use_statistics(stats), InvalidArgument);
+  const Matrix<double> narrow(2, n - 1);
+  EXPECT_THROW(with_stats.use_statistics(narrow), InvalidArgument);
 }
 
 }  // namespace reformer::test::attention_fusion

@@ -140,5 +140,60 @@ TEST(LayerNorm, RejectsBadArguments) {
                     {"layer_norm_backward", "dbeta"});
 }
 
+// The statistics computed once (layer_norm_statistics) and passed to the _from_statistics
+// versions give bitwise the forward's and backward's own results, in float as in double, with
+// dx in place of dy too; the statistics are the columns' mean and 1 / sqrt(var + eps).
+template <class S>
+void expect_statistics_bitwise(Index d, Index n, double eps) {
+  const Matrix<S> x = random_matrix<S>(d, n, 41, -2.0, 3.0);
+  const Vector<S> gamma = random_vector<S>(d, 42, 0.5, 1.5), beta = random_vector<S>(d, 43);
+  const Matrix<S> dy = random_matrix<S>(d, n, 44);
+  Matrix<S> stats(2, n), stats_parallel(2, n);
+  layer_norm_statistics<S>(x, eps, stats);
+  layer_norm_statistics_parallel<S>(x, eps, stats_parallel);
+  EXPECT_EQ(stats_parallel, stats);
+  const Matrix<double> xd = x.template cast<double>();
+  for (Index c = 0; c < n; ++c) {
+    const double mean = xd.col(c).mean();
+    const double var = (xd.col(c).array() - mean).square().mean();
+    EXPECT_NEAR(double(stats(0, c)), mean, 1e-5);
+    EXPECT_NEAR(double(stats(1, c)), 1.0 / std::sqrt(var + eps), 1e-4 / std::sqrt(var + eps));
+  }
+  Matrix<S> y(d, n), y_stats(d, n);
+  layer_norm_forward<S>(x, gamma, beta, eps, y);
+  layer_norm_forward_from_statistics<S>(x, stats, gamma, beta, y_stats);
+  EXPECT_EQ(y_stats, y);
+  Matrix<S> dx(d, n), dx_stats = dy;  // in place: dx aliases dy
+  Vector<S> dg = Vector<S>::Constant(d, S(0.25)), db = dg, dg_stats = dg, db_stats = dg;
+  layer_norm_backward<S>(x, gamma, eps, dy, dx, dg, db);
+  layer_norm_backward_from_statistics<S>(x, stats, gamma, dx_stats, dx_stats, dg_stats, db_stats);
+  EXPECT_EQ(dx_stats, dx);
+  EXPECT_EQ(dg_stats, dg);
+  EXPECT_EQ(db_stats, db);
+}
+
+TEST(LayerNorm, StatisticsGiveBitwiseTheSameResults) {
+  expect_statistics_bitwise<float>(256, 37, 1e-12);
+  expect_statistics_bitwise<float>(7, 300, 1e-5);
+  expect_statistics_bitwise<double>(33, 19, 1e-12);
+}
+
+TEST(LayerNorm, StatisticsRejectBadShapes) {
+  const Matrix<double> x = random_matrix(4, 3, 45);
+  const Vector<double> g = random_vector(4, 46), b = random_vector(4, 47);
+  Matrix<double> stats(2, 3), stats_short(2, 2), stats_tall(3, 3), y(4, 3), dx(4, 3);
+  Vector<double> dg(4), db(4);
+  expect_throw_with([&] { layer_norm_statistics<double>(x, 1e-12, stats_short); },
+                    {"layer_norm_statistics", "stats", "2 x 2", "2 x 3"});
+  expect_throw_with([&] { layer_norm_statistics<double>(x, -1.0, stats); },
+                    {"layer_norm_statistics", "eps = -1"});
+  layer_norm_statistics<double>(x, 1e-12, stats);
+  expect_throw_with([&] { layer_norm_forward_from_statistics<double>(x, stats_tall, g, b, y); },
+                    {"layer_norm_forward_from_statistics", "stats", "3 x 3"});
+  expect_throw_with(
+      [&] { layer_norm_backward_from_statistics<double>(x, stats_short, g, x, dx, dg, db); },
+      {"layer_norm_backward_from_statistics", "stats"});
+}
+
 }  // namespace
 }  // namespace reformer::ops_test

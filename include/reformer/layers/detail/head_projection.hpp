@@ -153,8 +153,8 @@ void project_heads_backward(Parameters<S>& params, HeadRange heads, Index head_s
         ++p;
       }
       // xn = LN(x)  =>  dx += LN'(x)^T dxn (computed in place in dxn), dgamma, dbeta partials.
-      layer_norm_backward<S>(input.x().middleCols(c0, nc), input.gamma(), input.eps(), dxn.map(),
-                             dxn.map(), partial_ln.col(2 * i), partial_ln.col(2 * i + 1));
+      input.layer_norm_backward_columns(c0, nc, dxn.map(), dxn.map(), partial_ln.col(2 * i),
+                                        partial_ln.col(2 * i + 1));
       dinput.dx().middleCols(c0, nc) += dxn.map();
     });
     // dW += the wave's partials in block order (split over dW's rows).

@@ -336,6 +336,7 @@ class LshAttention {
     std::vector<Index> pos;             // E*C positions of its places (>= T: padding)
     GrowingMatrix<S> q, k, v;           // Dh x E*C queries (qk), keys (qk * key scale), values
     GrowingMatrix<S> dk, dv;            // Dh x E*C gradients of those keys and values
+    GrowingMatrix<S> dq;                // Dh x E*C: the block's own columns, its queries' gradients
     GrowingMatrix<S> o;                 // Dh x C one chunk's outputs; backward: d(o), then d(q)
     Vector<S> shift;                    // C: dlse - delta of one chunk's queries (backward)
     GrowingMatrix<S> p;                 // W*C x C one chunk's probabilities (last round, backward)
@@ -343,8 +344,8 @@ class LshAttention {
     std::vector<Index> wpos;
   };
   /// The sizes a BlockScratch is reserved for: {Dh x E*C (queries, keys, values), E*C (positions),
-  /// Dh x C (outputs), C (softmax shifts), Dh x E*C (key and value gradients), W*C x C (one
-  /// chunk's probabilities)}; 0 = not needed.
+  /// Dh x C (outputs), C (softmax shifts), Dh x E*C (query, key and value gradients), W*C x C
+  /// (one chunk's probabilities)}; 0 = not needed.
   struct BlockScratchKind {
     using Buffer = BlockScratch;
     static constexpr std::size_t kSizes = 6;
@@ -357,6 +358,7 @@ class LshAttention {
       if (sc.shift.size() < n[3]) sc.shift.setZero(n[3]);
       sc.dk.reserve(n[4]);
       sc.dv.reserve(n[4]);
+      sc.dq.reserve(n[4]);
       sc.p.reserve(n[5]);
     }
   };
@@ -932,11 +934,13 @@ class LshAttention {
     });
   }
 
-  /// The key and value gradients of a block, gathered in the thread's copy of its extended
-  /// range: Dh x E*C each, zeroed.
+  /// The gradients of a block, gathered in the thread's copy of its extended range (Dh x E*C
+  /// each): of the keys and values, zeroed; of the queries, in the block's own columns, each
+  /// written once by its chunk's backward (backward_chunk).
   struct RangeGrads {
     typename GrowingMatrix<S>::MapType& dk;
     typename GrowingMatrix<S>::MapType& dv;
+    typename GrowingMatrix<S>::MapType& dq;
   };
   RangeGrads zeroed_range_grads(const Plan& pl, BlockScratch& sc) const {
     const Index dh = cfg_.head_size, cols = static_cast<Index>(sc.chunks.size()) * pl.chunk;
@@ -945,7 +949,7 @@ class LshAttention {
     auto& dv_range = sc.dv.reshape(dh, block_columns(pl));
     dk_range.leftCols(cols).setZero();
     dv_range.leftCols(cols).setZero();
-    return {dk_range, dv_range};
+    return {dk_range, dv_range, sc.dq.reshape(dh, block_columns(pl))};
   }
 
   /// attend_backward_round for the chunks [c0, c1) of one round of head item hi.
@@ -961,7 +965,7 @@ class LshAttention {
     for (Index c = c0; c < c1; ++c)
       backward_chunk(pl, qk, v, da, dqk, dv, hi, hb, sc, grads, ws, opts, c0, c1, c,
                      stored_probs(hb, c));
-    add_range_key_grads(pl, qk, dqk, dv, hi, sc, grads);
+    add_range_key_grads(pl, dqk, dv, hi, sc, grads);
   }
 
   /// The blocks [c0, c1) of the last round of head item hi in the recomputing backward: per
@@ -989,12 +993,12 @@ class LshAttention {
         if (qpos[i] < len) finish_output(pl, a, &da, hb, b, j, qpos[i]);
       backward_chunk(pl, qk, v, da, dqk, dv, hi, hb, sc, grads, ws, opts, c0, c1, c, probs);
     }
-    add_range_key_grads(pl, qk, dqk, dv, hi, sc, grads);
+    add_range_key_grads(pl, dqk, dv, hi, sc, grads);
   }
 
-  /// The backward of chunk c of a gathered block [c0, c1): dq added to dqk by position, dk and
-  /// dv into the block's range gradients (or, for a window that is not a slice of the range,
-  /// straight to the positions). probs: the chunk's probabilities, or null to recompute them.
+  /// The backward of chunk c of a gathered block [c0, c1): dq, dk and dv into the block's range
+  /// gradients (dk and dv of a window that is not a slice of the range straight to the
+  /// positions). probs: the chunk's probabilities, or null to recompute them.
   void backward_chunk(const Plan& pl, const ConstMatrixRef<S>& qk, const ConstMatrixRef<S>& v,
                       const ConstMatrixRef<S>& da, MatrixRef<S>& dqk, MatrixRef<S>& dv, Index hi,
                       HeadBuffers& hb, BlockScratch& sc, const RangeGrads& grads,
@@ -1003,10 +1007,8 @@ class LshAttention {
     const Index dh = cfg_.head_size, cl = pl.chunk, wl = pl.window * cl, len = pl.length;
     const Index b = pl.batch_of(hi), j = pl.head_of(hi), k = c - c0;
     const Index* qpos = sc.pos.data() + (cfg_.chunks_before + k) * cl;
-    auto dx = head_block(dqk, pl, b, j);
-    // da of the next chunk's queries, read before its kernel; dqk of this chunk's, after.
+    // da of the next chunk's queries, read before its kernel.
     if (c + 1 < c1) prefetch_query_columns(pl, hb, c + 1, head_block(da, pl, b, j), false);
-    prefetch_query_columns(pl, hb, c, dx, true);
     auto d_o = sc.o.map();
     S* shift = sc.shift.data();  // dlse - delta (attend_forward_backward)
     for (Index i = 0; i < cl; ++i) {
@@ -1035,32 +1037,31 @@ class LshAttention {
       chunk_attention_backward_shifted<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts,
                                           d_o, shift, d_o, wdk, wdv, ws, probs);
       const auto x = head_block(qk, pl, b, j);
+      auto dx = head_block(dqk, pl, b, j);
       auto dxv = head_block(dv, pl, b, j);
-      for (Index col = 0; col < wl; ++col)
-        add_key_grads(sc.wpos[at(col)], len, x, dx, dxv, wdk.col(col), wdv.col(col));
+      for (Index col = 0; col < wl; ++col) {
+        const Index t = sc.wpos[at(col)];
+        if (t >= len) continue;  // padding receives no gradient
+        detail::lsh_normalize_key_backward<S>(x.col(t), wdk.col(col), dx.col(t));
+        dxv.col(t) += wdv.col(col);
+      }
     }
-    for (Index i = 0; i < cl; ++i)  // d(o) -> d(q) in place
-      if (qpos[i] < len) dx.col(qpos[i]) += d_o.col(i);
+    grads.dq.middleCols((cfg_.chunks_before + k) * cl, cl) = d_o;  // d(o) -> d(q) in place
   }
 
-  /// The key and value gradients of a place at position t (none for padding, t >= len), into
-  /// one head item's blocks (head_block) of dqk and dv; x is its block of qk:
-  ///   dqk_t += g dk - g^3 (dk . qk_t) qk_t,  dv_t += dv.
-  template <class X, class D, class Dk, class Dv>
-  static void add_key_grads(Index t, Index len, const X& x, D& dx, D& dxv, const Dk& dk_col,
-                            const Dv& dv_col) {
-    if (t >= len) return;
-    detail::lsh_normalize_key_backward<S>(x.col(t), dk_col, dx.col(t));
-    dxv.col(t) += dv_col;
-  }
-
-  /// Adds a block's range gradients to the positions of its places (prefetching ahead).
-  void add_range_key_grads(const Plan& pl, const ConstMatrixRef<S>& qk, MatrixRef<S>& dqk,
-                           MatrixRef<S>& dv, Index hi, const BlockScratch& sc,
-                           const RangeGrads& grads) const {
-    const Index dh = cfg_.head_size, len = pl.length;
-    const Index cols = static_cast<Index>(sc.chunks.size()) * pl.chunk;
-    const auto x = head_block(qk, pl, pl.batch_of(hi), pl.head_of(hi));
+  /// Adds a block's range gradients to the positions of its places, one read-modify-write of
+  /// each position's dqk and dv columns (prefetched ahead). With k = qk * g, the key gradient's
+  /// part
+  ///   dqk_t += g dk - g^3 (dk . qk_t) qk_t             (lsh_normalize_key_backward)
+  /// takes qk_t from the block's gathered copy (sc.q); in the block's own columns it is first
+  /// added to the query gradient dq, so those positions get dq + that in one addition.
+  ///   dv_t += dv
+  void add_range_key_grads(const Plan& pl, MatrixRef<S>& dqk, MatrixRef<S>& dv, Index hi,
+                           const BlockScratch& sc, const RangeGrads& grads) const {
+    const Index dh = cfg_.head_size, len = pl.length, cl = pl.chunk;
+    const Index cols = static_cast<Index>(sc.chunks.size()) * cl;
+    const Index own0 = cfg_.chunks_before * cl, own1 = cols - cfg_.chunks_after * cl;
+    const auto q = sc.q.map();
     auto dx = head_block(dqk, pl, pl.batch_of(hi), pl.head_of(hi));
     auto dxv = head_block(dv, pl, pl.batch_of(hi), pl.head_of(hi));
     for (Index col = 0; col < cols; ++col) {
@@ -1071,7 +1072,16 @@ class LshAttention {
           detail::prefetch_read(dxv.col(ahead).data(), dh);
         }
       }
-      add_key_grads(sc.pos[at(col)], len, x, dx, dxv, grads.dk.col(col), grads.dv.col(col));
+      const Index t = sc.pos[at(col)];
+      if (t >= len) continue;  // padding receives no gradient
+      if (col >= own0 && col < own1) {
+        auto dq = grads.dq.col(col);
+        detail::lsh_normalize_key_backward<S>(q.col(col), grads.dk.col(col), dq);
+        dx.col(t) += dq;
+      } else {
+        detail::lsh_normalize_key_backward<S>(q.col(col), grads.dk.col(col), dx.col(t));
+      }
+      dxv.col(t) += grads.dv.col(col);
     }
   }
 
@@ -1254,11 +1264,12 @@ void LshAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>& 
   detail::project_heads<S>(params, heads, cfg_.head_size, input, {{qk_slot_, qk}, {v_slot_, v}},
                            ws);
   Scratch<S> dqk_buf(ws, rows, n), dv_buf(ws, rows, n);
+  auto &dqk = dqk_buf.map(), &dv = dv_buf.map();
   if (pl.dense) {
-    dense_backward(pl, qk, v, da, a, dqk_buf.map(), dv_buf.map(), ctx);
+    dense_backward(pl, qk, v, da, a, dqk, dv, ctx);
   } else {
     const std::int32_t* buckets = replayed_buckets(where, pl, ctx);
-    zero_by_blocks(dqk_buf.map(), dv_buf.map());
+    zero_by_blocks(dqk, dv);
     std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
     for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
       const Index nh = std::min(pl.wave, pl.num_head_items - h0);
@@ -1267,7 +1278,7 @@ void LshAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>& 
         bufs[at(i)].a_dot.resize(ws, pl.padded, 1);
         if (pl.store_probs) bufs[at(i)].probs.resize(ws, pl.probs_stride, pl.stored_chunks);
       }
-      attend_forward_backward(pl, ctx, qk, v, da, a, dqk_buf.map(), dv_buf.map(), h0, nh, bufs);
+      attend_forward_backward(pl, ctx, qk, v, da, a, dqk, dv, h0, nh, bufs);
     }
   }
   qk_buf.reset();  // the projections and the per-head buffers are no longer read
@@ -1275,8 +1286,7 @@ void LshAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>& 
   // qk = W_qk x, v = W_v x  =>  dW_qk += dqk x^T, dW_v += dv x^T, dx += W_qk^T dqk + W_v^T dv
   // (the rows of this group's heads).
   detail::project_heads_backward<S>(params, heads, cfg_.head_size, input,
-                                    {{qk_slot_, dqk_buf.map()}, {v_slot_, dv_buf.map()}}, dinput,
-                                    ws);
+                                    {{qk_slot_, dqk}, {v_slot_, dv}}, dinput, ws);
 }
 
 template <class S>
@@ -1298,7 +1308,8 @@ void LshAttention<S>::backward_from_kept(Parameters<S>& params, const Projection
       kept.kept(where, first + kKeptStatistics, pl.slots + 2 * pl.padded, pl.num_head_items);
   Workspace* ws = ctx.workspace;
   Scratch<S> dqk_buf(ws, rows, n), dv_buf(ws, rows, n);
-  zero_by_blocks(dqk_buf.map(), dv_buf.map());
+  auto &dqk = dqk_buf.map(), &dv = dv_buf.map();
+  zero_by_blocks(dqk, dv);
   const std::int32_t* buckets = replayed_buckets(where, pl, ctx);
   std::vector<HeadBuffers> bufs(at(pl.wave));  // reused by every wave
   for (Index h0 = 0; h0 < pl.num_head_items; h0 += pl.wave) {
@@ -1322,14 +1333,13 @@ void LshAttention<S>::backward_from_kept(Parameters<S>& params, const Projection
         hb.a_dot.map()(t) = head_dot(da, b * len + t, j, a.col(b * len + t).data() + j * dh);
     });
     for (Index k = 0; k < pl.rounds; ++k) {
-      attend_backward_round(pl, ctx, qk, v, da, dqk_buf.map(), dv_buf.map(), h0, nh, bufs,
-                            backward_round(pl, k));
+      attend_backward_round(pl, ctx, qk, v, da, dqk, dv, h0, nh, bufs, backward_round(pl, k));
     }
   }
   // qk = W_qk x, v = W_v x  =>  dW_qk += dqk x^T, dW_v += dv x^T, dx += W_qk^T dqk + W_v^T dv
   // (the rows of this group's heads).
-  detail::project_heads_backward<S>(
-      params, heads, dh, input, {{qk_slot_, dqk_buf.map()}, {v_slot_, dv_buf.map()}}, dinput, ws);
+  detail::project_heads_backward<S>(params, heads, dh, input, {{qk_slot_, dqk}, {v_slot_, dv}},
+                                    dinput, ws);
 }
 
 }  // namespace reformer

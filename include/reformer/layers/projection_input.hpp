@@ -51,14 +51,15 @@ class ProjectionInput {
   double eps() const { return eps_; }
 
   /// Normalises with the statistics `stats` of x (2 x N: mean and rstd per column, from
-  /// layer_norm_statistics of x() with eps()), which must outlive this input's use. Throws
-  /// InvalidArgument without a LayerNorm or on a shape mismatch.
-  void use_statistics(ConstMatrixRef<S> stats) {
+  /// layer_norm_statistics of x() with eps()). Only a view is kept: the matrix must outlive this
+  /// input's use. Throws InvalidArgument without a LayerNorm or on a shape mismatch.
+  void use_statistics(const ConstMatrixRef<S>& stats) {
     REFORMER_REQUIRE(layer_norm_, InvalidArgument, "ProjectionInput::use_statistics",
                      "the input has no LayerNorm to take statistics");
     detail::check_layer_norm_statistics("ProjectionInput::use_statistics", stats.rows(),
                                         stats.cols(), x_.cols());
     stats_ = stats.data();
+    stats_stride_ = stats.outerStride();
   }
 
   /// xn of the columns [c0, c0 + nc) into out (D x nc): LN of those columns, or a copy.
@@ -88,15 +89,17 @@ class ProjectionInput {
   }
 
  private:
-  Eigen::Map<const Matrix<S>> statistics(Index c0, Index nc) const {
-    return Eigen::Map<const Matrix<S>>(stats_ + 2 * c0, 2, nc);
+  using StatisticsMap = Eigen::Map<const Matrix<S>, 0, Eigen::OuterStride<>>;
+  StatisticsMap statistics(Index c0, Index nc) const {
+    return StatisticsMap(stats_ + stats_stride_ * c0, 2, nc, Eigen::OuterStride<>(stats_stride_));
   }
 
   ConstMatrixRef<S> x_;
   ConstVectorMap<S> gamma_, beta_;
   double eps_ = 0.0;
   bool layer_norm_ = false;
-  const S* stats_ = nullptr;  // 2 x N, column-major (use_statistics)
+  const S* stats_ = nullptr;  // 2 x N, column-major, columns stats_stride_ apart (use_statistics)
+  Index stats_stride_ = 2;
 };
 
 /// Where the gradient of a ProjectionInput goes: dxn += (plain input), or through the LayerNorm

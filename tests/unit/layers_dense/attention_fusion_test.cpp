@@ -373,10 +373,11 @@ TYPED_TEST(AttentionFusion, CoresAcceptEveryInputForm) {
   EXPECT_LT(relative_error(dbeta_fused, dbeta_plain), 1e-12);
   EXPECT_LT(relative_error(s.params.grads(), core_grads_plain), 1e-12);
 
-  Matrix<double> stats(2, n);
+  Matrix<double> stats(2, n), padded_stats = Matrix<double>::Constant(3, n, 1e3);
   layer_norm_statistics<double>(x, eps, stats);
+  padded_stats.topRows(2) = stats;  // a view whose columns are 3 scalars apart
   ProjectionInput<double> with_stats(x, gamma, beta, eps);
-  with_stats.use_statistics(stats);
+  with_stats.use_statistics(padded_stats.topRows(2));
   Matrix<double> a_stats(rows, n), dx_stats = Matrix<double>::Zero(kHidden, n);
   Vector<double> dgamma_stats = Vector<double>::Zero(kHidden), dbeta_stats = dgamma_stats;
   core.forward(s.params, with_stats, a_stats, ctx);

@@ -337,7 +337,7 @@ class LshAttention {
     GrowingMatrix<S> q, k, v;           // Dh x E*C queries (qk), keys (qk * key scale), values
     GrowingMatrix<S> dk, dv;            // Dh x E*C gradients of those keys and values
     GrowingMatrix<S> dq;                // Dh x E*C: the block's own columns, its queries' gradients
-    GrowingMatrix<S> o;                 // Dh x C one chunk's outputs; backward: d(o), then d(q)
+    GrowingMatrix<S> o;                 // Dh x C one chunk's outputs; backward: d(o)
     Vector<S> shift;                    // C: dlse - delta of one chunk's queries (backward)
     GrowingMatrix<S> p;                 // W*C x C one chunk's probabilities (last round, backward)
     GrowingMatrix<S> wk, wv, wdk, wdv;  // a window that is not a slice of the range (few chunks)
@@ -1023,10 +1023,11 @@ class LshAttention {
       shift[i] = -w * hb.a_dot.map()(t);
     }
     const auto q = sc.q.map().middleCols((cfg_.chunks_before + k) * cl, cl);
+    auto dq = grads.dq.middleCols((cfg_.chunks_before + k) * cl, cl);  // overwritten
     if (window_is_slice(pl, sc, c0, c)) {
       chunk_attention_backward_shifted<S>(
           q, sc.k.map().middleCols(k * cl, wl), sc.v.map().middleCols(k * cl, wl), qpos,
-          sc.pos.data() + k * cl, opts, d_o, shift, d_o, grads.dk.middleCols(k * cl, wl),
+          sc.pos.data() + k * cl, opts, d_o, shift, dq, grads.dk.middleCols(k * cl, wl),
           grads.dv.middleCols(k * cl, wl), ws, probs);
     } else {  // only in blocks that run one after another (see for_backward_blocks)
       gather_window(pl, qk, v, hi, hb, c, sc);
@@ -1035,7 +1036,7 @@ class LshAttention {
       wdk.setZero();
       wdv.setZero();
       chunk_attention_backward_shifted<S>(q, sc.wk.map(), sc.wv.map(), qpos, sc.wpos.data(), opts,
-                                          d_o, shift, d_o, wdk, wdv, ws, probs);
+                                          d_o, shift, dq, wdk, wdv, ws, probs);
       const auto x = head_block(qk, pl, b, j);
       auto dx = head_block(dqk, pl, b, j);
       auto dxv = head_block(dv, pl, b, j);
@@ -1046,7 +1047,6 @@ class LshAttention {
         dxv.col(t) += wdv.col(col);
       }
     }
-    grads.dq.middleCols((cfg_.chunks_before + k) * cl, cl) = d_o;  // d(o) -> d(q) in place
   }
 
   /// Adds a block's range gradients to the positions of its places, one read-modify-write of

@@ -69,6 +69,17 @@ void layer_norm_apply_statistics(const In& x, S mean, S rstd, Out& xhat) {
   xhat = (x.array() - mean) * rstd;
 }
 
+/// Throws InvalidArgument unless dy and dx have x's shape and dgamma, dbeta its D rows.
+inline void check_layer_norm_backward_shapes(const char* where, Index d, Index n, Index dy_rows,
+                                             Index dy_cols, Index dx_rows, Index dx_cols,
+                                             Index dgamma_rows, Index dgamma_cols, Index dbeta_rows,
+                                             Index dbeta_cols) {
+  check_shape(where, "dy", dy_rows, dy_cols, d, n);
+  check_shape(where, "dx", dx_rows, dx_cols, d, n);
+  check_shape(where, "dgamma", dgamma_rows, dgamma_cols, d, 1);
+  check_shape(where, "dbeta", dbeta_rows, dbeta_cols, d, 1);
+}
+
 /// Throws InvalidArgument unless stats is 2 x cols.
 inline void check_layer_norm_statistics(const char* where, Index rows, Index cols, Index x_cols) {
   check_shape(where, "stats", rows, cols, 2, x_cols);
@@ -179,10 +190,9 @@ void layer_norm_backward(ConstMatrixRef<S> x, ConstVectorRef<S> gamma, double ep
   constexpr const char* kWhere = "layer_norm_backward";
   detail::check_layer_norm_args(kWhere, x.rows(), x.cols(), gamma.rows(), gamma.cols(),
                                 gamma.rows(), gamma.cols(), eps);
-  check_shape(kWhere, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
-  check_shape(kWhere, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
-  check_shape(kWhere, "dgamma", dgamma.rows(), dgamma.cols(), x.rows(), 1);
-  check_shape(kWhere, "dbeta", dbeta.rows(), dbeta.cols(), x.rows(), 1);
+  detail::check_layer_norm_backward_shapes(kWhere, x.rows(), x.cols(), dy.rows(), dy.cols(),
+                                           dx.rows(), dx.cols(), dgamma.rows(), dgamma.cols(),
+                                           dbeta.rows(), dbeta.cols());
   const S e = static_cast<S>(eps);
   detail::layer_norm_backward_columns<S>(
       x.rows(), x.cols(), gamma, dy, dx, dgamma, dbeta, [&](Index n, auto& xhat) {
@@ -200,10 +210,9 @@ void layer_norm_backward_from_statistics(ConstMatrixRef<S> x, ConstMatrixRef<S> 
   detail::check_layer_norm_args(kWhere, x.rows(), x.cols(), gamma.rows(), gamma.cols(),
                                 gamma.rows(), gamma.cols(), 0.0);
   detail::check_layer_norm_statistics(kWhere, stats.rows(), stats.cols(), x.cols());
-  check_shape(kWhere, "dy", dy.rows(), dy.cols(), x.rows(), x.cols());
-  check_shape(kWhere, "dx", dx.rows(), dx.cols(), x.rows(), x.cols());
-  check_shape(kWhere, "dgamma", dgamma.rows(), dgamma.cols(), x.rows(), 1);
-  check_shape(kWhere, "dbeta", dbeta.rows(), dbeta.cols(), x.rows(), 1);
+  detail::check_layer_norm_backward_shapes(kWhere, x.rows(), x.cols(), dy.rows(), dy.cols(),
+                                           dx.rows(), dx.cols(), dgamma.rows(), dgamma.cols(),
+                                           dbeta.rows(), dbeta.cols());
   detail::layer_norm_backward_columns<S>(
       x.rows(), x.cols(), gamma, dy, dx, dgamma, dbeta, [&](Index n, auto& xhat) {
         const S rstd = stats(1, n);

@@ -28,14 +28,25 @@
 //                 const ProjectionInputGrad<S>& dinput /* += */, MatrixRef<S> a /* recomputed */,
 //                 const Context&, HeadRange heads) const;      // core parameter grads +=
 //
-// Memory: the heads are streamed in groups (head_range.hpp). Each group's outputs a_g are
-// projected and added into y (z = sum_g W_o[:, g] a_g) and, in backward, each group gets
-// da_g = W_o[:, g]^T dz and adds its share of dx, dgamma and dbeta through the LayerNorm (LN
-// backward is linear in dxn, so the groups' shares add up to the gradient of the whole), so a
-// call holds the per-head matrices of one group instead of all heads' and no D x N normalised
-// input or its gradient: for long inputs the group is a single head. The group size depends
-// only on the shapes (kHeadGroupScalars), never on threads. Every buffer of D x N or more is a
-// Scratch drawn from ctx.workspace (core/workspace.hpp).
+// Memory: the heads are streamed in groups (head_range.hpp), so a call holds the per-head
+// matrices of one group instead of all heads' and no D x N normalised input or its gradient:
+// for long inputs the group is a single head. The group size depends only on the shapes
+// (kHeadGroupScalars), never on threads. Every buffer of D x N or more is a Scratch drawn from
+// ctx.workspace (core/workspace.hpp).
+//   forward:   the outputs of up to kForwardOutputGroups (2) groups gather in one buffer a,
+//              then one product adds them to y (z = sum over such spans s of W_o[:, s] a_s),
+//              so y is read and written once per two groups instead of once per group. The
+//              forward then holds a (2 groups) and the core's projections (2-3 groups), less
+//              than the backward of one group holds (a_g, da_g, the projections and their
+//              gradients: 6-8 groups). Spans of 4 groups held no more at once either, but their
+//              larger buffer left the workspace fragmented: the 2-layer 2^20 step's footprint
+//              grew from 5.84 to 6.09 GiB (docs/benchmarks.md).
+//   backward:  each group gets da_g = W_o[:, g]^T dz and adds its share of dx, dgamma and dbeta
+//              through the LayerNorm (LN backward is linear in dxn, so the groups' shares add
+//              up to the gradient of the whole). After group g's core backward one pass over
+//              the tokens forms dW_o[:, g] += dz a_g^T, y -= W_o[:, g] a_g and the next group's
+//              da_{g+1} = W_o[:, g+1]^T dz (linear_weight_grads_alongside), so dz is read once
+//              per group, not twice.
 //
 // Kept activations (the optional part of the sublayer contract, sublayer.hpp): when the core
 // can keep its own activations, it provides
@@ -47,8 +58,8 @@
 //                           const ProjectionInputGrad<S>& dinput, ConstMatrixRef<S> a,
 //                           const Context&, HeadRange, KeptActivations<S>&,
 //                           std::size_t first) const;
-// (LshAttention does), and this sublayer keeps f(x) (matrix 0) and, per head group g, a_g
-// (matrix 1 + g (1 + kKeptMatrices)) followed by the core's matrices. backward_from_kept()
+// (LshAttention does), and this sublayer keeps f(x) (matrix 0), a of all heads (matrix 1) and,
+// per head group g, the core's matrices (from matrix 2 + g kKeptMatrices). backward_from_kept()
 // then runs no forward at all: y -= f(x), and each group's gradient goes through the core from
 // what it kept. With any other core, or a configuration the core does not keep (kept_bytes 0),
 // kept_bytes() is 0 and forward_keeping() throws.
@@ -157,11 +168,20 @@ class AttentionSublayer {
   /// a call aims for: 2^22, 16 MiB in float, i.e. all 4 heads of 64 up to 16K tokens per call.
   static constexpr Index kHeadGroupScalars = tuning::kHeadGroupScalars;
 
+  /// Head groups whose outputs a forward gathers before one output product (file comment).
+  static constexpr Index kForwardOutputGroups = 2;
+
   /// Heads per group for N = batch * T tokens (a function of the config and shapes only).
   Index heads_per_group(Index n) const {
     const Index budget = cfg_.head_group_scalars > 0 ? cfg_.head_group_scalars : kHeadGroupScalars;
     const Index per_head = core_.config().head_size * std::max<Index>(n, 1);
     return std::clamp<Index>(budget / per_head, 1, core_.config().num_heads);
+  }
+
+  /// Heads whose outputs a forward over n tokens adds to y in one product: up to
+  /// kForwardOutputGroups head groups.
+  Index heads_per_output_product(Index n) const {
+    return std::min(kForwardOutputGroups * heads_per_group(n), core_.config().num_heads);
   }
 
   /// y = f(x). x and y are D x (ctx.batch * T); y must not alias x.
@@ -195,13 +215,14 @@ class AttentionSublayer {
                           KeptActivations<S>& kept) const;
 
  private:
-  // Kept matrix numbers: f(x), then per head group a_g and the core's matrices.
+  // Kept matrix numbers: f(x), a (all heads), then per head group the core's matrices.
   static constexpr std::size_t kKeptOutput = 0;
+  static constexpr std::size_t kKeptHeadOutputs = 1;
   static std::size_t kept_group_base(std::size_t group) {
     if constexpr (kCoreKeeps) {
-      return 1 + group * (1 + Core::kKeptMatrices);
+      return 2 + group * Core::kKeptMatrices;
     } else {
-      return 1 + group;
+      return 2 + group;
     }
   }
 
@@ -242,8 +263,88 @@ class AttentionSublayer {
   // Calls f(heads) for the head groups [0, g), [g, 2g), ... of a call with n tokens, in order.
   template <class F>
   void for_head_groups(Index n, F&& f) const {
-    const Index num_heads = core_.config().num_heads, g = heads_per_group(n);
-    for (Index h0 = 0; h0 < num_heads; h0 += g) f(HeadRange{h0, std::min(g, num_heads - h0)});
+    for_spans(HeadRange{0, core_.config().num_heads}, heads_per_group(n), f);
+  }
+  // Calls f(span) for [first, first + g), [first + g, first + 2g), ... within `heads`, in order.
+  template <class F>
+  static void for_spans(HeadRange heads, Index g, F&& f) {
+    const Index end = heads.first + heads.count;
+    for (Index h0 = heads.first; h0 < end; h0 += g) f(HeadRange{h0, std::min(g, end - h0)});
+  }
+  // The head group after `heads` in a call with n tokens; count 0 after the last.
+  HeadRange next_head_group(HeadRange heads, Index n) const {
+    const Index first = heads.first + heads.count;
+    return HeadRange{first, std::min(heads_per_group(n), core_.config().num_heads - first)};
+  }
+  // The rows of `heads` in a, whose rows start at head `a_first`.
+  MatrixRef<S> head_rows_of(MatrixRef<S> a, Index a_first, HeadRange heads) const {
+    const Index dh = core_.config().head_size;
+    return a.middleRows((heads.first - a_first) * dh, heads.count * dh);
+  }
+
+  // What a pass does with a term W_o[:, s] a_s of z (a span of heads s).
+  enum class OutputTerm {
+    kNone,      // nothing (the kept backward: y -= f(x) at the end)
+    kSet,       // target = W_o[:, s] a_s   (the first term of z)
+    kAdd,       // target += W_o[:, s] a_s  (the next terms of z)
+    kSubtract,  // target -= W_o[:, s] a_s  (y -= f(x) term by term, without dropout)
+  };
+
+  // target[:, t0 : t0 + nt] (=, +=, -=) w a[:, t0 : t0 + nt]. Every term of z goes through
+  // here over the token blocks of linear_weight_grads (tuning::kGradTokenBlock), in the forward
+  // and in the backward's output pass alike: with one head group the backward's z is then
+  // bitwise the forward's.
+  template <class W>
+  static void output_term(MatrixRef<S> target, const W& w, ConstMatrixRef<S> a, Index t0, Index nt,
+                          OutputTerm term) {
+    auto y = target.middleCols(t0, nt);
+    switch (term) {
+      case OutputTerm::kNone:
+        break;
+      case OutputTerm::kSet:
+        y.noalias() = w * a.middleCols(t0, nt);
+        break;
+      case OutputTerm::kAdd:
+        y.noalias() += w * a.middleCols(t0, nt);
+        break;
+      case OutputTerm::kSubtract:
+        y.noalias() -= w * a.middleCols(t0, nt);
+        break;
+    }
+  }
+
+  // The forward's term of a span: y (= or +=) W_o[:, s] a_s over the token blocks, in parallel.
+  void add_output_product(const Parameters<S>& params, HeadRange outs, ConstMatrixRef<S> a,
+                          MatrixRef<S> y) const {
+    constexpr Index kBlock = tuning::kGradTokenBlock;
+    const Index n = a.cols();
+    const auto w_o = output_columns(params, outs);
+    const OutputTerm term = outs.first == 0 ? OutputTerm::kSet : OutputTerm::kAdd;
+    parallel_items(num_blocks(n, kBlock), 2.0 * double(y.rows()) * double(a.size()),
+                   [&](Index blk) {
+                     const Index t0 = blk * kBlock;
+                     output_term(y, w_o, a, t0, std::min(kBlock, n - t0), term);
+                   });
+  }
+
+  // z = sum_g W_o[:, g] a_g. After group g's core backward, one pass over the tokens:
+  //   dW_o[:, g] += dz a_g^T                (bitwise linear_weight_grads')
+  //   target (=, +=, -=) W_o[:, g] a_g      (OutputTerm)
+  //   da_next = W_o[:, next]^T dz           (when next.count > 0; da_next: next.count*Dh x N)
+  void output_backward_pass(Parameters<S>& params, HeadRange heads, ConstMatrixRef<S> dz,
+                            ConstMatrixRef<S> a, OutputTerm term, MatrixRef<S> target,
+                            HeadRange next, MatrixRef<S> da_next, Workspace* ws) const {
+    const Index dh = core_.config().head_size;
+    const auto w_o = output_columns(params, heads);
+    const auto w_next = output_columns(params, next);
+    linear_weight_grads_alongside<S>(
+        dz, a, params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh), nullptr, ws,
+        [&](Index t0, Index nt) {
+          output_term(target, w_o, a, t0, nt, term);
+          if (next.count > 0) {
+            da_next.middleCols(t0, nt).noalias() = w_next.transpose() * dz.middleCols(t0, nt);
+          }
+        });
   }
 
   // W_o[:, heads]: the columns of W_o that read the outputs of `heads`.
@@ -305,12 +406,14 @@ void AttentionSublayer<S, Core>::forward(const Parameters<S>& params, ConstMatri
   Scratch<S> stats;
   const ProjectionInput<S> input =  // xn = LN(x), block by block
       layer_norm_input(params, x, several_groups(n) ? &stats : nullptr, ctx);
-  Scratch<S> a;  // a_g: the outputs of one head group
-  for_head_groups(n, [&](HeadRange heads) {
-    a.resize(ctx.workspace, heads.count * core_.config().head_size, n);
-    core_.forward(params, input, a.map(), ctx, heads);
-    // z = W_o a = sum over groups of W_o[:, g] a_g
-    parallel_product(y, output_columns(params, heads), a.map(), heads.first > 0);
+  Scratch<S> a;  // a_s: the outputs of the head groups of one output product
+  const Index span = heads_per_output_product(n);
+  for_spans(HeadRange{0, core_.config().num_heads}, span, [&](HeadRange outs) {
+    a.resize(ctx.workspace, outs.count * core_.config().head_size, n);
+    for_spans(outs, heads_per_group(n), [&](HeadRange heads) {
+      core_.forward(params, input, head_rows_of(a.map(), outs.first, heads), ctx, heads);
+    });
+    add_output_product(params, outs, a.map(), y);  // z = W_o a = sum over spans of W_o[:, s] a_s
   });
   apply_output_dropout(y, y, ctx);
 }
@@ -343,24 +446,24 @@ void AttentionSublayer<S, Core>::backward(Parameters<S>& params, ConstMatrixRef<
   Scratch<S> z;
   if (dropout) z.resize(ctx.workspace, hidden_size(), n);
 
+  // z = sum_g W_o[:, g] a_g  =>  da_g = W_o[:, g]^T dz,  dW_o[:, g] += dz a_g^T.
   Scratch<S> a, da;  // one head group's outputs and their gradient
+  const HeadRange first{0, heads_per_group(n)};
+  da.resize(ctx.workspace, first.count * dh, n);
+  parallel_product(da.map(), output_columns(params, first).transpose(), dz, false);
   for_head_groups(n, [&](HeadRange heads) {
-    const auto w_o = output_columns(params, heads);  // W_o[:, g]: D x count*Dh
-    // z = sum_g W_o[:, g] a_g  =>  da_g = W_o[:, g]^T dz,  dW_o[:, g] += dz a_g^T.
-    da.resize(ctx.workspace, heads.count * dh, n);
-    a.resize(ctx.workspace, heads.count * dh, n);
-    parallel_product(da.map(), w_o.transpose(), dz, false);
     // Through the core (and the LayerNorm): dx, dgamma, dbeta += (da_g / x), and the
     // recomputed outputs a_g.
+    a.resize(ctx.workspace, heads.count * dh, n);
     core_.backward(params, input, da.map(), dinput, a.map(), ctx, heads);
-    linear_weight_grads<S>(dz, a.map(),
-                           params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh),
-                           nullptr, ctx.workspace);
-    if (dropout) {
-      parallel_product(z.map(), w_o, a.map(), heads.first > 0);  // z += W_o[:, g] a_g
-    } else {
-      parallel_product(y, -w_o, a.map(), true);  // y -= W_o[:, g] a_g
-    }
+    // dW_o[:, g] += dz a_g^T;  y -= W_o[:, g] a_g (z += with dropout);  da = da_{g+1}.
+    const HeadRange next = next_head_group(heads, n);
+    if (next.count > 0) da.resize(ctx.workspace, next.count * dh, n);
+    const OutputTerm term = !dropout           ? OutputTerm::kSubtract
+                            : heads.first == 0 ? OutputTerm::kSet
+                                               : OutputTerm::kAdd;
+    output_backward_pass(params, heads, dz, a.map(), term, dropout ? z.map() : y, next, da.map(),
+                         ctx.workspace);
   });
   a.reset();
   da.reset();
@@ -375,12 +478,14 @@ template <class S, class Core>
 std::size_t AttentionSublayer<S, Core>::kept_bytes(Index n, const Context& ctx) const {
   if constexpr (kCoreKeeps) {
     const Index dh = core_.config().head_size;
-    std::size_t bytes = static_cast<std::size_t>(hidden_size() * n) * sizeof(S);  // f(x)
+    // f(x) and a
+    std::size_t bytes =
+        static_cast<std::size_t>((hidden_size() + core_.config().num_heads * dh) * n) * sizeof(S);
     bool keeps = true;
     for_head_groups(n, [&](HeadRange heads) {
       const std::size_t core_bytes = core_.kept_bytes(n, ctx, heads);
       keeps = keeps && core_bytes > 0;
-      bytes += core_bytes + static_cast<std::size_t>(heads.count * dh * n) * sizeof(S);  // a_g
+      bytes += core_bytes;
     });
     return keeps ? bytes : 0;
   } else {
@@ -400,16 +505,20 @@ void AttentionSublayer<S, Core>::forward_keeping(const Parameters<S>& params, Co
   const Index n = x.cols();
   require_keeps(where, n, ctx);
   if constexpr (kCoreKeeps) {
-    // forward(), with each group's a_g in its kept matrix instead of a scratch of the same shape.
+    // forward(), with a in its kept matrix instead of scratch.
+    const Index dh = core_.config().head_size, num_heads = core_.config().num_heads;
     Scratch<S> stats;
     const ProjectionInput<S> input =
         layer_norm_input(params, x, several_groups(n) ? &stats : nullptr, ctx);
+    MatrixRef<S> a = kept.matrix(kKeptHeadOutputs, num_heads * dh, n);
     std::size_t group = 0;
-    for_head_groups(n, [&](HeadRange heads) {
-      const std::size_t base = kept_group_base(group++);
-      MatrixRef<S> a = kept.matrix(base, heads.count * core_.config().head_size, n);
-      core_.forward_keeping(params, input, a, ctx, heads, kept, base + 1);
-      parallel_product(y, output_columns(params, heads), a, heads.first > 0);
+    for_spans(HeadRange{0, num_heads}, heads_per_output_product(n), [&](HeadRange outs) {
+      MatrixRef<S> a_s = head_rows_of(a, 0, outs);
+      for_spans(outs, heads_per_group(n), [&](HeadRange heads) {
+        core_.forward_keeping(params, input, head_rows_of(a, 0, heads), ctx, heads, kept,
+                              kept_group_base(group++));
+      });
+      add_output_product(params, outs, a_s, y);
     });
     apply_output_dropout(y, y, ctx);
     copy_parallel<S>(y, kept.matrix(kKeptOutput, hidden_size(), n));
@@ -435,18 +544,21 @@ void AttentionSublayer<S, Core>::backward_from_kept(Parameters<S>& params, Const
                                         params.grad_vector(ln_bias_));
     Scratch<S> dz_buffer;
     const ConstMatrixRef<S> dz = output_dropout_gradient(dy, dz_buffer, ctx);
+    MatrixRef<S> a = kept.kept(where, kKeptHeadOutputs, core_.config().num_heads * dh, n);
+    // z = sum_g W_o[:, g] a_g  =>  da_g = W_o[:, g]^T dz,  dW_o[:, g] += dz a_g^T (as backward()).
     Scratch<S> da;  // one head group's output gradient
+    const HeadRange first{0, heads_per_group(n)};
+    da.resize(ctx.workspace, first.count * dh, n);
+    parallel_product(da.map(), output_columns(params, first).transpose(), dz, false);
     std::size_t group = 0;
     for_head_groups(n, [&](HeadRange heads) {
-      const std::size_t base = kept_group_base(group++);
-      const ConstMatrixRef<S> a = kept.kept(where, base, heads.count * dh, n);
-      // z = sum_g W_o[:, g] a_g  =>  da_g = W_o[:, g]^T dz,  dW_o[:, g] += dz a_g^T.
-      da.resize(ctx.workspace, heads.count * dh, n);
-      parallel_product(da.map(), output_columns(params, heads).transpose(), dz, false);
-      core_.backward_from_kept(params, input, da.map(), dinput, a, ctx, heads, kept, base + 1);
-      linear_weight_grads<S>(
-          dz, a, params.grad(out_weight_).middleCols(heads.first * dh, heads.count * dh), nullptr,
-          ctx.workspace);
+      const MatrixRef<S> a_g = head_rows_of(a, 0, heads);
+      core_.backward_from_kept(params, input, da.map(), dinput, a_g, ctx, heads, kept,
+                               kept_group_base(group++));
+      const HeadRange next = next_head_group(heads, n);
+      if (next.count > 0) da.resize(ctx.workspace, next.count * dh, n);
+      output_backward_pass(params, heads, dz, a_g, OutputTerm::kNone, y, next, da.map(),
+                           ctx.workspace);
     });
     add_parallel<S>(y, fx, S(-1));  // y -= f(x)
   }

@@ -12,6 +12,8 @@
 // deterministic multi-threaded kernels of the layers against:
 //   parallel_product(out, lhs, rhs, accumulate)   out (+)= lhs rhs over fixed output blocks
 //   linear_weight_grads<S>(dy, x, dW, &db)        dW += dy x^T, db += row sums of dy
+//   linear_weight_grads_alongside<S>(..., f)      the same, with f(t0, nt) run on each token
+//                                                 block while its columns are in cache
 //
 // Block sizes and packing: Eigen's GEMM copies ("packs") both operands into its own panel
 // layout. A block of a product split over output columns re-packs the whole left operand (the
@@ -31,6 +33,7 @@
 #include <array>
 #include <cstddef>
 #include <type_traits>
+#include <utility>
 
 namespace reformer {
 
@@ -161,18 +164,15 @@ void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate
   }
 }
 
-/// Parameter gradients of y = W x (+ b): dW += dy x^T (and db += row sums of dy).
-/// dy: out x N, x: in x N, dW: out x in (any Eigen block or map, row- or column-major).
-///
-///   dW += sum over token blocks b (tuning::kGradTokenBlock tokens, in order) of  dy_b x_b^T
-///
-/// The partial products run in parallel, tuning::kGradPartials at a time, and are added to dW
-/// in block order; db sums each row over all N tokens in column order (split over rows).
-///
-/// The partials are drawn from `ws` when given (core/workspace.hpp), from the heap otherwise.
-template <class S, class GW>
-void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
-                         VectorMap<S>* db = nullptr, Workspace* ws = nullptr) {
+/// linear_weight_grads (bitwise its dW and db), calling `alongside(t0, nt)` for every token
+/// block [t0, t0 + nt) of tuning::kGradTokenBlock tokens (the last one shorter) in the task that
+/// forms the block's partial product, right after it: work over the same tokens (e.g. other
+/// products of dy or x) finds their columns in cache instead of reading them from memory once
+/// more. The blocks run in parallel, so `alongside` must only write what its own tokens own. A
+/// call too small to split calls it for the same blocks, in order, after dW += dy x^T.
+template <class S, class GW, class F>
+void linear_weight_grads_alongside(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
+                                   VectorMap<S>* db, Workspace* ws, F&& alongside) {
   REFORMER_ASSERT(dy.cols() == x.cols() && dW.rows() == dy.rows() && dW.cols() == x.rows());
   constexpr Index kTokenBlock = tuning::kGradTokenBlock;
   constexpr Index kPartials = tuning::kGradPartials;
@@ -189,6 +189,7 @@ void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
   const double flops_per_token = 2.0 * double(out) * double(in);
   if (blocks <= 1 || flops_per_token * double(n) < tuning::kMinParallelFlops) {
     dW.noalias() += dy * x.transpose();
+    for (Index t0 = 0; t0 < n; t0 += kTokenBlock) alongside(t0, std::min(kTokenBlock, n - t0));
     return;
   }
   // out x in in dW's storage order, over scratch memory
@@ -207,6 +208,7 @@ void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
       const Index nt = std::min(kTokenBlock, n - t0);
       Partial p = partial(i);
       p.noalias() = dy.middleCols(t0, nt) * x.middleCols(t0, nt).transpose();
+      alongside(t0, nt);
     });
     // dW += partial_0 + partial_1 + ... (in block order, split over dW's rows)
     const Index rb = row_block(out);
@@ -218,6 +220,21 @@ void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
       }
     });
   }
+}
+
+/// Parameter gradients of y = W x (+ b): dW += dy x^T (and db += row sums of dy).
+/// dy: out x N, x: in x N, dW: out x in (any Eigen block or map, row- or column-major).
+///
+///   dW += sum over token blocks b (tuning::kGradTokenBlock tokens, in order) of  dy_b x_b^T
+///
+/// The partial products run in parallel, tuning::kGradPartials at a time, and are added to dW
+/// in block order; db sums each row over all N tokens in column order (split over rows).
+///
+/// The partials are drawn from `ws` when given (core/workspace.hpp), from the heap otherwise.
+template <class S, class GW>
+void linear_weight_grads(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
+                         VectorMap<S>* db = nullptr, Workspace* ws = nullptr) {
+  linear_weight_grads_alongside<S>(dy, x, std::forward<GW>(dW), db, ws, [](Index, Index) {});
 }
 
 }  // namespace reformer

@@ -33,7 +33,8 @@
 
 namespace reformer::test::attention_fusion {
 
-constexpr Index kHidden = 8, kHeads = 3, kHeadSize = 4;
+// Five heads: with one per group the forward adds their outputs to y in three products (2 + 2 + 1).
+constexpr Index kHidden = 8, kHeads = 5, kHeadSize = 4;
 
 template <class Core>
 using Layer = AttentionSublayer<double, Core>;
@@ -46,7 +47,7 @@ struct Case {
   Index batch = 1, length = 300;  // N = 300 tokens: blocks of 256 and 44 columns
   bool causal = true;
   double dropout = 0.0;       // attention-probability and output dropout
-  Index heads_per_group = 1;  // 1, 2 (groups of 2 and 1) or 3
+  Index heads_per_group = 1;  // 1, 2 (groups of 2, 2 and 1) or 5
   Index rounds = 1;           // LSH hash rounds
 
   Index tokens() const { return batch * length; }
@@ -208,7 +209,7 @@ std::vector<Case> cases() {
     c.batch = 2;
     c.length = 150;
     c.dropout = 0.1;
-    c.heads_per_group = 2;  // groups of two heads and one
+    c.heads_per_group = 2;  // groups of two, two and one heads
     out.push_back(c);
     c.causal = false;
     c.dropout = 0.0;
@@ -282,7 +283,7 @@ TYPED_TEST(AttentionFusion, WorkspaceDoesNotChangeResults) {
 }
 
 // Several waves of LayerNorm blocks (N = 2600: 11 blocks of 256 columns, waves of 8), two
-// sequences, head groups of two and one, dropout: bitwise the same for 1 and 2 threads. Then a
+// sequences, head groups of two, two and one, dropout: bitwise the same for 1 and 2 threads. Then a
 // steady state: the same call again maps no new workspace memory.
 TYPED_TEST(AttentionFusion, ThreadIndependentAndSteadyState) {
   Case c;

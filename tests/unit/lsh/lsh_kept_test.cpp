@@ -99,6 +99,8 @@ std::vector<KeptCase> short_cases() {
   // Padding (10 -> 12), look-ahead, dropout on both, one head per group.
   KeptCase padded{2, 10, 3, 3, false, 1, 1, 0.1, 0.2, true};
   cases.push_back(padded);
+  // Five heads, one per group: the forward adds their outputs to y in three products (2 + 2 + 1).
+  cases.push_back({2, 10, 5, 2, true, 1, 0, 0.1, 0.2, true});
   // Key padding: the pad bucket and masked keys.
   KeptCase masked{2, 9, 2, 2, true, 1, 0, 0.1, 0.2};
   masked.flags = {1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1};

@@ -1,11 +1,13 @@
 // The deterministic multi-threaded kernels of ops/ against their serial references:
 //   parallel_product, linear_weight_grads (ops/linear.hpp)  vs plain Eigen products (double)
+//   linear_weight_grads_alongside                           its blocks, vs linear_weight_grads
 //   layer_norm_*_parallel (ops/layer_norm.hpp)            vs layer_norm_forward / _backward
 //   dropout_parallel (ops/dropout.hpp)                    vs dropout_forward
 //   add_parallel, copy_parallel (ops/parallel.hpp)        vs plain Eigen
 // and their thread independence (float, the same bits for 1 and 2 threads).
 #include "reformer/core/rng.hpp"
 #include "reformer/core/threading.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/ops/dropout.hpp"
 #include "reformer/ops/layer_norm.hpp"
@@ -17,7 +19,10 @@
 #include "support/compare.hpp"
 #include "unit/ops/helpers.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -92,6 +97,44 @@ TEST(LinearWeightGrads, MatchesThePlainProduct) {
     EXPECT_TRUE(big.topRows(16) == big0.topRows(16));
     EXPECT_TRUE(big.bottomRows(36) == big0.bottomRows(36));
   }
+}
+
+// linear_weight_grads_alongside: bitwise linear_weight_grads' dW and db, and the callback sees
+// every token block of tuning::kGradTokenBlock exactly once, through the serial path (a small
+// call: the same fixed blocks, in order) and the parallel one (several waves, ragged last
+// block), so work done alongside can rely on the block boundaries.
+TEST(LinearWeightGrads, AlongsideVisitsEveryTokenBlockOnce) {
+  constexpr Index kBlock = tuning::kGradTokenBlock;
+  for (const int threads : {1, 2}) {
+    set_num_threads(threads);
+    for (const Index n : {Index(100), Index(600), Index(4000)}) {
+      SCOPED_TRACE("n = " + std::to_string(n) + ", threads " + std::to_string(threads));
+      // 4 x 3 x 600 is below the parallel threshold; 48 x 40 x 4000 splits into waves.
+      const Index out = n == 600 ? 4 : 48, in = n == 600 ? 3 : 40;
+      const Matrix<double> dy = Matrix<double>::Random(out, n);
+      const Matrix<double> x = Matrix<double>::Random(in, n);
+      RowMajorMatrix<double> dw = RowMajorMatrix<double>::Random(out, in);
+      RowMajorMatrix<double> dw_ref = dw;
+      Vector<double> db = Vector<double>::Random(out), db_ref = db;
+      VectorMap<double> db_map(db.data(), out), db_ref_map(db_ref.data(), out);
+      linear_weight_grads<double>(dy, x, dw_ref, &db_ref_map);
+      std::vector<int> visits(static_cast<std::size_t>(n), 0);
+      std::vector<Index> starts;
+      std::mutex m;
+      linear_weight_grads_alongside<double>(dy, x, dw, &db_map, nullptr, [&](Index t0, Index nt) {
+        const std::lock_guard<std::mutex> lock(m);
+        starts.push_back(t0);
+        EXPECT_EQ(t0 % kBlock, 0);
+        EXPECT_EQ(nt, std::min(kBlock, n - t0));
+        for (Index t = t0; t < t0 + nt; ++t) ++visits[static_cast<std::size_t>(t)];
+      });
+      EXPECT_TRUE(products_same_bits<double>(dw, dw_ref));
+      EXPECT_TRUE(test::bitwise_equal<double>(db, db_ref));
+      EXPECT_EQ(static_cast<Index>(starts.size()), (n + kBlock - 1) / kBlock);
+      EXPECT_EQ(std::count(visits.begin(), visits.end(), 1), n) << "every token exactly once";
+    }
+  }
+  set_num_threads(2);
 }
 
 // The same bits for 1 and 2 threads: the blocks and the order partial sums are added in depend

@@ -85,6 +85,15 @@ inline constexpr double kActivationFlops = 20.0;
 
 // ---- Dense attention cores (layers/full_attention.hpp, layers/local_attention.hpp) ------------
 
+/// Queries whose softmax the chunk kernel computes together (layers/chunk_attention.hpp,
+/// masked_softmax_columns): a query's maximum and sum over a chunk's 128 keys are chains of
+/// only 8 dependent packet operations each (16 float lanes), so one query at a time leaves the
+/// vector units waiting. Four queries at a time (with the reciprocal of the sum) took a 128-key,
+/// 64-query chunk's forward from 25.6-27.6 us to 24.1-25.1 us and its backward from 55-58 us to
+/// 52-53 us (AVX-512, one thread, alternating builds); two and eight queries measured about the
+/// same as four in the softmax alone.
+inline constexpr int kSoftmaxQueries = 4;
+
 /// Queries per panel of full attention: the T x T matrix is never held whole, a thread holds a
 /// few T x kFullAttentionQueryBlock buffers. Smaller panels use less memory, larger ones give
 /// longer products.

@@ -29,6 +29,7 @@
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/thread_buffers.hpp"
+#include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/ops/detail/packets.hpp"
 #include "reformer/ops/softmax.hpp"
@@ -255,21 +256,39 @@ struct ChunkMaskLanes {
   Packet<S> far, self;
 };
 
+/// The key-only lanes j .. j + lanes - 1 of a call's masks (ChunkKeyMasks), loaded once for
+/// every query that masks them.
 template <class S>
-ChunkMaskLanes<S> chunk_mask_lanes(const ChunkKeyMasks<S>& km, Index j, const Packet<S>& qp,
+struct ChunkKeyLanes {
+  Packet<S> pos, padded, missing;
+};
+
+template <class S>
+ChunkKeyLanes<S> chunk_key_lanes(const ChunkKeyMasks<S>& km, Index j) {
+  namespace ei = Eigen::internal;
+  using P = Packet<S>;
+  return {ei::ploadu<P>(km.pos + j), ei::ploadu<P>(km.padded + j), ei::ploadu<P>(km.missing + j)};
+}
+
+template <class S>
+ChunkMaskLanes<S> chunk_mask_lanes(const ChunkKeyLanes<S>& keys, const Packet<S>& qp,
                                    const ChunkAttentionOptions& opts) {
   namespace ei = Eigen::internal;
   using P = Packet<S>;
-  const P kp = ei::ploadu<P>(km.pos + j);
-  const P missing = ei::ploadu<P>(km.missing + j);
-  P far = ei::ploadu<P>(km.padded + j);
-  if (opts.causal) far = ei::por(far, ei::pcmp_lt(qp, kp));
+  P far = keys.padded;
+  if (opts.causal) far = ei::por(far, ei::pcmp_lt(qp, keys.pos));
   P self = ei::pzero(qp);
   if (opts.self_mask) {
-    self = ei::pandnot(ei::pcmp_eq(kp, qp), missing);
+    self = ei::pandnot(ei::pcmp_eq(keys.pos, qp), keys.missing);
     far = ei::pandnot(far, self);
   }
-  return {ei::por(far, missing), self};
+  return {ei::por(far, keys.missing), self};
+}
+
+template <class S>
+ChunkMaskLanes<S> chunk_mask_lanes(const ChunkKeyMasks<S>& km, Index j, const Packet<S>& qp,
+                                   const ChunkAttentionOptions& opts) {
+  return chunk_mask_lanes<S>(chunk_key_lanes<S>(km, j), qp, opts);
 }
 
 /// Replaces the masked scores of one query (position qp) over the keys 0 .. ck-1 (col: ck
@@ -306,24 +325,111 @@ S mask_scores(S* col, Index ck, P qp, const P* kpos, const ChunkKeyMasks<S>& km,
   return mx;
 }
 
+/// The softmax of one query (position qp) over its ck masked scores, in place (col):
+///   s_j masked (mask_scores),  mx = max_j s_j,  e_j = exp(s_j - mx) (flushed),
+///   sum = sum_j e_j,  p_j = e_j * (1 / sum);
+/// writes lse = mx + log(sum) when lse is non-null.
+template <class S, class P>
+void masked_softmax_column(S* col, Index ck, P qp, const P* kpos, const ChunkKeyMasks<S>& km,
+                           const ChunkAttentionOptions& opts, S* lse) {
+  const S mx = mask_scores<S>(col, ck, qp, kpos, km, opts);
+  // exp flushed to exactly 0 below the smallest normal: a masked key's weight is then 0 on
+  // every instruction set, so nothing at a padded key reaches a real query, not even a
+  // subnormal.
+  const S sum = exp_shifted_flushed_sum<S>(col, ck, mx);
+  Eigen::Map<Vector<S>>(col, ck) *= S(1) / sum;
+  if (lse != nullptr) *lse = mx + std::log(sum);
+}
+
+/// masked_softmax_column of the G queries at positions qpos[0 .. G-1] (scores in cols[0 ..
+/// G-1]), bitwise the same results: the same packet operations in the same order per query,
+/// with the G queries' steps interleaved. One query's maximum and sum are chains of dependent
+/// packet operations over only ck / lanes packets; G independent chains keep the vector units
+/// busy. Needs packet masks (!km.active || km.vector) and ck a multiple of the packet size.
+template <int G, class S, class P>
+void masked_softmax_columns(S* const* cols, Index ck, const P* qpos, const ChunkKeyMasks<S>& km,
+                            const ChunkAttentionOptions& opts, S* lse) {
+  namespace ei = Eigen::internal;
+  using Pk = Packet<S>;
+  constexpr Index k = kPacketSize<S>;
+  REFORMER_ASSERT(ck % k == 0 && (!km.active || km.vector));
+  const Pk far_value = ei::pset1<Pk>(static_cast<S>(kCausalMaskValue));
+  const Pk self_value = ei::pset1<Pk>(static_cast<S>(kSelfMaskValue));
+  Pk top[G], acc[G], scale[G];  // per query: the maximum, then the shift; the sum; 1 / sum
+  S mx[G];
+  for (int g = 0; g < G; ++g) top[g] = ei::pset1<Pk>(-std::numeric_limits<S>::infinity());
+  // masks and maxima (mask_scores)
+  for (Index j = 0; j < ck; j += k) {
+    if (km.active) {
+      const ChunkKeyLanes<S> keys = chunk_key_lanes<S>(km, j);
+      for (int g = 0; g < G; ++g) {
+        const ChunkMaskLanes<S> m =
+            chunk_mask_lanes<S>(keys, ei::pset1<Pk>(static_cast<S>(qpos[g])), opts);
+        const Pk x = ei::pselect(m.far, far_value,
+                                 ei::pselect(m.self, self_value, ei::ploadu<Pk>(cols[g] + j)));
+        ei::pstoreu(cols[g] + j, x);
+        top[g] = ei::pmax(top[g], x);
+      }
+    } else {
+      for (int g = 0; g < G; ++g) top[g] = ei::pmax(top[g], ei::ploadu<Pk>(cols[g] + j));
+    }
+  }
+  // exponentials and sums (exp_shifted_flushed_sum)
+  const FlushedExp<S> exp_flushed;
+  for (int g = 0; g < G; ++g) {
+    mx[g] = ei::predux_max(top[g]);
+    top[g] = ei::pset1<Pk>(mx[g]);  // the shift
+    acc[g] = ei::pzero(top[g]);
+  }
+  for (Index j = 0; j < ck; j += k) {
+    for (int g = 0; g < G; ++g) {
+      const Pk e = exp_flushed(ei::psub(ei::ploadu<Pk>(cols[g] + j), top[g]));
+      ei::pstoreu(cols[g] + j, e);
+      acc[g] = ei::padd(acc[g], e);
+    }
+  }
+  // probabilities and log-sum-exps
+  for (int g = 0; g < G; ++g) {
+    const S sum = ei::predux(acc[g]);
+    scale[g] = ei::pset1<Pk>(S(1) / sum);
+    if (lse != nullptr) lse[g] = mx[g] + std::log(sum);
+  }
+  for (Index j = 0; j < ck; j += k)
+    for (int g = 0; g < G; ++g)
+      ei::pstoreu(cols[g] + j, ei::pmul(ei::ploadu<Pk>(cols[g] + j), scale[g]));
+}
+
+/// The softmax of every query (column of st: Ck x Cq) over its masked scores, in place; writes
+/// lse (Cq) when non-null. Groups of tuning::kSoftmaxQueries queries go through
+/// masked_softmax_columns when the masks allow packets, the rest one by one: the same results
+/// bit for bit either way.
+template <class S, class P>
+void masked_softmax_chunk(Eigen::Map<Matrix<S>> st, const P* qpos, const P* kpos,
+                          const ChunkKeyMasks<S>& km, const ChunkAttentionOptions& opts, S* lse) {
+  constexpr int G = tuning::kSoftmaxQueries;
+  const Index cq = st.cols(), ck = st.rows();
+  Index i = 0;
+  if (ck % kPacketSize<S> == 0 && (!km.active || km.vector)) {
+    for (; i + G <= cq; i += G) {
+      std::array<S*, G> cols;
+      for (int g = 0; g < G; ++g) cols[g] = st.col(i + g).data();
+      masked_softmax_columns<G, S>(cols.data(), ck, qpos + i, km, opts,
+                                   lse != nullptr ? lse + i : nullptr);
+    }
+  }
+  for (; i < cq; ++i)
+    masked_softmax_column<S>(st.col(i).data(), ck, qpos[i], kpos, km, opts,
+                             lse != nullptr ? lse + i : nullptr);
+}
+
 /// probs(:, :) = softmax over keys of the masked scores k^T q; writes lse when non-null.
 template <class S, class P>
 void chunk_probabilities(ConstMatrixRef<S> q, ConstMatrixRef<S> k, const P* qpos, const P* kpos,
                          const ChunkAttentionOptions& opts, const ChunkKeyMasks<S>& km,
                          Eigen::Map<Matrix<S>> st, S* lse) {
-  const Index cq = q.cols(), ck = k.cols();
   // st: Ck x Cq, st(j, i) = k_j . q_i = s_ij
   st.noalias() = k.transpose() * q;
-  for (Index i = 0; i < cq; ++i) {
-    S* col = st.col(i).data();
-    const S mx = mask_scores<S>(col, ck, qpos[i], kpos, km, opts);
-    // exp flushed to exactly 0 below the smallest normal: a masked key's weight is then 0 on
-    // every instruction set, so nothing at a padded key reaches a real query, not even a
-    // subnormal.
-    const S sum = exp_shifted_flushed_sum<S>(col, ck, mx);
-    st.col(i) /= sum;
-    if (lse != nullptr) lse[i] = mx + std::log(sum);
-  }
+  masked_softmax_chunk<S>(st, qpos, kpos, km, opts, lse);
 }
 
 /// ds(:, i) = p(:, i) .* (dp(:, i) + shift), 0 where the score s_ij is masked (a constant).

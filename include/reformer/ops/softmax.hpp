@@ -33,6 +33,31 @@ namespace reformer {
 
 namespace detail {
 
+/// exp(v) of a packet with v <= 88, every result below the smallest normal number flushed to
+/// exactly 0 without passing its argument to exp (see exp_shifted_flushed_sum).
+template <class S>
+class FlushedExp {
+ public:
+  using P = Packet<S>;
+  FlushedExp()
+      : smallest_normal_(Eigen::internal::pset1<P>(std::numeric_limits<S>::min())),
+        underflow_(Eigen::internal::pset1<P>(log_smallest_normal())) {}
+
+  P operator()(const P& v) const {
+    namespace ei = Eigen::internal;
+    const P tiny = ei::pcmp_lt(v, underflow_);                  // exp(v) < smallest normal
+    const P e = packet::exp_nonpositive(ei::pandnot(v, tiny));  // exp(+0) in those lanes
+    return ei::pandnot(e, ei::por(tiny, ei::pcmp_lt(e, smallest_normal_)));  // -> +0
+  }
+
+ private:
+  static S log_smallest_normal() {
+    static const S value = std::log(std::numeric_limits<S>::min());
+    return value;
+  }
+  P smallest_normal_, underflow_;
+};
+
 /// x[i] = exp(x[i] - shift) for i < n, with every result below the smallest normal number
 /// flushed to exactly 0 (the arguments below log(smallest normal): about -87 in float, -708 in
 /// double); returns the sum of the results. Eigen's vectorised exp clamps very negative
@@ -52,15 +77,8 @@ S exp_shifted_flushed_sum(S* x, Index n, S shift) {
   using P = Packet<S>;
   constexpr Index k = kPacketSize<S>;
   const P sh = ei::pset1<P>(shift);
-  const P smallest_normal = ei::pset1<P>(std::numeric_limits<S>::min());
-  static const S log_smallest_normal = std::log(std::numeric_limits<S>::min());
-  const P underflow = ei::pset1<P>(log_smallest_normal);
-  auto flushed_exp = [&](const P& in) {
-    const P v = ei::psub(in, sh);
-    const P tiny = ei::pcmp_lt(v, underflow);                   // exp(v) < smallest normal
-    const P e = packet::exp_nonpositive(ei::pandnot(v, tiny));  // exp(+0) in those lanes
-    return ei::pandnot(e, ei::por(tiny, ei::pcmp_lt(e, smallest_normal)));  // -> +0
-  };
+  const FlushedExp<S> exp_flushed;
+  auto flushed_exp = [&](const P& in) { return exp_flushed(ei::psub(in, sh)); };
   P acc = ei::pzero(sh);
   Index i = 0;
   for (; i + k <= n; i += k) {

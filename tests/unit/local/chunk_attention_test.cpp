@@ -176,6 +176,45 @@ TEST(ChunkAttention, FullyMaskedQueryStaysFinite) {
   EXPECT_NEAR(lse(0), -1e9 + std::log(4.0), 1e-6);
 }
 
+// Key padding of positions [offset, offset + n): about a fifth of them padded (0).
+std::vector<std::uint8_t> random_key_flags(Rng& rng, Index offset, Index n) {
+  std::vector<std::uint8_t> key_flags(static_cast<std::size_t>(offset + n), 1);
+  for (Index t = 0; t < n; ++t) {
+    if (rng.uniform(static_cast<std::uint64_t>(t)) < 0.2)
+      key_flags[static_cast<std::size_t>(offset + t)] = 0;
+  }
+  return key_flags;
+}
+
+// Mask combination `combo` (4 bits): causal, self, key padding, keys from valid_length missing.
+ChunkAttentionOptions mask_combination(int combo, const std::vector<std::uint8_t>& key_flags,
+                                       Index valid_length) {
+  ChunkAttentionOptions opts;
+  opts.causal = (combo & 1) != 0;
+  opts.self_mask = (combo & 2) != 0;
+  opts.key_flags = (combo & 4) != 0 ? key_flags.data() : nullptr;
+  if ((combo & 8) != 0) opts.valid_length = valid_length;
+  return opts;
+}
+
+// Random key positions in [offset, offset + span) and query positions, of which every
+// `share_every`-th (from the first) is a key's position (the self mask).
+struct RandomPositions {
+  std::vector<Index> q, k;
+};
+RandomPositions random_positions(Rng& rng, Index& draw, Index offset, Index span, Index cq,
+                                 Index ck, Index share_every) {
+  RandomPositions p{std::vector<Index>(static_cast<std::size_t>(cq)),
+                    std::vector<Index>(static_cast<std::size_t>(ck))};
+  for (auto& t : p.k) t = offset + static_cast<Index>(rng.uniform(draw++) * double(span));
+  for (Index i = 0; i < cq; ++i) {
+    p.q[static_cast<std::size_t>(i)] =
+        i % share_every == 0 ? p.k[static_cast<std::size_t>(i % ck)]
+                             : offset + static_cast<Index>(rng.uniform(draw++) * double(span));
+  }
+  return p;
+}
+
 // The packet masks of the kernel (detail::mask_scores, detail::masked_softmax_grad) against the
 // per-score definition (detail::chunk_mask), bitwise: every combination of the masks, windows
 // of any length (packets and tails), repeated positions, key padding, keys that do not exist,
@@ -183,26 +222,15 @@ TEST(ChunkAttention, FullyMaskedQueryStaysFinite) {
 template <class S>
 void check_vector_masks_match_scalar(Index position_offset) {
   Rng rng(5);
-  std::vector<std::uint8_t> key_flags(64 + static_cast<std::size_t>(position_offset), 1);
-  for (Index t = 0; t < 64; ++t) {
-    if (rng.uniform(static_cast<std::uint64_t>(t)) < 0.2)
-      key_flags[static_cast<std::size_t>(position_offset + t)] = 0;
-  }
+  const auto key_flags = random_key_flags(rng, position_offset, 64);
   Index draw = 1000;
   int masked_seen = 0;
   for (const Index ck : {1, 5, 8, 16, 19, 128}) {
     for (int combo = 0; combo < 16; ++combo) {
-      ChunkAttentionOptions opts;
-      opts.causal = (combo & 1) != 0;
-      opts.self_mask = (combo & 2) != 0;
-      opts.key_flags = (combo & 4) != 0 ? key_flags.data() : nullptr;
-      if ((combo & 8) != 0) opts.valid_length = position_offset + 40;
+      const ChunkAttentionOptions opts = mask_combination(combo, key_flags, position_offset + 40);
       const Index cq = 3;
-      std::vector<Index> qpos(cq), kpos(static_cast<std::size_t>(ck));
-      for (auto& p : kpos) p = position_offset + static_cast<Index>(rng.uniform(draw++) * 48);
-      for (Index i = 0; i < cq; ++i)  // one query shares a key's position (self)
-        qpos[static_cast<std::size_t>(i)] =
-            i == 0 ? kpos[0] : position_offset + static_cast<Index>(rng.uniform(draw++) * 48);
+      // the first query shares a key's position (self)
+      const auto [qpos, kpos] = random_positions(rng, draw, position_offset, 48, cq, ck, cq);
       const auto km = detail::chunk_key_masks<S>(qpos.data(), cq, kpos.data(), ck, opts);
       EXPECT_EQ(km.vector, position_offset < (Index(1) << std::numeric_limits<S>::digits));
       for (Index i = 0; i < cq; ++i) {
@@ -248,6 +276,71 @@ TEST(ChunkAttention, VectorMasksMatchPerScoreMasks) {
   check_vector_masks_match_scalar<double>(0);
   check_vector_masks_match_scalar<float>(Index(1) << 24);  // not exact in float: per score
   check_vector_masks_match_scalar<double>(Index(1) << 24);
+}
+
+// The chunk softmax (detail::masked_softmax_chunk), which takes groups of queries through
+// detail::masked_softmax_columns, against one query at a time (detail::masked_softmax_column),
+// bitwise: probabilities and log-sum-exps, with every mask combination, query counts that leave
+// a remainder after the groups, windows with and without a packet tail, and positions too large
+// to be exact in float (no packet masks: one query at a time throughout). The group path is
+// checked to run, and the probabilities against their definition.
+template <class S>
+void check_grouped_softmax_matches_columns(Index position_offset) {
+  Rng rng(11);
+  const auto key_flags = random_key_flags(rng, position_offset, 96);
+  Index draw = 5000;
+  int grouped_calls = 0;
+  for (const Index ck : {16, 19, 64, 128}) {
+    for (const Index cq : {1, 4, 7, 64}) {
+      for (int combo = 0; combo < 16; ++combo) {
+        const ChunkAttentionOptions opts = mask_combination(combo, key_flags, position_offset + 70);
+        // every third query shares a key's position (self)
+        const auto [qpos, kpos] = random_positions(rng, draw, position_offset, 90, cq, ck, 3);
+        const auto km = detail::chunk_key_masks<S>(qpos.data(), cq, kpos.data(), ck, opts);
+        Matrix<S> scores(ck, cq);
+        for (Index i = 0; i < cq; ++i)
+          for (Index j = 0; j < ck; ++j) scores(j, i) = static_cast<S>(rng.uniform(draw++) * 8 - 4);
+        Matrix<S> got = scores, want = scores;
+        Vector<S> got_lse(cq), want_lse(cq);
+        detail::masked_softmax_chunk<S>(Eigen::Map<Matrix<S>>(got.data(), ck, cq), qpos.data(),
+                                        kpos.data(), km, opts, got_lse.data());
+        for (Index i = 0; i < cq; ++i) {
+          detail::masked_softmax_column<S>(want.col(i).data(), ck,
+                                           qpos[static_cast<std::size_t>(i)], kpos.data(), km, opts,
+                                           &want_lse(i));
+        }
+        const std::string where =
+            std::to_string(ck) + " x " + std::to_string(cq) + ", masks " + std::to_string(combo);
+        EXPECT_EQ(got, want) << where;
+        EXPECT_EQ(got_lse, want_lse) << where;
+        // p = softmax of the masked scores, in double (fully masked queries: equal weights)
+        const double tolerance = std::is_same_v<S, float> ? 1e-5 : 1e-13;
+        for (Index i = 0; i < cq; ++i) {
+          Vector<double> masked(ck);
+          for (Index j = 0; j < ck; ++j) {
+            double value = 0;
+            const bool is_masked = detail::chunk_mask(
+                qpos[static_cast<std::size_t>(i)], kpos[static_cast<std::size_t>(j)], opts, value);
+            masked(j) = is_masked ? double(static_cast<S>(value)) : double(scores(j, i));
+          }
+          const Vector<double> e = (masked.array() - masked.maxCoeff()).exp().matrix();
+          const Vector<double> p = e / e.sum();
+          for (Index j = 0; j < ck; ++j)
+            ASSERT_NEAR(double(got(j, i)), p(j), tolerance)
+                << where << " (" << j << ", " << i << ")";
+        }
+        if (ck % detail::kPacketSize<S> == 0 && cq >= tuning::kSoftmaxQueries && km.vector)
+          ++grouped_calls;
+      }
+    }
+  }
+  EXPECT_EQ(grouped_calls > 0, position_offset < (Index(1) << std::numeric_limits<S>::digits));
+}
+
+TEST(ChunkAttention, GroupedSoftmaxMatchesOneQueryAtATime) {
+  check_grouped_softmax_matches_columns<float>(0);
+  check_grouped_softmax_matches_columns<double>(0);
+  check_grouped_softmax_matches_columns<float>(Index(1) << 24);  // not exact in float
 }
 
 // The kernel scratch of a thread that has not run a chunk yet is grown by grow_thread_buffers()

@@ -10,9 +10,11 @@
 //   attention/dense/{fwd,fwd_bwd}       T = 512 .. 8192       (--long: .. 32768, memory allowing)
 //   attention/local/{fwd,fwd_bwd}       T = 512 .. 65536      (--long: .. 2^20)
 //   attention/lsh_r{1,2,4,8}/{fwd,fwd_bwd}  as local
-//   gemm/...                            the GEMM reference (common/gemm_reference.hpp)
-// Each family varies T only (RangeMultiplier(2), Complexity() fitted on SetComplexityN(T)).
-// Counters: tokens/s, GFLOP/s (FLOP model in common/flops.hpp), peak resident bytes.
+//   attention/chunk_kernel/{fwd,fwd_bwd}  the chunk kernel alone (layers/chunk_attention.hpp), T =
+//   4096 gemm/...                            the GEMM reference (common/gemm_reference.hpp)
+// Each family above the kernel's varies T only (RangeMultiplier(2), Complexity() fitted on
+// SetComplexityN(T)). Counters: tokens/s, GFLOP/s (FLOP model in common/flops.hpp), peak resident
+// bytes.
 //
 // Run:  attention_scaling --benchmark_out=attention.json --benchmark_out_format=json
 //       [--long] [--threads=N] [--tmin=T --tmax=T] [--benchmark_filter=lsh_r2]
@@ -28,6 +30,7 @@
 #include <cstdlib>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -137,6 +140,56 @@ void attention(benchmark::State& state, AttentionKind kind, Index rounds, bool b
   state.SetComplexityN(t);
 }
 
+// The chunk kernel on the work of the LSH R = 2 sublayer at T tokens, without the sublayer around
+// it: T / 64 x 4 x 2 (chunk, head, round) calls of 64 queries against a 128-key window, causal
+// with the self mask (the queries at positions 64..127, the keys at 0..127: a quarter of the
+// scores masked), in the blocks gemm/chunks runs, each on operands of its own in cache. fwd:
+// chunk_attention_forward (scores, softmax, o = v p^T); fwd_bwd: that, then
+// chunk_attention_backward recomputing the probabilities. GFLOP/s counts the products (two
+// forward, five backward, 2 x 128 x 64 x 64 flops each), so it reads against gemm/chunks.
+void chunk_kernel(benchmark::State& state, Index t, bool backward) {
+  using M = reformer::Matrix<float>;
+  constexpr Index dh = 64, cq = 64, ck = 128, kBlocks = 16;
+  const Index calls_per_block = t / cq * kHeads * 2 / kBlocks;
+  reformer_bench::PeakMeter peak;
+  struct Block {
+    M q, k, v, o, dq, dk, dv;
+    reformer::Vector<float> lse;
+  };
+  std::vector<Block> blocks;
+  for (Index b = 0; b < kBlocks; ++b) {
+    blocks.push_back({M::Random(dh, cq), M::Random(dh, ck), M::Random(dh, ck), M(dh, cq), M(dh, cq),
+                      M::Zero(dh, ck), M::Zero(dh, ck), reformer::Vector<float>(cq)});
+  }
+  std::vector<Index> qpos(cq), kpos(ck);
+  for (Index j = 0; j < ck; ++j) kpos[static_cast<std::size_t>(j)] = j;
+  for (Index i = 0; i < cq; ++i) qpos[static_cast<std::size_t>(i)] = ck - cq + i;
+  reformer::ChunkAttentionOptions opts;
+  opts.causal = true;
+  opts.self_mask = true;
+  const double product_flops = 2.0 * double(ck * cq * dh);
+  const double flops = product_flops * (backward ? 7.0 : 2.0) * double(calls_per_block * kBlocks);
+  const reformer_bench::WallClock clock = reformer_bench::time_iterations(state, [&] {
+    reformer::parallel_items(kBlocks, flops, [&](Index b) {
+      Block& bl = blocks[static_cast<std::size_t>(b)];
+      auto& ws = reformer::thread_chunk_workspace<float>(cq, ck);
+      for (Index i = 0; i < calls_per_block; ++i) {
+        reformer::chunk_attention_forward<float>(bl.q, bl.k, bl.v, qpos.data(), kpos.data(), opts,
+                                                 bl.o, bl.lse.data(), ws);
+        if (backward) {
+          reformer::chunk_attention_backward<float>(bl.q, bl.k, bl.v, qpos.data(), kpos.data(),
+                                                    opts, bl.o, bl.lse.data(), bl.dq, bl.dk, bl.dv,
+                                                    ws);
+        }
+        benchmark::DoNotOptimize(bl.o.data());
+        benchmark::DoNotOptimize(bl.dq.data());
+      }
+    });
+    benchmark::ClobberMemory();
+  });
+  reformer_bench::report(state, clock, double(t), flops, peak);
+}
+
 template <class Core>
 void register_family(const std::string& kind_name, AttentionKind kind, Index rounds, Index lo,
                      Index hi) {
@@ -161,6 +214,14 @@ void register_all(const reformer_bench::Options& o) {
   for (const Index r : {1, 2, 4, 8}) {
     register_family<reformer::LshAttention<float>>("lsh_r" + std::to_string(r), AttentionKind::kLsh,
                                                    r, lo, hi);
+  }
+  for (const bool backward : {false, true}) {
+    const std::string name =
+        std::string("attention/chunk_kernel/") + (backward ? "fwd_bwd" : "fwd");
+    benchmark::RegisterBenchmark(name.c_str(),
+                                 [=](benchmark::State& st) { chunk_kernel(st, 4096, backward); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
   }
   if (o.gemm) reformer_bench::register_gemm_reference();
 }

@@ -25,11 +25,13 @@
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/core/workspace.hpp"
+#include "reformer/ops/detail/packets.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -156,43 +158,58 @@ Matrix<S> lsh_rotations(const Rng& key, Index head_size, const LshBucketLayout& 
 
 namespace detail {
 
-/// The bucket of one factor: argmax over [r_0 .. r_{h-1}, -r_0 .. -r_{h-1}], the first maximum
-/// winning (comparisons as `>`, so a NaN is never a new maximum).
+/// The bucket of one factor: argmax over [r_0 .. r_{h-1}, -r_0 .. -r_{h-1}] (r_j at
+/// r[j * stride]), the first maximum winning (comparisons as `>`, so a NaN is never a new
+/// maximum).
 template <class S>
-Index lsh_argmax_reference(const S* r, Index h) {
+Index lsh_argmax_reference(const S* r, Index h, Index stride = 1) {
   Index best = 0;
   S best_value = r[0];
   for (Index j = 1; j < h; ++j) {
-    if (r[j] > best_value) {
-      best_value = r[j];
+    if (r[j * stride] > best_value) {
+      best_value = r[j * stride];
       best = j;
     }
   }
   for (Index j = 0; j < h; ++j) {
-    if (-r[j] > best_value) {
-      best_value = -r[j];
+    if (-r[j * stride] > best_value) {
+      best_value = -r[j * stride];
       best = h + j;
     }
   }
   return best;
 }
 
-/// lsh_argmax_reference, vectorised: hi = max_j r_j and lo = min_j r_j in two vector passes;
-/// the maximum of the whole list is hi when hi >= -lo (a tie goes to the first half, whose
-/// indices come first), else -lo; the answer is the first j with r_j equal to it. Exactly the
-/// reference's result for finite inputs (signed zeros included: -0 == 0 and neither is `>` the
-/// other); with a NaN in r the reference itself runs.
+/// lsh_argmax_reference for k tokens at once (k = the packet size): lane l of the result is the
+/// bucket of token l, whose h values lie at r[l + j * stride] (j < h). The lanes run the
+/// reference's comparisons in its order (first r_j, then -r_j, each `>` the best so far), so
+/// every lane gives exactly its answer: ties, signed zeros, infinities and NaNs included. The
+/// indices are held as scalars of S: 2h must not exceed 2^digits (lsh_argmax_lanes_exact).
 template <class S>
-Index lsh_argmax(const S* r, Index h) {
-  const Eigen::Map<const Vector<S>> v(r, h);
-  const S hi = v.template maxCoeff<Eigen::PropagateNaN>();
-  const S lo = v.template minCoeff<Eigen::PropagateNaN>();
-  if (!(hi == hi) || !(lo == lo)) return lsh_argmax_reference(r, h);
-  const bool first_half = hi >= -lo;
-  const S target = first_half ? hi : lo;
-  Index j = 0;
-  while (r[j] != target) ++j;  // target is one of r's values
-  return first_half ? j : h + j;
+Packet<S> lsh_argmax_lanes(const S* r, Index stride, Index h) {
+  namespace ei = Eigen::internal;
+  using P = Packet<S>;
+  P best_value = ei::ploadu<P>(r);
+  P best = ei::pzero(best_value);
+  for (Index j = 1; j < h; ++j) {
+    const P v = ei::ploadu<P>(r + j * stride);
+    const P better = ei::pcmp_lt(best_value, v);  // v > best_value
+    best_value = ei::pselect(better, v, best_value);
+    best = ei::pselect(better, ei::pset1<P>(static_cast<S>(j)), best);
+  }
+  for (Index j = 0; j < h; ++j) {
+    const P v = ei::pnegate(ei::ploadu<P>(r + j * stride));
+    const P better = ei::pcmp_lt(best_value, v);  // -r_j > best_value
+    best_value = ei::pselect(better, v, best_value);
+    best = ei::pselect(better, ei::pset1<P>(static_cast<S>(h + j)), best);
+  }
+  return best;
+}
+
+/// Whether lsh_argmax_lanes holds every index of a factor of `half` columns exactly.
+template <class S>
+bool lsh_argmax_lanes_exact(Index half) {
+  return 2 * half <= (Index{1} << std::numeric_limits<S>::digits);
 }
 
 }  // namespace detail
@@ -214,26 +231,42 @@ void lsh_hash(ConstMatrixRef<S> vectors, ConstMatrixRef<S> rotations, const LshB
   REFORMER_REQUIRE(buckets != nullptr || vectors.cols() == 0, InvalidArgument, where,
                    "buckets must not be null");
   const Index n = vectors.cols();
-  // Block over tokens so the rotated buffer stays small (cols x block).
+  const Index cols = rotations.cols();
+  // Blocks of tokens, so the rotated buffer stays small: rotated(t, j) = x_t . R_j, one column
+  // per rotation column with the block's tokens side by side, so a packet holds one column's
+  // values for k tokens and the argmax runs over k tokens at once. Rows past the block's tokens
+  // are zero (their buckets are computed and dropped).
+  constexpr Index k = detail::kPacketSize<S>;
   constexpr Index kBlock = tuning::kLshHashTokenBlock;
+  const Index rows = (std::min(n, kBlock) + k - 1) / k * k;
   struct RotatedTag;
-  Eigen::Map<Matrix<S>, Eigen::AlignedMax> rotated(
-      thread_buffer<S, RotatedTag>(rotations.cols() * std::min(n, kBlock)), rotations.cols(),
-      std::min(n, kBlock));  // the calling thread's buffer: no allocation per call
+  Eigen::Map<Matrix<S>, Eigen::AlignedMax> rotated(thread_buffer<S, RotatedTag>(rows * cols), rows,
+                                                   cols);  // the calling thread's buffer
   for (Index t0 = 0; t0 < n; t0 += kBlock) {
     const Index nt = std::min(kBlock, n - t0);
-    // rotated: cols x nt = R^T x
-    rotated.leftCols(nt).noalias() = rotations.transpose() * vectors.middleCols(t0, nt);
-    for (Index t = 0; t < nt; ++t) {
-      Index bucket = 0, scale = 1, col0 = 0;
-      for (Index f : layout.factors) {
-        const Index half = f / 2;
-        const Index best = detail::lsh_argmax<S>(&rotated(col0, t), half);
-        bucket += scale * best;
-        scale *= f;
-        col0 += half;
+    const Index padded = (nt + k - 1) / k * k;
+    // rotated: nt x cols = x^T R
+    rotated.topRows(nt).noalias() = vectors.middleCols(t0, nt).transpose() * rotations;
+    rotated.middleRows(nt, padded - nt).setZero();
+    for (Index t = t0; t < t0 + nt; ++t) buckets[t] = 0;
+    Index scale = 1, col0 = 0;
+    for (Index f : layout.factors) {
+      const Index half = f / 2;
+      if (!detail::lsh_argmax_lanes_exact<S>(half)) {
+        for (Index t = 0; t < nt; ++t)
+          buckets[t0 + t] += static_cast<std::int32_t>(
+              scale * detail::lsh_argmax_reference<S>(&rotated(t, col0), half, rows));
+      } else {
+        for (Index t = 0; t < nt; t += k) {
+          S best[k];
+          Eigen::internal::pstoreu(best,
+                                   detail::lsh_argmax_lanes<S>(&rotated(t, col0), rows, half));
+          for (Index l = 0; l < std::min(k, nt - t); ++l)
+            buckets[t0 + t + l] += static_cast<std::int32_t>(scale * static_cast<Index>(best[l]));
+        }
       }
-      buckets[t0 + t] = static_cast<std::int32_t>(bucket);
+      scale *= f;
+      col0 += half;
     }
   }
 }

@@ -97,64 +97,82 @@ TEST(LshHash, ArgmaxOverRotationAndNegationFirstMaximumWins) {
   EXPECT_EQ(std::vector<std::int32_t>(b, b + 5), std::vector<std::int32_t>({2, 4, 0, 0, 5}));
 }
 
-// The vectorised argmax against the plain scan, on lists full of ties (small integers), signed
-// zeros, infinities and NaNs, for lengths around the packet sizes.
+// The argmax of a packet of tokens against the plain scan of each token, on lists full of ties
+// (small integers), signed zeros, infinities and NaNs, for lengths around the packet sizes; the
+// tokens' values lie `stride` apart, as in lsh_hash's buffer.
 template <class S>
 void expect_argmax_matches_reference() {
+  constexpr Index k = detail::kPacketSize<S>;
   const Rng rng(41);
   std::uint64_t draw = 0;
   const S inf = std::numeric_limits<S>::infinity();
   const S nan = std::numeric_limits<S>::quiet_NaN();
   for (Index h : {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 100, 512, 513}) {
-    for (int trial = 0; trial < 200; ++trial) {
-      std::vector<S> r(static_cast<std::size_t>(h));
-      for (S& v : r) {
-        const double u = rng.uniform(draw++);
-        if (trial % 4 == 0) {
-          v = static_cast<S>(std::floor(7 * u) - 3);  // -3 .. 3: ties between r and -r
-        } else if (trial % 4 == 1) {
-          v = u < 0.5 ? S(0) : S(-0.0);  // signed zeros only
-        } else {
-          v = static_cast<S>(rng.normal(draw++));
+    for (int trial = 0; trial < 50; ++trial) {
+      const Index stride = k + trial % 3;  // the lanes, and sometimes a gap after them
+      std::vector<S> r(static_cast<std::size_t>(h * stride), S(0));
+      for (Index l = 0; l < k; ++l) {
+        const int kind = (trial + static_cast<int>(l)) % 4;
+        for (Index j = 0; j < h; ++j) {
+          S& v = r[static_cast<std::size_t>(l + j * stride)];
+          const double u = rng.uniform(draw++);
+          if (kind == 0) {
+            v = static_cast<S>(std::floor(7 * u) - 3);  // -3 .. 3: ties between r and -r
+          } else if (kind == 1) {
+            v = u < 0.5 ? S(0) : S(-0.0);  // signed zeros only
+          } else {
+            v = static_cast<S>(rng.normal(draw++));
+          }
         }
+        const auto pick = [&](Index salt) {
+          return static_cast<std::size_t>(l + ((trial + salt * l) % h) * stride);
+        };
+        if ((trial + l) % 5 == 3) r[pick(3)] = (trial + l) % 2 == 0 ? inf : -inf;
+        if ((trial + l) % 7 == 2) r[pick(5)] = nan;
+        if ((trial + l) % 11 == 4) r[static_cast<std::size_t>(l)] = nan;  // r_0 itself
       }
-      if (trial % 10 == 3)
-        r[static_cast<std::size_t>(trial) % r.size()] = trial % 20 == 3 ? inf : -inf;
-      if (trial % 25 == 7) r[static_cast<std::size_t>(trial * 7) % r.size()] = nan;
-      EXPECT_EQ(detail::lsh_argmax<S>(r.data(), h), detail::lsh_argmax_reference<S>(r.data(), h))
-          << "h = " << h << ", trial " << trial;
+      S got[k];
+      Eigen::internal::pstoreu(got, detail::lsh_argmax_lanes<S>(r.data(), stride, h));
+      for (Index l = 0; l < k; ++l) {
+        EXPECT_EQ(static_cast<Index>(got[l]),
+                  detail::lsh_argmax_reference<S>(r.data() + l, h, stride))
+            << "h = " << h << ", trial " << trial << ", lane " << l;
+      }
     }
   }
 }
 
-TEST(LshHash, VectorisedArgmaxEqualsThePlainScan) {
+TEST(LshHash, ArgmaxOfAPacketOfTokensEqualsThePlainScan) {
   expect_argmax_matches_reference<float>();
   expect_argmax_matches_reference<double>();
 }
 
 // lsh_hash on integer-valued inputs (exact products, many ties) gives, factor by factor, the
-// plain scan's bucket.
+// plain scan's bucket: for one token, a part of a packet, and a block and a half of tokens.
 TEST(LshHash, BucketsEqualThePlainScanWithTies) {
   const Rng rng(43);
   for (const auto& factors : {std::vector<Index>{2}, std::vector<Index>{64},
                               std::vector<Index>{1024}, std::vector<Index>{4, 32}}) {
     const LshBucketLayout layout{factors};
-    const Index dh = 8, n = 300;
-    Matrix<float> x(dh, n), rot(dh, layout.rotation_columns());
-    std::uint64_t draw = 0;
-    for (Index i = 0; i < x.size(); ++i) x.data()[i] = std::floor(5 * rng.uniform(draw++)) - 2;
-    for (Index i = 0; i < rot.size(); ++i) rot.data()[i] = std::floor(5 * rng.uniform(draw++)) - 2;
-    std::vector<std::int32_t> b(static_cast<std::size_t>(n));
-    lsh_hash<float>(x, rot, layout, b.data());
-    const Matrix<float> rotated = rot.transpose() * x;  // small integers: exact
-    for (Index t = 0; t < n; ++t) {
-      Index bucket = 0, scale = 1, col0 = 0;
-      for (Index f : factors) {
-        bucket += scale * detail::lsh_argmax_reference<float>(&rotated(col0, t), f / 2);
-        scale *= f;
-        col0 += f / 2;
+    const Index dh = 8;
+    for (Index n : {1, 5, 300}) {
+      Matrix<float> x(dh, n), rot(dh, layout.rotation_columns());
+      std::uint64_t draw = 0;
+      for (Index i = 0; i < x.size(); ++i) x.data()[i] = std::floor(5 * rng.uniform(draw++)) - 2;
+      for (Index i = 0; i < rot.size(); ++i)
+        rot.data()[i] = std::floor(5 * rng.uniform(draw++)) - 2;
+      std::vector<std::int32_t> b(static_cast<std::size_t>(n));
+      lsh_hash<float>(x, rot, layout, b.data());
+      const Matrix<float> rotated = rot.transpose() * x;  // small integers: exact
+      for (Index t = 0; t < n; ++t) {
+        Index bucket = 0, scale = 1, col0 = 0;
+        for (Index f : factors) {
+          bucket += scale * detail::lsh_argmax_reference<float>(&rotated(col0, t), f / 2);
+          scale *= f;
+          col0 += f / 2;
+        }
+        EXPECT_EQ(b[static_cast<std::size_t>(t)], bucket) << "n = " << n << ", t = " << t;
       }
-      EXPECT_EQ(b[static_cast<std::size_t>(t)], bucket) << "t = " << t;
     }
   }
 }

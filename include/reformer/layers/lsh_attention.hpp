@@ -726,7 +726,8 @@ class LshAttention {
   ///   per position:  w_r = exp(lse_r - logsumexp_r' lse_r')   (softmax over the rounds)
   ///                  a = sum_r w_r o_r
   /// computed as a running sum with top = max_r lse_r so far and total = sum_r exp(lse_r - top),
-  /// rescaled when top grows, and a /= total once every round is in (finish_output); never
+  /// rescaled when top grows, and a /= total once every round is in (finish_output: in the
+  /// last round, by each chunk for its queries right after adding its part); never
   /// forming logsumexp_r' lse_r' itself, whose magnitude reaches 1e5 when a slot sees only itself
   /// (in float its rounding would move the weights by ~0.4%). The per-place outputs are never
   /// stored: only lse per place is kept (and, in the backward with pl.store_probs, every chunk's
@@ -735,24 +736,21 @@ class LshAttention {
                      const ConstMatrixRef<S>& v, MatrixRef<S> a, Index h0, Index nh,
                      std::vector<HeadBuffers>& bufs, Index rounds) const {
     for (Index r = 0; r < rounds; ++r) {
+      const bool finish = r == pl.rounds - 1;
       for_round_blocks(
           pl, nh, r, [](Index) { return true; },
           [&](Index i, Index c0, Index c1) {
-            forward_block(pl, ctx, qk, v, a, h0 + i, bufs[at(i)], c0, c1);
+            forward_block(pl, ctx, qk, v, a, h0 + i, bufs[at(i)], c0, c1, finish);
           });
     }
   }
 
-  /// The forward of a wave: every round (attend_rounds), then a /= total per position.
+  /// The forward of a wave: every round (attend_rounds), the last one completing a (a /= total
+  /// per position, as each of its chunks adds its part).
   void attend_forward(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
                       const ConstMatrixRef<S>& v, MatrixRef<S> a, Index h0, Index nh,
                       std::vector<HeadBuffers>& bufs) const {
     attend_rounds(pl, ctx, qk, v, a, h0, nh, bufs, pl.rounds);
-    for_position_blocks(pl, nh, [&](Index i, Index t0, Index t1) {
-      const Index b = pl.batch_of(h0 + i), j = pl.head_of(h0 + i);
-      for (Index t = t0; t < std::min(t1, pl.length); ++t)
-        finish_output(pl, a, nullptr, bufs[at(i)], b, j, t);
-    });
   }
 
   /// a_t /= total_t once every round is in, the output of position t (< T) of local head j of
@@ -787,16 +785,30 @@ class LshAttention {
     return c < hb.probs.map().cols() ? hb.probs.map().col(c).data() : nullptr;
   }
 
-  /// attend_rounds for the chunks [c0, c1) of one round of head item hi.
+  /// attend_rounds for the chunks [c0, c1) of one round of head item hi; with `finish` (the
+  /// last round), each chunk then completes the output of its queries (finish_output).
   void forward_block(const Plan& pl, const Context& ctx, const ConstMatrixRef<S>& qk,
                      const ConstMatrixRef<S>& v, MatrixRef<S>& a, Index hi, HeadBuffers& hb,
-                     Index c0, Index c1) const {
+                     Index c0, Index c1, bool finish) const {
     BlockScratch& sc = ThreadBlockScratch::mine();
     gather_block(pl, qk, v, hi, hb, c0, c1, sc);
     ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(pl.chunk, pl.window * pl.chunk);
     const ChunkAttentionOptions opts = chunk_options(pl, ctx, hi, c0);
-    for (Index c = c0; c < c1; ++c)
+    for (Index c = c0; c < c1; ++c) {
       forward_chunk(pl, qk, v, a, hi, hb, sc, ws, opts, c0, c, stored_probs(hb, c));
+      if (finish) finish_chunk_outputs(pl, a, nullptr, hi, hb, sc, c0, c);
+    }
+  }
+
+  /// finish_output for the queries of chunk c of a gathered block (first chunk c0) whose
+  /// positions are real.
+  void finish_chunk_outputs(const Plan& pl, MatrixRef<S>& a, const ConstMatrixRef<S>* da, Index hi,
+                            HeadBuffers& hb, const BlockScratch& sc, Index c0, Index c) const {
+    const Index cl = pl.chunk;
+    const Index* qpos = sc.pos.data() + (cfg_.chunks_before + c - c0) * cl;
+    for (Index i = 0; i < cl; ++i)
+      if (qpos[i] < pl.length)
+        finish_output(pl, a, da, hb, pl.batch_of(hi), pl.head_of(hi), qpos[i]);
   }
 
   /// The chunk options of head item hi in the round of chunk c0.
@@ -975,7 +987,7 @@ class LshAttention {
                         const ConstMatrixRef<S>& v, const ConstMatrixRef<S>& da, MatrixRef<S>& a,
                         MatrixRef<S>& dqk, MatrixRef<S>& dv, Index hi, HeadBuffers& hb, Index c0,
                         Index c1) const {
-    const Index cl = pl.chunk, wl = pl.window * cl, len = pl.length;
+    const Index cl = pl.chunk, wl = pl.window * cl;
     const Index b = pl.batch_of(hi), j = pl.head_of(hi);
     BlockScratch& sc = ThreadBlockScratch::mine();
     // da of the first chunk's queries (finish_output reads it; backward_chunk hints the next).
@@ -988,9 +1000,7 @@ class LshAttention {
     const ChunkAttentionOptions opts = chunk_options(pl, ctx, hi, c0);
     for (Index c = c0; c < c1; ++c) {
       forward_chunk(pl, qk, v, a, hi, hb, sc, ws, opts, c0, c, probs);
-      const Index* qpos = sc.pos.data() + (cfg_.chunks_before + c - c0) * cl;
-      for (Index i = 0; i < cl; ++i)
-        if (qpos[i] < len) finish_output(pl, a, &da, hb, b, j, qpos[i]);
+      finish_chunk_outputs(pl, a, &da, hi, hb, sc, c0, c);
       backward_chunk(pl, qk, v, da, dqk, dv, hi, hb, sc, grads, ws, opts, c0, c1, c, probs);
     }
     add_range_key_grads(pl, dqk, dv, hi, sc, grads);

@@ -8,6 +8,9 @@
 // Factorised buckets (f1, f2, ...): R is the concatenation of one Dh x f_i/2 block per factor
 // (in order), each factor is hashed on its own block, and b = b1 + f1 * b2 + f1 * f2 * b3 ...
 // (the Hugging Face / trax layout). Every count and factor is even.
+// The rotated values of a block of tokens are laid out tokens x columns, so the argmax runs over
+// a packet of tokens at once, each lane with the plain scan's comparisons in their order
+// (detail::lsh_argmax_lanes).
 //
 // Rotations come from the library's counter-based RNG: element (d, j) of the rotation of
 // (head, round) is `key.normal(d * cols + j)` with key = ctx.rng(stream::kLshRotation)

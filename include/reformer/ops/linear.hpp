@@ -166,8 +166,8 @@ void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate
 
 /// linear_weight_grads (bitwise its dW and db), calling `alongside(t0, nt)` for every token
 /// block [t0, t0 + nt) of tuning::kGradTokenBlock tokens (the last one shorter) in the task that
-/// forms the block's partial product, right after it: work over the same tokens (e.g. other
-/// products of dy or x) finds their columns in cache instead of reading them from memory once
+/// adds the block's product to its span's partial, right after it: work over the same tokens (e.g.
+/// other products of dy or x) finds their columns in cache instead of reading them from memory once
 /// more. The blocks run in parallel, so `alongside` must only write what its own tokens own. A
 /// call too small to split calls it for the same blocks, in order, after dW += dy x^T.
 template <class S, class GW, class F>
@@ -192,43 +192,49 @@ void linear_weight_grads_alongside(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW
     for (Index t0 = 0; t0 < n; t0 += kTokenBlock) alongside(t0, std::min(kTokenBlock, n - t0));
     return;
   }
-  // out x in in dW's storage order, over scratch memory
+  // out x in in dW's storage order, over scratch memory: one partial per span of blocks
   using Partial = Eigen::Map<typename std::decay_t<GW>::PlainObject, Eigen::Aligned64>;
+  const Index spans = std::min(blocks, kPartials);
   std::array<Scratch<S>, static_cast<std::size_t>(kPartials)> partial_memory;  // no heap use
-  for (Index i = 0; i < std::min(blocks, kPartials); ++i) {
-    partial_memory[static_cast<std::size_t>(i)].resize(ws, out, in);
-  }
+  for (Index i = 0; i < spans; ++i) partial_memory[static_cast<std::size_t>(i)].resize(ws, out, in);
   const auto partial = [&](Index i) {
     return Partial(partial_memory[static_cast<std::size_t>(i)].map().data(), out, in);
   };
-  for (Index w0 = 0; w0 < blocks; w0 += kPartials) {
-    const Index wave = std::min(kPartials, blocks - w0);
-    parallel_for(wave, [&](Index i) {
-      const Index t0 = (w0 + i) * kTokenBlock;
+  // Span i sums the token blocks [first_block(i), first_block(i + 1)) into partial i, in order.
+  const auto first_block = [&](Index i) { return blocks * i / spans; };
+  parallel_items(spans, flops_per_token * double(n), [&](Index i) {
+    Partial p = partial(i);
+    for (Index b = first_block(i); b < first_block(i + 1); ++b) {
+      const Index t0 = b * kTokenBlock;
       const Index nt = std::min(kTokenBlock, n - t0);
-      Partial p = partial(i);
-      p.noalias() = dy.middleCols(t0, nt) * x.middleCols(t0, nt).transpose();
-      alongside(t0, nt);
-    });
-    // dW += partial_0 + partial_1 + ... (in block order, split over dW's rows)
-    const Index rb = row_block(out);
-    parallel_items(num_blocks(out, rb), double(wave) * double(out) * double(in), [&](Index blk) {
-      const Index r0 = blk * rb;
-      const Index nr = std::min(rb, out - r0);
-      for (Index i = 0; i < wave; ++i) {
-        dW.middleRows(r0, nr) += partial(i).middleRows(r0, nr);
+      if (b == first_block(i)) {
+        p.noalias() = dy.middleCols(t0, nt) * x.middleCols(t0, nt).transpose();
+      } else {
+        p.noalias() += dy.middleCols(t0, nt) * x.middleCols(t0, nt).transpose();
       }
-    });
-  }
+      alongside(t0, nt);
+    }
+  });
+  // dW += partial_0 + partial_1 + ... (in span order, split over dW's rows)
+  const Index rb = row_block(out);
+  parallel_items(num_blocks(out, rb), double(spans) * double(out) * double(in), [&](Index blk) {
+    const Index r0 = blk * rb;
+    const Index nr = std::min(rb, out - r0);
+    for (Index i = 0; i < spans; ++i) dW.middleRows(r0, nr) += partial(i).middleRows(r0, nr);
+  });
 }
 
 /// Parameter gradients of y = W x (+ b): dW += dy x^T (and db += row sums of dy).
 /// dy: out x N, x: in x N, dW: out x in (any Eigen block or map, row- or column-major).
 ///
-///   dW += sum over token blocks b (tuning::kGradTokenBlock tokens, in order) of  dy_b x_b^T
+///   dW += sum over spans i (in order) of  sum over the token blocks b of span i (in order) of
+///         dy_b x_b^T
 ///
-/// The partial products run in parallel, tuning::kGradPartials at a time, and are added to dW
-/// in block order; db sums each row over all N tokens in column order (split over rows).
+/// The token blocks hold tuning::kGradTokenBlock tokens; the B blocks form
+/// min(B, tuning::kGradPartials) spans of consecutive blocks (span i: blocks [B i / P,
+/// B (i + 1) / P)), a function of the shape only. The spans' partial products run in parallel
+/// and are added to dW in span order, so the result does not depend on the thread count; db
+/// sums each row over all N tokens in column order (split over rows).
 ///
 /// The partials are drawn from `ws` when given (core/workspace.hpp), from the heap otherwise.
 template <class S, class GW>

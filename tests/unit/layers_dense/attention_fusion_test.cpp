@@ -282,7 +282,7 @@ TYPED_TEST(AttentionFusion, WorkspaceDoesNotChangeResults) {
   EXPECT_TRUE(bitwise_equal(with.grads, without.grads));
 }
 
-// Several waves of LayerNorm blocks (N = 2600: 11 blocks of 256 columns, waves of 8), two
+// Spans of one and two LayerNorm blocks (N = 2600: 11 blocks of 256 columns in 8 spans), two
 // sequences, head groups of two, two and one, dropout: bitwise the same for 1 and 2 threads. Then a
 // steady state: the same call again maps no new workspace memory.
 TYPED_TEST(AttentionFusion, ThreadIndependentAndSteadyState) {

@@ -68,8 +68,8 @@ TEST(ParallelProduct, MatchesThePlainProduct) {
   }
 }
 
-// dW += dy x^T, db += row sums of dy: through the serial path (one token block), one partial
-// wave and several waves (with a ragged last block), into a row-major weight and into a block
+// dW += dy x^T, db += row sums of dy: through the serial path (one token block), spans of one
+// block and spans of two (with a ragged last block), into a row-major weight and into a block
 // of its rows (how the attention cores pass one head's rows).
 TEST(LinearWeightGrads, MatchesThePlainProduct) {
   set_num_threads(2);
@@ -101,7 +101,7 @@ TEST(LinearWeightGrads, MatchesThePlainProduct) {
 
 // linear_weight_grads_alongside: bitwise linear_weight_grads' dW and db, and the callback sees
 // every token block of tuning::kGradTokenBlock exactly once, through the serial path (a small
-// call: the same fixed blocks, in order) and the parallel one (several waves, ragged last
+// call: the same fixed blocks, in order) and the parallel one (spans of two blocks, ragged last
 // block), so work done alongside can rely on the block boundaries.
 TEST(LinearWeightGrads, AlongsideVisitsEveryTokenBlockOnce) {
   constexpr Index kBlock = tuning::kGradTokenBlock;
@@ -109,7 +109,7 @@ TEST(LinearWeightGrads, AlongsideVisitsEveryTokenBlockOnce) {
     set_num_threads(threads);
     for (const Index n : {Index(100), Index(600), Index(4000)}) {
       SCOPED_TRACE("n = " + std::to_string(n) + ", threads " + std::to_string(threads));
-      // 4 x 3 x 600 is below the parallel threshold; 48 x 40 x 4000 splits into waves.
+      // 4 x 3 x 600 is below the parallel threshold; 48 x 40 x 4000 splits into 8 spans.
       const Index out = n == 600 ? 4 : 48, in = n == 600 ? 3 : 40;
       const Matrix<double> dy = Matrix<double>::Random(out, n);
       const Matrix<double> x = Matrix<double>::Random(in, n);

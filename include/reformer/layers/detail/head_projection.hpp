@@ -13,12 +13,14 @@
 // processed in fixed blocks of kFusedProjectionBlock columns (a function of the shapes only),
 // every projection of a call sharing one normalised block:
 //   forward:   xn_b = LN(x_b)  (a D x block buffer),   y_b = W[heads] xn_b
-//   backward:  xn_b = LN(x_b),  partial dW_b = dy_b xn_b^T,  dxn_b = sum over projections of
-//              W[heads]^T dy_b,  then at once  dx_b += LN'(x_b)^T dxn_b  and the partial dgamma_b,
-//              dbeta_b
-// The backward blocks run tuning::kGradPartials at a time; their partial dW, dgamma and dbeta
-// are added in block order, so the results are bitwise identical for any thread count. No
-// D x N normalised input or gradient is ever formed.
+//   backward:  xn_b = LN(x_b),  partial dW_s += dy_b xn_b^T (s: the block's span),
+//              dxn_b = sum over projections of W[heads]^T dy_b,  then at once
+//              dx_b += LN'(x_b)^T dxn_b  and the partial dgamma_s, dbeta_s +=
+// The backward blocks form min(blocks, tuning::kGradPartials) spans of consecutive blocks (a
+// function of the shapes only); the spans run in parallel, each summing its blocks' dW, dgamma
+// and dbeta in block order into its own partials, which are then added in span order, so the
+// results are bitwise identical for any thread count. No D x N normalised input or gradient is
+// ever formed.
 #include "reformer/core/error.hpp"
 #include "reformer/core/init.hpp"
 #include "reformer/core/parameters.hpp"
@@ -116,60 +118,65 @@ void project_heads_backward(Parameters<S>& params, HeadRange heads, Index head_s
   const Index d = input.rows(), n = input.cols();
   const Index np = static_cast<Index>(grads.size());
   const Index blocks = num_blocks(n, kFusedProjectionBlock);
-  const Index per_wave = std::min(blocks, tuning::kGradPartials);
-  // Per block of a wave: its partial dW of every projection (rows x D each, entry i * np + p),
-  // and its partial dgamma, dbeta (columns 2i, 2i + 1).
+  const Index spans = std::min(blocks, tuning::kGradPartials);
+  // Per span: its partial dW of every projection (rows x D each, entry i * np + p), and its
+  // partial dgamma, dbeta (columns 2i, 2i + 1).
   constexpr Index kMaxProjections = 3;  // q, k, v
   REFORMER_REQUIRE(np >= 1 && np <= kMaxProjections, InvalidArgument, "project_heads_backward",
                    "grads.size() = ", np, " must be in [1, ", kMaxProjections, "]");
   std::array<Scratch<S>, static_cast<std::size_t>(tuning::kGradPartials * kMaxProjections)>
       partial_dw;  // fixed storage: no heap use per call
-  for (Index i = 0; i < per_wave * np; ++i)
+  for (Index i = 0; i < spans * np; ++i)
     partial_dw[static_cast<std::size_t>(i)].resize(ws, rows, d);
-  Scratch<S> partial_ln_memory(ws, d, 2 * per_wave);
+  Scratch<S> partial_ln_memory(ws, d, 2 * spans);
   auto& partial_ln = partial_ln_memory.map();
-  const double block_flops =
-      4.0 * double(rows) * double(d) * double(kFusedProjectionBlock) * double(np);
-  const Index rb = row_block(rows), row_blocks = num_blocks(rows, rb);
-  for (Index w0 = 0; w0 < blocks; w0 += per_wave) {
-    const Index wave = std::min(per_wave, blocks - w0);
-    partial_ln.setZero();
-    parallel_items(wave, double(wave) * block_flops, [&](Index i) {
-      const Index c0 = (w0 + i) * kFusedProjectionBlock;
+  partial_ln.setZero();
+  // Span i takes the blocks [first_block(i), first_block(i + 1)), in order.
+  const auto first_block = [&](Index i) { return blocks * i / spans; };
+  const double flops = 4.0 * double(rows) * double(d) * double(n) * double(np);
+  parallel_items(spans, flops, [&](Index i) {
+    Scratch<S> xn(ws, d, kFusedProjectionBlock), dxn(ws, d, kFusedProjectionBlock);
+    for (Index blk = first_block(i); blk < first_block(i + 1); ++blk) {
+      const Index c0 = blk * kFusedProjectionBlock;
       const Index nc = std::min(kFusedProjectionBlock, n - c0);
-      Scratch<S> xn(ws, d, nc), dxn(ws, d, nc);  // D x nc: LN of this block, its gradient
-      input.normalised_columns(c0, nc, xn.map());
+      auto xn_b = xn.map().leftCols(nc), dxn_b = dxn.map().leftCols(nc);  // D x nc
+      input.normalised_columns(c0, nc, xn_b);
       Index p = 0;
       for (const ProjectionGradient<S>& g : grads) {
         const auto dy = g.dy.middleCols(c0, nc);
         const auto w_t = head_rows(params, g.slot, heads, head_size).transpose();
-        partial_dw[static_cast<std::size_t>(i * np + p)].map().noalias() =
-            dy * xn.map().transpose();
-        if (p == 0) {
-          dxn.map().noalias() = w_t * dy;
+        auto partial = partial_dw[static_cast<std::size_t>(i * np + p)].map();
+        if (blk == first_block(i)) {
+          partial.noalias() = dy * xn_b.transpose();
         } else {
-          dxn.map().noalias() += w_t * dy;
+          partial.noalias() += dy * xn_b.transpose();
+        }
+        if (p == 0) {
+          dxn_b.noalias() = w_t * dy;
+        } else {
+          dxn_b.noalias() += w_t * dy;
         }
         ++p;
       }
       // xn = LN(x)  =>  dx += LN'(x)^T dxn (computed in place in dxn), dgamma, dbeta partials.
-      input.layer_norm_backward_columns(c0, nc, dxn.map(), dxn.map(), partial_ln.col(2 * i),
+      input.layer_norm_backward_columns(c0, nc, dxn_b, dxn_b, partial_ln.col(2 * i),
                                         partial_ln.col(2 * i + 1));
-      dinput.dx().middleCols(c0, nc) += dxn.map();
-    });
-    // dW += the wave's partials in block order (split over dW's rows).
-    parallel_items(np * row_blocks, double(wave * np) * double(rows) * double(d), [&](Index item) {
-      const Index p = item / row_blocks, r0 = (item % row_blocks) * rb;
-      const Index nr = std::min(rb, rows - r0);
-      auto dw = weight_grad((grads.begin() + p)->slot).middleRows(r0, nr);
-      for (Index i = 0; i < wave; ++i) {
-        dw += partial_dw[static_cast<std::size_t>(i * np + p)].map().middleRows(r0, nr);
-      }
-    });
-    for (Index i = 0; i < wave; ++i) {
-      dinput.dgamma() += partial_ln.col(2 * i);
-      dinput.dbeta() += partial_ln.col(2 * i + 1);
+      dinput.dx().middleCols(c0, nc) += dxn_b;
     }
+  });
+  // dW += the spans' partials in span order (split over dW's rows).
+  const Index rb = row_block(rows), row_blocks = num_blocks(rows, rb);
+  parallel_items(np * row_blocks, double(spans * np) * double(rows) * double(d), [&](Index item) {
+    const Index p = item / row_blocks, r0 = (item % row_blocks) * rb;
+    const Index nr = std::min(rb, rows - r0);
+    auto dw = weight_grad((grads.begin() + p)->slot).middleRows(r0, nr);
+    for (Index i = 0; i < spans; ++i) {
+      dw += partial_dw[static_cast<std::size_t>(i * np + p)].map().middleRows(r0, nr);
+    }
+  });
+  for (Index i = 0; i < spans; ++i) {
+    dinput.dgamma() += partial_ln.col(2 * i);
+    dinput.dbeta() += partial_ln.col(2 * i + 1);
   }
 }
 

@@ -166,10 +166,11 @@ void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate
 
 /// linear_weight_grads (bitwise its dW and db), calling `alongside(t0, nt)` for every token
 /// block [t0, t0 + nt) of tuning::kGradTokenBlock tokens (the last one shorter) in the task that
-/// adds the block's product to its span's partial, right after it: work over the same tokens (e.g.
-/// other products of dy or x) finds their columns in cache instead of reading them from memory once
-/// more. The blocks run in parallel, so `alongside` must only write what its own tokens own. A
-/// call too small to split calls it for the same blocks, in order, after dW += dy x^T.
+/// adds the block's product to its span's partial, right after it: work over the same tokens
+/// (e.g. other products of dy or x) finds their columns in cache instead of reading them from
+/// memory once more. The spans of blocks run in parallel, so `alongside` must only write what its
+/// own tokens own. A call too small to split calls it for the same blocks, in order, after
+/// dW += dy x^T.
 template <class S, class GW, class F>
 void linear_weight_grads_alongside(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW&& dW,
                                    VectorMap<S>* db, Workspace* ws, F&& alongside) {
@@ -231,7 +232,7 @@ void linear_weight_grads_alongside(ConstMatrixRef<S> dy, ConstMatrixRef<S> x, GW
 ///         dy_b x_b^T
 ///
 /// The token blocks hold tuning::kGradTokenBlock tokens; the B blocks form
-/// min(B, tuning::kGradPartials) spans of consecutive blocks (span i: blocks [B i / P,
+/// P = min(B, tuning::kGradPartials) spans of consecutive blocks (span i: blocks [B i / P,
 /// B (i + 1) / P)), a function of the shape only. The spans' partial products run in parallel
 /// and are added to dW in span order, so the result does not depend on the thread count; db
 /// sums each row over all N tokens in column order (split over rows).

@@ -172,7 +172,7 @@ void chunk_kernel(benchmark::State& state, Index t, bool backward) {
   const reformer_bench::WallClock clock = reformer_bench::time_iterations(state, [&] {
     reformer::parallel_items(kBlocks, flops, [&](Index b) {
       Block& bl = blocks[static_cast<std::size_t>(b)];
-      auto& ws = reformer::thread_chunk_workspace<float>(cq, ck);
+      auto& ws = reformer::thread_chunk_workspace<float>(cq, ck, dh);
       for (Index i = 0; i < calls_per_block; ++i) {
         reformer::chunk_attention_forward<float>(bl.q, bl.k, bl.v, qpos.data(), kpos.data(), opts,
                                                  bl.o, bl.lse.data(), ws);

@@ -23,15 +23,18 @@
 // backward pass reproduces the forward's mask and nothing random is stored.
 //
 // Internally the scores are kept transposed, st = k^T q (Ck x Cq), so that the softmax of one
-// query runs down a contiguous column, and every product is an Eigen GEMM on contiguous blocks.
-// The caller provides a ChunkAttentionWorkspace (one per thread / work item) sized for the
-// largest chunk, so no allocation happens per chunk.
+// query runs down a contiguous column. The products go through ops/small_product.hpp (register
+// tiles on the operands where they lie, no packing); the two whose left operand is a transpose,
+// k^T q and v^T do, first transpose k or v into the workspace. The caller provides a
+// ChunkAttentionWorkspace (one per thread / work item) sized for the largest chunk, so no
+// allocation happens per chunk.
 #include "reformer/core/error.hpp"
 #include "reformer/core/rng.hpp"
 #include "reformer/core/thread_buffers.hpp"
 #include "reformer/core/tuning.hpp"
 #include "reformer/core/types.hpp"
 #include "reformer/ops/detail/packets.hpp"
+#include "reformer/ops/small_product.hpp"
 #include "reformer/ops/softmax.hpp"
 
 #include <Eigen/Core>
@@ -65,8 +68,9 @@ struct ChunkAttentionOptions {
   Index draw_stride = 0;  ///< draw index = qpos * draw_stride + kpos; must exceed every kpos
 };
 
-/// Scratch for the kernel: two Ck x Cq buffers of the largest chunk. Reused across chunks.
-/// The views are always contiguous Ck x Cq matrices, whatever size the workspace grew to before:
+/// Scratch for the kernel: two Ck x Cq buffers of the largest chunk, and a Ck x D buffer for a
+/// transposed key or value window (D the larger head size). Reused across chunks.
+/// The views are always contiguous matrices, whatever size the workspace grew to before:
 /// Eigen's vectorised column reductions (the softmax) start their packets at the first aligned
 /// element, so a leading dimension that depended on earlier calls would change the rounding with
 /// the history of the thread that runs a chunk.
@@ -74,25 +78,38 @@ template <class S>
 class ChunkAttentionWorkspace {
  public:
   ChunkAttentionWorkspace() = default;
-  ChunkAttentionWorkspace(Index max_queries, Index max_keys) { reserve(max_queries, max_keys); }
+  ChunkAttentionWorkspace(Index max_queries, Index max_keys, Index max_rows = 0) {
+    reserve(max_queries, max_keys, max_rows);
+  }
 
-  /// Grows the buffers to hold at least max_queries x max_keys (never shrinks). Grown buffers
-  /// are written once (zeros), so their pages are in when a later call first uses them: a
-  /// thread that ran only forward chunks so far must not fault in grads_ in a steady step.
-  void reserve(Index max_queries, Index max_keys) {
-    if (max_keys > max_keys_ || max_queries > max_queries_) {
+  /// Grows the buffers to hold at least max_queries x max_keys scores and max_keys x max_rows
+  /// transposed keys or values (never shrinks). Grown buffers are written once (zeros), so their
+  /// pages are in when a later call first uses them: a thread that ran only forward chunks so
+  /// far must not fault in grads_ in a steady step.
+  void reserve(Index max_queries, Index max_keys, Index max_rows = 0) {
+    if (max_keys > max_keys_ || max_queries > max_queries_ || max_rows > max_rows_) {
       max_keys_ = std::max(max_keys, max_keys_);
       max_queries_ = std::max(max_queries, max_queries_);
+      max_rows_ = std::max(max_rows, max_rows_);
       probs_.setZero(max_keys_ * max_queries_);
       grads_.setZero(max_keys_ * max_queries_);
+      transposed_.setZero(max_keys_ * max_rows_);
     }
   }
   Index max_queries() const { return max_queries_; }
   Index max_keys() const { return max_keys_; }
+  Index max_rows() const { return max_rows_; }
 
   /// Ck x Cq views (the kernels use them; exposed for tests and diagnostics).
   Eigen::Map<Matrix<S>> probs(Index keys, Index queries) { return view(probs_, keys, queries); }
   Eigen::Map<Matrix<S>> grads(Index keys, Index queries) { return view(grads_, keys, queries); }
+  /// A Ck x D view for k^T or v^T (D <= max_rows()).
+  Eigen::Map<Matrix<S>> transposed(Index keys, Index rows) {
+    REFORMER_REQUIRE(keys <= max_keys_ && rows <= max_rows_, InvalidArgument,
+                     "ChunkAttentionWorkspace", "a ", keys, " x ", rows,
+                     " transposed view exceeds the reserved ", max_keys_, " x ", max_rows_);
+    return Eigen::Map<Matrix<S>>(transposed_.data(), keys, rows);
+  }
 
  private:
   Eigen::Map<Matrix<S>> view(Vector<S>& buffer, Index keys, Index queries) {
@@ -102,33 +119,37 @@ class ChunkAttentionWorkspace {
     return Eigen::Map<Matrix<S>>(buffer.data(), keys, queries);
   }
 
-  Index max_keys_ = 0, max_queries_ = 0;
-  Vector<S> probs_;  // scores, then probabilities (dropped in forward)
-  Vector<S> grads_;  // dpd -> dp -> ds (backward only)
+  Index max_keys_ = 0, max_queries_ = 0, max_rows_ = 0;
+  Vector<S> probs_;       // scores, then probabilities (dropped in forward)
+  Vector<S> grads_;       // dpd -> dp -> ds (backward only)
+  Vector<S> transposed_;  // k^T, then v^T (backward)
 };
 
 namespace detail {
 /// The kind of per-thread kernel scratch behind thread_chunk_workspace (core/thread_buffers.hpp):
-/// sizes {queries, keys}.
+/// sizes {queries, keys, rows}.
 template <class S>
 struct ThreadChunkWorkspace {
   using Buffer = ChunkAttentionWorkspace<S>;
-  static constexpr std::size_t kSizes = 2;
-  static void grow(Buffer& ws, const std::array<Index, kSizes>& n) { ws.reserve(n[0], n[1]); }
+  static constexpr std::size_t kSizes = 3;
+  static void grow(Buffer& ws, const std::array<Index, kSizes>& n) { ws.reserve(n[0], n[1], n[2]); }
 };
 }  // namespace detail
 
-/// The calling thread's kernel scratch, grown to at least max_queries x max_keys. It lives as
+/// The calling thread's kernel scratch, grown to at least max_queries x max_keys scores and
+/// max_keys x max_rows transposed keys or values (max_rows: the larger of the key and value
+/// head sizes; the kernel grows it itself when short, on the first call). It lives as
 /// long as the thread, so the work items of parallel loops do not allocate it again (glibc would
 /// trim its heap after each item and fault the pages in again for the next), and
 /// grow_thread_buffers() grows every thread's to the largest any thread asked for. One per
 /// scalar type and thread: a caller must not hold two at once.
 template <class S>
-ChunkAttentionWorkspace<S>& thread_chunk_workspace(Index max_queries, Index max_keys) {
+ChunkAttentionWorkspace<S>& thread_chunk_workspace(Index max_queries, Index max_keys,
+                                                   Index max_rows) {
   using Buffers = ThreadLocalBuffer<detail::ThreadChunkWorkspace<S>>;
   ChunkAttentionWorkspace<S>& ws = Buffers::mine();
-  if (max_queries > ws.max_queries() || max_keys > ws.max_keys())
-    return Buffers::reserve({max_queries, max_keys});
+  if (max_queries > ws.max_queries() || max_keys > ws.max_keys() || max_rows > ws.max_rows())
+    return Buffers::reserve({max_queries, max_keys, max_rows});
   return ws;
 }
 
@@ -423,12 +444,14 @@ void masked_softmax_chunk(Eigen::Map<Matrix<S>> st, const P* qpos, const P* kpos
 }
 
 /// probs(:, :) = softmax over keys of the masked scores k^T q; writes lse when non-null.
+/// kt: Ck x Dh scratch for k^T.
 template <class S, class P>
 void chunk_probabilities(ConstMatrixRef<S> q, ConstMatrixRef<S> k, const P* qpos, const P* kpos,
                          const ChunkAttentionOptions& opts, const ChunkKeyMasks<S>& km,
-                         Eigen::Map<Matrix<S>> st, S* lse) {
+                         Eigen::Map<Matrix<S>> kt, Eigen::Map<Matrix<S>> st, S* lse) {
   // st: Ck x Cq, st(j, i) = k_j . q_i = s_ij
-  st.noalias() = k.transpose() * q;
+  transpose_small<S>(k, kt);
+  small_product<S>(kt, q, st, false);
   masked_softmax_chunk<S>(st, qpos, kpos, km, opts, lse);
 }
 
@@ -478,19 +501,19 @@ void chunk_attention_forward(ConstMatrixRef<S> q, ConstMatrixRef<S> k, ConstMatr
   const char* where = "chunk_attention_forward";
   const Index cq = q.cols(), ck = k.cols();
   detail::chunk_check<S>(where, q, k, v, "o", o.rows(), o.cols(), qpos, kpos, opts);
-  ws.reserve(cq, ck);
+  ws.reserve(cq, ck, q.rows());
   // p: Ck x Cq, in probs_out when given, else in the workspace
   auto pt = probs_out != nullptr ? Eigen::Map<Matrix<S>>(probs_out, ck, cq) : ws.probs(ck, cq);
   const auto km = detail::chunk_key_masks<S>(qpos, cq, kpos, ck, opts);
-  detail::chunk_probabilities<S>(q, k, qpos, kpos, opts, km, pt, lse);
+  detail::chunk_probabilities<S>(q, k, qpos, kpos, opts, km, ws.transposed(ck, q.rows()), pt, lse);
   if (opts.dropout_rate > 0.0) {
     auto pd = ws.probs(ck, cq);  // pd = p * m (in place unless p is in probs_out)
     for (Index i = 0; i < cq; ++i)
       for (Index j = 0; j < ck; ++j)
         pd(j, i) = pt(j, i) * detail::chunk_dropout_factor<S>(qpos[i], kpos[j], opts);
-    o.noalias() = v * pd;  // o: Dv x Cq = v (Dv x Ck) * pd^T (Ck x Cq)
+    small_product<S>(v, pd, o, false);  // o: Dv x Cq = v (Dv x Ck) * pd^T (Ck x Cq)
   } else {
-    o.noalias() = v * pt;
+    small_product<S>(v, pt, o, false);
   }
 }
 
@@ -520,15 +543,19 @@ void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<
   REFORMER_REQUIRE(mode == SoftmaxShift::kFromLse || term != nullptr, InvalidArgument, where,
                    "the shift must not be null");
   const bool given = mode == SoftmaxShift::kGiven;
-  ws.reserve(cq, ck);
+  ws.reserve(cq, ck, std::max(dh, v.rows()));
   // p, later pd (Ck x Cq): the forward's when given, else recomputed into the workspace
   auto pt = probs != nullptr ? Eigen::Map<Matrix<S>>(probs, ck, cq) : ws.probs(ck, cq);
   auto gt = ws.grads(ck, cq);  // dpd -> dp -> ds (Ck x Cq)
   const auto km = chunk_key_masks<S>(qpos, cq, kpos, ck, opts);
-  if (probs == nullptr)
-    chunk_probabilities<S>(q, k, qpos, kpos, opts, km, pt, static_cast<S*>(nullptr));
+  if (probs == nullptr) {
+    chunk_probabilities<S>(q, k, qpos, kpos, opts, km, ws.transposed(ck, dh), pt,
+                           static_cast<S*>(nullptr));
+  }
   // dpd^T: Ck x Cq = v^T (Ck x Dv) * do (Dv x Cq)
-  gt.noalias() = v.transpose() * d_o;
+  auto vt = ws.transposed(ck, v.rows());
+  transpose_small<S>(v, vt);
+  small_product<S>(vt, d_o, gt, false);
   const bool dropout = opts.dropout_rate > 0.0;
   for (Index i = 0; i < cq; ++i) {
     S delta = 0;
@@ -549,10 +576,12 @@ void chunk_backward_impl(const char* where, ConstMatrixRef<S> q, ConstMatrixRef<
         pt(j, i) *= chunk_dropout_factor<S>(qpos[i], kpos[j], opts);  // pd
     }
   }
-  if (o != nullptr) o->noalias() = v * pt;  // o = v pd^T
-  dv.noalias() += d_o * pt.transpose();     // Dv x Ck; the last read of d_o (dq may alias it)
-  dk.noalias() += q * gt.transpose();       // Dh x Ck; the last read of q (dq may alias it)
-  dq.noalias() = k * gt;                    // Dh x Cq
+  if (o != nullptr) small_product<S>(v, pt, *o, false);  // o = v pd^T
+  // dv += do pd (Dv x Ck): the last read of d_o (dq may alias it)
+  small_product_bt<S>(d_o, pt, dv, true);
+  // dk += q ds (Dh x Ck): the last read of q (dq may alias it)
+  small_product_bt<S>(q, gt, dk, true);
+  small_product<S>(k, gt, dq, false);  // dq = k ds^T: Dh x Cq
 }
 
 }  // namespace detail

@@ -328,7 +328,8 @@ void LocalAttention<S>::forward(const Parameters<S>& params, const ProjectionInp
   parallel_for(lay.items(), [&](Index item) {
     const Index b = lay.batch_of(item), h = lay.head_of(item), blk = lay.block_of(item);
     const ChunkAttentionOptions opts = options(ctx, padding, b, heads.global(h), lay.t);
-    ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
+    ChunkAttentionWorkspace<S>& ws =
+        thread_chunk_workspace<S>(max_queries(lay), max_keys(lay), cfg_.head_size);
     Gathered& g = thread_gathered(lay);
     for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
       const Window w = window(lay, c);
@@ -383,7 +384,8 @@ void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>
       const Index bh = i / per_pass, blk = p + (i % per_pass) * passes;
       const Index b = bh / lay.heads, h = bh % lay.heads;
       const ChunkAttentionOptions opts = options(ctx, padding, b, heads.global(h), lay.t);
-      ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
+      ChunkAttentionWorkspace<S>& ws =
+          thread_chunk_workspace<S>(max_queries(lay), max_keys(lay), cfg_.head_size);
       for (Index c = lay.first_chunk(blk); c < lay.end_chunk(blk); ++c) {
         if (wraps(lay, c)) continue;
         const Window w = window(lay, c);
@@ -403,7 +405,8 @@ void LocalAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>
     parallel_for(lay.batch * lay.heads, [&](Index bh) {
       const Index b = bh / lay.heads, h = bh % lay.heads;
       const ChunkAttentionOptions opts = options(ctx, padding, b, heads.global(h), lay.t);
-      ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(max_queries(lay), max_keys(lay));
+      ChunkAttentionWorkspace<S>& ws =
+          thread_chunk_workspace<S>(max_queries(lay), max_keys(lay), cfg_.head_size);
       Gathered& g = thread_gathered(lay);
       for (Index c = 0; c < lay.chunks; ++c) {
         if (!wraps(lay, c)) continue;

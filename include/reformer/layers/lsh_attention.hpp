@@ -792,7 +792,8 @@ class LshAttention {
                      Index c0, Index c1, bool finish) const {
     BlockScratch& sc = ThreadBlockScratch::mine();
     gather_block(pl, qk, v, hi, hb, c0, c1, sc);
-    ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(pl.chunk, pl.window * pl.chunk);
+    ChunkAttentionWorkspace<S>& ws =
+        thread_chunk_workspace<S>(pl.chunk, pl.window * pl.chunk, cfg_.head_size);
     const ChunkAttentionOptions opts = chunk_options(pl, ctx, hi, c0);
     for (Index c = c0; c < c1; ++c) {
       forward_chunk(pl, qk, v, a, hi, hb, sc, ws, opts, c0, c, stored_probs(hb, c));
@@ -972,7 +973,8 @@ class LshAttention {
     prefetch_query_columns(pl, hb, c0, head_block(da, pl, pl.batch_of(hi), pl.head_of(hi)), false);
     gather_block(pl, qk, v, hi, hb, c0, c1, sc);
     const RangeGrads grads = zeroed_range_grads(pl, sc);
-    ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(pl.chunk, pl.window * pl.chunk);
+    ChunkAttentionWorkspace<S>& ws =
+        thread_chunk_workspace<S>(pl.chunk, pl.window * pl.chunk, cfg_.head_size);
     const ChunkAttentionOptions opts = chunk_options(pl, ctx, hi, c0);
     for (Index c = c0; c < c1; ++c)
       backward_chunk(pl, qk, v, da, dqk, dv, hi, hb, sc, grads, ws, opts, c0, c1, c,
@@ -996,7 +998,7 @@ class LshAttention {
     const RangeGrads grads = zeroed_range_grads(pl, sc);
     ThreadBlockScratch::reserve({0, 0, 0, 0, 0, wl * cl});
     S* probs = sc.p.reshape(wl, cl).data();  // Ck x C
-    ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(cl, wl);
+    ChunkAttentionWorkspace<S>& ws = thread_chunk_workspace<S>(cl, wl, cfg_.head_size);
     const ChunkAttentionOptions opts = chunk_options(pl, ctx, hi, c0);
     for (Index c = c0; c < c1; ++c) {
       forward_chunk(pl, qk, v, a, hi, hb, sc, ws, opts, c0, c, probs);

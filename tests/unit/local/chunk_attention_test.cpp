@@ -355,7 +355,7 @@ TEST(ChunkAttention, ThreadWorkspacesGrowOnEveryThread) {
   on_every_thread(record);
   const Index worker_before = keys[1];
   const Index wanted = std::max<Index>(worker_before, Shared::largest()[1]) + 64;
-  thread_chunk_workspace<float>(8, wanted);  // this thread only
+  thread_chunk_workspace<float>(8, wanted, 16);  // this thread only
   on_every_thread(record);
   EXPECT_EQ(keys[0], wanted);
   EXPECT_EQ(keys[1], worker_before);

@@ -17,6 +17,8 @@
 //                st = k^T q   (128 x 64 x 64),   o = v st   (64 x 128 x 64)
 //              N / 64 chunks x 4 heads x 2 rounds pairs (the LSH sublayer's at N tokens) split
 //              over the threads, operands in cache; named by one pair's shape, 64x128x64.
+//              As the kernel computes them (ops/small_product.hpp, k transposed first).
+//     chunks_eigen  the same pairs as Eigen's GEMM products (st = k.transpose() * q, o = v * st)
 // N = 4096 tokens (all columns of one product, as in the unchunked layers).
 #include "counters.hpp"
 #include "memory.hpp"
@@ -25,6 +27,7 @@
 #include <reformer/core/types.hpp>
 #include <reformer/ops/linear.hpp>
 #include <reformer/ops/parallel.hpp>
+#include <reformer/ops/small_product.hpp>
 
 #include <cmath>
 #include <limits>
@@ -65,17 +68,19 @@ inline void gemm_weight_grad(benchmark::State& state, Index m, Index k, Index n)
 // The chunk kernel's two forward products for N tokens: N / 64 x 4 x 2 (chunk, head, round)
 // pairs of products, in kChunkBlocks blocks run in parallel. As in the LSH sublayer, where each
 // work item gathers its chunks into its own small workspace, a block keeps its operands in cache:
-// it repeats its products on one (q, k, v) set of its own.
+// it repeats its products on one (q, k, v) set of its own. With `eigen`, Eigen's GEMM computes
+// them; else the kernel's small products (k transposed into kt first, as the kernel does).
 //   q: Dh x Cq,  k, v: Dh x Ck,  st = k^T q: Ck x Cq,  o = v st: Dh x Cq   (Dh = Cq = 64, Ck = 128)
-inline void gemm_chunk_pairs(benchmark::State& state, Index n) {
+inline void gemm_chunk_pairs(benchmark::State& state, Index n, bool eigen) {
   constexpr Index dh = 64, cq = 64, ck = 128, kChunkBlocks = 16;
   const Index pairs_per_block = n / cq * 4 * 2 / kChunkBlocks;
   PeakMeter peak;
-  std::vector<reformer::Matrix<float>> q, k, v, st, o;
+  std::vector<reformer::Matrix<float>> q, k, v, kt, st, o;
   for (Index b = 0; b < kChunkBlocks; ++b) {
     q.push_back(reformer::Matrix<float>::Random(dh, cq));
     k.push_back(reformer::Matrix<float>::Random(dh, ck));
     v.push_back(reformer::Matrix<float>::Random(dh, ck));
+    kt.emplace_back(ck, dh);
     st.emplace_back(ck, cq);
     o.emplace_back(dh, cq);
   }
@@ -85,8 +90,14 @@ inline void gemm_chunk_pairs(benchmark::State& state, Index n) {
     reformer::parallel_items(kChunkBlocks, flops, [&](Index b) {
       const auto u = static_cast<std::size_t>(b);
       for (Index i = 0; i < pairs_per_block; ++i) {
-        st[u].noalias() = k[u].transpose() * q[u];
-        o[u].noalias() = v[u] * st[u];
+        if (eigen) {
+          st[u].noalias() = k[u].transpose() * q[u];
+          o[u].noalias() = v[u] * st[u];
+        } else {
+          reformer::transpose_small<float>(k[u], kt[u]);
+          reformer::small_product<float>(kt[u], q[u], st[u], false);
+          reformer::small_product<float>(v[u], st[u], o[u], false);
+        }
         benchmark::DoNotOptimize(o[u].data());
       }
     });
@@ -181,10 +192,13 @@ inline void register_gemm_reference(Index n = 4096) {
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }
-  benchmark::RegisterBenchmark("gemm/chunks/64x128x64",
-                               [n](benchmark::State& st) { gemm_chunk_pairs(st, n); })
-      ->UseRealTime()
-      ->Unit(benchmark::kMillisecond);
+  for (const bool eigen : {false, true}) {
+    const std::string name = eigen ? "gemm/chunks_eigen/64x128x64" : "gemm/chunks/64x128x64";
+    benchmark::RegisterBenchmark(
+        name.c_str(), [n, eigen](benchmark::State& st) { gemm_chunk_pairs(st, n, eigen); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
 }
 
 }  // namespace reformer_bench

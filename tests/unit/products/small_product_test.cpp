@@ -12,11 +12,11 @@ namespace reformer::ops_test {
 namespace {
 
 // The row counts cross every path of the kernels for any packet width up to 16 lanes: whole
-// register tiles, one-packet tiles and the scalar rows after them. The column counts cross the
-// four-column tiles and the single columns after them.
+// register tiles, one-packet tiles and the scalar rows after them. The column counts cross
+// whole tiles of four or six columns and every narrower tile after them (one to five columns).
 constexpr std::initializer_list<Index> kRows = {1,  3,  4,  7,  8,  9,  15,  16, 17,
                                                 31, 32, 33, 47, 64, 65, 128, 130};
-constexpr std::initializer_list<Index> kCols = {1, 3, 4, 5, 9, 64};
+constexpr std::initializer_list<Index> kCols = {1, 2, 3, 4, 5, 6, 7, 9, 11, 64};
 constexpr std::initializer_list<Index> kDepths = {0, 1, 5, 64, 128};
 
 // c_expected = c0 + a b (or a b), summed in long double.

@@ -27,6 +27,7 @@
 
 #include <Eigen/Core>
 #include <type_traits>
+#include <utility>
 
 namespace reformer {
 
@@ -72,6 +73,22 @@ EIGEN_ALWAYS_INLINE void small_product_tile(const S* a, Index lda, const S* b, I
   }
 }
 
+/// The tile of the columns left after the whole tiles: small_product_tile with kCols = `cols`,
+/// picked at run time among the widths 1 .. kTileCols - 1 (`cols` = 0 does nothing).
+template <int kRowPackets, bool kTransposedB, class S, int... kWidths>
+void tail_tile(std::integer_sequence<int, kWidths...>, Index cols, const S* a, Index lda,
+               const S* b, Index ldb, S* c, Index ldc, Index depth, bool accumulate) {
+  const auto one = [&](auto width) {
+    constexpr int kCols = decltype(width)::value;
+    if constexpr (kCols > 0) {
+      if (cols == kCols)
+        small_product_tile<kRowPackets, kCols, kTransposedB>(a, lda, b, ldb, c, ldc, depth,
+                                                             accumulate);
+    }
+  };
+  (one(std::integral_constant<int, kWidths>{}), ...);
+}
+
 /// The rows [0, kRowPackets * w) of c, every column: tiles of kTileCols columns, then one tile
 /// of the columns left (fewer than kTileCols).
 template <int kRowPackets, bool kTransposedB, class S>
@@ -83,30 +100,8 @@ void small_product_rows(const S* a, Index lda, const S* b, Index ldb, S* c, Inde
     small_product_tile<kRowPackets, kTileCols, kTransposedB>(a, lda, column_of_b(j), ldb,
                                                              c + j * ldc, ldc, depth, accumulate);
   }
-  const auto tail = [&](auto cols) {
-    small_product_tile<kRowPackets, decltype(cols)::value, kTransposedB>(
-        a, lda, column_of_b(j), ldb, c + j * ldc, ldc, depth, accumulate);
-  };
-  static_assert(kTileCols <= 6, "the tail below covers up to 5 columns");
-  switch (n - j) {
-    case 1:
-      tail(std::integral_constant<int, 1>{});
-      break;
-    case 2:
-      tail(std::integral_constant<int, 2>{});
-      break;
-    case 3:
-      tail(std::integral_constant<int, 3>{});
-      break;
-    case 4:
-      tail(std::integral_constant<int, 4>{});
-      break;
-    case 5:
-      tail(std::integral_constant<int, 5>{});
-      break;
-    default:
-      break;
-  }
+  tail_tile<kRowPackets, kTransposedB>(std::make_integer_sequence<int, kTileCols>{}, n - j, a, lda,
+                                       column_of_b(j), ldb, c + j * ldc, ldc, depth, accumulate);
 }
 
 template <bool kTransposedB, class S>

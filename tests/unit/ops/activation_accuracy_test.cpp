@@ -9,8 +9,10 @@
 //     scaled by the sum of |its terms|     <= 8 eps (1 + |w|)   gelu_new
 //   absolute error against the formula     <= 8 eps max(1, |x|) all, value and derivative
 //
-// for every x whose exact result is a normal number, both for the separate forward and backward
-// and for activation_forward_with_derivative (value and derivative from one evaluation). gelu_new's
+// for every x whose exact result is at least 2^-115 (float) / 2^-1000 (double) in magnitude
+// (below that the kernels may return the limits instead, see ops/detail/activation_packets.hpp;
+// FloatTailLimits checks those), both for the separate forward and backward and for
+// activation_forward_with_derivative (value and derivative from one evaluation). gelu_new's
 // argument w = 1.6 (x + 0.045 x^3) is rounded in the working precision, which the exact tail
 // exp(-|w|) amplifies by |w|; the formula oracle has the same error.
 #include "reformer/ops/activations.hpp"
@@ -21,10 +23,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cfenv>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace reformer::activation_accuracy_test {
@@ -72,6 +76,12 @@ void formula_at(Activation a, S x, S& value, S& grad) {
   }
 }
 
+/// Below this magnitude a result may be returned as its limit (ops/detail/activation_packets.hpp).
+template <class S>
+Long flush_bound() {
+  return std::is_same_v<S, float> ? std::ldexp(Long(1), -115) : std::ldexp(Long(1), -1000);
+}
+
 /// Maximum errors, in units of eps (as in the header comment).
 struct Errors {
   double value_rel = 0, grad_rel = 0, value_abs = 0, grad_abs = 0;
@@ -100,7 +110,7 @@ Errors measure(Activation a, const Matrix<S>& x, bool together) {
   Matrix<S> y, dx;
   evaluate<S>(a, x, together, y, dx);
   const Long eps = std::numeric_limits<S>::epsilon();
-  const Long tiny = std::numeric_limits<S>::min();
+  const Long tiny = flush_bound<S>();
   Errors e;
   for (Index i = 0; i < n; ++i) {
     const S xi = x(i);
@@ -138,6 +148,16 @@ constexpr double kGeluTailBound = 8.0;
 #else
 constexpr double kGeluTailBound = 8.0 + 72.0;
 #endif
+// The same beyond the grid, up to u = U (12.9 float, 37.5 double; the tail-limit tests).
+template <class S>
+double gelu_far_tail_bound() {
+#if defined(__FMA__)
+  return 8.0;
+#else
+  const double u = double(detail::MillsPolynomial<S>::kNormal);
+  return 8.0 + 0.5 * u * u;
+#endif
+}
 
 template <class S>
 void expect_bounds(const char* type) {
@@ -294,6 +314,99 @@ TEST(ActivationAccuracy, AliasingAndBlocksFloat) {
 TEST(ActivationAccuracy, AliasingAndBlocksDouble) {
   expect_alias_and_position_independence<double>();
 }
+
+// No kernel computes on subnormal numbers (x86 runs those through microcode, 15-20x slower per
+// element): for every input of magnitude at least 2^-30 (float) / 2^-400 (double), and for 0,
+// +-inf and NaN, evaluating the kernels raises no underflow. Dense grids over the bands where
+// the tails of the results fall through the subnormal range (gelu |x| in [12, 16], gelu_new's
+// sigmoid argument |w| in [80, 110] at |x| in [9.5, 11], silu |x| in [80, 115]) and a sweep of
+// every binade.
+template <class S>
+Matrix<S> underflow_grid() {
+  std::vector<S> xs = {S(0), -S(0), std::numeric_limits<S>::infinity(),
+                       -std::numeric_limits<S>::infinity(), std::numeric_limits<S>::quiet_NaN()};
+  const auto band = [&](double lo, double hi, double step) {
+    for (double v = lo; v <= hi; v += step) xs.push_back(S(v)), xs.push_back(S(-v));
+  };
+  if (std::is_same_v<S, float>) {
+    band(12.0, 16.0, 1e-4);
+    band(9.5, 11.0, 1e-4);
+    band(80.0, 115.0, 1e-3);
+  } else {
+    band(36.0, 41.0, 1e-4);
+    band(20.5, 23.0, 1e-4);
+    band(700.0, 760.0, 1e-3);
+  }
+  const int lowest = std::is_same_v<S, float> ? -30 : -400;
+  for (int k = lowest; k < std::numeric_limits<S>::max_exponent; ++k)
+    for (int j = 0; j < 64; ++j) {
+      const S v = std::ldexp(S(1) + S(j) / S(64), k);
+      xs.push_back(v), xs.push_back(-v);
+    }
+  Matrix<S> x(Index(xs.size()), 1);
+  for (Index i = 0; i < x.rows(); ++i) x(i) = xs[std::size_t(i)];
+  return x;
+}
+
+template <class S>
+void expect_no_underflow() {
+  const Matrix<S> x = underflow_grid<S>();
+  for (bool together : {false, true})
+    for (Activation a : kSmooth) {
+      Matrix<S> y, d;
+      std::feclearexcept(FE_ALL_EXCEPT);
+      evaluate<S>(a, x, together, y, d);
+      const bool raised = std::fetestexcept(FE_UNDERFLOW) != 0;
+      EXPECT_FALSE(raised) << activation_name(a) << " " << mode_name(together);
+      if (!raised) continue;
+      // Name the first input that underflows, one at a time.
+      for (Index i = 0; i < x.rows(); ++i) {
+        Matrix<S> xi = x.row(i), yi, di;
+        std::feclearexcept(FE_ALL_EXCEPT);
+        evaluate<S>(a, xi, together, yi, di);
+        if (std::fetestexcept(FE_UNDERFLOW) != 0) {
+          ADD_FAILURE() << activation_name(a) << " underflows at x = " << double(x(i));
+          break;
+        }
+      }
+    }
+}
+
+TEST(ActivationAccuracy, FloatKernelsNeverUnderflow) { expect_no_underflow<float>(); }
+TEST(ActivationAccuracy, DoubleKernelsNeverUnderflow) { expect_no_underflow<double>(); }
+
+// Beyond the point where an exact result would fall below the smallest normal number, the
+// kernels return the limits: act(x) = x, act'(x) = 1 for large x; -0 and -0 (gelu) or -0 and 0
+// (silu, gelu_new, as at -inf) for large -x. The error that costs is below 2^-115 (float) /
+// 2^-1000 (double) absolute, checked against the long-double values.
+template <class S>
+void expect_tail_limits() {
+  const Long bound = flush_bound<S>();
+  const Matrix<S> x = underflow_grid<S>();
+  for (bool together : {false, true})
+    for (Activation a : kSmooth) {
+      Matrix<S> y, d;
+      evaluate<S>(a, x, together, y, d);
+      for (Index i = 0; i < x.rows(); ++i) {
+        const S xi = x(i);
+        if (!std::isfinite(xi) || std::fabs(xi) < S(1)) continue;
+        const Exact t = exact_at(a, xi);
+        // Without FMA hardware GELU's relative error grows like u^2/2 eps up to u = U.
+        const Long amp =
+            (1 + std::fabs(t.w)) * (a == Activation::kGelu ? gelu_far_tail_bound<S>() / 8 : 1);
+        const Long eps = std::numeric_limits<S>::epsilon();
+        const Long value_err = std::fabs(Long(y(i)) - t.value);
+        const Long grad_err = std::fabs(Long(d(i)) - t.grad);
+        EXPECT_TRUE(value_err <= bound || value_err <= 8 * eps * amp * std::fabs(t.value))
+            << activation_name(a) << " " << mode_name(together) << " value at x = " << xi;
+        EXPECT_TRUE(grad_err <= bound || grad_err <= 8 * eps * amp * t.grad_scale)
+            << activation_name(a) << " " << mode_name(together) << " derivative at x = " << xi;
+      }
+    }
+}
+
+TEST(ActivationAccuracy, FloatTailLimits) { expect_tail_limits<float>(); }
+TEST(ActivationAccuracy, DoubleTailLimits) { expect_tail_limits<double>(); }
 
 }  // namespace
 }  // namespace reformer::activation_accuracy_test

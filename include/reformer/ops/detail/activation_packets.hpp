@@ -16,8 +16,14 @@
 //            = phi(u) (M(u) - u)             x < 0
 // so no branch subtracts nearly equal numbers and the far negative tail keeps its relative
 // accuracy. u^2 is split exactly into u2 + lo with an FMA, and exp(-u^2/2) is computed as
-// exp(-u2/4)^2 (1 - lo/2), which keeps Eigen's exp inside its unclamped range. u is clamped
-// to L (40 double, 15 float), beyond which phi and Q are exactly 0 in the precision.
+// exp(-u2/4)^2 (1 - lo/2), which keeps Eigen's exp inside its unclamped range.
+//
+// No kernel computes on subnormal numbers, which x86 runs through microcode at 15-20x the cost
+// of an element. Beyond the point U where the smallest piece (Q(u) for GELU, exp(-|w|) for the
+// sigmoid) would fall below the smallest normal number (U = 12.9 float / 37.5 double for u;
+// 87 / 708 for |w|), the pieces are computed at U and the results are the limits: x and 1 for
+// large x; -0 and -0 (GELU) or -0 and 0 (the sigmoid-based kernels) for large -x. The exact
+// results there are below 2^-115 (float) / 2^-1000 (double) in magnitude.
 //
 // gelu_new (tanh form) and silu are x sigmoid(w) with w = 2 sqrt(2/pi) (x + 0.044715 x^3)
 // resp. w = x (0.5 (1 + tanh(z)) = sigmoid(2 z)); sigmoid and 1 - sigmoid both come from
@@ -32,6 +38,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <type_traits>
 
 namespace reformer::detail {
 
@@ -41,8 +48,8 @@ struct MillsPolynomial;
 
 template <>
 struct MillsPolynomial<float> {
-  static constexpr float kShift = 4.0f;   // k
-  static constexpr float kClamp = 15.0f;  // L: phi(L) = 0 in float
+  static constexpr float kShift = 4.0f;    // k
+  static constexpr float kNormal = 12.9f;  // U: Q(U) = 2.3e-38, just above the smallest normal
   static constexpr int kTerms = 11;
   static constexpr float kCoeff[kTerms] = {-1.292332145e-4f, -5.810331212e-4f, 4.287703259e-4f,
                                            4.123953209e-3f,  -8.746421343e-3f, -1.891318277e-2f,
@@ -52,8 +59,8 @@ struct MillsPolynomial<float> {
 
 template <>
 struct MillsPolynomial<double> {
-  static constexpr double kShift = 4.0;   // k
-  static constexpr double kClamp = 40.0;  // L: phi(L) = 0 in double
+  static constexpr double kShift = 4.0;    // k
+  static constexpr double kNormal = 37.5;  // U: Q(U) = 4.6e-308, just above the smallest normal
   static constexpr int kTerms = 24;
   static constexpr double kCoeff[kTerms] = {
       -1.81170943151918010695e-9, -6.29507839120766020242e-9, 4.8069491742526906527e-9,
@@ -66,18 +73,21 @@ struct MillsPolynomial<double> {
       9.70409554867587387504e-1,  -1.5237709108199829523,     1.89321906330848536495};
 };
 
-/// Clamps of x for the sigmoid-based kernels: beyond +-B the sigmoid is exactly 0 or 1.
+/// Clamps of x for the sigmoid-based kernels, beyond which the sigmoid is exactly 0 or 1 (so
+/// that +-inf gives the limits), and the largest |w| whose exp(-|w|) is a normal number.
 template <class S>
 struct SigmoidClamp;
 template <>
 struct SigmoidClamp<float> {
   static constexpr float kSilu = 110.0f;    // exp(-110) underflows to 0 in float
   static constexpr float kGeluNew = 16.0f;  // w(16) = 318
+  static constexpr float kNormal = 87.0f;   // exp(-87) = 1.6e-38
 };
 template <>
 struct SigmoidClamp<double> {
   static constexpr double kSilu = 750.0;    // exp(-750) underflows to 0 in double
   static constexpr double kGeluNew = 30.0;  // w(30) = 1974
+  static constexpr double kNormal = 708.0;  // exp(-708) = 3.3e-308
 };
 
 namespace packet {
@@ -89,16 +99,27 @@ P constant(double c) {
   return ei::pset1<P>(static_cast<S>(c));
 }
 
+/// exp(x) for x <= 0, with x taken as at most -2^-30 (float) / -2^-60 (double): exp rounds to
+/// exactly 1 there either way, and the powers of a smaller |x| in exp's polynomial would be
+/// subnormal.
+template <class P>
+P exp_kernel(const P& x) {
+  using S = typename ei::unpacket_traits<P>::type;
+  constexpr double kSmallest = std::is_same_v<S, float> ? 0x1p-30 : 0x1p-60;
+  return exp_nonpositive(ei::pmin(x, constant<P>(-kSmallest)));
+}
+
 /// NaN lanes of x are passed through unchanged; other lanes take r.
 template <class P>
 P keep_nan(const P& x, const P& r) {
   return ei::pselect(ei::pcmp_eq(x, x), r, x);
 }
 
-/// The pieces of GELU at u = min(|x|, L): uc, phi(uc) and the Mills ratio M(uc).
+/// The pieces of GELU at uc = min(|x|, U): uc, phi(uc), the Mills ratio M(uc), and the lanes
+/// beyond U (`far`: all bits set), whose results are the limits.
 template <class P>
 struct NormalTail {
-  P uc, phi, mills;
+  P uc, phi, mills, far;
 };
 
 template <class P>
@@ -106,13 +127,16 @@ NormalTail<P> normal_tail(const P& x) {
   using S = typename ei::unpacket_traits<P>::type;
   using C = MillsPolynomial<S>;
   NormalTail<P> t;
-  t.uc = ei::pmin(ei::pabs(x), ei::pset1<P>(C::kClamp));
-  // exp(-u^2/2) with u^2 = u2 + lo exactly (lo = 0 without FMA hardware).
+  const P u = ei::pabs(x);
+  t.far = ei::pcmp_lt(ei::pset1<P>(C::kNormal), u);
+  t.uc = ei::pmin(u, ei::pset1<P>(C::kNormal));
+  // exp(-u^2/2) with u^2 = u2 + lo exactly (lo = 0 without FMA hardware); e lo / 2, which can
+  // be subnormal, stays inside the FMA.
   const P u2 = ei::pmul(t.uc, t.uc);
   const P lo = ei::pmadd(t.uc, t.uc, ei::pnegate(u2));
-  const P half = exp_nonpositive(ei::pmul(u2, constant<P>(-0.25)));
+  const P half = exp_kernel(ei::pmul(u2, constant<P>(-0.25)));
   P e = ei::pmul(half, half);
-  e = ei::pmadd(ei::pmul(e, lo), constant<P>(-0.5), e);
+  e = ei::pmadd(e, ei::pmul(lo, constant<P>(-0.5)), e);
   t.phi = ei::pmul(e, constant<P>(0.39894228040143267793994605993438));  // 1/sqrt(2 pi)
   // M(u) = h(s) / (u + k), s = (u - k) / (u + k).
   const P k = ei::pset1<P>(C::kShift);
@@ -127,17 +151,17 @@ NormalTail<P> normal_tail(const P& x) {
 /// gelu(x) = x Phi(x), from the normal tail t of x.
 template <class P>
 P gelu_value(const P& x, const NormalTail<P>& t) {
-  const P q = ei::pmul(t.phi, t.mills);  // Q(u)
+  const P q = ei::pmul(t.phi, t.mills);  // Q(u); beyond U, 1 - q rounds to 1
   const P neg = ei::pcmp_lt(x, ei::pzero(x));
-  const P r =
-      ei::pselect(neg, ei::pnegate(ei::pmul(t.uc, q)), ei::pmul(x, ei::psub(constant<P>(1.0), q)));
+  const P below = ei::pselect(t.far, constant<P>(-0.0), ei::pnegate(ei::pmul(t.uc, q)));
+  const P r = ei::pselect(neg, below, ei::pmul(x, ei::psub(constant<P>(1.0), q)));
   return keep_nan(x, r);
 }
 
 /// gelu'(x) = Phi(x) + x phi(x), from the normal tail t of x.
 template <class P>
 P gelu_derivative(const P& x, const NormalTail<P>& t) {
-  const P w = ei::pmul(t.phi, ei::psub(t.mills, t.uc));
+  const P w = ei::pselect(t.far, constant<P>(-0.0), ei::pmul(t.phi, ei::psub(t.mills, t.uc)));
   const P neg = ei::pcmp_lt(x, ei::pzero(x));
   return keep_nan(x, ei::pselect(neg, w, ei::psub(constant<P>(1.0), w)));
 }
@@ -160,11 +184,15 @@ void gelu_with_grad(const P& x, P& value, P& grad) {
   grad = gelu_derivative(x, t);
 }
 
-/// sigmoid(w) and 1 - sigmoid(w), each to a few ulp relative.
+/// sigmoid(w) and 1 - sigmoid(w), each to a few ulp relative; beyond |w| = kNormal the
+/// smaller one is 0.
 template <class P>
 void sigmoid_pair(const P& w, P& s, P& sc) {
-  const P half = exp_nonpositive(ei::pmul(ei::pabs(w), constant<P>(-0.5)));
-  const P e = ei::pmul(half, half);  // exp(-|w|)
+  using S = typename ei::unpacket_traits<P>::type;
+  const P a = ei::pabs(w);
+  const P bound = ei::pset1<P>(SigmoidClamp<S>::kNormal);
+  const P half = exp_kernel(ei::pmul(ei::pmin(a, bound), constant<P>(-0.5)));
+  const P e = ei::pselect(ei::pcmp_lt(bound, a), ei::pzero(a), ei::pmul(half, half));  // exp(-|w|)
   const P r = ei::pdiv(constant<P>(1.0), ei::padd(constant<P>(1.0), e));
   const P er = ei::pmul(e, r);
   const P neg = ei::pcmp_lt(w, ei::pzero(w));

@@ -104,9 +104,15 @@ void scalar_backward(benchmark::State& state, Activation a) {
   finish(state, a);
 }
 
+/// The input block of the vectorised families: hidden_block, or its tail band (`tail`).
 template <class S>
-void vector_forward(benchmark::State& state, Activation a) {
-  const Matrix<S> x = hidden_block<S>();
+Matrix<S> vector_input(Activation a, bool tail) {
+  return tail ? tail_block<S>(a) : hidden_block<S>();
+}
+
+template <class S>
+void vector_forward(benchmark::State& state, Activation a, bool tail) {
+  const Matrix<S> x = vector_input<S>(a, tail);
   Matrix<S> y(kRows, kCols);
   for (auto _ : state) {
     activation_forward<S>(a, x, y);
@@ -116,30 +122,8 @@ void vector_forward(benchmark::State& state, Activation a) {
 }
 
 template <class S>
-void vector_backward(benchmark::State& state, Activation a) {
-  const Matrix<S> x = hidden_block<S>(), dy = hidden_block<S>();
-  Matrix<S> dx(kRows, kCols);
-  for (auto _ : state) {
-    activation_backward<S>(a, x, dy, dx);
-    benchmark::DoNotOptimize(dx.data());
-  }
-  finish(state, a);
-}
-
-template <class S>
-void vector_forward_tail(benchmark::State& state, Activation a) {
-  const Matrix<S> x = tail_block<S>(a);
-  Matrix<S> y(kRows, kCols);
-  for (auto _ : state) {
-    activation_forward<S>(a, x, y);
-    benchmark::DoNotOptimize(y.data());
-  }
-  finish(state, a);
-}
-
-template <class S>
-void vector_backward_tail(benchmark::State& state, Activation a) {
-  const Matrix<S> x = tail_block<S>(a), dy = hidden_block<S>();
+void vector_backward(benchmark::State& state, Activation a, bool tail) {
+  const Matrix<S> x = vector_input<S>(a, tail), dy = hidden_block<S>();
   Matrix<S> dx(kRows, kCols);
   for (auto _ : state) {
     activation_backward<S>(a, x, dy, dx);
@@ -155,15 +139,15 @@ void register_all(const char* type) {
     benchmark::RegisterBenchmark(("activations/scalar_forward" + suffix).c_str(), scalar_forward<S>,
                                  a);
     benchmark::RegisterBenchmark(("activations/vector_forward" + suffix).c_str(), vector_forward<S>,
-                                 a);
+                                 a, false);
     benchmark::RegisterBenchmark(("activations/scalar_backward" + suffix).c_str(),
                                  scalar_backward<S>, a);
     benchmark::RegisterBenchmark(("activations/vector_backward" + suffix).c_str(),
-                                 vector_backward<S>, a);
+                                 vector_backward<S>, a, false);
     benchmark::RegisterBenchmark(("activations/vector_forward_tail" + suffix).c_str(),
-                                 vector_forward_tail<S>, a);
+                                 vector_forward<S>, a, true);
     benchmark::RegisterBenchmark(("activations/vector_backward_tail" + suffix).c_str(),
-                                 vector_backward_tail<S>, a);
+                                 vector_backward<S>, a, true);
   }
 }
 

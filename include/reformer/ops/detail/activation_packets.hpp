@@ -18,12 +18,12 @@
 // accuracy. u^2 is split exactly into u2 + lo with an FMA, and exp(-u^2/2) is computed as
 // exp(-u2/4)^2 (1 - lo/2), which keeps Eigen's exp inside its unclamped range.
 //
-// No kernel computes on subnormal numbers, which x86 runs through microcode at 15-20x the cost
-// of an element. Beyond the point U where the smallest piece (Q(u) for GELU, exp(-|w|) for the
-// sigmoid) would fall below the smallest normal number (U = 12.9 float / 37.5 double for u;
-// 87 / 708 for |w|), the pieces are computed at U and the results are the limits: x and 1 for
-// large x; -0 and -0 (GELU) or -0 and 0 (the sigmoid-based kernels) for large -x. The exact
-// results there are below 2^-115 (float) / 2^-1000 (double) in magnitude.
+// No kernel computes on subnormal numbers, which x86 runs through microcode (8-24x the cost of
+// an element, docs/benchmarks.md). Beyond the point U where the smallest piece (Q(u) for GELU,
+// exp(-|w|) for the sigmoid) would fall below the smallest normal number (U = 12.9 float / 37.5
+// double for u; 87 / 708 for |w|), the pieces are computed at U and the results are the limits: x
+// and 1 for large x; -0 and -0 (GELU) or -0 and 0 (the sigmoid-based kernels) for large -x. The
+// exact results there are below 2^-115 (float) / 2^-1000 (double) in magnitude.
 //
 // gelu_new (tanh form) and silu are x sigmoid(w) with w = 2 sqrt(2/pi) (x + 0.044715 x^3)
 // resp. w = x (0.5 (1 + tanh(z)) = sigmoid(2 z)); sigmoid and 1 - sigmoid both come from

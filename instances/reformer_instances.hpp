@@ -2,11 +2,11 @@
 // Build speed of this repository only; users of the library never see this file (the library
 // stays header-only: include the headers and the compiler instantiates what you use).
 //
-// The class templates that cost most to compile (ReformerLM, its embeddings, the attention and
-// feed-forward sublayers, the three attention cores) are explicitly instantiated once per build in
-// the static libraries of instances/CMakeLists.txt. Our tests, examples and benchmarks get this
-// header forced in first
-// (-include) and link one of those libraries: the `extern template` declarations below stop
+// The templates that cost most to compile (ReformerLM, its embeddings, the attention and
+// feed-forward sublayers, the three attention cores, the products of ops/linear.hpp) are
+// explicitly instantiated once per build in the static libraries of instances/CMakeLists.txt.
+// Our tests, examples and benchmarks get this header forced in first (-include) and link one of
+// those libraries: the `extern template` declarations below stop
 // them from compiling those members again. Their heavy members are defined outside the class
 // bodies for this (in-class definitions are implicitly inline, and GCC instantiates inline
 // members of an `extern template` class anyway when it optimises).
@@ -25,10 +25,17 @@
 #include "reformer/model/lm_head.hpp"
 #include "reformer/model/reformer_backbone.hpp"
 #include "reformer/model/reformer_lm.hpp"
+#include "reformer/ops/linear.hpp"
 
 // REFORMER_INSTANCES_LAYERS / _MODEL(extern, S) declare, (, S) define (instances/*.cpp) the
 // instantiations for scalar type S.
 #define REFORMER_INSTANCES_LAYERS(EXTERN, S)                                         \
+  EXTERN template void reformer::detail::product_of_views<S>(                        \
+      reformer::detail::ProductView<S>, reformer::detail::ProductView<const S>,      \
+      reformer::detail::ProductView<const S>, bool);                                 \
+  EXTERN template void reformer::detail::parallel_product_of_views<S>(               \
+      reformer::detail::ProductView<S>, reformer::detail::ProductView<const S>,      \
+      reformer::detail::ProductView<const S>, bool);                                 \
   EXTERN template class reformer::FullAttention<S>;                                  \
   EXTERN template class reformer::LocalAttention<S>;                                 \
   EXTERN template class reformer::LshAttention<S>;                                   \

@@ -205,10 +205,8 @@ class FeedForward {
   static void product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate, bool split) {
     if (split) {
       parallel_product(out, lhs, rhs, accumulate);
-    } else if (accumulate) {
-      out.noalias() += lhs * rhs;
     } else {
-      out.noalias() = lhs * rhs;
+      reformer::product(out, lhs, rhs, accumulate);
     }
   }
 

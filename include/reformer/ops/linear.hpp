@@ -128,13 +128,98 @@ inline Index product_column_block(Index cols) {
                     tuning::kMaxProductColumns);
 }
 
-/// out = lhs * rhs (or out += lhs * rhs when `accumulate`), in parallel over fixed blocks of
-/// out's columns (product_column_block) when it is wide, else of its rows (row_block). The
-/// choice depends on the shapes only. `out` must not alias the operands; lhs / rhs may be any
-/// Eigen expressions (e.g. transposes of row-major weight maps).
+namespace detail {
+
+/// A matrix in memory as every product sees it: a column-major matrix `stored_rows x
+/// stored_cols` with unit inner stride and outer stride `stride`, or its transpose (a row-major
+/// matrix, or a transposed view). T is S or const S. The products of the library go through
+/// views, so Eigen's product code is compiled for a handful of types per scalar instead of once
+/// per expression type of every caller (most of the compile time of the layers).
+template <class T>
+struct ProductView {
+  T* data = nullptr;
+  Index stored_rows = 0, stored_cols = 0, stride = 0;
+  bool transposed = false;
+
+  Index rows() const { return transposed ? stored_cols : stored_rows; }
+  Index cols() const { return transposed ? stored_rows : stored_cols; }
+  /// The view's columns [c0, c0 + n) / rows [r0, r0 + n).
+  ProductView middle_cols(Index c0, Index n) const {
+    return transposed ? ProductView{data + c0, n, stored_cols, stride, true}
+                      : ProductView{data + c0 * stride, stored_rows, n, stride, false};
+  }
+  ProductView middle_rows(Index r0, Index n) const {
+    return transposed ? ProductView{data + r0 * stride, stored_rows, n, stride, true}
+                      : ProductView{data + r0, n, stored_cols, stride, false};
+  }
+  ProductView<const std::remove_const_t<T>> as_const() const {
+    return {data, stored_rows, stored_cols, stride, transposed};
+  }
+  ProductView transpose() const { return {data, stored_rows, stored_cols, stride, !transposed}; }
+  Eigen::Map<Matrix<std::remove_const_t<T>>, 0, Eigen::OuterStride<>> stored() const {
+    static_assert(!std::is_const_v<T>, "a read-only view has no writable matrix");
+    return {data, stored_rows, stored_cols, Eigen::OuterStride<>(stride)};
+  }
+  Eigen::Map<const Matrix<std::remove_const_t<T>>, 0, Eigen::OuterStride<>> stored_const() const {
+    return {data, stored_rows, stored_cols, Eigen::OuterStride<>(stride)};
+  }
+};
+
+/// Whether an Eigen expression X can be seen as a ProductView: direct access to memory with unit
+/// inner stride, and not a vector at compile time (those keep Eigen's matrix-vector products).
+template <class X>
+constexpr bool kHasProductView = (int(X::Flags) & Eigen::DirectAccessBit) != 0 &&
+                                 int(X::InnerStrideAtCompileTime) == 1 &&
+                                 int(X::RowsAtCompileTime) != 1 && int(X::ColsAtCompileTime) != 1;
+
+template <class X>
+auto product_view(X& x) {
+  using T = std::remove_pointer_t<decltype(x.data())>;
+  // A row-major matrix is the transpose of the column-major matrix with the same memory.
+  if constexpr (bool(std::decay_t<X>::IsRowMajor)) {
+    return ProductView<T>{x.data(), x.cols(), x.rows(), x.outerStride(), true};
+  } else {
+    return ProductView<T>{x.data(), x.rows(), x.cols(), x.outerStride(), false};
+  }
+}
+
+/// out = lhs rhs (out += lhs rhs when `accumulate`) on the calling thread.
 ///   lhs: M x K,  rhs: K x N,  out: M x N
-template <class Out, class Lhs, class Rhs>
-void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
+template <class S>
+void product_of_views(ProductView<S> out, ProductView<const S> lhs, ProductView<const S> rhs,
+                      bool accumulate) {
+  // A transposed output: out^T = rhs^T lhs^T, into the column-major matrix out^T is.
+  if (out.transposed) {
+    product_of_views<S>(out.transpose(), rhs.transpose(), lhs.transpose(), accumulate);
+    return;
+  }
+  auto y = out.stored();
+  const auto a = lhs.stored_const();
+  const auto b = rhs.stored_const();
+  const auto assign = [&](const auto& l, const auto& r) {
+    if (accumulate) {
+      y.noalias() += l * r;
+    } else {
+      y.noalias() = l * r;
+    }
+  };
+  if (lhs.transposed) {
+    if (rhs.transposed) {
+      assign(a.transpose(), b.transpose());
+    } else {
+      assign(a.transpose(), b);
+    }
+  } else if (rhs.transposed) {
+    assign(a, b.transpose());
+  } else {
+    assign(a, b);
+  }
+}
+
+/// parallel_product on views: fixed blocks of out's columns when it is wide, else of its rows.
+template <class S>
+void parallel_product_of_views(ProductView<S> out, ProductView<const S> lhs,
+                               ProductView<const S> rhs, bool accumulate) {
   REFORMER_ASSERT(lhs.cols() == rhs.rows() && out.rows() == lhs.rows() && out.cols() == rhs.cols());
   const double flops_per_column = 2.0 * double(out.rows()) * double(lhs.cols());
   if (out.cols() >= 2 * tuning::kMinProductColumns) {
@@ -143,11 +228,7 @@ void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate
     parallel_items(num_blocks(n, cb), flops_per_column * double(n), [&](Index blk) {
       const Index c0 = blk * cb;
       const Index nc = std::min(cb, n - c0);
-      if (accumulate) {
-        out.middleCols(c0, nc).noalias() += lhs * rhs.middleCols(c0, nc);
-      } else {
-        out.middleCols(c0, nc).noalias() = lhs * rhs.middleCols(c0, nc);
-      }
+      product_of_views<S>(out.middle_cols(c0, nc), lhs, rhs.middle_cols(c0, nc), accumulate);
     });
   } else {
     const Index rows = out.rows();
@@ -155,12 +236,68 @@ void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate
     parallel_items(num_blocks(rows, rb), flops_per_column * double(out.cols()), [&](Index blk) {
       const Index r0 = blk * rb;
       const Index nr = std::min(rb, rows - r0);
-      if (accumulate) {
-        out.middleRows(r0, nr).noalias() += lhs.middleRows(r0, nr) * rhs;
-      } else {
-        out.middleRows(r0, nr).noalias() = lhs.middleRows(r0, nr) * rhs;
-      }
+      product_of_views<S>(out.middle_rows(r0, nr), lhs.middle_rows(r0, nr), rhs, accumulate);
     });
+  }
+}
+
+}  // namespace detail
+
+/// out = lhs * rhs (or out += lhs * rhs when `accumulate`), on the calling thread. Operands with
+/// memory of unit inner stride (matrices, maps, blocks, their transposes) go through one product
+/// per storage-order combination (detail::product_of_views); other expressions are evaluated by
+/// Eigen as they are. `out` must not alias the operands.
+template <class Out, class Lhs, class Rhs>
+void product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
+  using O = std::decay_t<Out>;
+  using S = typename O::Scalar;
+  if constexpr (detail::kHasProductView<O> && detail::kHasProductView<Lhs> &&
+                detail::kHasProductView<Rhs>) {
+    detail::product_of_views<S>(detail::product_view(out), detail::product_view(lhs).as_const(),
+                                detail::product_view(rhs).as_const(), accumulate);
+  } else if (accumulate) {
+    out.noalias() += lhs * rhs;
+  } else {
+    out.noalias() = lhs * rhs;
+  }
+}
+
+/// out = lhs * rhs (or out += lhs * rhs when `accumulate`), in parallel over fixed blocks of
+/// out's columns (product_column_block) when it is wide, else of its rows (row_block). The
+/// choice depends on the shapes only. `out` must not alias the operands; lhs / rhs may be any
+/// Eigen expressions (e.g. transposes of row-major weight maps); those with memory of unit inner
+/// stride go through detail::parallel_product_of_views.
+///   lhs: M x K,  rhs: K x N,  out: M x N
+template <class Out, class Lhs, class Rhs>
+void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
+  using O = std::decay_t<Out>;
+  using S = typename O::Scalar;
+  if constexpr (detail::kHasProductView<O> && detail::kHasProductView<Lhs> &&
+                detail::kHasProductView<Rhs>) {
+    detail::parallel_product_of_views<S>(detail::product_view(out),
+                                         detail::product_view(lhs).as_const(),
+                                         detail::product_view(rhs).as_const(), accumulate);
+  } else {
+    REFORMER_ASSERT(lhs.cols() == rhs.rows() && out.rows() == lhs.rows() &&
+                    out.cols() == rhs.cols());
+    const double flops_per_column = 2.0 * double(out.rows()) * double(lhs.cols());
+    if (out.cols() >= 2 * tuning::kMinProductColumns) {
+      const Index n = out.cols();
+      const Index cb = product_column_block(n);
+      parallel_items(num_blocks(n, cb), flops_per_column * double(n), [&](Index blk) {
+        const Index c0 = blk * cb;
+        const Index nc = std::min(cb, n - c0);
+        product(out.middleCols(c0, nc), lhs, rhs.middleCols(c0, nc), accumulate);
+      });
+    } else {
+      const Index rows = out.rows();
+      const Index rb = row_block(rows);
+      parallel_items(num_blocks(rows, rb), flops_per_column * double(out.cols()), [&](Index blk) {
+        const Index r0 = blk * rb;
+        const Index nr = std::min(rb, rows - r0);
+        product(out.middleRows(r0, nr), lhs.middleRows(r0, nr), rhs, accumulate);
+      });
+    }
   }
 }
 

@@ -68,6 +68,86 @@ TEST(ParallelProduct, MatchesThePlainProduct) {
   }
 }
 
+// Every storage-order combination of the views parallel_product and product pass to Eigen
+// (detail::ProductView): a column- or row-major output, each operand plain or transposed, all
+// of them blocks with an outer stride larger than their rows; a wide and a narrow output, small
+// and large enough for OpenBLAS / Eigen's blocked product. Expressions without direct memory
+// (a scaled matrix) and the serial product() against the same plain product.
+TEST(ParallelProduct, EveryStorageOrderOfOutputAndOperands) {
+  set_num_threads(2);
+  const Index m = 37, k = 29;
+  for (const Index n : {Index(5), Index(600)}) {
+    // Backing matrices with two spare rows and columns, so each operand is a strided block.
+    const Matrix<double> a_col = Matrix<double>::Random(m + 2, k + 2);  // lhs: m x k
+    const Matrix<double> a_t = Matrix<double>::Random(k + 2, m + 2);    // lhs^T stored
+    const Matrix<double> b_col = Matrix<double>::Random(k + 2, n + 2);  // rhs: k x n
+    const Matrix<double> b_t = Matrix<double>::Random(n + 2, k + 2);    // rhs^T stored
+    const Matrix<double> init = Matrix<double>::Random(m, n);
+    for (const bool lhs_t : {false, true}) {
+      for (const bool rhs_t : {false, true}) {
+        for (const bool out_row_major : {false, true}) {
+          for (const bool accumulate : {false, true}) {
+            const Matrix<double> lhs =
+                lhs_t ? Matrix<double>(a_t.block(1, 1, k, m).transpose()) : a_col.block(1, 1, m, k);
+            const Matrix<double> rhs =
+                rhs_t ? Matrix<double>(b_t.block(1, 1, n, k).transpose()) : b_col.block(1, 1, k, n);
+            const Matrix<double> expected =
+                (accumulate ? init : Matrix<double>::Zero(m, n)) + lhs * rhs;
+            const auto run = [&](auto&& product_fn) {
+              Matrix<double> got;
+              if (out_row_major) {
+                RowMajorMatrix<double> out = RowMajorMatrix<double>::Random(m + 3, n + 1);
+                out.block(2, 1, m, n) = init;
+                auto o = out.block(2, 1, m, n);
+                product_fn(o);
+                got = o;
+              } else {
+                Matrix<double> out = Matrix<double>::Random(m + 3, n + 1);
+                out.block(2, 1, m, n) = init;
+                auto o = out.block(2, 1, m, n);
+                product_fn(o);
+                got = o;
+              }
+              return got;
+            };
+            const auto call = [&](auto& o, bool parallel) {
+              const auto l_view = a_col.block(1, 1, m, k);
+              const auto l_view_t = a_t.block(1, 1, k, m).transpose();
+              const auto r_view = b_col.block(1, 1, k, n);
+              const auto r_view_t = b_t.block(1, 1, n, k).transpose();
+              const auto go = [&](const auto& l, const auto& r) {
+                if (parallel) {
+                  parallel_product(o, l, r, accumulate);
+                } else {
+                  product(o, l, r, accumulate);
+                }
+              };
+              if (lhs_t) {
+                rhs_t ? go(l_view_t, r_view_t) : go(l_view_t, r_view);
+              } else {
+                rhs_t ? go(l_view, r_view_t) : go(l_view, r_view);
+              }
+            };
+            const std::string what = "n = " + std::to_string(n) + ", lhs^T " +
+                                     std::to_string(lhs_t) + ", rhs^T " + std::to_string(rhs_t) +
+                                     ", row-major out " + std::to_string(out_row_major) +
+                                     ", accumulate " + std::to_string(accumulate);
+            EXPECT_LT(test::relative_error(run([&](auto& o) { call(o, true); }), expected), 1e-13)
+                << "parallel_product, " << what;
+            EXPECT_LT(test::relative_error(run([&](auto& o) { call(o, false); }), expected), 1e-13)
+                << "product, " << what;
+          }
+        }
+      }
+    }
+    // An operand without memory of its own: Eigen evaluates the expression as it is.
+    Matrix<double> y = init;
+    parallel_product(y, 2.0 * a_col.block(1, 1, m, k), b_col.block(1, 1, k, n), true);
+    const Matrix<double> y_ref = init + 2.0 * a_col.block(1, 1, m, k) * b_col.block(1, 1, k, n);
+    EXPECT_LT(test::relative_error(y, y_ref), 1e-13) << "n = " << n;
+  }
+}
+
 // dW += dy x^T, db += row sums of dy: through the serial path (one token block), spans of one
 // block and spans of two (with a ragged last block), into a row-major weight and into a block
 // of its rows (how the attention cores pass one head's rows).

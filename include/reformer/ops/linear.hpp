@@ -216,29 +216,42 @@ void product_of_views(ProductView<S> out, ProductView<const S> lhs, ProductView<
   }
 }
 
-/// parallel_product on views: fixed blocks of out's columns when it is wide, else of its rows.
+/// The blocks of parallel_product for an output `rows x cols` of a product with inner dimension
+/// `depth`: column_block(c0, nc) for fixed blocks of its columns (product_column_block) when it
+/// is wide, else row_block_of(r0, nr) for fixed blocks of its rows (row_block), in parallel. The
+/// choice and the blocks depend on the shape only.
+template <class ColumnBlock, class RowBlock>
+void for_product_blocks(Index rows, Index cols, Index depth, ColumnBlock&& column_block,
+                        RowBlock&& row_block_of) {
+  const double flops = 2.0 * double(rows) * double(depth) * double(cols);
+  if (cols >= 2 * tuning::kMinProductColumns) {
+    const Index cb = product_column_block(cols);
+    parallel_items(num_blocks(cols, cb), flops, [&](Index blk) {
+      const Index c0 = blk * cb;
+      column_block(c0, std::min(cb, cols - c0));
+    });
+  } else {
+    const Index rb = row_block(rows);
+    parallel_items(num_blocks(rows, rb), flops, [&](Index blk) {
+      const Index r0 = blk * rb;
+      row_block_of(r0, std::min(rb, rows - r0));
+    });
+  }
+}
+
+/// parallel_product on views.
 template <class S>
 void parallel_product_of_views(ProductView<S> out, ProductView<const S> lhs,
                                ProductView<const S> rhs, bool accumulate) {
   REFORMER_ASSERT(lhs.cols() == rhs.rows() && out.rows() == lhs.rows() && out.cols() == rhs.cols());
-  const double flops_per_column = 2.0 * double(out.rows()) * double(lhs.cols());
-  if (out.cols() >= 2 * tuning::kMinProductColumns) {
-    const Index n = out.cols();
-    const Index cb = product_column_block(n);
-    parallel_items(num_blocks(n, cb), flops_per_column * double(n), [&](Index blk) {
-      const Index c0 = blk * cb;
-      const Index nc = std::min(cb, n - c0);
-      product_of_views<S>(out.middle_cols(c0, nc), lhs, rhs.middle_cols(c0, nc), accumulate);
-    });
-  } else {
-    const Index rows = out.rows();
-    const Index rb = row_block(rows);
-    parallel_items(num_blocks(rows, rb), flops_per_column * double(out.cols()), [&](Index blk) {
-      const Index r0 = blk * rb;
-      const Index nr = std::min(rb, rows - r0);
-      product_of_views<S>(out.middle_rows(r0, nr), lhs.middle_rows(r0, nr), rhs, accumulate);
-    });
-  }
+  for_product_blocks(
+      out.rows(), out.cols(), lhs.cols(),
+      [&](Index c0, Index nc) {
+        product_of_views<S>(out.middle_cols(c0, nc), lhs, rhs.middle_cols(c0, nc), accumulate);
+      },
+      [&](Index r0, Index nr) {
+        product_of_views<S>(out.middle_rows(r0, nr), lhs.middle_rows(r0, nr), rhs, accumulate);
+      });
 }
 
 }  // namespace detail
@@ -280,24 +293,14 @@ void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate
   } else {
     REFORMER_ASSERT(lhs.cols() == rhs.rows() && out.rows() == lhs.rows() &&
                     out.cols() == rhs.cols());
-    const double flops_per_column = 2.0 * double(out.rows()) * double(lhs.cols());
-    if (out.cols() >= 2 * tuning::kMinProductColumns) {
-      const Index n = out.cols();
-      const Index cb = product_column_block(n);
-      parallel_items(num_blocks(n, cb), flops_per_column * double(n), [&](Index blk) {
-        const Index c0 = blk * cb;
-        const Index nc = std::min(cb, n - c0);
-        product(out.middleCols(c0, nc), lhs, rhs.middleCols(c0, nc), accumulate);
-      });
-    } else {
-      const Index rows = out.rows();
-      const Index rb = row_block(rows);
-      parallel_items(num_blocks(rows, rb), flops_per_column * double(out.cols()), [&](Index blk) {
-        const Index r0 = blk * rb;
-        const Index nr = std::min(rb, rows - r0);
-        product(out.middleRows(r0, nr), lhs.middleRows(r0, nr), rhs, accumulate);
-      });
-    }
+    detail::for_product_blocks(
+        out.rows(), out.cols(), lhs.cols(),
+        [&](Index c0, Index nc) {
+          reformer::product(out.middleCols(c0, nc), lhs, rhs.middleCols(c0, nc), accumulate);
+        },
+        [&](Index r0, Index nr) {
+          reformer::product(out.middleRows(r0, nr), lhs.middleRows(r0, nr), rhs, accumulate);
+        });
   }
 }
 

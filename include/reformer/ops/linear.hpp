@@ -11,6 +11,7 @@
 // The serial functions check their arguments and are the reference the tests compare the
 // deterministic multi-threaded kernels of the layers against:
 //   parallel_product(out, lhs, rhs, accumulate)   out (+)= lhs rhs over fixed output blocks
+//   product(out, lhs, rhs, accumulate)            the same on the calling thread
 //   linear_weight_grads<S>(dy, x, dW, &db)        dW += dy x^T, db += row sums of dy
 //   linear_weight_grads_alongside<S>(..., f)      the same, with f(t0, nt) run on each token
 //                                                 block while its columns are in cache
@@ -172,6 +173,12 @@ constexpr bool kHasProductView = (int(X::Flags) & Eigen::DirectAccessBit) != 0 &
                                  int(X::InnerStrideAtCompileTime) == 1 &&
                                  int(X::RowsAtCompileTime) != 1 && int(X::ColsAtCompileTime) != 1;
 
+/// Whether a product out (+)= lhs rhs goes through views (all three have one).
+template <class Out, class Lhs, class Rhs>
+constexpr bool product_through_views() {
+  return kHasProductView<Out> && kHasProductView<Lhs> && kHasProductView<Rhs>;
+}
+
 template <class X>
 auto product_view(X& x) {
   using T = std::remove_pointer_t<decltype(x.data())>;
@@ -264,8 +271,7 @@ template <class Out, class Lhs, class Rhs>
 void product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
   using O = std::decay_t<Out>;
   using S = typename O::Scalar;
-  if constexpr (detail::kHasProductView<O> && detail::kHasProductView<Lhs> &&
-                detail::kHasProductView<Rhs>) {
+  if constexpr (detail::product_through_views<O, Lhs, Rhs>()) {
     detail::product_of_views<S>(detail::product_view(out), detail::product_view(lhs).as_const(),
                                 detail::product_view(rhs).as_const(), accumulate);
   } else if (accumulate) {
@@ -285,8 +291,7 @@ template <class Out, class Lhs, class Rhs>
 void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
   using O = std::decay_t<Out>;
   using S = typename O::Scalar;
-  if constexpr (detail::kHasProductView<O> && detail::kHasProductView<Lhs> &&
-                detail::kHasProductView<Rhs>) {
+  if constexpr (detail::product_through_views<O, Lhs, Rhs>()) {
     detail::parallel_product_of_views<S>(detail::product_view(out),
                                          detail::product_view(lhs).as_const(),
                                          detail::product_view(rhs).as_const(), accumulate);

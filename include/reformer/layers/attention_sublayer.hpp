@@ -302,10 +302,10 @@ class AttentionSublayer {
       case OutputTerm::kNone:
         break;
       case OutputTerm::kSet:
-        y.noalias() = w * a.middleCols(t0, nt);
+        product(y, w, a.middleCols(t0, nt), false);
         break;
       case OutputTerm::kAdd:
-        y.noalias() += w * a.middleCols(t0, nt);
+        product(y, w, a.middleCols(t0, nt), true);
         break;
       case OutputTerm::kSubtract:
         y.noalias() -= w * a.middleCols(t0, nt);
@@ -342,7 +342,7 @@ class AttentionSublayer {
         [&](Index t0, Index nt) {
           output_term(target, w_o, a, t0, nt, term);
           if (next.count > 0) {
-            da_next.middleCols(t0, nt).noalias() = w_next.transpose() * dz.middleCols(t0, nt);
+            product(da_next.middleCols(t0, nt), w_next.transpose(), dz.middleCols(t0, nt), false);
           }
         });
   }

@@ -45,6 +45,7 @@
 #include "reformer/layers/head_range.hpp"
 #include "reformer/layers/projection_input.hpp"
 #include "reformer/ops/dropout.hpp"
+#include "reformer/ops/linear.hpp"
 #include "reformer/ops/parallel.hpp"
 #include "reformer/ops/softmax.hpp"
 
@@ -168,7 +169,7 @@ class FullAttention : public detail::QkvCore<S, FullAttentionConfig> {
   template <class Q, class K>
   void probabilities(const Q& q, const K& k, Index i0, const std::uint8_t* flags,
                      Matrix<S>& p) const {
-    p.noalias() = k.transpose() * q;
+    product(p, k.transpose(), q, false);
     if (cfg_.causal) {
       // Keys j > i: rows i + 1 .. nk - 1 of column i - i0 (only the panel's diagonal block).
       for (Index c = 0; c < p.cols(); ++c) {
@@ -241,7 +242,7 @@ void FullAttention<S>::forward(const Parameters<S>& params, const ProjectionInpu
                   p);
     apply_dropout(p, ctx, b, heads.global(h), t, i0);
     // o = v p~
-    block(a, b, h, t).middleCols(i0, nq).noalias() = block(v, b, h, t).leftCols(nk) * p;
+    product(block(a, b, h, t).middleCols(i0, nq), block(v, b, h, t).leftCols(nk), p, false);
   });
 }
 
@@ -292,11 +293,11 @@ void FullAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>&
         apply_dropout(pd, ctx, b, hg, t, i0);
       }
       const Matrix<S>& p_used = dropout ? pd : p;  // p~
-      block(a, b, h, t).middleCols(i0, nq).noalias() = v_v * p_used;
+      product(block(a, b, h, t).middleCols(i0, nq), v_v, p_used, false);
       // o = v p~          =>  dv += do p~^T,   dp~ = v^T do.
-      dvb.leftCols(nk).noalias() += do_i * p_used.transpose();
+      product(dvb.leftCols(nk), do_i, p_used.transpose(), true);
       dp.resize(nk, nq);
-      dp.noalias() = v_v.transpose() * do_i;
+      product(dp, v_v.transpose(), do_i, false);
       // p~ = Dropout(p)   =>  dp = the same mask and scale applied to dp~.
       apply_dropout(dp, ctx, b, hg, t, i0);
       // p = softmax(s)    =>  ds(:, i) = p(:, i) .* (dp(:, i) - p(:, i) . dp(:, i)).
@@ -305,8 +306,8 @@ void FullAttention<S>::backward(Parameters<S>& params, const ProjectionInput<S>&
       softmax_cols_backward<S>(p, dp, ds);
       zero_masked_gradients(i0, flags, ds);
       // s = k^T q         =>  dq = k ds,  dk += q ds^T  (w.r.t. the scaled k).
-      block(dq, b, h, t).middleCols(i0, nq).noalias() = k_v * ds;
-      dkb.leftCols(nk).noalias() += q_i * ds.transpose();
+      product(block(dq, b, h, t).middleCols(i0, nq), k_v, ds, false);
+      product(dkb.leftCols(nk), q_i, ds.transpose(), true);
     }
   });
 

@@ -29,6 +29,7 @@
 #include "reformer/core/types.hpp"
 #include "reformer/core/workspace.hpp"
 #include "reformer/ops/detail/packets.hpp"
+#include "reformer/ops/linear.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -249,7 +250,7 @@ void lsh_hash(ConstMatrixRef<S> vectors, ConstMatrixRef<S> rotations, const LshB
     const Index nt = std::min(kBlock, n - t0);
     const Index padded = (nt + k - 1) / k * k;
     // rotated: nt x cols = x^T R
-    rotated.topRows(nt).noalias() = vectors.middleCols(t0, nt).transpose() * rotations;
+    product(rotated.topRows(nt), vectors.middleCols(t0, nt).transpose(), rotations, false);
     rotated.middleRows(nt, padded - nt).setZero();
     for (Index t = t0; t < t0 + nt; ++t) buckets[t] = 0;
     Index scale = 1, col0 = 0;

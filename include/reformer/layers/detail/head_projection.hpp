@@ -90,7 +90,7 @@ void project_heads(const Parameters<S>& params, HeadRange heads, Index head_size
     input.normalised_columns(c0, nc, xn.map());
     for (const ProjectionOutput<S>& o : outputs) {
       MatrixRef<S> y = o.y;
-      y.middleCols(c0, nc).noalias() = head_rows(params, o.slot, heads, head_size) * xn.map();
+      product(y.middleCols(c0, nc), head_rows(params, o.slot, heads, head_size), xn.map(), false);
     }
   });
 }
@@ -146,16 +146,8 @@ void project_heads_backward(Parameters<S>& params, HeadRange heads, Index head_s
         const auto dy = g.dy.middleCols(c0, nc);
         const auto w_t = head_rows(params, g.slot, heads, head_size).transpose();
         auto partial = partial_dw[static_cast<std::size_t>(i * np + p)].map();
-        if (blk == first_block(i)) {
-          partial.noalias() = dy * xn_b.transpose();
-        } else {
-          partial.noalias() += dy * xn_b.transpose();
-        }
-        if (p == 0) {
-          dxn_b.noalias() = w_t * dy;
-        } else {
-          dxn_b.noalias() += w_t * dy;
-        }
+        product(partial, dy, xn_b.transpose(), /*accumulate=*/blk != first_block(i));
+        product(dxn_b, w_t, dy, /*accumulate=*/p != 0);
         ++p;
       }
       // xn = LN(x)  =>  dx += LN'(x)^T dxn (computed in place in dxn), dgamma, dbeta partials.

@@ -11,10 +11,11 @@
 // The serial functions check their arguments and are the reference the tests compare the
 // deterministic multi-threaded kernels of the layers against:
 //   parallel_product(out, lhs, rhs, accumulate)   out (+)= lhs rhs over fixed output blocks
-//   product(out, lhs, rhs, accumulate)            the same on the calling thread
 //   linear_weight_grads<S>(dy, x, dW, &db)        dW += dy x^T, db += row sums of dy
 //   linear_weight_grads_alongside<S>(..., f)      the same, with f(t0, nt) run on each token
 //                                                 block while its columns are in cache
+// and every other product of the layers, on the calling thread:
+//   product(out, lhs, rhs, accumulate)            out (+)= lhs rhs
 //
 // Block sizes and packing: Eigen's GEMM copies ("packs") both operands into its own panel
 // layout. A block of a product split over output columns re-packs the whole left operand (the
@@ -250,7 +251,6 @@ void for_product_blocks(Index rows, Index cols, Index depth, ColumnBlock&& colum
 template <class S>
 void parallel_product_of_views(ProductView<S> out, ProductView<const S> lhs,
                                ProductView<const S> rhs, bool accumulate) {
-  REFORMER_ASSERT(lhs.cols() == rhs.rows() && out.rows() == lhs.rows() && out.cols() == rhs.cols());
   for_product_blocks(
       out.rows(), out.cols(), lhs.cols(),
       [&](Index c0, Index nc) {
@@ -271,6 +271,7 @@ template <class Out, class Lhs, class Rhs>
 void product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
   using O = std::decay_t<Out>;
   using S = typename O::Scalar;
+  REFORMER_ASSERT(lhs.cols() == rhs.rows() && out.rows() == lhs.rows() && out.cols() == rhs.cols());
   if constexpr (detail::product_through_views<O, Lhs, Rhs>()) {
     detail::product_of_views<S>(detail::product_view(out), detail::product_view(lhs).as_const(),
                                 detail::product_view(rhs).as_const(), accumulate);
@@ -291,13 +292,12 @@ template <class Out, class Lhs, class Rhs>
 void parallel_product(Out&& out, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
   using O = std::decay_t<Out>;
   using S = typename O::Scalar;
+  REFORMER_ASSERT(lhs.cols() == rhs.rows() && out.rows() == lhs.rows() && out.cols() == rhs.cols());
   if constexpr (detail::product_through_views<O, Lhs, Rhs>()) {
     detail::parallel_product_of_views<S>(detail::product_view(out),
                                          detail::product_view(lhs).as_const(),
                                          detail::product_view(rhs).as_const(), accumulate);
   } else {
-    REFORMER_ASSERT(lhs.cols() == rhs.rows() && out.rows() == lhs.rows() &&
-                    out.cols() == rhs.cols());
     detail::for_product_blocks(
         out.rows(), out.cols(), lhs.cols(),
         [&](Index c0, Index nc) {

@@ -83,38 +83,30 @@ TEST(ParallelProduct, EveryStorageOrderOfOutputAndOperands) {
     const Matrix<double> b_col = Matrix<double>::Random(k + 2, n + 2);  // rhs: k x n
     const Matrix<double> b_t = Matrix<double>::Random(n + 2, k + 2);    // rhs^T stored
     const Matrix<double> init = Matrix<double>::Random(m, n);
+    const auto l_view = a_col.block(1, 1, m, k);
+    const auto l_view_t = a_t.block(1, 1, k, m).transpose();
+    const auto r_view = b_col.block(1, 1, k, n);
+    const auto r_view_t = b_t.block(1, 1, n, k).transpose();
     for (const bool lhs_t : {false, true}) {
       for (const bool rhs_t : {false, true}) {
         for (const bool out_row_major : {false, true}) {
           for (const bool accumulate : {false, true}) {
-            const Matrix<double> lhs =
-                lhs_t ? Matrix<double>(a_t.block(1, 1, k, m).transpose()) : a_col.block(1, 1, m, k);
-            const Matrix<double> rhs =
-                rhs_t ? Matrix<double>(b_t.block(1, 1, n, k).transpose()) : b_col.block(1, 1, k, n);
+            const Matrix<double> lhs = lhs_t ? Matrix<double>(l_view_t) : Matrix<double>(l_view);
+            const Matrix<double> rhs = rhs_t ? Matrix<double>(r_view_t) : Matrix<double>(r_view);
             const Matrix<double> expected =
                 (accumulate ? init : Matrix<double>::Zero(m, n)) + lhs * rhs;
+            // The output: a block of a larger column- or row-major matrix, holding init.
             const auto run = [&](auto&& product_fn) {
-              Matrix<double> got;
-              if (out_row_major) {
-                RowMajorMatrix<double> out = RowMajorMatrix<double>::Random(m + 3, n + 1);
-                out.block(2, 1, m, n) = init;
+              const auto into = [&](auto out) {
                 auto o = out.block(2, 1, m, n);
+                o = init;
                 product_fn(o);
-                got = o;
-              } else {
-                Matrix<double> out = Matrix<double>::Random(m + 3, n + 1);
-                out.block(2, 1, m, n) = init;
-                auto o = out.block(2, 1, m, n);
-                product_fn(o);
-                got = o;
-              }
-              return got;
+                return Matrix<double>(o);
+              };
+              return out_row_major ? into(RowMajorMatrix<double>::Random(m + 3, n + 1).eval())
+                                   : into(Matrix<double>::Random(m + 3, n + 1).eval());
             };
             const auto call = [&](auto& o, bool parallel) {
-              const auto l_view = a_col.block(1, 1, m, k);
-              const auto l_view_t = a_t.block(1, 1, k, m).transpose();
-              const auto r_view = b_col.block(1, 1, k, n);
-              const auto r_view_t = b_t.block(1, 1, n, k).transpose();
               const auto go = [&](const auto& l, const auto& r) {
                 if (parallel) {
                   parallel_product(o, l, r, accumulate);
@@ -142,10 +134,27 @@ TEST(ParallelProduct, EveryStorageOrderOfOutputAndOperands) {
     }
     // An operand without memory of its own: Eigen evaluates the expression as it is.
     Matrix<double> y = init;
-    parallel_product(y, 2.0 * a_col.block(1, 1, m, k), b_col.block(1, 1, k, n), true);
-    const Matrix<double> y_ref = init + 2.0 * a_col.block(1, 1, m, k) * b_col.block(1, 1, k, n);
+    parallel_product(y, 2.0 * l_view, r_view, true);
+    const Matrix<double> y_ref = init + 2.0 * l_view * r_view;
     EXPECT_LT(test::relative_error(y, y_ref), 1e-13) << "n = " << n;
   }
+}
+
+// With the library's internal assertions (the sanitizer build's test suites), both products
+// reject operands whose shapes do not chain, whichever path they take.
+TEST(ParallelProduct, MismatchedShapesFailTheAssertion) {
+#if defined(REFORMER_ENABLE_ASSERTS)
+  const Matrix<double> a = Matrix<double>::Random(4, 3), b = Matrix<double>::Random(2, 5);
+  Matrix<double> out(4, 5);
+  EXPECT_THROW(product(out, a, b, false), Error);
+  EXPECT_THROW(parallel_product(out, a, b, false), Error);
+  EXPECT_THROW(product(out, 2.0 * a, b, false), Error);
+  EXPECT_THROW(parallel_product(out, 2.0 * a, b, false), Error);
+  Matrix<double> wrong_out(4, 4);
+  EXPECT_THROW(product(wrong_out, a, Matrix<double>::Random(3, 5), false), Error);
+#else
+  GTEST_SKIP() << "built without REFORMER_ENABLE_ASSERTS";
+#endif
 }
 
 // dW += dy x^T, db += row sums of dy: through the serial path (one token block), spans of one

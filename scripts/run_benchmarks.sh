@@ -39,9 +39,10 @@
 #                 transformers on the same model (benchmarks/peers/README.md). For each T, our
 #                 model_step/hf_config and attention/hf_config, then benchmarks/peers/
 #                 hf_reformer.py at the same T, thread count and repetitions (interleaved, so
-#                 both see the same machine state), both with OMP_WAIT_POLICY=passive unless
-#                 the environment sets it (idle threads sleep: torch's faster setting on a
-#                 2-core host). Writes <out>/peers_reformer.json,
+#                 both see the same machine state), both with the caller's OMP_WAIT_POLICY
+#                 (unset: libgomp's default, threads spin a while before sleeping; which
+#                 setting is faster depends on the host and the program, docs/benchmarks.md:
+#                 compare both). Writes <out>/peers_reformer.json,
 #                 <out>/peers_hf.json, <out>/peers.png and <out>/peers.md (table, also printed).
 #                 The peer comes from REFORMER_PEERS_PYTHONPATH (prepended to PYTHONPATH: the
 #                 src/ folders of transformers v4.29.2 and huggingface_hub v0.15.1) and
@@ -193,17 +194,14 @@ EOF
   mkdir -p "$out"
   parts=$(mktemp -d)
   trap 'rm -rf "$parts"' EXIT
-  # Both programs wait the same way: OpenMP's idle threads sleep (passive) unless the caller sets
-  # OMP_WAIT_POLICY. With libgomp's default (spin, then sleep) torch's 4K step took a third
-  # longer on the 2-core host of docs/benchmarks.md, and ours 2-3% less.
-  local omp_env=(OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}")
-  echo "== both programs with ${omp_env[*]}"
+  # Both programs wait the same way: with the caller's OMP_WAIT_POLICY, or libgomp's default.
+  echo "== both programs with OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-(unset: libgomp default)}"
   local t
   for t in $peers_lengths; do
     wait_for_quiet
     echo "== T=$t: reformer model_step/hf_config, attention/hf_config" \
       "(load $(cut -d' ' -f1-3 /proc/loadavg))"
-    env "${emul_env[@]}" "${omp_env[@]}" "$build/benchmarks/model_step" --tmin="$t" --tmax="$t" \
+    env "${emul_env[@]}" "$build/benchmarks/model_step" --tmin="$t" --tmax="$t" \
       --threads="$n" \
       --no_gemm \
       --benchmark_filter='^(model_step|attention)/hf_config/[0-9]' \
@@ -211,7 +209,7 @@ EOF
       --benchmark_out="$parts/reformer_$t.json"
     wait_for_quiet
     echo "== T=$t: transformers $version (load $(cut -d' ' -f1-3 /proc/loadavg))"
-    env "${emul_env[@]}" "${peer_env[@]}" "${omp_env[@]}" PYTHONPATH="$peer_path" "$peer_python" \
+    env "${emul_env[@]}" "${peer_env[@]}" PYTHONPATH="$peer_path" "$peer_python" \
       "$root/benchmarks/peers/hf_reformer.py" --lengths "$t" --threads "$n" --reps "$reps" \
       --warmup "$peers_warmup" --out "$parts/hf_$t.json"
   done
